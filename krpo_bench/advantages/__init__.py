@@ -1,0 +1,43 @@
+"""The estimator zoo: pure, vectorised advantage estimators registered by name.
+
+``get_estimator("krpo", Q=1e-5, R=1e-2)`` returns a callable ``(rewards, prompt_ids=None) ->
+advantages`` over a ``(num_groups, group_size)`` reward tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from krpo_bench.advantages.base import Estimate, Estimator, EstimatorParams
+from krpo_bench.advantages.group import GRPO, RLOO, DrGRPO, ReinforcePPBaseline
+from krpo_bench.advantages.kalman import KRPO, KRPOPersistent, KRPOPrior, kalman_schedule
+
+ESTIMATORS: dict[str, type[Estimator]] = {
+    cls.name: cls for cls in (GRPO, DrGRPO, RLOO, ReinforcePPBaseline, KRPO, KRPOPrior, KRPOPersistent)
+}
+
+
+def estimator_params(name: str, params: dict[str, Any]) -> EstimatorParams:
+    """Validate ``params`` for estimator ``name`` (raises ValueError / pydantic ValidationError)."""
+    if name not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {name!r}; allowed: {', '.join(sorted(ESTIMATORS))}")
+    return ESTIMATORS[name].Params(**params)
+
+
+def get_estimator(name: str, **params: Any) -> Estimator:
+    """Build the estimator registered as ``name`` with validated ``params``."""
+    return ESTIMATORS[name](estimator_params(name, params))
+
+
+__all__ = [
+    "ESTIMATORS",
+    "Estimate",
+    "Estimator",
+    "EstimatorParams",
+    "ValidationError",
+    "estimator_params",
+    "get_estimator",
+    "kalman_schedule",
+]

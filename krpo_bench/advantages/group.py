@@ -1,0 +1,91 @@
+"""Group-mean baselines: GRPO, Dr. GRPO, RLOO and REINFORCE++ with a group baseline."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from krpo_bench.advantages.base import (
+    GRPO_EPS,
+    Estimate,
+    Estimator,
+    EstimatorParams,
+    group_mean,
+    group_std,
+    masked_std,
+)
+
+
+class GRPOParams(EstimatorParams):
+    scale: Literal["group", "batch", "none"] = "group"
+    eps: float = Field(GRPO_EPS, gt=0, le=1.0)
+
+
+class GRPO(Estimator):
+    """(r - mean_g) / (std + eps); std is the group's (Bessel), the batch's, or 1 (``scale``)."""
+
+    name = "grpo"
+    Params = GRPOParams
+    params: GRPOParams
+
+    def _estimate(self, rewards, prompt_ids=None):
+        valid = ~rewards.isnan()
+        baseline = group_mean(rewards, valid).expand_as(rewards)
+        if self.params.scale == "group":
+            scale = group_std(rewards, valid).expand_as(rewards) + self.params.eps
+        elif self.params.scale == "batch":
+            scale = (masked_std(rewards, valid) + self.params.eps).expand_as(rewards)
+        else:
+            scale = torch.ones_like(rewards)
+        advantages = torch.where(valid, (rewards - baseline) / scale, 0.0)
+        return Estimate(advantages, baseline, scale)
+
+
+class DrGRPO(Estimator):
+    """r - mean_g (no std scaling)."""
+
+    name = "dr_grpo"
+
+    def _estimate(self, rewards, prompt_ids=None):
+        valid = ~rewards.isnan()
+        baseline = group_mean(rewards, valid).expand_as(rewards)
+        advantages = torch.where(valid, rewards - baseline, 0.0)
+        return Estimate(advantages, baseline, torch.ones_like(rewards))
+
+
+class RLOO(Estimator):
+    """r - mean of the other valid rewards of the group (0 when it is alone)."""
+
+    name = "rloo"
+
+    def _estimate(self, rewards, prompt_ids=None):
+        valid = ~rewards.isnan()
+        filled = torch.where(valid, rewards, 0.0)
+        count = valid.sum(dim=1, keepdim=True)
+        baseline = (filled.sum(dim=1, keepdim=True) - filled) / (count - 1).clamp(min=1)
+        has_others = valid & (count > 1)
+        advantages = torch.where(has_others, rewards - baseline, 0.0)
+        return Estimate(advantages, baseline, torch.ones_like(rewards))
+
+
+class ReinforcePPParams(EstimatorParams):
+    eps: float = Field(1e-8, gt=0, le=1.0)
+
+
+class ReinforcePPBaseline(Estimator):
+    """r - mean_g, then whitened (zero mean, unit std) over every valid rollout of the batch."""
+
+    name = "reinforce_pp_baseline"
+    Params = ReinforcePPParams
+    params: ReinforcePPParams
+
+    def _estimate(self, rewards, prompt_ids=None):
+        valid = ~rewards.isnan()
+        centred = rewards - group_mean(rewards, valid)
+        batch_mean = torch.where(valid, centred, 0.0).sum() / valid.sum().clamp(min=1)
+        scale = (masked_std(centred, valid) + self.params.eps).expand_as(rewards)
+        baseline = rewards - centred + batch_mean
+        advantages = torch.where(valid, (centred - batch_mean) / scale, 0.0)
+        return Estimate(advantages, baseline, scale)
