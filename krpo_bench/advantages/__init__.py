@@ -28,7 +28,8 @@ def estimator_params(name: str, params: dict[str, Any]) -> EstimatorParams:
 
 def get_estimator(name: str, **params: Any) -> Estimator:
     """Build the estimator registered as ``name`` with validated ``params``."""
-    return ESTIMATORS[name](estimator_params(name, params))
+    validated = estimator_params(name, params)
+    return ESTIMATORS[name](validated)
 
 
 __all__ = [

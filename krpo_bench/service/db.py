@@ -1,0 +1,292 @@
+"""Database schema (SQLAlchemy 2 models), engine factory and migrations to head.
+
+SQLite is the embedded default; PostgreSQL is the scale-out backend. Timestamps are stored as UTC
+and always come back timezone-aware.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Engine,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+READ_ONLY = "krpo_read_only"
+"""Connection execution option: on SQLite, start a plain (deferred) transaction instead of a write lock."""
+_MIGRATION_LOCK_KEY = 0x6B72706F  # "krpo": PostgreSQL advisory lock held while migrating
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A fresh random UUID as text (primary key of studies and jobs)."""
+    return str(uuid.uuid4())
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC (naive on SQLite, ``timestamptz`` on PostgreSQL), read back aware."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class StudyKind(StrEnum):
+    ABLATION = "ablation"
+    SEARCH = "search"
+
+
+class StudyStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    PRUNED = "pruned"
+
+
+TERMINAL_JOB_STATUSES = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PRUNED}
+)
+
+
+class WorkerStatus(StrEnum):
+    ACTIVE = "active"
+    STOPPED = "stopped"
+
+
+class AttemptOutcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RELEASED = "released"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+    PRUNED = "pruned"
+
+
+def _in_values(enum: type[StrEnum]) -> str:
+    return ", ".join(f"'{member.value}'" for member in enum)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON(none_as_null=True)}
+
+
+class Study(Base):
+    """One submitted study (an ablation grid or a parameter search)."""
+
+    __tablename__ = "studies"
+    __table_args__ = (CheckConstraint(f"kind IN ({_in_values(StudyKind)})", name="kind"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16))
+    spec: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default=StudyStatus.PENDING.value)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    optuna_study_name: Mapped[str | None] = mapped_column(String(255))
+    mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
+    mlflow_parent_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Job(Base):
+    """One trial of a study, claimed by workers under a lease and fenced by ``attempt``."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("study_id", "trial_key"),
+        CheckConstraint(f"status IN ({_in_values(JobStatus)})", name="status"),
+        Index("ix_jobs_lease", "status", "lease_expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(), unique=True)
+    study_id: Mapped[str] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    trial_key: Mapped[str] = mapped_column(String(255))
+    optuna_trial_number: Mapped[int | None] = mapped_column(Integer)
+    config: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED.value)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None]
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    timeout_s: Mapped[float | None]
+    gpus: Mapped[int] = mapped_column(Integer, default=1)
+    result: Mapped[dict[str, Any] | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+# The claim query's index: queued jobs, highest priority first, then FIFO.
+Index("ix_jobs_claim", Job.status, Job.priority.desc(), Job.seq)
+
+
+class JobAttempt(Base):
+    """Audit trail: one row per claim of a job, closed with its outcome."""
+
+    __tablename__ = "job_attempts"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Worker(Base):
+    """A registered worker process and what it is running."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    gpus: Mapped[list[int]] = mapped_column(JSON)
+    slots: Mapped[int] = mapped_column(Integer, default=1)
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(16), default=WorkerStatus.ACTIVE.value)
+    current_jobs: Mapped[list[str]] = mapped_column(JSON)
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse ``url``; plain ``postgresql://`` (or ``postgres://``) URLs get the psycopg 3 driver."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    """WAL, busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` so write transactions serialise.
+
+    The documented SQLAlchemy recipe: the driver's own BEGIN handling is disabled and SQLAlchemy's
+    ``begin`` event emits the BEGIN. Connections marked with the ``READ_ONLY`` execution option take
+    a deferred BEGIN, so reads never wait for the write lock.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        read_only = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def make_engine(url: str | URL, **kwargs: Any) -> Engine:
+    """An engine for ``url`` set up for the job queue (see module docstring); ``kwargs`` go to
+    ``create_engine``."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(parsed, **kwargs)
+        _configure_sqlite(engine)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(parsed, **kwargs)
+
+
+def alembic_config(engine_or_url: Engine | str | URL | None = None) -> Config:
+    """An alembic ``Config`` pointing at the packaged migrations (no alembic.ini needed)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if engine_or_url is not None:
+        url = engine_or_url.url if isinstance(engine_or_url, Engine) else normalize_url(engine_or_url)
+        config.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False))
+    return config
+
+
+def upgrade(engine_or_url: Engine | str | URL, revision: str = "head") -> None:
+    """Migrate the database to ``revision`` (head by default); idempotent and safe to call from
+    several processes at once (one migrates, the others wait and then find nothing to do)."""
+    owns_engine = not isinstance(engine_or_url, Engine)
+    engine = make_engine(engine_or_url) if owns_engine else engine_or_url
+    try:
+        config = alembic_config()
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+    finally:
+        if owns_engine:
+            engine.dispose()

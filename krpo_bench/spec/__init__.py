@@ -1,0 +1,1 @@
+"""Pydantic schemas of what users write: trials (and studies)."""

@@ -1,0 +1,26 @@
+"""The ``estimator:`` block of a trial: a name plus that estimator's own typed parameters.
+
+Built from the registry, so ``estimator: {name: krpo, Q: 1e-4}`` is validated against KRPO's
+parameters and a typo in a parameter name is an error naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, create_model
+
+from krpo_bench.advantages import ESTIMATORS, Estimator, EstimatorParams, get_estimator
+
+
+def _spec_model(name: str, params: type[EstimatorParams]) -> type[EstimatorParams]:
+    return create_model(f"{params.__name__}_{name}", __base__=params, name=(Literal[name], ...))
+
+
+ESTIMATOR_SPECS = tuple(_spec_model(name, cls.Params) for name, cls in ESTIMATORS.items())
+EstimatorSpec = Annotated[Union[ESTIMATOR_SPECS], Field(discriminator="name")]
+
+
+def build_estimator(spec: EstimatorParams) -> Estimator:
+    """The estimator a validated ``estimator:`` block describes."""
+    return get_estimator(spec.name, **spec.model_dump(exclude={"name"}))

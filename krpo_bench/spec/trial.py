@@ -1,0 +1,65 @@
+"""Pydantic schema of one trial: model + task + estimator + training configuration."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from krpo_bench.models.config import ModelSpec
+from krpo_bench.spec.estimator import EstimatorSpec
+from krpo_bench.tasks.config import TaskSpec
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainingSpec(Strict):
+    """Optimisation and rollout settings of one trial (names follow TRL's GRPOConfig)."""
+
+    group_size: int = Field(8, ge=2, le=256, description="completions per prompt (G)")
+    prompts_per_step: int = Field(8, ge=1, le=4096, description="prompt groups per optimizer step")
+    learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "linear"
+    beta: float = Field(0.0, ge=0.0, le=10.0, description="k3 KL weight against the reference model")
+    epsilon: float = Field(0.2, gt=0.0, le=10.0, description="PPO clip range")
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "grpo"
+    num_iterations: int = Field(1, ge=1, le=16, description="policy updates per generation batch (mu)")
+    max_completion_length: int = Field(64, ge=1, le=32768)
+    max_steps: int = Field(100, ge=1, le=1_000_000)
+    temperature: float = Field(1.0, gt=0.0, le=5.0)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    eval_every: int = Field(0, ge=0, le=1_000_000, description="steps between held-out evaluations (0: at the end only)")
+    eval_size: int | None = Field(None, ge=1, le=100_000, description="test prompts per evaluation (default: all)")
+    pass_at_k: int = Field(4, ge=1, le=64, description="k of the sampled pass@k evaluation")
+    eval_batch_size: int = Field(64, ge=1, le=4096)
+    checkpoint_every: int = Field(50, ge=1, le=1_000_000)
+
+
+class TrialSpec(Strict):
+    """Everything one trial needs; the YAML of ``krpo-bench trial`` validates against this."""
+
+    name: str = Field("trial", min_length=1, max_length=200)
+    trial_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description="names the run folder; running the same id again resumes it (default: a hash of the config)",
+    )
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec(name="tiny-arith"))
+    task: TaskSpec
+    estimator: EstimatorSpec = Field(default_factory=lambda: {"name": "grpo"}, validate_default=True)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    experiment: str = Field("krpo-bench", min_length=1, max_length=200, description="MLflow experiment")
+
+    def resolved_id(self) -> str:
+        """``trial_id``, or a stable hash of everything that changes the result."""
+        if self.trial_id:
+            return self.trial_id
+        payload = json.dumps(self.model_dump(mode="json", exclude={"trial_id", "name", "experiment"}), sort_keys=True)
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name)[:40].strip("_.-") or "trial"
+        return f"{slug}-{hashlib.sha1(payload.encode()).hexdigest()[:12]}"
+

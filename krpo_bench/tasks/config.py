@@ -1,0 +1,137 @@
+"""Pydantic schema of a task: where its questions come from, how prompts look, how answers are scored."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+RewardName = Literal["paper", "exact", "math_verify", "format"]
+PromptStyle = Literal["plain", "chat_r1"]
+
+MATHTASKS_TEMPLATES = ["Solve {expr}", "What is {expr}?", "{expr} =", "{expr} = ?", "{expr}"]
+
+TermCount = Annotated[int, Field(ge=2, le=6, description="terms in one expression (2..6)")]
+DigitCount = Annotated[int, Field(ge=1, le=6, description="digits of one number (1..6)")]
+
+
+class RewardSpec(BaseModel):
+    """One reward function and its weight in the trainer's weighted sum."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: RewardName
+    weight: float = Field(1.0, gt=0, le=100, description="weight in the weighted sum (0 < weight <= 100)")
+
+
+class TaskBase(BaseModel):
+    """Fields every task has: prompt rendering, rewards, split sizes and the generation seed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_style: PromptStyle = "plain"
+    rewards: list[RewardSpec] = Field(
+        default_factory=lambda: [RewardSpec(name="paper")], min_length=1, description="reward functions (at least one)"
+    )
+    train_size: int = Field(
+        2000, ge=1, le=1_000_000, description="training prompts (exact for generated tasks, a cap for files)"
+    )
+    test_size: int = Field(
+        200, ge=1, le=100_000, description="held-out prompts (exact for generated tasks, a cap for files)"
+    )
+    seed: int = Field(0, description="seed of the generator (or of the subset drawn from a larger file)")
+
+    @field_validator("rewards")
+    @classmethod
+    def _unique_reward_names(cls, rewards: list[RewardSpec]) -> list[RewardSpec]:
+        names = [r.name for r in rewards]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each reward may appear once, got {names}")
+        return rewards
+
+
+class ArithmeticTask(TaskBase):
+    """MathTasks-style arithmetic: num_terms numbers of num_digits digits joined by + - *, with
+    optional parentheses and unary minus, phrased by one of the templates."""
+
+    kind: Literal["arithmetic"]
+    num_terms: tuple[TermCount, TermCount] = (2, 5)
+    num_digits: tuple[DigitCount, DigitCount] = (1, 5)
+    operators: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+", "-", "*"], min_length=1)
+    parentheses: bool = True
+    unary_minus: bool = True
+    templates: list[str] = Field(default_factory=lambda: list(MATHTASKS_TEMPLATES), min_length=1)
+    compact: bool = Field(False, description='no spaces in the expression, e.g. "12+7"')
+
+    @field_validator("num_terms", "num_digits")
+    @classmethod
+    def _ordered_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if value[0] > value[1]:
+            raise ValueError(f"range must be (low, high) with low <= high, got {value}")
+        return value
+
+    @field_validator("operators")
+    @classmethod
+    def _unique_operators(cls, operators: list[str]) -> list[str]:
+        if len(set(operators)) != len(operators):
+            raise ValueError(f"operators must be unique, got {operators}")
+        return operators
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_have_slot(cls, templates: list[str]) -> list[str]:
+        missing = [t for t in templates if "{expr}" not in t]
+        if missing:
+            raise ValueError(f"every template must contain '{{expr}}'; these do not: {missing}")
+        return templates
+
+
+class GSMSymbolicTask(TaskBase):
+    """GSM8K-style word problems from reasoning-gym's offline ``gsm_symbolic`` generator."""
+
+    kind: Literal["gsm_symbolic"]
+    prompt_style: PromptStyle = "chat_r1"
+    difficulty: float = Field(
+        1.0, ge=1.0, le=1.0, description="reasoning-gym's difficulty scale (it supports only 1.0 so far)"
+    )
+
+
+class JsonlTask(TaskBase):
+    """Question/answer pairs from JSON-lines files."""
+
+    kind: Literal["jsonl"]
+    path: str = Field(min_length=1, description="training file (also the test source when test_path is unset)")
+    test_path: str | None = Field(None, description="held-out file; unset: a hash split of `path` by question")
+    question_field: str = "question"
+    answer_field: str = "answer"
+    id_field: str | None = Field(None, description="field holding a stable prompt id; unset: the line number")
+
+    @model_validator(mode="after")
+    def _distinct_files(self) -> JsonlTask:
+        if self.test_path == self.path:
+            raise ValueError(f"test_path must differ from path ({self.path!r}); unset it for a hash split")
+        return self
+
+
+class HFTask(TaskBase):
+    """A Hugging Face dataset: a hub id, or a local folder written by ``save_to_disk``."""
+
+    kind: Literal["hf"]
+    dataset: str = Field(min_length=1, description="hub id or local save_to_disk folder")
+    config: str | None = Field(None, description="hub configuration name (e.g. 'main' for gsm8k)")
+    split: str = "train"
+    test_split: str | None = Field("test", description="held-out split; unset: a hash split of `split` by question")
+    question_field: str = "question"
+    answer_field: str = "answer"
+    answer_extract: Literal["none", "gsm8k"] = Field(
+        "none", description="gsm8k: the gold answer is the text after '####'"
+    )
+
+    @model_validator(mode="after")
+    def _distinct_splits(self) -> HFTask:
+        if self.test_split == self.split:
+            raise ValueError(f"test_split must differ from split ({self.split!r}); unset it for a hash split")
+        return self
+
+
+TaskSpec = Annotated[Union[ArithmeticTask, GSMSymbolicTask, JsonlTask, HFTask], Field(discriminator="kind")]

@@ -1,0 +1,96 @@
+"""TRL's GRPOTrainer with a pluggable advantage estimator.
+
+The maintainer-recommended route (TRL issue #4525): override ``_generate_and_score_completions``
+only, keep its output dict and replace ``advantages``. The rewards come from ``_calculate_rewards``
+(already gathered across processes), aggregated exactly as TRL does; cross-step estimator state
+(``krpo_persistent``) is saved in every checkpoint and restored on resume, the way TRL keeps its
+adaptive-entropy state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import GRPOTrainer
+
+from krpo_bench.advantages import Estimate, Estimator
+
+ESTIMATOR_STATE_FILE = "estimator_state.json"
+
+
+class BaselineGRPOTrainer(GRPOTrainer):
+    """GRPO whose advantages come from ``estimator`` (any registered baseline)."""
+
+    def __init__(self, *args: Any, estimator: Estimator, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.estimator = estimator
+        self._last_rewards_per_func: torch.Tensor | None = None
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._last_rewards_per_func = rewards_per_func
+        return rewards_per_func
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        output = super()._generate_and_score_completions(inputs)
+        if not self.model.training:
+            return output
+        rewards = self._aggregate_rewards(self._last_rewards_per_func)
+        groups = rewards.view(-1, self.num_generations)
+        prompt_ids = gather_object([x.get("prompt_id") for x in inputs])[:: self.num_generations]
+        estimate = self.estimator.estimate(groups, prompt_ids)
+        flat = estimate.advantages.reshape(-1)
+        local = len(inputs)
+        rank = self.accelerator.process_index
+        output["advantages"] = flat[rank * local : (rank + 1) * local].to(output["advantages"].dtype)
+        self._replace_logged_advantages(flat)
+        self._log_diagnostics(groups, estimate)
+        return output
+
+    def _aggregate_rewards(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
+        """Weighted sum over reward functions; NaN where every function returned None (as TRL)."""
+        weights = self.reward_weights.to(rewards_per_func.device).unsqueeze(0)
+        rewards = (rewards_per_func * weights).nansum(dim=1)
+        rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
+        return rewards
+
+    def _replace_logged_advantages(self, flat: torch.Tensor) -> None:
+        logged = self._logs["advantages"]
+        for _ in range(min(len(flat), len(logged))):
+            logged.pop()
+        logged.extend(flat.tolist())
+
+    def _log_diagnostics(self, groups: torch.Tensor, estimate: Estimate) -> None:
+        metrics = self._metrics["train"]
+        valid = ~groups.isnan()
+        adv = estimate.advantages[valid]
+        metrics["adv/mean"].append(adv.mean().item() if adv.numel() else 0.0)
+        metrics["adv/std"].append(adv.std().item() if adv.numel() > 1 else 0.0)
+        metrics["adv/abs_max"].append(adv.abs().max().item() if adv.numel() else 0.0)
+        metrics["adv/baseline_mean"].append(estimate.baseline[valid].mean().item() if adv.numel() else 0.0)
+        filled = torch.where(valid, groups, groups.nanmean(dim=1, keepdim=True))
+        zero_std = (filled.amax(dim=1) - filled.amin(dim=1)).abs() < 1e-12
+        metrics["adv/frac_zero_std"].append(zero_std.float().mean().item())
+        metrics["adv/frac_unscorable"].append((~valid).float().mean().item())
+        for key, value in estimate.extras.items():
+            metrics[f"adv/{key}"].append(value)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        state = self.estimator.state_dict()
+        if state and self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            with open(os.path.join(folder, ESTIMATOR_STATE_FILE), "w") as f:
+                json.dump(state, f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = os.path.join(checkpoint, ESTIMATOR_STATE_FILE) if checkpoint else None
+        if path and os.path.exists(path):
+            with open(path) as f:
+                self.estimator.load_state_dict(json.load(f))

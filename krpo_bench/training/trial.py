@@ -1,0 +1,225 @@
+"""One trial end to end: build task + model + estimator, train with TRL, evaluate, track in MLflow.
+
+A trial lives in a run folder (``<data home>/trials/<trial id>`` by default) holding its
+checkpoints, its MLflow run id and, once finished, ``result.json``. Running it again resumes from
+the newest checkpoint and continues the same MLflow run; a finished trial returns its result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+from transformers import PrinterCallback, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from trl import GRPOConfig
+
+from krpo_bench.models import load_model
+from krpo_bench.settings import data_home
+from krpo_bench.spec.estimator import build_estimator
+from krpo_bench.spec.trial import TrialSpec
+from krpo_bench.tasks import build_task
+from krpo_bench.tracking import RunTracker, flatten
+from krpo_bench.training.callbacks import EvalCallback, MetricsCallback, ProgressCallback, StopCallback
+from krpo_bench.training.evaluation import EvalResult, evaluate
+from krpo_bench.training.trainer import BaselineGRPOTrainer
+
+RESULT_FILE = "result.json"
+RUN_ID_FILE = "mlflow_run_id"
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    trial_id: str
+    status: str  # succeeded | pruned | stopped
+    steps: int
+    final_accuracy: float | None
+    final_pass_at_k: float | None
+    initial_accuracy: float | None
+    wall_time_s: float
+    mean_step_time_s: float | None
+    tokens: float
+    mlflow_run_id: str
+    run_dir: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def grpo_config(
+    spec: TrialSpec, output_dir: Path, use_cuda: bool, bf16: bool, reward_weights: list[float]
+) -> GRPOConfig:
+    """TRL configuration of a trial (one generation batch per optimizer step)."""
+    t = spec.training
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=t.prompts_per_step * t.group_size,
+        gradient_accumulation_steps=1,
+        num_generations=t.group_size,
+        reward_weights=reward_weights,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        beta=t.beta,
+        epsilon=t.epsilon,
+        loss_type=t.loss_type,
+        num_iterations=t.num_iterations,
+        max_completion_length=t.max_completion_length,
+        max_steps=t.max_steps,
+        temperature=t.temperature,
+        seed=t.seed,
+        data_seed=t.seed,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=t.checkpoint_every,
+        save_total_limit=2,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not use_cuda,
+        bf16=bf16,
+        log_level="warning",
+        dataloader_num_workers=0,
+    )
+
+
+def run_trial(
+    spec: TrialSpec,
+    *,
+    run_dir: Path | None = None,
+    tracking_uri: str | None = None,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    on_eval: Callable[[int, float], bool] | None = None,
+    on_run_created: Callable[[str], None] | None = None,
+    progress: bool = False,
+) -> TrialResult:
+    """Train, evaluate and track one trial, resuming from its newest checkpoint if there is one.
+
+    ``should_stop`` is polled after every step (cancellation, SIGTERM): the trial checkpoints and
+    returns with status ``stopped``. ``on_eval(step, accuracy)`` sees every periodic evaluation and
+    returns True to prune the trial.
+    """
+    trial_id = spec.resolved_id()
+    run_dir = Path(run_dir or data_home() / "trials" / trial_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / RESULT_FILE).exists():
+        return TrialResult(**json.loads((run_dir / RESULT_FILE).read_text()))
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    started = time.perf_counter()
+
+    tracker = RunTracker(tracking_uri)
+    run_id_path = run_dir / RUN_ID_FILE
+    previous_run = run_id_path.read_text().strip() if run_id_path.exists() else None
+    run_tags = {"krpo.trial_id": trial_id, "krpo.estimator": spec.estimator.name, **(tags or {})}
+    run_id = tracker.start(
+        spec.experiment, spec.name, run_id=previous_run, parent_run_id=parent_run_id, tags=run_tags
+    )
+    run_id_path.write_text(run_id)
+    if on_run_created is not None:
+        on_run_created(run_id)
+    try:
+        result = _train(spec, trial_id, run_dir, tracker, should_stop, on_eval, progress, started)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("FINISHED" if result.status in ("succeeded", "pruned") else "KILLED")
+    if result.status != "stopped":
+        (run_dir / RESULT_FILE).write_text(json.dumps(result.to_json(), indent=2))
+    return result
+
+
+def _train(
+    spec: TrialSpec,
+    trial_id: str,
+    run_dir: Path,
+    tracker: RunTracker,
+    should_stop: Callable[[], bool] | None,
+    on_eval: Callable[[int, float], bool] | None,
+    progress: bool,
+    started: float,
+) -> TrialResult:
+    t = spec.training
+    set_seed(t.seed)
+    use_cuda = torch.cuda.is_available()
+    task = build_task(spec.task)
+    loaded = load_model(spec.model, device="cuda" if use_cuda else "cpu")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    bf16 = use_cuda and next(model.parameters()).dtype == torch.bfloat16
+    checkpoint = get_last_checkpoint(str(run_dir)) if any(run_dir.glob("checkpoint-*")) else None
+
+    tracker.log_params(flatten(spec.model_dump(mode="json")))
+    if checkpoint is None:
+        tracker.log_dict(spec.model_dump(mode="json"), "config/trial.json")
+
+    def run_eval(step: int, limit: int | None = t.eval_size) -> EvalResult:
+        result = evaluate(
+            model,
+            tokenizer,
+            task,
+            max_new_tokens=t.max_completion_length,
+            k=t.pass_at_k,
+            temperature=t.temperature,
+            limit=limit,
+            batch_size=t.eval_batch_size,
+            seed=t.seed + step,
+        )
+        tracker.log_metrics({"eval/accuracy": result.accuracy, "eval/pass_at_k": result.pass_at_k}, step=step)
+        return result
+
+    initial = run_eval(0).accuracy if checkpoint is None else None
+    trainer = BaselineGRPOTrainer(
+        model=model,
+        reward_funcs=task.reward_funcs,
+        args=grpo_config(spec, run_dir, use_cuda, bf16, list(task.reward_weights)),
+        train_dataset=task.train,
+        processing_class=tokenizer,
+        estimator=build_estimator(spec.estimator),
+    )
+    trainer.remove_callback(PrinterCallback)
+    metrics_cb = MetricsCallback(tracker)
+    eval_cb = EvalCallback(t.eval_every, lambda step: run_eval(step).accuracy, on_eval)
+    stop_cb = StopCallback(should_stop or (lambda: False))
+    for callback in (metrics_cb, eval_cb, stop_cb):
+        trainer.add_callback(callback)
+    if progress:
+        trainer.add_callback(ProgressCallback(spec.name))
+    trainer.train(resume_from_checkpoint=checkpoint)
+    steps = trainer.state.global_step
+
+    if stop_cb.stopped and not eval_cb.pruned:
+        status = "stopped"
+        final = None
+    else:
+        status = "pruned" if eval_cb.pruned else "succeeded"
+        final = run_eval(steps, limit=None)
+    wall = time.perf_counter() - started
+    step_times = metrics_cb.step_times
+    mean_step = sum(step_times) / len(step_times) if step_times else None
+    gpus = torch.cuda.device_count() if use_cuda else 0
+    summary = {"cost/wall_time_s": wall, "cost/gpu_seconds": wall * gpus, "cost/tokens": metrics_cb.last_tokens}
+    if mean_step is not None:
+        summary["cost/mean_step_time_s"] = mean_step
+    if final is not None:
+        summary.update({"final/accuracy": final.accuracy, "final/pass_at_k": final.pass_at_k})
+    if initial is not None:
+        summary["final/initial_accuracy"] = initial
+    tracker.log_metrics(summary, step=steps)
+    return TrialResult(
+        trial_id=trial_id,
+        status=status,
+        steps=steps,
+        final_accuracy=final.accuracy if final else None,
+        final_pass_at_k=final.pass_at_k if final else None,
+        initial_accuracy=initial,
+        wall_time_s=wall,
+        mean_step_time_s=mean_step,
+        tokens=metrics_cb.last_tokens,
+        mlflow_run_id=tracker.run_id,
+        run_dir=str(run_dir),
+    )

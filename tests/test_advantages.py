@@ -1,0 +1,165 @@
+"""Estimators: paper vectors, equality with the per-rollout definitions, NaN and order handling."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from krpo_bench.advantages import ESTIMATORS, get_estimator, reference
+
+VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "krpo_vectors.json"
+
+
+def _vectors() -> list[dict]:
+    path = VECTORS if VECTORS.exists() else Path(__file__).parent / "data" / "krpo_vectors.json"
+    return json.loads(path.read_text())["cases"]
+
+
+@pytest.mark.parametrize("case", _vectors(), ids=lambda c: f"G{len(c['rewards'])}-Q{c['Q']:.1e}")
+def test_krpo_matches_paper_vectors(case):
+    est = get_estimator("krpo", Q=case["Q"], R=case["R"])
+    got = est(torch.tensor([case["rewards"]], dtype=torch.float64))[0]
+    want = torch.tensor(case["krpo_advantages"], dtype=torch.float64)
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-9)
+
+
+def test_paper_facts_order_dependence():
+    est = get_estimator("krpo")
+    late = est(torch.tensor([[0.0] * 11 + [1.0]], dtype=torch.float64))[0, -1].item()
+    early = est(torch.tensor([[1.0] + [0.0] * 11], dtype=torch.float64))[0, 0].item()
+    grpo = get_estimator("grpo")(torch.tensor([[0.0] * 11 + [1.0]], dtype=torch.float64))[0, -1].item()
+    assert late == pytest.approx(31.0, abs=0.01)
+    assert early == pytest.approx(0.0995, abs=1e-3)
+    assert grpo == pytest.approx(3.18, abs=0.01)
+
+
+reward_values = st.sampled_from([0.0, 1.0, 0.5, 0.01, 0.3, 0.7, 2.0, -1.0, math.nan])
+
+
+@st.composite
+def reward_batches(draw, allow_nan: bool = True):
+    groups = draw(st.integers(1, 6))
+    size = draw(st.integers(2, 12))
+    values = reward_values if allow_nan else reward_values.filter(lambda v: not math.isnan(v))
+    return [[draw(values) for _ in range(size)] for _ in range(groups)]
+
+
+kalman_noise = st.fixed_dictionaries(
+    {
+        "Q": st.floats(0.0, 1.0),
+        "R": st.floats(1e-4, 1.0),
+        "x0": st.floats(-1.0, 1.0),
+        "P0": st.floats(1e-3, 5.0),
+        "estimate": st.sampled_from(["posterior", "prior"]),
+        "normalize": st.sampled_from(["posterior_std", "innovation_std", "group_std", "none"]),
+    }
+)
+
+
+def _close(got: torch.Tensor, want: list[list[float]]) -> None:
+    assert torch.allclose(got, torch.tensor(want, dtype=torch.float64), rtol=1e-7, atol=1e-7), (got, want)
+
+
+@settings(max_examples=150, deadline=None)
+@given(reward_batches(), st.sampled_from(["group", "batch", "none"]))
+def test_grpo_equals_definition(rewards, scale):
+    _close(get_estimator("grpo", scale=scale)(torch.tensor(rewards, dtype=torch.float64)), reference.grpo(rewards, scale))
+
+
+@settings(max_examples=100, deadline=None)
+@given(reward_batches())
+def test_group_baselines_equal_definitions(rewards):
+    t = torch.tensor(rewards, dtype=torch.float64)
+    _close(get_estimator("dr_grpo")(t), reference.dr_grpo(rewards))
+    _close(get_estimator("rloo")(t), reference.rloo(rewards))
+    _close(get_estimator("reinforce_pp_baseline")(t), reference.reinforce_pp_baseline(rewards))
+
+
+@settings(max_examples=200, deadline=None)
+@given(reward_batches(), kalman_noise)
+def test_kalman_equals_definition(rewards, noise):
+    t = torch.tensor(rewards, dtype=torch.float64)
+    _close(get_estimator("krpo", **noise)(t), reference.krpo(rewards, **noise))
+
+
+@settings(max_examples=100, deadline=None)
+@given(reward_batches(), kalman_noise)
+def test_krpo_prior_defaults_and_equals_definition(rewards, noise):
+    t = torch.tensor(rewards, dtype=torch.float64)
+    noise = {k: v for k, v in noise.items() if k not in ("estimate", "normalize")}
+    _close(get_estimator("krpo_prior", **noise)(t), reference.krpo_prior(rewards, **noise))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(reward_batches(), min_size=1, max_size=4), kalman_noise, st.data())
+def test_krpo_persistent_equals_definition_across_steps(batches, noise, data):
+    est = get_estimator("krpo_persistent", **noise)
+    states: dict = {}
+    for rewards in batches:
+        ids = data.draw(st.lists(st.integers(0, 5), min_size=len(rewards), max_size=len(rewards), unique=True))
+        got = est(torch.tensor(rewards, dtype=torch.float64), ids)
+        _close(got, reference.krpo_persistent(rewards, ids, states, **noise))
+    assert set(est.states) == set(states)
+
+
+def test_krpo_persistent_state_round_trips():
+    est = get_estimator("krpo_persistent")
+    est(torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]]), ["a", "b"])
+    again = get_estimator("krpo_persistent")
+    again.load_state_dict(json.loads(json.dumps(est.state_dict())))
+    batch = torch.tensor([[1.0, 1.0, 0.0]])
+    assert torch.equal(est(batch, ["a"]), again(batch, ["a"]))
+    with pytest.raises(ValueError, match="prompt id"):
+        est(batch)
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_nan_rewards_get_zero_advantage_and_leave_baselines_alone(name):
+    est = get_estimator(name)
+    clean = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.5, 0.5, 1.0, 0.0]], dtype=torch.float64)
+    with_nan = torch.tensor([[1.0, math.nan, 0.0, 1.0, 0.0], [0.5, 0.5, 1.0, 0.0, math.nan]], dtype=torch.float64)
+    ids = ["p0", "p1"]
+    got = est(with_nan, ids)
+    assert got[0, 1] == 0 and got[1, 4] == 0
+    want = get_estimator(name)(clean, ids)
+    assert torch.allclose(got[0, [0, 2, 3, 4]], want[0]) and torch.allclose(got[1, :4], want[1])
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_shuffle_order_permutes_within_groups(name):
+    rewards = torch.tensor([[0.0] * 7 + [1.0]] * 64, dtype=torch.float64)
+    plain = get_estimator(name)(rewards, list(range(64)))
+    shuffled = get_estimator(name, shuffle_order=True)(rewards, list(range(64)))
+    assert shuffled.shape == rewards.shape
+    assert not torch.isnan(shuffled).any()
+    correct = shuffled[rewards == 1.0]
+    if name.startswith("krpo"):
+        assert correct.unique().numel() > 1, "the correct answer's advantage should depend on its position"
+        assert not torch.equal(plain, shuffled)
+    else:
+        assert torch.allclose(plain, shuffled), "group-mean baselines are order-invariant"
+
+
+def test_vectorised_float32_stays_close_to_float64():
+    rewards = torch.randint(0, 2, (256, 12)).double()
+    a64 = get_estimator("krpo")(rewards)
+    a32 = get_estimator("krpo")(rewards.float())
+    assert torch.allclose(a32.double(), a64, rtol=1e-4, atol=1e-3)
+
+
+def test_bad_parameters_are_named():
+    with pytest.raises(ValidationError, match="R"):
+        get_estimator("krpo", R=0.0)
+    with pytest.raises(ValidationError, match="Qq"):
+        get_estimator("krpo", Qq=1e-5)
+    with pytest.raises(ValueError, match="allowed: dr_grpo, grpo"):
+        get_estimator("ppo")
+    with pytest.raises(ValueError, match="num_groups, group_size"):
+        get_estimator("grpo")(torch.zeros(12))
