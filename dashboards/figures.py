@@ -1,0 +1,168 @@
+"""Figures: interactive plotly for the HTML report, static matplotlib PNGs for papers and chat."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import plotly.colors
+import plotly.graph_objects as go
+from matplotlib.figure import Figure
+from plotly.subplots import make_subplots
+
+from dashboards.curves import Curve
+from dashboards.stats import Interval
+
+PALETTE: tuple[str, ...] = tuple(plotly.colors.qualitative.Plotly)
+CONTOUR_PARAMS = ("estimator.Q", "estimator.R")
+SLICE_PARAM = "training.group_size"
+_LAYOUT = dict(template="plotly_white", height=380, margin=dict(l=60, r=20, t=50, b=50))
+
+
+def palette(variants: Sequence[str]) -> dict[str, str]:
+    """A fixed colour per variant, shared by every figure of a report."""
+    return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
+
+
+def _rgba(color: str, alpha: float) -> str:
+    r, g, b = plotly.colors.hex_to_rgb(color)
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def curve_figure(curves: Mapping[str, Curve], title: str, colors: Mapping[str, str]) -> go.Figure:
+    """Mean per step with its 95 % band per variant; each seed drawn faintly underneath."""
+    fig = go.Figure()
+    for variant, curve in curves.items():
+        color = colors[variant]
+        for seed, series in curve.per_seed.items():
+            points = series.dropna()
+            fig.add_trace(go.Scatter(
+                x=points.index, y=points.to_numpy(), mode="lines", line=dict(color=color, width=1),
+                opacity=0.25, legendgroup=variant, showlegend=False, name=f"{variant} seed {seed}",
+            ))
+        banded = np.isfinite(curve.low) & np.isfinite(curve.high)
+        steps = curve.steps[banded]
+        fig.add_trace(go.Scatter(
+            x=np.concatenate([steps, steps[::-1]]),
+            y=np.concatenate([curve.high[banded], curve.low[banded][::-1]]),
+            fill="toself", fillcolor=_rgba(color, 0.2), line=dict(width=0), hoverinfo="skip",
+            legendgroup=variant, showlegend=False, name=f"{variant} 95 % band",
+        ))
+        fig.add_trace(go.Scatter(
+            x=curve.steps, y=curve.mean, mode="lines", line=dict(color=color, width=2.5),
+            legendgroup=variant, name=variant,
+        ))
+    fig.update_layout(title=title, xaxis_title="optimizer step", yaxis_title=title, **_LAYOUT)
+    return fig
+
+
+def final_figure(
+    values: Mapping[str, np.ndarray], means: Mapping[str, Interval], colors: Mapping[str, str], label: str
+) -> go.Figure:
+    """Per-seed final scores (dots) and the mean with its 95 % CI (bar) for each variant."""
+    fig = go.Figure()
+    for variant, seeds in values.items():
+        ci = means[variant]
+        fig.add_trace(go.Scatter(
+            x=[variant] * len(seeds), y=seeds, mode="markers", opacity=0.5,
+            marker=dict(color=colors[variant], size=8), showlegend=False, name=f"{variant} seeds",
+        ))
+        fig.add_trace(go.Scatter(
+            x=[variant], y=[ci.estimate], mode="markers", name=variant,
+            marker=dict(color=colors[variant], size=14, symbol="diamond"),
+            error_y=dict(type="data", symmetric=False,
+                         array=[np.nan_to_num(ci.high - ci.estimate)],
+                         arrayminus=[np.nan_to_num(ci.estimate - ci.low)]),
+        ))
+    fig.update_layout(title=f"{label}: mean and 95 % CI over seeds", yaxis_title=label, **_LAYOUT)
+    return fig
+
+
+def cost_figure(frame: pd.DataFrame, columns: Sequence[str], colors: Mapping[str, str]) -> go.Figure:
+    """One strip of per-trial values per cost column, grouped by variant."""
+    fig = make_subplots(rows=1, cols=len(columns), subplot_titles=list(columns))
+    for col, metric in enumerate(columns, start=1):
+        for variant, group in frame.groupby("variant", sort=False):
+            fig.add_trace(go.Box(
+                x=group["variant"], y=group[metric], name=variant, boxpoints="all", jitter=0.3,
+                marker_color=colors[variant], legendgroup=variant, showlegend=col == 1,
+            ), row=1, col=col)
+    fig.update_layout(title="cost per trial", **_LAYOUT)
+    return fig
+
+
+def advantage_figure(samples: Mapping[str, np.ndarray], colors: Mapping[str, str]) -> go.Figure:
+    """Overlaid normalised histograms of each variant's advantage sample."""
+    fig = go.Figure()
+    for variant, values in samples.items():
+        fig.add_trace(go.Histogram(
+            x=values, name=variant, histnorm="probability density", opacity=0.55,
+            marker_color=colors[variant], nbinsx=60,
+        ))
+    fig.update_layout(barmode="overlay", title="advantage distribution", xaxis_title="advantage",
+                      yaxis_title="density", **_LAYOUT)
+    return fig
+
+
+def search_figures(study: optuna.Study) -> list[tuple[str, go.Figure | str]]:
+    """Optuna's own views of a search: history, importances, Q x R contour, group-size slice.
+
+    A view that cannot be drawn comes back as a sentence saying why.
+    """
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    params = {name for trial in complete for name in trial.params}
+    views: list[tuple[str, go.Figure | str]] = [
+        ("optimization history", optuna.visualization.plot_optimization_history(study)),
+    ]
+    varying = {n for n in params if len({t.params.get(n) for t in complete if n in t.params}) > 1}
+    if len(complete) < 2 or not varying:
+        views.append(("parameter importances", "needs at least two complete trials that vary a parameter"))
+    else:
+        views.append(("parameter importances", optuna.visualization.plot_param_importances(study)))
+    if set(CONTOUR_PARAMS) <= params:
+        views.append((" x ".join(CONTOUR_PARAMS),
+                      optuna.visualization.plot_contour(study, params=list(CONTOUR_PARAMS))))
+    if SLICE_PARAM in params:
+        views.append((SLICE_PARAM, optuna.visualization.plot_slice(study, params=[SLICE_PARAM])))
+    return views
+
+
+def curves_png(curves: Mapping[str, Curve], path: Path, title: str, colors: Mapping[str, str]) -> Path:
+    """Static version of `curve_figure`."""
+    fig = Figure(figsize=(8, 4.5), dpi=120, layout="constrained")
+    ax = fig.add_subplot()
+    for variant, curve in curves.items():
+        color = colors[variant]
+        for _, series in curve.per_seed.items():
+            points = series.dropna()
+            ax.plot(points.index, points.to_numpy(), color=color, alpha=0.2, linewidth=0.8)
+        ax.fill_between(curve.steps, curve.low, curve.high, color=color, alpha=0.2, linewidth=0)
+        ax.plot(curve.steps, curve.mean, color=color, linewidth=2, label=f"{variant} (n={curve.per_seed.shape[1]})")
+    ax.set(title=f"{title}: mean and 95 % bootstrap band over seeds", xlabel="optimizer step", ylabel=title)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    fig.savefig(path)
+    return path
+
+
+def final_png(
+    values: Mapping[str, np.ndarray], means: Mapping[str, Interval], path: Path,
+    colors: Mapping[str, str], label: str,
+) -> Path:
+    """Static version of `final_figure`."""
+    fig = Figure(figsize=(max(4.0, 1.4 * len(values) + 2), 4.5), dpi=120, layout="constrained")
+    ax = fig.add_subplot()
+    rng = np.random.default_rng(0)
+    for i, (variant, seeds) in enumerate(values.items()):
+        ci = means[variant]
+        ax.scatter(i + rng.uniform(-0.12, 0.12, len(seeds)), seeds, color=colors[variant], alpha=0.5, s=22)
+        err = [[np.nan_to_num(ci.estimate - ci.low)], [np.nan_to_num(ci.high - ci.estimate)]]
+        ax.errorbar([i + 0.3], [ci.estimate], yerr=err, fmt="D", color=colors[variant], capsize=6, markersize=7)
+    ax.set_xticks(range(len(values)), [f"{v}\n(n={len(s)})" for v, s in values.items()])
+    ax.set(title=f"{label}: seeds, mean and 95 % CI", ylabel=label)
+    ax.grid(axis="y", alpha=0.3)
+    fig.savefig(path)
+    return path

@@ -1,0 +1,392 @@
+"""Assemble a study report: summary statistics, one self-contained HTML page, PNGs, CSV and JSON."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+
+from dashboards import figures, stats
+from dashboards.curves import Curve, aggregate_curve
+from dashboards.source import CURVE_METRICS, SHUFFLE_PARAM, RunData, StudyData
+
+METRIC = "final/accuracy"
+COST_METRICS = ("cost/wall_time_s", "cost/gpu_seconds", "cost/tokens", "cost/mean_step_time_s")
+STEP_TIME = "cost/mean_step_time_s"
+PNG_CURVES = ("eval/accuracy", "train/reward")
+SCALE = 100.0
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
+h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2.5rem}
+.meta{color:#666} nav a{margin-right:1rem} .note{color:#666;font-style:italic}
+table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}
+th,td{border-bottom:1px solid #e5e5e5;padding:.3rem .6rem;text-align:right}
+th:first-child,td:first-child{text-align:left} td:last-child{text-align:left}
+ul.verdicts li{margin:.3rem 0;font-size:1.05rem}
+"""
+
+
+@dataclass(frozen=True)
+class Report:
+    """Where a built report lies, and its summary."""
+
+    out_dir: Path
+    html_path: Path
+    csv_path: Path
+    json_path: Path
+    figures: list[Path]
+    summary: dict[str, Any]
+
+
+def _values(runs: Sequence[RunData], metric: str) -> tuple[list[int | None], np.ndarray]:
+    kept = [r for r in runs if math.isfinite(r.final.get(metric, math.nan))]
+    return [r.seed for r in kept], np.array([r.final[metric] for r in kept], dtype=float)
+
+
+def _ordered_variants(study: StudyData, reference: str) -> list[str]:
+    variants = study.variants
+    return ([reference] if reference in variants else []) + [v for v in variants if v != reference]
+
+
+def _signature(runs: Sequence[RunData]) -> dict[str, str]:
+    """Parameters shared by all runs of a variant, without the shuffle flag."""
+    shared = dict(runs[0].params)
+    for run in runs[1:]:
+        shared = {k: v for k, v in shared.items() if run.params.get(k) == v}
+    shared.pop(SHUFFLE_PARAM, None)
+    return shared
+
+
+def order_twins(study: StudyData) -> list[tuple[str, str]]:
+    """(shuffled variant, its unshuffled twin): the same estimator, fewest differing parameters."""
+    signatures = {v: _signature(study.runs_of(v)) for v in study.variants}
+    shuffled = [v for v in study.variants if all(r.shuffled for r in study.runs_of(v))]
+    pairs = []
+    for variant in shuffled:
+        own = signatures[variant]
+        candidates = [
+            v for v in study.variants
+            if v not in shuffled and signatures[v].get("estimator.name") == own.get("estimator.name")
+        ]
+        if candidates:
+            distance = {v: sum(own.get(k) != signatures[v].get(k) for k in own.keys() | signatures[v].keys())
+                        for v in candidates}
+            pairs.append((variant, min(candidates, key=distance.__getitem__)))
+    return pairs
+
+
+def _comparison_fields(c: stats.Comparison) -> dict[str, Any]:
+    return {
+        "diff": c.difference.estimate, "diff_ci_low": c.difference.low, "diff_ci_high": c.difference.high,
+        "prob_improvement": c.prob_improvement.estimate,
+        "prob_improvement_ci_low": c.prob_improvement.low,
+        "prob_improvement_ci_high": c.prob_improvement.high,
+        "welch_p": c.welch_p, "sentence": c.sentence,
+    }
+
+
+def _step_time(run: RunData) -> float:
+    if STEP_TIME in run.final:
+        return run.final[STEP_TIME]
+    history = run.histories.get("train/step_time_s")
+    return float(history.mean()) if history is not None and len(history) else math.nan
+
+
+def _cost_rows(study: StudyData, variants: Sequence[str], reference: str) -> tuple[pd.DataFrame, list[dict]]:
+    trials = pd.DataFrame([
+        {"variant": r.variant, "seed": r.seed, "run_id": r.run_id,
+         **{m: r.final.get(m, math.nan) for m in COST_METRICS}, STEP_TIME: _step_time(r)}
+        for v in variants for r in study.runs_of(v)
+    ], columns=["variant", "seed", "run_id", *COST_METRICS])
+    means = trials.groupby("variant", sort=False)[list(COST_METRICS)].mean()
+    ref_step = means[STEP_TIME].get(reference, math.nan)
+    per_variant = [
+        {"variant": v, "trials": int((trials["variant"] == v).sum()),
+         **{m: float(means.loc[v, m]) for m in COST_METRICS},
+         "step_time_ratio": float(means.loc[v, STEP_TIME] / ref_step) if ref_step > 0 else math.nan}
+        for v in means.index
+    ]
+    return trials, per_variant
+
+
+def summarize(
+    study: StudyData,
+    reference: str = "grpo",
+    metric: str = METRIC,
+    confidence: float = stats.CONFIDENCE,
+    n_resamples: int = stats.N_BOOTSTRAP,
+    seed: int = stats.SEED,
+) -> dict[str, Any]:
+    """Per-variant statistics of `metric`, each variant against `reference`, cost and order checks."""
+    variants = _ordered_variants(study, reference)
+    values = {v: _values(study.runs_of(v), metric) for v in variants}
+    ref_values = values[reference][1] if reference in values else None
+    rows = []
+    for variant in variants:
+        seeds, x = values[variant]
+        mean, iqm = stats.mean_ci(x, confidence), stats.iqm_ci(x, confidence, n_resamples, seed)
+        row: dict[str, Any] = {
+            "variant": variant, "n_seeds": len(x), "seeds": seeds, "values": x.tolist(),
+            "mean": mean.estimate, "ci_low": mean.low, "ci_high": mean.high,
+            "iqm": iqm.estimate, "iqm_ci_low": iqm.low, "iqm_ci_high": iqm.high,
+        }
+        if ref_values is not None and variant != reference:
+            row |= _comparison_fields(
+                stats.compare(x, ref_values, variant, reference, confidence, n_resamples, seed, SCALE)
+            )
+        rows.append(row)
+    order = [
+        {"variant": shuffled, "twin": twin, **_comparison_fields(stats.compare(
+            values[shuffled][1], values[twin][1], shuffled, twin, confidence, n_resamples, seed, SCALE))}
+        for shuffled, twin in order_twins(study)
+    ]
+    _, cost = _cost_rows(study, variants, reference)
+    return {
+        "study": {"study_id": study.study_id, "study_name": study.study_name,
+                  "experiment_ids": study.experiment_ids, "status_counts": study.status_counts},
+        "metric": metric, "reference": reference, "reference_found": ref_values is not None,
+        "confidence": confidence, "n_bootstrap": n_resamples, "bootstrap_seed": seed,
+        "variants": rows, "cost": cost, "order_sensitivity": order,
+    }
+
+
+def study_curves(
+    study: StudyData, metric: str, variants: Sequence[str], n_resamples: int = stats.N_BOOTSTRAP
+) -> dict[str, Curve]:
+    """Per-variant aggregated curve of one step-indexed metric (variants without it are left out)."""
+    curves = {}
+    for variant in variants:
+        runs = [r for r in study.runs_of(variant) if metric in r.histories]
+        seeds = [r.seed for r in runs]
+        unique = len(set(seeds)) == len(seeds) and None not in seeds
+        series = {(r.seed if unique else r.run_id[:8]): r.histories[metric] for r in runs}
+        if series:
+            curves[variant] = aggregate_curve(series, metric, n_resamples=n_resamples)
+    return curves
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _fmt(value: float, scale: float = SCALE, sign: bool = False) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    return f"{value * scale:+.1f}" if sign else f"{value * scale:.1f}"
+
+
+def _with_ci(row: Mapping[str, Any], key: str, low: str, high: str, scale: float = SCALE, sign: bool = False) -> str:
+    if key not in row:
+        return ""
+    bounds = f" [{_fmt(row[low], scale, sign)}, {_fmt(row[high], scale, sign)}]"
+    return _fmt(row[key], scale, sign) + (bounds if math.isfinite(row[low]) else "")
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, escape=True, border=0, na_rep="–")
+
+
+def _final_table(summary: Mapping[str, Any]) -> str:
+    ref = summary["reference"]
+    frame = pd.DataFrame([
+        {
+            "variant": r["variant"], "seeds": r["n_seeds"],
+            "mean % [95 % CI]": _with_ci(r, "mean", "ci_low", "ci_high"),
+            "IQM % [95 % CI]": _with_ci(r, "iqm", "iqm_ci_low", "iqm_ci_high"),
+            f"Δ vs {ref}, points [95 % CI]": _with_ci(r, "diff", "diff_ci_low", "diff_ci_high", sign=True),
+            f"P(> {ref}) [95 % CI]": _with_ci(r, "prob_improvement", "prob_improvement_ci_low",
+                                               "prob_improvement_ci_high", scale=0.01),
+            "Welch p": _p(r),
+            "verdict": r.get("sentence", "reference"),
+        }
+        for r in summary["variants"]
+    ])
+    return _table(frame)
+
+
+def _final_points(summary: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, stats.Interval]]:
+    rows = summary["variants"]
+    values = {r["variant"]: np.array(r["values"], dtype=float) for r in rows}
+    return values, {r["variant"]: stats.Interval(r["mean"], r["ci_low"], r["ci_high"]) for r in rows}
+
+
+def _p(row: Mapping[str, Any]) -> str:
+    return f"{row['welch_p']:.3g}" if math.isfinite(row.get("welch_p", math.nan)) else ""
+
+
+def _div(fig: go.Figure) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def _curves_section(curves: Mapping[str, Mapping[str, Curve]], colors: Mapping[str, str]) -> str:
+    if not curves:
+        return _note("no step-indexed metrics were logged by the finished runs")
+    return "".join(_div(figures.curve_figure(c, metric, colors)) for metric, c in curves.items())
+
+
+def _cost_section(study: StudyData, summary: Mapping[str, Any], colors: Mapping[str, str]) -> str:
+    variants = [r["variant"] for r in summary["variants"]]
+    trials, _ = _cost_rows(study, variants, summary["reference"])
+    per_variant = pd.DataFrame(summary["cost"])
+    if per_variant.empty:
+        return _note("no finished trials")
+    per_variant["step_time_ratio"] = per_variant["step_time_ratio"].map(
+        lambda x: f"{x:.2f}×" if math.isfinite(x) else "–")
+    per_variant = per_variant.rename(columns={"step_time_ratio": f"step time vs {summary['reference']}"})
+    present = [m for m in COST_METRICS if trials[m].notna().any()]
+    plot = _div(figures.cost_figure(trials, present, colors)) if present else _note("no cost metrics logged")
+    return (f"<h3>per variant (means)</h3>{_table(per_variant.round(3))}{plot}"
+            f"<h3>per trial</h3>{_table(trials.round(3))}")
+
+
+def _diagnostics_section(study: StudyData, summary: Mapping[str, Any], colors: Mapping[str, str]) -> str:
+    samples = {
+        v: np.concatenate([r.advantages for r in study.runs_of(v) if r.advantages is not None])
+        for v in (r["variant"] for r in summary["variants"])
+        if any(r.advantages is not None for r in study.runs_of(v))
+    }
+    if samples:
+        described = pd.DataFrame([
+            {"variant": v, "n": len(a), "mean": a.mean(), "std": a.std(), "|max|": np.abs(a).max(),
+             "fraction zero": float(np.mean(a == 0))}
+            for v, a in samples.items() if len(a)
+        ])
+        parts = [_div(figures.advantage_figure(samples, colors)), _table(described.round(4))]
+    else:
+        parts = [_note("no run logged diagnostics/advantages.json")]
+    parts.append("<h3>order sensitivity</h3>")
+    order = summary["order_sensitivity"]
+    if order:
+        frame = pd.DataFrame([
+            {"shuffled variant": o["variant"], "unshuffled twin": o["twin"],
+             "Δ, points [95 % CI]": _with_ci(o, "diff", "diff_ci_low", "diff_ci_high", sign=True),
+             "Welch p": _p(o), "verdict": o["sentence"]}
+            for o in order
+        ])
+        parts.append(_table(frame))
+    else:
+        parts.append(_note(f"no variant with {SHUFFLE_PARAM}=True and an unshuffled twin"))
+    return "".join(parts)
+
+
+def _search_section(optuna_study: optuna.Study) -> str:
+    return "".join(
+        f"<h3>{html.escape(title)}</h3>" + (_note(view) if isinstance(view, str) else _div(view))
+        for title, view in figures.search_figures(optuna_study)
+    )
+
+
+def _page(
+    study: StudyData,
+    summary: Mapping[str, Any],
+    curves: Mapping[str, Mapping[str, Curve]],
+    colors: Mapping[str, str],
+    optuna_study: optuna.Study | None,
+    refresh_seconds: int | None,
+) -> str:
+    name = study.study_name or study.study_id or "study"
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary["study"]["status_counts"].items()))
+    verdicts = [r["sentence"] for r in summary["variants"] if "sentence" in r]
+    if not summary["reference_found"]:
+        verdicts = [f"reference variant {summary['reference']!r} has no finished runs: no comparisons"]
+    values, means = _final_points(summary)
+    sections = [
+        ("curves", "Curves", _curves_section(curves, colors)),
+        ("final", "Final table", _final_table(summary)
+         + _div(figures.final_figure(values, means, colors, summary["metric"]))),
+        ("cost", "Cost", _cost_section(study, summary, colors)),
+        ("diagnostics", "KRPO diagnostics", _diagnostics_section(study, summary, colors)),
+    ]
+    if optuna_study is not None:
+        sections.append(("search", "Search", _search_section(optuna_study)))
+    refresh = f'<meta http-equiv="refresh" content="{int(refresh_seconds)}">' if refresh_seconds else ""
+    body = "".join(f'<section id="{sid}"><h2>{title}</h2>{content}</section>' for sid, title, content in sections)
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8">{refresh}'
+        f"<title>krpo-bench · {html.escape(name)}</title><style>{_CSS}</style>"
+        f"<script>{get_plotlyjs()}</script></head><body>"
+        f"<h1>{html.escape(name)}</h1>"
+        f'<p class="meta">metric {html.escape(summary["metric"])} · reference {html.escape(summary["reference"])}'
+        f" · trials: {html.escape(counts or 'none')} (only finished trials are analysed)</p>"
+        f'<ul class="verdicts">{"".join(f"<li>{html.escape(s)}</li>" for s in verdicts)}</ul>'
+        f'<nav>{"".join(f"<a href=#{sid}>{title}</a>" for sid, title, _ in sections)}</nav>'
+        f"{body}</body></html>"
+    )
+
+
+def _analyse(
+    study: StudyData, reference: str, metric: str
+) -> tuple[dict[str, Any], dict[str, dict[str, Curve]], dict[str, str]]:
+    summary = summarize(study, reference, metric)
+    variants = [r["variant"] for r in summary["variants"]]
+    curves = {m: c for m in CURVE_METRICS if (c := study_curves(study, m, variants))}
+    return summary, curves, figures.palette(variants)
+
+
+def render_html(
+    study: StudyData,
+    reference: str = "grpo",
+    optuna_study: optuna.Study | None = None,
+    refresh_seconds: int | None = None,
+    metric: str = METRIC,
+) -> str:
+    """The report as one self-contained HTML string (plotly.js inlined; optional auto-refresh)."""
+    summary, curves, colors = _analyse(study, reference, metric)
+    return _page(study, summary, curves, colors, optuna_study, refresh_seconds)
+
+
+def _csv(summary: Mapping[str, Any], path: Path) -> None:
+    frame = pd.DataFrame(summary["variants"])
+    for column in ("seeds", "values"):
+        frame[column] = frame[column].map(lambda xs: ";".join(str(x) for x in xs))
+    frame.to_csv(path, index=False)
+
+
+def build_report(
+    study: StudyData,
+    out_dir: str | Path,
+    reference: str = "grpo",
+    optuna_study: optuna.Study | None = None,
+    refresh_seconds: int | None = None,
+    metric: str = METRIC,
+) -> Report:
+    """Write report.html, figures/*.png, summary.csv and summary.json into `out_dir`."""
+    out = Path(out_dir)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    summary, curves, colors = _analyse(study, reference, metric)
+    pngs = [
+        figures.curves_png(curves[m], out / "figures" / f"{m.replace('/', '_')}_curves.png", m, colors)
+        for m in PNG_CURVES if m in curves
+    ]
+    values, means = _final_points(summary)
+    if values:
+        pngs.append(figures.final_png(values, means, out / "figures" / f"{metric.replace('/', '_')}.png",
+                                      colors, metric))
+    html_path = out / "report.html"
+    html_path.write_text(_page(study, summary, curves, colors, optuna_study, refresh_seconds), encoding="utf-8")
+    csv_path, json_path = out / "summary.csv", out / "summary.json"
+    _csv(summary, csv_path)
+    json_path.write_text(json.dumps(_json_ready(summary), indent=2, allow_nan=False), encoding="utf-8")
+    return Report(out, html_path, csv_path, json_path, pngs, summary)

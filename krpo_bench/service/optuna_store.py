@@ -1,0 +1,84 @@
+"""Optuna's RDB storage beside the job database, and translating study specs to Optuna objects.
+
+Optuna's tables (``studies``, ``alembic_version``, ...) must not meet ours, so on PostgreSQL they
+live in their own schema (``optuna``) of the same database, and on SQLite in a sibling file
+(``<db>-optuna.db``, which also keeps Optuna's writes off the job queue's write lock).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import optuna
+from sqlalchemy import create_engine, text
+
+from krpo_bench.service.db import normalize_url
+from krpo_bench.spec.study import Pruner, SearchParam, StudySpec
+
+OPTUNA_SCHEMA = "optuna"
+
+
+def optuna_url(db_url: str) -> tuple[str, dict]:
+    """Optuna's storage URL and engine kwargs for the job database ``db_url``."""
+    url = normalize_url(db_url)
+    if url.get_backend_name() == "sqlite":
+        database = url.database or ":memory:"
+        sibling = database[:-3] + "-optuna.db" if database.endswith(".db") else database + "-optuna"
+        return url.set(database=sibling).render_as_string(hide_password=False), {"connect_args": {"timeout": 60}}
+    with create_engine(url).begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {OPTUNA_SCHEMA}"))
+    return url.render_as_string(hide_password=False), {
+        "connect_args": {"options": f"-csearch_path={OPTUNA_SCHEMA}"},
+        "pool_pre_ping": True,
+    }
+
+
+@lru_cache(maxsize=8)
+def optuna_storage(db_url: str) -> optuna.storages.RDBStorage:
+    """The (cached, per process) Optuna storage for ``db_url``."""
+    url, engine_kwargs = optuna_url(db_url)
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+
+
+def distribution(param: SearchParam) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution of one ``space`` entry."""
+    if param.type == "choice":
+        return optuna.distributions.CategoricalDistribution(param.choices)
+    if param.type == "int":
+        return optuna.distributions.IntDistribution(int(param.low), int(param.high), step=int(param.step or 1))
+    return optuna.distributions.FloatDistribution(
+        param.low, param.high, log=param.type == "log_uniform", step=param.step
+    )
+
+
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """The sampler a search spec names, seeded by ``sampler_seed``."""
+    seed = spec.sampler_seed
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if spec.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed)
+    space = {}
+    for path, param in (spec.space or {}).items():
+        if param.type == "choice":
+            space[path] = list(param.choices)
+        else:
+            step = param.step or 1
+            count = int(round((param.high - param.low) / step)) + 1
+            space[path] = [param.low + i * step for i in range(count)]
+            if param.type == "int":
+                space[path] = [int(v) for v in space[path]]
+    return optuna.samplers.GridSampler(space, seed=seed)
+
+
+def make_pruner(pruner: Pruner) -> optuna.pruners.BasePruner:
+    """The pruner a search spec names."""
+    if pruner.type == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=pruner.startup_trials, n_warmup_steps=pruner.warmup_steps)
+    if pruner.type == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, pruner.warmup_steps))
+    return optuna.pruners.NopPruner()

@@ -1,0 +1,722 @@
+"""The durable job queue: enqueue, claim under a lease, heartbeat, fenced completion, reclaim.
+
+Every method is one short transaction, safe to call from many processes and machines at once.
+Claims are atomic: ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, a ``BEGIN IMMEDIATE``
+(serialised) write transaction on SQLite. Each claim bumps ``attempt``, the fence token: only the
+holder of the current attempt of a running job can heartbeat or write its outcome.
+
+Clock: leases and timestamps use the database server's clock (``now()``) on PostgreSQL, so worker
+machines with skewed clocks agree; on SQLite (embedded: the database and its workers share one
+machine) they use the local clock in UTC.
+
+Transient errors (SQLite "database is locked", PostgreSQL serialisation failures, deadlocks and lost
+connections) are retried with backoff. A claim whose commit was acknowledged by the server but whose
+reply was lost is recovered like a crashed worker: its lease expires and the job is reclaimed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Interval,
+    Row,
+    Table,
+    func,
+    literal,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from krpo_bench.service.db import (
+    READ_ONLY,
+    AttemptOutcome,
+    Job,
+    JobAttempt,
+    JobStatus,
+    Study,
+    UTCDateTime,
+    Worker,
+    WorkerStatus,
+    make_engine,
+    new_id,
+    utcnow,
+)
+
+T = TypeVar("T")
+
+jobs = cast(Table, Job.__table__)
+attempts = cast(Table, JobAttempt.__table__)
+studies = cast(Table, Study.__table__)
+workers = cast(Table, Worker.__table__)
+
+_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
+_LOOKUP_CHUNK = 500
+
+
+class Heartbeat(StrEnum):
+    """What a worker's heartbeat learns about its job."""
+
+    OK = "ok"
+    CANCEL = "cancel"
+    """Cancellation was requested: stop the trial and call ``mark_cancelled``."""
+    LOST = "lost"
+    """The attempt is no longer current (lease reclaimed, job finished): stop, write nothing."""
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """One job to enqueue (see ``JobQueue.enqueue``)."""
+
+    trial_key: str
+    config: dict[str, Any]
+    priority: int = 0
+    max_attempts: int = 3
+    timeout_s: float | None = None
+    gpus: int = 1
+    optuna_trial_number: int | None = None
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job a worker now holds; ``attempt`` is the fence token to pass back."""
+
+    id: str
+    study_id: str
+    trial_key: str
+    attempt: int
+    config: dict[str, Any]
+    priority: int
+    lease_expires_at: datetime
+    timeout_s: float | None
+    gpus: int
+    optuna_trial_number: int | None
+    failures: int
+    max_attempts: int
+    mlflow_run_id: str | None
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    """A snapshot of one job row."""
+
+    id: str
+    study_id: str
+    trial_key: str
+    optuna_trial_number: int | None
+    config: dict[str, Any]
+    status: JobStatus
+    priority: int
+    attempt: int
+    failures: int
+    max_attempts: int
+    owner: str | None
+    lease_expires_at: datetime | None
+    cancel_requested: bool
+    timeout_s: float | None
+    gpus: int
+    result: dict[str, Any] | None
+    last_error: str | None
+    mlflow_run_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AttemptInfo:
+    """One claim of a job, from the audit trail."""
+
+    job_id: str
+    attempt: int
+    worker: str
+    started_at: datetime
+    ended_at: datetime | None
+    outcome: AttemptOutcome | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """What ``cancel_study`` did: queued jobs cancelled, running jobs asked to stop."""
+
+    cancelled: int
+    signalled: int
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A registered worker."""
+
+    id: str
+    hostname: str
+    pid: int
+    gpus: list[int]
+    slots: int
+    started_at: datetime
+    heartbeat_at: datetime
+    status: WorkerStatus
+    current_jobs: list[str]
+
+
+def _columns(cls: type, table: Table) -> list[Any]:
+    return [table.c[f.name] for f in fields(cls)]
+
+
+_CLAIM_COLUMNS = [*_columns(ClaimedJob, jobs), jobs.c.started_at]
+
+
+def _job_info(row: Row[Any]) -> JobInfo:
+    values = dict(row._mapping)
+    values["status"] = JobStatus(values["status"])
+    return JobInfo(**values)
+
+
+def _is_transient(err: DBAPIError) -> bool:
+    """Whether retrying the whole transaction may succeed."""
+    if err.connection_invalidated:
+        return True
+    if isinstance(err.orig, sqlite3.Error):
+        return err.orig.sqlite_errorname in ("SQLITE_BUSY", "SQLITE_LOCKED")
+    sqlstate = getattr(err.orig, "sqlstate", None)
+    if sqlstate is None:  # PostgreSQL: no connection could be made (server down or restarting)
+        return isinstance(err, OperationalError)
+    return sqlstate in _RETRYABLE_SQLSTATES or sqlstate.startswith("08")
+
+
+class JobQueue:
+    """The job queue on one engine (see the module docstring for guarantees)."""
+
+    def __init__(self, engine: Engine, *, max_retries: int = 8) -> None:
+        self.engine = engine
+        self.max_retries = max_retries
+        self._server_clock = engine.dialect.name == "postgresql"
+
+    @classmethod
+    def from_url(cls, url: str | URL, **kwargs: Any) -> JobQueue:
+        """A queue on a new engine for ``url`` (``make_engine``); the schema must be migrated."""
+        return cls(make_engine(url), **kwargs)
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _run(self, fn: Callable[[Connection], T], *, read_only: bool = False) -> T:
+        for retry in range(self.max_retries + 1):
+            try:
+                with self.engine.connect() as conn:
+                    if read_only:
+                        conn.execution_options(**{READ_ONLY: True})
+                    with conn.begin():
+                        return fn(conn)
+            except DBAPIError as err:
+                if retry == self.max_retries or not _is_transient(err):
+                    raise
+                time.sleep(min(2.0, 0.02 * 2**retry) * random.uniform(0.5, 1.0))
+        raise AssertionError("unreachable")
+
+    def _now(self) -> ColumnElement[datetime]:
+        if self._server_clock:
+            return func.now()
+        return literal(utcnow(), UTCDateTime())
+
+    def _after(self, seconds: float) -> ColumnElement[datetime]:
+        if self._server_clock:
+            return func.now() + literal(timedelta(seconds=seconds), Interval())
+        return literal(utcnow() + timedelta(seconds=seconds), UTCDateTime())
+
+    def _insert(self, table: Table) -> Any:
+        dialect = postgresql if self._server_clock else sqlite
+        return dialect.insert(table)
+
+    def _held(self, conn: Connection, job_id: str, attempt: int) -> Row[Any] | None:
+        """Lock and return the job if ``attempt`` currently holds it (running), else None."""
+        return conn.execute(
+            select(jobs)
+            .where(jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.status == JobStatus.RUNNING)
+            .with_for_update()
+        ).first()
+
+    def _close_attempt(
+        self, conn: Connection, job_id: str, attempt: int, outcome: AttemptOutcome, error: str | None
+    ) -> None:
+        conn.execute(
+            update(attempts)
+            .where(attempts.c.job_id == job_id, attempts.c.attempt == attempt)
+            .values(ended_at=self._now(), outcome=outcome.value, error=error)
+        )
+
+    def _finish(
+        self,
+        job_id: str,
+        attempt: int,
+        status: JobStatus,
+        outcome: AttemptOutcome,
+        **values: Any,
+    ) -> bool:
+        """Move a held job to a terminal ``status``; True also when this attempt already did."""
+
+        def txn(conn: Connection) -> bool:
+            done = conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.attempt == attempt,
+                    jobs.c.status == JobStatus.RUNNING,
+                )
+                .values(status=status.value, finished_at=self._now(), lease_expires_at=None, **values)
+            ).rowcount
+            if done:
+                self._close_attempt(conn, job_id, attempt, outcome, None)
+                return True
+            current = conn.execute(
+                select(jobs.c.status, jobs.c.attempt).where(jobs.c.id == job_id)
+            ).first()
+            return current is not None and (current.status, current.attempt) == (status, attempt)
+
+        return self._run(txn)
+
+    def _end_attempt(
+        self,
+        conn: Connection,
+        job: Row[Any],
+        *,
+        counts_as_failure: bool,
+        requeue: bool,
+        outcome: AttemptOutcome,
+        error: str | None,
+    ) -> JobStatus:
+        """Requeue a held job while attempts remain, else fail it; a job whose cancellation was
+        requested is cancelled instead of requeued."""
+        failures = job.failures + int(counts_as_failure)
+        if requeue and job.cancel_requested:
+            status = JobStatus.CANCELLED
+        elif requeue and failures < job.max_attempts:
+            status = JobStatus.QUEUED
+        else:
+            status = JobStatus.FAILED
+        values: dict[str, Any] = {
+            "status": status.value,
+            "failures": failures,
+            "lease_expires_at": None,
+            "finished_at": None if status == JobStatus.QUEUED else self._now(),
+        }
+        if status == JobStatus.QUEUED:
+            values["owner"] = None
+        if counts_as_failure:
+            values["last_error"] = error
+        conn.execute(update(jobs).where(jobs.c.id == job.id).values(**values))
+        self._close_attempt(conn, job.id, job.attempt, outcome, error)
+        return status
+
+    # -- producers --------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        study_id: str,
+        trial_key: str,
+        config: dict[str, Any],
+        *,
+        priority: int = 0,
+        max_attempts: int = 3,
+        timeout_s: float | None = None,
+        gpus: int = 1,
+        optuna_trial_number: int | None = None,
+    ) -> str:
+        """Queue one job and return its id; idempotent on ``(study_id, trial_key)``: a repeat
+        returns the existing job's id and changes nothing."""
+        job = NewJob(trial_key, config, priority, max_attempts, timeout_s, gpus, optuna_trial_number)
+        return self.enqueue_many(study_id, [job])[0]
+
+    def enqueue_many(self, study_id: str, new_jobs: Sequence[NewJob]) -> list[str]:
+        """Queue a batch in one transaction; returns ids in input order (idempotent per trial key).
+        Jobs added to a study whose cancellation was requested are created cancelled."""
+        if not new_jobs:
+            return []
+
+        def txn(conn: Connection) -> list[str]:
+            study = conn.execute(
+                select(studies.c.cancel_requested)
+                .where(studies.c.id == study_id)
+                .with_for_update(read=True)
+            ).first()
+            if study is None:
+                raise KeyError(f"unknown study {study_id!r}")
+            status = JobStatus.CANCELLED if study.cancel_requested else JobStatus.QUEUED
+            unique = list({job.trial_key: job for job in reversed(new_jobs)}.values())[::-1]
+            now = self._now()
+            rows = [
+                {
+                    "id": new_id(),
+                    "study_id": study_id,
+                    "trial_key": job.trial_key,
+                    "optuna_trial_number": job.optuna_trial_number,
+                    "config": job.config,
+                    "status": status.value,
+                    "priority": job.priority,
+                    "max_attempts": job.max_attempts,
+                    "timeout_s": job.timeout_s,
+                    "gpus": job.gpus,
+                    "attempt": 0,
+                    "failures": 0,
+                    "cancel_requested": study.cancel_requested,
+                }
+                for job in unique
+            ]
+            if not self._server_clock:  # no identity columns in SQLite; writes are serialised
+                base = conn.execute(select(func.coalesce(func.max(jobs.c.seq), 0))).scalar_one()
+                for offset, row in enumerate(rows, start=1):
+                    row["seq"] = base + offset
+            stmt = self._insert(jobs).values(created_at=now)
+            conn.execute(
+                stmt.on_conflict_do_nothing(index_elements=["study_id", "trial_key"]), rows
+            )
+            keys = [job.trial_key for job in unique]
+            ids: dict[str, str] = {}
+            for start in range(0, len(keys), _LOOKUP_CHUNK):
+                chunk = keys[start : start + _LOOKUP_CHUNK]
+                ids.update(
+                    conn.execute(
+                        select(jobs.c.trial_key, jobs.c.id).where(
+                            jobs.c.study_id == study_id, jobs.c.trial_key.in_(chunk)
+                        )
+                    ).tuples().all()
+                )
+            return [ids[job.trial_key] for job in new_jobs]
+
+        return self._run(txn)
+
+    # -- workers ----------------------------------------------------------------------------
+
+    def claim(self, worker_id: str, lease_s: float, *, gpus_free: int | None = None) -> ClaimedJob | None:
+        """Atomically take the highest-priority, then oldest, queued job (needing at most
+        ``gpus_free`` GPUs if given) under a lease of ``lease_s`` seconds; None if there is none."""
+
+        def txn(conn: Connection) -> ClaimedJob | None:
+            pick = (
+                select(jobs.c.id)
+                .where(jobs.c.status == JobStatus.QUEUED, jobs.c.cancel_requested.is_(False))
+                .order_by(jobs.c.priority.desc(), jobs.c.seq)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            if gpus_free is not None:
+                pick = pick.where(jobs.c.gpus <= gpus_free)
+            row = conn.execute(
+                update(jobs)
+                .where(jobs.c.id == pick.scalar_subquery(), jobs.c.status == JobStatus.QUEUED)
+                .values(
+                    status=JobStatus.RUNNING.value,
+                    owner=worker_id,
+                    attempt=jobs.c.attempt + 1,
+                    lease_expires_at=self._after(lease_s),
+                    started_at=self._now(),
+                )
+                .returning(*_CLAIM_COLUMNS)
+            ).first()
+            if row is None:
+                return None
+            conn.execute(
+                attempts.insert().values(
+                    job_id=row.id, attempt=row.attempt, worker=worker_id, started_at=row.started_at
+                )
+            )
+            return ClaimedJob(**{f.name: row._mapping[f.name] for f in fields(ClaimedJob)})
+
+        return self._run(txn)
+
+    def heartbeat(self, job_id: str, attempt: int, lease_s: float) -> Heartbeat:
+        """Extend the lease of a held job to ``lease_s`` from now; says whether to go on."""
+
+        def txn(conn: Connection) -> Heartbeat:
+            cancel = conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.attempt == attempt,
+                    jobs.c.status == JobStatus.RUNNING,
+                )
+                .values(lease_expires_at=self._after(lease_s))
+                .returning(jobs.c.cancel_requested)
+            ).scalar()
+            if cancel is None:
+                return Heartbeat.LOST
+            return Heartbeat.CANCEL if cancel else Heartbeat.OK
+
+        return self._run(txn)
+
+    def complete(self, job_id: str, attempt: int, result: dict[str, Any]) -> bool:
+        """Record success with ``result`` if ``attempt`` holds the job; False for a stale attempt
+        (nothing changes). A repeat by the same attempt returns True and keeps the first result."""
+        return self._finish(job_id, attempt, JobStatus.SUCCEEDED, AttemptOutcome.SUCCEEDED, result=result)
+
+    def mark_pruned(self, job_id: str, attempt: int, result: dict[str, Any]) -> bool:
+        """End a held job as pruned (Optuna stopped it early), keeping ``result``."""
+        return self._finish(job_id, attempt, JobStatus.PRUNED, AttemptOutcome.PRUNED, result=result)
+
+    def mark_cancelled(self, job_id: str, attempt: int) -> bool:
+        """End a held job as cancelled (the worker stopped it after a CANCEL heartbeat)."""
+        return self._finish(job_id, attempt, JobStatus.CANCELLED, AttemptOutcome.CANCELLED)
+
+    def fail(self, job_id: str, attempt: int, error: str, *, retryable: bool = True) -> JobStatus | None:
+        """Record a failed attempt (``failures`` + 1, ``last_error`` kept): requeued while attempts
+        remain and ``retryable``, else failed (cancelled if cancellation was requested). Returns the
+        new status, or None if ``attempt`` no longer holds the job."""
+
+        def txn(conn: Connection) -> JobStatus | None:
+            job = self._held(conn, job_id, attempt)
+            if job is None:
+                return None
+            return self._end_attempt(
+                conn, job, counts_as_failure=True, requeue=retryable,
+                outcome=AttemptOutcome.FAILED, error=error,
+            )
+
+        return self._run(txn)
+
+    def release(self, job_id: str, attempt: int, reason: str) -> bool:
+        """Give a held job back (graceful shutdown) without using up an attempt; it is requeued,
+        or cancelled if that was requested. False if ``attempt`` no longer holds it."""
+
+        def txn(conn: Connection) -> bool:
+            job = self._held(conn, job_id, attempt)
+            if job is None:
+                return False
+            self._end_attempt(
+                conn, job, counts_as_failure=False, requeue=True,
+                outcome=AttemptOutcome.RELEASED, error=reason,
+            )
+            return True
+
+        return self._run(txn)
+
+    def set_mlflow_run(self, job_id: str, attempt: int, run_id: str) -> bool:
+        """Remember the MLflow run of a held job (a retry resumes it); False if not held."""
+
+        def txn(conn: Connection) -> bool:
+            return bool(
+                conn.execute(
+                    update(jobs)
+                    .where(
+                        jobs.c.id == job_id,
+                        jobs.c.attempt == attempt,
+                        jobs.c.status == JobStatus.RUNNING,
+                    )
+                    .values(mlflow_run_id=run_id)
+                ).rowcount
+            )
+
+        return self._run(txn)
+
+    def reclaim_expired(self) -> int:
+        """Take back running jobs whose lease expired (their worker is gone): each counts as a
+        failed attempt, requeued, or failed with "lease expired (worker X)" after ``max_attempts``.
+        Returns how many jobs were reclaimed."""
+
+        def txn(conn: Connection) -> int:
+            expired = conn.execute(
+                select(jobs)
+                .where(jobs.c.status == JobStatus.RUNNING, jobs.c.lease_expires_at < self._now())
+                .with_for_update(skip_locked=True)
+            ).all()
+            for job in expired:
+                self._end_attempt(
+                    conn, job, counts_as_failure=True, requeue=True,
+                    outcome=AttemptOutcome.EXPIRED, error=f"lease expired (worker {job.owner})",
+                )
+            return len(expired)
+
+        return self._run(txn)
+
+    # -- cancellation -----------------------------------------------------------------------
+
+    def cancel_job(self, job_id: str) -> JobStatus | None:
+        """Cancel a job: queued -> cancelled now; running -> flagged (the worker sees CANCEL at
+        its next heartbeat). Returns the job's status afterwards, None for an unknown job."""
+
+        def txn(conn: Connection) -> JobStatus | None:
+            status = conn.execute(
+                select(jobs.c.status).where(jobs.c.id == job_id).with_for_update()
+            ).scalar()
+            if status is None:
+                return None
+            if status == JobStatus.QUEUED:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id)
+                    .values(status=JobStatus.CANCELLED.value, cancel_requested=True, finished_at=self._now())
+                )
+                return JobStatus.CANCELLED
+            if status == JobStatus.RUNNING:
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
+            return JobStatus(status)
+
+        return self._run(txn)
+
+    def cancel_study(self, study_id: str) -> CancelResult:
+        """Flag the study as cancelled, cancel its queued jobs and ask its running jobs to stop."""
+
+        def txn(conn: Connection) -> CancelResult:
+            conn.execute(
+                update(studies)
+                .where(studies.c.id == study_id)
+                .values(cancel_requested=True, updated_at=self._now())
+            )
+            cancelled = conn.execute(
+                update(jobs)
+                .where(jobs.c.study_id == study_id, jobs.c.status == JobStatus.QUEUED)
+                .values(status=JobStatus.CANCELLED.value, cancel_requested=True, finished_at=self._now())
+            ).rowcount
+            signalled = conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.study_id == study_id,
+                    jobs.c.status == JobStatus.RUNNING,
+                    jobs.c.cancel_requested.is_(False),
+                )
+                .values(cancel_requested=True)
+            ).rowcount
+            return CancelResult(cancelled=cancelled, signalled=signalled)
+
+        return self._run(txn)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def get_job(self, job_id: str) -> JobInfo | None:
+        """One job, or None."""
+
+        def txn(conn: Connection) -> JobInfo | None:
+            row = conn.execute(select(*_columns(JobInfo, jobs)).where(jobs.c.id == job_id)).first()
+            return None if row is None else _job_info(row)
+
+        return self._run(txn, read_only=True)
+
+    def list_jobs(
+        self,
+        study_id: str,
+        *,
+        statuses: Iterable[JobStatus] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[JobInfo]:
+        """A study's jobs in enqueue order, optionally only those in ``statuses``."""
+        query = select(*_columns(JobInfo, jobs)).where(jobs.c.study_id == study_id)
+        if statuses is not None:
+            query = query.where(jobs.c.status.in_([JobStatus(s).value for s in statuses]))
+        query = query.order_by(jobs.c.seq).offset(offset).limit(limit)
+        return self._run(lambda conn: [_job_info(r) for r in conn.execute(query)], read_only=True)
+
+    def list_attempts(self, job_id: str) -> list[AttemptInfo]:
+        """The audit trail of one job, oldest attempt first."""
+        query = select(*_columns(AttemptInfo, attempts)).where(attempts.c.job_id == job_id)
+
+        def txn(conn: Connection) -> list[AttemptInfo]:
+            rows = conn.execute(query.order_by(attempts.c.attempt)).mappings()
+            return [
+                AttemptInfo(**{**r, "outcome": None if r["outcome"] is None else AttemptOutcome(r["outcome"])})
+                for r in rows
+            ]
+
+        return self._run(txn, read_only=True)
+
+    def counts(self, study_id: str) -> dict[JobStatus, int]:
+        """Number of the study's jobs in each status (every status present, zeros included)."""
+
+        def txn(conn: Connection) -> dict[JobStatus, int]:
+            rows = conn.execute(
+                select(jobs.c.status, func.count())
+                .where(jobs.c.study_id == study_id)
+                .group_by(jobs.c.status)
+            ).tuples()
+            result = dict.fromkeys(JobStatus, 0)
+            result.update({JobStatus(status): n for status, n in rows})
+            return result
+
+        return self._run(txn, read_only=True)
+
+    # -- worker registry --------------------------------------------------------------------
+
+    def register_worker(
+        self,
+        worker_id: str,
+        *,
+        hostname: str | None = None,
+        pid: int | None = None,
+        gpus: Sequence[int] = (),
+        slots: int = 1,
+    ) -> None:
+        """Record a worker as active (re-registering the same id starts it afresh)."""
+        values = {
+            "hostname": hostname or socket.gethostname(),
+            "pid": os.getpid() if pid is None else pid,
+            "gpus": list(gpus),
+            "slots": slots,
+            "status": WorkerStatus.ACTIVE.value,
+            "current_jobs": [],
+        }
+
+        def txn(conn: Connection) -> None:
+            now = self._now()
+            stmt = self._insert(workers).values(
+                id=worker_id, started_at=now, heartbeat_at=now, **values
+            )
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["id"], set_={**values, "started_at": now, "heartbeat_at": now}
+                )
+            )
+
+        self._run(txn)
+
+    def worker_heartbeat(self, worker_id: str, current_jobs: Sequence[str]) -> bool:
+        """Note that a worker is alive and which jobs it runs; False if it is not registered."""
+
+        def txn(conn: Connection) -> bool:
+            return bool(
+                conn.execute(
+                    update(workers)
+                    .where(workers.c.id == worker_id)
+                    .values(
+                        heartbeat_at=self._now(),
+                        current_jobs=list(current_jobs),
+                        status=WorkerStatus.ACTIVE.value,
+                    )
+                ).rowcount
+            )
+
+        return self._run(txn)
+
+    def deregister_worker(self, worker_id: str) -> None:
+        """Mark a worker stopped (clean shutdown)."""
+
+        def txn(conn: Connection) -> None:
+            conn.execute(
+                update(workers)
+                .where(workers.c.id == worker_id)
+                .values(status=WorkerStatus.STOPPED.value, current_jobs=[], heartbeat_at=self._now())
+            )
+
+        self._run(txn)
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """All registered workers, by id."""
+
+        def txn(conn: Connection) -> list[WorkerInfo]:
+            rows = conn.execute(select(*_columns(WorkerInfo, workers)).order_by(workers.c.id))
+            return [
+                WorkerInfo(**{**r._mapping, "status": WorkerStatus(r.status)}) for r in rows
+            ]
+
+        return self._run(txn, read_only=True)

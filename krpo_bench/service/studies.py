@@ -1,0 +1,414 @@
+"""The study service: submit, expand, schedule, watch, cancel, resume and extend studies.
+
+Everything the CLI, the API and the workers do to a study goes through :class:`StudyService`.
+Ablations are planned up front (variants x grid x seeds, enqueued idempotently by trial key);
+searches ask Optuna for trials while the budget lasts, never more than ``parallelism`` in flight,
+under a per-study lock so concurrent callers cannot overshoot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterator
+
+import optuna
+from sqlalchemy import func, select, text, update
+
+from krpo_bench.service.db import Job, JobStatus, Study, StudyStatus, make_engine, new_id, upgrade, utcnow
+from krpo_bench.service.optuna_store import distribution, make_pruner, make_sampler, optuna_storage
+from krpo_bench.service.queue import JobInfo, JobQueue, NewJob
+from krpo_bench.settings import default_db_url, default_mlflow_uri
+from krpo_bench.spec.study import StudySpec, validate_study
+from krpo_bench.tracking import RunTracker, flatten, get_or_create_experiment
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+
+
+class StudyError(ValueError):
+    """A request the study's state does not allow (e.g. extending an ablation)."""
+
+
+class StudyNotFound(KeyError):
+    """No study with that id."""
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    id: str
+    name: str
+    kind: str
+    status: str
+    priority: int
+    spec: dict[str, Any]
+    counts: dict[str, int]
+    total: int
+    created_at: datetime
+    optuna_study_name: str | None
+    mlflow_experiment_id: str | None
+    mlflow_parent_run_id: str | None
+
+    @property
+    def done(self) -> int:
+        return sum(n for s, n in self.counts.items() if s not in ACTIVE)
+
+
+def _trial_tags(study_id: str, study: StudySpec, key: str, variant: str, seed: int) -> dict[str, str]:
+    return {
+        "krpo.study_id": study_id,
+        "krpo.study_name": study.name,
+        "krpo.kind": study.kind,
+        "krpo.trial_key": key,
+        "krpo.variant": variant,
+        "krpo.seed": str(seed),
+    }
+
+
+class StudyService:
+    """Studies on one job database (SQLite file or PostgreSQL) and one MLflow tracking store."""
+
+    def __init__(self, db_url: str | None = None, mlflow_uri: str | None = None, *, migrate: bool = True) -> None:
+        self.db_url = db_url or default_db_url()
+        self.mlflow_uri = mlflow_uri or default_mlflow_uri()
+        self.engine = make_engine(self.db_url)
+        if migrate:
+            upgrade(self.engine)
+        self.queue = JobQueue(self.engine)
+
+    # -- submission -------------------------------------------------------------------------
+
+    def submit(self, spec: StudySpec | dict[str, Any], *, idempotency_key: str | None = None) -> StudyInfo:
+        """Store a validated study, create its MLflow experiment/parent run and queue its trials."""
+        if idempotency_key:
+            existing = self._by_idempotency_key(idempotency_key)
+            if existing is not None:
+                return existing
+        study = spec if isinstance(spec, StudySpec) else validate_study(spec)
+        planned = study.plan() if study.kind == "ablation" else []
+        study_id = new_id()
+        experiment_name = f"{study.name} [{study_id[:8]}]"
+        tracker = RunTracker(self.mlflow_uri)
+        parent_run = tracker.start(
+            experiment_name,
+            study.name,
+            tags={"krpo.study_id": study_id, "krpo.study_name": study.name, "krpo.kind": study.kind, "krpo.role": "study"},
+        )
+        tracker.log_params(flatten({"study": study.model_dump(mode="json", exclude={"base", "variants", "grid", "space"})}))
+        tracker.log_dict(study.model_dump(mode="json"), "study.json")
+        experiment_id = get_or_create_experiment(tracker.client, experiment_name, self.mlflow_uri)
+        optuna_name = f"krpo-{study_id}"
+        with self.engine.begin() as conn:
+            conn.execute(
+                Study.__table__.insert().values(
+                    id=study_id,
+                    name=study.name,
+                    kind=study.kind,
+                    spec=study.model_dump(mode="json"),
+                    status=StudyStatus.RUNNING.value,
+                    priority=study.priority,
+                    idempotency_key=idempotency_key,
+                    optuna_study_name=optuna_name,
+                    mlflow_experiment_id=experiment_id,
+                    mlflow_parent_run_id=parent_run,
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+            )
+        if study.kind == "search":
+            self._optuna_study(optuna_name, study)
+        self._enqueue_planned(study_id, study, planned, experiment_name, parent_run)
+        if study.kind == "search":
+            self.top_up(study_id)
+        return self.get(study_id)
+
+    def _by_idempotency_key(self, key: str) -> StudyInfo | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(Study.id).where(Study.idempotency_key == key)).first()
+        return self.get(row.id) if row else None
+
+    def _job(self, study_id: str, study: StudySpec, key: str, variant: str, seed: int, trial: Any, experiment: str,
+             parent_run: str, optuna_number: int | None = None) -> NewJob:
+        config = trial.model_dump(mode="json")
+        config["experiment"] = experiment
+        config["trial_id"] = f"{study_id[:8]}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
+        return NewJob(
+            trial_key=key,
+            config={
+                "trial": config,
+                "variant": variant,
+                "seed": seed,
+                "parent_run_id": parent_run,
+                "tags": _trial_tags(study_id, study, key, variant, seed),
+                "optuna_study_name": f"krpo-{study_id}" if optuna_number is not None else None,
+                "report_intermediate": optuna_number is not None and seed == study.search_seeds()[0],
+            },
+            priority=study.priority,
+            max_attempts=study.resources.max_attempts,
+            timeout_s=study.resources.timeout_s,
+            gpus=study.resources.gpus_per_trial,
+            optuna_trial_number=optuna_number,
+        )
+
+    def _enqueue_planned(self, study_id: str, study: StudySpec, planned: list, experiment: str, parent_run: str) -> None:
+        jobs = [self._job(study_id, study, p.key, p.variant, p.seed, p.spec, experiment, parent_run) for p in planned]
+        for start in range(0, len(jobs), 500):
+            self.queue.enqueue_many(study_id, jobs[start : start + 500])
+
+    # -- searches ---------------------------------------------------------------------------
+
+    def _optuna_study(self, name: str, study: StudySpec) -> optuna.Study:
+        return optuna.create_study(
+            study_name=name,
+            storage=optuna_storage(self.db_url),
+            direction=study.objective.direction,
+            sampler=make_sampler(study),
+            pruner=make_pruner(study.pruner),
+            load_if_exists=True,
+        )
+
+    @contextlib.contextmanager
+    def _study_lock(self, study_id: str) -> Iterator[None]:
+        """Serialises schedulers of one study: an advisory lock on PostgreSQL, a file lock on SQLite."""
+        if self.engine.dialect.name == "postgresql":
+            key = int.from_bytes(hashlib.sha1(study_id.encode()).digest()[:7], "big")
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+            return
+        path = Path(self.engine.url.database or "krpo-bench.db").with_suffix(".schedule.lock")
+        with open(path, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def top_up(self, study_id: str) -> int:
+        """Ask Optuna for new search trials while budget and parallelism allow; returns how many."""
+        row = self._row(study_id)
+        if row.kind != "search" or row.status != StudyStatus.RUNNING.value or row.cancel_requested:
+            return 0
+        study = StudySpec.model_validate(row.spec)
+        with self._study_lock(study_id):
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(Job.optuna_trial_number, Job.status).where(Job.study_id == study_id)
+                ).all()
+            asked = len({number for number, _ in rows})
+            in_flight = len({number for number, status in rows if status in ACTIVE})
+            room = min(study.n_trials - asked, study.parallelism - in_flight)
+            if room <= 0:
+                return 0
+            ostudy = self._optuna_study(row.optuna_study_name, study)
+            dists = {path: distribution(p) for path, p in (study.space or {}).items()}
+            experiment = f"{study.name} [{study_id[:8]}]"
+            jobs = []
+            for _ in range(room):
+                trial = ostudy.ask(dists)
+                for seed in study.search_seeds():
+                    label = f"trial {trial.number}"
+                    key = f"trial-{trial.number:05d}|seed={seed}"
+                    spec = study.trial_config(dict(trial.params), seed, f"{label} seed={seed}")
+                    jobs.append(self._job(study_id, study, key, label, seed, spec, experiment, row.mlflow_parent_run_id, trial.number))
+            self.queue.enqueue_many(study_id, jobs)
+            return room
+
+    def report_intermediate(self, job: JobInfo | Any, step: int, value: float) -> bool:
+        """Report a search trial's eval value to Optuna; True when the pruner says stop."""
+        config = job.config
+        if not config.get("optuna_study_name") or job.optuna_trial_number is None:
+            return False
+        ostudy = optuna.load_study(study_name=config["optuna_study_name"], storage=optuna_storage(self.db_url))
+        trial_id = ostudy._storage.get_trial_id_from_study_id_trial_number(ostudy._study_id, job.optuna_trial_number)
+        trial = optuna.trial.Trial(ostudy, trial_id)
+        if config.get("report_intermediate"):
+            trial.report(value, step)
+        return trial.should_prune()
+
+    def job_finished(self, job_id: str) -> None:
+        """After a job reached a final state: tell Optuna once its trial's seeds are all done, top up."""
+        job = self.queue.get_job(job_id)
+        if job is None or job.optuna_trial_number is None:
+            return
+        with self.engine.connect() as conn:
+            siblings = conn.execute(
+                select(Job.status, Job.result).where(
+                    Job.study_id == job.study_id, Job.optuna_trial_number == job.optuna_trial_number
+                )
+            ).all()
+        if any(s in ACTIVE for s, _ in siblings):
+            return
+        row = self._row(job.study_id)
+        study = StudySpec.model_validate(row.spec)
+        ostudy = self._optuna_study(row.optuna_study_name, study)
+        trial_id = ostudy._storage.get_trial_id_from_study_id_trial_number(ostudy._study_id, job.optuna_trial_number)
+        if ostudy._storage.get_trial(trial_id).state.is_finished():
+            self.top_up(job.study_id)
+            return
+        statuses = {s for s, _ in siblings}
+        metric = study.objective.metric.split("/")[-1]
+        values = [r.get(f"final_{metric}") for s, r in siblings if s == JobStatus.SUCCEEDED.value and r]
+        try:
+            if statuses == {JobStatus.SUCCEEDED.value} and all(v is not None for v in values):
+                ostudy.tell(job.optuna_trial_number, sum(values) / len(values))
+            elif JobStatus.PRUNED.value in statuses:
+                ostudy.tell(job.optuna_trial_number, state=optuna.trial.TrialState.PRUNED)
+            else:
+                ostudy.tell(job.optuna_trial_number, state=optuna.trial.TrialState.FAIL)
+        except RuntimeError:
+            pass  # another finisher told it first: Optuna keeps exactly one result
+        self.top_up(job.study_id)
+
+    # -- control ----------------------------------------------------------------------------
+
+    def cancel(self, study_id: str) -> StudyInfo:
+        """Cancel queued trials now; running ones stop at their next heartbeat."""
+        self._row(study_id)
+        self.queue.cancel_study(study_id)
+        self._set_status(study_id, StudyStatus.CANCELLED)
+        return self.get(study_id)
+
+    def resume(self, study_id: str) -> StudyInfo:
+        """Continue an interrupted or cancelled study: reclaim dead leases, requeue cancelled
+        trials, re-plan missing ones, and top up a search. Finished trials are never repeated."""
+        row = self._row(study_id)
+        study = StudySpec.model_validate(row.spec)
+        self.queue.reclaim_expired()
+        with self.engine.begin() as conn:
+            conn.execute(update(Study).where(Study.id == study_id).values(cancel_requested=False, status=StudyStatus.RUNNING.value, updated_at=utcnow()))
+            conn.execute(
+                update(Job)
+                .where(Job.study_id == study_id, Job.status.in_([JobStatus.CANCELLED.value, JobStatus.FAILED.value]))
+                .values(status=JobStatus.QUEUED.value, cancel_requested=False, failures=0, owner=None, lease_expires_at=None)
+            )
+        if study.kind == "ablation":
+            self._enqueue_planned(study_id, study, study.plan(), f"{study.name} [{study_id[:8]}]", row.mlflow_parent_run_id)
+        else:
+            self._fail_orphan_trials(study_id, study)
+            self.top_up(study_id)
+        return self.get(study_id)
+
+    def _fail_orphan_trials(self, study_id: str, study: StudySpec) -> None:
+        """Optuna trials asked by a scheduler that died before queueing their jobs."""
+        row = self._row(study_id)
+        ostudy = self._optuna_study(row.optuna_study_name, study)
+        with self.engine.connect() as conn:
+            known = set(conn.execute(select(Job.optuna_trial_number).where(Job.study_id == study_id)).scalars())
+        for trial in ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if trial.number not in known:
+                ostudy.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+    def extend(self, study_id: str, n_trials: int) -> StudyInfo:
+        """Add ``n_trials`` to a search's budget (also after it finished) and schedule them."""
+        if n_trials < 1:
+            raise StudyError(f"n_trials must be >= 1, got {n_trials}")
+        row = self._row(study_id)
+        if row.kind != "search":
+            raise StudyError("only search studies can be extended; submit a new ablation instead")
+        spec = dict(row.spec)
+        spec["n_trials"] = (spec.get("n_trials") or 0) + n_trials
+        study = validate_study(spec)
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(Study).where(Study.id == study_id).values(
+                    spec=study.model_dump(mode="json"), status=StudyStatus.RUNNING.value, cancel_requested=False, updated_at=utcnow()
+                )
+            )
+        self.top_up(study_id)
+        return self.get(study_id)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _row(self, study_id: str) -> Any:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(Study.__table__).where(Study.id == study_id)).first()
+        if row is None:
+            raise StudyNotFound(study_id)
+        return row
+
+    def _set_status(self, study_id: str, status: StudyStatus) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(Study).where(Study.id == study_id).values(status=status.value, updated_at=utcnow()))
+
+    def _info(self, row: Any, counts: dict[str, int]) -> StudyInfo:
+        spec = StudySpec.model_validate(row.spec)
+        status = row.status
+        total = spec.trial_count()
+        done = sum(n for s, n in counts.items() if s not in ACTIVE)
+        if status == StudyStatus.RUNNING.value and done >= total and not any(counts.get(s) for s in ACTIVE):
+            status = StudyStatus.FAILED.value if counts.get(JobStatus.FAILED.value) else StudyStatus.SUCCEEDED.value
+        return StudyInfo(
+            id=row.id,
+            name=row.name,
+            kind=row.kind,
+            status=status,
+            priority=row.priority,
+            spec=row.spec,
+            counts=counts,
+            total=total,
+            created_at=row.created_at,
+            optuna_study_name=row.optuna_study_name,
+            mlflow_experiment_id=row.mlflow_experiment_id,
+            mlflow_parent_run_id=row.mlflow_parent_run_id,
+        )
+
+    def get(self, study_id: str) -> StudyInfo:
+        row = self._row(study_id)
+        counts = {str(k): v for k, v in self.queue.counts(study_id).items()}
+        return self._info(row, counts)
+
+    def list(self, *, status: str | None = None, limit: int = 50, offset: int = 0) -> list[StudyInfo]:
+        """Studies newest first, with job counts (one grouped query for the page)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(Study.__table__).order_by(Study.created_at.desc(), Study.id).limit(limit if status is None else 10_000).offset(offset if status is None else 0)
+            ).all()
+            ids = [r.id for r in rows]
+            counts: dict[str, dict[str, int]] = {i: {} for i in ids}
+            if ids:
+                for sid, st, n in conn.execute(
+                    select(Job.study_id, Job.status, func.count()).where(Job.study_id.in_(ids)).group_by(Job.study_id, Job.status)
+                ):
+                    counts[sid][st] = n
+        infos = [self._info(r, counts[r.id]) for r in rows]
+        if status is not None:
+            infos = [i for i in infos if i.status == status][offset : offset + limit]
+        return infos
+
+    def jobs(self, study_id: str) -> list[JobInfo]:
+        self._row(study_id)
+        return self.queue.list_jobs(study_id)
+
+    def results(self, study_id: str) -> dict[str, dict[str, Any]]:
+        """Per variant: final accuracies of succeeded trials with mean and 95 % t-interval."""
+        from scipy import stats
+
+        per_variant: dict[str, list[float]] = {}
+        for job in self.jobs(study_id):
+            per_variant.setdefault(job.config["variant"], [])
+            if job.status == JobStatus.SUCCEEDED and job.result and job.result.get("final_accuracy") is not None:
+                per_variant[job.config["variant"]].append(job.result["final_accuracy"])
+        out = {}
+        for variant, values in per_variant.items():
+            n = len(values)
+            mean = sum(values) / n if n else math.nan
+            low = high = math.nan
+            if n > 1:
+                sem = stats.sem(values)
+                if sem > 0:
+                    low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=sem)
+                else:
+                    low = high = mean
+            out[variant] = {"n": n, "mean": mean, "ci_low": low, "ci_high": high, "values": values}
+        return out

@@ -1,0 +1,279 @@
+"""Pydantic schema of a study: an ablation matrix or an Optuna search over trial configurations.
+
+A study has a ``base`` trial config; ablation ``variants`` and ``grid`` entries and search ``space``
+entries override it by dotted path (``estimator.Q``, ``training.group_size``). Every trial a study
+can produce is validated as a full :class:`TrialSpec`, so a typo anywhere is an error naming it.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from krpo_bench.spec.loading import SpecError, validation_errors
+from krpo_bench.spec.trial import TrialSpec
+
+MAX_TRIALS_PER_STUDY = 10_000
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Resources(Strict):
+    gpus_per_trial: int = Field(1, ge=0, le=64, description="more than one runs the trial through accelerate")
+    max_attempts: int = Field(3, ge=1, le=100)
+    timeout_s: int | None = Field(None, ge=10, le=30 * 24 * 3600, description="per-trial wall-clock limit")
+
+
+class SearchParam(Strict):
+    type: Literal["log_uniform", "uniform", "int", "choice"]
+    low: float | None = None
+    high: float | None = None
+    step: float | None = Field(None, gt=0)
+    choices: list[Any] | None = Field(None, min_length=1, max_length=1000)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "SearchParam":
+        if self.type == "choice":
+            if not self.choices:
+                raise ValueError("a choice parameter needs a non-empty 'choices' list")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs 'low' and 'high'")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        if self.type == "log_uniform" and self.low <= 0:
+            raise ValueError(f"log_uniform needs low > 0, got {self.low}")
+        return self
+
+
+class Pruner(Strict):
+    type: Literal["none", "median", "hyperband"] = "none"
+    warmup_steps: int = Field(0, ge=0, description="training steps before a trial may be pruned")
+    startup_trials: int = Field(2, ge=0, description="finished trials before the median pruner acts")
+
+
+class Objective(Strict):
+    metric: Literal["final/accuracy", "final/pass_at_k"] = "final/accuracy"
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+
+def set_path(config: dict, path: str, value: Any) -> None:
+    """Set ``config["a"]["b"] = value`` for ``path == "a.b"``, creating mappings on the way."""
+    node = config
+    parts = path.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"{path}: {part!r} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` merged in recursively (override wins); inputs untouched."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not _retagged(out[key], value):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _retagged(base: dict, override: dict) -> bool:
+    """An override that names a different estimator/model (``name``) or task (``kind``) replaces."""
+    return any(tag in override and tag in base and override[tag] != base[tag] for tag in ("name", "kind"))
+
+
+@dataclass(frozen=True)
+class PlannedTrial:
+    """One trial of an ablation: its stable key, variant, seed and full validated config."""
+
+    key: str
+    variant: str
+    seed: int
+    overrides: dict[str, Any]
+    spec: TrialSpec
+
+
+class StudySpec(Strict):
+    """What a researcher submits (YAML or JSON)."""
+
+    name: str = Field(..., min_length=1, max_length=200)
+    description: str = Field("", max_length=10_000)
+    kind: Literal["ablation", "search"]
+    base: dict[str, Any] = Field(..., description="a trial config every trial starts from")
+    variants: dict[str, dict[str, Any]] | None = Field(None, max_length=1000)
+    grid: dict[str, list[Any]] | None = Field(None, max_length=20)
+    seeds: list[int] | int = Field(1, description="a list of seeds, or a count (0, 1, ... n-1)")
+    space: dict[str, SearchParam] | None = Field(None, max_length=50)
+    sampler: Literal["tpe", "random", "grid", "cmaes", "qmc"] = "tpe"
+    sampler_seed: int = Field(0, ge=0)
+    pruner: Pruner = Field(default_factory=Pruner)
+    objective: Objective = Field(default_factory=Objective)
+    n_trials: int | None = Field(None, ge=1, le=MAX_TRIALS_PER_STUDY)
+    parallelism: int = Field(4, ge=1, le=1024, description="search trials in flight at once")
+    seeds_per_trial: int = Field(1, ge=1, le=100)
+    resources: Resources = Field(default_factory=Resources)
+    priority: int = Field(0, ge=-1000, le=1000)
+
+    @field_validator("seeds")
+    @classmethod
+    def _check_seeds(cls, seeds: list[int] | int) -> list[int] | int:
+        if isinstance(seeds, int) and not 1 <= seeds <= 1000:
+            raise ValueError(f"seeds as a count must be in 1..1000, got {seeds}")
+        if isinstance(seeds, list) and (not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0):
+            raise ValueError("seeds must be a non-empty list of distinct non-negative integers")
+        return seeds
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> "StudySpec":
+        if self.kind == "ablation":
+            for field in ("space", "n_trials"):
+                if getattr(self, field) is not None:
+                    raise ValueError(f"'{field}' belongs to kind: search, not ablation")
+            if self.trial_count() > MAX_TRIALS_PER_STUDY:
+                raise ValueError(f"the matrix expands to {self.trial_count()} trials; at most {MAX_TRIALS_PER_STUDY}")
+        else:
+            if not self.space:
+                raise ValueError("a search needs a non-empty 'space'")
+            if self.n_trials is None:
+                raise ValueError("a search needs 'n_trials'")
+            if self.variants or self.grid:
+                raise ValueError("'variants' and 'grid' belong to kind: ablation, not search")
+        return self
+
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    def search_seeds(self) -> list[int]:
+        """The seeds every search trial runs with: ``seeds_per_trial`` of them."""
+        if isinstance(self.seeds, list) and len(self.seeds) >= self.seeds_per_trial:
+            return self.seeds[: self.seeds_per_trial]
+        return list(range(self.seeds_per_trial))
+
+    def trial_count(self) -> int:
+        """How many trials the study holds (for a search: its budget)."""
+        if self.kind == "search":
+            return (self.n_trials or 0) * self.seeds_per_trial
+        grid = math.prod(len(v) for v in (self.grid or {}).values())
+        return len(self.variants or {"base": {}}) * grid * len(self.seed_list())
+
+    def trial_config(self, overrides: dict[str, Any], seed: int, name: str) -> TrialSpec:
+        """The base config with ``overrides`` (dotted paths or nested mappings) and ``seed`` applied."""
+        config = copy.deepcopy(self.base)
+        for path, value in overrides.items():
+            if isinstance(value, dict) and "." not in path:
+                config = deep_merge(config, {path: value})
+            else:
+                set_path(config, path, value)
+        set_path(config, "training.seed", seed)
+        config.setdefault("name", name)
+        config["name"] = name
+        return TrialSpec.model_validate(config)
+
+    def plan(self) -> list[PlannedTrial]:
+        """Every ablation trial: variants x grid x seeds, each validated, in a stable order."""
+        variants = self.variants or {"base": {}}
+        grid_keys = list((self.grid or {}).keys())
+        grid_values = list(itertools.product(*[(self.grid or {})[k] for k in grid_keys]))
+        trials = []
+        for variant, override in variants.items():
+            for combo in grid_values:
+                point = dict(zip(grid_keys, combo))
+                label = variant + "".join(f" {k.split('.')[-1]}={v}" for k, v in point.items())
+                for seed in self.seed_list():
+                    overrides = {**override, **point}
+                    spec = self.trial_config(overrides, seed, f"{label} seed={seed}")
+                    key = f"{label}|seed={seed}"
+                    trials.append(PlannedTrial(key, label, seed, overrides, spec))
+        return trials
+
+
+def validate_study(data: Any, source: str = "<study>") -> StudySpec:
+    """A StudySpec whose every expandable trial is valid; all problems raise one SpecError."""
+    if not isinstance(data, dict):
+        raise SpecError(source, [{"path": "", "value": type(data).__name__, "message": "spec must be a mapping"}])
+    try:
+        study = StudySpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(source, validation_errors(exc)) from None
+    errors: list[dict[str, Any]] = []
+    if study.kind == "ablation":
+        errors += _check_ablation(study)
+    else:
+        errors += _check_search(study)
+    if errors:
+        raise SpecError(source, errors)
+    return study
+
+
+def _prefixed(exc: ValidationError, prefix: str) -> list[dict[str, Any]]:
+    return [{**e, "path": f"{prefix}.{e['path']}" if e["path"] else prefix} for e in validation_errors(exc)]
+
+
+def _check_ablation(study: StudySpec) -> list[dict[str, Any]]:
+    errors: list[dict[str, Any]] = []
+    seed = study.seed_list()[0]
+    try:
+        study.trial_config({}, seed, "base")
+    except ValidationError as exc:
+        return _prefixed(exc, "base")
+    for variant, override in (study.variants or {}).items():
+        try:
+            study.trial_config(override, seed, variant)
+        except (ValidationError, ValueError) as exc:
+            errors += _prefixed(exc, f"variants.{variant}") if isinstance(exc, ValidationError) else [
+                {"path": f"variants.{variant}", "value": override, "message": str(exc), "type": "value_error"}
+            ]
+    for path, values in (study.grid or {}).items():
+        if not values:
+            errors.append({"path": f"grid.{path}", "value": values, "message": "grid values must not be empty", "type": "value_error"})
+        for i, value in enumerate(values):
+            try:
+                study.trial_config({path: value}, seed, "grid")
+            except (ValidationError, ValueError) as exc:
+                errors += _grid_errors(exc, f"grid.{path}[{i}]", path, value)
+    if not errors:
+        keys = [t.key for t in study.plan()]
+        if len(set(keys)) != len(keys):
+            errors.append({"path": "grid", "value": None, "message": "the matrix has duplicate trials", "type": "value_error"})
+    return errors
+
+
+def _grid_errors(exc: Exception, where: str, path: str, value: Any) -> list[dict[str, Any]]:
+    if isinstance(exc, ValidationError):
+        return [{**e, "path": f"{where} ({e['path']})"} for e in validation_errors(exc)]
+    return [{"path": where, "value": value, "message": str(exc), "type": "value_error"}]
+
+
+def _check_search(study: StudySpec) -> list[dict[str, Any]]:
+    errors: list[dict[str, Any]] = []
+    try:
+        study.trial_config({}, 0, "base")
+    except ValidationError as exc:
+        return _prefixed(exc, "base")
+    for path, param in (study.space or {}).items():
+        samples = param.choices if param.type == "choice" else [param.low, param.high]
+        if param.type == "int":
+            samples = [int(param.low), int(param.high)]
+        for value in samples:
+            try:
+                study.trial_config({path: value}, 0, "search")
+            except (ValidationError, ValueError) as exc:
+                errors += _grid_errors(exc, f"space.{path}", path, value)
+    if study.sampler == "grid" and any(p.type in ("log_uniform", "uniform") and p.step is None for p in study.space.values()):
+        errors.append({"path": "sampler", "value": "grid", "message": "the grid sampler needs choice/int parameters or a step", "type": "value_error"})
+    return errors
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

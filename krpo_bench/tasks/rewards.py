@@ -1,0 +1,150 @@
+"""Reward functions (pure, one per reward name), their TRL adapters, correctness and weighted combination."""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Callable, Sequence
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from typing import Any
+
+import math_verify
+
+from krpo_bench.tasks.prompts import Completion, answer_tag_contents, completion_text, extract_answer
+
+RewardFunc = Callable[..., list[float | None]]
+
+FORMAT = re.compile(
+    r"\s*<think>(?:(?!</?think>|</?answer>).)*</think>\s*<answer>(?:(?!</?think>|</?answer>).)*</answer>\s*",
+    re.DOTALL,
+)
+THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+MATH_VERIFY_TIMEOUT_S = 5
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _as_number(text: str) -> Decimal | None:
+    if THOUSANDS.fullmatch(text):
+        text = text.replace(",", "")
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return None
+    return number if number.is_finite() else None
+
+
+def answers_match(predicted: str | None, gold: str) -> bool:
+    """Equal after whitespace normalisation, or both numbers of the same value ("52.0" == "52")."""
+    if predicted is None:
+        return False
+    predicted, gold = _normalise(predicted), _normalise(gold)
+    if predicted == gold:
+        return True
+    predicted_number, gold_number = _as_number(predicted), _as_number(gold)
+    return predicted_number is not None and predicted_number == gold_number
+
+
+def _timeout() -> int | None:
+    # math-verify times out with SIGALRM, which only the main thread may install.
+    return MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+
+
+def _parse(text: str) -> list[Any]:
+    """math-verify's reading of ``text`` as it stands, else as LaTeX math; [] when neither is math."""
+    timeout = _timeout()
+    for candidate in (text, f"${text}$"):
+        parsed = math_verify.parse(candidate, fallback_mode="no_fallback", parsing_timeout=timeout)
+        if parsed:
+            return parsed
+    return []
+
+
+@lru_cache(maxsize=4096)
+def _parse_gold(gold: str) -> tuple[Any, ...]:
+    return tuple(_parse(gold))
+
+
+def math_equivalent(predicted: str | None, gold: str) -> bool | None:
+    """math-verify equivalence of ``predicted`` to ``gold``; None when ``gold`` cannot be parsed."""
+    parsed_gold = _parse_gold(gold)
+    if not parsed_gold:
+        return None
+    if predicted is None:
+        return False
+    parsed = _parse(predicted)
+    return bool(parsed) and math_verify.verify(list(parsed_gold), parsed, timeout_seconds=_timeout())
+
+
+def paper_reward(completion: Completion, answer: str) -> float:
+    """KRPO paper: last <answer> content equal to the answer 1.0, containing it 0.5, other 0.01, no tag 0."""
+    tags = answer_tag_contents(completion_text(completion))
+    if not tags:
+        return 0.0
+    content, gold = tags[-1].strip(), answer.strip()
+    if content == gold:
+        return 1.0
+    return 0.5 if gold in content else 0.01
+
+
+def exact_reward(completion: Completion, answer: str, style: str) -> float:
+    """1.0 when the extracted answer matches the gold answer exactly or numerically, else 0.0."""
+    return 1.0 if answers_match(extract_answer(completion, style), answer) else 0.0
+
+
+def math_verify_reward(completion: Completion, answer: str, style: str) -> float | None:
+    """1.0 when math-verify finds the extracted answer equivalent to the gold, 0.0 if not, None if the
+    gold answer cannot be parsed."""
+    equivalent = math_equivalent(extract_answer(completion, style), answer)
+    return None if equivalent is None else float(equivalent)
+
+
+def format_reward(completion: Completion) -> float:
+    """1.0 for exactly ``<think>...</think><answer>...</answer>`` (whitespace around allowed), else 0.0."""
+    return 1.0 if FORMAT.fullmatch(completion_text(completion)) else 0.0
+
+
+def is_correct(completion: Completion, answer: str, style: str, math_verify_fallback: bool = False) -> bool:
+    """Held-out correctness: exact-or-numeric match, then (optionally) math-verify equivalence."""
+    predicted = extract_answer(completion, style)
+    if answers_match(predicted, answer):
+        return True
+    return math_verify_fallback and bool(math_equivalent(predicted, answer))
+
+
+SCORERS: dict[str, Callable[[Completion, str, str], float | None]] = {
+    "paper": lambda completion, answer, style: paper_reward(completion, answer),
+    "exact": exact_reward,
+    "math_verify": math_verify_reward,
+    "format": lambda completion, answer, style: format_reward(completion),
+}
+
+
+def reward_function(name: str, style: str) -> RewardFunc:
+    """A TRL GRPOTrainer reward function ``f(prompts, completions, answer, **kwargs)`` named ``name``."""
+    if name not in SCORERS:
+        raise ValueError(f"unknown reward {name!r}; allowed: {', '.join(SCORERS)}")
+    score = SCORERS[name]
+
+    def reward(
+        prompts: list[Any], completions: list[Completion], answer: list[str], **kwargs: Any
+    ) -> list[float | None]:
+        return [score(c, str(a), style) for c, a in zip(completions, answer, strict=True)]
+
+    reward.__name__ = reward.__qualname__ = name
+    return reward
+
+
+def combine_rewards(per_func: Sequence[Sequence[float | None]], weights: Sequence[float]) -> list[float]:
+    """Weighted sum over functions per completion, skipping None; NaN where every function gave None."""
+    if len(per_func) != len(weights):
+        raise ValueError(f"{len(per_func)} reward lists but {len(weights)} weights")
+    totals = []
+    for scores in zip(*per_func, strict=True):
+        present = [(w, s) for w, s in zip(weights, scores) if s is not None]
+        totals.append(math.fsum(w * s for w, s in present) if present else math.nan)
+    return totals

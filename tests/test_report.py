@@ -1,0 +1,208 @@
+"""End-to-end: a real MLflow store on SQLite -> load_study -> build_report."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from dashboards import build_report, load_study, render_html, stats
+from dashboards.report import order_twins
+
+STUDY_ID = "study-7"
+FINAL = {
+    "grpo": [0.40, 0.43, 0.41],
+    "krpo": [0.49, 0.52, 0.50],
+    "krpo shuffled": [0.50, 0.48, 0.53],
+}
+STEP_TIME = {"grpo": 0.10, "krpo": 0.11, "krpo shuffled": 0.11}
+STEPS = range(0, 41, 5)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _log_trial(client: MlflowClient, experiment_id: str, parent_id: str, variant: str, seed: int,
+               status: str = "FINISHED") -> str:
+    run = client.create_run(experiment_id, run_name=f"{variant}-{seed}")
+    run_id = run.info.run_id
+    estimator = "kalman" if variant.startswith("krpo") else "group_mean"
+    tags = {
+        "mlflow.parentRunId": parent_id, "krpo.study_id": STUDY_ID, "krpo.study_name": "quickstart",
+        "krpo.variant": variant, "krpo.seed": str(seed), "krpo.estimator": estimator,
+        "krpo.trial_key": f"{variant}/{seed}", "krpo.kind": "ablation",
+    }
+    params = {
+        "estimator.name": estimator, "estimator.Q": "0.0001", "estimator.R": "1.0",
+        "estimator.shuffle_order": str(variant.endswith("shuffled")), "training.group_size": "8",
+        "training.seed": str(seed), "model.name": "tiny-arith", "training.output_dir": f"/out/{run_id}",
+    }
+    final = FINAL[variant][seed]
+    now = int(time.time() * 1000)
+    metrics = []
+    for step in STEPS:
+        progress = step / STEPS[-1]
+        metrics += [
+            Metric("train/reward", 0.3 + (final - 0.3) * progress + 0.01 * seed, now + step, step),
+            Metric("train/completion_length", 12 - 4 * progress, now + step, step),
+            Metric("adv/std", 0.9 - 0.1 * progress, now + step, step),
+        ]
+        if step % 10 == 0:
+            metrics.append(Metric("eval/accuracy", 0.35 + (final - 0.35) * progress, now + step, step))
+    metrics.append(Metric("eval/accuracy", 0.0, now - 1, 0))  # an older value at step 0: superseded
+    metrics += [
+        Metric("final/accuracy", final, now, STEPS[-1]),
+        Metric("cost/wall_time_s", 30.0 + seed, now, 0),
+        Metric("cost/gpu_seconds", 0.0, now, 0),
+        Metric("cost/tokens", 1000.0 * (seed + 1), now, 0),
+        Metric("cost/mean_step_time_s", STEP_TIME[variant], now, 0),
+    ]
+    client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()],
+                     tags=[RunTag(k, v) for k, v in tags.items()])
+    if variant == "krpo" and seed == 0:
+        client.log_dict(run_id, {"values": np.linspace(-2, 2, 101).tolist()}, "diagnostics/advantages.json")
+    if status != "RUNNING":
+        client.set_terminated(run_id, status=status)
+    return run_id
+
+
+def make_store(root: Path) -> str:
+    """A tracking store with one study: 3 variants x 3 seeds, plus one failed and one running trial."""
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("quickstart", artifact_location=(root / "artifacts").as_uri())
+    parent = client.create_run(experiment_id, tags={"krpo.study_id": STUDY_ID}, run_name="study")
+    for variant in FINAL:
+        for seed in range(3):
+            _log_trial(client, experiment_id, parent.info.run_id, variant, seed)
+    _log_trial(client, experiment_id, parent.info.run_id, "grpo", 0, status="FAILED")
+    _log_trial(client, experiment_id, parent.info.run_id, "krpo", 1, status="RUNNING")
+    other = client.create_experiment("other", artifact_location=(root / "other").as_uri())
+    client.set_terminated(client.create_run(other, tags={"krpo.study_id": "x", "krpo.variant": "grpo"}).info.run_id)
+    return uri
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return make_store(tmp_path_factory.mktemp("mlflow"))
+
+
+@pytest.fixture(scope="module")
+def study(tracking_uri: str):
+    return load_study(tracking_uri, study_id=STUDY_ID)
+
+
+@pytest.fixture(scope="module")
+def search_study() -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+
+    def objective(trial: optuna.Trial) -> float:
+        q = trial.suggest_float("estimator.Q", 1e-6, 1e-2, log=True)
+        r = trial.suggest_float("estimator.R", 0.1, 10.0, log=True)
+        g = trial.suggest_categorical("training.group_size", [4, 8, 16])
+        return float(np.log10(q) / 10 + np.log10(r) / 20 + g / 100)
+
+    study.optimize(objective, n_trials=8)
+    return study
+
+
+@pytest.fixture(scope="module")
+def report(study, search_study, tmp_path_factory: pytest.TempPathFactory):
+    return build_report(study, tmp_path_factory.mktemp("report"), reference="grpo", optuna_study=search_study)
+
+
+def test_load_study_reads_finished_trials_and_counts_the_rest(study) -> None:
+    assert len(study.runs) == 9
+    assert study.status_counts == {"FINISHED": 9, "FAILED": 1, "RUNNING": 1}
+    assert study.study_name == "quickstart"
+    assert set(study.variants) == set(FINAL)
+    krpo = study.runs_of("krpo")
+    assert [r.seed for r in krpo] == [0, 1, 2]
+    assert [r.final["final/accuracy"] for r in krpo] == FINAL["krpo"]
+    eval_acc = krpo[0].histories["eval/accuracy"]
+    assert list(eval_acc.index) == [0, 10, 20, 30, 40]
+    assert eval_acc.loc[0] == pytest.approx(0.35)
+    assert krpo[0].advantages is not None and len(krpo[0].advantages) == 101
+    assert all(r.advantages is None for r in study.runs if r is not krpo[0])
+    frame = study.frame()
+    assert len(frame) == 9 and {"final/accuracy", "params.estimator.Q"} <= set(frame.columns)
+
+
+def test_load_study_by_experiment_name(tracking_uri: str) -> None:
+    by_name = load_study(tracking_uri, experiment="quickstart", advantages=False)
+    assert len(by_name.runs) == 9 and by_name.study_id == STUDY_ID
+
+
+def test_order_twin_is_the_unshuffled_variant(study) -> None:
+    assert order_twins(study) == [("krpo shuffled", "krpo")]
+
+
+def test_report_files_and_self_contained_html(report) -> None:
+    html = report.html_path.read_text()
+    assert not re.search(r"<script[^>]*\bsrc=", html)
+    assert "<link" not in html
+    assert "Plotly" in html and "http-equiv" not in html
+    for variant in FINAL:
+        assert f"<td>{variant}</td>" in html
+    for section in ("Curves", "Final table", "Cost", "KRPO diagnostics", "Search"):
+        assert f"<h2>{section}</h2>" in html
+    assert "estimator.Q x estimator.R" in html and "training.group_size" in html
+    names = sorted(p.name for p in report.figures)
+    assert names == ["eval_accuracy_curves.png", "final_accuracy.png", "train_reward_curves.png"]
+    for path in report.figures:
+        assert path.read_bytes().startswith(PNG_MAGIC) and path.stat().st_size > 10_000
+
+
+def test_summary_matches_direct_statistics(report) -> None:
+    grpo, krpo = np.array(FINAL["grpo"]), np.array(FINAL["krpo"])
+    expected = stats.compare(krpo, grpo, "krpo", "grpo")
+    mean, iqm = stats.mean_ci(krpo), stats.iqm_ci(krpo)
+    assert expected.sentence.startswith("krpo beats grpo by +9.0 points, 95 % CI [+")
+    assert expected.sentence in report.html_path.read_text()
+
+    saved = json.loads(report.json_path.read_text())
+    row = next(r for r in saved["variants"] if r["variant"] == "krpo")
+    assert row["values"] == FINAL["krpo"] and row["seeds"] == [0, 1, 2]
+    assert row["mean"] == pytest.approx(mean.estimate)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((mean.low, mean.high))
+    assert (row["iqm"], row["iqm_ci_low"], row["iqm_ci_high"]) == pytest.approx((iqm.estimate, iqm.low, iqm.high))
+    assert (row["diff"], row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx(
+        (expected.difference.estimate, expected.difference.low, expected.difference.high))
+    assert row["prob_improvement"] == pytest.approx(expected.prob_improvement.estimate)
+    assert row["prob_improvement_ci_low"] == pytest.approx(expected.prob_improvement.low)
+    assert row["welch_p"] == pytest.approx(expected.welch_p)
+    assert row["sentence"] == expected.sentence
+    assert saved["variants"][0]["variant"] == "grpo" and "diff" not in saved["variants"][0]
+    assert saved["study"]["status_counts"]["FAILED"] == 1
+
+    cost = {c["variant"]: c for c in saved["cost"]}
+    assert cost["krpo"]["step_time_ratio"] == pytest.approx(1.1)
+    assert cost["krpo"]["cost/tokens"] == pytest.approx(2000.0)
+    order = saved["order_sensitivity"][0]
+    assert order["sentence"] == stats.compare(FINAL["krpo shuffled"], krpo, "krpo shuffled", "krpo").sentence
+
+    table = pd.read_csv(report.csv_path).set_index("variant")
+    assert table.loc["krpo", "mean"] == pytest.approx(mean.estimate)
+    assert table.loc["krpo", "diff_ci_high"] == pytest.approx(expected.difference.high)
+    assert table.loc["krpo", "values"] == "0.49;0.52;0.5"
+    assert np.isnan(table.loc["grpo", "diff"])
+
+
+def test_render_html_refresh_and_missing_reference(study) -> None:
+    page = render_html(study, reference="sft", refresh_seconds=15)
+    assert '<meta http-equiv="refresh" content="15">' in page
+    assert "reference variant &#x27;sft&#x27; has no finished runs" in page
+
+
+def test_search_view_with_one_trial_skips_importances(study, tmp_path: Path) -> None:
+    single = optuna.create_study()
+    single.optimize(lambda t: t.suggest_float("estimator.Q", 0.0, 1.0), n_trials=1)
+    page = render_html(study, optuna_study=single)
+    assert "needs at least two complete trials" in page
