@@ -127,6 +127,9 @@ def search_figures(study: optuna.Study) -> list[tuple[str, go.Figure | str]]:
                       optuna.visualization.plot_contour(study, params=list(CONTOUR_PARAMS))))
     if SLICE_PARAM in params:
         views.append((SLICE_PARAM, optuna.visualization.plot_slice(study, params=[SLICE_PARAM])))
+    for _, view in views:
+        if isinstance(view, go.Figure):
+            view.update_layout(height=450)
     return views
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,17 +187,26 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def _fmt(value: float, scale: float = SCALE, sign: bool = False) -> str:
-    if value is None or not math.isfinite(value):
-        return "–"
-    return f"{value * scale:+.1f}" if sign else f"{value * scale:.1f}"
+def _points(value: float) -> str:
+    return f"{value * SCALE:.1f}" if math.isfinite(value) else "–"
 
 
-def _with_ci(row: Mapping[str, Any], key: str, low: str, high: str, scale: float = SCALE, sign: bool = False) -> str:
+def _signed_points(value: float) -> str:
+    return f"{value * SCALE:+.1f}" if math.isfinite(value) else "–"
+
+
+def _probability(value: float) -> str:
+    return f"{value:.2f}" if math.isfinite(value) else "–"
+
+
+def _with_ci(row: Mapping[str, Any], key: str, fmt: Callable[[float], str] = _points) -> str:
+    """`key` of `row` with its `_ci_low`/`_ci_high` (or `ci_low`/`ci_high` for the mean) bounds."""
     if key not in row:
         return ""
-    bounds = f" [{_fmt(row[low], scale, sign)}, {_fmt(row[high], scale, sign)}]"
-    return _fmt(row[key], scale, sign) + (bounds if math.isfinite(row[low]) else "")
+    prefix = "" if key == "mean" else f"{key}_"
+    low, high = row[f"{prefix}ci_low"], row[f"{prefix}ci_high"]
+    bounds = f" [{fmt(low)}, {fmt(high)}]" if math.isfinite(low) and math.isfinite(high) else ""
+    return fmt(row[key]) + bounds
 
 
 def _table(frame: pd.DataFrame) -> str:
@@ -209,11 +218,10 @@ def _final_table(summary: Mapping[str, Any]) -> str:
     frame = pd.DataFrame([
         {
             "variant": r["variant"], "seeds": r["n_seeds"],
-            "mean % [95 % CI]": _with_ci(r, "mean", "ci_low", "ci_high"),
-            "IQM % [95 % CI]": _with_ci(r, "iqm", "iqm_ci_low", "iqm_ci_high"),
-            f"Δ vs {ref}, points [95 % CI]": _with_ci(r, "diff", "diff_ci_low", "diff_ci_high", sign=True),
-            f"P(> {ref}) [95 % CI]": _with_ci(r, "prob_improvement", "prob_improvement_ci_low",
-                                               "prob_improvement_ci_high", scale=0.01),
+            "mean % [95 % CI]": _with_ci(r, "mean"),
+            "IQM % [95 % CI]": _with_ci(r, "iqm"),
+            f"Δ vs {ref}, points [95 % CI]": _with_ci(r, "diff", _signed_points),
+            f"P(> {ref}) [95 % CI]": _with_ci(r, "prob_improvement", _probability),
             "Welch p": _p(r),
             "verdict": r.get("sentence", "reference"),
         }
@@ -281,7 +289,7 @@ def _diagnostics_section(study: StudyData, summary: Mapping[str, Any], colors: M
     if order:
         frame = pd.DataFrame([
             {"shuffled variant": o["variant"], "unshuffled twin": o["twin"],
-             "Δ, points [95 % CI]": _with_ci(o, "diff", "diff_ci_low", "diff_ci_high", sign=True),
+             "Δ, points [95 % CI]": _with_ci(o, "diff", _signed_points),
              "Welch p": _p(o), "verdict": o["sentence"]}
             for o in order
         ])

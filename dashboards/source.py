@@ -25,6 +25,8 @@ SHUFFLE_PARAM = "estimator.shuffle_order"
 ADVANTAGES_ARTIFACT = "diagnostics/advantages.json"
 FINAL_PREFIXES = ("final/", "cost/")
 CURVE_METRICS: tuple[str, ...] = (
+    "eval/accuracy",
+    "eval/pass_at_k",
     "train/reward",
     "train/reward_std",
     "train/completion_length",
@@ -38,8 +40,6 @@ CURVE_METRICS: tuple[str, ...] = (
     "adv/frac_zero_std",
     "adv/kalman_gain_last",
     "adv/posterior_std_last",
-    "eval/accuracy",
-    "eval/pass_at_k",
 )
 _PAGE = 1000
 _HISTORY_WORKERS = 8

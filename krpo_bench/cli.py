@@ -51,27 +51,193 @@ def trial(
     console.print(table)
 
 
-@app.command()
-def validate(file: Path = typer.Argument(..., help="trial or study YAML")) -> None:
-    """Check a spec file; every error names its YAML path, the value and what is allowed."""
+DbOption = typer.Option(None, "--db", envvar="KRPO_BENCH_DB", help="job database URL (default: embedded SQLite)")
+MlflowOption = typer.Option(None, "--mlflow", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI")
+ApiOption = typer.Option(None, "--api", envvar="KRPO_BENCH_API", help="talk to a krpo-bench server instead of the database")
+
+
+def _is_study(data: object) -> bool:
+    return isinstance(data, dict) and data.get("kind") in ("ablation", "search")
+
+
+def load_any(file: Path):
+    """A validated StudySpec or TrialSpec, whichever the file is."""
+    from krpo_bench.spec.loading import parse_yaml, validate as validate_model
+    from krpo_bench.spec.study import validate_study
     from krpo_bench.spec.trial import TrialSpec
 
     try:
-        spec = load_spec(TrialSpec, file)
+        data = parse_yaml(file.read_bytes(), str(file))
+    except OSError as exc:
+        fail(f"{file}: cannot read file: {exc.strerror}")
+    try:
+        return validate_study(data, str(file)) if _is_study(data) else validate_model(TrialSpec, data, str(file))
     except SpecError as exc:
         fail(str(exc))
-    console.print(f"[green]ok[/green] trial {spec.resolved_id()}")
+
+
+def _service(db: str | None, mlflow: str | None):
+    from krpo_bench.service.studies import StudyService
+
+    return StudyService(db, mlflow)
 
 
 @app.command()
-def schema(kind: str = typer.Argument("trial", help="trial")) -> None:
+def validate(file: Path = typer.Argument(..., help="trial or study YAML")) -> None:
+    """Check a spec file; every error names its YAML path, the value and what is allowed."""
+    spec = load_any(file)
+    if hasattr(spec, "plan"):
+        console.print(f"[green]ok[/green] {spec.kind} study {spec.name!r}: {spec.trial_count()} trials")
+    else:
+        console.print(f"[green]ok[/green] trial {spec.resolved_id()}")
+
+
+@app.command()
+def schema(kind: str = typer.Argument("study", help="study | trial")) -> None:
     """Print the JSON Schema of a spec (for editors)."""
+    from krpo_bench.spec.study import StudySpec
     from krpo_bench.spec.trial import TrialSpec
 
-    models = {"trial": TrialSpec}
+    models = {"trial": TrialSpec, "study": StudySpec}
     if kind not in models:
         fail(f"unknown schema {kind!r}; allowed: {', '.join(models)}")
-    console.print_json(json.dumps(models[kind].model_json_schema()))
+    print(json.dumps(models[kind].model_json_schema(), indent=2))
+
+
+def _print_study(info) -> None:
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(info.counts.items())) or "no jobs yet"
+    console.print(f"study [bold]{info.id}[/bold] {info.name!r} ({info.kind}): {info.status}; {info.done}/{info.total} done; {counts}")
+
+
+@app.command()
+def submit(file: Path, db: Optional[str] = DbOption, mlflow: Optional[str] = MlflowOption, api: Optional[str] = ApiOption) -> None:
+    """Submit a study; workers pick up its trials."""
+    spec = load_any(file)
+    if not hasattr(spec, "plan"):
+        fail(f"{file} is a trial, not a study; run it with 'krpo-bench trial {file}'")
+    if api:
+        from krpo_bench.client import Client
+
+        console.print_json(json.dumps(Client(api).submit(spec.model_dump(mode="json"))))
+        return
+    _print_study(_service(db, mlflow).submit(spec))
+
+
+@app.command()
+def status(study_id: Optional[str] = typer.Argument(None), db: Optional[str] = DbOption, mlflow: Optional[str] = MlflowOption) -> None:
+    """One study's progress and per-variant results, or the list of studies."""
+    service = _service(db, mlflow)
+    if study_id is None:
+        for info in service.list(limit=50):
+            _print_study(info)
+        return
+    info = _get(service, study_id)
+    _print_study(info)
+    _results_table(service, info.id)
+
+
+def _get(service, study_id: str):
+    from krpo_bench.service.studies import StudyNotFound
+
+    try:
+        return service.get(study_id)
+    except StudyNotFound:
+        fail(f"no study {study_id!r}")
+
+
+def _results_table(service, study_id: str) -> None:
+    table = Table(title="final held-out accuracy (mean, 95 % t-interval across seeds)")
+    for column in ("variant", "seeds", "mean", "95 % CI", "per seed"):
+        table.add_column(column)
+    for variant, row in service.results(study_id).items():
+        ci = "n/a" if row["ci_low"] != row["ci_low"] else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+        mean = "n/a" if row["mean"] != row["mean"] else f"{row['mean']:.3f}"
+        table.add_row(variant, str(row["n"]), mean, ci, " ".join(f"{v:.3f}" for v in row["values"]))
+    console.print(table)
+
+
+@app.command()
+def cancel(study_id: str, db: Optional[str] = DbOption, mlflow: Optional[str] = MlflowOption) -> None:
+    """Cancel a study: queued trials at once, running ones within a heartbeat."""
+    service = _service(db, mlflow)
+    _get(service, study_id)
+    _print_study(service.cancel(study_id))
+
+
+@app.command()
+def resume(study_id: str, db: Optional[str] = DbOption, mlflow: Optional[str] = MlflowOption) -> None:
+    """Continue an interrupted or cancelled study; finished trials are kept, none repeated."""
+    service = _service(db, mlflow)
+    _get(service, study_id)
+    _print_study(service.resume(study_id))
+
+
+@app.command()
+def extend(study_id: str, n: int = typer.Argument(..., help="trials to add"), db: Optional[str] = DbOption, mlflow: Optional[str] = MlflowOption) -> None:
+    """Add N trials to a search study (also a finished one)."""
+    from krpo_bench.service.studies import StudyError
+
+    service = _service(db, mlflow)
+    _get(service, study_id)
+    try:
+        _print_study(service.extend(study_id, n))
+    except StudyError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def worker(
+    gpus: str = typer.Option("auto", help="auto | cpu | a list like 0,1"),
+    slots_per_gpu: str = typer.Option("auto", help="concurrent trials per device, or auto"),
+    db: Optional[str] = DbOption,
+    mlflow: Optional[str] = MlflowOption,
+    lease_s: float = typer.Option(60.0, help="lease length; heartbeats renew it"),
+    heartbeat_s: float = typer.Option(5.0, help="seconds between heartbeats"),
+    exit_when_idle: bool = typer.Option(False, help="exit once no job is queued or running here"),
+) -> None:
+    """Claim and run trials until stopped (SIGTERM checkpoints and requeues running trials)."""
+    from krpo_bench.service.worker import Worker, detect_devices
+
+    slots = None if slots_per_gpu == "auto" else int(slots_per_gpu)
+    Worker(
+        _service(db, mlflow),
+        devices=detect_devices(gpus),
+        slots_per_device=slots,
+        lease_s=lease_s,
+        heartbeat_s=heartbeat_s,
+        exit_when_idle=exit_when_idle,
+    ).run()
+
+
+@app.command()
+def run(
+    file: Path = typer.Argument(..., help="study YAML"),
+    workers: int = typer.Option(0, help="local worker processes (0: one per GPU, or 2 on CPU)"),
+    new: bool = typer.Option(False, help="start a new study even if this file was run before"),
+    db: Optional[str] = DbOption,
+    mlflow: Optional[str] = MlflowOption,
+    out: Optional[Path] = typer.Option(None, help="report folder (default: <data home>/reports/<study id>)"),
+) -> None:
+    """Submit a study, run it on local workers with live progress, then print and report the results."""
+    from krpo_bench.service.local import run_study_locally
+
+    spec = load_any(file)
+    if not hasattr(spec, "plan"):
+        fail(f"{file} is a trial, not a study; run it with 'krpo-bench trial {file}'")
+    service = _service(db, mlflow)
+    info = run_study_locally(service, spec, workers=workers, new=new, console=console)
+    _print_study(info)
+    _results_table(service, info.id)
+    _write_report(service, info.id, out)
+
+
+def _write_report(service, study_id: str, out: Optional[Path]) -> None:
+    try:
+        from dashboards.report import report_study
+    except ImportError:
+        return
+    path = report_study(service, study_id, out)
+    console.print(f"full report: [bold]{path}[/bold]")
 
 
 if __name__ == "__main__":

@@ -54,11 +54,13 @@ def _timeout() -> int | None:
     return MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
 
 
-def _parse(text: str) -> list[Any]:
-    """math-verify's reading of ``text`` as it stands, else as LaTeX math; [] when neither is math."""
+def _parse(text: str, latex_first: bool) -> list[Any]:
+    """math-verify's reading of ``text`` as LaTeX math (``$text$``) and as it stands, in the given
+    order of preference; [] when neither is math."""
+    readings = (f"${text}$", text) if latex_first else (text, f"${text}$")
     timeout = _timeout()
-    for candidate in (text, f"${text}$"):
-        parsed = math_verify.parse(candidate, fallback_mode="no_fallback", parsing_timeout=timeout)
+    for reading in readings:
+        parsed = math_verify.parse(reading, fallback_mode="no_fallback", parsing_timeout=timeout)
         if parsed:
             return parsed
     return []
@@ -66,7 +68,8 @@ def _parse(text: str) -> list[Any]:
 
 @lru_cache(maxsize=4096)
 def _parse_gold(gold: str) -> tuple[Any, ...]:
-    return tuple(_parse(gold))
+    # Gold answers are bare math ("1+x", "(1, 2)"), best read as LaTeX.
+    return tuple(_parse(gold, latex_first=True))
 
 
 def math_equivalent(predicted: str | None, gold: str) -> bool | None:
@@ -76,7 +79,8 @@ def math_equivalent(predicted: str | None, gold: str) -> bool | None:
         return None
     if predicted is None:
         return False
-    parsed = _parse(predicted)
+    # Model text ("52 dollars", "x = 52") is best read by math-verify's own extraction first.
+    parsed = _parse(predicted, latex_first=False)
     return bool(parsed) and math_verify.verify(list(parsed_gold), parsed, timeout_seconds=_timeout())
 
 

@@ -97,13 +97,15 @@ def run_trial(
     should_stop: Callable[[], bool] | None = None,
     on_eval: Callable[[int, float], bool] | None = None,
     on_run_created: Callable[[str], None] | None = None,
+    mlflow_run_id: str | None = None,
     progress: bool = False,
 ) -> TrialResult:
     """Train, evaluate and track one trial, resuming from its newest checkpoint if there is one.
 
     ``should_stop`` is polled after every step (cancellation, SIGTERM): the trial checkpoints and
     returns with status ``stopped``. ``on_eval(step, accuracy)`` sees every periodic evaluation and
-    returns True to prune the trial.
+    returns True to prune the trial. ``mlflow_run_id`` continues that run (else the one recorded in
+    the run folder, else a new one).
     """
     trial_id = spec.resolved_id()
     run_dir = Path(run_dir or data_home() / "trials" / trial_id)
@@ -115,7 +117,7 @@ def run_trial(
 
     tracker = RunTracker(tracking_uri)
     run_id_path = run_dir / RUN_ID_FILE
-    previous_run = run_id_path.read_text().strip() if run_id_path.exists() else None
+    previous_run = mlflow_run_id or (run_id_path.read_text().strip() if run_id_path.exists() else None)
     run_tags = {"krpo.trial_id": trial_id, "krpo.estimator": spec.estimator.name, **(tags or {})}
     run_id = tracker.start(
         spec.experiment, spec.name, run_id=previous_run, parent_run_id=parent_run_id, tags=run_tags

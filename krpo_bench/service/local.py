@@ -1,0 +1,85 @@
+"""The embedded main job: submit a study, run it on local worker processes, show live progress."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from rich.console import Console
+from rich.live import Live
+
+from krpo_bench.service.studies import StudyInfo, StudyService
+from krpo_bench.spec.study import StudySpec, canonical_json
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def local_worker_commands(service: StudyService, workers: int) -> list[tuple[list[str], dict[str, str]]]:
+    """Worker command lines (and environments) for this machine: one per GPU, else CPU workers."""
+    import torch
+
+    base = [sys.executable, "-m", "krpo_bench.cli", "worker", "--db", service.db_url, "--mlflow", service.mlflow_uri]
+    gpus = torch.cuda.device_count()
+    if gpus:
+        count = workers or gpus
+        return [(base + ["--gpus", str(i % gpus)], dict(os.environ)) for i in range(count)]
+    count = workers or min(2, os.cpu_count() or 1)
+    threads = str(max(1, (os.cpu_count() or 1) // count))
+    env = dict(os.environ, KRPO_BENCH_CPU_THREADS=threads, OMP_NUM_THREADS=threads)
+    return [(base + ["--gpus", "cpu", "--slots-per-gpu", "1"], env) for _ in range(count)]
+
+
+def progress_line(info: StudyInfo, started: float) -> str:
+    c = info.counts
+    done, running, queued = info.done, c.get("running", 0), c.get("queued", 0)
+    elapsed = time.monotonic() - started
+    eta = "?"
+    if done and done < info.total:
+        eta = f"{elapsed / done * (info.total - done):.0f} s"
+    return (
+        f"[bold]{info.name}[/bold]: {done}/{info.total} done "
+        f"(succeeded {c.get('succeeded', 0)}, pruned {c.get('pruned', 0)}, failed {c.get('failed', 0)}), "
+        f"running {running}, queued {queued}; elapsed {elapsed:.0f} s, ETA {eta}"
+    )
+
+
+def run_study_locally(
+    service: StudyService, spec: StudySpec, *, workers: int = 0, new: bool = False, console: Console | None = None
+) -> StudyInfo:
+    """Submit (or pick up the same file's earlier study), run it to the end on local workers."""
+    console = console or Console()
+    key = None if new else "run:" + hashlib.sha1(canonical_json(spec.model_dump(mode="json")).encode()).hexdigest()
+    info = service.submit(spec, idempotency_key=key)
+    if info.status not in ("running",) and info.done < info.total or info.status == "cancelled":
+        info = service.resume(info.id)
+    console.print(f"study {info.id}: {info.total} trials; MLflow experiment {info.mlflow_experiment_id}")
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for cmd, env in local_worker_commands(service, workers)
+    ]
+    started = time.monotonic()
+    try:
+        with Live(progress_line(info, started), console=console, refresh_per_second=2) as live:
+            while info.status not in FINISHED:
+                time.sleep(1.0)
+                info = service.get(info.id)
+                live.update(progress_line(info, started))
+                if all(p.poll() is not None for p in procs):
+                    raise RuntimeError("every local worker exited; see 'krpo-bench status' for errors")
+    except KeyboardInterrupt:
+        console.print(f"interrupted: trials checkpoint and requeue; run the same command again to resume {info.id}")
+        raise
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    return info
