@@ -25,6 +25,11 @@ COST_METRICS = ("cost/wall_time_s", "cost/gpu_seconds", "cost/tokens", "cost/mea
 STEP_TIME = "cost/mean_step_time_s"
 PNG_CURVES = ("eval/accuracy", "train/reward")
 SCALE = 100.0
+CSV_COLUMNS = (
+    "variant", "n_seeds", "seeds", "values", "mean", "ci_low", "ci_high", "iqm", "iqm_ci_low", "iqm_ci_high",
+    "diff", "diff_ci_low", "diff_ci_high", "prob_improvement", "prob_improvement_ci_low",
+    "prob_improvement_ci_high", "welch_p", "sentence",
+)
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
 h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2.5rem}
@@ -366,7 +371,7 @@ def render_html(
 
 
 def _csv(summary: Mapping[str, Any], path: Path) -> None:
-    frame = pd.DataFrame(summary["variants"])
+    frame = pd.DataFrame(summary["variants"], columns=list(CSV_COLUMNS))
     for column in ("seeds", "values"):
         frame[column] = frame[column].map(lambda xs: ";".join(str(x) for x in xs))
     frame.to_csv(path, index=False)

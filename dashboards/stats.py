@@ -13,7 +13,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.stats
@@ -107,7 +107,10 @@ def mean_ci(
     if _constant(x):
         return Interval(mean, mean, mean)
     if method == "t":
-        low, high = scipy.stats.t.interval(confidence, x.size - 1, loc=mean, scale=scipy.stats.sem(x))
+        sem = scipy.stats.sem(x)
+        if sem == 0:  # spread below float resolution
+            return Interval(mean, mean, mean)
+        low, high = scipy.stats.t.interval(confidence, x.size - 1, loc=mean, scale=sem)
         return Interval(mean, float(low), float(high))
     if method == "bootstrap":
         return Interval(mean, *_bootstrap((x,), np.mean, confidence, n_resamples, seed))
@@ -160,7 +163,7 @@ def probability_of_improvement(
     return Interval(poi, *_bootstrap((x, y), _poi_statistic, confidence, n_resamples, seed))
 
 
-def _welch(x: np.ndarray, y: np.ndarray):
+def _welch(x: np.ndarray, y: np.ndarray) -> Any:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Precision loss occurred", category=RuntimeWarning)
         return scipy.stats.ttest_ind(x, y, equal_var=False)

@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from dashboards import build_report, load_study, render_html, stats
+from dashboards import StudyData, build_report, load_study, render_html, stats
 from dashboards.report import order_twins
 
 STUDY_ID = "study-7"
@@ -206,3 +206,14 @@ def test_search_view_with_one_trial_skips_importances(study, tmp_path: Path) -> 
     single.optimize(lambda t: t.suggest_float("estimator.Q", 0.0, 1.0), n_trials=1)
     page = render_html(study, optuna_study=single)
     assert "needs at least two complete trials" in page
+
+
+def test_empty_and_single_seed_studies_still_render(study, tmp_path: Path) -> None:
+    empty = build_report(StudyData("s", None, ["0"], [], {"RUNNING": 2}), tmp_path / "empty")
+    assert empty.summary["variants"] == [] and empty.html_path.exists()
+    assert pd.read_csv(empty.csv_path).empty
+    single = StudyData("s", None, ["0"], [study.runs_of("grpo")[0], study.runs_of("krpo")[0]], {"FINISHED": 2})
+    row = build_report(single, tmp_path / "single").summary["variants"][1]
+    assert row["sentence"].startswith("cannot tell whether krpo beats grpo: only one seed of krpo and grpo")
+    saved = json.loads((tmp_path / "single" / "summary.json").read_text())
+    assert saved["variants"][1]["diff_ci_low"] is None

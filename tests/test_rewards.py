@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from hypothesis import given, settings
@@ -161,14 +162,21 @@ def test_extract_answer_rejects_unknown_style() -> None:
 
 
 def test_multi_message_completion_is_joined() -> None:
-    completion = [{"role": "assistant", "content": "<think>x</think>"}, {"role": "assistant", "content": "<answer>3</answer>"}]
+    completion = chat("<think>x</think>") + chat("<answer>3</answer>")
     assert format_reward(completion) == 1.0
     assert paper_reward(completion, "3") == 1.0
 
 
 def test_trl_reward_functions() -> None:
     completions = ["<think>t</think><answer>4</answer>", "<answer>5</answer>", "4"]
-    kwargs = {"completion_ids": [[1], [2], [3]], "question": ["2+2"] * 3, "prompt_id": [0, 0, 0], "trainer_state": None}
+    # Extra columns and keywords as GRPOTrainer passes them.
+    kwargs = {
+        "completion_ids": [[1], [2], [3]],
+        "question": ["2+2"] * 3,
+        "prompt_id": [0] * 3,
+        "trainer_state": None,
+        "log_metric": print,
+    }
     expected = {
         "paper": [1.0, 0.01, 0.0],
         "exact": [1.0, 0.0, 0.0],
@@ -240,3 +248,8 @@ def test_combine_rewards_property(case: tuple[list[float], list[list[float | Non
             assert total == pytest.approx(sum(w * s for w, s in scores))
         else:
             assert math.isnan(total)
+
+
+def test_math_verify_reward_off_the_main_thread() -> None:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        assert pool.submit(math_verify_reward, "<answer>0.5</answer>", "1/2", "chat_r1").result() == 1.0

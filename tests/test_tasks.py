@@ -179,7 +179,8 @@ def test_chat_prompt_structure() -> None:
     assert "<think>" in R1_ZERO_SYSTEM_PROMPT and "<answer>" in R1_ZERO_SYSTEM_PROMPT
     assert [f.__name__ for f in task.reward_funcs] == ["paper"]
     answer = task.test[0]["answer"]
-    assert task.reward_funcs[0](prompts=[None], completions=[[{"role": "assistant", "content": f"<answer>{answer}</answer>"}]], answer=[answer]) == [1.0]
+    completion = [{"role": "assistant", "content": f"<answer>{answer}</answer>"}]
+    assert task.reward_funcs[0](prompts=[None], completions=[completion], answer=[answer]) == [1.0]
 
 
 def test_gsm_symbolic_offline() -> None:
@@ -190,7 +191,8 @@ def test_gsm_symbolic_offline() -> None:
     assert isinstance(task.train[0]["prompt"], list)
     assert all(re.fullmatch(r"-?\d+(\.\d+)?", a) for a in task.train["answer"])
     assert build_task(spec).train.to_dict() == task.train.to_dict()
-    assert list(build_task(spec.model_copy(update={"seed": 2})).train["question"]) != list(task.train["question"])
+    reseeded = build_task(spec.model_copy(update={"seed": 2}))
+    assert list(reseeded.train["question"]) != list(task.train["question"])
     assert task.is_correct("<answer>" + task.test[0]["answer"] + "</answer>", task.test[0]["answer"])
 
 
@@ -205,9 +207,17 @@ def test_jsonl_with_test_file_and_field_mapping(tmp_path: Path) -> None:
         [{"q": f"{i} + {i}?", "a": 2 * i, "uid": f"item-{i}"} for i in range(12)]
         + [{"q": "leaked?", "a": "x", "uid": "7"}],
     )
-    test = _write_jsonl(tmp_path / "test.jsonl", [{"q": "leaked?", "a": "x", "uid": 3}, {"q": "new?", "a": "y", "uid": 4}])
+    test = _write_jsonl(
+        tmp_path / "test.jsonl", [{"q": "leaked?", "a": "x", "uid": 3}, {"q": "new?", "a": "y", "uid": 4}]
+    )
     spec = JsonlTask(
-        kind="jsonl", path=train, test_path=test, question_field="q", answer_field="a", id_field="uid", train_size=10
+        kind="jsonl",
+        path=train,
+        test_path=test,
+        question_field="q",
+        answer_field="a",
+        id_field="uid",
+        train_size=10,
     )
     task = build_task(spec)
     assert_well_formed(task, 10, 2)
@@ -221,7 +231,8 @@ def test_jsonl_with_test_file_and_field_mapping(tmp_path: Path) -> None:
 
 def test_jsonl_hash_split_of_one_file(tmp_path: Path) -> None:
     records = [{"question": f"What is {i} squared?", "answer": str(i * i)} for i in range(200)]
-    task = build_task(JsonlTask(kind="jsonl", path=_write_jsonl(tmp_path / "all.jsonl", records), prompt_style="chat_r1"))
+    path = _write_jsonl(tmp_path / "all.jsonl", records)
+    task = build_task(JsonlTask(kind="jsonl", path=path, prompt_style="chat_r1"))
     assert_well_formed(task)
     assert len(task.train) + len(task.test) == 200
     assert all(in_test_split(q) for q in task.test["question"])
@@ -239,25 +250,30 @@ def test_jsonl_errors(tmp_path: Path) -> None:
         build_task(JsonlTask(kind="jsonl", path=str(broken)))
     with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
         build_task(JsonlTask(kind="jsonl", path=str(tmp_path / "nowhere.jsonl")))
-    duplicate_ids = _write_jsonl(tmp_path / "dup.jsonl", [{"question": f"q{i}", "answer": "1", "id": 5} for i in range(50)])
+    records = [{"question": f"q{i}", "answer": "1", "id": 5} for i in range(50)]
+    duplicate_ids = _write_jsonl(tmp_path / "dup.jsonl", records)
     with pytest.raises(ValueError, match="duplicate prompt ids"):
         build_task(JsonlTask(kind="jsonl", path=duplicate_ids, id_field="id"))
 
 
 def test_hf_local_dataset_dict(tmp_path: Path) -> None:
     folder = tmp_path / "gsm8k_like"
+    train = {
+        "problem": [f"Tom has {i} apples and buys 2. How many?" for i in range(30)],
+        "solution": [f"{i} + 2 = {i + 2}\n#### {i + 2}" for i in range(30)],
+    }
+    test = {"problem": ["Ann has 1,000 pens. How many?"], "solution": ["####  1,000 "]}
     datasets.DatasetDict(
-        {
-            "train": datasets.Dataset.from_dict(
-                {"problem": [f"Tom has {i} apples and buys 2. How many?" for i in range(30)],
-                 "solution": [f"{i} + 2 = {i + 2}\n#### {i + 2}" for i in range(30)]}
-            ),
-            "test": datasets.Dataset.from_dict({"problem": ["Ann has 1,000 pens. How many?"], "solution": ["####  1,000 "]}),
-        }
+        {"train": datasets.Dataset.from_dict(train), "test": datasets.Dataset.from_dict(test)}
     ).save_to_disk(str(folder))
     spec = HFTask(
-        kind="hf", dataset=str(folder), question_field="problem", answer_field="solution", answer_extract="gsm8k",
-        train_size=25, prompt_style="chat_r1",
+        kind="hf",
+        dataset=str(folder),
+        question_field="problem",
+        answer_field="solution",
+        answer_extract="gsm8k",
+        train_size=25,
+        prompt_style="chat_r1",
     )
     task = build_task(spec)
     assert_well_formed(task, 25, 1)
@@ -273,7 +289,8 @@ def test_hf_local_dataset_dict(tmp_path: Path) -> None:
 
 def test_hf_local_single_dataset_is_hash_split(tmp_path: Path) -> None:
     folder = tmp_path / "single"
-    datasets.Dataset.from_dict({"question": [f"{i}*3" for i in range(100)], "answer": [3 * i for i in range(100)]}).save_to_disk(str(folder))
+    rows = {"question": [f"{i}*3" for i in range(100)], "answer": [3 * i for i in range(100)]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(folder))
     task = build_task(HFTask(kind="hf", dataset=str(folder)))
     assert_well_formed(task)
     assert len(task.train) + len(task.test) == 100
@@ -286,7 +303,10 @@ def test_hf_hub_id_offline_gives_clear_error() -> None:
 
 
 def test_build_task_accepts_dict_form() -> None:
-    task = build_task({"kind": "arithmetic", "num_terms": [2, 3], "train_size": 8, "test_size": 3, "rewards": [{"name": "exact", "weight": 2}, {"name": "format", "weight": 0.5}]})
+    rewards = [{"name": "exact", "weight": 2}, {"name": "format", "weight": 0.5}]
+    task = build_task(
+        {"kind": "arithmetic", "num_terms": [2, 3], "train_size": 8, "test_size": 3, "rewards": rewards}
+    )
     assert_well_formed(task, 8, 3)
     assert [f.__name__ for f in task.reward_funcs] == ["exact", "format"]
     assert task.reward_weights == [2.0, 0.5]

@@ -54,7 +54,7 @@ def run_study_locally(
     console = console or Console()
     key = None if new else "run:" + hashlib.sha1(canonical_json(spec.model_dump(mode="json")).encode()).hexdigest()
     info = service.submit(spec, idempotency_key=key)
-    if info.status not in ("running",) and info.done < info.total or info.status == "cancelled":
+    if info.status != "succeeded":
         info = service.resume(info.id)
     console.print(f"study {info.id}: {info.total} trials; MLflow experiment {info.mlflow_experiment_id}")
     procs = [

@@ -204,7 +204,7 @@ class JobQueue:
     def __init__(self, engine: Engine, *, max_retries: int = 8) -> None:
         self.engine = engine
         self.max_retries = max_retries
-        self._server_clock = engine.dialect.name == "postgresql"
+        self._pg = engine.dialect.name == "postgresql"
 
     @classmethod
     def from_url(cls, url: str | URL, **kwargs: Any) -> JobQueue:
@@ -228,17 +228,17 @@ class JobQueue:
         raise AssertionError("unreachable")
 
     def _now(self) -> ColumnElement[datetime]:
-        if self._server_clock:
+        if self._pg:
             return func.now()
         return literal(utcnow(), UTCDateTime())
 
     def _after(self, seconds: float) -> ColumnElement[datetime]:
-        if self._server_clock:
+        if self._pg:
             return func.now() + literal(timedelta(seconds=seconds), Interval())
         return literal(utcnow() + timedelta(seconds=seconds), UTCDateTime())
 
     def _insert(self, table: Table) -> Any:
-        dialect = postgresql if self._server_clock else sqlite
+        dialect = postgresql if self._pg else sqlite
         return dialect.insert(table)
 
     def _held(self, conn: Connection, job_id: str, attempt: int) -> Row[Any] | None:
@@ -267,19 +267,25 @@ class JobQueue:
         **values: Any,
     ) -> bool:
         """Move a held job to a terminal ``status``; True also when this attempt already did."""
+        held = update(jobs).where(
+            jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.status == JobStatus.RUNNING
+        )
+        held = held.values(status=status.value, finished_at=self._now(), lease_expires_at=None, **values)
 
         def txn(conn: Connection) -> bool:
-            done = conn.execute(
-                update(jobs)
-                .where(
-                    jobs.c.id == job_id,
-                    jobs.c.attempt == attempt,
-                    jobs.c.status == JobStatus.RUNNING,
+            if self._pg:  # one statement: the job and its audit row together
+                done = held.returning(jobs.c.id, jobs.c.attempt).cte("done")
+                close = (
+                    update(attempts)
+                    .where(attempts.c.job_id == done.c.id, attempts.c.attempt == done.c.attempt)
+                    .values(ended_at=self._now(), outcome=outcome.value)
                 )
-                .values(status=status.value, finished_at=self._now(), lease_expires_at=None, **values)
-            ).rowcount
-            if done:
-                self._close_attempt(conn, job_id, attempt, outcome, None)
+                finished = conn.execute(select(func.count()).select_from(done).add_cte(close.cte("close"))).scalar_one()
+            else:
+                finished = conn.execute(held).rowcount
+                if finished:
+                    self._close_attempt(conn, job_id, attempt, outcome, None)
+            if finished:
                 return True
             current = conn.execute(
                 select(jobs.c.status, jobs.c.attempt).where(jobs.c.id == job_id)
@@ -375,7 +381,7 @@ class JobQueue:
                 }
                 for job in unique
             ]
-            if not self._server_clock:  # no identity columns in SQLite; writes are serialised
+            if not self._pg:  # no identity columns in SQLite; writes are serialised
                 base = conn.execute(select(func.coalesce(func.max(jobs.c.seq), 0))).scalar_one()
                 for offset, row in enumerate(rows, start=1):
                     row["seq"] = base + offset
@@ -414,7 +420,7 @@ class JobQueue:
             )
             if gpus_free is not None:
                 pick = pick.where(jobs.c.gpus <= gpus_free)
-            row = conn.execute(
+            claim = (
                 update(jobs)
                 .where(jobs.c.id == pick.scalar_subquery(), jobs.c.status == JobStatus.QUEUED)
                 .values(
@@ -425,14 +431,24 @@ class JobQueue:
                     started_at=self._now(),
                 )
                 .returning(*_CLAIM_COLUMNS)
-            ).first()
+            )
+            if self._pg:  # one statement: the claim and its audit row together
+                claimed = claim.cte("claimed")
+                log = attempts.insert().from_select(
+                    ["job_id", "attempt", "worker", "started_at"],
+                    select(claimed.c.id, claimed.c.attempt, literal(worker_id), claimed.c.started_at),
+                )
+                row = conn.execute(select(claimed).add_cte(log.cte("log"))).first()
+            else:
+                row = conn.execute(claim).first()
+                if row is not None:
+                    conn.execute(
+                        attempts.insert().values(
+                            job_id=row.id, attempt=row.attempt, worker=worker_id, started_at=row.started_at
+                        )
+                    )
             if row is None:
                 return None
-            conn.execute(
-                attempts.insert().values(
-                    job_id=row.id, attempt=row.attempt, worker=worker_id, started_at=row.started_at
-                )
-            )
             return ClaimedJob(**{f.name: row._mapping[f.name] for f in fields(ClaimedJob)})
 
         return self._run(txn)

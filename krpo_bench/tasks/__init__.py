@@ -85,7 +85,8 @@ def _fill_splits(
 
 
 def _split_by_hash(rows: list[Row]) -> tuple[list[Row], list[Row]]:
-    return [r for r in rows if not in_test_split(r["question"])], [r for r in rows if in_test_split(r["question"])]
+    held_out = [in_test_split(r["question"]) for r in rows]
+    return [r for r, h in zip(rows, held_out) if not h], [r for r, h in zip(rows, held_out) if h]
 
 
 def _cap(rows: list[Row], size: int, seed: str) -> list[Row]:

@@ -31,7 +31,9 @@ class TaskBase(BaseModel):
 
     prompt_style: PromptStyle = "plain"
     rewards: list[RewardSpec] = Field(
-        default_factory=lambda: [RewardSpec(name="paper")], min_length=1, description="reward functions (at least one)"
+        default_factory=lambda: [RewardSpec(name="paper")],
+        min_length=1,
+        description="reward functions (at least one)",
     )
     train_size: int = Field(
         2000, ge=1, le=1_000_000, description="training prompts (exact for generated tasks, a cap for files)"
@@ -100,8 +102,8 @@ class JsonlTask(TaskBase):
     """Question/answer pairs from JSON-lines files."""
 
     kind: Literal["jsonl"]
-    path: str = Field(min_length=1, description="training file (also the test source when test_path is unset)")
-    test_path: str | None = Field(None, description="held-out file; unset: a hash split of `path` by question")
+    path: str = Field(min_length=1, description="training file (also the test source without test_path)")
+    test_path: str | None = Field(None, description="held-out file; unset: a hash split of `path`")
     question_field: str = "question"
     answer_field: str = "answer"
     id_field: str | None = Field(None, description="field holding a stable prompt id; unset: the line number")
@@ -120,7 +122,7 @@ class HFTask(TaskBase):
     dataset: str = Field(min_length=1, description="hub id or local save_to_disk folder")
     config: str | None = Field(None, description="hub configuration name (e.g. 'main' for gsm8k)")
     split: str = "train"
-    test_split: str | None = Field("test", description="held-out split; unset: a hash split of `split` by question")
+    test_split: str | None = Field("test", description="held-out split; unset: a hash split of `split`")
     question_field: str = "question"
     answer_field: str = "answer"
     answer_extract: Literal["none", "gsm8k"] = Field(
