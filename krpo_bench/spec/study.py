@@ -238,10 +238,11 @@ def _check_ablation(study: StudySpec) -> list[dict[str, Any]]:
         if not values:
             errors.append({"path": f"grid.{path}", "value": values, "message": "grid values must not be empty", "type": "value_error"})
         for i, value in enumerate(values):
-            try:
-                study.trial_config({path: value}, seed, "grid")
-            except (ValidationError, ValueError) as exc:
-                errors += _grid_errors(exc, f"grid.{path}[{i}]", path, value)
+            for variant, override in (study.variants or {"base": {}}).items():
+                try:
+                    study.trial_config({**override, path: value}, seed, "grid")
+                except (ValidationError, ValueError) as exc:
+                    errors += _grid_errors(exc, f"grid.{path}[{i}] (variant {variant})", path, value)
     if not errors:
         keys = [t.key for t in study.plan()]
         if len(set(keys)) != len(keys):
