@@ -186,6 +186,14 @@ def _job_info(row: Row[Any]) -> JobInfo:
     return JobInfo(**values)
 
 
+_HELD = (
+    jobs.c.id == bindparam("p_id"),
+    jobs.c.attempt == bindparam("p_attempt"),
+    jobs.c.status == JobStatus.RUNNING,
+)
+"""Where-clause of "this attempt holds the job" (parameters ``p_id``, ``p_attempt``)."""
+
+
 def _is_transient(err: DBAPIError) -> bool:
     """Whether retrying the whole transaction may succeed."""
     if err.connection_invalidated:
@@ -205,6 +213,29 @@ class JobQueue:
         self.engine = engine
         self.max_retries = max_retries
         self._pg = engine.dialect.name == "postgresql"
+        self._now: ColumnElement[datetime]
+        self._lease_until: ColumnElement[datetime]
+        if self._pg:
+            self._now = func.now()
+            self._lease_until = func.now() + bindparam("lease", type_=Interval())
+        else:
+            self._now = bindparam("now", type_=UTCDateTime())
+            self._lease_until = bindparam("lease_until", type_=UTCDateTime())
+        # The hot path (claim, heartbeat, finish) is built once and reused with parameters.
+        self._claim_any = self._build_claim(gpus_filter=False)
+        self._claim_gpus = self._build_claim(gpus_filter=True)
+        self._heartbeat = (
+            update(jobs)
+            .where(*_HELD)
+            .values(lease_expires_at=self._lease_until)
+            .returning(jobs.c.cancel_requested)
+        )
+        self._close_attempt = (
+            update(attempts)
+            .where(attempts.c.job_id == bindparam("p_id"), attempts.c.attempt == bindparam("p_attempt"))
+            .values(ended_at=self._now, outcome=bindparam("p_outcome"), error=bindparam("p_error"))
+        )
+        self._finish_held = self._build_finish()
 
     @classmethod
     def from_url(cls, url: str | URL, **kwargs: Any) -> JobQueue:
@@ -213,12 +244,80 @@ class JobQueue:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _run(self, fn: Callable[[Connection], T], *, read_only: bool = False) -> T:
+    def _build_claim(self, *, gpus_filter: bool) -> Executable:
+        pick = (
+            select(jobs.c.id)
+            .where(jobs.c.status == JobStatus.QUEUED, jobs.c.cancel_requested.is_(False))
+            .order_by(jobs.c.priority.desc(), jobs.c.seq)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        if gpus_filter:
+            pick = pick.where(jobs.c.gpus <= bindparam("p_gpus_free"))
+        claim = (
+            update(jobs)
+            .where(jobs.c.id == pick.scalar_subquery(), jobs.c.status == JobStatus.QUEUED)
+            .values(
+                status=JobStatus.RUNNING.value,
+                owner=bindparam("p_worker"),
+                attempt=jobs.c.attempt + 1,
+                lease_expires_at=self._lease_until,
+                started_at=self._now,
+            )
+            .returning(*_CLAIM_COLUMNS)
+        )
+        if not self._pg:
+            return claim
+        claimed = claim.cte("claimed")  # one statement: the claim and its audit row together
+        log = attempts.insert().from_select(
+            ["job_id", "attempt", "worker", "started_at"],
+            select(claimed.c.id, claimed.c.attempt, bindparam("p_worker"), claimed.c.started_at),
+        )
+        return select(claimed).add_cte(log.cte("log"))
+
+    def _build_finish(self) -> Executable:
+        finish = (
+            update(jobs)
+            .where(*_HELD)
+            .values(
+                status=bindparam("p_status"),
+                result=bindparam("p_result", type_=jobs.c.result.type),
+                finished_at=self._now,
+                lease_expires_at=None,
+            )
+        )
+        if not self._pg:
+            return finish
+        done = finish.returning(jobs.c.id, jobs.c.attempt).cte("done")  # job and audit row together
+        close = (
+            update(attempts)
+            .where(attempts.c.job_id == done.c.id, attempts.c.attempt == done.c.attempt)
+            .values(ended_at=self._now, outcome=bindparam("p_outcome"))
+        )
+        return select(func.count()).select_from(done).add_cte(close.cte("close"))
+
+    def _clock(self, lease_s: float | None = None) -> dict[str, Any]:
+        """Parameters for ``_now`` and ``_lease_until``: none on PostgreSQL (server clock)."""
+        if self._pg:
+            return {} if lease_s is None else {"lease": timedelta(seconds=lease_s)}
+        now = utcnow()
+        params: dict[str, Any] = {"now": now}
+        if lease_s is not None:
+            params["lease_until"] = now + timedelta(seconds=lease_s)
+        return params
+
+    def _run(
+        self, fn: Callable[[Connection], T], *, read_only: bool = False, single: bool = False
+    ) -> T:
+        """Run ``fn`` in one transaction, retried on transient errors. ``single`` marks work that
+        is one atomic statement (plus reads): on PostgreSQL it runs in autocommit mode."""
         for retry in range(self.max_retries + 1):
             try:
                 with self.engine.connect() as conn:
                     if read_only:
                         conn.execution_options(**{READ_ONLY: True})
+                    if single and self._pg:
+                        conn.execution_options(isolation_level="AUTOCOMMIT")
                     with conn.begin():
                         return fn(conn)
             except DBAPIError as err:
@@ -227,16 +326,6 @@ class JobQueue:
                 time.sleep(min(2.0, 0.02 * 2**retry) * random.uniform(0.5, 1.0))
         raise AssertionError("unreachable")
 
-    def _now(self) -> ColumnElement[datetime]:
-        if self._pg:
-            return func.now()
-        return literal(utcnow(), UTCDateTime())
-
-    def _after(self, seconds: float) -> ColumnElement[datetime]:
-        if self._pg:
-            return func.now() + literal(timedelta(seconds=seconds), Interval())
-        return literal(utcnow() + timedelta(seconds=seconds), UTCDateTime())
-
     def _insert(self, table: Table) -> Any:
         dialect = postgresql if self._pg else sqlite
         return dialect.insert(table)
@@ -244,19 +333,14 @@ class JobQueue:
     def _held(self, conn: Connection, job_id: str, attempt: int) -> Row[Any] | None:
         """Lock and return the job if ``attempt`` currently holds it (running), else None."""
         return conn.execute(
-            select(jobs)
-            .where(jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.status == JobStatus.RUNNING)
-            .with_for_update()
+            select(jobs).where(*_HELD).with_for_update(), {"p_id": job_id, "p_attempt": attempt}
         ).first()
 
-    def _close_attempt(
+    def _log_end(
         self, conn: Connection, job_id: str, attempt: int, outcome: AttemptOutcome, error: str | None
     ) -> None:
-        conn.execute(
-            update(attempts)
-            .where(attempts.c.job_id == job_id, attempts.c.attempt == attempt)
-            .values(ended_at=self._now(), outcome=outcome.value, error=error)
-        )
+        params = {"p_id": job_id, "p_attempt": attempt, "p_outcome": outcome.value, "p_error": error}
+        conn.execute(self._close_attempt, {**params, **self._clock()})
 
     def _finish(
         self,
@@ -264,27 +348,24 @@ class JobQueue:
         attempt: int,
         status: JobStatus,
         outcome: AttemptOutcome,
-        **values: Any,
+        result: dict[str, Any] | None = None,
     ) -> bool:
         """Move a held job to a terminal ``status``; True also when this attempt already did."""
-        held = update(jobs).where(
-            jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.status == JobStatus.RUNNING
-        )
-        held = held.values(status=status.value, finished_at=self._now(), lease_expires_at=None, **values)
+        params = {
+            "p_id": job_id,
+            "p_attempt": attempt,
+            "p_status": status.value,
+            "p_result": result,
+            "p_outcome": outcome.value,
+        }
 
         def txn(conn: Connection) -> bool:
-            if self._pg:  # one statement: the job and its audit row together
-                done = held.returning(jobs.c.id, jobs.c.attempt).cte("done")
-                close = (
-                    update(attempts)
-                    .where(attempts.c.job_id == done.c.id, attempts.c.attempt == done.c.attempt)
-                    .values(ended_at=self._now(), outcome=outcome.value)
-                )
-                finished = conn.execute(select(func.count()).select_from(done).add_cte(close.cte("close"))).scalar_one()
+            if self._pg:
+                finished = conn.execute(self._finish_held, params).scalar_one()
             else:
-                finished = conn.execute(held).rowcount
+                finished = conn.execute(self._finish_held, {**params, **self._clock()}).rowcount
                 if finished:
-                    self._close_attempt(conn, job_id, attempt, outcome, None)
+                    self._log_end(conn, job_id, attempt, outcome, None)
             if finished:
                 return True
             current = conn.execute(
@@ -292,7 +373,7 @@ class JobQueue:
             ).first()
             return current is not None and (current.status, current.attempt) == (status, attempt)
 
-        return self._run(txn)
+        return self._run(txn, single=True)
 
     def _end_attempt(
         self,
@@ -317,14 +398,14 @@ class JobQueue:
             "status": status.value,
             "failures": failures,
             "lease_expires_at": None,
-            "finished_at": None if status == JobStatus.QUEUED else self._now(),
+            "finished_at": None if status == JobStatus.QUEUED else self._now,
         }
         if status == JobStatus.QUEUED:
             values["owner"] = None
         if counts_as_failure:
             values["last_error"] = error
-        conn.execute(update(jobs).where(jobs.c.id == job.id).values(**values))
-        self._close_attempt(conn, job.id, job.attempt, outcome, error)
+        conn.execute(update(jobs).where(jobs.c.id == job.id).values(**values), self._clock())
+        self._log_end(conn, job.id, job.attempt, outcome, error)
         return status
 
     # -- producers --------------------------------------------------------------------------
