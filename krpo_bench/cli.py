@@ -232,12 +232,23 @@ def run(
 
 
 def _write_report(service, study_id: str, out: Optional[Path]) -> None:
-    try:
-        from dashboards.report import report_study
-    except ImportError:
-        return
+    from dashboards.study import report_study
+
     path = report_study(service, study_id, out)
     console.print(f"full report: [bold]{path}[/bold]")
+
+
+@app.command()
+def report(
+    study_id: str,
+    out: Optional[Path] = typer.Option(None, help="report folder (default: <data home>/reports/<study id>)"),
+    db: Optional[str] = DbOption,
+    mlflow: Optional[str] = MlflowOption,
+) -> None:
+    """Write a study's report: one self-contained HTML file, PNG figures, CSV and JSON numbers."""
+    service = _service(db, mlflow)
+    _get(service, study_id)
+    _write_report(service, study_id, out)
 
 
 if __name__ == "__main__":
