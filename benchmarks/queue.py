@@ -39,7 +39,7 @@ class Result:
 
 
 def _drain(url: str, worker_id: str, start: mp.synchronize.Barrier, out: mp.Queue) -> None:
-    """Worker process: claim and complete jobs until the queue is empty; report what it completed."""
+    """Worker process: claim -> complete until the queue is empty; report what it completed."""
     queue = JobQueue.from_url(url)
     queue.counts("warm-up")  # opens the connection before the clock starts
     start.wait()
@@ -57,7 +57,9 @@ def run(backend: str, url: str, n_jobs: int, n_workers: int) -> Result:
     upgrade(engine)
     study_id = str(uuid.uuid4())
     with engine.begin() as conn:
-        conn.execute(insert(Study).values(id=study_id, name="bench", kind=StudyKind.ABLATION, spec={}))
+        conn.execute(
+            insert(Study).values(id=study_id, name="bench", kind=StudyKind.ABLATION, spec={})
+        )
     queue = JobQueue(engine)
     queue.enqueue_many(study_id, [NewJob(f"t{i}", {"i": i}) for i in range(n_jobs)])
 

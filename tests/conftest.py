@@ -9,3 +9,5 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("KRPO_BENCH_HOME", os.path.join(os.getcwd(), ".pytest-home"))
+
+pytest_plugins = ["tests.db"]

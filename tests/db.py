@@ -19,7 +19,9 @@ from sqlalchemy.engine import make_url
 from krpo_bench.service.db import Study, StudyKind, make_engine, upgrade
 from krpo_bench.service.queue import JobQueue
 
-PG_ADMIN_URL = os.environ.get("KRPO_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "KRPO_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 
 
 def _admin_connect() -> psycopg.Connection:
@@ -46,6 +48,17 @@ def drop_pg_database(url: str) -> None:
     name = make_url(url).database
     with _admin_connect() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def terminate_connections(url: str) -> int:
+    """Kill every server connection to the database at ``url`` (as a server restart would)."""
+    with _admin_connect() as conn:
+        killed = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (make_url(url).database,),
+        ).fetchone()
+    return int(killed[0]) if killed else 0
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

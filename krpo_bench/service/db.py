@@ -41,7 +41,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 READ_ONLY = "krpo_read_only"
-"""Connection execution option: on SQLite, start a plain (deferred) transaction instead of a write lock."""
+"""Connection execution option: on SQLite, begin a deferred (read) transaction, not a write lock."""
 _MIGRATION_LOCK_KEY = 0x6B72706F  # "krpo": PostgreSQL advisory lock held while migrating
 
 
@@ -56,7 +56,7 @@ def new_id() -> str:
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """A timestamp stored in UTC (naive on SQLite, ``timestamptz`` on PostgreSQL), read back aware."""
+    """A UTC timestamp (naive on SQLite, ``timestamptz`` on PostgreSQL), read back tz-aware."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -270,8 +270,9 @@ def alembic_config(engine_or_url: Engine | str | URL | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if engine_or_url is not None:
-        url = engine_or_url.url if isinstance(engine_or_url, Engine) else normalize_url(engine_or_url)
-        config.set_main_option("sqlalchemy.url", url.render_as_string(hide_password=False))
+        url = engine_or_url.url if isinstance(engine_or_url, Engine) else engine_or_url
+        url = normalize_url(url).render_as_string(hide_password=False)
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
 
@@ -284,7 +285,7 @@ def upgrade(engine_or_url: Engine | str | URL, revision: str = "head") -> None:
         config = alembic_config()
         with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
             config.attributes["connection"] = conn
             command.upgrade(config, revision)
     finally:

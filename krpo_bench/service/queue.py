@@ -3,7 +3,11 @@
 Every method is one short transaction, safe to call from many processes and machines at once.
 Claims are atomic: ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, a ``BEGIN IMMEDIATE``
 (serialised) write transaction on SQLite. Each claim bumps ``attempt``, the fence token: only the
-holder of the current attempt of a running job can heartbeat or write its outcome.
+holder of the current attempt of a running job can heartbeat or write its outcome. Every change
+of a job's holder is written to the ``job_attempts`` audit trail in the same transaction.
+
+The hot path (claim, heartbeat, complete) is built once per queue; on PostgreSQL each of these is
+a single statement (the audit row rides along in a data-modifying CTE) run in autocommit mode.
 
 Clock: leases and timestamps use the database server's clock (``now()``) on PostgreSQL, so worker
 machines with skewed clocks agree; on SQLite (embedded: the database and its workers share one
@@ -30,11 +34,12 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import (
     ColumnElement,
     Engine,
+    Executable,
     Interval,
     Row,
     Table,
+    bindparam,
     func,
-    literal,
     select,
     update,
 )
@@ -192,6 +197,7 @@ _HELD = (
     jobs.c.status == JobStatus.RUNNING,
 )
 """Where-clause of "this attempt holds the job" (parameters ``p_id``, ``p_attempt``)."""
+_CANCELLED = {"status": JobStatus.CANCELLED.value, "cancel_requested": True}
 
 
 def _is_transient(err: DBAPIError) -> bool:
@@ -232,7 +238,10 @@ class JobQueue:
         )
         self._close_attempt = (
             update(attempts)
-            .where(attempts.c.job_id == bindparam("p_id"), attempts.c.attempt == bindparam("p_attempt"))
+            .where(
+                attempts.c.job_id == bindparam("p_id"),
+                attempts.c.attempt == bindparam("p_attempt"),
+            )
             .values(ended_at=self._now, outcome=bindparam("p_outcome"), error=bindparam("p_error"))
         )
         self._finish_held = self._build_finish()
@@ -337,10 +346,20 @@ class JobQueue:
         ).first()
 
     def _log_end(
-        self, conn: Connection, job_id: str, attempt: int, outcome: AttemptOutcome, error: str | None
+        self,
+        conn: Connection,
+        job_id: str,
+        attempt: int,
+        outcome: AttemptOutcome,
+        error: str | None,
     ) -> None:
-        params = {"p_id": job_id, "p_attempt": attempt, "p_outcome": outcome.value, "p_error": error}
-        conn.execute(self._close_attempt, {**params, **self._clock()})
+        params = {
+            "p_id": job_id,
+            "p_attempt": attempt,
+            "p_outcome": outcome.value,
+            "p_error": error,
+        }
+        conn.execute(self._close_attempt, params | self._clock())
 
     def _finish(
         self,
@@ -424,7 +443,9 @@ class JobQueue:
     ) -> str:
         """Queue one job and return its id; idempotent on ``(study_id, trial_key)``: a repeat
         returns the existing job's id and changes nothing."""
-        job = NewJob(trial_key, config, priority, max_attempts, timeout_s, gpus, optuna_trial_number)
+        job = NewJob(
+            trial_key, config, priority, max_attempts, timeout_s, gpus, optuna_trial_number
+        )
         return self.enqueue_many(study_id, [job])[0]
 
     def enqueue_many(self, study_id: str, new_jobs: Sequence[NewJob]) -> list[str]:
@@ -443,9 +464,10 @@ class JobQueue:
                 raise KeyError(f"unknown study {study_id!r}")
             status = JobStatus.CANCELLED if study.cancel_requested else JobStatus.QUEUED
             unique = list({job.trial_key: job for job in reversed(new_jobs)}.values())[::-1]
-            now = self._now()
+            clock = self._clock()
             rows = [
                 {
+                    **clock,
                     "id": new_id(),
                     "study_id": study_id,
                     "trial_key": job.trial_key,
@@ -466,7 +488,7 @@ class JobQueue:
                 base = conn.execute(select(func.coalesce(func.max(jobs.c.seq), 0))).scalar_one()
                 for offset, row in enumerate(rows, start=1):
                     row["seq"] = base + offset
-            stmt = self._insert(jobs).values(created_at=now)
+            stmt = self._insert(jobs).values(created_at=self._now)
             conn.execute(
                 stmt.on_conflict_do_nothing(index_elements=["study_id", "trial_key"]), rows
             )
@@ -487,87 +509,60 @@ class JobQueue:
 
     # -- workers ----------------------------------------------------------------------------
 
-    def claim(self, worker_id: str, lease_s: float, *, gpus_free: int | None = None) -> ClaimedJob | None:
+    def claim(
+        self, worker_id: str, lease_s: float, *, gpus_free: int | None = None
+    ) -> ClaimedJob | None:
         """Atomically take the highest-priority, then oldest, queued job (needing at most
         ``gpus_free`` GPUs if given) under a lease of ``lease_s`` seconds; None if there is none."""
+        statement = self._claim_any if gpus_free is None else self._claim_gpus
+        params = {"p_worker": worker_id, "p_gpus_free": gpus_free}
 
         def txn(conn: Connection) -> ClaimedJob | None:
-            pick = (
-                select(jobs.c.id)
-                .where(jobs.c.status == JobStatus.QUEUED, jobs.c.cancel_requested.is_(False))
-                .order_by(jobs.c.priority.desc(), jobs.c.seq)
-                .limit(1)
-                .with_for_update(skip_locked=True)
-            )
-            if gpus_free is not None:
-                pick = pick.where(jobs.c.gpus <= gpus_free)
-            claim = (
-                update(jobs)
-                .where(jobs.c.id == pick.scalar_subquery(), jobs.c.status == JobStatus.QUEUED)
-                .values(
-                    status=JobStatus.RUNNING.value,
-                    owner=worker_id,
-                    attempt=jobs.c.attempt + 1,
-                    lease_expires_at=self._after(lease_s),
-                    started_at=self._now(),
-                )
-                .returning(*_CLAIM_COLUMNS)
-            )
-            if self._pg:  # one statement: the claim and its audit row together
-                claimed = claim.cte("claimed")
-                log = attempts.insert().from_select(
-                    ["job_id", "attempt", "worker", "started_at"],
-                    select(claimed.c.id, claimed.c.attempt, literal(worker_id), claimed.c.started_at),
-                )
-                row = conn.execute(select(claimed).add_cte(log.cte("log"))).first()
-            else:
-                row = conn.execute(claim).first()
-                if row is not None:
-                    conn.execute(
-                        attempts.insert().values(
-                            job_id=row.id, attempt=row.attempt, worker=worker_id, started_at=row.started_at
-                        )
-                    )
+            row = conn.execute(statement, {**params, **self._clock(lease_s)}).first()
             if row is None:
                 return None
+            if not self._pg:
+                conn.execute(
+                    attempts.insert(),
+                    {
+                        "job_id": row.id,
+                        "attempt": row.attempt,
+                        "worker": worker_id,
+                        "started_at": row.started_at,
+                    },
+                )
             return ClaimedJob(**{f.name: row._mapping[f.name] for f in fields(ClaimedJob)})
 
-        return self._run(txn)
+        return self._run(txn, single=True)
 
     def heartbeat(self, job_id: str, attempt: int, lease_s: float) -> Heartbeat:
         """Extend the lease of a held job to ``lease_s`` from now; says whether to go on."""
+        params = {"p_id": job_id, "p_attempt": attempt}
 
         def txn(conn: Connection) -> Heartbeat:
-            cancel = conn.execute(
-                update(jobs)
-                .where(
-                    jobs.c.id == job_id,
-                    jobs.c.attempt == attempt,
-                    jobs.c.status == JobStatus.RUNNING,
-                )
-                .values(lease_expires_at=self._after(lease_s))
-                .returning(jobs.c.cancel_requested)
-            ).scalar()
+            cancel = conn.execute(self._heartbeat, {**params, **self._clock(lease_s)}).scalar()
             if cancel is None:
                 return Heartbeat.LOST
             return Heartbeat.CANCEL if cancel else Heartbeat.OK
 
-        return self._run(txn)
+        return self._run(txn, single=True)
 
     def complete(self, job_id: str, attempt: int, result: dict[str, Any]) -> bool:
         """Record success with ``result`` if ``attempt`` holds the job; False for a stale attempt
         (nothing changes). A repeat by the same attempt returns True and keeps the first result."""
-        return self._finish(job_id, attempt, JobStatus.SUCCEEDED, AttemptOutcome.SUCCEEDED, result=result)
+        return self._finish(job_id, attempt, JobStatus.SUCCEEDED, AttemptOutcome.SUCCEEDED, result)
 
     def mark_pruned(self, job_id: str, attempt: int, result: dict[str, Any]) -> bool:
         """End a held job as pruned (Optuna stopped it early), keeping ``result``."""
-        return self._finish(job_id, attempt, JobStatus.PRUNED, AttemptOutcome.PRUNED, result=result)
+        return self._finish(job_id, attempt, JobStatus.PRUNED, AttemptOutcome.PRUNED, result)
 
     def mark_cancelled(self, job_id: str, attempt: int) -> bool:
         """End a held job as cancelled (the worker stopped it after a CANCEL heartbeat)."""
         return self._finish(job_id, attempt, JobStatus.CANCELLED, AttemptOutcome.CANCELLED)
 
-    def fail(self, job_id: str, attempt: int, error: str, *, retryable: bool = True) -> JobStatus | None:
+    def fail(
+        self, job_id: str, attempt: int, error: str, *, retryable: bool = True
+    ) -> JobStatus | None:
         """Record a failed attempt (``failures`` + 1, ``last_error`` kept): requeued while attempts
         remain and ``retryable``, else failed (cancelled if cancellation was requested). Returns the
         new status, or None if ``attempt`` no longer holds the job."""
@@ -605,13 +600,8 @@ class JobQueue:
         def txn(conn: Connection) -> bool:
             return bool(
                 conn.execute(
-                    update(jobs)
-                    .where(
-                        jobs.c.id == job_id,
-                        jobs.c.attempt == attempt,
-                        jobs.c.status == JobStatus.RUNNING,
-                    )
-                    .values(mlflow_run_id=run_id)
+                    update(jobs).where(*_HELD).values(mlflow_run_id=run_id),
+                    {"p_id": job_id, "p_attempt": attempt},
                 ).rowcount
             )
 
@@ -625,8 +615,9 @@ class JobQueue:
         def txn(conn: Connection) -> int:
             expired = conn.execute(
                 select(jobs)
-                .where(jobs.c.status == JobStatus.RUNNING, jobs.c.lease_expires_at < self._now())
-                .with_for_update(skip_locked=True)
+                .where(jobs.c.status == JobStatus.RUNNING, jobs.c.lease_expires_at < self._now)
+                .with_for_update(skip_locked=True),
+                self._clock(),
             ).all()
             for job in expired:
                 self._end_attempt(
@@ -653,7 +644,8 @@ class JobQueue:
                 conn.execute(
                     update(jobs)
                     .where(jobs.c.id == job_id)
-                    .values(status=JobStatus.CANCELLED.value, cancel_requested=True, finished_at=self._now())
+                    .values(**_CANCELLED, finished_at=self._now),
+                    self._clock(),
                 )
                 return JobStatus.CANCELLED
             if status == JobStatus.RUNNING:
@@ -666,15 +658,18 @@ class JobQueue:
         """Flag the study as cancelled, cancel its queued jobs and ask its running jobs to stop."""
 
         def txn(conn: Connection) -> CancelResult:
+            clock = self._clock()
             conn.execute(
                 update(studies)
                 .where(studies.c.id == study_id)
-                .values(cancel_requested=True, updated_at=self._now())
+                .values(cancel_requested=True, updated_at=self._now),
+                clock,
             )
             cancelled = conn.execute(
                 update(jobs)
                 .where(jobs.c.study_id == study_id, jobs.c.status == JobStatus.QUEUED)
-                .values(status=JobStatus.CANCELLED.value, cancel_requested=True, finished_at=self._now())
+                .values(**_CANCELLED, finished_at=self._now),
+                clock,
             ).rowcount
             signalled = conn.execute(
                 update(jobs)
@@ -722,7 +717,7 @@ class JobQueue:
         def txn(conn: Connection) -> list[AttemptInfo]:
             rows = conn.execute(query.order_by(attempts.c.attempt)).mappings()
             return [
-                AttemptInfo(**{**r, "outcome": None if r["outcome"] is None else AttemptOutcome(r["outcome"])})
+                AttemptInfo(**{**r, "outcome": r["outcome"] and AttemptOutcome(r["outcome"])})
                 for r in rows
             ]
 
@@ -765,14 +760,11 @@ class JobQueue:
         }
 
         def txn(conn: Connection) -> None:
-            now = self._now()
-            stmt = self._insert(workers).values(
-                id=worker_id, started_at=now, heartbeat_at=now, **values
-            )
+            stamps = {"started_at": self._now, "heartbeat_at": self._now}
+            stmt = self._insert(workers).values(id=worker_id, **values, **stamps)
             conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["id"], set_={**values, "started_at": now, "heartbeat_at": now}
-                )
+                stmt.on_conflict_do_update(index_elements=["id"], set_={**values, **stamps}),
+                self._clock(),
             )
 
         self._run(txn)
@@ -786,10 +778,11 @@ class JobQueue:
                     update(workers)
                     .where(workers.c.id == worker_id)
                     .values(
-                        heartbeat_at=self._now(),
+                        heartbeat_at=self._now,
                         current_jobs=list(current_jobs),
                         status=WorkerStatus.ACTIVE.value,
-                    )
+                    ),
+                    self._clock(),
                 ).rowcount
             )
 
@@ -802,7 +795,8 @@ class JobQueue:
             conn.execute(
                 update(workers)
                 .where(workers.c.id == worker_id)
-                .values(status=WorkerStatus.STOPPED.value, current_jobs=[], heartbeat_at=self._now())
+                .values(status=WorkerStatus.STOPPED.value, current_jobs=[], heartbeat_at=self._now),
+                self._clock(),
             )
 
         self._run(txn)

@@ -1,0 +1,188 @@
+"""The FastAPI application: ``create_app(settings)`` wires the study service, auth, policy, routes,
+error handling (JSON errors with a request id, never a stack trace) and the body-size cap."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import math
+import re
+import uuid
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import krpo_bench
+from api.auth import AuthError, Authenticator, TokenStore
+from api.policy import Policy
+from api.routers import dashboard, health, jobs, studies, workers
+from api.routers.optuna import ReadOnlyOptunaDashboard
+from api.settings import ApiSettings
+from krpo_bench.service.studies import StudyError, StudyNotFound, StudyService
+from krpo_bench.spec.loading import SpecError
+from krpo_bench.spec.study import StudySpec
+
+log = logging.getLogger("krpo_bench.api")
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+_GOOD_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+DESCRIPTION = """\
+Submit, watch and control krpo-bench studies (KRPO vs GRPO and other critic-free baselines).
+
+**Auth.** When the server has tokens (`krpo-bench token create`), every route except the probes and
+this schema needs `Authorization: Bearer <token>`; scopes nest `read` < `submit` < `admin`
+(`read`: GET routes and `/optuna`; `submit`: submitting studies; `admin`: cancel/resume/extend).
+A server without tokens answers anonymous requests and only listens on loopback.
+
+**Errors** are JSON (`ErrorResponse`) with a `request_id` that the server's log shares.
+"""
+
+
+def _error_body(status: int, message: str, errors: list[dict[str, Any]] | None = None, code: str | None = None) -> dict[str, Any]:
+    return {
+        "error": code or HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_"),
+        "message": message,
+        "request_id": request_id.get(),
+        "errors": _plain(errors or []),
+    }
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: non-finite floats and unknown objects become strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return _plain(jsonable_encoder(value, custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")}))
+
+
+def error_response(status: int, message: str, errors: list[dict[str, Any]] | None = None, *,
+                   code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(_error_body(status, message, errors, code), status_code=status, headers=headers)
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """The request body exceeds the cap (413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body larger than {limit} bytes")
+
+
+class RequestGuard:
+    """Middleware around every route and mount: a request id per request (``X-Request-ID``), the body-size cap, and the
+    catch-all that logs a traceback server-side and answers a JSON 500 with the request id."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        rid = given if _GOOD_REQUEST_ID.match(given) else uuid.uuid4().hex[:16]
+        token = request_id.set(rid)
+        started = False
+        received = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+            await send(message)
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                raise BodyTooLarge(self.max_body_bytes)
+            return message
+
+        try:
+            length = headers.get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.max_body_bytes:
+                raise BodyTooLarge(self.max_body_bytes)
+            await self.app(scope, limited_receive, send_with_id)
+        except BodyTooLarge as exc:
+            if not started:
+                await error_response(413, exc.detail)(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error in %s %s [request_id=%s]", scope["method"], scope["path"], rid)
+            if not started:
+                await error_response(500, "internal error; quote the request id to the operator")(scope, receive, send_with_id)
+        finally:
+            request_id.reset(token)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated schema plus the study spec's JSON Schema (the submit body) in components."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes, tags=app.openapi_tags)
+        spec = StudySpec.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(spec.pop("$defs", {}))
+        components["StudySpec"] = spec
+        app.openapi_schema = json.loads(json.dumps(schema))
+    return app.openapi_schema
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """The API for ``settings`` (default: from the environment)."""
+    settings = settings or ApiSettings.from_env()
+    app = FastAPI(title="krpo-bench", version=krpo_bench.__version__, description=DESCRIPTION)
+    app.state.settings = settings
+    app.state.service = StudyService(settings.db_url, settings.mlflow_uri)
+    app.state.auth = Authenticator(TokenStore(settings.tokens_file))
+    app.state.policy = Policy(settings.data_roots, settings.allow_remote_code, settings.max_trials)
+
+    for module in (health, studies, jobs, workers, dashboard):
+        app.include_router(module.router)
+    app.mount("/optuna", ReadOnlyOptunaDashboard(settings.db_url, app.state.auth))
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"path": ".".join(str(p) for p in e["loc"]), "value": e.get("input"), "message": e["msg"], "type": e["type"]}
+            for e in exc.errors()
+        ]
+        return error_response(422, "invalid request", errors)
+
+    @app.exception_handler(SpecError)
+    async def _spec(_: Request, exc: SpecError) -> JSONResponse:
+        return error_response(422, "the study spec is invalid or not allowed on this server", exc.errors, code="invalid_spec")
+
+    @app.exception_handler(StudyNotFound)
+    async def _not_found(_: Request, exc: StudyNotFound) -> JSONResponse:
+        return error_response(404, f"no study {exc.args[0]!r}")
+
+    @app.exception_handler(StudyError)
+    async def _conflict(_: Request, exc: StudyError) -> JSONResponse:
+        return error_response(409, str(exc))
+
+    @app.exception_handler(AuthError)
+    async def _auth(_: Request, exc: AuthError) -> JSONResponse:
+        return error_response(exc.status, exc.message, headers=exc.headers)
+
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
+    return app

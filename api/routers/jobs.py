@@ -1,0 +1,25 @@
+"""One job: its attempts, errors and MLflow run."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
+
+from api.auth import require
+from api.routers import AUTH_ERRORS, errors, get_service
+from api.schemas import JobDetail
+from krpo_bench.service.studies import StudyService
+
+router = APIRouter(prefix="/api/v1", tags=["jobs"], responses=AUTH_ERRORS, dependencies=[Depends(require("read"))])
+
+
+@router.get("/jobs/{job_id}", response_model=JobDetail, responses=errors(404, 422), summary="Get a job (scope: read)")
+def get_job(request: Request, job_id: str = Path(max_length=64), service: StudyService = Depends(get_service)) -> JobDetail:
+    job = service.queue.get_job(job_id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    ui = request.app.state.settings.mlflow_ui_url
+    url = None
+    if ui and job.mlflow_run_id:
+        experiment = service.get(job.study_id).mlflow_experiment_id
+        url = f"{ui}/#/experiments/{experiment}/runs/{job.mlflow_run_id}"
+    return JobDetail.build(job, service.queue.list_attempts(job_id), url)

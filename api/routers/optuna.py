@@ -1,0 +1,128 @@
+"""optuna-dashboard, read-only, mounted under a prefix (``/optuna``) of the API.
+
+A small WSGI -> ASGI bridge for GET/HEAD only (other methods get 405, so nothing can be changed),
+with the API's bearer-token check (scope ``read``). The dashboard's single-page app assumes it is
+served at the root; its HTML and bundle are rewritten to the mount prefix (checked by the tests).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
+
+from api.auth import AuthError, Authenticator, bearer_token
+
+READ_METHODS = ("GET", "HEAD")
+
+
+def rewrite_for_prefix(body: bytes, prefix: str) -> bytes:
+    """The dashboard's HTML/JS with its root-absolute URLs (assets, API, client routes) under ``prefix``."""
+    p = prefix.encode()
+    for old, new in (
+        (b'src="/static/', b'src="' + p + b"/static/"),
+        (b'url_prefix:"/dashboard"', b'url_prefix:"' + p + b'/dashboard"'),
+        (b'(null!=e?e:"")}handleResponse', b'(null!=e?e:"' + p + b'")}handleResponse'),
+    ):
+        body = body.replace(old, new)
+    return body
+
+
+class ReadOnlyOptunaDashboard:
+    """An ASGI app serving ``optuna_dashboard.wsgi(storage)`` read-only where it is mounted."""
+
+    def __init__(self, db_url: str, auth: Authenticator) -> None:
+        self.db_url = db_url
+        self.auth = auth
+        self._wsgi: Callable[..., Any] | None = None
+        self._lock = threading.Lock()
+
+    def wsgi(self) -> Callable[..., Any]:
+        """The dashboard's WSGI app, built on first use (it opens the Optuna storage)."""
+        with self._lock:
+            if self._wsgi is None:
+                import optuna_dashboard
+
+                from krpo_bench.service.optuna_store import optuna_storage
+
+                self._wsgi = optuna_dashboard.wsgi(optuna_storage(self.db_url))
+            return self._wsgi
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if scope["method"] not in READ_METHODS:
+            await _json(send, 405, {"error": "method_not_allowed", "message": "the Optuna dashboard is read-only here"}, {"allow": "GET, HEAD"})
+            return
+        try:
+            self.auth.check(bearer_token(headers.get("authorization")), "read")
+        except AuthError as exc:
+            await _json(send, exc.status, {"error": "unauthorized" if exc.status == 401 else "forbidden", "message": exc.message}, exc.headers)
+            return
+        root = scope.get("root_path", "")
+        status, response_headers, body = await run_in_threadpool(self._call, self._environ(scope, headers, root))
+        kept = []
+        for name, value in response_headers:
+            lowered = name.lower()
+            if lowered == "content-type" and value.startswith(("text/html", "application/javascript", "text/javascript")):
+                body = rewrite_for_prefix(body, root)
+            if lowered == "location" and urlsplit(value).path.startswith("/") and not urlsplit(value).path.startswith(root):
+                value = urlunsplit(urlsplit(value)._replace(path=root + urlsplit(value).path))
+            if lowered != "content-length":
+                kept.append((name, value))
+        response_headers = [*kept, ("Content-Length", str(len(body)))]
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response_headers]})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+
+    def _environ(self, scope: Scope, headers: dict[str, str], root: str) -> dict[str, Any]:
+        path = scope["path"][len(root):] if scope["path"].startswith(root) else scope["path"]
+        server = scope.get("server") or ("localhost", 80)
+        environ = {
+            "REQUEST_METHOD": scope["method"],
+            "SCRIPT_NAME": root,
+            "PATH_INFO": path or "/",
+            "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+            "SERVER_NAME": server[0],
+            "SERVER_PORT": str(server[1]),
+            "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": scope.get("scheme", "http"),
+            "wsgi.input": io.BytesIO(),
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+        }
+        for name, value in headers.items():
+            if name not in ("content-type", "content-length", "authorization"):
+                environ["HTTP_" + name.upper().replace("-", "_")] = value
+        environ["HTTP_ACCEPT_ENCODING"] = "identity"  # bodies are rewritten, so never gzipped
+        return environ
+
+    def _call(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+        started: list[Any] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+            started[:] = [int(status.split(" ", 1)[0]), headers]
+
+        chunks = self.wsgi()(environ, start_response)
+        try:
+            body = b"".join(chunks)
+        finally:
+            getattr(chunks, "close", lambda: None)()
+        return started[0], started[1], body
+
+
+async def _json(send: Send, status: int, payload: dict[str, str], headers: dict[str, str]) -> None:
+    body = json.dumps(payload).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,180 @@
+"""Studies: submit (JSON or YAML), list, inspect, control (cancel/resume/extend), results."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.exc import IntegrityError
+
+from api.auth import require
+from api.policy import Policy, admit, trial_cap_errors
+from api.routers import AUTH_ERRORS, errors, get_service
+from api.schemas import ExtendRequest, JobPage, JobSummary, StudyDetail, StudyPage, StudyResults, StudySummary, VariantStats
+from krpo_bench.service.db import JobStatus, StudyStatus
+from krpo_bench.service.studies import StudyService
+from krpo_bench.spec.loading import SpecError, parse_yaml
+from krpo_bench.spec.study import StudySpec
+
+router = APIRouter(prefix="/api/v1", tags=["studies"], responses=AUTH_ERRORS)
+
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
+StudyId = Annotated[str, Path(max_length=64, description="study id (UUID)")]
+Service = Annotated[StudyService, Depends(get_service)]
+
+EXAMPLE_SPEC = {
+    "name": "krpo-vs-grpo",
+    "kind": "ablation",
+    "seeds": 2,
+    "base": {
+        "model": {"name": "tiny-arith"},
+        "task": {"kind": "arithmetic", "num_terms": [2, 2], "num_digits": [1, 2], "operators": ["+"],
+                 "rewards": [{"name": "exact"}]},
+        "training": {"max_steps": 100},
+    },
+    "variants": {"grpo": {"estimator": {"name": "grpo"}}, "krpo": {"estimator": {"name": "krpo"}}},
+}
+_SPEC_BODY = {"schema": {"$ref": "#/components/schemas/StudySpec"}, "example": EXAMPLE_SPEC}
+SUBMIT_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "description": "a study spec (see `krpo-bench schema study`), as JSON or YAML",
+        "content": {"application/json": _SPEC_BODY, "application/yaml": _SPEC_BODY},
+    }
+}
+
+
+def _parse(body: bytes, content_type: str) -> Any:
+    """The request body as data; a malformed body raises SpecError (422)."""
+    media = content_type.split(";")[0].strip().lower()
+    if media in YAML_TYPES:
+        try:
+            return parse_yaml(body, "<request>")
+        except RecursionError:
+            raise SpecError("<request>", [{"path": "", "value": None, "message": "spec nested too deeply", "type": "yaml_invalid"}]) from None
+    if media != "application/json" and not media.endswith("+json"):
+        raise HTTPException(415, f"send the spec as application/json or application/yaml, not {media or 'no content type'}")
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise SpecError("<request>", [{"path": "", "value": None, "message": f"invalid JSON: {exc}", "type": "json_invalid"}]) from None
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _admit(body: bytes, content_type: str, policy: Policy) -> StudySpec:
+    return admit(_parse(body, content_type), policy)
+
+
+def _submit(service: StudyService, study: StudySpec, key: str | None) -> StudyDetail:
+    try:
+        info = service.submit(study, idempotency_key=key)
+    except IntegrityError:
+        if key is None:
+            raise
+        info = service.submit(study, idempotency_key=key)  # a concurrent request with this key won: its study
+    if key and info.spec != study.model_dump(mode="json"):
+        raise HTTPException(409, "this Idempotency-Key was used for a different spec")
+    return _detail(service, info.id)
+
+
+def _detail(service: StudyService, study_id: str) -> StudyDetail:
+    info = service.get(study_id)
+    return StudyDetail.build(info, service.jobs(study_id), service.results(study_id))
+
+
+@router.post(
+    "/studies",
+    status_code=201,
+    response_model=StudyDetail,
+    summary="Submit a study (scope: submit)",
+    description="Validates the spec and the server's policy (remote code, data roots, trial cap), stores the study "
+    "and queues its trials. With `Idempotency-Key`, repeating the request returns the same study.",
+    openapi_extra=SUBMIT_OPENAPI,
+    responses={201: {"description": "the new (or, for a repeated Idempotency-Key, the earlier) study",
+                     "headers": {"Location": {"description": "URL of the study", "schema": {"type": "string"}}}},
+               **errors(409, 413, 415, 422)},
+    dependencies=[Depends(require("submit"))],
+)
+async def submit_study(
+    request: Request,
+    response: Response,
+    service: Service,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255, description="makes retries safe")] = None,
+) -> StudyDetail:
+    body = await request.body()
+    study = await run_in_threadpool(_admit, body, request.headers.get("content-type", ""), request.app.state.policy)
+    detail = await run_in_threadpool(_submit, service, study, idempotency_key)
+    response.headers["Location"] = f"/api/v1/studies/{detail.id}"
+    return detail
+
+
+@router.get("/studies", response_model=StudyPage, responses=errors(422), summary="List studies, newest first (scope: read)",
+            dependencies=[Depends(require("read"))])
+def list_studies(
+    service: Service,
+    status: StudyStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> StudyPage:
+    infos = service.list(status=status.value if status else None, limit=limit + 1, offset=offset)
+    return StudyPage(items=[StudySummary.of(i) for i in infos[:limit]], limit=limit, offset=offset,
+                     next_offset=offset + limit if len(infos) > limit else None)
+
+
+@router.get("/studies/{study_id}", response_model=StudyDetail, responses=errors(404, 422),
+            summary="Get a study: progress, best trial, per-variant summary (scope: read)", dependencies=[Depends(require("read"))])
+def get_study(study_id: StudyId, service: Service) -> StudyDetail:
+    return _detail(service, study_id)
+
+
+@router.get("/studies/{study_id}/jobs", response_model=JobPage, responses=errors(404, 422),
+            summary="List a study's jobs (scope: read)", dependencies=[Depends(require("read"))])
+def list_jobs(
+    study_id: StudyId,
+    service: Service,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> JobPage:
+    counts = service.get(study_id).counts
+    total = counts.get(status.value, 0) if status else sum(counts.values())
+    jobs = service.queue.list_jobs(study_id, statuses=[status] if status else None, limit=limit, offset=offset)
+    return JobPage(items=[JobSummary.of(j) for j in jobs], total=total, limit=limit, offset=offset,
+                   next_offset=offset + limit if offset + limit < total else None)
+
+
+@router.get("/studies/{study_id}/results", response_model=StudyResults, responses=errors(404, 422),
+            summary="Final accuracy statistics per variant (scope: read)", dependencies=[Depends(require("read"))])
+def study_results(study_id: StudyId, service: Service) -> StudyResults:
+    return StudyResults(study_id=study_id, variants={v: VariantStats.of(r) for v, r in service.results(study_id).items()})
+
+
+@router.post("/studies/{study_id}/cancel", response_model=StudySummary, responses=errors(404, 422),
+             summary="Cancel: queued trials now, running ones within a heartbeat (scope: admin)",
+             dependencies=[Depends(require("admin"))])
+def cancel_study(study_id: StudyId, service: Service) -> StudySummary:
+    return StudySummary.of(service.cancel(study_id))
+
+
+@router.post("/studies/{study_id}/resume", response_model=StudySummary, responses=errors(404, 422),
+             summary="Resume an interrupted or cancelled study; finished trials are kept (scope: admin)",
+             dependencies=[Depends(require("admin"))])
+def resume_study(study_id: StudyId, service: Service) -> StudySummary:
+    return StudySummary.of(service.resume(study_id))
+
+
+@router.post("/studies/{study_id}/extend", response_model=StudySummary, responses=errors(404, 409, 422),
+             summary="Add trials to a search's budget (scope: admin)", dependencies=[Depends(require("admin"))])
+def extend_study(study_id: StudyId, body: ExtendRequest, request: Request, service: Service) -> StudySummary:
+    info = service.get(study_id)
+    if info.kind == "search":
+        per_trial = StudySpec.model_validate(info.spec).seeds_per_trial
+        cap = trial_cap_errors(info.total + body.n_trials * per_trial, request.app.state.policy, "n_trials")
+        if cap:
+            raise SpecError("<request>", cap)
+    return StudySummary.of(service.extend(study_id, body.n_trials))

@@ -1,0 +1,85 @@
+"""One trial end to end on CPU: training changes the model, MLflow holds curves and results,
+an interrupted trial resumes from its checkpoint in the same run, and seeds reproduce."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from safetensors.torch import load_file
+
+from krpo_bench.models import build_tiny_arith
+from krpo_bench.spec.trial import TrialSpec
+from krpo_bench.training.trial import run_trial
+from tests.trial_specs import tiny_trial
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def curve(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+@pytest.mark.parametrize("estimator", [{"name": "grpo"}, {"name": "krpo", "Q": 1e-5, "R": 1e-2}])
+def test_trial_trains_and_tracks(tmp_path: Path, mlflow_uri: str, estimator: dict):
+    spec = TrialSpec.model_validate(tiny_trial(estimator, steps=30))
+    result = run_trial(spec, run_dir=tmp_path / "run", tracking_uri=mlflow_uri)
+    assert result.status == "succeeded" and result.steps == 30
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["estimator.name"] == estimator["name"]
+    assert run.data.tags["krpo.estimator"] == estimator["name"]
+    rewards = curve(client, result.mlflow_run_id, "train/reward")
+    assert [s for s, _ in rewards] == list(range(1, 31))
+    for key in ("adv/mean", "adv/abs_max", "train/completion_length", "train/step_time_s"):
+        assert len(curve(client, result.mlflow_run_id, key)) == 30, key
+    if estimator["name"] == "krpo":
+        assert len(curve(client, result.mlflow_run_id, "adv/kalman_gain_last")) == 30
+    final = run.data.metrics
+    assert 0.0 <= final["final/accuracy"] <= 1.0 and final["final/accuracy"] == result.final_accuracy
+    assert {s for s, _ in curve(client, result.mlflow_run_id, "eval/accuracy")} == {0, 30}
+    before = load_file(build_tiny_arith() / "model.safetensors")
+    after = load_file(tmp_path / "run" / "checkpoint-30" / "model.safetensors")
+    changed = sum(not torch.equal(before[k], after[k]) for k in before)
+    assert changed > len(before) // 2, "GRPO should have moved most weight tensors"
+
+
+def test_interrupted_trial_resumes_in_the_same_run_and_matches_an_uninterrupted_one(tmp_path: Path, mlflow_uri: str):
+    spec = TrialSpec.model_validate(tiny_trial({"name": "krpo_persistent"}, steps=20, checkpoint_every=10))
+    steps_seen = []
+
+    def stop_after_ten() -> bool:
+        steps_seen.append(1)
+        return len(steps_seen) >= 10
+
+    first = run_trial(spec, run_dir=tmp_path / "a", tracking_uri=mlflow_uri, should_stop=stop_after_ten)
+    assert first.status == "stopped" and first.steps == 10
+    assert (tmp_path / "a" / "checkpoint-10" / "estimator_state.json").exists()
+    resumed = run_trial(spec, run_dir=tmp_path / "a", tracking_uri=mlflow_uri)
+    assert resumed.status == "succeeded" and resumed.steps == 20
+    assert resumed.mlflow_run_id == first.mlflow_run_id
+    straight = run_trial(spec, run_dir=tmp_path / "b", tracking_uri=mlflow_uri)
+    client = MlflowClient(mlflow_uri)
+    assert [s for s, _ in curve(client, resumed.mlflow_run_id, "train/reward")] == list(range(1, 21))
+    assert curve(client, resumed.mlflow_run_id, "train/reward") == curve(client, straight.mlflow_run_id, "train/reward")
+    again = run_trial(spec, run_dir=tmp_path / "a", tracking_uri=mlflow_uri)
+    assert again == resumed, "a finished trial returns its stored result"
+
+
+def test_same_seed_same_curve_different_seed_different_curve(tmp_path: Path, mlflow_uri: str):
+    client = MlflowClient(mlflow_uri)
+    runs = []
+    for name, seed in (("x", 3), ("y", 3), ("z", 4)):
+        spec = TrialSpec.model_validate(tiny_trial({"name": "krpo"}, steps=8, seed=seed))
+        runs.append(run_trial(spec, run_dir=tmp_path / name, tracking_uri=mlflow_uri).mlflow_run_id)
+    x, y, z = (curve(client, r, "train/reward") for r in runs)
+    assert x == y
+    assert x != z
