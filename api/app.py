@@ -170,7 +170,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @app.exception_handler(SpecError)
     async def _spec(_: Request, exc: SpecError) -> JSONResponse:
-        return error_response(422, "the study spec is invalid or not allowed on this server", exc.errors, code="invalid_spec")
+        errors = [{**e, "type": e.get("type") or "parse_error"} for e in exc.errors]
+        return error_response(422, "the study spec is invalid or not allowed on this server", errors, code="invalid_spec")
 
     @app.exception_handler(StudyNotFound)
     async def _not_found(_: Request, exc: StudyNotFound) -> JSONResponse:

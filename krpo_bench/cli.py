@@ -251,5 +251,10 @@ def report(
     _write_report(service, study_id, out)
 
 
+from api.serve import serve as _serve, token_app as _token_app  # noqa: E402
+
+app.command(name="serve")(_serve)
+app.add_typer(_token_app, name="token")
+
 if __name__ == "__main__":
     app()
