@@ -3,6 +3,7 @@ error handling (JSON errors with a request id, never a stack trace) and the body
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
@@ -25,6 +26,8 @@ from api.auth import AuthError, Authenticator, TokenStore
 from api.policy import Policy
 from api.routers import dashboard, health, jobs, studies, workers
 from api.routers.optuna import ReadOnlyOptunaDashboard
+from api.routers.studies import PageCache
+from api.schemas import ErrorResponse
 from api.settings import ApiSettings
 from krpo_bench.service.studies import StudyError, StudyNotFound, StudyService
 from krpo_bench.spec.loading import SpecError
@@ -32,6 +35,10 @@ from krpo_bench.spec.study import StudySpec
 
 log = logging.getLogger("krpo_bench.api")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+SUBMIT_CONCURRENCY = 4
+"""Submissions stored at once (each writes the job database and MLflow); the rest wait their turn
+without holding a thread, so reads stay fast and MLflow's connection pool is never exhausted."""
+_CODES = {413: "body_too_large", 500: "internal_error"}
 _GOOD_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 DESCRIPTION = """\
@@ -48,7 +55,7 @@ A server without tokens answers anonymous requests and only listens on loopback.
 
 def _error_body(status: int, message: str, errors: list[dict[str, Any]] | None = None, code: str | None = None) -> dict[str, Any]:
     return {
-        "error": code or HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_"),
+        "error": code or _CODES.get(status) or HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_"),
         "message": message,
         "request_id": request_id.get(),
         "errors": _plain(errors or []),
@@ -131,13 +138,22 @@ class RequestGuard:
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """The generated schema plus the study spec's JSON Schema (the submit body) in components."""
+    """The generated schema plus, in components, the study spec (the submit body) and the error body;
+    bearer security is declared only when this server requires tokens."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes, tags=app.openapi_tags)
-        spec = StudySpec.model_json_schema(ref_template="#/components/schemas/{model}")
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        components.update(spec.pop("$defs", {}))
-        components["StudySpec"] = spec
+        components = schema.setdefault("components", {})
+        for model in (StudySpec, ErrorResponse):
+            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.setdefault("schemas", {}).update(model_schema.pop("$defs", {}))
+            components["schemas"][model.__name__] = model_schema
+        if not app.state.auth.required:
+            components.pop("securitySchemes", None)
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    operation.pop("security", None)
+                    for status in ("401", "403"):
+                        operation["responses"].pop(status, None)
         app.openapi_schema = json.loads(json.dumps(schema))
     return app.openapi_schema
 
@@ -150,6 +166,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.service = StudyService(settings.db_url, settings.mlflow_uri)
     app.state.auth = Authenticator(TokenStore(settings.tokens_file))
     app.state.policy = Policy(settings.data_roots, settings.allow_remote_code, settings.max_trials)
+    app.state.submit_slots = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+    app.state.list_cache = PageCache(settings.list_cache_s)
 
     for module in (health, studies, jobs, workers, dashboard):
         app.include_router(module.router)

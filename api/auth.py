@@ -163,7 +163,7 @@ _bearer = HTTPBearer(auto_error=False, description="a token from `krpo-bench tok
 def require(scope: Scope) -> Callable[..., TokenRecord | None]:
     """A dependency admitting requests whose token grants ``scope``."""
 
-    def dependency(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> TokenRecord | None:
+    async def dependency(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> TokenRecord | None:
         return request.app.state.auth.check(credentials.credentials if credentials else None, scope)
 
     return dependency

@@ -23,8 +23,9 @@ class ApiSettings:
     Environment: ``KRPO_BENCH_DB``, ``MLFLOW_TRACKING_URI``, ``KRPO_BENCH_API_TOKENS_FILE`` (default
     ``<data home>/api-tokens.json``), ``KRPO_BENCH_DATA_ROOTS`` (``os.pathsep``-separated folders spec
     files may read from; default the data home), ``KRPO_BENCH_ALLOW_REMOTE_CODE``,
-    ``KRPO_BENCH_MAX_BODY_BYTES``, ``KRPO_BENCH_MAX_TRIALS`` and ``KRPO_BENCH_MLFLOW_UI_URL`` (base URL
-    of the MLflow UI for run links; default the tracking URI when it is http(s)).
+    ``KRPO_BENCH_MAX_BODY_BYTES``, ``KRPO_BENCH_MAX_TRIALS``, ``KRPO_BENCH_MLFLOW_UI_URL`` (base URL
+    of the MLflow UI for run links; default the tracking URI when it is http(s)) and
+    ``KRPO_BENCH_LIST_CACHE_S`` (seconds a study-list page is reused; 0: never).
     """
 
     db_url: str
@@ -35,6 +36,7 @@ class ApiSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_trials: int = DEFAULT_MAX_TRIALS
     mlflow_ui_url: str | None = None
+    list_cache_s: float = 1.0
 
     @classmethod
     def from_env(cls, db_url: str | None = None, mlflow_uri: str | None = None) -> ApiSettings:
@@ -52,4 +54,5 @@ class ApiSettings:
             max_body_bytes=int(env.get("KRPO_BENCH_MAX_BODY_BYTES") or DEFAULT_MAX_BODY_BYTES),
             max_trials=int(env.get("KRPO_BENCH_MAX_TRIALS") or DEFAULT_MAX_TRIALS),
             mlflow_ui_url=ui.rstrip("/") if ui else None,
+            list_cache_s=float(env.get("KRPO_BENCH_LIST_CACHE_S") or 1.0),
         )

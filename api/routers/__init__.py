@@ -10,20 +10,22 @@ from api.schemas import ErrorResponse
 from krpo_bench.service.studies import StudyService
 
 
-def get_service(request: Request) -> StudyService:
+async def get_service(request: Request) -> StudyService:
     """The app's study service (a FastAPI dependency)."""
     return request.app.state.service
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for error answers (all share ``ErrorResponse``)."""
+    """OpenAPI entries for error answers: JSON ``ErrorResponse`` whatever the route's own media type
+    (``create_app`` adds the model to the schema's components)."""
     text = {
-        401: "no valid bearer token", 403: "the token lacks the scope", 404: "no such resource",
+        400: "malformed request body", 401: "no valid bearer token", 403: "the token lacks the scope", 404: "no such resource",
         409: "the study's state does not allow this", 413: "request body too large",
         415: "unsupported content type", 422: "invalid request or spec (every problem listed)",
         503: "not ready",
     }
-    return {s: {"model": ErrorResponse, "description": text[s]} for s in statuses}
+    content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{ErrorResponse.__name__}"}}}
+    return {s: {"description": text[s], "content": content} for s in statuses}
 
 
 AUTH_ERRORS = errors(401, 403)

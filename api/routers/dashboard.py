@@ -15,7 +15,7 @@ router = APIRouter(tags=["dashboard"], responses=AUTH_ERRORS, dependencies=[Depe
 @router.get(
     "/studies/{study_id}/dashboard",
     response_class=HTMLResponse,
-    responses={200: {"description": "the study's report", "content": {"text/html": {}}}, **errors(404, 422)},
+    responses={200: {"description": "the study's report"}, **errors(404, 422)},
     summary="A study's report page (scope: read)",
 )
 def study_dashboard(study_id: StudyId, service: Service) -> HTMLResponse:

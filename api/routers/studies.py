@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import Callable, Hashable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
@@ -44,6 +47,41 @@ SUBMIT_OPENAPI = {
         "content": {"application/json": _SPEC_BODY, "application/yaml": _SPEC_BODY},
     }
 }
+
+
+class PageCache:
+    """Rendered list pages, kept ``ttl`` seconds (the list's counts may lag the workers by that much;
+    writes through the API clear it). Concurrent misses of one page share one computation, so a burst
+    of readers costs one database query instead of one thread each."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._pages: dict[Hashable, tuple[float, bytes]] = {}
+        self._pending: dict[Hashable, asyncio.Future[bytes]] = {}
+
+    async def get(self, key: Hashable, compute: Callable[[], bytes]) -> bytes:
+        now = time.monotonic()
+        hit = self._pages.get(key)
+        if hit and hit[0] > now:
+            return hit[1]
+        if key in self._pending:
+            return await asyncio.shield(self._pending[key])
+        future = self._pending[key] = asyncio.get_running_loop().create_future()
+        try:
+            page = await run_in_threadpool(compute)
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody else needs to
+            raise
+        finally:
+            del self._pending[key]
+        future.set_result(page)
+        self._pages = {k: v for k, v in self._pages.items() if v[0] > now}
+        self._pages[key] = (now + self.ttl, page)
+        return page
+
+    def clear(self) -> None:
+        self._pages.clear()
 
 
 def _parse(body: bytes, content_type: str) -> Any:
@@ -108,22 +146,30 @@ async def submit_study(
 ) -> StudyDetail:
     body = await request.body()
     study = await run_in_threadpool(_admit, body, request.headers.get("content-type", ""), request.app.state.policy)
-    detail = await run_in_threadpool(_submit, service, study, idempotency_key)
+    async with request.app.state.submit_slots:
+        detail = await run_in_threadpool(_submit, service, study, idempotency_key)
+    request.app.state.list_cache.clear()
     response.headers["Location"] = f"/api/v1/studies/{detail.id}"
     return detail
 
 
 @router.get("/studies", response_model=StudyPage, responses=errors(422), summary="List studies, newest first (scope: read)",
+            description="Pages are cached for `KRPO_BENCH_LIST_CACHE_S` seconds (default 1): counts may lag that much.",
             dependencies=[Depends(require("read"))])
-def list_studies(
+async def list_studies(
+    request: Request,
     service: Service,
     status: StudyStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
-) -> StudyPage:
-    infos = service.list(status=status.value if status else None, limit=limit + 1, offset=offset)
-    return StudyPage(items=[StudySummary.of(i) for i in infos[:limit]], limit=limit, offset=offset,
-                     next_offset=offset + limit if len(infos) > limit else None)
+) -> Response:
+    def page() -> bytes:
+        infos = service.list(status=status.value if status else None, limit=limit + 1, offset=offset)
+        return StudyPage(items=[StudySummary.of(i) for i in infos[:limit]], limit=limit, offset=offset,
+                         next_offset=offset + limit if len(infos) > limit else None).model_dump_json().encode()
+
+    body = await request.app.state.list_cache.get((status, limit, offset), page)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/studies/{study_id}", response_model=StudyDetail, responses=errors(404, 422),
@@ -157,18 +203,22 @@ def study_results(study_id: StudyId, service: Service) -> StudyResults:
 @router.post("/studies/{study_id}/cancel", response_model=StudySummary, responses=errors(404, 422),
              summary="Cancel: queued trials now, running ones within a heartbeat (scope: admin)",
              dependencies=[Depends(require("admin"))])
-def cancel_study(study_id: StudyId, service: Service) -> StudySummary:
-    return StudySummary.of(service.cancel(study_id))
+def cancel_study(study_id: StudyId, request: Request, service: Service) -> StudySummary:
+    info = service.cancel(study_id)
+    request.app.state.list_cache.clear()
+    return StudySummary.of(info)
 
 
 @router.post("/studies/{study_id}/resume", response_model=StudySummary, responses=errors(404, 422),
              summary="Resume an interrupted or cancelled study; finished trials are kept (scope: admin)",
              dependencies=[Depends(require("admin"))])
-def resume_study(study_id: StudyId, service: Service) -> StudySummary:
-    return StudySummary.of(service.resume(study_id))
+def resume_study(study_id: StudyId, request: Request, service: Service) -> StudySummary:
+    info = service.resume(study_id)
+    request.app.state.list_cache.clear()
+    return StudySummary.of(info)
 
 
-@router.post("/studies/{study_id}/extend", response_model=StudySummary, responses=errors(404, 409, 422),
+@router.post("/studies/{study_id}/extend", response_model=StudySummary, responses=errors(400, 404, 409, 422),
              summary="Add trials to a search's budget (scope: admin)", dependencies=[Depends(require("admin"))])
 def extend_study(study_id: StudyId, body: ExtendRequest, request: Request, service: Service) -> StudySummary:
     info = service.get(study_id)
@@ -177,4 +227,6 @@ def extend_study(study_id: StudyId, body: ExtendRequest, request: Request, servi
         cap = trial_cap_errors(info.total + body.n_trials * per_trial, request.app.state.policy, "n_trials")
         if cap:
             raise SpecError("<request>", cap)
-    return StudySummary.of(service.extend(study_id, body.n_trials))
+    info = service.extend(study_id, body.n_trials)
+    request.app.state.list_cache.clear()
+    return StudySummary.of(info)

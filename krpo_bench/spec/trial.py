@@ -38,6 +38,7 @@ class TrainingSpec(Strict):
     pass_at_k: int = Field(4, ge=1, le=64, description="k of the sampled pass@k evaluation")
     eval_batch_size: int = Field(64, ge=1, le=4096)
     checkpoint_every: int = Field(50, ge=1, le=1_000_000)
+    gradient_checkpointing: bool = Field(False, description="trade compute for memory (large models)")
 
 
 class TrialSpec(Strict):

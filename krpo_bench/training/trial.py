@@ -39,6 +39,7 @@ class TrialResult:
     trial_id: str
     status: str  # succeeded | pruned | stopped
     steps: int
+    resumed_from: int | None
     final_accuracy: float | None
     final_pass_at_k: float | None
     initial_accuracy: float | None
@@ -84,6 +85,7 @@ def grpo_config(
         bf16=bf16,
         log_level="warning",
         dataloader_num_workers=0,
+        gradient_checkpointing=t.gradient_checkpointing,
     )
 
 
@@ -216,6 +218,7 @@ def _train(
         trial_id=trial_id,
         status=status,
         steps=steps,
+        resumed_from=int(Path(checkpoint).name.split("-")[-1]) if checkpoint else None,
         final_accuracy=final.accuracy if final else None,
         final_pass_at_k=final.pass_at_k if final else None,
         initial_accuracy=initial,

@@ -1,0 +1,130 @@
+"""Real worker processes running real tiny-arith trials against SQLite and PostgreSQL:
+crash recovery from checkpoints, cancellation within a heartbeat, graceful stop and restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from krpo_bench.service.studies import StudyService
+from tests.trial_specs import tiny_trial
+
+pytestmark = pytest.mark.slow
+
+HEARTBEAT_S = 1.0
+LEASE_S = 5.0
+
+
+def study(name: str, steps: int, seeds: int, variants=("grpo",), **training) -> dict:
+    base = {k: v for k, v in tiny_trial(steps=steps, **training).items() if k != "name"}
+    return {
+        "name": name,
+        "kind": "ablation",
+        "base": base,
+        "variants": {v: {"estimator": {"name": v}} for v in variants},
+        "seeds": seeds,
+        "resources": {"max_attempts": 3},
+    }
+
+
+@pytest.fixture
+def service(db_url: str, tmp_path: Path) -> StudyService:
+    return StudyService(db_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def start_worker(service: StudyService) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "krpo_bench.cli", "worker", "--gpus", "cpu", "--slots-per-gpu", "1",
+           "--db", service.db_url, "--mlflow", service.mlflow_uri,
+           "--lease-s", str(LEASE_S), "--heartbeat-s", str(HEARTBEAT_S)]
+    env = dict(os.environ, KRPO_BENCH_CPU_THREADS="1")
+    return subprocess.Popen(cmd, env=env, start_new_session=True)
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 120) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+    proc.wait(timeout=timeout)
+
+
+def test_killed_worker_is_reclaimed_and_the_trial_resumes_from_its_checkpoint(service: StudyService):
+    info = service.submit(study("crash", steps=24, seeds=1, checkpoint_every=4))
+    worker = start_worker(service)
+    try:
+        job = wait_for(lambda: next(iter(service.jobs(info.id)), None) if service.jobs(info.id)[0].mlflow_run_id else None, 120, "the trial to start")
+        run_dir_glob = lambda: list((Path(os.environ["KRPO_BENCH_HOME"]) / "trials" / job.config["trial"]["trial_id"]).glob("checkpoint-*"))
+        wait_for(run_dir_glob, 120, "a checkpoint")
+    finally:
+        stop(worker, signal.SIGKILL)
+    second = start_worker(service)
+    try:
+        done = wait_for(lambda: service.get(info.id).status == "succeeded" and service.jobs(info.id)[0], 240, "the study to finish elsewhere")
+    finally:
+        stop(second)
+    assert done.attempt == 2 and done.failures == 1
+    assert done.result["resumed_from"] is not None and done.result["resumed_from"] >= 4
+    assert done.mlflow_run_id == job.mlflow_run_id, "the retry continues the same MLflow run"
+    attempts = service.queue.list_attempts(done.id)
+    assert [a.outcome for a in attempts] == ["expired", "succeeded"]
+    run = MlflowClient(service.mlflow_uri).get_run(done.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["final/accuracy"] == done.result["final_accuracy"]
+
+
+def test_cancellation_lands_within_a_heartbeat(service: StudyService):
+    info = service.submit(study("cancel", steps=2000, seeds=1, checkpoint_every=1000))
+    worker = start_worker(service)
+    try:
+        wait_for(lambda: service.get(info.id).counts.get("running") and service.jobs(info.id)[0].mlflow_run_id, 120, "the trial to run")
+        time.sleep(2)
+        asked = time.monotonic()
+        service.cancel(info.id)
+        wait_for(lambda: service.get(info.id).counts.get("cancelled") == 1, 30, "the cancellation")
+        took = time.monotonic() - asked
+    finally:
+        stop(worker)
+    assert took < HEARTBEAT_S + 5.0, f"cancellation took {took:.1f} s"
+    job = service.jobs(info.id)[0]
+    assert job.status == "cancelled" and job.result is None
+
+
+def test_stopping_everything_and_restarting_finishes_the_same_trials_once(service: StudyService):
+    info = service.submit(study("restart", steps=12, seeds=2, variants=("grpo", "krpo"), checkpoint_every=4))
+    workers = [start_worker(service), start_worker(service)]
+    try:
+        wait_for(lambda: service.get(info.id).counts.get("succeeded", 0) >= 1, 240, "a first finished trial")
+    finally:
+        for w in workers:
+            stop(w)
+    paused = service.get(info.id)
+    assert paused.counts.get("running", 0) == 0, "graceful stop hands running trials back"
+    assert paused.counts.get("failed", 0) == 0
+    service.resume(info.id)
+    workers = [start_worker(service), start_worker(service)]
+    try:
+        wait_for(lambda: service.get(info.id).status == "succeeded", 300, "the study to finish")
+    finally:
+        for w in workers:
+            stop(w)
+    jobs = service.jobs(info.id)
+    assert len(jobs) == 4 and all(j.status == "succeeded" and j.failures == 0 for j in jobs)
+    client = MlflowClient(service.mlflow_uri)
+    runs = client.search_runs([info.mlflow_experiment_id], f"tags.`krpo.study_id` = '{info.id}' and tags.`krpo.variant` != ''")
+    trial_runs = [r for r in runs if "krpo.trial_key" in r.data.tags]
+    assert len(trial_runs) == 4 and len({r.data.tags["krpo.trial_key"] for r in trial_runs}) == 4
+    assert all(r.info.status == "FINISHED" for r in trial_runs)
