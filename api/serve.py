@@ -57,12 +57,19 @@ def serve(
     from api.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # uvicorn shuts down gracefully on SIGTERM and then re-raises it; exit cleanly instead of dying,
+    # so the embedded workers below are always stopped too.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     app = create_app(settings)
     procs = _start_workers(app.state.service, workers) if workers > 0 else []
     try:
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         _stop_workers(procs)
+
+
+def _exit_cleanly(*_: object) -> None:
+    raise SystemExit(0)
 
 
 def _start_workers(service, count: int) -> list[subprocess.Popen]:
