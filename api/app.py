@@ -4,17 +4,12 @@ error handling (JSON errors with a request id, never a stack trace) and the body
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import json
 import logging
-import math
 import re
 import uuid
-from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
@@ -24,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import krpo_bench
 from api.auth import AuthError, Authenticator, TokenStore
 from api.policy import Policy
-from api.routers import dashboard, health, jobs, studies, workers
+from api.routers import dashboard, error_response, health, jobs, request_id, studies, workers
 from api.routers.optuna import ReadOnlyOptunaDashboard
 from api.routers.studies import PageCache
 from api.schemas import ErrorResponse
@@ -34,11 +29,9 @@ from krpo_bench.spec.loading import SpecError
 from krpo_bench.spec.study import StudySpec
 
 log = logging.getLogger("krpo_bench.api")
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 SUBMIT_CONCURRENCY = 4
 """Submissions stored at once (each writes the job database and MLflow); the rest wait their turn
 without holding a thread, so reads stay fast and MLflow's connection pool is never exhausted."""
-_CODES = {413: "body_too_large", 500: "internal_error"}
 _GOOD_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 DESCRIPTION = """\
@@ -53,33 +46,6 @@ A server without tokens answers anonymous requests and only listens on loopback.
 """
 
 
-def _error_body(status: int, message: str, errors: list[dict[str, Any]] | None = None, code: str | None = None) -> dict[str, Any]:
-    return {
-        "error": code or _CODES.get(status) or HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_"),
-        "message": message,
-        "request_id": request_id.get(),
-        "errors": _plain(errors or []),
-    }
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe: non-finite floats and unknown objects become strings."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return _plain(jsonable_encoder(value, custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")}))
-
-
-def error_response(status: int, message: str, errors: list[dict[str, Any]] | None = None, *,
-                   code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(_error_body(status, message, errors, code), status_code=status, headers=headers)
-
-
 class BodyTooLarge(StarletteHTTPException):
     """The request body exceeds the cap (413)."""
 
@@ -88,8 +54,9 @@ class BodyTooLarge(StarletteHTTPException):
 
 
 class RequestGuard:
-    """Middleware around every route and mount: a request id per request (``X-Request-ID``), the body-size cap, and the
-    catch-all that logs a traceback server-side and answers a JSON 500 with the request id."""
+    """Middleware around every route and mount: a request id per request (``X-Request-ID``), the
+    body-size cap, and the catch-all that logs the traceback server-side and answers a JSON 500
+    carrying only the request id."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
@@ -154,7 +121,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     operation.pop("security", None)
                     for status in ("401", "403"):
                         operation["responses"].pop(status, None)
-        app.openapi_schema = json.loads(json.dumps(schema))
+        app.openapi_schema = schema
     return app.openapi_schema
 
 

@@ -19,6 +19,8 @@ from krpo_bench.spec.trial import TrialSpec
 
 @dataclass(frozen=True)
 class Policy:
+    """What this server allows (from ``ApiSettings``)."""
+
     data_roots: tuple[Path, ...]
     allow_remote_code: bool = False
     max_trials: int = 1_000
@@ -49,16 +51,16 @@ def trial_violations(trial: TrialSpec, policy: Policy) -> Iterator[tuple[str, An
     model, task = trial.model, trial.task
     if model.trust_remote_code and not policy.allow_remote_code:
         yield "model.trust_remote_code", True, "this server does not run remote code from model repositories", "remote_code_refused"
-    local: list[tuple[str, str]] = []
+    local: list[tuple[str, str, str]] = []  # (field, its value, the path it names)
     if model.hf_source and looks_local(model.hf_source):
-        local.append(("model.name", model.hf_source))
+        local.append(("model.name", model.name, model.hf_source))
     if task.kind == "jsonl":
-        local += [("task.path", task.path)] + ([("task.test_path", task.test_path)] if task.test_path else [])
+        local += [("task.path", task.path, task.path)] + ([("task.test_path", task.test_path, task.test_path)] if task.test_path else [])
     if task.kind == "hf" and looks_local(task.dataset):
-        local.append(("task.dataset", task.dataset))
+        local.append(("task.dataset", task.dataset, task.dataset))
     roots = ", ".join(str(r) for r in policy.data_roots)
-    for field, value in local:
-        if not under_roots(value, policy.data_roots):
+    for field, value, path in local:
+        if not under_roots(path, policy.data_roots):
             yield field, value, f"local paths must be absolute and lie under the data roots ({roots})", "path_outside_data_roots"
 
 

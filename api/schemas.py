@@ -182,9 +182,10 @@ class StudyDetail(StudySummary):
         per_variant: dict[str, Counter[str]] = {}
         for job in jobs:
             per_variant.setdefault(job.config["variant"], Counter())[job.status.value] += 1
-        variants = {
-            name: VariantSummary(counts=_counts(counts), **VariantStats.of(results[name]).model_dump())
-            for name, counts in per_variant.items()
+        no_results = {"n": 0, "mean": None, "ci_low": None, "ci_high": None, "values": []}
+        variants = {  # jobs and results are two reads: a search may have queued a trial in between
+            name: VariantSummary(counts=_counts(per_variant.get(name, {})), **VariantStats.of(results.get(name, no_results)).model_dump())
+            for name in sorted(per_variant.keys() | results.keys())
         }
         return cls(**_summary_fields(info), spec=info.spec, best_trial=best, variants=variants)
 

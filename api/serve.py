@@ -10,9 +10,13 @@ import ipaddress
 import logging
 import signal
 import subprocess
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from api.auth import TokenStore
+    from krpo_bench.service.studies import StudyService
 
 WORKER_STOP_TIMEOUT_S = 120
 
@@ -72,7 +76,7 @@ def _exit_cleanly(*_: object) -> None:
     raise SystemExit(0)
 
 
-def _start_workers(service, count: int) -> list[subprocess.Popen]:
+def _start_workers(service: StudyService, count: int) -> list[subprocess.Popen]:
     """``count`` ``krpo-bench worker`` processes on the server's database and MLflow store."""
     from krpo_bench.service.local import local_worker_commands
 
@@ -94,7 +98,7 @@ def _stop_workers(procs: list[subprocess.Popen]) -> None:
 token_app = typer.Typer(help="API bearer tokens (the server keeps only their SHA-256).", no_args_is_help=True)
 
 
-def _store():
+def _store() -> TokenStore:
     from api.auth import TokenStore
     from api.settings import ApiSettings
 

@@ -3,8 +3,8 @@
 Seeds a temporary SQLite job database directly with SQLAlchemy (1,000 study rows, 4 jobs each through
 the queue's ``enqueue_many``; no MLflow runs: listing never reads MLflow), starts a real
 ``krpo-bench serve`` process, then runs 50 concurrent clients (closed loop, keep-alive) and prints
-p50/p99 latency and throughput. The GET is measured as served (list pages cached for 1 s) and, for
-comparison, on a server with the cache off. The POST submits a one-trial study (the service creates an
+p50/p99 latency and throughput. The GET is measured as served (list pages reused for 1 s) and, for
+comparison, on a server with that cache off (concurrent misses of a page still share one query). The POST submits a one-trial study (the service creates an
 MLflow run in a SQLite store for each). The last line printed is the GET p99 in ms (as served):
 ``python -m benchmarks.api [--requests N] [--posts N] [--clients C]``.
 """
@@ -68,10 +68,11 @@ def start_server(folder: Path, db_url: str, **env_vars: str) -> tuple[subprocess
     port = free_port()
     env = dict(os.environ, KRPO_BENCH_HOME=str(folder), KRPO_BENCH_API_TOKENS_FILE=str(folder / "no-tokens.json"), **env_vars)
     cmd = [sys.executable, "-m", "krpo_bench.cli", "serve", "--port", str(port), "--db", db_url, "--mlflow", f"sqlite:///{folder / 'mlflow.db'}"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(folder / "server.log", "wb"))
+    with open(folder / "server.log", "ab") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return proc, url
@@ -109,7 +110,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def report(label: str, latencies: list[float], seconds: float) -> float:
     p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
-    print(f"{label:28s} n={len(latencies):5d}  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  {len(latencies) / seconds:7.1f} req/s")
+    print(f"{label:30s} n={len(latencies):5d}  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  {len(latencies) / seconds:7.1f} req/s")
     return p99
 
 
@@ -128,15 +129,14 @@ def main() -> None:
         print(f"seeded {args.studies} studies (4 jobs each) in {time.perf_counter() - started:.1f} s")
         proc, url = start_server(folder, db_url, KRPO_BENCH_LIST_CACHE_S="0")
         try:
-            get_uncached = measure(url, "GET", "/api/v1/studies", args.requests // 4, args.clients)
-            report("GET /api/v1/studies uncached", *get_uncached)
+            report("GET /api/v1/studies, no cache", *measure(url, "GET", "/api/v1/studies", args.requests // 4, args.clients))
         finally:
             stop(proc)
         proc, url = start_server(folder, db_url)
         try:
             httpx.post(f"{url}/api/v1/studies", json=SMALL_SPEC, timeout=120).raise_for_status()  # creates the MLflow store
-            report("POST /api/v1/studies", *measure(url, "POST", "/api/v1/studies", args.posts, args.clients, SMALL_SPEC))
             p99 = report("GET /api/v1/studies", *measure(url, "GET", "/api/v1/studies", args.requests, args.clients))
+            report("POST /api/v1/studies", *measure(url, "POST", "/api/v1/studies", args.posts, args.clients, SMALL_SPEC))
         finally:
             stop(proc)
         print(f"get_studies_p99_ms {p99:.1f}")

@@ -178,7 +178,9 @@ def test_paths_set_by_variants_models_and_datasets_are_checked(client: TestClien
     errors = submit(client, spec(variants=variants)).json()["errors"]
     assert [(e["path"], e["type"]) for e in errors] == [("variants.b (task.path)", "path_outside_data_roots")]
     model = submit(client, spec(base={**BASE, "model": {"name": f"hf:{home}"}})).json()["errors"]
-    assert model[0]["path"] == "base.model.name"
+    assert (model[0]["path"], model[0]["value"]) == ("base.model.name", f"hf:{home}")
+    inside = submit(client, spec(name="local-model", base={**BASE, "model": {"name": f"hf:{home / 'data'}"}}))
+    assert inside.status_code == 201, inside.text
     dataset = {**BASE, "task": {"kind": "hf", "dataset": str(home), "rewards": [{"name": "exact"}]}}
     assert submit(client, spec(base=dataset)).json()["errors"][0]["path"] == "base.task.dataset"
     hub = {**BASE, "model": {"name": "hf:HuggingFaceTB/SmolLM2-135M-Instruct"}, "task": {"kind": "hf", "dataset": "openai/gsm8k", "rewards": [{"name": "exact"}]}}
@@ -366,3 +368,49 @@ def test_data_roots_default_to_the_data_home(monkeypatch: pytest.MonkeyPatch, tm
     settings = ApiSettings.from_env()
     assert settings.data_roots == (Path("/a"), Path("/b")) and settings.max_trials == 7
     assert settings.mlflow_ui_url == "http://mlflow:5000" and not settings.allow_remote_code
+
+
+def test_list_cache_shares_work_and_is_cleared_by_writes(client: TestClient) -> None:
+    import asyncio
+
+    from api.routers.studies import PageCache
+
+    calls: list[int] = []
+
+    def compute() -> bytes:
+        calls.append(1)
+        return str(len(calls)).encode()
+
+    async def scenario() -> None:
+        cache = PageCache(ttl=60)
+        assert await asyncio.gather(*(cache.get("k", compute) for _ in range(10))) == [b"1"] * 10
+        assert await cache.get("k", compute) == b"1" and len(calls) == 1
+        cache.clear()
+        assert await cache.get("k", compute) == b"2"
+        inflight = asyncio.ensure_future(cache.get("k2", compute))
+        await asyncio.sleep(0)
+        cache.clear()  # a write lands while the page is computed: that page is not kept
+        assert await inflight == b"3" and await cache.get("k2", compute) == b"4"
+
+    asyncio.run(scenario())
+    cache = client.app.state.list_cache
+    cache.ttl = 60
+    try:
+        before = client.get("/api/v1/studies", params={"limit": 1}).json()["items"][0]["id"]
+        made = submit(client, spec(name="fresh")).json()["id"]
+        assert made != before
+        assert client.get("/api/v1/studies", params={"limit": 1}).json()["items"][0]["id"] == made
+    finally:
+        cache.ttl = 0
+
+
+def test_readyz_reports_an_unreachable_database(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    def down(**_: Any) -> None:
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    monkeypatch.setattr(client.app.state.service, "list", down)
+    response = client.get("/readyz")
+    assert response.status_code == 503 and response.json()["error"] == "service_unavailable"
+    assert client.get("/healthz").status_code == 200

@@ -5,7 +5,6 @@ content type, headers, body)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
 from api.app import create_app
 from api.settings import ApiSettings
 
-EXAMPLES_PER_OPERATION = 20
+EXAMPLES_PER_OPERATION = 12
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance]
 # Schema-violating requests must be refused too, except the study body: the spec models validate in

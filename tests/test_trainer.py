@@ -69,6 +69,7 @@ def test_persistent_state_is_saved_in_checkpoints_and_restored(tmp_path):
     trainer._generate_and_score_completions(inputs)
     assert len(trainer.estimator.states) == PROMPTS
     trainer.state.global_step = 3
+    trainer.create_optimizer_and_scheduler(num_training_steps=4)
     trainer._save_checkpoint(trainer.model, trial=None)
     saved = json.loads((tmp_path / "checkpoint-3" / ESTIMATOR_STATE_FILE).read_text())
     assert len(saved["states"]) == PROMPTS

@@ -2,12 +2,47 @@
 
 from __future__ import annotations
 
+import contextvars
+import math
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
 
 from api.schemas import ErrorResponse
 from krpo_bench.service.studies import StudyService
+
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+"""The current request's id (set by the app's ``RequestGuard``; echoed in ``X-Request-ID``)."""
+_CODES = {413: "body_too_large", 500: "internal_error"}
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe: non-finite floats and unknown objects become strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return _plain(jsonable_encoder(value, custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")}))
+
+
+def error_response(status: int, message: str, errors: list[dict[str, Any]] | None = None, *,
+                   code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    """An ``ErrorResponse`` answer carrying the current request id."""
+    body = {
+        "error": code or _CODES.get(status) or HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_"),
+        "message": message,
+        "request_id": request_id.get(),
+        "errors": _plain(errors or []),
+    }
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def get_service(request: Request) -> StudyService:

@@ -8,7 +8,6 @@ served at the root; its HTML and bundle are rewritten to the mount prefix (check
 from __future__ import annotations
 
 import io
-import json
 import sys
 import threading
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from api.auth import AuthError, Authenticator, bearer_token
+from api.routers import error_response
 
 READ_METHODS = ("GET", "HEAD")
 
@@ -33,6 +33,14 @@ def rewrite_for_prefix(body: bytes, prefix: str) -> bytes:
     ):
         body = body.replace(old, new)
     return body
+
+
+def _relocate(location: str, prefix: str) -> str:
+    """A redirect to a root-absolute path, moved under ``prefix``."""
+    parts = urlsplit(location)
+    if parts.path.startswith("/") and not parts.path.startswith(prefix + "/"):
+        return urlunsplit(parts._replace(path=prefix + parts.path))
+    return location
 
 
 class ReadOnlyOptunaDashboard:
@@ -58,27 +66,25 @@ class ReadOnlyOptunaDashboard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if scope["method"] not in READ_METHODS:
-            await _json(send, 405, {"error": "method_not_allowed", "message": "the Optuna dashboard is read-only here"}, {"allow": "GET, HEAD"})
+            response = error_response(405, "the Optuna dashboard is read-only here", headers={"Allow": ", ".join(READ_METHODS)})
+            await response(scope, receive, send)
             return
         try:
             self.auth.check(bearer_token(headers.get("authorization")), "read")
         except AuthError as exc:
-            await _json(send, exc.status, {"error": "unauthorized" if exc.status == 401 else "forbidden", "message": exc.message}, exc.headers)
+            await error_response(exc.status, exc.message, headers=exc.headers)(scope, receive, send)
             return
         root = scope.get("root_path", "")
-        status, response_headers, body = await run_in_threadpool(self._call, self._environ(scope, headers, root))
-        kept = []
-        for name, value in response_headers:
+        status, wsgi_headers, body = await run_in_threadpool(self._call, self._environ(scope, headers, root))
+        raw = []
+        for name, value in wsgi_headers:
             lowered = name.lower()
             if lowered == "content-type" and value.startswith(("text/html", "application/javascript", "text/javascript")):
                 body = rewrite_for_prefix(body, root)
-            if lowered == "location" and urlsplit(value).path.startswith("/") and not urlsplit(value).path.startswith(root):
-                value = urlunsplit(urlsplit(value)._replace(path=root + urlsplit(value).path))
             if lowered != "content-length":
-                kept.append((name, value))
-        response_headers = [*kept, ("Content-Length", str(len(body)))]
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response_headers]})
+                raw.append((lowered.encode("latin-1"), (_relocate(value, root) if lowered == "location" else value).encode("latin-1")))
+        raw.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
     def _environ(self, scope: Scope, headers: dict[str, str], root: str) -> dict[str, Any]:
@@ -118,11 +124,3 @@ class ReadOnlyOptunaDashboard:
         finally:
             getattr(chunks, "close", lambda: None)()
         return started[0], started[1], body
-
-
-async def _json(send: Send, status: int, payload: dict[str, str], headers: dict[str, str]) -> None:
-    body = json.dumps(payload).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})

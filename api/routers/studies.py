@@ -17,7 +17,7 @@ from api.policy import Policy, admit, trial_cap_errors
 from api.routers import AUTH_ERRORS, errors, get_service
 from api.schemas import ExtendRequest, JobPage, JobSummary, StudyDetail, StudyPage, StudyResults, StudySummary, VariantStats
 from krpo_bench.service.db import JobStatus, StudyStatus
-from krpo_bench.service.studies import StudyService
+from krpo_bench.service.studies import StudyInfo, StudyService
 from krpo_bench.spec.loading import SpecError, parse_yaml
 from krpo_bench.spec.study import StudySpec
 
@@ -50,38 +50,40 @@ SUBMIT_OPENAPI = {
 
 
 class PageCache:
-    """Rendered list pages, kept ``ttl`` seconds (the list's counts may lag the workers by that much;
-    writes through the API clear it). Concurrent misses of one page share one computation, so a burst
-    of readers costs one database query instead of one thread each."""
+    """Rendered list pages, reused for ``ttl`` seconds (so the list's counts may lag the workers by
+    that much; writes through the API clear it). Concurrent misses of one page share one computation,
+    which runs on even if the request that started it goes away."""
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
+        self._generation = 0
         self._pages: dict[Hashable, tuple[float, bytes]] = {}
         self._pending: dict[Hashable, asyncio.Future[bytes]] = {}
 
     async def get(self, key: Hashable, compute: Callable[[], bytes]) -> bytes:
-        now = time.monotonic()
         hit = self._pages.get(key)
-        if hit and hit[0] > now:
+        if hit and hit[0] > time.monotonic():
             return hit[1]
-        if key in self._pending:
-            return await asyncio.shield(self._pending[key])
-        future = self._pending[key] = asyncio.get_running_loop().create_future()
+        if key not in self._pending:
+            self._pending[key] = asyncio.ensure_future(self._fill(key, compute, self._generation))
+        return await asyncio.shield(self._pending[key])
+
+    async def _fill(self, key: Hashable, compute: Callable[[], bytes], generation: int) -> bytes:
+        started = time.monotonic()
         try:
             page = await run_in_threadpool(compute)
-        except Exception as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody else needs to
-            raise
         finally:
-            del self._pending[key]
-        future.set_result(page)
-        self._pages = {k: v for k, v in self._pages.items() if v[0] > now}
-        self._pages[key] = (now + self.ttl, page)
+            if generation == self._generation:  # else: cleared meanwhile, the page may predate a write
+                del self._pending[key]
+        if generation == self._generation:
+            self._pages = {k: v for k, v in self._pages.items() if v[0] > started}
+            self._pages[key] = (started + self.ttl, page)
         return page
 
     def clear(self) -> None:
+        self._generation += 1
         self._pages.clear()
+        self._pending.clear()
 
 
 def _parse(body: bytes, content_type: str) -> Any:
@@ -203,30 +205,34 @@ def study_results(study_id: StudyId, service: Service) -> StudyResults:
 @router.post("/studies/{study_id}/cancel", response_model=StudySummary, responses=errors(404, 422),
              summary="Cancel: queued trials now, running ones within a heartbeat (scope: admin)",
              dependencies=[Depends(require("admin"))])
-def cancel_study(study_id: StudyId, request: Request, service: Service) -> StudySummary:
-    info = service.cancel(study_id)
-    request.app.state.list_cache.clear()
+async def cancel_study(study_id: StudyId, request: Request, service: Service) -> StudySummary:
+    info = await run_in_threadpool(service.cancel, study_id)
+    request.app.state.list_cache.clear()  # on the event loop, like every use of the cache
     return StudySummary.of(info)
 
 
 @router.post("/studies/{study_id}/resume", response_model=StudySummary, responses=errors(404, 422),
              summary="Resume an interrupted or cancelled study; finished trials are kept (scope: admin)",
              dependencies=[Depends(require("admin"))])
-def resume_study(study_id: StudyId, request: Request, service: Service) -> StudySummary:
-    info = service.resume(study_id)
+async def resume_study(study_id: StudyId, request: Request, service: Service) -> StudySummary:
+    info = await run_in_threadpool(service.resume, study_id)
     request.app.state.list_cache.clear()
     return StudySummary.of(info)
 
 
 @router.post("/studies/{study_id}/extend", response_model=StudySummary, responses=errors(400, 404, 409, 422),
              summary="Add trials to a search's budget (scope: admin)", dependencies=[Depends(require("admin"))])
-def extend_study(study_id: StudyId, body: ExtendRequest, request: Request, service: Service) -> StudySummary:
+async def extend_study(study_id: StudyId, body: ExtendRequest, request: Request, service: Service) -> StudySummary:
+    info = await run_in_threadpool(_extend, service, study_id, body.n_trials, request.app.state.policy)
+    request.app.state.list_cache.clear()
+    return StudySummary.of(info)
+
+
+def _extend(service: StudyService, study_id: str, n_trials: int, policy: Policy) -> StudyInfo:
     info = service.get(study_id)
     if info.kind == "search":
         per_trial = StudySpec.model_validate(info.spec).seeds_per_trial
-        cap = trial_cap_errors(info.total + body.n_trials * per_trial, request.app.state.policy, "n_trials")
+        cap = trial_cap_errors(info.total + n_trials * per_trial, policy, "n_trials")
         if cap:
             raise SpecError("<request>", cap)
-    info = service.extend(study_id, body.n_trials)
-    request.app.state.list_cache.clear()
-    return StudySummary.of(info)
+    return service.extend(study_id, n_trials)
