@@ -49,7 +49,7 @@ class MetricsCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         metrics = rename_trl_logs(logs or {})
-        if self.step_times:
+        if self.step_times and "train/reward" in metrics:
             metrics["train/step_time_s"] = self.step_times[-1]
         self.last_tokens = metrics.get("train/num_tokens", self.last_tokens)
         self.tracker.log_metrics(metrics, step=state.global_step)
