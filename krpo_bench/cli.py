@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from krpo_bench.spec.loading import SpecError, load_spec
@@ -19,7 +20,7 @@ err = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -70,6 +71,8 @@ def load_any(file: Path):
         data = parse_yaml(file.read_bytes(), str(file))
     except OSError as exc:
         fail(f"{file}: cannot read file: {exc.strerror}")
+    except SpecError as exc:
+        fail(str(exc))
     try:
         return validate_study(data, str(file)) if _is_study(data) else validate_model(TrialSpec, data, str(file))
     except SpecError as exc:
@@ -249,6 +252,24 @@ def report(
     service = _service(db, mlflow)
     _get(service, study_id)
     _write_report(service, study_id, out)
+
+
+@app.command()
+def config(as_json: bool = typer.Option(False, "--json", help="print the settings as JSON")) -> None:
+    """Print the effective settings and where each comes from (environment > KRPO_BENCH_CONFIG file > default)."""
+    from krpo_bench.settings import Settings, SettingsError
+
+    try:
+        rows = Settings.load().describe()
+    except SettingsError as exc:
+        fail(str(exc))
+    if as_json:
+        print(json.dumps({r["key"]: {k: v for k, v in r.items() if k != "key"} for r in rows}, indent=2))
+        return
+    width = max(len(r["env"]) + len(r["value"]) for r in rows) + 2
+    for row in rows:  # shell syntax, so the output can be pasted into an env file (secrets are masked)
+        line = f"{row['env']}={row['value']}" if row["value"] not in ("unset", "none") else f"# {row['env']} unset"
+        console.print(f"{line:<{width}} # {row['key']}: {row['source']}", markup=False, highlight=False, soft_wrap=True)
 
 
 from api.serve import serve as _serve, token_app as _token_app  # noqa: E402

@@ -96,9 +96,43 @@ def test_unreadable_yaml_is_a_clear_error(text):
 
 
 def test_every_study_in_the_library_validates():
+    from krpo_bench.spec.loading import validate
+    from krpo_bench.spec.trial import TrialSpec
+
     files = sorted(STUDIES.glob("*.yaml"))
-    assert files
+    library = {"quickstart", "paper_llama32_1b", "smollm2_gpu", "qr_search", "group_size_ablation", "estimator_zoo", "order_sensitivity"}
+    assert library <= {p.stem for p in files}
     for path in files:
         data = parse_yaml(path.read_bytes(), str(path))
         if data.get("kind") in ("ablation", "search"):
             validate_study(data, str(path))
+        else:
+            validate(TrialSpec, data, str(path))  # single-trial files (krpo-bench trial FILE)
+
+
+def test_library_studies_answer_their_questions():
+    """The library files set what their comments promise (the paper's setup, the zoo, the search)."""
+    from krpo_bench.advantages import ESTIMATORS
+
+    def load(name):
+        return validate_study(parse_yaml((STUDIES / f"{name}.yaml").read_bytes()))
+
+    paper = load("paper_llama32_1b")
+    trial = paper.plan()[0].spec
+    assert trial.model.name == "hf:meta-llama/Llama-3.2-1B-Instruct" and trial.task.prompt_style == "chat_r1"
+    assert (trial.training.group_size, trial.training.prompts_per_step, trial.training.learning_rate) == (12, 32, 5e-6)
+    assert (trial.training.beta, trial.training.max_completion_length, trial.training.temperature) == (0.01, 1024, 1.0)
+    assert tuple(trial.task.num_terms) == (2, 5) and tuple(trial.task.num_digits) == (1, 5) and len(trial.task.templates) == 5
+    assert [r.name for r in trial.task.rewards] == ["paper"] and paper.resources.gpus_per_trial == 1
+    krpo = next(t.spec.estimator for t in paper.plan() if t.variant == "krpo")
+    assert (krpo.Q, krpo.R) == (1e-5, 1e-2)
+    assert {t.spec.estimator.name for t in load("estimator_zoo").plan()} == set(ESTIMATORS)
+    assert {t.spec.estimator.name for t in load("smollm2_gpu").plan()} == {"grpo", "krpo", "krpo_prior"}
+    assert {t.spec.training.group_size for t in load("group_size_ablation").plan()} == {4, 8, 16}
+    order = {(t.spec.estimator.name, t.spec.estimator.shuffle_order) for t in load("order_sensitivity").plan()}
+    assert order == {(n, s) for n in ("krpo", "krpo_prior") for s in (False, True)}
+    search = load("qr_search")
+    assert search.kind == "search" and search.sampler == "tpe" and search.pruner.type == "median" and search.pruner.warmup_steps > 0
+    assert (search.space["estimator.Q"].low, search.space["estimator.Q"].high) == (1e-7, 1e-2)
+    assert (search.space["estimator.R"].low, search.space["estimator.R"].high) == (1e-4, 1.0)
+    assert search.trial_config({}, 0, "x").training.eval_every > 0 and search.trial_config({}, 0, "x").model.name == "tiny-arith"

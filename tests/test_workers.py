@@ -68,8 +68,8 @@ def test_killed_worker_is_reclaimed_and_the_trial_resumes_from_its_checkpoint(se
     worker = start_worker(service)
     try:
         job = wait_for(lambda: next(iter(service.jobs(info.id)), None) if service.jobs(info.id)[0].mlflow_run_id else None, 120, "the trial to start")
-        run_dir_glob = lambda: list((Path(os.environ["KRPO_BENCH_HOME"]) / "trials" / job.config["trial"]["trial_id"]).glob("checkpoint-*"))
-        wait_for(run_dir_glob, 120, "a checkpoint")
+        run_dir = Path(os.environ["KRPO_BENCH_HOME"]) / "trials" / job.config["trial"]["trial_id"]
+        wait_for(lambda: list(run_dir.glob("checkpoint-*/trainer_state.json")), 120, "a complete checkpoint")
     finally:
         stop(worker, signal.SIGKILL)
     second = start_worker(service)

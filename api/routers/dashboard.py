@@ -1,13 +1,17 @@
-"""A study's HTML report (the dashboards work plugs in here; until then every study has none)."""
+"""A study's live HTML report: curves, final table, cost and diagnostics (``dashboards.study``)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
 
 from api.auth import require
 from api.routers import AUTH_ERRORS, errors
 from api.routers.studies import Service, StudyId
+from dashboards.study import study_dashboard_html
+
+REFRESH_SECONDS = 15
+"""How often the page reloads itself while the study is pending or running (never once it ended)."""
 
 router = APIRouter(tags=["dashboard"], responses=AUTH_ERRORS, dependencies=[Depends(require("read"))])
 
@@ -15,9 +19,11 @@ router = APIRouter(tags=["dashboard"], responses=AUTH_ERRORS, dependencies=[Depe
 @router.get(
     "/studies/{study_id}/dashboard",
     response_class=HTMLResponse,
-    responses={200: {"description": "the study's report"}, **errors(404, 422)},
+    responses={200: {"description": "the study's report (one self-contained HTML page)"}, **errors(404, 422)},
     summary="A study's report page (scope: read)",
+    description="Curves, final-accuracy table with confidence intervals, cost and KRPO diagnostics of the "
+    f"finished trials, read from MLflow. Reloads itself every {REFRESH_SECONDS} s while the study runs.",
 )
 def study_dashboard(study_id: StudyId, service: Service) -> HTMLResponse:
-    service.get(study_id)
-    raise HTTPException(404, "no report yet")
+    # a plain `def`: FastAPI runs it in its thread pool, so the MLflow reads never block the event loop
+    return HTMLResponse(study_dashboard_html(service, study_id, refresh_seconds=REFRESH_SECONDS))

@@ -33,7 +33,7 @@ class TinyArithOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    warmup_steps: int = Field(250, ge=1, le=100_000)
+    warmup_steps: int = Field(425, ge=1, le=100_000)
     seed: int = 0
     hidden_size: int = Field(128, ge=16)
     num_layers: int = Field(4, ge=1)

@@ -11,6 +11,7 @@ The parent heartbeats every running job and owns its final state (fenced by atte
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -24,14 +25,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from sqlalchemy.exc import DBAPIError
 
-from krpo_bench.service.queue import ClaimedJob, Heartbeat
+from krpo_bench.service.queue import ClaimedJob, Heartbeat, _is_transient
 from krpo_bench.service.studies import StudyService
 from krpo_bench.settings import data_home
 
 GIB = 1024**3
 TRIAL_MEMORY_BUDGET = 8 * GIB  # a SmolLM2-135M-sized TRL trial with headroom (see README)
 LOG_TAIL_CHARS = 4000
+PR_SET_PDEATHSIG = 1
 
 
 def detect_devices(gpus: str) -> list[str]:
@@ -53,6 +56,13 @@ def auto_slots(device: str) -> int:
 
     free, _ = torch.cuda.mem_get_info(int(device))
     return max(1, min(8, int(free * 0.9 // TRIAL_MEMORY_BUDGET)))
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGKILL it when the worker dies, so a crashed or
+    killed worker never leaves a trial running that another worker is about to resume."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _cpu_threads(cpu_slots: int) -> int:
@@ -114,28 +124,38 @@ class Worker:
         last_beat = last_reclaim = 0.0
         try:
             while True:
-                self._reap()
-                now = time.monotonic()
-                if now - last_beat >= self.heartbeat_s:
-                    self._heartbeat()
-                    last_beat = now
-                if now - last_reclaim >= self.lease_s / 2:
-                    for study_id in self._reclaim():
-                        self.service.top_up(study_id)
-                    last_reclaim = now
-                if self.stopping:
-                    self._stop_all("shutdown")
-                    if not self.running:
-                        break
-                else:
-                    claimed = self._fill_slots()
-                    if self.exit_when_idle and not self.running and not claimed:
-                        break
+                try:
+                    self._reap()
+                    now = time.monotonic()
+                    if now - last_beat >= self.heartbeat_s:
+                        self._heartbeat()
+                        last_beat = now
+                    if now - last_reclaim >= self.lease_s / 2:
+                        for study_id in self._reclaim():
+                            self.service.top_up(study_id)
+                        last_reclaim = now
+                    if self.stopping:
+                        self._stop_all("shutdown")
+                        if not self.running:
+                            break
+                    else:
+                        claimed = self._fill_slots()
+                        if self.exit_when_idle and not self.running and not claimed:
+                            break
+                except DBAPIError as err:
+                    if not _is_transient(err):
+                        raise
+                    # The database is down for longer than the queue's own retries: keep the
+                    # trials running and try again next round (leases outlive short outages).
+                    self.console.print(f"[yellow]database unavailable, retrying: {type(err.orig or err).__name__}[/yellow]")
                 time.sleep(self.poll_s)
         finally:
             for run in self.running.values():
                 run.process.kill()
-            self.queue.deregister_worker(self.id)
+            try:
+                self.queue.deregister_worker(self.id)
+            except DBAPIError as err:
+                self.console.print(f"[yellow]could not deregister worker {self.id}: {err}[/yellow]")
 
     def _reclaim(self) -> list[str]:
         if self.queue.reclaim_expired():
@@ -181,6 +201,7 @@ class Worker:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         self.running[job.id] = Running(job, device, process, result_file, log_file)
         self.console.print(f"started {job.trial_key} (attempt {job.attempt}) on {device}")
@@ -213,8 +234,8 @@ class Worker:
             code = run.process.poll()
             if code is None:
                 continue
+            self._finish(run, code)  # may raise (database down): the run stays and is finished later
             del self.running[job_id]
-            self._finish(run, code)
 
     def _finish(self, run: Running, code: int) -> None:
         job = run.job

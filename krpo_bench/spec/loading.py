@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 MAX_SPEC_BYTES = 1_000_000
+MAX_NESTING = 64
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -54,11 +55,47 @@ def parse_yaml(text: bytes | str, source: str = "<spec>") -> Any:
     if "&" in text and "*" in text and _has_aliases(text):
         raise SpecError(source, [{"path": "", "value": "YAML alias", "message": "YAML anchors/aliases are not allowed in specs"}])
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise SpecError(source, [{"path": "", "value": None, "message": f"spec nested deeper than {MAX_NESTING} levels"}]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        raise SpecError(source, [{"path": "", "value": where, "message": f"YAML syntax error: {getattr(exc, 'problem', exc)}"}]) from None
+        prefix = "" if isinstance(exc, _Refused) else "YAML syntax error: "
+        raise SpecError(source, [{"path": "", "value": where, "message": f"{prefix}{getattr(exc, 'problem', exc)}"}]) from None
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """Well-formed YAML that specs do not accept (too deep, duplicate keys)."""
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also refuses nesting deeper than ``MAX_NESTING`` (its composer
+    recurses per level, so deep input would otherwise end in a RecursionError) and duplicate keys
+    in a mapping (which the safe loader silently resolves to the last value)."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                raise _Refused(None, None, f"spec nested deeper than {MAX_NESTING} levels", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise _Refused("while constructing a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _has_aliases(text: str) -> bool:

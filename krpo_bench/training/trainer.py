@@ -11,16 +11,61 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import shutil
 from typing import Any
 
 import torch
 from accelerate.utils import gather_object
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from trl import GRPOTrainer
 
 from krpo_bench.advantages import Estimate, Estimator
 
 ESTIMATOR_STATE_FILE = "estimator_state.json"
+CHECKPOINT_STAGING_PREFIX = ".checkpoint-staging-"  # + pid of the writer
+
+
+def _remove_stale_staging(run_dir: str) -> None:
+    """Remove this process's staging folder and those of writers that are gone (interrupted
+    saves); another live writer's (a stopping zombie attempt) is left alone."""
+    try:
+        names = os.listdir(run_dir)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith(CHECKPOINT_STAGING_PREFIX):
+            continue
+        pid = name[len(CHECKPOINT_STAGING_PREFIX):]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue  # still alive
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
+
+
+def _describe_write_error(err: BaseException, folder: str) -> str:
+    """The OS error behind a failed checkpoint write. torch and safetensors wrap it (torch as an
+    opaque "file write failed"), so the free space and the file size limit are added when the
+    chain holds no OSError."""
+    current: BaseException | None = err
+    while current is not None:
+        if isinstance(current, OSError):
+            return f"{type(current).__name__}: {current}"
+        current = current.__cause__ or current.__context__
+    hints = []
+    try:
+        hints.append(f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free on its device")
+    except OSError:
+        pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY:
+        hints.append(f"file size limit (RLIMIT_FSIZE) {soft / 2**20:.1f} MiB")
+    return f"{type(err).__name__}: {err}" + (f" ({'; '.join(hints)})" if hints else "")
 
 
 class BaselineGRPOTrainer(GRPOTrainer):
@@ -81,12 +126,46 @@ class BaselineGRPOTrainer(GRPOTrainer):
             metrics[f"adv/{key}"].append(value)
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        state = self.estimator.state_dict()
-        if state and self.args.should_save:
-            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-            with open(os.path.join(folder, ESTIMATOR_STATE_FILE), "w") as f:
-                json.dump(state, f)
+        """TRL's checkpoint plus the estimator state, written atomically: everything goes to a
+        staging folder that is renamed to ``checkpoint-<step>`` once complete, so a crash or a
+        full disk mid-save never leaves a torn checkpoint for a resumed attempt to pick up.
+        (Multi-process runs, whose ranks write into one folder, write in place as TRL does.)
+        Any failure to write raises a RuntimeError naming the checkpoint folder and the OS error."""
+        run_dir = self._get_output_dir(trial=trial)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        folder = os.path.join(run_dir, name)
+        atomic = self.args.world_size == 1
+        staging = os.path.join(run_dir, f"{CHECKPOINT_STAGING_PREFIX}{os.getpid()}") if atomic else run_dir
+        try:
+            if atomic:
+                _remove_stale_staging(run_dir)
+                self._get_output_dir = lambda trial=None: staging  # where super() and TRL write
+                try:
+                    super()._save_checkpoint(model, trial)
+                finally:
+                    del self._get_output_dir
+            else:
+                super()._save_checkpoint(model, trial)
+            written = os.path.join(staging, name)
+            state = self.estimator.state_dict()
+            if state and self.args.should_save:
+                with open(os.path.join(written, ESTIMATOR_STATE_FILE), "w") as f:
+                    json.dump(state, f)
+            if atomic and self.args.should_save:
+                if os.path.isdir(folder):  # the same step saved again (e.g. a stop right after a save)
+                    shutil.rmtree(folder)
+                os.rename(written, folder)
+                shutil.rmtree(staging, ignore_errors=True)
+                rotate_checkpoints(
+                    output_dir=run_dir,
+                    save_total_limit=self.args.save_total_limit,
+                    best_model_checkpoint=self.state.best_model_checkpoint,
+                    use_mtime=True,
+                )
+        except Exception as err:
+            if atomic:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise RuntimeError(f"could not write checkpoint {folder}: {_describe_write_error(err, run_dir)}") from err
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)

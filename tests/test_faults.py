@@ -1,0 +1,505 @@
+"""Fault injection with real processes: a PostgreSQL restart during a study, workers SIGKILLed at
+random points (seeded), the MLflow tracking server going away mid-trial, and checkpoint writes
+that fail (full disk, unwritable folder). Each fault must end with every job finished exactly once,
+or with a clear error that names what failed.
+
+Knobs: ``KRPO_FAULT_KILL_JOBS`` (jobs in the kill study, default 10; the full scenario is 50),
+``KRPO_FAULT_KILL_SEED`` (seed of the kill schedule), ``KRPO_TEST_PG_CLUSTER`` (``"<version>
+<name>"`` of the local cluster the restart test may stop and start; default: the one under
+/etc/postgresql).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import IO, Any, Callable
+
+import pytest
+from mlflow import MlflowClient
+
+from krpo_bench.advantages import get_estimator
+from krpo_bench.models import load_model
+from krpo_bench.service.studies import StudyInfo, StudyService
+from krpo_bench.settings import data_home
+from krpo_bench.spec.trial import TrialSpec
+from krpo_bench.tasks import build_task
+from krpo_bench.tracking import RETRY_ENV, SPOOL_DIR, RunTracker, TrackingUnavailableError
+from krpo_bench.training.trainer import BaselineGRPOTrainer
+from krpo_bench.training.trial import RUN_ID_FILE, grpo_config, run_trial
+from tests.db import create_pg_database, drop_pg_database
+from tests.trial_specs import tiny_trial
+
+KILL_JOBS = int(os.environ.get("KRPO_FAULT_KILL_JOBS", "10"))
+KILL_SEED = int(os.environ.get("KRPO_FAULT_KILL_SEED", "20251124"))
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def tiny(steps: int, **training: Any) -> dict:
+    """A tiny-arith trial that is cheap to evaluate (8 test prompts, pass@1)."""
+    spec = tiny_trial(steps=steps, pass_at_k=1, **training)
+    spec["task"]["test_size"] = 8
+    return spec
+
+
+def ablation(name: str, *, seeds: int, steps: int, max_attempts: int = 3, **training: Any) -> dict:
+    base = {k: v for k, v in tiny(steps, **training).items() if k != "name"}
+    return {
+        "name": name,
+        "kind": "ablation",
+        "base": base,
+        "variants": {"grpo": {"estimator": {"name": "grpo"}}},
+        "seeds": seeds,
+        "resources": {"max_attempts": max_attempts},
+    }
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture
+def pg_url() -> Any:
+    url = create_pg_database()
+    try:
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
+def start_worker(service: StudyService, log: IO[bytes], *, lease_s: float, heartbeat_s: float = 1.0,
+                 preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "krpo_bench.cli", "worker", "--gpus", "cpu", "--slots-per-gpu", "1",
+           "--db", service.db_url, "--mlflow", service.mlflow_uri,
+           "--lease-s", str(lease_s), "--heartbeat-s", str(heartbeat_s)]
+    env = dict(os.environ, KRPO_BENCH_CPU_THREADS="1")
+    return subprocess.Popen(cmd, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
+                            preexec_fn=preexec_fn)
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 120) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def kill_worker(proc: subprocess.Popen, *, with_trials: bool) -> None:
+    """SIGKILL a worker's process group, and with ``with_trials`` its trial processes too (each
+    runs in a session of its own): a crashed machine. Without, the trials are orphaned."""
+    os.killpg(proc.pid, signal.SIGSTOP)  # freeze it so it cannot start a trial meanwhile
+    trials = children(proc.pid) if with_trials else []
+    for pid in trials:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def worker_pid(owner: str | None) -> int | None:
+    """The pid in a worker id ``<host>-<pid>-<hex>``."""
+    try:
+        return int(owner.rsplit("-", 2)[1]) if owner else None
+    except (IndexError, ValueError):
+        return None
+
+
+def trial_runs(service: StudyService, info: StudyInfo) -> list:
+    client = MlflowClient(service.mlflow_uri)
+    runs = client.search_runs([info.mlflow_experiment_id], f"tags.`krpo.study_id` = '{info.id}'", max_results=5000)
+    return [r for r in runs if "krpo.trial_key" in r.data.tags]
+
+
+def curve_steps(client: MlflowClient, run_id: str, key: str = "train/reward") -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def assert_each_job_finished_once(service: StudyService, info: StudyInfo, steps: int) -> dict[str, list[str]]:
+    """One succeeded row and attempt per job (its last attempt: results are fenced), one FINISHED
+    MLflow run per trial key holding the job's result. Returns each job's attempt outcomes."""
+    jobs = service.jobs(info.id)
+    assert len(jobs) == info.total
+    outcomes = {}
+    for job in jobs:
+        attempts = service.queue.list_attempts(job.id)
+        outcomes[job.trial_key] = [a.outcome for a in attempts]
+        assert job.status == "succeeded", (job.trial_key, job.status, job.last_error)
+        assert [a.attempt for a in attempts] == list(range(1, job.attempt + 1))
+        assert outcomes[job.trial_key].count("succeeded") == 1 and attempts[-1].outcome == "succeeded", outcomes
+        assert job.result["status"] == "succeeded" and job.result["steps"] == steps
+        assert job.result["mlflow_run_id"] == job.mlflow_run_id
+    runs = trial_runs(service, info)
+    by_key = Counter(r.data.tags["krpo.trial_key"] for r in runs)
+    assert by_key == Counter({job.trial_key: 1 for job in jobs}), f"MLflow runs per trial key: {by_key}"
+    client = MlflowClient(service.mlflow_uri)
+    for job in jobs:
+        run = next(r for r in runs if r.data.tags["krpo.trial_key"] == job.trial_key)
+        assert run.info.run_id == job.mlflow_run_id and run.info.status == "FINISHED"
+        assert run.data.metrics["final/accuracy"] == job.result["final_accuracy"]
+        assert set(curve_steps(client, run.info.run_id)) == set(range(1, steps + 1))
+    return outcomes
+
+
+# -- 1. the database restarts during a study ----------------------------------------------------
+
+
+def _pg_cluster() -> list[str]:
+    configured = os.environ.get("KRPO_TEST_PG_CLUSTER")
+    if configured:
+        return configured.split()
+    if shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir():
+        pytest.skip("needs a local PostgreSQL cluster that pg_ctlcluster can stop and start")
+    return [sorted(os.listdir("/etc/postgresql"))[-1], "main"]
+
+
+def restart_postgres(down_s: float) -> float:
+    """Stop the local PostgreSQL server (fast shutdown: connections are cut), keep it down for
+    ``down_s`` and start it again; returns how long it was unreachable (about)."""
+    cluster = _pg_cluster()
+    ctl = ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster]
+    started = time.monotonic()
+    subprocess.run([*ctl, "stop", "-m", "fast"], check=True, capture_output=True)
+    time.sleep(down_s)
+    subprocess.run([*ctl, "start"], check=True, capture_output=True)
+    return time.monotonic() - started
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_workers_ride_out_a_database_restart(pg_url: str, tmp_path: Path):
+    _pg_cluster()
+    service = StudyService(pg_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    info = service.submit(ablation("db-restart", seeds=4, steps=8, checkpoint_every=4))
+    logs = [open(tmp_path / f"worker-{i}.log", "wb") for i in range(2)]
+    workers = [start_worker(service, log, lease_s=20) for log in logs]
+    try:
+        wait_for(lambda: sum(j.status == "running" and j.mlflow_run_id is not None for j in service.jobs(info.id)) == 2,
+                 240, "both workers to be training")
+        outage = restart_postgres(down_s=4.0)
+        assert all(w.poll() is None for w in workers), "a worker died during the outage"
+        wait_for(lambda: service.get(info.id).status in ("succeeded", "failed"), 400, "the study to finish")
+        assert all(w.poll() is None for w in workers), "a worker died after the outage"
+    finally:
+        for w in workers:
+            stop(w)
+        for log in logs:
+            log.close()
+    worker_logs = "".join((tmp_path / f"worker-{i}.log").read_text(errors="replace") for i in range(2))
+    assert "database unavailable" in worker_logs, "the outage should have outlasted the queue's own retries"
+    outcomes = assert_each_job_finished_once(service, info, steps=8)
+    for job in service.jobs(info.id):
+        for attempt in service.queue.list_attempts(job.id)[:-1]:  # a failed attempt must be the outage's
+            assert attempt.outcome in ("failed", "expired"), outcomes
+    print(f"\nPostgreSQL down ~{outage:.1f} s; attempts per job: {outcomes}")
+
+
+# -- 2. workers SIGKILLed at random points ------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_randomly_killed_workers_finish_every_job_exactly_once(pg_url: str, tmp_path: Path):
+    steps = 4
+    service = StudyService(pg_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    info = service.submit(ablation("kills", seeds=KILL_JOBS, steps=steps, checkpoint_every=2, group_size=4,
+                                   prompts_per_step=4, max_attempts=10))
+    rng = random.Random(KILL_SEED)
+    max_kills = max(3, KILL_JOBS // 5)
+    lease_s = 4.0
+    logs: list[IO[bytes]] = []
+
+    def spawn() -> subprocess.Popen:
+        logs.append(open(tmp_path / f"worker-{len(logs)}.log", "wb"))
+        return start_worker(service, logs[-1], lease_s=lease_s)
+
+    def done() -> bool:
+        return service.get(info.id).status in ("succeeded", "failed")
+
+    workers = [spawn(), spawn()]
+    kills: list[tuple[float, str, str]] = []
+    started = time.monotonic()
+    try:
+        while not done():
+            if len(kills) >= max_kills:
+                wait_for(done, 60 + 90 * KILL_JOBS, "the study to finish", every=2)
+                break
+            pause = rng.uniform(5.0, 25.0)
+            with_trials = rng.random() < 0.75
+            pick = rng.random()
+            until = time.monotonic() + pause
+            while time.monotonic() < until and not done():
+                time.sleep(0.5)
+            if done():
+                break
+            # The victim: a random worker holding a trial right now (any worker if none does).
+            holders = {worker_pid(j.owner): j.trial_key for j in service.jobs(info.id) if j.status == "running"}
+            busy = [i for i, w in enumerate(workers) if w.pid in holders] or list(range(len(workers)))
+            victim = busy[int(pick * len(busy))]
+            held = holders.get(workers[victim].pid, "nothing")
+            kill_worker(workers[victim], with_trials=with_trials)
+            workers[victim] = spawn()
+            kills.append((time.monotonic() - started, held, "worker+trial" if with_trials else "worker only"))
+    finally:
+        for w in workers:
+            stop(w)
+        for log in logs:
+            log.close()
+    took = time.monotonic() - started
+    outcomes = assert_each_job_finished_once(service, info, steps=steps)
+    expired = sum(o.count("expired") for o in outcomes.values())
+    assert expired >= 1, f"no kill hit a running trial: {kills}"
+    resumed = sum(1 for j in service.jobs(info.id) if j.result["resumed_from"] is not None)
+    print(f"\n{KILL_JOBS} jobs, {len(kills)} kills in {took:.0f} s (seed {KILL_SEED}): {kills}; "
+          f"{expired} attempts expired, {resumed} trials resumed from a checkpoint")
+
+
+# -- 3. the MLflow tracking server goes away ----------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """``mlflow server`` on loopback over a SQLite store; killed and restarted on the same port."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 240) -> None:
+        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+               "--artifacts-destination", (self.root / "artifacts").as_uri(),
+               "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+        with open(self.root / "server.log", "ab") as log:
+            self.proc = subprocess.Popen(cmd, env=env, cwd=self.root, start_new_session=True, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        proc = self.proc
+        wait_for(lambda: self.healthy() or proc.poll() is not None, timeout, "the MLflow server to start")
+        assert proc.poll() is None, (self.root / "server.log").read_text()[-3000:]
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+class StepHook:
+    """``should_stop`` for run_trial that never stops but runs ``action`` after step ``at``."""
+
+    def __init__(self, at: int, action: Callable[[], None]) -> None:
+        self.at, self.action, self.step = at, action, 0
+
+    def __call__(self) -> bool:
+        self.step += 1
+        if self.step == self.at:
+            self.action()
+        return False
+
+
+@pytest.mark.slow
+def test_mlflow_outage_mid_trial_loses_no_metrics(mlflow_server: MlflowServer, tmp_path: Path):
+    steps = 30
+    spec = TrialSpec.model_validate(tiny(steps, checkpoint_every=10))
+    outage: dict[str, float] = {}
+    restart = threading.Thread(target=lambda: (mlflow_server.start(), outage.update(up=time.monotonic())))
+    during: list[int] = []
+
+    def take_it_down() -> None:
+        mlflow_server.kill()
+        outage["down"] = time.monotonic()
+        restart.start()  # back once a fresh server process is up (same store, same port)
+
+    hook = StepHook(3, take_it_down)
+
+    def should_stop() -> bool:
+        hook()
+        if "down" in outage and "up" not in outage:
+            during.append(hook.step)
+        return False
+
+    result = run_trial(spec, run_dir=tmp_path / "run", tracking_uri=mlflow_server.url, should_stop=should_stop)
+    restart.join()
+    down_s = outage["up"] - outage["down"]
+    assert len(during) >= 3, f"only steps {during} ran while the server was down ({down_s:.1f} s)"
+    assert result.status == "succeeded" and result.steps == steps
+    client = MlflowClient(mlflow_server.url)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    for key in ("train/reward", "train/loss", "adv/mean"):
+        assert curve_steps(client, result.mlflow_run_id, key) == list(range(1, steps + 1)), key
+    assert curve_steps(client, result.mlflow_run_id, "eval/accuracy") == [0, steps]
+    assert run.data.metrics["final/accuracy"] == result.final_accuracy
+    assert run.data.params["estimator.name"] == "grpo"
+    print(f"\nMLflow server down {down_s:.1f} s while steps {during[0]}..{during[-1]} ran")
+
+
+@pytest.mark.slow
+def test_mlflow_down_past_the_deadline_fails_the_attempt_and_the_retry_resumes(
+    mlflow_server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    steps, deadline_s = 40, 3
+    spec = TrialSpec.model_validate(tiny(steps, checkpoint_every=2))
+    run_dir = tmp_path / "run"
+    killed: list[float] = []
+    hook = StepHook(4, lambda: (mlflow_server.kill(), killed.append(time.monotonic())))
+    monkeypatch.setenv(RETRY_ENV, str(deadline_s))
+    with pytest.raises(TrackingUnavailableError) as failure:
+        run_trial(spec, run_dir=run_dir, tracking_uri=mlflow_server.url, should_stop=hook)
+    gave_up_after = time.monotonic() - killed[0]
+    message = str(failure.value)
+    assert mlflow_server.url in message and RETRY_ENV in message and "unreachable" in message, message
+    assert deadline_s <= gave_up_after < deadline_s + 30, gave_up_after
+    run_id = (run_dir / RUN_ID_FILE).read_text().strip()
+    spool = data_home() / SPOOL_DIR / f"{run_id}.jsonl"
+    assert spool.exists() and str(spool) in message, "unsent writes are kept for the retry"
+    assert list(run_dir.glob("checkpoint-*"))
+
+    # The job's retry: the same trial in the same run folder, once the server is back.
+    mlflow_server.start()
+    monkeypatch.setenv(RETRY_ENV, "120")
+    again = run_trial(spec, run_dir=run_dir, tracking_uri=mlflow_server.url)
+    assert again.status == "succeeded" and again.steps == steps
+    assert again.resumed_from is not None and again.mlflow_run_id == run_id
+    assert not spool.exists()
+    client = MlflowClient(mlflow_server.url)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    # Every step is there: the spooled writes were replayed. (Steps after the checkpoint the retry
+    # resumed from are logged by both attempts, as after any crash.)
+    assert set(curve_steps(client, run_id)) == set(range(1, steps + 1))
+    assert client.get_run(run_id).data.metrics["final/accuracy"] == again.final_accuracy
+
+
+def test_unreachable_tracking_server_raises_a_clear_error_after_the_deadline():
+    tracker = RunTracker(f"http://127.0.0.1:{free_port()}", retry_s=1.0)
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailableError, match=rf"unreachable .*{RETRY_ENV}.*could not create the run"):
+        tracker.start("experiment", "run")
+    assert 1.0 <= time.monotonic() - started < 10
+
+
+def test_retry_deadline_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(RETRY_ENV, "12.5")
+    assert RunTracker("http://127.0.0.1:9").retry_s == 12.5
+    monkeypatch.setenv(RETRY_ENV, "soon")
+    with pytest.raises(ValueError, match=RETRY_ENV):
+        RunTracker("http://127.0.0.1:9")
+
+
+# -- 4. checkpoint writes that fail -------------------------------------------------------------
+
+
+def test_unwritable_checkpoint_folder_names_the_folder_and_the_os_error(tmp_path: Path):
+    spec = TrialSpec.model_validate(tiny(4))
+    task = build_task(spec.task)
+    loaded = load_model(spec.model)
+    run = tmp_path / "run"
+    trainer = BaselineGRPOTrainer(
+        model=loaded.model,
+        reward_funcs=task.reward_funcs,
+        args=grpo_config(spec, run, use_cuda=False, bf16=False, reward_weights=list(task.reward_weights)),
+        train_dataset=task.train,
+        processing_class=loaded.tokenizer,
+        estimator=get_estimator("grpo"),
+    )
+    trainer.create_optimizer_and_scheduler(num_training_steps=4)
+    trainer.state.global_step = 2
+    shutil.rmtree(run, ignore_errors=True)
+    run.write_text("a regular file where the run folder should be")
+    with pytest.raises(RuntimeError) as failure:
+        trainer._save_checkpoint(trainer.model, trial=None)
+    message = str(failure.value)
+    assert message.startswith(f"could not write checkpoint {run / 'checkpoint-2'}: "), message
+    assert "Not a directory" in message, message
+
+
+def _limit_file_size(limit: int) -> Callable[[], None]:
+    def apply() -> None:  # in the worker before exec; its trial processes inherit both
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_full_disk_fails_the_job_naming_the_checkpoint_folder(pg_url: str, tmp_path: Path):
+    service = StudyService(pg_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    info = service.submit(ablation("disk-full", seeds=1, steps=4, checkpoint_every=2, max_attempts=1))
+    # 2 MiB: the MLflow store and logs fit, the 3.4 MB model file of a checkpoint does not.
+    with open(tmp_path / "worker.log", "wb") as log:
+        worker = start_worker(service, log, lease_s=20, preexec_fn=_limit_file_size(2 * 2**20))
+        try:
+            job = wait_for(lambda: next((j for j in service.jobs(info.id) if j.status in ("failed", "succeeded")), None),
+                           300, "the job to end")
+        finally:
+            stop(worker)
+    run_dir = data_home() / "trials" / job.config["trial"]["trial_id"]
+    assert job.status == "failed", job.status
+    first_line = job.last_error.splitlines()[0]
+    assert first_line.startswith(f"RuntimeError: could not write checkpoint {run_dir / 'checkpoint-2'}: "), first_line
+    assert "File too large" in first_line, first_line
+    assert not list(run_dir.glob("checkpoint-*")) and not list(run_dir.glob(".checkpoint-staging-*")), \
+        "a failed save leaves no torn checkpoint behind"
+    assert MlflowClient(service.mlflow_uri).get_run(job.mlflow_run_id).info.status == "FAILED"

@@ -1,0 +1,166 @@
+"""Settings: one object over every environment variable the project reads, an optional config file
+(KRPO_BENCH_CONFIG) under them, embedded-mode defaults, `krpo-bench config`, and README's table."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from krpo_bench import settings as ks
+from krpo_bench.settings import ENV_VARS, Settings, SettingsError
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = [p for folder in ("krpo_bench", "api", "dashboards") for p in (ROOT / folder).rglob("*.py")]
+
+
+@pytest.fixture()
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No krpo-bench variable set; the data home in a temporary folder."""
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    monkeypatch.setenv("KRPO_BENCH_HOME", str(home))
+    return home
+
+
+def test_defaults_make_the_embedded_mode_work(tmp_path: Path) -> None:
+    s = Settings.load({})
+    home = Path.home() / ".krpo-bench"
+    assert s.home == home and s.config_file is None
+    assert s.db == f"sqlite:///{home / 'krpo-bench.db'}" and s.mlflow_tracking_uri == f"sqlite:///{home / 'mlflow.db'}"
+    assert s.data_roots == (home,) and s.api_tokens_file == home / "api-tokens.json"
+    assert (s.allow_remote_code, s.max_trials, s.max_body_bytes, s.cpu_threads, s.mlflow_ui_url) == (False, 1000, 1_000_000, None, None)
+    assert set(s.sources.values()) == {"default"}
+    moved = Settings.load({"KRPO_BENCH_HOME": str(tmp_path)})
+    assert moved.db == f"sqlite:///{tmp_path / 'krpo-bench.db'}" and moved.data_roots == (tmp_path,)
+
+
+def test_legacy_functions_read_the_settings(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ks.data_home() == clean_env and clean_env.is_dir()
+    assert ks.default_db_url() == f"sqlite:///{clean_env / 'krpo-bench.db'}"
+    assert ks.default_mlflow_uri() == f"sqlite:///{clean_env / 'mlflow.db'}"
+    assert ks.cache_dir("models") == clean_env / "cache" / "models"
+    assert ks.default_artifact_root() == (clean_env / "mlartifacts").as_uri()
+    monkeypatch.setenv("KRPO_BENCH_DB", "postgresql://u@h/db")  # a change is seen at once
+    assert ks.default_db_url() == "postgresql://u@h/db"
+
+
+def test_config_file_under_the_environment(clean_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    config = tmp_path / "etc" / "krpo-bench.toml"
+    config.parent.mkdir()
+    config.write_text('db = "postgresql://krpo@db/krpo"\nmax_trials = 50\nallow_remote_code = true\n'
+                      'data_roots = ["datasets", "/srv/models"]\nmlflow_tracking_uri = "http://mlflow:5000/"\n')
+    monkeypatch.setenv("KRPO_BENCH_CONFIG", str(config))
+    monkeypatch.setenv("KRPO_BENCH_MAX_TRIALS", "7")
+    s = ks.get_settings()
+    assert s.config_file == config and s.db == "postgresql://krpo@db/krpo" and s.allow_remote_code is True
+    assert s.max_trials == 7 and s.sources["max_trials"] == "env KRPO_BENCH_MAX_TRIALS"
+    assert s.sources["db"] == f"file {config}" and s.sources["home"] == "env KRPO_BENCH_HOME"
+    assert s.data_roots == (config.parent / "datasets", Path("/srv/models")), "relative paths are relative to the file"
+    assert s.mlflow_ui_url == "http://mlflow:5000", "the UI defaults to an http tracking URI"
+    assert ks.default_db_url() == "postgresql://krpo@db/krpo", "the old entry points follow the file too"
+    config.write_text('db = "postgresql://krpo@other/krpo"\n# edited\n')
+    assert ks.default_db_url() == "postgresql://krpo@other/krpo", "an edited file is re-read"
+
+
+def test_yaml_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "krpo.yaml"
+    config.write_text("home: data\ncpu_threads: 3\nlist_cache_s: 0\n")
+    s = Settings.load({"KRPO_BENCH_CONFIG": str(config)})
+    assert s.home == tmp_path / "data" and s.cpu_threads == 3 and s.list_cache_s == 0.0
+    assert s.db == f"sqlite:///{tmp_path / 'data' / 'krpo-bench.db'}"
+
+
+@pytest.mark.parametrize(
+    ("environ", "file_text", "needle"),
+    [
+        ({"KRPO_BENCH_MAX_TRIALS": "many"}, None, "KRPO_BENCH_MAX_TRIALS"),
+        ({"KRPO_BENCH_CPU_THREADS": "0"}, None, "KRPO_BENCH_CPU_THREADS"),
+        ({"KRPO_BENCH_ALLOW_REMOTE_CODE": "maybe"}, None, "KRPO_BENCH_ALLOW_REMOTE_CODE"),
+        ({"KRPO_BENCH_LIST_CACHE_S": "-1"}, None, "KRPO_BENCH_LIST_CACHE_S"),
+        ({}, "max_trails = 5\n", "max_trails"),
+        ({}, "max_trials = 'five'\n", "max_trials"),
+        ({}, "data_roots = 3\n", "data_roots"),
+        ({}, "not toml [", "cannot parse"),
+    ],
+)
+def test_bad_settings_name_the_variable(tmp_path: Path, environ: dict, file_text: str | None, needle: str) -> None:
+    if file_text is not None:
+        config = tmp_path / "c.toml"
+        config.write_text(file_text)
+        environ = {**environ, "KRPO_BENCH_CONFIG": str(config)}
+    with pytest.raises(SettingsError, match=re.escape(needle)):
+        Settings.load(environ)
+
+
+def test_config_file_must_exist_and_be_toml_or_yaml(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="cannot read"):
+        Settings.load({"KRPO_BENCH_CONFIG": str(tmp_path / "missing.toml")})
+    (tmp_path / "c.ini").write_text("[x]\n")
+    with pytest.raises(SettingsError, match=r"\.toml, \.yaml"):
+        Settings.load({"KRPO_BENCH_CONFIG": str(tmp_path / "c.ini")})
+
+
+def _env_reads() -> set[str]:
+    """Every environment variable named in the package: KRPO_BENCH_* anywhere, others where read."""
+    names: set[str] = set()
+    read = re.compile(r"""(?:environ\.get|env\.get|getenv|envvar=)\(?\s*["']([A-Z][A-Z0-9_]+)["']""")
+    for path in SOURCES:
+        text = path.read_text()
+        names |= set(re.findall(r"\bKRPO_BENCH_[A-Z0-9_]+\b", text))
+        names |= set(read.findall(text))
+    return names
+
+
+def test_settings_cover_every_variable_the_code_reads() -> None:
+    names = _env_reads()
+    assert {"KRPO_BENCH_HOME", "KRPO_BENCH_DB", "MLFLOW_TRACKING_URI", "KRPO_BENCH_CPU_THREADS"} <= names
+    missing = names - set(ENV_VARS)
+    assert not missing, f"read by the code but not in krpo_bench.settings.VARS (and README): {sorted(missing)}"
+
+
+def test_readme_settings_table_lists_every_variable() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    for name in ENV_VARS:
+        assert f"`{name}`" in section, f"README's Settings section does not list {name}"
+
+
+def test_api_settings_agree_with_settings(clean_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from api.settings import ApiSettings
+
+    for name, value in {"KRPO_BENCH_DB": "sqlite:///x.db", "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+                        "KRPO_BENCH_DATA_ROOTS": f"{tmp_path}/a:{tmp_path}/b", "KRPO_BENCH_MAX_TRIALS": "9",
+                        "KRPO_BENCH_ALLOW_REMOTE_CODE": "yes", "KRPO_BENCH_MAX_BODY_BYTES": "1234",
+                        "KRPO_BENCH_API_TOKENS_FILE": str(tmp_path / "t.json"), "KRPO_BENCH_LIST_CACHE_S": "0.5"}.items():
+        monkeypatch.setenv(name, value)
+    api, s = ApiSettings.from_env(), Settings.load()
+    assert (api.db_url, api.mlflow_uri, api.tokens_file, api.data_roots) == (s.db, s.mlflow_tracking_uri, s.api_tokens_file, s.data_roots)
+    assert (api.allow_remote_code, api.max_trials, api.max_body_bytes, api.list_cache_s, api.mlflow_ui_url) == (
+        s.allow_remote_code, s.max_trials, s.max_body_bytes, s.list_cache_s, s.mlflow_ui_url)
+
+
+def test_config_command_prints_values_and_sources(clean_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from krpo_bench.cli import app
+
+    config = tmp_path / "c.toml"
+    config.write_text('max_trials = 42\napi_token = "file-secret"\n')
+    monkeypatch.setenv("KRPO_BENCH_CONFIG", str(config))
+    monkeypatch.setenv("KRPO_BENCH_DB", "postgresql://krpo:hunter2@db:5432/krpo")
+    result = CliRunner().invoke(app, ["config"])
+    assert result.exit_code == 0, result.output
+    for name in ENV_VARS:
+        assert name in result.output
+    assert "hunter2" not in result.output and "file-secret" not in result.output, "secrets are masked"
+    assert "postgresql://krpo:****@db:5432/krpo" in result.output
+    assert re.search(r"KRPO_BENCH_MAX_TRIALS=42\s+# max_trials: file ", result.output)
+    data = json.loads(CliRunner().invoke(app, ["config", "--json"]).output)
+    assert data["max_trials"] == {"env": "KRPO_BENCH_MAX_TRIALS", "value": "42", "source": f"file {config}"}
+    assert data["db"]["source"] == "env KRPO_BENCH_DB" and data["home"]["value"] == str(clean_env)
+    monkeypatch.setenv("KRPO_BENCH_MAX_BODY_BYTES", "lots")
+    bad = CliRunner().invoke(app, ["config"])
+    assert bad.exit_code == 2 and "KRPO_BENCH_MAX_BODY_BYTES" in bad.output and "Traceback" not in bad.output
