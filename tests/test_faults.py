@@ -454,7 +454,7 @@ def test_unwritable_checkpoint_folder_names_the_folder_and_the_os_error(tmp_path
     spec = TrialSpec.model_validate(tiny(4))
     task = build_task(spec.task)
     loaded = load_model(spec.model)
-    run = tmp_path / "run"
+    run = tmp_path / "parent" / "run"
     trainer = BaselineGRPOTrainer(
         model=loaded.model,
         reward_funcs=task.reward_funcs,
@@ -465,13 +465,13 @@ def test_unwritable_checkpoint_folder_names_the_folder_and_the_os_error(tmp_path
     )
     trainer.create_optimizer_and_scheduler(num_training_steps=4)
     trainer.state.global_step = 2
-    shutil.rmtree(run, ignore_errors=True)
-    run.write_text("a regular file where the run folder should be")
+    shutil.rmtree(run.parent, ignore_errors=True)
+    run.parent.write_text("a regular file where the run folder's parent should be")
     with pytest.raises(RuntimeError) as failure:
         trainer._save_checkpoint(trainer.model, trial=None)
     message = str(failure.value)
     assert message.startswith(f"could not write checkpoint {run / 'checkpoint-2'}: "), message
-    assert "Not a directory" in message, message
+    assert "NotADirectoryError: [Errno 20] Not a directory" in message, message
 
 
 def _limit_file_size(limit: int) -> Callable[[], None]:
@@ -503,3 +503,4 @@ def test_a_full_disk_fails_the_job_naming_the_checkpoint_folder(pg_url: str, tmp
     assert not list(run_dir.glob("checkpoint-*")) and not list(run_dir.glob(".checkpoint-staging-*")), \
         "a failed save leaves no torn checkpoint behind"
     assert MlflowClient(service.mlflow_uri).get_run(job.mlflow_run_id).info.status == "FAILED"
+    print(f"\nlast_error: {first_line}")

@@ -128,3 +128,37 @@ def test_stopping_everything_and_restarting_finishes_the_same_trials_once(servic
     trial_runs = [r for r in runs if "krpo.trial_key" in r.data.tags]
     assert len(trial_runs) == 4 and len({r.data.tags["krpo.trial_key"] for r in trial_runs}) == 4
     assert all(r.info.status == "FINISHED" for r in trial_runs)
+
+
+def test_search_with_median_pruner_prunes_and_reaches_its_budget_exactly(service: StudyService):
+    import optuna
+
+    from krpo_bench.service.optuna_store import optuna_storage
+
+    base = {k: v for k, v in tiny_trial(steps=8, eval_every=2, eval_size=32).items() if k != "name"}
+    base["estimator"] = {"name": "krpo"}
+    info = service.submit({
+        "name": "pruned-search",
+        "kind": "search",
+        "base": base,
+        "space": {"training.learning_rate": {"type": "log_uniform", "low": 1e-6, "high": 0.5}},
+        "sampler": "random",
+        "sampler_seed": 3,
+        "pruner": {"type": "median", "startup_trials": 2, "warmup_steps": 0},
+        "n_trials": 6,
+        "parallelism": 2,
+    })
+    workers = [start_worker(service), start_worker(service)]
+    try:
+        wait_for(lambda: service.get(info.id).status in ("succeeded", "failed"), 420, "the search to finish")
+    finally:
+        for w in workers:
+            stop(w)
+    jobs = service.jobs(info.id)
+    assert len(jobs) == 6 and {j.status for j in jobs} <= {"succeeded", "pruned"}
+    study = optuna.load_study(study_name=info.optuna_study_name, storage=optuna_storage(service.db_url))
+    states = [t.state for t in study.get_trials()]
+    assert len(states) == 6, "budget reached exactly, no overshoot"
+    assert states.count(optuna.trial.TrialState.PRUNED) >= 1
+    assert states.count(optuna.trial.TrialState.PRUNED) == sum(j.status == "pruned" for j in jobs)
+    assert all(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for s in states)

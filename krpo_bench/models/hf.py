@@ -1,46 +1,83 @@
-"""Loading any causal LM by hub id or local folder, with the dtype policy and optional LoRA."""
+"""Transformers model folders: load one (hub id or path), make its tokenizer TRL-ready, add LoRA, cache builds."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from krpo_bench.models.config import LoraSpec, ModelSpec
+from krpo_bench.models.config import Dtype, LoraSpec
+from krpo_bench.settings import cache_dir
 
+MARKER_FILE = "BUILD_COMPLETE"
 
-@dataclass
-class LoadedModel:
-    model: Any
-    tokenizer: Any
-    name: str
-    num_parameters: int
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_dtype(spec: ModelSpec, device: str) -> torch.dtype:
-    """``auto``: bfloat16 on CUDA, float32 elsewhere; otherwise the named dtype."""
-    if spec.dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    return getattr(torch, spec.dtype)
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer could not be loaded; the message names the model and the cause."""
 
 
-def prepare_tokenizer(tokenizer: Any) -> Any:
-    """Left padding and a pad token, as TRL's generation expects."""
-    tokenizer.padding_side = "left"
+def resolve_dtype(dtype: Dtype, device: str) -> torch.dtype:
+    """The torch dtype of a spec's ``dtype``: ``auto`` is bfloat16 on CUDA and float32 elsewhere."""
+    if dtype == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return _DTYPES[dtype]
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, name: str) -> PreTrainedTokenizerBase:
+    """Make a tokenizer usable for batched generation in TRL: eos and pad set, padding on the left."""
+    if tokenizer.eos_token is None:
+        raise ModelLoadError(f"the tokenizer of model {name!r} has no eos_token; set one in its folder")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
     return tokenizer
 
 
-def apply_lora(model: Any, lora: LoraSpec) -> Any:
-    """Wrap ``model`` in a peft LoRA adapter (only adapter weights train)."""
+def load_pretrained(
+    source: str | Path,
+    *,
+    name: str,
+    dtype: torch.dtype,
+    device: str,
+    trust_remote_code: bool = False,
+    **kwargs: Any,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a hub id or folder, on ``device`` in ``dtype``.
+
+    Failures (unknown id, offline hub, missing files) are raised as :class:`ModelLoadError` naming
+    the model; ``kwargs`` go to both ``from_pretrained`` calls (e.g. ``gguf_file``).
+    """
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, trust_remote_code=trust_remote_code, **kwargs
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
+        )
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(
+            f"could not load model {name!r} from {str(source)!r}: {error}. A hub id needs network "
+            f"access (or a filled local HF cache); a path must be a folder saved with save_pretrained."
+        ) from error
+    tokenizer = prepare_tokenizer(tokenizer, name)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.to(device), tokenizer
+
+
+def apply_lora(model: PreTrainedModel, lora: LoraSpec) -> torch.nn.Module:
+    """Wrap ``model`` in a peft LoRA adapter; only the adapter weights stay trainable."""
     try:
         from peft import LoraConfig, get_peft_model
-    except ImportError as exc:
-        raise RuntimeError("LoRA needs peft: pip install 'krpo-bench[lora]'") from exc
+    except ImportError as error:
+        raise ModelLoadError("LoRA needs peft: pip install 'krpo-bench[lora]'") from error
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -51,26 +88,28 @@ def apply_lora(model: Any, lora: LoraSpec) -> Any:
     return get_peft_model(model, config)
 
 
-def load_pretrained(
-    source: str | Path, spec: ModelSpec, device: str, **kwargs: Any
-) -> LoadedModel:
-    """A causal LM and its tokenizer from a hub id or folder, on ``device``, LoRA applied if asked."""
+def cached_model_folder(name: str, build: Callable[[Path], None]) -> Path:
+    """``cache/models/<name>``, built once by ``build(folder)`` and published atomically.
+
+    ``build`` writes into a temporary sibling folder; a marker file is added last and the folder is
+    renamed into place, so a crash or two concurrent builders never leave a half-written model.
+    """
+    parent = cache_dir("models")
+    target = parent / name
+    if (target / MARKER_FILE).exists():
+        return target
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=parent))
+    scratch.chmod(0o755)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=spec.trust_remote_code, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=resolve_dtype(spec, device), trust_remote_code=spec.trust_remote_code, **kwargs
-        )
-    except OSError as exc:
-        raise RuntimeError(
-            f"cannot load model {spec.name!r} from {source}: {exc}. Offline, use a local folder "
-            "('hf:/path/to/model'), 'smollm2-135m' or 'tiny-arith'."
-        ) from exc
-    model.to(device)
-    if spec.lora is not None:
-        model = apply_lora(model, spec.lora)
-    return LoadedModel(
-        model=model,
-        tokenizer=prepare_tokenizer(tokenizer),
-        name=spec.name,
-        num_parameters=sum(p.numel() for p in model.parameters()),
-    )
+        build(scratch)
+        (scratch / MARKER_FILE).write_text("ok\n")
+        try:
+            os.rename(scratch, target)
+        except OSError:
+            if not (target / MARKER_FILE).exists():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target

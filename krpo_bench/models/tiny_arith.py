@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,13 +18,12 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase, Qwen2Config,
 
 from krpo_bench.models.char_tokenizer import build_char_tokenizer
 from krpo_bench.models.config import TinyArithOptions
-from krpo_bench.settings import cache_dir
+from krpo_bench.models.hf import cached_model_folder
 from krpo_bench.tasks.split import in_test_split
 
 MAX_OPERAND = 99
 MAX_NEW_TOKENS = 5
 BUILD_VERSION = 1  # bump when the recipe below changes, so old caches are not reused
-MARKER_FILE = "BUILD_COMPLETE"
 WARMUP_FILE = "warmup.json"
 
 BATCH_SIZE = 64
@@ -186,33 +182,15 @@ def _build_into(folder: Path, options: TinyArithOptions) -> None:
         "build_version": BUILD_VERSION,
     }
     (folder / WARMUP_FILE).write_text(json.dumps(report, indent=2))
-    (folder / MARKER_FILE).write_text("ok\n")
 
 
 def build_tiny_arith(options: TinyArithOptions | None = None) -> Path:
     """Build (or reuse from the cache) the tiny-arith model and tokenizer; returns their folder.
 
-    The build happens in a temporary folder that is renamed into place once complete (marker file
-    written last), so a crash or two concurrent builders never leave a half-written model behind.
+    Built once per distinct options under ``cache/models/tiny-arith-<hash>``, published atomically.
     """
     options = options or TinyArithOptions()
-    parent = cache_dir("models")
-    target = parent / tiny_arith_cache_key(options)
-    if (target / MARKER_FILE).exists():
-        return target
-    if target.exists():
-        shutil.rmtree(target, ignore_errors=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=parent))
-    try:
-        _build_into(scratch, options)
-        try:
-            os.rename(scratch, target)
-        except OSError:
-            if not (target / MARKER_FILE).exists():
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
+    return cached_model_folder(tiny_arith_cache_key(options), lambda folder: _build_into(folder, options))
 
 
 def tiny_arith_report(folder: Path) -> dict:
