@@ -58,7 +58,8 @@ ApiOption = typer.Option(None, "--api", envvar="KRPO_BENCH_API", help="talk to a
 
 
 def _is_study(data: object) -> bool:
-    return isinstance(data, dict) and data.get("kind") in ("ablation", "search")
+    """Studies have a ``kind`` or a ``base``; trials have neither."""
+    return isinstance(data, dict) and ("kind" in data or "base" in data)
 
 
 def load_any(file: Path):

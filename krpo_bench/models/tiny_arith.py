@@ -160,16 +160,18 @@ def tiny_arith_cache_key(options: TinyArithOptions) -> str:
 
 
 def _build_into(folder: Path, options: TinyArithOptions) -> None:
-    """Build on one CPU thread: the same options give the same weights whatever the core count."""
+    """Build on one CPU thread with a private RNG: the same options give the same weights whatever
+    the core count, and the caller's random state is left untouched."""
     started = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        torch.manual_seed(options.seed)
-        tokenizer = build_char_tokenizer()
-        model = _new_model(options, tokenizer)
-        _warm_up(model, tokenizer, options)
-        accuracy = greedy_accuracy(model, tokenizer, arith_pairs(heldout=True))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(options.seed)
+            tokenizer = build_char_tokenizer()
+            model = _new_model(options, tokenizer)
+            _warm_up(model, tokenizer, options)
+            accuracy = greedy_accuracy(model, tokenizer, arith_pairs(heldout=True))
     finally:
         torch.set_num_threads(threads)
     model.save_pretrained(folder)

@@ -37,7 +37,7 @@ class SearchParam(Strict):
     low: float | None = None
     high: float | None = None
     step: float | None = Field(None, gt=0)
-    choices: list[Any] | None = Field(None, min_length=1, max_length=1000)
+    choices: list[Any] | None = Field(None, min_length=1, max_length=100)
 
     @model_validator(mode="after")
     def _check_bounds(self) -> "SearchParam":
@@ -114,7 +114,7 @@ class StudySpec(Strict):
     variants: dict[str, dict[str, Any]] | None = Field(None, max_length=1000)
     grid: dict[str, list[Any]] | None = Field(None, max_length=20)
     seeds: list[int] | int = Field(1, description="a list of seeds, or a count (0, 1, ... n-1)")
-    space: dict[str, SearchParam] | None = Field(None, max_length=50)
+    space: dict[str, SearchParam] | None = Field(None, max_length=20)
     sampler: Literal["tpe", "random", "grid", "cmaes", "qmc"] = "tpe"
     sampler_seed: int = Field(0, ge=0)
     pruner: Pruner = Field(default_factory=Pruner)

@@ -7,7 +7,7 @@ import json
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from krpo_bench.models.config import ModelSpec
 from krpo_bench.spec.estimator import EstimatorSpec
@@ -23,6 +23,9 @@ class TrainingSpec(Strict):
 
     group_size: int = Field(8, ge=2, le=256, description="completions per prompt (G)")
     prompts_per_step: int = Field(8, ge=1, le=4096, description="prompt groups per optimizer step")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, le=4096, description="micro-batches per optimizer step (must divide prompts_per_step x group_size)"
+    )
     learning_rate: float = Field(1e-4, gt=0.0, le=1.0)
     lr_scheduler: Literal["constant", "linear", "cosine"] = "linear"
     beta: float = Field(0.0, ge=0.0, le=10.0, description="k3 KL weight against the reference model")
@@ -39,6 +42,17 @@ class TrainingSpec(Strict):
     eval_batch_size: int = Field(64, ge=1, le=4096)
     checkpoint_every: int = Field(50, ge=1, le=1_000_000)
     gradient_checkpointing: bool = Field(False, description="trade compute for memory (large models)")
+
+
+    @model_validator(mode="after")
+    def _micro_batches_divide(self) -> "TrainingSpec":
+        rollouts = self.prompts_per_step * self.group_size
+        if rollouts % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) must divide "
+                f"prompts_per_step x group_size ({rollouts})"
+            )
+        return self
 
 
 class TrialSpec(Strict):

@@ -60,8 +60,8 @@ def grpo_config(
     t = spec.training
     return GRPOConfig(
         output_dir=str(output_dir),
-        per_device_train_batch_size=t.prompts_per_step * t.group_size,
-        gradient_accumulation_steps=1,
+        per_device_train_batch_size=t.prompts_per_step * t.group_size // t.gradient_accumulation_steps,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
         num_generations=t.group_size,
         reward_weights=reward_weights,
         learning_rate=t.learning_rate,
