@@ -373,8 +373,11 @@ def test_mlflow_outage_mid_trial_loses_no_metrics(mlflow_server: MlflowServer, t
 
     hook = StepHook(3, take_it_down)
 
+    stamps: list[float] = []
+
     def should_stop() -> bool:
         hook()
+        stamps.append(time.monotonic())
         if "down" in outage and "up" not in outage:
             during.append(hook.step)
         return False
@@ -382,6 +385,7 @@ def test_mlflow_outage_mid_trial_loses_no_metrics(mlflow_server: MlflowServer, t
     result = run_trial(spec, run_dir=tmp_path / "run", tracking_uri=mlflow_server.url, should_stop=should_stop)
     restart.join()
     down_s = outage["up"] - outage["down"]
+    print("\nstep ends (s after the kill):", [round(t - outage["down"], 1) for t in stamps])
     assert len(during) >= 3, f"only steps {during} ran while the server was down ({down_s:.1f} s)"
     assert result.status == "succeeded" and result.steps == steps
     client = MlflowClient(mlflow_server.url)

@@ -160,8 +160,11 @@ def tiny_arith_cache_key(options: TinyArithOptions) -> str:
 
 
 def _build_into(folder: Path, options: TinyArithOptions) -> None:
-    """Build on one CPU thread with a private RNG: the same options give the same weights whatever
-    the core count, and the caller's random state is left untouched."""
+    """Build, evaluate and save into ``folder``.
+
+    Runs on one CPU thread with a private RNG: the same options give the same weights whatever the
+    core count, and the caller's random state is left untouched.
+    """
     started = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
