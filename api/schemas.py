@@ -119,17 +119,27 @@ class VariantStats(BaseModel):
     """Final held-out accuracy of a variant's succeeded trials: mean and 95 % t-interval over seeds
     (null where undefined, e.g. fewer than two values)."""
 
-    model_config = _examples({"n": 3, "mean": 0.47, "ci_low": 0.41, "ci_high": 0.53, "values": [0.45, 0.47, 0.49]})
+    model_config = _examples(
+        {"n": 3, "mean": 0.47, "ci_low": 0.41, "ci_high": 0.53, "values": [0.45, 0.47, 0.49], "initial_mean": 0.39}
+    )
 
     n: int
     mean: float | None
     ci_low: float | None
     ci_high: float | None
     values: list[float]
+    initial_mean: float | None = None
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> VariantStats:
-        return cls(n=row["n"], mean=_finite(row["mean"]), ci_low=_finite(row["ci_low"]), ci_high=_finite(row["ci_high"]), values=row["values"])
+        return cls(
+            n=row["n"],
+            mean=_finite(row["mean"]),
+            ci_low=_finite(row["ci_low"]),
+            ci_high=_finite(row["ci_high"]),
+            values=row["values"],
+            initial_mean=_finite(row.get("initial_mean", float("nan"))),
+        )
 
 
 class VariantSummary(VariantStats):
