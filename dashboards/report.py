@@ -338,7 +338,6 @@ def _page(
     body = "".join(f'<section id="{sid}"><h2>{title}</h2>{content}</section>' for sid, title, content in sections)
     return (
         f'<!doctype html><html><head><meta charset="utf-8">{refresh}'
-        '<link rel="icon" href="data:,">'  # no icon: else the browser asks the server for /favicon.ico (a 404)
         f"<title>krpo-bench · {html.escape(name)}</title><style>{_CSS}</style>"
         f"<script>{get_plotlyjs()}</script></head><body>"
         f"<h1>{html.escape(name)}</h1>"

@@ -27,7 +27,9 @@ class Strict(BaseModel):
 
 
 class Resources(Strict):
-    gpus_per_trial: int = Field(1, ge=0, le=64, description="more than one runs the trial through accelerate")
+    gpus_per_trial: int = Field(
+        1, ge=0, le=1, description="GPUs per trial; multi-GPU (accelerate) trials are not supported yet"
+    )
     max_attempts: int = Field(3, ge=1, le=100)
     timeout_s: int | None = Field(None, ge=10, le=30 * 24 * 3600, description="per-trial wall-clock limit")
 
