@@ -48,7 +48,7 @@ def curve_figure(curves: Mapping[str, Curve], title: str, colors: Mapping[str, s
         fig.add_trace(go.Scatter(
             x=np.concatenate([steps, steps[::-1]]),
             y=np.concatenate([curve.high[banded], curve.low[banded][::-1]]),
-            fill="toself", fillcolor=_rgba(color, 0.2), line=dict(width=0), hoverinfo="skip",
+            mode="lines", fill="toself", fillcolor=_rgba(color, 0.2), line=dict(width=0), hoverinfo="skip",
             legendgroup=variant, showlegend=False, name=f"{variant} 95 % band",
         ))
         fig.add_trace(go.Scatter(

@@ -307,9 +307,12 @@ def test_unexpected_errors_hide_the_traceback(client: TestClient, study: dict[st
     assert "req-123" in caplog.text and "secret internals" in caplog.text
 
 
-def test_dashboard_route_has_no_report_yet(client: TestClient, study: dict[str, Any]) -> None:
+def test_dashboard_route_serves_the_study_report(client: TestClient, study: dict[str, Any]) -> None:
     response = client.get(f"/studies/{study['id']}/dashboard")
-    assert response.status_code == 404 and response.json()["message"] == "no report yet"
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert "has no finished runs" in response.text
+    running = client.get(f"/api/v1/studies/{study['id']}").json()["status"] in ("pending", "running")
+    assert ('<meta http-equiv="refresh" content="15">' in response.text) == running
     assert client.get("/studies/nope/dashboard").json()["message"] == "no study 'nope'"
 
 
