@@ -220,11 +220,10 @@ class RunTracker:
                 with _one_http_try():
                     self._flush_once()
                     self.client.set_terminated(self.run_id, status=status)
-            except Exception as err:
-                if not is_unreachable(err):
-                    raise
-                self._spool()
-                log.warning("MLflow still unreachable; run %s left unterminated: %s", self.run_id, err)
+            except Exception as err:  # never mask the error that is failing the attempt
+                if is_unreachable(err):
+                    self._spool()
+                log.warning("could not end MLflow run %s as %s: %s", self.run_id, status, _short(err))
             return
         self._flush_blocking()
         self._call(lambda: self.client.set_terminated(self.run_id, status=status), "end the run")

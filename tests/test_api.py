@@ -253,7 +253,8 @@ def test_job_detail_results_and_best_trial(client: TestClient) -> None:
     variant = detail["best_trial"]["variant"]
     assert detail["variants"][variant]["counts"]["succeeded"] == 1 and detail["variants"][variant]["mean"] == 0.75
     results = client.get(f"/api/v1/studies/{study_id}/results").json()
-    assert results["variants"][variant] == {"n": 1, "mean": 0.75, "ci_low": None, "ci_high": None, "values": [0.75]}
+    assert results["variants"][variant] == {
+        "n": 1, "mean": 0.75, "ci_low": None, "ci_high": None, "values": [0.75], "initial_mean": None}
 
 
 def test_cancel_resume_extend(client: TestClient) -> None:

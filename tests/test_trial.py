@@ -29,46 +29,46 @@ def curve(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]
 
 @pytest.mark.parametrize("estimator", [{"name": "grpo"}, {"name": "krpo", "Q": 1e-5, "R": 1e-2}])
 def test_trial_trains_and_tracks(tmp_path: Path, mlflow_uri: str, estimator: dict):
-    spec = TrialSpec.model_validate(tiny_trial(estimator, steps=30))
+    spec = TrialSpec.model_validate(tiny_trial(estimator, steps=12, checkpoint_every=6))
     result = run_trial(spec, run_dir=tmp_path / "run", tracking_uri=mlflow_uri)
-    assert result.status == "succeeded" and result.steps == 30
+    assert result.status == "succeeded" and result.steps == 12
     client = MlflowClient(mlflow_uri)
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["estimator.name"] == estimator["name"]
     assert run.data.tags["krpo.estimator"] == estimator["name"]
     rewards = curve(client, result.mlflow_run_id, "train/reward")
-    assert [s for s, _ in rewards] == list(range(1, 31))
+    assert [s for s, _ in rewards] == list(range(1, 13))
     for key in ("adv/mean", "adv/abs_max", "train/completion_length", "train/step_time_s"):
-        assert len(curve(client, result.mlflow_run_id, key)) == 30, key
+        assert len(curve(client, result.mlflow_run_id, key)) == 12, key
     if estimator["name"] == "krpo":
-        assert len(curve(client, result.mlflow_run_id, "adv/kalman_gain_last")) == 30
+        assert len(curve(client, result.mlflow_run_id, "adv/kalman_gain_last")) == 12
     final = run.data.metrics
     assert 0.0 <= final["final/accuracy"] <= 1.0 and final["final/accuracy"] == result.final_accuracy
-    assert {s for s, _ in curve(client, result.mlflow_run_id, "eval/accuracy")} == {0, 30}
+    assert {s for s, _ in curve(client, result.mlflow_run_id, "eval/accuracy")} == {0, 12}
     before = load_file(build_tiny_arith() / "model.safetensors")
-    after = load_file(tmp_path / "run" / "checkpoint-30" / "model.safetensors")
+    after = load_file(tmp_path / "run" / "checkpoint-12" / "model.safetensors")
     changed = sum(not torch.equal(before[k], after[k]) for k in before)
     assert changed > len(before) // 2, "GRPO should have moved most weight tensors"
 
 
 def test_interrupted_trial_resumes_in_the_same_run_and_matches_an_uninterrupted_one(tmp_path: Path, mlflow_uri: str):
-    spec = TrialSpec.model_validate(tiny_trial({"name": "krpo_persistent"}, steps=20, checkpoint_every=10))
+    spec = TrialSpec.model_validate(tiny_trial({"name": "krpo_persistent"}, steps=12, checkpoint_every=6))
     steps_seen = []
 
-    def stop_after_ten() -> bool:
+    def stop_after_six() -> bool:
         steps_seen.append(1)
-        return len(steps_seen) >= 10
+        return len(steps_seen) >= 6
 
-    first = run_trial(spec, run_dir=tmp_path / "a", tracking_uri=mlflow_uri, should_stop=stop_after_ten)
-    assert first.status == "stopped" and first.steps == 10
-    assert (tmp_path / "a" / "checkpoint-10" / "estimator_state.json").exists()
+    first = run_trial(spec, run_dir=tmp_path / "a", tracking_uri=mlflow_uri, should_stop=stop_after_six)
+    assert first.status == "stopped" and first.steps == 6
+    assert (tmp_path / "a" / "checkpoint-6" / "estimator_state.json").exists()
     resumed = run_trial(spec, run_dir=tmp_path / "a", tracking_uri=mlflow_uri)
-    assert resumed.status == "succeeded" and resumed.steps == 20
+    assert resumed.status == "succeeded" and resumed.steps == 12 and resumed.resumed_from == 6
     assert resumed.mlflow_run_id == first.mlflow_run_id
     straight = run_trial(spec, run_dir=tmp_path / "b", tracking_uri=mlflow_uri)
     client = MlflowClient(mlflow_uri)
-    assert [s for s, _ in curve(client, resumed.mlflow_run_id, "train/reward")] == list(range(1, 21))
+    assert [s for s, _ in curve(client, resumed.mlflow_run_id, "train/reward")] == list(range(1, 13))
     assert curve(client, resumed.mlflow_run_id, "train/reward") == curve(client, straight.mlflow_run_id, "train/reward")
     again = run_trial(spec, run_dir=tmp_path / "a", tracking_uri=mlflow_uri)
     assert again == resumed, "a finished trial returns its stored result"

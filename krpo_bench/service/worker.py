@@ -124,23 +124,30 @@ class Worker:
         last_beat = last_reclaim = 0.0
         try:
             while True:
-                self._reap()
-                now = time.monotonic()
-                if now - last_beat >= self.heartbeat_s:
-                    self._heartbeat()
-                    last_beat = now
-                if now - last_reclaim >= self.lease_s / 2:
-                    for study_id in self._reclaim():
-                        self.service.top_up(study_id)
-                    last_reclaim = now
-                if self.stopping:
-                    self._stop_all("shutdown")
-                    if not self.running:
-                        break
-                else:
-                    claimed = self._fill_slots()
-                    if self.exit_when_idle and not self.running and not claimed:
-                        break
+                try:
+                    self._reap()
+                    now = time.monotonic()
+                    if now - last_beat >= self.heartbeat_s:
+                        self._heartbeat()
+                        last_beat = now
+                    if now - last_reclaim >= self.lease_s / 2:
+                        for study_id in self._reclaim():
+                            self.service.top_up(study_id)
+                        last_reclaim = now
+                    if self.stopping:
+                        self._stop_all("shutdown")
+                        if not self.running:
+                            break
+                    else:
+                        claimed = self._fill_slots()
+                        if self.exit_when_idle and not self.running and not claimed:
+                            break
+                except DBAPIError as err:
+                    if not _is_transient(err):
+                        raise
+                    # The database is down for longer than the queue's own retries: keep the
+                    # trials running and try again next round (leases outlive short outages).
+                    self.console.print(f"[yellow]database unavailable, retrying: {type(err.orig or err).__name__}[/yellow]")
                 time.sleep(self.poll_s)
         finally:
             for run in self.running.values():
@@ -227,8 +234,8 @@ class Worker:
             code = run.process.poll()
             if code is None:
                 continue
+            self._finish(run, code)  # may raise (database down): the run stays and is finished later
             del self.running[job_id]
-            self._finish(run, code)
 
     def _finish(self, run: Running, code: int) -> None:
         job = run.job
