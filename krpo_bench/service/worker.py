@@ -245,9 +245,9 @@ class Worker:
             write = self.queue.complete if status == "succeeded" else self.queue.mark_pruned
             if write(job.id, job.attempt, result):
                 self.console.print(f"{status} {job.trial_key}: accuracy {result.get('final_accuracy')}")
-        elif code == 0 and status == "stopped" and run.stop_reason == "cancel":
+        elif run.stop_reason == "cancel":
             self.queue.mark_cancelled(job.id, job.attempt)
-        elif code == 0 and status == "stopped" and run.stop_reason == "shutdown":
+        elif run.stop_reason == "shutdown":  # also a child stopped before it could checkpoint
             self.queue.release(job.id, job.attempt, "worker shutdown")
         elif run.stop_reason == "timeout":
             self.queue.fail(job.id, job.attempt, f"timed out after {job.timeout_s:.0f} s")
