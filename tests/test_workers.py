@@ -141,8 +141,8 @@ def test_search_with_median_pruner_prunes_and_reaches_its_budget_exactly(service
         "name": "pruned-search",
         "kind": "search",
         "base": base,
-        # lr 1e-12 leaves the warm start as it is; lr 0.5 wrecks it within two steps. Seed 6 of the
-        # random sampler asks [1e-12, 1e-12, 0.5, 1e-12, 0.5, 0.5], one trial at a time.
+        # lr 1e-12 leaves the warm start as it is; lr 0.5 wrecks it within two steps. Seed 6 asks
+        # [1e-12, 0.5, 0.5, 0.5, 1e-12, 1e-12], one trial at a time.
         "space": {"training.learning_rate": {"type": "choice", "choices": [1e-12, 0.5]}},
         "sampler": "random",
         "sampler_seed": 6,

@@ -51,9 +51,13 @@ def distribution(param: SearchParam) -> optuna.distributions.BaseDistribution:
     )
 
 
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    """The sampler a search spec names, seeded by ``sampler_seed``."""
-    seed = spec.sampler_seed
+def make_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler a search spec names, seeded by ``sampler_seed + seed_offset``.
+
+    Schedulers build a fresh sampler for every batch of asks (in whichever process runs them), so
+    the offset (trials asked so far) keeps batches from replaying the same random draws.
+    """
+    seed = spec.sampler_seed + seed_offset
     if spec.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if spec.sampler == "random":

@@ -163,12 +163,12 @@ class StudyService:
 
     # -- searches ---------------------------------------------------------------------------
 
-    def _optuna_study(self, name: str, study: StudySpec) -> optuna.Study:
+    def _optuna_study(self, name: str, study: StudySpec, seed_offset: int = 0) -> optuna.Study:
         return optuna.create_study(
             study_name=name,
             storage=optuna_storage(self.db_url),
             direction=study.objective.direction,
-            sampler=make_sampler(study),
+            sampler=make_sampler(study, seed_offset),
             pruner=make_pruner(study.pruner),
             load_if_exists=True,
         )
@@ -210,7 +210,7 @@ class StudyService:
             room = min(study.n_trials - asked, study.parallelism - in_flight)
             if room <= 0:
                 return 0
-            ostudy = self._optuna_study(row.optuna_study_name, study)
+            ostudy = self._optuna_study(row.optuna_study_name, study, seed_offset=asked)
             dists = {path: distribution(p) for path, p in (study.space or {}).items()}
             experiment = f"{study.name} [{study_id[:8]}]"
             jobs = []
@@ -229,7 +229,8 @@ class StudyService:
         config = job.config
         if not config.get("optuna_study_name") or job.optuna_trial_number is None:
             return False
-        ostudy = optuna.load_study(study_name=config["optuna_study_name"], storage=optuna_storage(self.db_url))
+        row = self._row(job.study_id)
+        ostudy = self._optuna_study(row.optuna_study_name, StudySpec.model_validate(row.spec))
         trial_id = ostudy._storage.get_trial_id_from_study_id_trial_number(ostudy._study_id, job.optuna_trial_number)
         trial = optuna.trial.Trial(ostudy, trial_id)
         if config.get("report_intermediate"):

@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 from accelerate.utils import gather_object
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 from trl import GRPOTrainer
 
 from krpo_bench.advantages import Estimate, Estimator
@@ -166,6 +168,18 @@ class BaselineGRPOTrainer(GRPOTrainer):
             if atomic:
                 shutil.rmtree(staging, ignore_errors=True)
             raise RuntimeError(f"could not write checkpoint {folder}: {_describe_write_error(err, run_dir)}") from err
+
+    def train(self, resume_from_checkpoint=None, *args: Any, **kwargs: Any) -> TrainOutput:
+        """As TRL's, except that a checkpoint already at ``max_steps`` (its attempt was killed after
+        the last save, before recording the result) is loaded without training: transformers would
+        run one step past ``max_steps`` before checking the limit."""
+        if isinstance(resume_from_checkpoint, str) and self.args.max_steps > 0:
+            state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME))
+            if state.global_step >= self.args.max_steps:
+                self._load_from_checkpoint(resume_from_checkpoint)
+                self.state = state
+                return TrainOutput(state.global_step, 0.0, {})
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
