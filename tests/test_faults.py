@@ -26,8 +26,10 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Any, Callable
 
+import psycopg
 import pytest
 from mlflow import MlflowClient
+from sqlalchemy.engine import make_url
 
 from krpo_bench.advantages import get_estimator
 from krpo_bench.models import load_model
@@ -38,7 +40,7 @@ from krpo_bench.tasks import build_task
 from krpo_bench.tracking import RETRY_ENV, SPOOL_DIR, RunTracker, TrackingUnavailableError
 from krpo_bench.training.trainer import BaselineGRPOTrainer
 from krpo_bench.training.trial import RUN_ID_FILE, grpo_config, run_trial
-from tests.db import create_pg_database, drop_pg_database
+from tests.db import PG_ADMIN_URL, create_pg_database, drop_pg_database
 from tests.trial_specs import tiny_trial
 
 KILL_JOBS = int(os.environ.get("KRPO_FAULT_KILL_JOBS", "10"))
@@ -201,10 +203,23 @@ def restart_postgres(down_s: float) -> float:
     cluster = _pg_cluster()
     ctl = ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster]
     started = time.monotonic()
-    subprocess.run([*ctl, "stop", "-m", "fast"], check=True, capture_output=True)
-    time.sleep(down_s)
-    subprocess.run([*ctl, "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([*ctl, "stop", "-m", "fast"], check=True, capture_output=True)
+        time.sleep(down_s)
+    finally:  # whatever happens, the (shared) server comes back
+        subprocess.run([*ctl, "start"], check=False, capture_output=True)
+    wait_for(_pg_accepts_connections, 60, "PostgreSQL to accept connections")
     return time.monotonic() - started
+
+
+def _pg_accepts_connections() -> bool:
+    url = make_url(PG_ADMIN_URL)
+    try:
+        with psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password,
+                             dbname=url.database, connect_timeout=2):
+            return True
+    except psycopg.OperationalError:
+        return False
 
 
 @pytest.mark.slow
@@ -243,16 +258,17 @@ def test_workers_ride_out_a_database_restart(pg_url: str, tmp_path: Path):
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_randomly_killed_workers_finish_every_job_exactly_once(pg_url: str, tmp_path: Path):
-    steps = 8
+    steps = 16
     service = StudyService(pg_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
-    info = service.submit(ablation("kills", seeds=KILL_JOBS, steps=steps, checkpoint_every=2, group_size=4,
+    info = service.submit(ablation("kills", seeds=KILL_JOBS, steps=steps, checkpoint_every=4, group_size=4,
                                    prompts_per_step=4, max_attempts=10))
     rng = random.Random(KILL_SEED)
-    # Kill points spread over the study: after a random number of jobs has finished, plus a random
-    # delay (so the victim's trial is at a random phase: starting, training, checkpointing, ending).
+    # Kill points spread over the study: after a random number of jobs has finished, a random delay
+    # (the victim's trial is then at a random phase: starting up, training, checkpointing, ending);
+    # every other kill instead lands at a random moment after a training trial wrote a checkpoint.
     max_kills = max(3, KILL_JOBS // 5)
-    kill_points = sorted((rng.randrange(KILL_JOBS), rng.uniform(0.0, 15.0), rng.random(), rng.random() < 0.75)
-                         for _ in range(max_kills))
+    kill_points = sorted((rng.randrange(KILL_JOBS), i % 2 == 0, rng.uniform(0.0, 15.0), rng.random(),
+                          rng.random() < 0.75) for i in range(max_kills))
     lease_s = 4.0
     logs: list[IO[bytes]] = []
 
@@ -264,22 +280,35 @@ def test_randomly_killed_workers_finish_every_job_exactly_once(pg_url: str, tmp_
         counts = service.get(info.id).counts
         return sum(counts.get(s, 0) for s in ("succeeded", "failed", "cancelled", "pruned"))
 
+    def running_jobs() -> list:
+        return [j for j in service.jobs(info.id) if j.status == "running"]
+
+    def checkpointed(job: Any) -> bool:  # this attempt is training: a checkpoint, no result yet
+        run_dir = data_home() / "trials" / job.config["trial"]["trial_id"]
+        return any(run_dir.glob("checkpoint-*")) and not (run_dir / "result.json").exists()
+
     workers = [spawn(), spawn()]
-    kills: list[tuple[int, str, str]] = []
+    kills: list[tuple[int, str, str, str]] = []
     started = time.monotonic()
     budget = 120 + 60 * KILL_JOBS
     try:
-        for after_jobs, delay, pick, with_trials in kill_points:
+        for after_jobs, in_training, delay, pick, with_trials in kill_points:
             wait_for(lambda: finished() >= after_jobs, budget, f"{after_jobs} finished jobs", every=1)
+            if in_training:
+                wait_for(lambda: finished() == KILL_JOBS or any(map(checkpointed, running_jobs())),
+                         budget, "a trial with a checkpoint", every=0.25)
+                delay /= 30  # 0-0.5 s later
             time.sleep(delay)
             if finished() == KILL_JOBS:
                 break
-            # The victim: a random worker holding a trial right now (any worker if none does).
-            holders = {worker_pid(j.owner): j.trial_key for j in service.jobs(info.id) if j.status == "running"}
+            # The victim: a random worker holding a trial right now (any worker if none does);
+            # for a kill in training, one whose trial has a checkpoint.
+            jobs = [j for j in running_jobs() if not in_training or checkpointed(j)]
+            holders = {worker_pid(j.owner): j.trial_key for j in jobs}
             busy = [i for i, w in enumerate(workers) if w.pid in holders] or list(range(len(workers)))
             victim = busy[int(pick * len(busy))]
             kills.append((round(time.monotonic() - started), holders.get(workers[victim].pid, "nothing"),
-                          "worker+trial" if with_trials else "worker only"))
+                          "worker+trial" if with_trials else "worker only", "after a checkpoint" if in_training else "any"))
             kill_worker(workers[victim], with_trials=with_trials)
             workers[victim] = spawn()
         wait_for(lambda: finished() == KILL_JOBS, budget, "the study to finish", every=2)
@@ -296,6 +325,22 @@ def test_randomly_killed_workers_finish_every_job_exactly_once(pg_url: str, tmp_
     print(f"\n{KILL_JOBS} jobs, {len(kills)} kills in {took:.0f} s (seed {KILL_SEED}): {kills}; "
           f"{expired} attempts expired, {resumed} trials resumed from a checkpoint; "
           f"outcomes of jobs retried: {_plain({k: o for k, o in outcomes.items() if len(o) > 1})}")
+
+
+@pytest.mark.slow
+def test_an_attempt_killed_after_its_last_checkpoint_is_finished_without_extra_steps(tmp_path: Path):
+    """Found by the kill test: the last checkpoint was written, the result was not. The retry must
+    not train a step past max_steps (transformers does, resuming at the limit)."""
+    steps = 4
+    spec = TrialSpec.model_validate(tiny(steps, checkpoint_every=2))
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = run_trial(spec, run_dir=tmp_path / "run", tracking_uri=mlflow_uri)
+    (tmp_path / "run" / "result.json").unlink()  # as if killed right after the final checkpoint
+    again = run_trial(spec, run_dir=tmp_path / "run", tracking_uri=mlflow_uri)
+    assert again.status == "succeeded" and again.steps == steps and again.resumed_from == steps
+    assert again.mlflow_run_id == first.mlflow_run_id
+    assert again.final_accuracy == first.final_accuracy, "the same trained weights are evaluated"
+    assert curve_steps(MlflowClient(mlflow_uri), first.mlflow_run_id) == list(range(1, steps + 1))
 
 
 # -- 3. the MLflow tracking server goes away ----------------------------------------------------
