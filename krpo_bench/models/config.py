@@ -29,11 +29,13 @@ class LoraSpec(BaseModel):
 
 
 class TinyArithOptions(BaseModel):
-    """How the tiny-arith model is built: architecture, seed and supervised warm-up length."""
+    """How the tiny-arith model is built: architecture, seed, supervised warm-up length and how often
+    its demonstrations of carrying sums drop the carries (0: clean demonstrations)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    warmup_steps: int = Field(425, ge=1, le=100_000)
+    warmup_steps: int = Field(1200, ge=1, le=100_000)
+    carry_drop_rate: float = Field(0.7, ge=0.0, le=1.0)
     seed: int = 0
     hidden_size: int = Field(128, ge=16)
     num_layers: int = Field(4, ge=1)

@@ -4,6 +4,14 @@ The warm-up is a supervised pass of a fixed number of steps (not a time budget) 
 on the pairs whose question is *not* in the held-out split, so the result depends only on the options
 and the task's test questions stay unseen. The held-out greedy accuracy is measured and stored with
 the model (``warmup.json``).
+
+The demonstrations are imperfect on purpose: a sum that needs a carry is shown with its carries
+dropped (``47+55=92``, digit-wise sums mod 10) in a fraction ``carry_drop_rate`` of its occurrences.
+The model learns that habit confidently, so it is a stable starting point whose greedy answer is wrong
+on most carrying sums while its samples are often right: exact-match RL has a signal and a systematic
+error to unlearn, as when RL corrects what imperfect supervised data taught a language model. An
+undertrained model on clean data is no substitute: it sits mid-way through a sharp learning
+transition, and any fresh optimizer (RL's or even more supervised steps) first knocks it down.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from krpo_bench.tasks.split import in_test_split
 
 MAX_OPERAND = 99
 MAX_NEW_TOKENS = 5
-BUILD_VERSION = 1  # bump when the recipe below changes, so old caches are not reused
+BUILD_VERSION = 2  # bump when the recipe below changes, so old caches are not reused
 WARMUP_FILE = "warmup.json"
 
 BATCH_SIZE = 64
@@ -43,6 +51,18 @@ def arith_answer(a: int, b: int) -> str:
     return str(a + b)
 
 
+def dropped_carry_answer(a: int, b: int) -> str:
+    """The sum with every carry dropped (digit-wise sums mod 10), e.g. ``"92"`` for ``47+55``."""
+    digits = max(len(str(a)), len(str(b)))
+    ones = [(a // 10**i % 10 + b // 10**i % 10) % 10 for i in range(digits)]
+    return str(int("".join(str(d) for d in reversed(ones))))
+
+
+def has_carry(a: int, b: int) -> bool:
+    """Whether adding ``a`` and ``b`` column by column carries at least once."""
+    return dropped_carry_answer(a, b) != arith_answer(a, b)
+
+
 def arith_pairs(heldout: bool) -> list[tuple[int, int]]:
     """All ``(a, b)`` pairs with operands in 0..99 on one side of the train/test split."""
     return [
@@ -54,11 +74,13 @@ def arith_pairs(heldout: bool) -> list[tuple[int, int]]:
 
 
 def _training_batch(
-    tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[int, int]]
+    tokenizer: PreTrainedTokenizerBase, pairs: list[tuple[int, int]], dropped: list[bool]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ``prompt + answer + <eos>`` ids, attention mask and completion-only labels."""
+    """Right-padded ``prompt + answer + <eos>`` ids, attention mask and completion-only labels; the
+    answer of pair i has its carries dropped where ``dropped[i]``."""
     prompts = tokenizer([arith_prompt(a, b) for a, b in pairs], add_special_tokens=False)["input_ids"]
-    answers = tokenizer([arith_answer(a, b) for a, b in pairs], add_special_tokens=False)["input_ids"]
+    texts = [dropped_carry_answer(a, b) if drop else arith_answer(a, b) for (a, b), drop in zip(pairs, dropped)]
+    answers = tokenizer(texts, add_special_tokens=False)["input_ids"]
     length = max(len(p) + len(c) + 1 for p, c in zip(prompts, answers))
     ids = torch.full((len(pairs), length), tokenizer.pad_token_id, dtype=torch.long)
     labels = torch.full((len(pairs), length), -100, dtype=torch.long)
@@ -99,7 +121,7 @@ def _new_model(options: TinyArithOptions, tokenizer: PreTrainedTokenizerBase) ->
 def _warm_up(
     model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase, options: TinyArithOptions
 ) -> None:
-    """Supervised steps on the training pairs, in an order fixed by the seed.
+    """Supervised steps on the training pairs, in an order and with dropped carries fixed by the seed.
 
     AdamW with a short linear ramp-up and a linear decay to zero at the last step: the decay settles
     the weights, so the accuracy reached is a smooth function of the step count.
@@ -117,7 +139,8 @@ def _warm_up(
         if len(order) < BATCH_SIZE:
             order += torch.randperm(len(pairs), generator=generator).tolist()
         batch, order = order[:BATCH_SIZE], order[BATCH_SIZE:]
-        ids, mask, labels = _training_batch(tokenizer, [pairs[i] for i in batch])
+        drops = (torch.rand(len(batch), generator=generator) < options.carry_drop_rate).tolist()
+        ids, mask, labels = _training_batch(tokenizer, [pairs[i] for i in batch], drops)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         optimizer.step()
