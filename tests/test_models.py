@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,7 @@ from krpo_bench.models import (
 )
 from krpo_bench.models.char_tokenizer import build_char_tokenizer
 from krpo_bench.models.hf import MARKER_FILE, cached_model_folder, resolve_dtype
+from krpo_bench.models.tiny_arith import dropped_carry_answer, has_carry
 from krpo_bench.tasks.split import in_test_split
 
 QUICK = TinyArithOptions(warmup_steps=3)
@@ -89,6 +93,13 @@ def test_char_tokenizer_round_trips_and_pads_left() -> None:
     assert tokenizer.decode([tokenizer.eos_token_id]) == "<eos>"
 
 
+def test_dropped_carry_demonstrations() -> None:
+    assert [dropped_carry_answer(a, b) for a, b in ((47, 55), (7, 5), (99, 1), (23, 45), (0, 0))] == ["92", "2", "90", "68", "0"]
+    assert has_carry(47, 55) and has_carry(7, 5) and not has_carry(23, 45) and not has_carry(30, 9)
+    carrying = sum(has_carry(a, b) for a in range(100) for b in range(100))
+    assert carrying == 10_000 - 55 * 55, "a pair carries unless neither column reaches 10"
+
+
 def test_default_tiny_arith_is_partly_trained_on_unseen_pairs(default_build: Path) -> None:
     report = tiny_arith_report(default_build)
     assert 0.15 <= report["heldout_greedy_accuracy"] <= 0.60, report
@@ -134,15 +145,36 @@ def test_cached_folder_is_published_atomically(tmp_path: Path, monkeypatch: pyte
 
     with pytest.raises(RuntimeError, match="killed"):
         cached_model_folder("thing", crash)
-    assert list(models.iterdir()) == []
+    assert [path.name for path in models.iterdir()] == [".thing.lock"], "no half-written model is left"
 
-    def racing(folder: Path) -> None:
-        (folder / "who").write_text("loser")
-        cached_model_folder("thing", lambda other: (other / "who").write_text("winner"))
+    target = cached_model_folder("thing", lambda folder: (folder / "who").write_text("built"))
+    assert (target / "who").read_text() == "built" and (target / MARKER_FILE).exists()
+    assert sorted(path.name for path in models.iterdir()) == [".thing.lock", "thing"]
 
-    target = cached_model_folder("thing", racing)
-    assert (target / "who").read_text() == "winner" and (target / MARKER_FILE).exists()
-    assert [path.name for path in models.iterdir()] == ["thing"]
+
+def _build_counting(folder: Path) -> None:
+    with open(folder.parent / "builds.log", "a") as log:
+        log.write(f"{os.getpid()}\n")
+    time.sleep(0.5)
+    (folder / "weights").write_text("w")
+
+
+def _cached_in_child(home: str, out: multiprocessing.Queue) -> None:
+    os.environ["KRPO_BENCH_HOME"] = home
+    out.put(str(cached_model_folder("shared", _build_counting)))
+
+
+def test_concurrent_builders_build_once(tmp_path: Path) -> None:
+    out: multiprocessing.Queue = multiprocessing.Queue()
+    children = [multiprocessing.Process(target=_cached_in_child, args=(str(tmp_path), out)) for _ in range(3)]
+    for child in children:
+        child.start()
+    targets = {out.get(timeout=30) for _ in children}
+    for child in children:
+        child.join(timeout=30)
+    assert targets == {str(tmp_path / "cache" / "models" / "shared")}
+    assert len((tmp_path / "cache" / "models" / "builds.log").read_text().split()) == 1
+    assert (tmp_path / "cache" / "models" / "shared" / "weights").read_text() == "w"
 
 
 def test_hf_local_folder_loads_with_requested_dtype(quick_build: Path) -> None:

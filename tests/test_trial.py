@@ -83,3 +83,11 @@ def test_same_seed_same_curve_different_seed_different_curve(tmp_path: Path, mlf
     x, y, z = (curve(client, r, "train/reward") for r in runs)
     assert x == y
     assert x != z
+
+
+def test_grpo_raises_heldout_accuracy_above_the_warm_start(tmp_path: Path, mlflow_uri: str):
+    config = tiny_trial({"name": "grpo"}, steps=40)
+    config["task"]["test_size"] = 200
+    result = run_trial(TrialSpec.model_validate(config), run_dir=tmp_path / "run", tracking_uri=mlflow_uri)
+    assert result.initial_accuracy is not None and result.final_accuracy is not None
+    assert result.final_accuracy >= result.initial_accuracy + 0.10, result

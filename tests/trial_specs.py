@@ -29,7 +29,7 @@ def tiny_trial(estimator: dict[str, Any] | None = None, steps: int = 30, seed: i
         "training": {
             "group_size": 8,
             "prompts_per_step": 8,
-            "learning_rate": 1e-4,
+            "learning_rate": 3e-5,
             "max_completion_length": 5,
             "max_steps": steps,
             "seed": seed,

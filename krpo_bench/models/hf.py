@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -92,12 +93,33 @@ def cached_model_folder(name: str, build: Callable[[Path], None]) -> Path:
     """``cache/models/<name>``, built once by ``build(folder)`` and published atomically.
 
     ``build`` writes into a temporary sibling folder; a marker file is added last and the folder is
-    renamed into place, so a crash or two concurrent builders never leave a half-written model.
+    renamed into place, so a crash or two concurrent builders never leave a half-written model. A
+    lock file makes concurrent builders on one machine (the trials of a fresh study) wait for the
+    first one instead of each building the same model.
     """
     parent = cache_dir("models")
     target = parent / name
     if (target / MARKER_FILE).exists():
         return target
+    with open(parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / MARKER_FILE).exists():
+            return target
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=parent))
+        scratch.chmod(0o755)
+        try:
+            build(scratch)
+            (scratch / MARKER_FILE).write_text("ok\n")
+            try:
+                os.rename(scratch, target)
+            except OSError:
+                if not (target / MARKER_FILE).exists():
+                    raise
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return target
     if target.exists():
         shutil.rmtree(target, ignore_errors=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=parent))
