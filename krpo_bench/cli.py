@@ -192,7 +192,7 @@ def extend(study_id: str, n: int = typer.Argument(..., help="trials to add"), db
 @app.command()
 def worker(
     gpus: str = typer.Option("auto", help="auto | cpu | a list like 0,1"),
-    slots_per_gpu: str = typer.Option("auto", help="concurrent trials per device, or auto"),
+    slots_per_gpu: str = typer.Option("auto", help="concurrent trials per GPU, or auto (packed by memory estimate)"),
     db: Optional[str] = DbOption,
     mlflow: Optional[str] = MlflowOption,
     lease_s: float = typer.Option(60.0, help="lease length; heartbeats renew it"),
@@ -202,6 +202,8 @@ def worker(
     """Claim and run trials until stopped (SIGTERM checkpoints and requeues running trials)."""
     from krpo_bench.service.worker import Worker, detect_devices
 
+    if slots_per_gpu != "auto" and not (slots_per_gpu.isdigit() and int(slots_per_gpu) > 0):
+        fail(f"--slots-per-gpu must be a positive integer or auto, got {slots_per_gpu!r}")
     slots = None if slots_per_gpu == "auto" else int(slots_per_gpu)
     Worker(
         _service(db, mlflow),
@@ -223,13 +225,16 @@ def run(
     out: Optional[Path] = typer.Option(None, help="report folder (default: <data home>/reports/<study id>)"),
 ) -> None:
     """Submit a study, run it on local workers with live progress, then print and report the results."""
-    from krpo_bench.service.local import run_study_locally
+    from krpo_bench.service.local import NotEnoughGPUs, run_study_locally
 
     spec = load_any(file)
     if not hasattr(spec, "plan"):
         fail(f"{file} is a trial, not a study; run it with 'krpo-bench trial {file}'")
     service = _service(db, mlflow)
-    info = run_study_locally(service, spec, workers=workers, new=new, console=console)
+    try:
+        info = run_study_locally(service, spec, workers=workers, new=new, console=console)
+    except NotEnoughGPUs as exc:
+        fail(str(exc))
     _print_study(info)
     _results_table(service, info.id)
     _write_report(service, info.id, out)

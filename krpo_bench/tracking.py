@@ -395,3 +395,31 @@ class RunTracker:
 def _short(err: BaseException | None, limit: int = 300) -> str:
     text = f"{type(err).__name__}: {err}" if err is not None else "unknown"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class NullTracker:
+    """A tracker for the non-main processes of a multi-process trial: writes nothing anywhere."""
+
+    run_id: str | None = None
+    pending = 0
+
+    def start(self, experiment: str, run_name: str, **kwargs: Any) -> str:
+        return ""
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        pass
+
+    def log_dict(self, obj: Any, path: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def finish(self, status: str = "FINISHED") -> None:
+        pass

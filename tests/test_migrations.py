@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import MetaData, Table, text
 from sqlalchemy import inspect as inspect_db
-from sqlalchemy import text
 
-from krpo_bench.service.db import Base, alembic_config, make_engine, upgrade
-from krpo_bench.service.queue import JobQueue
+from krpo_bench.service.db import Base, alembic_config, make_engine, upgrade, utcnow
+from krpo_bench.service.queue import UNESTIMATED_GPU_MEMORY_MIB, JobQueue
 from tests.db import add_study
 
 TABLES = {"studies", "jobs", "job_attempts", "workers", "alembic_version"}
@@ -79,3 +79,26 @@ def test_upgrades_never_drop_data() -> None:
         assert not re.search(r"\bdrop_(table|column)\b|\bDROP\s+(TABLE|COLUMN)\b", source, re.I), (
             f"revision {revision.revision} drops data in upgrade()"
         )
+
+
+def test_upgrade_from_0001_keeps_queued_jobs_which_then_count_as_unestimated(db_url: str) -> None:
+    upgrade(db_url, "0001")
+    engine = make_engine(db_url)
+    try:
+        study_id = add_study(engine, "before estimates")
+        with engine.begin() as conn:
+            jobs = Table("jobs", MetaData(), autoload_with=conn)  # the table as revision 0001 made it
+            assert "gpu_memory_mib" not in jobs.c
+            conn.execute(jobs.insert().values(
+                id="old-job", seq=1, study_id=study_id, trial_key="t", config={"lr": 1e-4}, status="queued",
+                priority=0, attempt=0, failures=0, max_attempts=3, cancel_requested=False, gpus=2,
+                created_at=utcnow(),
+            ))
+        upgrade(engine)
+        assert _version(db_url) == _head()
+        queue = JobQueue(engine)
+        job = queue.get_job("old-job")
+        assert job is not None and (job.config, job.gpus, job.gpu_memory_mib) == ({"lr": 1e-4}, 2, None)
+        assert queue.claim("w", 30, gpus_free=2, room_mib=[UNESTIMATED_GPU_MEMORY_MIB] * 2).id == "old-job"
+    finally:
+        engine.dispose()

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import Engine
 
 from krpo_bench.service.db import AttemptOutcome, JobStatus, WorkerStatus, make_engine, upgrade
-from krpo_bench.service.queue import CancelResult, Heartbeat, JobQueue, NewJob
+from krpo_bench.service.queue import UNESTIMATED_GPU_MEMORY_MIB, CancelResult, Heartbeat, JobQueue, NewJob
 from tests.db import add_study, create_pg_database, drop_pg_database, terminate_connections
 
 SHORT_LEASE_S = 0.2
@@ -215,6 +215,25 @@ def test_gpu_fit(queue: JobQueue, study_id: str) -> None:
     assert queue.claim("w1", 30, gpus_free=0) is None
     assert queue.claim("w1", 30, gpus_free=2).trial_key == "small"
     assert queue.claim("w1", 30, gpus_free=4).trial_key == "big"
+
+
+def test_memory_fit_needs_room_on_as_many_gpus_as_the_job_uses(queue: JobQueue, study_id: str) -> None:
+    queue.enqueue(study_id, "pair", {}, gpus=2, gpu_memory_mib=6000, priority=3)
+    queue.enqueue(study_id, "large", {}, gpus=1, gpu_memory_mib=20_000, priority=2)
+    queue.enqueue(study_id, "small", {}, gpus=1, gpu_memory_mib=3000, priority=1)
+    # Room on two GPUs, but only one holds 6000 MiB: the pair waits, and so does the large job.
+    assert queue.claim("w1", 30, gpus_free=2, room_mib=[4000, 7000]).trial_key == "small"
+    assert queue.claim("w1", 30, gpus_free=2, room_mib=[1000, 7000]) is None
+    assert queue.claim("w1", 30, gpus_free=1, room_mib=[30_000]).trial_key == "large"
+    job = queue.claim("w1", 30, gpus_free=3, room_mib=[6000, 500, 9000])
+    assert (job.trial_key, job.gpus, job.gpu_memory_mib) == ("pair", 2, 6000)
+
+
+def test_a_job_without_an_estimate_counts_as_the_old_fixed_budget(queue: JobQueue, study_id: str) -> None:
+    queue.enqueue(study_id, "legacy", {})
+    assert queue.list_jobs(study_id)[0].gpu_memory_mib is None
+    assert queue.claim("w1", 30, gpus_free=1, room_mib=[UNESTIMATED_GPU_MEMORY_MIB - 1]) is None
+    assert queue.claim("w1", 30, gpus_free=1, room_mib=[UNESTIMATED_GPU_MEMORY_MIB]).trial_key == "legacy"
 
 
 def test_idempotent_enqueue(queue: JobQueue, study_id: str) -> None:

@@ -65,6 +65,15 @@ def test_errors_name_the_path(changes, path, needle):
     assert any(e["path"].startswith(path) and needle in e["message"] for e in errors), errors
 
 
+def test_multi_gpu_trials_up_to_one_machine_whose_rollouts_split_evenly():
+    assert validate_study(study(resources={"gpus_per_trial": 4})).resources.gpus_per_trial == 4
+    assert any(e["path"] == "resources.gpus_per_trial" and "less than or equal to 16" in e["message"]
+               for e in errors_of(study(resources={"gpus_per_trial": 17})))
+    uneven = errors_of(study(resources={"gpus_per_trial": 3}))
+    assert [e["path"] for e in uneven] == ["resources.gpus_per_trial"]
+    assert "x 3 processes must divide prompts_per_step x group_size (64)" in uneven[0]["message"]
+
+
 def test_base_errors_are_prefixed():
     data = study()
     data["base"]["training"]["learning_rate"] = "fast"

@@ -178,6 +178,7 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     timeout_s: Mapped[float | None]
     gpus: Mapped[int] = mapped_column(Integer, default=1)
+    gpu_memory_mib: Mapped[int | None] = mapped_column(Integer)
     result: Mapped[dict[str, Any] | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64))

@@ -18,16 +18,27 @@ from krpo_bench.spec.study import StudySpec, canonical_json
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
-def local_worker_commands(service: StudyService, workers: int) -> list[tuple[list[str], dict[str, str]]]:
-    """Worker command lines (and environments) for this machine: one per GPU, else CPU workers."""
+class NotEnoughGPUs(ValueError):
+    """The study's trials need more GPUs than this machine has."""
+
+
+def local_worker_commands(
+    service: StudyService, workers: int, gpus_per_trial: int = 1
+) -> list[tuple[list[str], dict[str, str]]]:
+    """Worker command lines (and environments) for this machine: one per GPU (one over all GPUs
+    for multi-GPU trials), else CPU workers (multi-GPU trials then run as that many CPU processes)."""
     import torch
 
     base = [sys.executable, "-m", "krpo_bench.cli", "worker", "--db", service.db_url, "--mlflow", service.mlflow_uri]
     gpus = torch.cuda.device_count()
+    if gpus and gpus_per_trial > gpus:
+        raise NotEnoughGPUs(f"resources.gpus_per_trial is {gpus_per_trial}, but this machine has {gpus} GPU(s)")
+    if gpus and gpus_per_trial > 1:
+        return [(base + ["--gpus", ",".join(map(str, range(gpus)))], dict(os.environ))]
     if gpus:
         count = workers or gpus
         return [(base + ["--gpus", str(i % gpus)], dict(os.environ)) for i in range(count)]
-    count = workers or min(2, os.cpu_count() or 1)
+    count = workers or max(1, min(2, (os.cpu_count() or 1) // max(1, gpus_per_trial)))
     threads = str(max(1, (os.cpu_count() or 1) // count))
     env = dict(os.environ, KRPO_BENCH_CPU_THREADS=threads, OMP_NUM_THREADS=threads)
     return [(base + ["--gpus", "cpu", "--slots-per-gpu", "1"], env) for _ in range(count)]
@@ -52,6 +63,7 @@ def run_study_locally(
 ) -> StudyInfo:
     """Submit (or pick up the same file's earlier study), run it to the end on local workers."""
     console = console or Console()
+    commands = local_worker_commands(service, workers, spec.resources.gpus_per_trial)
     key = None if new else "run:" + hashlib.sha1(canonical_json(spec.model_dump(mode="json")).encode()).hexdigest()
     info = service.submit(spec, idempotency_key=key)
     if info.status != "succeeded":
@@ -59,7 +71,7 @@ def run_study_locally(
     console.print(f"study {info.id}: {info.total} trials; MLflow experiment {info.mlflow_experiment_id}")
     procs = [
         subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for cmd, env in local_worker_commands(service, workers)
+        for cmd, env in commands
     ]
     started = time.monotonic()
     try:

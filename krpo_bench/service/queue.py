@@ -39,6 +39,7 @@ from sqlalchemy import (
     Row,
     Table,
     bindparam,
+    case,
     func,
     select,
     update,
@@ -69,6 +70,9 @@ attempts = cast(Table, JobAttempt.__table__)
 studies = cast(Table, Study.__table__)
 workers = cast(Table, Worker.__table__)
 
+UNESTIMATED_GPU_MEMORY_MIB = 8 * 1024
+"""What a job enqueued without a memory estimate is taken to need per GPU (the fixed budget of old)."""
+
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
 _LOOKUP_CHUNK = 500
 
@@ -94,6 +98,8 @@ class NewJob:
     timeout_s: float | None = None
     gpus: int = 1
     optuna_trial_number: int | None = None
+    gpu_memory_mib: int | None = None
+    """Estimated peak memory of one of its processes on a GPU (``krpo_bench.models.memory``)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,7 @@ class ClaimedJob:
     failures: int
     max_attempts: int
     mlflow_run_id: str | None
+    gpu_memory_mib: int | None
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,7 @@ class JobInfo:
     cancel_requested: bool
     timeout_s: float | None
     gpus: int
+    gpu_memory_mib: int | None
     result: dict[str, Any] | None
     last_error: str | None
     mlflow_run_id: str | None
@@ -230,6 +238,7 @@ class JobQueue:
         # The hot path (claim, heartbeat, finish) is built once and reused with parameters.
         self._claim_any = self._build_claim(gpus_filter=False)
         self._claim_gpus = self._build_claim(gpus_filter=True)
+        self._claim_fitting: dict[int, Executable] = {}  # by the number of GPUs offered
         self._heartbeat = (
             update(jobs)
             .where(*_HELD)
@@ -253,7 +262,7 @@ class JobQueue:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _build_claim(self, *, gpus_filter: bool) -> Executable:
+    def _build_claim(self, *, gpus_filter: bool, rooms: int = 0) -> Executable:
         pick = (
             select(jobs.c.id)
             .where(jobs.c.status == JobStatus.QUEUED, jobs.c.cancel_requested.is_(False))
@@ -263,6 +272,14 @@ class JobQueue:
         )
         if gpus_filter:
             pick = pick.where(jobs.c.gpus <= bindparam("p_gpus_free"))
+        if rooms:
+            # A job on k GPUs fits when the k-th roomiest GPU offered (p_room_k) holds its estimate.
+            room = case(
+                (jobs.c.gpus <= 1, bindparam("p_room_1")),
+                *[(jobs.c.gpus == k, bindparam(f"p_room_{k}")) for k in range(2, rooms + 1)],
+                else_=-1,
+            )
+            pick = pick.where(func.coalesce(jobs.c.gpu_memory_mib, UNESTIMATED_GPU_MEMORY_MIB) <= room)
         claim = (
             update(jobs)
             .where(jobs.c.id == pick.scalar_subquery(), jobs.c.status == JobStatus.QUEUED)
@@ -440,11 +457,12 @@ class JobQueue:
         timeout_s: float | None = None,
         gpus: int = 1,
         optuna_trial_number: int | None = None,
+        gpu_memory_mib: int | None = None,
     ) -> str:
         """Queue one job and return its id; idempotent on ``(study_id, trial_key)``: a repeat
         returns the existing job's id and changes nothing."""
         job = NewJob(
-            trial_key, config, priority, max_attempts, timeout_s, gpus, optuna_trial_number
+            trial_key, config, priority, max_attempts, timeout_s, gpus, optuna_trial_number, gpu_memory_mib
         )
         return self.enqueue_many(study_id, [job])[0]
 
@@ -478,6 +496,7 @@ class JobQueue:
                     "max_attempts": job.max_attempts,
                     "timeout_s": job.timeout_s,
                     "gpus": job.gpus,
+                    "gpu_memory_mib": job.gpu_memory_mib,
                     "attempt": 0,
                     "failures": 0,
                     "cancel_requested": study.cancel_requested,
@@ -510,12 +529,30 @@ class JobQueue:
     # -- workers ----------------------------------------------------------------------------
 
     def claim(
-        self, worker_id: str, lease_s: float, *, gpus_free: int | None = None
+        self,
+        worker_id: str,
+        lease_s: float,
+        *,
+        gpus_free: int | None = None,
+        room_mib: Sequence[int] | None = None,
     ) -> ClaimedJob | None:
         """Atomically take the highest-priority, then oldest, queued job (needing at most
-        ``gpus_free`` GPUs if given) under a lease of ``lease_s`` seconds; None if there is none."""
-        statement = self._claim_any if gpus_free is None else self._claim_gpus
-        params = {"p_worker": worker_id, "p_gpus_free": gpus_free}
+        ``gpus_free`` GPUs if given) under a lease of ``lease_s`` seconds; None if there is none.
+
+        ``room_mib`` (with ``gpus_free``) lists the memory left on each GPU with a free slot: then
+        only a job whose estimate per process (``gpu_memory_mib``, else
+        :data:`UNESTIMATED_GPU_MEMORY_MIB`) fits on as many of those GPUs as it needs is taken."""
+        params: dict[str, Any] = {"p_worker": worker_id, "p_gpus_free": gpus_free}
+        if gpus_free is None:
+            statement = self._claim_any
+        elif not room_mib:
+            statement = self._claim_gpus
+        else:
+            rooms = sorted(room_mib, reverse=True)
+            if len(rooms) not in self._claim_fitting:
+                self._claim_fitting[len(rooms)] = self._build_claim(gpus_filter=True, rooms=len(rooms))
+            statement = self._claim_fitting[len(rooms)]
+            params.update({f"p_room_{k}": room for k, room in enumerate(rooms, start=1)})
 
         def txn(conn: Connection) -> ClaimedJob | None:
             row = conn.execute(statement, {**params, **self._clock(lease_s)}).first()

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import optuna
 from sqlalchemy import func, select, text, update
 
+from krpo_bench.models.memory import trial_memory_mib
 from krpo_bench.service.db import Job, JobStatus, Study, StudyStatus, make_engine, new_id, upgrade, utcnow
 from krpo_bench.service.optuna_store import distribution, make_pruner, make_sampler, optuna_storage
 from krpo_bench.service.queue import JobInfo, JobQueue, NewJob
@@ -154,6 +155,7 @@ class StudyService:
             timeout_s=study.resources.timeout_s,
             gpus=study.resources.gpus_per_trial,
             optuna_trial_number=optuna_number,
+            gpu_memory_mib=trial_memory_mib(trial, max(1, study.resources.gpus_per_trial)),
         )
 
     def _enqueue_planned(self, study_id: str, study: StudySpec, planned: list, experiment: str, parent_run: str) -> None:

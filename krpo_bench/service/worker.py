@@ -1,5 +1,12 @@
 """A worker: claims jobs into slots (one or more per GPU, or CPU), runs each in a child process.
 
+A job of ``gpus`` N > 1 takes a slot on N distinct GPUs and runs as N processes through accelerate
+(``krpo_bench.service.launch``); on a CPU worker it runs as N CPU processes. With
+``--slots-per-gpu auto`` each GPU has a memory budget (90 % of its free memory at start) and a job
+is claimed into GPUs only while its estimate (``gpu_memory_mib``, set at submit) fits in what is
+left on each, up to ``MAX_TRIALS_PER_GPU``; an idle GPU takes any one job, so a trial estimated
+above a whole GPU still runs, alone. A fixed ``--slots-per-gpu N`` packs N trials per GPU.
+
 The parent heartbeats every running job and owns its final state (fenced by attempt):
 - child exits 0 with a result -> complete / mark_pruned, then the study service tells Optuna;
 - child stopped because of a cancel request -> mark_cancelled; because of worker shutdown
@@ -11,7 +18,6 @@ The parent heartbeats every running job and owns its final state (fenced by atte
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -27,14 +33,16 @@ from pathlib import Path
 from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 
-from krpo_bench.service.queue import ClaimedJob, Heartbeat, _is_transient
+from krpo_bench.service.launch import PARENT_PID_ENV, die_with_parent, trial_command
+from krpo_bench.service.queue import UNESTIMATED_GPU_MEMORY_MIB, ClaimedJob, Heartbeat, _is_transient
 from krpo_bench.service.studies import StudyService
 from krpo_bench.settings import data_home
 
-GIB = 1024**3
-TRIAL_MEMORY_BUDGET = 8 * GIB  # a SmolLM2-135M-sized TRL trial with headroom (see README)
+MIB = 1024**2
+MEMORY_SAFETY = 0.9  # share of a GPU's free memory (at worker start) that trials may use
+MAX_TRIALS_PER_GPU = 8  # --slots-per-gpu auto: at most this many trials share one GPU
+IDLE_GPU_ROOM_MIB = 2**31 - 1  # an idle GPU takes any one job, whatever its estimate
 LOG_TAIL_CHARS = 4000
-PR_SET_PDEATHSIG = 1
 
 
 def detect_devices(gpus: str) -> list[str]:
@@ -48,21 +56,18 @@ def detect_devices(gpus: str) -> list[str]:
     return [g.strip() for g in gpus.split(",") if g.strip()]
 
 
-def auto_slots(device: str) -> int:
-    """Concurrent trials per device: 1 on CPU; on a GPU as many trial budgets as free memory holds (max 8)."""
-    if device == "cpu":
-        return 1
+def gpu_budget_mib(device: str) -> int:
+    """The memory trials may use on a GPU: ``MEMORY_SAFETY`` of what is free on it now."""
     import torch
 
     free, _ = torch.cuda.mem_get_info(int(device))
-    return max(1, min(8, int(free * 0.9 // TRIAL_MEMORY_BUDGET)))
+    return int(free * MEMORY_SAFETY // MIB)
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGKILL it when the worker dies, so a crashed or
-    killed worker never leaves a trial running that another worker is about to resume."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+def pick_devices(rooms: dict[str, int], free_slots: dict[str, int], count: int) -> list[str]:
+    """The ``count`` devices with a free slot that have the most memory room (then free slots)."""
+    candidates = [d for d in rooms if free_slots[d] > 0]
+    return sorted(candidates, key=lambda d: (-rooms[d], -free_slots[d], candidates.index(d)))[:count]
 
 
 def _cpu_threads(cpu_slots: int) -> int:
@@ -73,7 +78,8 @@ def _cpu_threads(cpu_slots: int) -> int:
 @dataclass
 class Running:
     job: ClaimedJob
-    device: str
+    devices: list[str]
+    memory_mib: int  # reserved on each of ``devices``
     process: subprocess.Popen
     result_file: Path
     log_file: Path
@@ -100,7 +106,9 @@ class Worker:
         self.service = service
         self.queue = service.queue
         self.devices = devices
-        self.slots = {d: slots_per_device or auto_slots(d) for d in devices}
+        auto = slots_per_device is None
+        self.slots = {d: slots_per_device or (1 if d == "cpu" else MAX_TRIALS_PER_GPU) for d in devices}
+        self.budgets = {d: gpu_budget_mib(d) for d in devices if d != "cpu"} if auto else {}
         self.lease_s = lease_s
         self.heartbeat_s = heartbeat_s
         self.poll_s = poll_s
@@ -120,7 +128,8 @@ class Worker:
         signal.signal(signal.SIGINT, self.request_stop)
         gpu_ids = [int(d) for d in self.devices if d != "cpu"]
         self.queue.register_worker(self.id, hostname=socket.gethostname(), pid=os.getpid(), gpus=gpu_ids, slots=sum(self.slots.values()))
-        self.console.print(f"worker {self.id}: devices {self.devices}, slots {self.slots}")
+        budgets = f", memory budgets (MiB) {self.budgets}" if self.budgets else ""
+        self.console.print(f"worker {self.id}: devices {self.devices}, slots {self.slots}{budgets}")
         last_beat = last_reclaim = 0.0
         try:
             while True:
@@ -162,49 +171,80 @@ class Worker:
             return [s.id for s in self.service.list(status="running", limit=1000)]
         return []
 
-    def _free_slots(self) -> list[str]:
-        free = []
-        for device, slots in self.slots.items():
-            used = sum(1 for r in self.running.values() if r.device == device)
-            free += [device] * (slots - used)
-        return free
+    def _free_slots(self) -> dict[str, int]:
+        """Free slots per device."""
+        return {
+            device: slots - sum(device in r.devices for r in self.running.values())
+            for device, slots in self.slots.items()
+        }
+
+    def _rooms(self) -> dict[str, int]:
+        """Memory (MiB) left per GPU: its budget less what running jobs reserved; an idle GPU
+        takes anything; without budgets (fixed slots) nothing is limited."""
+        rooms = {}
+        for device in self.slots:
+            used = [r.memory_mib for r in self.running.values() if device in r.devices]
+            budget = self.budgets.get(device)
+            rooms[device] = IDLE_GPU_ROOM_MIB if budget is None or not used else budget - sum(used)
+        return rooms
 
     def _fill_slots(self) -> int:
         claimed = 0
-        for device in self._free_slots():
-            job = self.queue.claim(self.id, self.lease_s, gpus_free=1 if device != "cpu" else None)
+        while True:
+            free = self._free_slots()
+            open_devices = [d for d, n in free.items() if n > 0]
+            if not open_devices:
+                break
+            if "cpu" in open_devices:
+                job = self.queue.claim(self.id, self.lease_s)
+                devices = ["cpu"]
+            else:
+                rooms = self._rooms()
+                job = self.queue.claim(
+                    self.id,
+                    self.lease_s,
+                    gpus_free=len(open_devices),
+                    room_mib=[rooms[d] for d in open_devices] if self.budgets else None,
+                )
+                devices = pick_devices(rooms, free, max(1, job.gpus)) if job else []
             if job is None:
                 break
-            self._start(job, device)
+            self._start(job, devices)
             claimed += 1
         return claimed
 
-    def _start(self, job: ClaimedJob, device: str) -> None:
+    def _start(self, job: ClaimedJob, devices: list[str]) -> None:
         job_file = self.workdir / f"{job.id}-{job.attempt}.json"
         result_file = self.workdir / f"{job.id}-{job.attempt}.result.json"
         log_file = self.workdir / f"{job.id}-{job.attempt}.log"
-        cpu_slots = self.slots.get("cpu", 0)
+        cpu = devices == ["cpu"]
+        processes = max(1, job.gpus)
         payload = {
             "job": {k: v for k, v in asdict(job).items() if k != "lease_expires_at"},
             "db_url": self.service.db_url,
             "mlflow_uri": self.service.mlflow_uri,
             "result_file": str(result_file),
-            "cpu_threads": _cpu_threads(cpu_slots) if device == "cpu" else None,
+            "cpu_threads": max(1, _cpu_threads(self.slots.get("cpu", 0)) // processes) if cpu else None,
         }
         job_file.write_text(json.dumps(payload, default=str))
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if device == "cpu" else device)
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if cpu else ",".join(devices))
+        env[PARENT_PID_ENV] = str(os.getpid())
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if cpu and processes > 1:
+            env["ACCELERATE_USE_CPU"] = "true"  # the ranks train on CPU (gloo)
         with open(log_file, "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "krpo_bench.service.child", str(job_file)],
+                trial_command(job_file, processes),
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
-        self.running[job.id] = Running(job, device, process, result_file, log_file)
-        self.console.print(f"started {job.trial_key} (attempt {job.attempt}) on {device}")
+        memory = job.gpu_memory_mib or UNESTIMATED_GPU_MEMORY_MIB
+        self.running[job.id] = Running(job, devices, memory, process, result_file, log_file)
+        where = ",".join(devices) + (f" ({processes} processes)" if processes > 1 else "")
+        self.console.print(f"started {job.trial_key} (attempt {job.attempt}) on {where}")
 
     def _heartbeat(self) -> None:
         self.queue.worker_heartbeat(self.id, list(self.running))

@@ -20,6 +20,7 @@ from krpo_bench.spec.loading import SpecError, validation_errors
 from krpo_bench.spec.trial import TrialSpec
 
 MAX_TRIALS_PER_STUDY = 10_000
+MAX_GPUS_PER_TRIAL = 16  # one machine: a multi-GPU trial runs on one worker
 
 
 class Strict(BaseModel):
@@ -28,7 +29,14 @@ class Strict(BaseModel):
 
 class Resources(Strict):
     gpus_per_trial: int = Field(
-        1, ge=0, le=1, description="GPUs per trial; multi-GPU (accelerate) trials are not supported yet"
+        1,
+        ge=0,
+        le=MAX_GPUS_PER_TRIAL,
+        description=(
+            "GPUs per trial, all on one worker: 0 or 1 runs one process; N > 1 runs N data-parallel "
+            "processes through accelerate (N CPU processes on a CPU worker), keeping the batch per step. "
+            "A job waits in the queue until a worker has N GPUs free."
+        ),
     )
     max_attempts: int = Field(3, ge=1, le=100)
     timeout_s: int | None = Field(None, ge=10, le=30 * 24 * 3600, description="per-trial wall-clock limit")
@@ -213,6 +221,8 @@ def validate_study(data: Any, source: str = "<study>") -> StudySpec:
         errors += _check_ablation(study)
     else:
         errors += _check_search(study)
+    if not errors:
+        errors += _check_processes(study)
     if errors:
         raise SpecError(source, errors)
     return study
@@ -256,6 +266,26 @@ def _grid_errors(exc: Exception, where: str, path: str, value: Any) -> list[dict
     if isinstance(exc, ValidationError):
         return [{**e, "path": f"{where} ({e['path']})"} for e in validation_errors(exc)]
     return [{"path": where, "value": value, "message": str(exc), "type": "value_error"}]
+
+
+def _check_processes(study: StudySpec) -> list[dict[str, Any]]:
+    """Every trial's rollouts per step must split evenly over its ``gpus_per_trial`` processes (an
+    ablation's whole matrix; a search's base, its sampled values are checked when each trial runs)."""
+    processes = study.resources.gpus_per_trial
+    if processes <= 1:
+        return []
+    specs = [t.spec for t in study.plan()] if study.kind == "ablation" else [study.trial_config({}, 0, "base")]
+    messages = {}
+    for spec in specs:
+        try:
+            spec.training.micro_batch_size(processes)
+        except ValueError as exc:
+            messages.setdefault(str(exc), spec.name)
+    return [
+        {"path": "resources.gpus_per_trial", "value": processes, "message": f"{message} (trial {name!r})",
+         "type": "value_error"}
+        for message, name in messages.items()
+    ]
 
 
 def _check_search(study: StudySpec) -> list[dict[str, Any]]:

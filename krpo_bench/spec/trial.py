@@ -44,14 +44,21 @@ class TrainingSpec(Strict):
     gradient_checkpointing: bool = Field(False, description="trade compute for memory (large models)")
 
 
+    def micro_batch_size(self, processes: int = 1) -> int:
+        """Rollouts one process takes per micro-batch: prompts_per_step x group_size split over
+        gradient_accumulation_steps x ``processes`` (a multi-process trial keeps the same batch)."""
+        rollouts = self.prompts_per_step * self.group_size
+        split = self.gradient_accumulation_steps * processes
+        if rollouts % split:
+            over = f"gradient_accumulation_steps ({self.gradient_accumulation_steps})"
+            if processes > 1:
+                over += f" x {processes} processes"
+            raise ValueError(f"{over} must divide prompts_per_step x group_size ({rollouts})")
+        return rollouts // split
+
     @model_validator(mode="after")
     def _micro_batches_divide(self) -> "TrainingSpec":
-        rollouts = self.prompts_per_step * self.group_size
-        if rollouts % self.gradient_accumulation_steps:
-            raise ValueError(
-                f"gradient_accumulation_steps ({self.gradient_accumulation_steps}) must divide "
-                f"prompts_per_step x group_size ({rollouts})"
-            )
+        self.micro_batch_size()
         return self
 
 

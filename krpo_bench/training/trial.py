@@ -20,14 +20,15 @@ from transformers import PrinterCallback, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig
 
+from krpo_bench.distributed import evaluate_sharded, this_rank
 from krpo_bench.models import load_model
 from krpo_bench.settings import data_home
 from krpo_bench.spec.estimator import build_estimator
 from krpo_bench.spec.trial import TrialSpec
 from krpo_bench.tasks import build_task
-from krpo_bench.tracking import RunTracker, flatten
+from krpo_bench.tracking import NullTracker, RunTracker, flatten
 from krpo_bench.training.callbacks import EvalCallback, MetricsCallback, ProgressCallback, StopCallback
-from krpo_bench.training.evaluation import EvalResult, evaluate
+from krpo_bench.training.evaluation import EvalResult
 from krpo_bench.training.trainer import BaselineGRPOTrainer
 
 RESULT_FILE = "result.json"
@@ -60,7 +61,7 @@ def grpo_config(
     t = spec.training
     return GRPOConfig(
         output_dir=str(output_dir),
-        per_device_train_batch_size=t.prompts_per_step * t.group_size // t.gradient_accumulation_steps,
+        per_device_train_batch_size=t.micro_batch_size(this_rank().world_size),
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         num_generations=t.group_size,
         reward_weights=reward_weights,
@@ -117,23 +118,25 @@ def run_trial(
     logging.getLogger("transformers").setLevel(logging.ERROR)
     started = time.perf_counter()
 
-    tracker = RunTracker(tracking_uri)
+    main = this_rank().is_main  # the other ranks of a multi-process trial train and evaluate, never write
+    tracker = RunTracker(tracking_uri) if main else NullTracker()
     run_id_path = run_dir / RUN_ID_FILE
     previous_run = mlflow_run_id or (run_id_path.read_text().strip() if run_id_path.exists() else None)
     run_tags = {"krpo.trial_id": trial_id, "krpo.estimator": spec.estimator.name, **(tags or {})}
     run_id = tracker.start(
         spec.experiment, spec.name, run_id=previous_run, parent_run_id=parent_run_id, tags=run_tags
     )
-    run_id_path.write_text(run_id)
-    if on_run_created is not None:
-        on_run_created(run_id)
+    if main:
+        run_id_path.write_text(run_id)
+        if on_run_created is not None:
+            on_run_created(run_id)
     try:
         result = _train(spec, trial_id, run_dir, tracker, should_stop, on_eval, progress, started)
     except BaseException:
         tracker.finish("FAILED")
         raise
     tracker.finish("FINISHED" if result.status in ("succeeded", "pruned") else "KILLED")
-    if result.status != "stopped":
+    if result.status != "stopped" and main:
         (run_dir / RESULT_FILE).write_text(json.dumps(result.to_json(), indent=2))
     return result
 
@@ -162,7 +165,7 @@ def _train(
         tracker.log_dict(spec.model_dump(mode="json"), "config/trial.json")
 
     def run_eval(step: int, limit: int | None = t.eval_size) -> EvalResult:
-        result = evaluate(
+        result = evaluate_sharded(
             model,
             tokenizer,
             task,

@@ -1,0 +1,34 @@
+"""Which workers `krpo-bench run` starts on this machine for one- and multi-GPU studies (the GPU
+count is set by the test: this only checks the command lines, nothing runs on a GPU)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from krpo_bench.service import local
+from krpo_bench.service.local import NotEnoughGPUs, local_worker_commands
+
+SERVICE = SimpleNamespace(db_url="sqlite:///jobs.db", mlflow_uri="sqlite:///mlflow.db")
+
+
+def gpus_of(commands: list[tuple[list[str], dict[str, str]]]) -> list[str]:
+    return [cmd[cmd.index("--gpus") + 1] for cmd, _ in commands]
+
+
+def test_multi_gpu_trials_get_one_worker_over_every_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert gpus_of(local_worker_commands(SERVICE, 0)) == ["0", "1", "2", "3"]
+    assert gpus_of(local_worker_commands(SERVICE, 0, gpus_per_trial=2)) == ["0,1,2,3"]
+    with pytest.raises(NotEnoughGPUs, match="resources.gpus_per_trial is 8, but this machine has 4 GPU"):
+        local_worker_commands(SERVICE, 0, gpus_per_trial=8)
+
+
+def test_on_cpu_multi_gpu_trials_run_as_cpu_processes_sharing_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(local.os, "cpu_count", lambda: 4)
+    assert gpus_of(local_worker_commands(SERVICE, 0)) == ["cpu", "cpu"]
+    commands = local_worker_commands(SERVICE, 0, gpus_per_trial=4)
+    assert gpus_of(commands) == ["cpu"] and commands[0][1]["KRPO_BENCH_CPU_THREADS"] == "4"
