@@ -150,13 +150,14 @@ def _get(service, study_id: str):
 
 
 def _results_table(service, study_id: str) -> None:
-    table = Table(title="final held-out accuracy (mean, 95 % t-interval across seeds)")
-    for column in ("variant", "seeds", "mean", "95 % CI", "per seed"):
+    table = Table(title="held-out accuracy: before training, and final (mean, 95 % t-interval across seeds)")
+    for column in ("variant", "seeds", "before", "final mean", "95 % CI", "per seed"):
         table.add_column(column)
     for variant, row in service.results(study_id).items():
         ci = "n/a" if row["ci_low"] != row["ci_low"] else f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
         mean = "n/a" if row["mean"] != row["mean"] else f"{row['mean']:.3f}"
-        table.add_row(variant, str(row["n"]), mean, ci, " ".join(f"{v:.3f}" for v in row["values"]))
+        before = "n/a" if row["initial_mean"] != row["initial_mean"] else f"{row['initial_mean']:.3f}"
+        table.add_row(variant, str(row["n"]), before, mean, ci, " ".join(f"{v:.3f}" for v in row["values"]))
     console.print(table)
 
 

@@ -394,16 +394,22 @@ class StudyService:
         return self.queue.list_jobs(study_id)
 
     def results(self, study_id: str) -> dict[str, dict[str, Any]]:
-        """Per variant: final accuracies of succeeded trials with mean and 95 % t-interval."""
+        """Per variant: final accuracies of succeeded trials with mean and 95 % t-interval, and the
+        mean held-out accuracy before training (``initial_mean``, over the trials that measured it)."""
         from scipy import stats
 
         per_variant: dict[str, list[float]] = {}
+        initial: dict[str, list[float]] = {}
         for job in self.jobs(study_id):
             per_variant.setdefault(job.config["variant"], [])
+            initial.setdefault(job.config["variant"], [])
             if job.status == JobStatus.SUCCEEDED and job.result and job.result.get("final_accuracy") is not None:
                 per_variant[job.config["variant"]].append(job.result["final_accuracy"])
+                if job.result.get("initial_accuracy") is not None:
+                    initial[job.config["variant"]].append(job.result["initial_accuracy"])
         out = {}
         for variant, values in per_variant.items():
+            before = initial[variant]
             n = len(values)
             mean = sum(values) / n if n else math.nan
             low = high = math.nan
@@ -413,5 +419,12 @@ class StudyService:
                     low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=sem)
                 else:
                     low = high = mean
-            out[variant] = {"n": n, "mean": mean, "ci_low": low, "ci_high": high, "values": values}
+            out[variant] = {
+                "n": n,
+                "mean": mean,
+                "ci_low": low,
+                "ci_high": high,
+                "values": values,
+                "initial_mean": sum(before) / len(before) if before else math.nan,
+            }
         return out
