@@ -149,6 +149,7 @@ class RunTracker:
         self._params: dict[str, str] = {}
         self._tags: dict[str, str] = {}
         self._logged_params: dict[str, str] = {}
+        self._logged_steps: set[tuple[str, int]] = set()  # (key, step) already in a continued run
         self._down_since: float | None = None  # monotonic start of the current outage
         self._next_try = 0.0
         self._failures = 0
@@ -174,6 +175,11 @@ class RunTracker:
             run = self._call(lambda: self.client.get_run(run_id), "read the run")
             self.run_id = run_id
             self._logged_params = dict(run.data.params)
+            self._logged_steps = {
+                (key, m.step)
+                for key in run.data.metrics
+                for m in self._call(lambda key=key: self.client.get_metric_history(run_id, key), f"read {key}")
+            }
             self._load_spool()
             return run_id
         all_tags = {MLFLOW_RUN_NAME: run_name, **(tags or {})}
@@ -186,6 +192,7 @@ class RunTracker:
 
         self.run_id = self._call(create, "create the run")
         self._logged_params = {}
+        self._logged_steps = set()
         return self.run_id
 
     def log_params(self, params: Mapping[str, str]) -> None:
@@ -196,8 +203,12 @@ class RunTracker:
         self._send()
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Log step metrics; a (key, step) the run already holds is not logged again (an attempt
+        that resumes from a checkpoint re-runs the steps its crashed predecessor logged after it)."""
         stamp = int(time.time() * 1000)
-        self._metrics.extend(Metric(k, float(v), stamp, step) for k, v in metrics.items())
+        new = [(k, v) for k, v in metrics.items() if (k, step) not in self._logged_steps]
+        self._logged_steps.update((k, step) for k, _ in new)
+        self._metrics.extend(Metric(k, float(v), stamp, step) for k, v in new)
         self._send()
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
@@ -381,7 +392,9 @@ class RunTracker:
                 continue  # a torn last line
             if "metric" in record:
                 key, value, stamp, step = record["metric"]
-                self._metrics.append(Metric(key, float(value), int(stamp), int(step)))
+                if (key, int(step)) not in self._logged_steps:
+                    self._logged_steps.add((key, int(step)))
+                    self._metrics.append(Metric(key, float(value), int(stamp), int(step)))
             elif "param" in record:
                 key, value = record["param"]
                 if key not in self._logged_params:

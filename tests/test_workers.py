@@ -82,8 +82,11 @@ def test_killed_worker_is_reclaimed_and_the_trial_resumes_from_its_checkpoint(se
     assert done.mlflow_run_id == job.mlflow_run_id, "the retry continues the same MLflow run"
     attempts = service.queue.list_attempts(done.id)
     assert [a.outcome for a in attempts] == ["expired", "succeeded"]
-    run = MlflowClient(service.mlflow_uri).get_run(done.mlflow_run_id)
+    client = MlflowClient(service.mlflow_uri)
+    run = client.get_run(done.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.metrics["final/accuracy"] == done.result["final_accuracy"]
+    logged = sorted(m.step for m in client.get_metric_history(done.mlflow_run_id, "train/reward"))
+    assert logged == list(range(1, 25)), "each step is logged once, also the ones the retry re-ran"
 
 
 def test_cancellation_lands_within_a_heartbeat(service: StudyService):

@@ -220,6 +220,17 @@ def _is_transient(err: DBAPIError) -> bool:
     return sqlstate in _RETRYABLE_SQLSTATES or sqlstate.startswith("08")
 
 
+def is_database_outage(err: BaseException) -> bool:
+    """Whether ``err`` is a transient database error: raised by SQLAlchemy, or wrapped by Optuna's
+    RDB storage (a ``StorageInternalError`` caused by one)."""
+    current: BaseException | None = err
+    while current is not None:
+        if isinstance(current, DBAPIError):
+            return _is_transient(current)
+        current = current.__cause__
+    return False
+
+
 class JobQueue:
     """The job queue on one engine (see the module docstring for guarantees)."""
 

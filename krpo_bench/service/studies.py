@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,14 +20,17 @@ from typing import Any, Iterator
 
 import optuna
 from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import DBAPIError
 
 from krpo_bench.models.memory import trial_memory_mib
 from krpo_bench.service.db import Job, JobStatus, Study, StudyStatus, make_engine, new_id, upgrade, utcnow
 from krpo_bench.service.optuna_store import distribution, make_pruner, make_sampler, optuna_storage
-from krpo_bench.service.queue import JobInfo, JobQueue, NewJob
+from krpo_bench.service.queue import JobInfo, JobQueue, NewJob, is_database_outage
 from krpo_bench.settings import default_db_url, default_mlflow_uri
 from krpo_bench.spec.study import StudySpec, validate_study
 from krpo_bench.tracking import RunTracker, flatten, get_or_create_experiment
+
+log = logging.getLogger(__name__)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -227,17 +231,26 @@ class StudyService:
             return room
 
     def report_intermediate(self, job: JobInfo | Any, step: int, value: float) -> bool:
-        """Report a search trial's eval value to Optuna; True when the pruner says stop."""
+        """Report a search trial's eval value to Optuna; True when the pruner says stop.
+
+        A database outage loses this one report and answers "go on" (the trial is pruned, if at
+        all, at a later evaluation) rather than failing a trial that trains fine."""
         config = job.config
         if not config.get("optuna_study_name") or job.optuna_trial_number is None:
             return False
-        row = self._row(job.study_id)
-        ostudy = self._optuna_study(row.optuna_study_name, StudySpec.model_validate(row.spec))
-        trial_id = ostudy._storage.get_trial_id_from_study_id_trial_number(ostudy._study_id, job.optuna_trial_number)
-        trial = optuna.trial.Trial(ostudy, trial_id)
-        if config.get("report_intermediate"):
-            trial.report(value, step)
-        return trial.should_prune()
+        try:
+            row = self._row(job.study_id)
+            ostudy = self._optuna_study(row.optuna_study_name, StudySpec.model_validate(row.spec))
+            trial_id = ostudy._storage.get_trial_id_from_study_id_trial_number(ostudy._study_id, job.optuna_trial_number)
+            trial = optuna.trial.Trial(ostudy, trial_id)
+            if config.get("report_intermediate"):
+                trial.report(value, step)
+            return trial.should_prune()
+        except (DBAPIError, optuna.exceptions.StorageInternalError) as err:
+            if not is_database_outage(err):
+                raise
+            log.warning("could not report step %d of job %s to Optuna (database unavailable): %s", step, job.id, err)
+            return False
 
     def job_finished(self, job_id: str) -> None:
         """After a job reached a final state: tell Optuna once its trial's seeds are all done, top up."""

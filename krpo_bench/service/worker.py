@@ -31,10 +31,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import DBAPIError
 
 from krpo_bench.service.launch import PARENT_PID_ENV, die_with_parent, trial_command
-from krpo_bench.service.queue import UNESTIMATED_GPU_MEMORY_MIB, ClaimedJob, Heartbeat, _is_transient
+from krpo_bench.service.queue import UNESTIMATED_GPU_MEMORY_MIB, ClaimedJob, Heartbeat, is_database_outage
 from krpo_bench.service.studies import StudyService
 from krpo_bench.settings import data_home
 
@@ -151,12 +152,13 @@ class Worker:
                         claimed = self._fill_slots()
                         if self.exit_when_idle and not self.running and not claimed:
                             break
-                except DBAPIError as err:
-                    if not _is_transient(err):
+                except (DBAPIError, StorageInternalError) as err:
+                    if not is_database_outage(err):
                         raise
-                    # The database is down for longer than the queue's own retries: keep the
-                    # trials running and try again next round (leases outlive short outages).
-                    self.console.print(f"[yellow]database unavailable, retrying: {type(err.orig or err).__name__}[/yellow]")
+                    # The database is down for longer than the queue's own retries (or under
+                    # Optuna's storage, which does not retry): keep the trials running and try
+                    # again next round (leases outlive short outages; finishing a job is idempotent).
+                    self.console.print(f"[yellow]database unavailable, retrying: {type(err).__name__}: {err}[/yellow]")
                 time.sleep(self.poll_s)
         finally:
             for run in self.running.values():
