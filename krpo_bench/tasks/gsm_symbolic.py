@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import reasoning_gym
-from reasoning_gym.dataset import ReseedingDataset
-
 from krpo_bench.tasks.config import GSMSymbolicTask
 
 CHUNK_SIZE = 1000
@@ -17,6 +14,9 @@ SEED_STRIDE = 1_000_003
 
 def generate(spec: GSMSymbolicTask) -> Iterator[tuple[str, str]]:
     """Endless deterministic stream of (question, answer) pairs for ``spec`` (seeded by ``spec.seed``)."""
+    import reasoning_gym  # 1.3 s of imports (matplotlib among them) that only this task needs
+    from reasoning_gym.dataset import ReseedingDataset
+
     dataset = reasoning_gym.create_dataset(
         "gsm_symbolic", seed=(spec.seed * SEED_STRIDE) % 2**32, size=CHUNK_SIZE, difficulty=spec.difficulty
     )
