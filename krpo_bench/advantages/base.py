@@ -14,7 +14,7 @@ GRPO_EPS = 1e-4  # TRL's epsilon for group std normalisation
 class EstimatorParams(BaseModel):
     """Parameters every estimator takes. Subclasses add their own typed fields."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     shuffle_order: bool = False
 

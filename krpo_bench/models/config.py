@@ -20,7 +20,7 @@ Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 class LoraSpec(BaseModel):
     """LoRA adapter settings (peft); the base weights stay frozen."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     r: int = Field(16, ge=1, le=512)
     alpha: int = Field(32, ge=1)
@@ -32,7 +32,7 @@ class TinyArithOptions(BaseModel):
     """How the tiny-arith model is built: architecture, seed, supervised warm-up length and how often
     its demonstrations of carrying sums drop the carries (0: clean demonstrations)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     warmup_steps: int = Field(1200, ge=1, le=100_000)
     carry_drop_rate: float = Field(0.7, ge=0.0, le=1.0)
@@ -49,7 +49,7 @@ class ModelSpec(BaseModel):
     or ``hf:<hub id or local path>``. ``dtype: auto`` means bfloat16 on CUDA and float32 on CPU.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str
     dtype: Dtype = "auto"

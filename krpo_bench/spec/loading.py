@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,6 +66,11 @@ def parse_yaml(text: bytes | str, source: str = "<spec>") -> Any:
         raise SpecError(source, [{"path": "", "value": where, "message": f"{prefix}{getattr(exc, 'problem', exc)}"}]) from None
 
 
+# YAML 1.2 floats without a dot (``1e-5``), which PyYAML's YAML 1.1 rules read as strings: the
+# spec models are strict, so a string would be refused where a number is meant.
+EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$")
+
+
 class _Refused(yaml.MarkedYAMLError):
     """Well-formed YAML that specs do not accept (too deep, duplicate keys)."""
 
@@ -123,3 +129,6 @@ def load_spec(model: type[M], path: str | Path) -> M:
     except OSError as exc:
         raise SpecError(str(path), [{"path": "", "value": str(path), "message": f"cannot read file: {exc.strerror}"}]) from None
     return validate(model, parse_yaml(raw, str(path)), str(path))
+
+
+_SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789"))

@@ -24,7 +24,7 @@ MAX_GPUS_PER_TRIAL = 16  # one machine: a multi-GPU trial runs on one worker
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Resources(Strict):

@@ -15,7 +15,7 @@ from krpo_bench.tasks.config import TaskSpec
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TrainingSpec(Strict):

@@ -18,7 +18,7 @@ DigitCount = Annotated[int, Field(ge=1, le=6, description="digits of one number 
 class RewardSpec(BaseModel):
     """One reward function and its weight in the trainer's weighted sum."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: RewardName
     weight: float = Field(1.0, gt=0, le=100, description="weight in the weighted sum (0 < weight <= 100)")
@@ -27,7 +27,7 @@ class RewardSpec(BaseModel):
 class TaskBase(BaseModel):
     """Fields every task has: prompt rendering, rewards, split sizes and the generation seed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt_style: PromptStyle = "plain"
     rewards: list[RewardSpec] = Field(
@@ -57,8 +57,8 @@ class ArithmeticTask(TaskBase):
     optional parentheses and unary minus, phrased by one of the templates."""
 
     kind: Literal["arithmetic"]
-    num_terms: tuple[TermCount, TermCount] = (2, 5)
-    num_digits: tuple[DigitCount, DigitCount] = (1, 5)
+    num_terms: tuple[TermCount, TermCount] = Field((2, 5), strict=False)  # a YAML/JSON list is fine
+    num_digits: tuple[DigitCount, DigitCount] = Field((1, 5), strict=False)
     operators: list[Literal["+", "-", "*"]] = Field(default_factory=lambda: ["+", "-", "*"], min_length=1)
     parentheses: bool = True
     unary_minus: bool = True
