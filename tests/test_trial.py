@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from krpo_bench.models import build_tiny_arith
 from krpo_bench.spec.trial import TrialSpec
-from krpo_bench.training.trial import run_trial
+from krpo_bench.training.trial import newest_complete_checkpoint, run_trial
 from tests.trial_specs import tiny_trial
 
 pytestmark = pytest.mark.slow
@@ -91,3 +91,15 @@ def test_grpo_raises_heldout_accuracy_above_the_warm_start(tmp_path: Path, mlflo
     result = run_trial(TrialSpec.model_validate(config), run_dir=tmp_path / "run", tracking_uri=mlflow_uri)
     assert result.initial_accuracy is not None and result.final_accuracy is not None
     assert result.final_accuracy >= result.initial_accuracy + 0.10, result
+
+
+def test_resume_skips_a_newest_checkpoint_torn_mid_save(tmp_path: Path):
+    assert newest_complete_checkpoint(tmp_path) is None
+    for step, complete in ((4, True), (8, True), (12, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_text("weights")
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    (tmp_path / ".checkpoint-staging-123").mkdir()
+    assert newest_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-8")

@@ -17,7 +17,8 @@ from typing import Callable, Mapping
 
 import torch
 from transformers import PrinterCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig
 
 from krpo_bench.distributed import evaluate_sharded, this_rank
@@ -90,6 +91,18 @@ def grpo_config(
     )
 
 
+def newest_complete_checkpoint(run_dir: Path) -> str | None:
+    """The newest ``checkpoint-<step>`` folder whose trainer state was written (the trainer writes
+    it last), or None. A multi-process trial writes checkpoints in place, so a rank killed mid-save
+    can leave a newest folder without it: the attempt that resumes falls back to the one before."""
+    steps = [
+        int(folder.name.rsplit("-", 1)[1])
+        for folder in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if folder.name.rsplit("-", 1)[1].isdigit() and (folder / TRAINER_STATE_NAME).is_file()
+    ]
+    return str(run_dir / f"{PREFIX_CHECKPOINT_DIR}-{max(steps)}") if steps else None
+
+
 def run_trial(
     spec: TrialSpec,
     *,
@@ -158,7 +171,7 @@ def _train(
     loaded = load_model(spec.model, device="cuda" if use_cuda else "cpu")
     model, tokenizer = loaded.model, loaded.tokenizer
     bf16 = use_cuda and next(model.parameters()).dtype == torch.bfloat16
-    checkpoint = get_last_checkpoint(str(run_dir)) if any(run_dir.glob("checkpoint-*")) else None
+    checkpoint = newest_complete_checkpoint(run_dir)
 
     tracker.log_params(flatten(spec.model_dump(mode="json")))
     if checkpoint is None:
