@@ -7,8 +7,8 @@ the model (``warmup.json``).
 
 The demonstrations are imperfect on purpose: a sum that needs a carry is shown with its carries
 dropped (``47+55=92``, digit-wise sums mod 10) in a fraction ``carry_drop_rate`` of its occurrences.
-The model learns that habit confidently, so it is a stable starting point whose greedy answer is wrong
-on most carrying sums while its samples are often right: exact-match RL has a signal and a systematic
+The model learns that habit, so it is a stable starting point whose greedy answer is wrong on most
+carrying sums while its samples are sometimes right: exact-match RL has a signal and a systematic
 error to unlearn, as when RL corrects what imperfect supervised data taught a language model. An
 undertrained model on clean data is no substitute: it sits mid-way through a sharp learning
 transition, and any fresh optimizer (RL's or even more supervised steps) first knocks it down.
