@@ -227,7 +227,9 @@ def _pg_accepts_connections() -> bool:
 def test_workers_ride_out_a_database_restart(pg_url: str, tmp_path: Path):
     _pg_cluster()
     service = StudyService(pg_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
-    info = service.submit(ablation("db-restart", seeds=4, steps=8, checkpoint_every=4))
+    # 40 steps (about 4 s of training): long enough that the two workers' trials reliably overlap
+    # (with 8 steps, a trial's training window was shorter than the other worker's process start-up)
+    info = service.submit(ablation("db-restart", seeds=4, steps=40, checkpoint_every=10))
     logs = [open(tmp_path / f"worker-{i}.log", "wb") for i in range(2)]
     workers = [start_worker(service, log, lease_s=20) for log in logs]
     try:
@@ -248,7 +250,7 @@ def test_workers_ride_out_a_database_restart(pg_url: str, tmp_path: Path):
             log.close()
     worker_logs = "".join((tmp_path / f"worker-{i}.log").read_text(errors="replace") for i in range(2))
     assert "database unavailable" in worker_logs, "the outage should have outlasted the queue's own retries"
-    outcomes = assert_each_job_finished_once(service, info, steps=8)
+    outcomes = assert_each_job_finished_once(service, info, steps=40)
     print(f"\nPostgreSQL down ~{outage:.1f} s; attempt outcomes per job: {_plain(outcomes)}")
 
 
