@@ -120,18 +120,3 @@ def cached_model_folder(name: str, build: Callable[[Path], None]) -> Path:
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     return target
-    if target.exists():
-        shutil.rmtree(target, ignore_errors=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=parent))
-    scratch.chmod(0o755)
-    try:
-        build(scratch)
-        (scratch / MARKER_FILE).write_text("ok\n")
-        try:
-            os.rename(scratch, target)
-        except OSError:
-            if not (target / MARKER_FILE).exists():
-                raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
