@@ -1,1 +1,1 @@
-"""The krpo-bench REST API: a thin FastAPI layer over :mod:`krpo_bench.service` (see ``api.app``)."""
+"""The krpo-bench REST API: a thin FastAPI layer over :mod:`krpo_bench.service` (see ``krpo_bench.api.app``)."""

@@ -17,13 +17,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import krpo_bench
-from api.auth import AuthError, Authenticator, TokenStore
-from api.policy import Policy
-from api.routers import dashboard, error_response, health, jobs, request_id, studies, workers
-from api.routers.optuna import ReadOnlyOptunaDashboard
-from api.routers.studies import PageCache
-from api.schemas import ErrorResponse
-from api.settings import ApiSettings
+from krpo_bench.api.auth import AuthError, Authenticator, TokenStore
+from krpo_bench.api.policy import Policy
+from krpo_bench.api.routers import dashboard, error_response, health, jobs, request_id, studies, workers
+from krpo_bench.api.routers.optuna import ReadOnlyOptunaDashboard
+from krpo_bench.api.routers.studies import PageCache
+from krpo_bench.api.schemas import ErrorResponse
+from krpo_bench.api.settings import ApiSettings
 from krpo_bench.service.studies import StudyError, StudyNotFound, StudyService
 from krpo_bench.spec.loading import SpecError
 from krpo_bench.spec.study import StudySpec

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 if TYPE_CHECKING:
-    from api.auth import TokenStore
+    from krpo_bench.api.auth import TokenStore
     from krpo_bench.service.studies import StudyService
 
 WORKER_STOP_TIMEOUT_S = 120
@@ -47,8 +47,8 @@ def serve(
     mlflow: Optional[str] = typer.Option(None, "--mlflow", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI"),
 ) -> None:
     """Run the REST API (docs at /docs, read-only Optuna dashboard at /optuna)."""
-    from api.auth import TokenStore
-    from api.settings import ApiSettings
+    from krpo_bench.api.auth import TokenStore
+    from krpo_bench.api.settings import ApiSettings
 
     settings = ApiSettings.from_env(db, mlflow)
     refusal = bind_refusal(host, bool(TokenStore(settings.tokens_file).records()))
@@ -58,7 +58,7 @@ def serve(
 
     import uvicorn
 
-    from api.app import create_app
+    from krpo_bench.api.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # uvicorn shuts down gracefully on SIGTERM and then re-raises it; exit cleanly instead of dying,
@@ -99,8 +99,8 @@ token_app = typer.Typer(help="API bearer tokens (the server keeps only their SHA
 
 
 def _store() -> TokenStore:
-    from api.auth import TokenStore
-    from api.settings import ApiSettings
+    from krpo_bench.api.auth import TokenStore
+    from krpo_bench.api.settings import ApiSettings
 
     return TokenStore(ApiSettings.from_env().tokens_file)
 

@@ -13,8 +13,8 @@ import plotly.graph_objects as go
 from matplotlib.figure import Figure
 from plotly.subplots import make_subplots
 
-from dashboards.curves import Curve
-from dashboards.stats import Interval
+from krpo_bench.dashboards.curves import Curve
+from krpo_bench.dashboards.stats import Interval
 
 PALETTE: tuple[str, ...] = tuple(plotly.colors.qualitative.Plotly)
 CONTOUR_PARAMS = ("estimator.Q", "estimator.R")

@@ -16,9 +16,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from dashboards import figures, stats
-from dashboards.curves import Curve, aggregate_curve
-from dashboards.source import CURVE_METRICS, SHUFFLE_PARAM, RunData, StudyData
+from krpo_bench.dashboards import figures, stats
+from krpo_bench.dashboards.curves import Curve, aggregate_curve
+from krpo_bench.dashboards.source import CURVE_METRICS, SHUFFLE_PARAM, RunData, StudyData
 
 METRIC = "final/accuracy"
 COST_METRICS = ("cost/wall_time_s", "cost/gpu_seconds", "cost/tokens", "cost/mean_step_time_s")

@@ -7,8 +7,8 @@ from typing import Any
 
 import optuna
 
-from dashboards.report import Report, build_report, render_html
-from dashboards.source import load_study
+from krpo_bench.dashboards.report import Report, build_report, render_html
+from krpo_bench.dashboards.source import load_study
 from krpo_bench.settings import data_home
 
 

@@ -242,7 +242,7 @@ def run(
 
 
 def _write_report(service, study_id: str, out: Optional[Path]) -> None:
-    from dashboards.study import report_study
+    from krpo_bench.dashboards.study import report_study
 
     path = report_study(service, study_id, out)
     console.print(f"full report: [bold]{path}[/bold]")
@@ -279,7 +279,7 @@ def config(as_json: bool = typer.Option(False, "--json", help="print the setting
         console.print(f"{line:<{width}} # {row['key']}: {row['source']}", markup=False, highlight=False, soft_wrap=True)
 
 
-from api.serve import serve as _serve, token_app as _token_app  # noqa: E402
+from krpo_bench.api.serve import serve as _serve, token_app as _token_app  # noqa: E402
 
 app.command(name="serve")(_serve)
 app.add_typer(_token_app, name="token")

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.policy import Policy, admit, looks_local, under_roots
-from api.settings import ApiSettings
+from krpo_bench.api.app import create_app
+from krpo_bench.api.policy import Policy, admit, looks_local, under_roots
+from krpo_bench.api.settings import ApiSettings
 from krpo_bench.client import ApiError, Client
 from krpo_bench.spec.loading import SpecError
 
@@ -377,7 +377,7 @@ def test_data_roots_default_to_the_data_home(monkeypatch: pytest.MonkeyPatch, tm
 def test_list_cache_shares_work_and_is_cleared_by_writes(client: TestClient) -> None:
     import asyncio
 
-    from api.routers.studies import PageCache
+    from krpo_bench.api.routers.studies import PageCache
 
     calls: list[int] = []
 

@@ -11,10 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from api.app import create_app
-from api.auth import TokenStore, hash_token
-from api.serve import bind_refusal, is_loopback
-from api.settings import ApiSettings
+from krpo_bench.api.app import create_app
+from krpo_bench.api.auth import TokenStore, hash_token
+from krpo_bench.api.serve import bind_refusal, is_loopback
+from krpo_bench.api.settings import ApiSettings
 from krpo_bench.cli import app as cli
 
 STUDY = {"name": "a", "kind": "ablation", "base": {"task": {"kind": "arithmetic"}, "training": {"max_steps": 5}}}

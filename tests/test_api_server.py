@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from api.auth import TokenStore
+from krpo_bench.api.auth import TokenStore
 from krpo_bench.client import ApiError, Client
 from tests.test_api import SPEC
 

@@ -14,8 +14,8 @@ import yaml
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from api.app import create_app
-from api.settings import ApiSettings
+from krpo_bench.api.app import create_app
+from krpo_bench.api.settings import ApiSettings
 from krpo_bench import cli
 
 CORPUS = Path(__file__).resolve().parent / "bad_inputs"

@@ -14,8 +14,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from dashboards import StudyData, build_report, load_study, render_html, stats
-from dashboards.report import order_twins
+from krpo_bench.dashboards import StudyData, build_report, load_study, render_html, stats
+from krpo_bench.dashboards.report import order_twins
 
 STUDY_ID = "study-7"
 FINAL = {

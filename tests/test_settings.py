@@ -131,7 +131,7 @@ def test_readme_settings_table_lists_every_variable() -> None:
 
 
 def test_api_settings_agree_with_settings(clean_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from api.settings import ApiSettings
+    from krpo_bench.api.settings import ApiSettings
 
     for name, value in {"KRPO_BENCH_DB": "sqlite:///x.db", "MLFLOW_TRACKING_URI": "http://mlflow:5000",
                         "KRPO_BENCH_DATA_ROOTS": f"{tmp_path}/a:{tmp_path}/b", "KRPO_BENCH_MAX_TRIALS": "9",

@@ -1,4 +1,4 @@
-"""dashboards.stats against scipy / rliable / numpy on fixed numbers."""
+"""krpo_bench.dashboards.stats against scipy / rliable / numpy on fixed numbers."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rliable import metrics as rly
 
-from dashboards import stats
-from dashboards.curves import aggregate_curve
+from krpo_bench.dashboards import stats
+from krpo_bench.dashboards.curves import aggregate_curve
 
 X = np.array([0.52, 0.47, 0.55, 0.50, 0.49, 0.61, 0.45, 0.53])
 Y = np.array([0.44, 0.48, 0.41, 0.51, 0.43, 0.46, 0.40, 0.47])

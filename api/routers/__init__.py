@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
-from api.schemas import ErrorResponse
+from krpo_bench.api.schemas import ErrorResponse
 from krpo_bench.service.studies import StudyService
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
 
-from api.auth import require
-from api.routers import AUTH_ERRORS, errors
-from api.routers.studies import Service, StudyId
-from dashboards.study import study_dashboard_html
+from krpo_bench.api.auth import require
+from krpo_bench.api.routers import AUTH_ERRORS, errors
+from krpo_bench.api.routers.studies import Service, StudyId
+from krpo_bench.dashboards.study import study_dashboard_html
 
 REFRESH_SECONDS = 15
 """How often the page reloads itself while the study is pending or running (never once it ended)."""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 
-from api.auth import require
-from api.routers import AUTH_ERRORS, errors, get_service
-from api.schemas import JobDetail
+from krpo_bench.api.auth import require
+from krpo_bench.api.routers import AUTH_ERRORS, errors, get_service
+from krpo_bench.api.schemas import JobDetail
 from krpo_bench.service.studies import StudyService
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"], responses=AUTH_ERRORS, dependencies=[Depends(require("read"))])

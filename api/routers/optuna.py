@@ -17,8 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
-from api.auth import AuthError, Authenticator, bearer_token
-from api.routers import error_response
+from krpo_bench.api.auth import AuthError, Authenticator, bearer_token
+from krpo_bench.api.routers import error_response
 
 READ_METHODS = ("GET", "HEAD")
 

@@ -12,10 +12,10 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import IntegrityError
 
-from api.auth import require
-from api.policy import Policy, admit, trial_cap_errors
-from api.routers import AUTH_ERRORS, errors, get_service
-from api.schemas import ExtendRequest, JobPage, JobSummary, StudyDetail, StudyPage, StudyResults, StudySummary, VariantStats
+from krpo_bench.api.auth import require
+from krpo_bench.api.policy import Policy, admit, trial_cap_errors
+from krpo_bench.api.routers import AUTH_ERRORS, errors, get_service
+from krpo_bench.api.schemas import ExtendRequest, JobPage, JobSummary, StudyDetail, StudyPage, StudyResults, StudySummary, VariantStats
 from krpo_bench.service.db import JobStatus, StudyStatus
 from krpo_bench.service.studies import StudyInfo, StudyService
 from krpo_bench.spec.loading import SpecError, parse_yaml
