@@ -147,6 +147,46 @@ def test_shuffle_order_permutes_within_groups(name):
         assert torch.allclose(plain, shuffled), "group-mean baselines are order-invariant"
 
 
+KALMAN = ("krpo", "krpo_prior", "krpo_persistent")
+
+
+def _mixed_groups(num_groups: int, size: int, seed: int) -> torch.Tensor:
+    """0/1 rewards, every group holding at least one of each."""
+    gen = torch.Generator().manual_seed(seed)
+    rewards = torch.randint(0, 2, (num_groups, size), generator=gen).double()
+    rewards[:, 0], rewards[:, 1] = 0.0, 1.0
+    return rewards.gather(1, torch.rand(num_groups, size, generator=gen).argsort(dim=1))
+
+
+@pytest.mark.parametrize("name", KALMAN)
+def test_shuffled_kalman_advantages_belong_to_their_own_rollouts(name):
+    """With x0 = 0 every Kalman baseline lies in [0, 1) for 0/1 rewards, whatever the order: a
+    reward-1 rollout must get a positive advantage and a reward-0 one a non-positive one. Left in
+    shuffled order, about half of them would carry another rollout's sign."""
+    rewards = _mixed_groups(256, 8, seed=1)
+    est = get_estimator(name, shuffle_order=True).estimate(rewards, list(range(256)))
+    assert (est.advantages[rewards == 1.0] > 0).all()
+    assert (est.advantages[rewards == 0.0] <= 0).all()
+    rebuilt = est.advantages * est.scale + est.baseline
+    assert torch.allclose(rebuilt, rewards, atol=1e-9), "advantage, scale and baseline of one rollout"
+
+
+@pytest.mark.parametrize("name", KALMAN)
+def test_shuffled_kalman_advantages_are_the_filter_run_in_the_drawn_order(name):
+    """The filter's scale falls strictly with position (P0 = 1 is above the steady state), so each
+    rollout's scale tells the position the shuffle gave it. Running the plain per-rollout filter over
+    the group in that order must give exactly the advantages reported for each rollout."""
+    rewards = torch.tensor([[0.1 * i + 0.01 * g for i in range(8)] for g in range(32)], dtype=torch.float64)
+    rewards = rewards.gather(1, torch.rand(rewards.shape, generator=torch.Generator().manual_seed(2)).argsort(dim=1))
+    est = get_estimator(name, shuffle_order=True).estimate(rewards, list(range(32)))
+    order = est.scale.argsort(dim=1, descending=True)
+    assert not torch.equal(order, torch.arange(8).expand(32, 8)), "the groups were shuffled"
+    drawn = rewards.gather(1, order).tolist()
+    params = {"estimate": "prior", "normalize": "innovation_std"} if name == "krpo_prior" else {}
+    want = torch.tensor(reference.krpo(drawn, **params), dtype=torch.float64)
+    assert torch.allclose(est.advantages.gather(1, order), want, rtol=1e-9, atol=1e-9)
+
+
 def test_vectorised_float32_stays_close_to_float64():
     rewards = torch.randint(0, 2, (256, 12)).double()
     a64 = get_estimator("krpo")(rewards)
