@@ -9,12 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from krpo_bench.tasks import combine_rewards, extract_answer, is_correct
+from krpo_bench.tasks import ArithmeticTask, build_task, combine_rewards, extract_answer, is_correct
+from krpo_bench.tasks.prompts import R1_ZERO_SYSTEM_PROMPT, render_prompt
 from krpo_bench.tasks.rewards import (
     answers_match,
     exact_reward,
     format_reward,
     math_verify_reward,
+    paper_lenient_reward,
     paper_reward,
     reward_function,
 )
@@ -22,6 +24,43 @@ from krpo_bench.tasks.rewards import (
 
 def chat(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
+
+
+# The released script's reward (KRPO.md): only the FIRST <answer>(.*?)</answer> match (dot matches
+# newlines), nothing stripped; equal 1.0, gold a substring 0.5, other content (even empty) 0.01,
+# no complete tag pair 0; <think> plays no part.
+@pytest.mark.parametrize(
+    ("completion", "gold", "expected"),
+    [
+        ("<answer> 12 </answer>", "12", 0.5),
+        ("<answer>12</answer><answer>13</answer>", "12", 1.0),
+        ("<answer>13</answer><answer>12</answer>", "12", 0.01),
+        ("<answer>12</answer>", "12", 1.0),
+        ("<think>7+5</think><answer>12</answer>", "12", 1.0),
+        ("<think><answer>13</answer></think><answer>12</answer>", "12", 0.01),
+        ("<answer>12\n</answer>", "12", 0.5),
+        ("<answer>1\n2</answer>", "12", 0.01),
+        ("<answer>\n12\n</answer>", "12", 0.5),
+        ("<answer>The answer is 12.</answer>", "12", 0.5),
+        ("<answer>120</answer>", "12", 0.5),
+        ("<answer>11</answer>", "12", 0.01),
+        ("<answer></answer>", "12", 0.01),
+        ("<answer> </answer>", "12", 0.01),
+        ("<answer>12</answer>", " 12", 0.01),
+        ("<answer> 12</answer>", " 12", 1.0),
+        ("<answer><answer>12</answer></answer>", "12", 0.5),
+        ("12", "12", 0.0),
+        ("<answer>12", "12", 0.0),
+        ("12</answer>", "12", 0.0),
+        ("<think>12</think>", "12", 0.0),
+        ("<ANSWER>12</ANSWER>", "12", 0.0),
+        ("", "12", 0.0),
+    ],
+)
+def test_paper_reward_is_the_released_script(completion: str, gold: str, expected: float) -> None:
+    assert paper_reward(completion, gold) == expected
+    assert paper_reward(chat(completion), gold) == expected
+    assert reward_function("paper", "chat_r1")(prompts=[None], completions=[completion], answer=[gold]) == [expected]
 
 
 @pytest.mark.parametrize(
@@ -43,9 +82,10 @@ def chat(text: str) -> list[dict[str, str]]:
         ("", 0.0),
     ],
 )
-def test_paper_reward_table(completion: str, expected: float) -> None:
-    assert paper_reward(completion, "42") == expected
-    assert paper_reward(chat(completion), "42") == expected
+def test_paper_lenient_reward_table(completion: str, expected: float) -> None:
+    assert paper_lenient_reward(completion, "42") == expected
+    assert paper_lenient_reward(chat(completion), " 42 ") == expected
+    assert reward_function("paper_lenient", "chat_r1")(prompts=[None], completions=[completion], answer=["42"]) == [expected]
 
 
 @pytest.mark.parametrize(
@@ -159,6 +199,50 @@ def test_extract_answer(text: str, style: str, expected: str | None) -> None:
 def test_extract_answer_rejects_unknown_style() -> None:
     with pytest.raises(ValueError, match="prompt style"):
         extract_answer("52", "markdown")
+    with pytest.raises(ValueError, match="answer extraction 'lastnumber'; allowed: auto, answer_tag"):
+        extract_answer("52", "chat", "lastnumber")
+    with pytest.raises(ValueError, match="answer extraction"):
+        reward_function("exact", "chat", "lastnumber")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The sum of 12 and 30 is 42.", "42"),
+        ("12 + 30 = 42", "42"),
+        ("3 - 5 = -2", "-2"),
+        ("5-3=2", "2"),
+        ("It costs $1,234.50 in total", "1,234.50"),
+        ("Numbers 1,2,3", "3"),
+        ("x = 0.5", "0.5"),
+        ("**Answer:** 42\n\nHope this helps!", "42"),
+        ("no digits at all", None),
+        ("", None),
+    ],
+)
+def test_last_number_extraction(text: str, expected: str | None) -> None:
+    assert extract_answer(text, "chat") == expected  # auto is last_number for the chat style
+    assert extract_answer(chat(text), "plain", "last_number") == expected
+    assert extract_answer(text, "chat_r1", "last_number") == expected
+
+
+@pytest.mark.parametrize(
+    ("completion", "gold", "expected"),
+    [
+        ("Sure! 12 + 30 = 42.", "42", 1.0),
+        ("The answer is 1,000.", "1000", 1.0),
+        ("The answer is 42.0", "42", 1.0),
+        ("42 is close, but it is 41", "42", 0.0),
+        ("I cannot tell.", "42", 0.0),
+    ],
+)
+def test_rewards_and_correctness_with_last_number(completion: str, gold: str, expected: float) -> None:
+    for name in ("exact", "math_verify"):
+        func = reward_function(name, "chat", "last_number")
+        assert func(prompts=[None], completions=[chat(completion)], answer=[gold]) == [expected]
+    assert is_correct(completion, gold, "chat") is bool(expected)
+    assert is_correct(completion, gold, "plain", extraction="last_number") is bool(expected)
+    assert exact_reward(completion, gold, "plain") == float(completion.strip() == gold)
 
 
 def test_multi_message_completion_is_joined() -> None:
@@ -179,6 +263,7 @@ def test_trl_reward_functions() -> None:
     }
     expected = {
         "paper": [1.0, 0.01, 0.0],
+        "paper_lenient": [1.0, 0.01, 0.0],
         "exact": [1.0, 0.0, 0.0],
         "math_verify": [1.0, 0.0, 0.0],
         "format": [1.0, 0.0, 0.0],
@@ -253,3 +338,33 @@ def test_combine_rewards_property(case: tuple[list[float], list[list[float | Non
 def test_math_verify_reward_off_the_main_thread() -> None:
     with ThreadPoolExecutor(max_workers=1) as pool:
         assert pool.submit(math_verify_reward, "<answer>0.5</answer>", "1/2", "chat_r1").result() == 1.0
+
+
+def test_r1_system_prompt_is_the_released_one() -> None:
+    lines = R1_ZERO_SYSTEM_PROMPT.split("\n")
+    assert lines == [
+        "A conversation between User and Assistant. The user asks a question, and the Assistant solves it.",
+        "The assistant first thinks about the reasoning process in the mind and then provides the user with the "
+        "answer. The reasoning process and answer are enclosed within <think> </think> and <answer> </answer> "
+        "tags, respectively, i.e., <think> reasoning process here </think>",
+        "<answer> answer here </answer>",
+        "",
+    ]
+    assert render_prompt("2+2", "chat_r1") == [
+        {"role": "system", "content": R1_ZERO_SYSTEM_PROMPT},
+        {"role": "user", "content": "2+2"},
+    ]
+
+
+def test_chat_style_is_the_bare_user_turn() -> None:
+    assert render_prompt("What is 2+2?", "chat") == [{"role": "user", "content": "What is 2+2?"}]
+    task = build_task(
+        ArithmeticTask(kind="arithmetic", prompt_style="chat", rewards=[{"name": "exact"}], train_size=4, test_size=2)
+    )
+    assert all(row["prompt"] == [{"role": "user", "content": row["question"]}] for row in task.train)
+    answer = task.test[0]["answer"]
+    assert task.is_correct(f"Let me add them: the result is {answer}.", answer)
+    completion = [{"role": "assistant", "content": f"So it is {answer}"}]
+    assert task.reward_funcs[0](prompts=[None], completions=[completion], answer=[answer]) == [1.0]
+    tagged = build_task(task.spec.model_copy(update={"prompt_style": "chat_r1", "answer_extraction": "last_number"}))
+    assert tagged.is_correct(f"<answer>{answer}</answer> done", answer)

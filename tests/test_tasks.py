@@ -325,7 +325,7 @@ def test_build_task_accepts_dict_form() -> None:
         ({"kind": "arithmetic", "templates": ["What is x?"]}, "templates"),
         ({"kind": "arithmetic", "train_size": 0}, "train_size"),
         ({"kind": "arithmetic", "test_size": 100_001}, "test_size"),
-        ({"kind": "arithmetic", "prompt_style": "chat"}, "prompt_style"),
+        ({"kind": "arithmetic", "prompt_style": "markdown"}, "prompt_style"),
         ({"kind": "arithmetic", "rewards": []}, "rewards"),
         ({"kind": "arithmetic", "rewards": [{"name": "length"}]}, "rewards.0.name"),
         ({"kind": "arithmetic", "rewards": [{"name": "exact", "weight": 0}]}, "rewards.0.weight"),

@@ -50,10 +50,11 @@ class Task:
     reward_weights: list[float]
     prompt_style: str
     math_verify_fallback: bool
+    answer_extraction: str = "auto"
 
     def is_correct(self, completion: Completion, answer: str) -> bool:
         """Held-out correctness of one completion against its gold answer."""
-        return is_correct(completion, answer, self.prompt_style, self.math_verify_fallback)
+        return is_correct(completion, answer, self.prompt_style, self.math_verify_fallback, self.answer_extraction)
 
 
 def _fill_splits(
@@ -141,10 +142,11 @@ def build_task(spec: TaskSpec | Mapping[str, Any]) -> Task:
         spec=spec,
         train=_dataset(train, style, "train"),
         test=_dataset(test, style, "test"),
-        reward_funcs=[reward_function(r.name, style) for r in spec.rewards],
+        reward_funcs=[reward_function(r.name, style, spec.answer_extraction) for r in spec.rewards],
         reward_weights=[r.weight for r in spec.rewards],
         prompt_style=style,
         math_verify_fallback=not isinstance(spec, ArithmeticTask),
+        answer_extraction=spec.answer_extraction,
     )
 
 

@@ -6,8 +6,11 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-RewardName = Literal["paper", "exact", "math_verify", "format"]
-PromptStyle = Literal["plain", "chat_r1"]
+from krpo_bench.tasks.noise import RewardNoise
+
+RewardName = Literal["paper", "paper_lenient", "exact", "math_verify", "format"]
+PromptStyle = Literal["plain", "chat_r1", "chat"]
+AnswerExtraction = Literal["auto", "answer_tag", "first_line", "last_number"]
 
 MATHTASKS_TEMPLATES = ["Solve {expr}", "What is {expr}?", "{expr} =", "{expr} = ?", "{expr}"]
 
@@ -30,6 +33,12 @@ class TaskBase(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt_style: PromptStyle = "plain"
+    answer_extraction: AnswerExtraction = Field(
+        "auto",
+        description="how exact/math_verify rewards and evaluation read the answer: auto (answer_tag for "
+        "chat_r1, first_line for plain, last_number for chat), answer_tag, first_line, last_number",
+    )
+    reward_noise: RewardNoise | None = Field(None, description="seeded noise on training rewards only")
     rewards: list[RewardSpec] = Field(
         default_factory=lambda: [RewardSpec(name="paper")],
         min_length=1,
@@ -50,6 +59,16 @@ class TaskBase(BaseModel):
         if len(set(names)) != len(names):
             raise ValueError(f"each reward may appear once, got {names}")
         return rewards
+
+    @model_validator(mode="after")
+    def _flip_needs_unit_rewards(self) -> TaskBase:
+        total = sum(r.weight for r in self.rewards)
+        if self.reward_noise is not None and self.reward_noise.flip > 0 and total > 1:
+            raise ValueError(
+                f"reward_noise.flip ({self.reward_noise.flip}) needs rewards in [0, 1]: the reward weights "
+                f"must sum to at most 1, got {total}"
+            )
+        return self
 
 
 class ArithmeticTask(TaskBase):

@@ -12,7 +12,14 @@ from typing import Any
 
 import math_verify
 
-from krpo_bench.tasks.prompts import Completion, answer_tag_contents, completion_text, extract_answer
+from krpo_bench.tasks.prompts import (
+    ANSWER_TAG,
+    Completion,
+    answer_tag_contents,
+    completion_text,
+    extract_answer,
+    resolve_extraction,
+)
 
 RewardFunc = Callable[..., list[float | None]]
 
@@ -84,26 +91,36 @@ def math_equivalent(predicted: str | None, gold: str) -> bool | None:
     return bool(parsed) and math_verify.verify(list(parsed_gold), parsed, timeout_seconds=_timeout())
 
 
-def paper_reward(completion: Completion, answer: str) -> float:
-    """KRPO paper: last <answer> content equal to the answer 1.0, containing it 0.5, other 0.01, no tag 0."""
-    tags = answer_tag_contents(completion_text(completion))
-    if not tags:
-        return 0.0
-    content, gold = tags[-1].strip(), answer.strip()
+def _paper_grade(content: str, gold: str) -> float:
     if content == gold:
         return 1.0
     return 0.5 if gold in content else 0.01
 
 
-def exact_reward(completion: Completion, answer: str, style: str) -> float:
+def paper_reward(completion: Completion, answer: str) -> float:
+    """The released KRPO script's reward, exactly: only the first ``<answer>(.*?)</answer>`` match
+    counts and nothing is stripped; content equal to the answer 1.0, containing it 0.5, any other
+    content (even empty) 0.01, no complete tag pair 0."""
+    match = ANSWER_TAG.search(completion_text(completion))
+    return 0.0 if match is None else _paper_grade(match.group(1), answer)
+
+
+def paper_lenient_reward(completion: Completion, answer: str) -> float:
+    """The paper's grading made lenient: the last ``<answer>`` content and the answer, both stripped;
+    equal 1.0, containing it 0.5, other 0.01, no tag 0."""
+    tags = answer_tag_contents(completion_text(completion))
+    return _paper_grade(tags[-1].strip(), answer.strip()) if tags else 0.0
+
+
+def exact_reward(completion: Completion, answer: str, style: str, extraction: str = "auto") -> float:
     """1.0 when the extracted answer matches the gold answer exactly or numerically, else 0.0."""
-    return 1.0 if answers_match(extract_answer(completion, style), answer) else 0.0
+    return 1.0 if answers_match(extract_answer(completion, style, extraction), answer) else 0.0
 
 
-def math_verify_reward(completion: Completion, answer: str, style: str) -> float | None:
+def math_verify_reward(completion: Completion, answer: str, style: str, extraction: str = "auto") -> float | None:
     """1.0 when math-verify finds the extracted answer equivalent to the gold, 0.0 if not, None if the
     gold answer cannot be parsed."""
-    equivalent = math_equivalent(extract_answer(completion, style), answer)
+    equivalent = math_equivalent(extract_answer(completion, style, extraction), answer)
     return None if equivalent is None else float(equivalent)
 
 
@@ -112,32 +129,39 @@ def format_reward(completion: Completion) -> float:
     return 1.0 if FORMAT.fullmatch(completion_text(completion)) else 0.0
 
 
-def is_correct(completion: Completion, answer: str, style: str, math_verify_fallback: bool = False) -> bool:
+def is_correct(
+    completion: Completion, answer: str, style: str, math_verify_fallback: bool = False, extraction: str = "auto"
+) -> bool:
     """Held-out correctness: exact-or-numeric match, then (optionally) math-verify equivalence."""
-    predicted = extract_answer(completion, style)
+    predicted = extract_answer(completion, style, extraction)
     if answers_match(predicted, answer):
         return True
     return math_verify_fallback and bool(math_equivalent(predicted, answer))
 
 
-SCORERS: dict[str, Callable[[Completion, str, str], float | None]] = {
-    "paper": lambda completion, answer, style: paper_reward(completion, answer),
+# Each scorer takes (completion, answer, style, extraction); paper, paper_lenient and format read
+# the tags themselves and ignore the extraction.
+SCORERS: dict[str, Callable[[Completion, str, str, str], float | None]] = {
+    "paper": lambda completion, answer, style, extraction: paper_reward(completion, answer),
+    "paper_lenient": lambda completion, answer, style, extraction: paper_lenient_reward(completion, answer),
     "exact": exact_reward,
     "math_verify": math_verify_reward,
-    "format": lambda completion, answer, style: format_reward(completion),
+    "format": lambda completion, answer, style, extraction: format_reward(completion),
 }
 
 
-def reward_function(name: str, style: str) -> RewardFunc:
-    """A TRL GRPOTrainer reward function ``f(prompts, completions, answer, **kwargs)`` named ``name``."""
+def reward_function(name: str, style: str, extraction: str = "auto") -> RewardFunc:
+    """A TRL GRPOTrainer reward function ``f(prompts, completions, answer, **kwargs)`` named ``name``;
+    ``extraction`` (see :func:`extract_answer`) reads the answer for exact and math_verify."""
     if name not in SCORERS:
         raise ValueError(f"unknown reward {name!r}; allowed: {', '.join(SCORERS)}")
     score = SCORERS[name]
+    resolve_extraction(style, extraction)
 
     def reward(
         prompts: list[Any], completions: list[Completion], answer: list[str], **kwargs: Any
     ) -> list[float | None]:
-        return [score(c, str(a), style) for c, a in zip(completions, answer, strict=True)]
+        return [score(c, str(a), style, extraction) for c, a in zip(completions, answer, strict=True)]
 
     reward.__name__ = reward.__qualname__ = name
     return reward

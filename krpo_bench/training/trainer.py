@@ -23,6 +23,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotat
 from trl import GRPOTrainer
 
 from krpo_bench.advantages import Estimate, Estimator
+from krpo_bench.tasks.noise import RewardNoise, noisy_rewards
 
 ESTIMATOR_STATE_FILE = "estimator_state.json"
 CHECKPOINT_STAGING_PREFIX = ".checkpoint-staging-"  # + pid of the writer
@@ -71,11 +72,15 @@ def _describe_write_error(err: BaseException, folder: str) -> str:
 
 
 class BaselineGRPOTrainer(GRPOTrainer):
-    """GRPO whose advantages come from ``estimator`` (any registered baseline)."""
+    """GRPO whose advantages come from ``estimator`` (any registered baseline); ``reward_noise``
+    perturbs the rewards the estimator sees (training only), seeded by the trial seed and step."""
 
-    def __init__(self, *args: Any, estimator: Estimator, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, estimator: Estimator, reward_noise: RewardNoise | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.estimator = estimator
+        self.reward_noise = reward_noise
         self._last_rewards_per_func: torch.Tensor | None = None
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -87,7 +92,7 @@ class BaselineGRPOTrainer(GRPOTrainer):
         output = super()._generate_and_score_completions(inputs)
         if not self.model.training:
             return output
-        rewards = self._aggregate_rewards(self._last_rewards_per_func)
+        rewards = self._add_reward_noise(self._aggregate_rewards(self._last_rewards_per_func))
         groups = rewards.view(-1, self.num_generations)
         prompt_ids = gather_object([x.get("prompt_id") for x in inputs])[:: self.num_generations]
         estimate = self.estimator.estimate(groups, prompt_ids)
@@ -105,6 +110,16 @@ class BaselineGRPOTrainer(GRPOTrainer):
         rewards = (rewards_per_func * weights).nansum(dim=1)
         rewards[torch.isnan(rewards_per_func).all(dim=1)] = torch.nan
         return rewards
+
+    def _add_reward_noise(self, rewards: torch.Tensor) -> torch.Tensor:
+        """The rewards with ``reward_noise`` applied (all processes draw the same noise: the rewards are
+        gathered); TRL's ``train/reward`` stays the clean mean, ``train/reward_noisy`` is logged next to it."""
+        if self.reward_noise is None or not self.reward_noise.active:
+            return rewards
+        noisy = noisy_rewards(rewards.cpu().numpy(), self.reward_noise, self.args.seed, self.state.global_step)
+        noisy = torch.as_tensor(noisy, dtype=rewards.dtype, device=rewards.device)
+        self._metrics["train"]["train/reward_noisy"].append(noisy.nanmean().item())
+        return noisy
 
     def _replace_logged_advantages(self, flat: torch.Tensor) -> None:
         logged = self._logs["advantages"]

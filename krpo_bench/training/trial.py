@@ -200,6 +200,7 @@ def _train(
         train_dataset=task.train,
         processing_class=tokenizer,
         estimator=build_estimator(spec.estimator),
+        reward_noise=spec.task.reward_noise,
     )
     trainer.remove_callback(PrinterCallback)
     metrics_cb = MetricsCallback(tracker)
