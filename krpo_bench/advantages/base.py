@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Hashable, Sequence
 
+import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 GRPO_EPS = 1e-4  # TRL's epsilon for group std normalisation
 
@@ -17,6 +18,9 @@ class EstimatorParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     shuffle_order: bool = False
+    advantage_noise: float = Field(
+        0.0, ge=0.0, le=1e3, description="std of the seeded Gaussian noise added to every advantage (a positive control)"
+    )
 
 
 @dataclass
@@ -29,40 +33,101 @@ class Estimate:
     extras: dict[str, float] = field(default_factory=dict)
 
 
+def noise_seed(seed: int, step: int) -> int:
+    """The generator seed of the advantage noise at ``step`` of a trial seeded ``seed``."""
+    return int(np.random.SeedSequence([seed % 2**63, step]).generate_state(1, np.uint64)[0] % 2**63)
+
+
 class Estimator:
     """A named advantage estimator over a ``(num_groups, group_size)`` reward tensor.
 
     NaN rewards (unscorable completions) are left out of every baseline and statistic and get
     advantage 0. Calling the estimator returns the advantages; :meth:`estimate` returns them with
-    the baseline and scale that produced them.
+    the baseline and scale that produced them. Estimators that set ``needs_lengths`` take the
+    completion lengths ``(num_groups, group_size)``; those that set ``needs_baseline_rewards`` take one
+    reward per group ``(num_groups,)`` (a greedy completion's). ``order_dependent`` estimators give a
+    rollout an advantage that depends on where it sits in its group. ``seed`` seeds the advantage
+    noise, drawn afresh for every ``step``.
     """
 
     name: ClassVar[str]
     Params: ClassVar[type[EstimatorParams]] = EstimatorParams
+    needs_lengths: ClassVar[bool] = False
+    needs_baseline_rewards: ClassVar[bool] = False
+    order_dependent: ClassVar[bool] = False
 
-    def __init__(self, params: EstimatorParams) -> None:
+    def __init__(self, params: EstimatorParams, seed: int = 0) -> None:
         self.params = params
+        self.seed = seed
 
-    def __call__(self, rewards: torch.Tensor, prompt_ids: Sequence[Hashable] | None = None) -> torch.Tensor:
-        return self.estimate(rewards, prompt_ids).advantages
+    def __call__(self, rewards: torch.Tensor, prompt_ids: Sequence[Hashable] | None = None, **inputs) -> torch.Tensor:
+        """The advantages of :meth:`estimate` (same arguments)."""
+        return self.estimate(rewards, prompt_ids, **inputs).advantages
 
-    def estimate(self, rewards: torch.Tensor, prompt_ids: Sequence[Hashable] | None = None) -> Estimate:
-        """Advantages, baseline and scale for ``rewards`` (shuffled within groups if asked)."""
+    def estimate(
+        self,
+        rewards: torch.Tensor,
+        prompt_ids: Sequence[Hashable] | None = None,
+        *,
+        lengths: torch.Tensor | None = None,
+        baseline_rewards: torch.Tensor | None = None,
+        step: int = 0,
+    ) -> Estimate:
+        """Advantages, baseline and scale for ``rewards`` (shuffled within groups if asked, noised if asked)."""
+        inputs = self._check_inputs(rewards, prompt_ids, lengths, baseline_rewards)
+        if not self.params.shuffle_order:
+            est = self._estimate(rewards, prompt_ids, **inputs)
+        else:
+            perm = torch.rand(rewards.shape, device=rewards.device).argsort(dim=1)
+            inverse = perm.argsort(dim=1)
+            if "lengths" in inputs:
+                inputs["lengths"] = inputs["lengths"].gather(1, perm)
+            est = self._estimate(rewards.gather(1, perm), prompt_ids, **inputs)
+            est = Estimate(
+                advantages=est.advantages.gather(1, inverse),
+                baseline=est.baseline.gather(1, inverse),
+                scale=est.scale.gather(1, inverse),
+                extras=est.extras,
+            )
+        return self._add_noise(est, ~rewards.isnan(), step)
+
+    def _check_inputs(
+        self,
+        rewards: torch.Tensor,
+        prompt_ids: Sequence[Hashable] | None,
+        lengths: torch.Tensor | None,
+        baseline_rewards: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
         if rewards.dim() != 2:
             raise ValueError(f"rewards must be (num_groups, group_size), got shape {tuple(rewards.shape)}")
         if prompt_ids is not None and len(prompt_ids) != rewards.shape[0]:
             raise ValueError(f"got {len(prompt_ids)} prompt ids for {rewards.shape[0]} groups")
-        if not self.params.shuffle_order:
-            return self._estimate(rewards, prompt_ids)
-        perm = torch.rand(rewards.shape, device=rewards.device).argsort(dim=1)
-        inverse = perm.argsort(dim=1)
-        est = self._estimate(rewards.gather(1, perm), prompt_ids)
-        return Estimate(
-            advantages=est.advantages.gather(1, inverse),
-            baseline=est.baseline.gather(1, inverse),
-            scale=est.scale.gather(1, inverse),
-            extras=est.extras,
-        )
+        inputs = {}
+        if self.needs_lengths:
+            if lengths is None or lengths.shape != rewards.shape:
+                got = None if lengths is None else tuple(lengths.shape)
+                raise ValueError(f"{self.name} needs completion lengths shaped like the rewards {tuple(rewards.shape)}, got {got}")
+            if bool((lengths < 0).any()):
+                raise ValueError(f"{self.name}: completion lengths must be >= 0")
+            inputs["lengths"] = lengths.to(rewards.dtype)
+        if self.needs_baseline_rewards:
+            if baseline_rewards is None or baseline_rewards.shape != rewards.shape[:1]:
+                got = None if baseline_rewards is None else tuple(baseline_rewards.shape)
+                raise ValueError(f"{self.name} needs one baseline reward per group ({rewards.shape[0]},), got {got}")
+            inputs["baseline_rewards"] = baseline_rewards.to(rewards.dtype)
+        return inputs
+
+    def _add_noise(self, est: Estimate, valid: torch.Tensor, step: int) -> Estimate:
+        """Seeded N(0, advantage_noise^2) added to every scored rollout's advantage; ``noise_std`` in extras."""
+        sigma = self.params.advantage_noise
+        if sigma == 0:
+            return Estimate(est.advantages, est.baseline, est.scale, {**est.extras, "noise_std": 0.0})
+        gen = torch.Generator().manual_seed(noise_seed(self.seed, step))
+        noise = torch.randn(valid.shape, generator=gen, dtype=torch.float64) * sigma
+        noise = torch.where(valid.cpu(), noise, 0.0).to(device=est.advantages.device, dtype=est.advantages.dtype)
+        drawn = noise[valid]
+        noise_std = float(drawn.std()) if drawn.numel() > 1 else 0.0
+        return Estimate(est.advantages + noise, est.baseline, est.scale, {**est.extras, "noise_std": noise_std})
 
     def _estimate(self, rewards: torch.Tensor, prompt_ids: Sequence[Hashable] | None) -> Estimate:
         raise NotImplementedError

@@ -1,4 +1,4 @@
-"""Group-mean baselines: GRPO, Dr. GRPO, RLOO and REINFORCE++ with a group baseline."""
+"""Group-mean baselines: GRPO, Dr. GRPO, RLOO, REINFORCE++ with a group baseline and MaxRL."""
 
 from __future__ import annotations
 
@@ -88,4 +88,25 @@ class ReinforcePPBaseline(Estimator):
         scale = (masked_std(centred, valid) + self.params.eps).expand_as(rewards)
         baseline = rewards - centred + batch_mean
         advantages = torch.where(valid, (centred - batch_mean) / scale, 0.0)
+        return Estimate(advantages, baseline, scale)
+
+
+class MaxRL(Estimator):
+    """MaxRL (arXiv 2602.02710): ``(r - mean_g) / mean_g``, 0 where ``mean_g <= 0``.
+
+    GRPO with the group std replaced by the group mean (hard prompts get ~1/p weight); meant for
+    non-negative rewards. As prime-rl's ``max_rl``: no epsilon and no extra ``1/G`` factor (the
+    official code, Zanette-Labs/MaxRL ``p_normalization``, also multiplies every advantage by
+    ``1/G`` and adds 1e-6 to the mean; we leave the 1/G out so the advantage scale, hence the
+    learning rate, is comparable with GRPO's).
+    """
+
+    name = "maxrl"
+
+    def _estimate(self, rewards, prompt_ids=None):
+        valid = ~rewards.isnan()
+        baseline = group_mean(rewards, valid).expand_as(rewards)
+        positive = baseline > 0
+        scale = torch.where(positive, baseline, 1.0)
+        advantages = torch.where(valid & positive, (rewards - baseline) / scale, 0.0)
         return Estimate(advantages, baseline, scale)

@@ -119,6 +119,7 @@ class KRPO(Estimator):
     name = "krpo"
     Params = KalmanParams
     params: KalmanParams
+    order_dependent = True
 
     def _estimate(self, rewards, prompt_ids=None):
         p = self.params
@@ -162,9 +163,10 @@ class KRPOPersistent(Estimator):
     name = "krpo_persistent"
     Params = KalmanParams
     params: KalmanParams
+    order_dependent = True
 
-    def __init__(self, params: KalmanParams) -> None:
-        super().__init__(params)
+    def __init__(self, params: KalmanParams, seed: int = 0) -> None:
+        super().__init__(params, seed)
         self.states: dict[Hashable, tuple[float, float]] = {}
 
     def _estimate(self, rewards, prompt_ids=None):

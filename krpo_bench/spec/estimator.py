@@ -21,6 +21,6 @@ ESTIMATOR_SPECS = tuple(_spec_model(name, cls.Params) for name, cls in ESTIMATOR
 EstimatorSpec = Annotated[Union[ESTIMATOR_SPECS], Field(discriminator="name")]
 
 
-def build_estimator(spec: EstimatorParams) -> Estimator:
-    """The estimator a validated ``estimator:`` block describes."""
-    return get_estimator(spec.name, **spec.model_dump(exclude={"name"}))
+def build_estimator(spec: EstimatorParams, seed: int = 0) -> Estimator:
+    """The estimator a validated ``estimator:`` block describes; ``seed`` (the trial's) seeds its noise."""
+    return get_estimator(spec.name, seed=seed, **spec.model_dump(exclude={"name"}))

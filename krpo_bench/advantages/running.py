@@ -1,0 +1,167 @@
+"""Baselines carried across training steps: prime-rl's EMA (``rae``) and ROLL's running moments.
+
+Both keep state between calls (saved in checkpoints through ``state_dict``), so a batch's advantages
+depend on every batch before it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Hashable, Literal
+
+import torch
+from pydantic import Field
+
+from krpo_bench.advantages.base import Estimate, Estimator, EstimatorParams, group_mean
+
+
+def ema_before(values: torch.Tensor, decay: float, start: float) -> tuple[torch.Tensor, float]:
+    """The EMA each value sees before it updates it, and the EMA after the last one.
+
+    ``b_0 = start``, ``b_{k+1} = decay * b_k + (1 - decay) * values_k``. Computed exactly with two
+    levels of blocked lower-triangular products (blocks of about sqrt(n)), so no power of ``decay``
+    is ever inverted and nothing overflows.
+    """
+    n = values.numel()
+    if n == 0:
+        return values.clone(), start
+    dtype, device = values.dtype, values.device
+    block = max(1, math.isqrt(n))
+    blocks = -(-n // block)
+    z = torch.zeros(blocks * block, dtype=dtype, device=device)
+    z[:n] = values
+    z = z.view(blocks, block)
+    d = torch.tensor(decay, dtype=torch.float64)
+    lag = torch.arange(block, dtype=torch.float64)
+    # within a block from a zero start: b_k = (1 - d) sum_{j < k} d^(k - 1 - j) z_j
+    diff = lag[:, None] - lag[None, :] - 1
+    inner = torch.where(diff >= 0, (1 - d) * d ** diff.clamp(min=0), 0.0).to(dtype=dtype, device=device)
+    local = z @ inner.T
+    # the contribution of each block to the next one's start, and the starts themselves
+    carry = z @ ((1 - d) * d ** (block - 1 - lag)).to(dtype=dtype, device=device)
+    per_block = lag.new_tensor(float(decay) ** block)
+    idx = torch.arange(blocks, dtype=torch.float64)
+    bdiff = idx[:, None] - idx[None, :] - 1
+    outer = torch.where(bdiff >= 0, per_block ** bdiff.clamp(min=0), 0.0).to(dtype=dtype, device=device)
+    starts = outer @ carry + (per_block ** idx).to(dtype=dtype, device=device) * start
+    before = (local + starts[:, None] * (d**lag).to(dtype=dtype, device=device)).reshape(-1)[:n]
+    final = float(decay * before[-1] + (1 - decay) * values[-1])
+    return before, final
+
+
+class RAEParams(EstimatorParams):
+    decay: float = Field(0.95, ge=0.0, lt=1.0, description="EMA decay d: b <- d b + (1 - d) r")
+    per_prompt: bool = Field(False, description="one EMA per prompt id instead of prime-rl's single global one")
+
+
+class RAE(Estimator):
+    """prime-rl's ``rae`` (SPIRAL, arXiv 2506.24119): ``r - b`` with ``b`` an EMA of past rewards.
+
+    Rollouts are visited in row-major order (group by group, each in generation order); each gets
+    ``A = r - b`` with the EMA before it, then updates ``b <- d b + (1 - d) r``, so later rollouts of a
+    group already see the earlier ones. ``b`` starts at 0 and persists across steps. prime-rl keeps
+    one EMA per agent (one for a single-agent task); ``per_prompt: true`` keys it by prompt id
+    instead (groups sharing an id in one batch all start from the stored EMA; the last one writes
+    it back). NaN rewards neither get an advantage nor update the EMA.
+    """
+
+    name = "rae"
+    Params = RAEParams
+    params: RAEParams
+    order_dependent = True
+
+    def __init__(self, params: RAEParams, seed: int = 0) -> None:
+        super().__init__(params, seed)
+        self.baseline = 0.0
+        self.baselines: dict[Hashable, float] = {}
+
+    def _estimate(self, rewards, prompt_ids=None):
+        valid = ~rewards.isnan()
+        if self.params.per_prompt:
+            baseline = self._per_prompt(rewards, valid, prompt_ids)
+        else:
+            flat_valid = valid.reshape(-1)
+            before, self.baseline = ema_before(rewards.reshape(-1)[flat_valid], self.params.decay, self.baseline)
+            baseline = torch.zeros_like(rewards).reshape(-1)
+            baseline[flat_valid] = before
+            baseline = baseline.view_as(rewards)
+        advantages = torch.where(valid, rewards - baseline, 0.0)
+        extras = {"ema_baseline": self.baseline} if not self.params.per_prompt else {
+            "tracked_prompts": float(len(self.baselines))
+        }
+        return Estimate(advantages, baseline, torch.ones_like(rewards), extras)
+
+    def _per_prompt(self, rewards, valid, prompt_ids) -> torch.Tensor:
+        if prompt_ids is None:
+            raise ValueError("rae with per_prompt: true needs one prompt id per group")
+        d = self.params.decay
+        b = torch.tensor([self.baselines.get(pid, 0.0) for pid in prompt_ids], dtype=rewards.dtype, device=rewards.device)
+        baseline = torch.empty_like(rewards)
+        for i in range(rewards.shape[1]):
+            baseline[:, i] = b
+            b = torch.where(valid[:, i], d * b + (1 - d) * rewards[:, i], b)
+        for pid, value in zip(prompt_ids, b.tolist()):
+            self.baselines[pid] = value
+        return baseline
+
+    def state_dict(self) -> dict:
+        return {"baseline": self.baseline, "baselines": [[pid, b] for pid, b in self.baselines.items()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.baseline = float(state.get("baseline", 0.0))
+        self.baselines = {
+            (tuple(pid) if isinstance(pid, list) else pid): float(b) for pid, b in state.get("baselines", [])
+        }
+
+
+class RunningNormParams(EstimatorParams):
+    center: Literal["running", "group"] = Field("running", description="subtract the running mean or the group mean")
+    scale: Literal["running", "none"] = Field("running", description="divide by the running std + eps, or not")
+    eps: float = Field(1e-6, gt=0, le=1.0)
+
+
+class RunningNorm(Estimator):
+    """ROLL's running reward normalisation (``norm_mean_type``/``norm_std_type: running``):
+    ``(r - mu_run) / (sigma_run + eps)``.
+
+    ``mu_run``, ``sigma_run`` are the mean and (Bessel) std of every reward seen so far, all steps,
+    no decay: each batch's population mean/variance is merged into them (Chan's parallel update,
+    starting from mean 0, variance 1, count 1e-24) *before* they are used, so a batch is part of its
+    own normaliser. ROLL keeps one state per reward domain but looks it up with the literal key
+    "domain" (a KeyError for any real domain name); we keep the single state it intends for one
+    task. ``center: group`` uses the group mean instead; ``scale: none`` skips the division.
+    """
+
+    name = "running_norm"
+    Params = RunningNormParams
+    params: RunningNormParams
+
+    def __init__(self, params: RunningNormParams, seed: int = 0) -> None:
+        super().__init__(params, seed)
+        self.mean, self.var, self.count = 0.0, 1.0, 1e-24
+
+    def _estimate(self, rewards, prompt_ids=None):
+        valid = ~rewards.isnan()
+        seen = rewards[valid].double()
+        if seen.numel():
+            batch_var, batch_mean = torch.var_mean(seen, unbiased=False)
+            n = seen.numel()
+            delta = float(batch_mean) - self.mean
+            total = self.count + n
+            self.var = (self.var * self.count + delta**2 * self.count * n / total + float(batch_var) * n) / total
+            self.mean += delta * n / total
+            self.count = total
+        std = math.sqrt(self.var * self.count / (self.count - 1)) if self.count > 1 else 0.0
+        if self.params.center == "group":
+            baseline = group_mean(rewards, valid).expand_as(rewards)
+        else:
+            baseline = torch.full_like(rewards, self.mean)
+        scale = torch.full_like(rewards, std + self.params.eps if self.params.scale == "running" else 1.0)
+        advantages = torch.where(valid, (rewards - baseline) / scale, 0.0)
+        return Estimate(advantages, baseline, scale, {"running_mean": self.mean, "running_std": std})
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), float(state["count"])
