@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-from krpo_bench.dashboards.stats import CONFIDENCE, N_BOOTSTRAP, SEED
+from krpo_bench.stats import CONFIDENCE, N_BOOTSTRAP, SEED
 
 
 @dataclass(frozen=True)

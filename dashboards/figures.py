@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from plotly.subplots import make_subplots
 
 from krpo_bench.dashboards.curves import Curve
-from krpo_bench.dashboards.stats import Interval
+from krpo_bench.stats import Interval
 
 PALETTE: tuple[str, ...] = tuple(plotly.colors.qualitative.Plotly)
 CONTOUR_PARAMS = ("estimator.Q", "estimator.R")

@@ -1,4 +1,4 @@
-"""Assemble a study report: summary statistics, one self-contained HTML page, PNGs, CSV and JSON."""
+"""Assemble a study report: analysis (a typed `Summary`), then rendering (HTML page, PNGs, CSV, JSON)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import html
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
-from krpo_bench.dashboards import figures, stats
+from krpo_bench import stats
+from krpo_bench.dashboards import figures
 from krpo_bench.dashboards.curves import Curve, aggregate_curve
 from krpo_bench.dashboards.source import CURVE_METRICS, SHUFFLE_PARAM, RunData, StudyData
 
@@ -27,9 +28,12 @@ PNG_CURVES = ("eval/accuracy", "train/reward")
 SCALE = 100.0
 CSV_COLUMNS = (
     "variant", "n_seeds", "seeds", "values", "mean", "ci_low", "ci_high", "iqm", "iqm_ci_low", "iqm_ci_high",
-    "diff", "diff_ci_low", "diff_ci_high", "prob_improvement", "prob_improvement_ci_low",
-    "prob_improvement_ci_high", "welch_p", "sentence",
+    "reference", "analysis", "n_variant", "n_reference", "diff", "diff_ci_low", "diff_ci_high", "diff_boot_ci_low",
+    "diff_boot_ci_high", "prob_improvement", "prob_improvement_ci_low", "prob_improvement_ci_high", "p_value",
+    "rank_p_value", "welch_diff", "welch_ci_low", "welch_ci_high", "welch_p", "mde", "target_effect",
+    "seeds_needed", "sentence",
 )
+RANK_TEST = {"paired": "Wilcoxon signed-rank", "unpaired": "Wilcoxon rank-sum"}
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
 h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2.5rem}
@@ -42,6 +46,70 @@ ul.verdicts li{margin:.3rem 0;font-size:1.05rem}
 
 
 @dataclass(frozen=True)
+class VariantSummary:
+    """One variant's final scores (seed by seed), their mean and IQM, and its comparison with the reference."""
+
+    variant: str
+    seeds: list[int | None]
+    values: list[float]
+    mean: stats.Interval
+    iqm: stats.Interval
+    comparison: stats.Comparison | None
+
+    def row(self) -> dict[str, Any]:
+        """The flat row of summary.csv / summary.json."""
+        row: dict[str, Any] = {
+            "variant": self.variant, "n_seeds": len(self.values), "seeds": self.seeds, "values": self.values,
+            "mean": self.mean.estimate, "ci_low": self.mean.low, "ci_high": self.mean.high,
+            "iqm": self.iqm.estimate, "iqm_ci_low": self.iqm.low, "iqm_ci_high": self.iqm.high,
+        }
+        return row | (self.comparison.flat() if self.comparison is not None else {})
+
+
+@dataclass(frozen=True)
+class OrderCheck:
+    """A variant run on shuffled groups against its unshuffled twin."""
+
+    variant: str
+    twin: str
+    comparison: stats.Comparison
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Everything the report shows, computed once: statistics per variant, order checks and cost."""
+
+    study_id: str | None
+    study_name: str | None
+    experiment_ids: list[str]
+    status_counts: dict[str, int]
+    metric: str
+    reference: str
+    reference_found: bool
+    confidence: float
+    n_bootstrap: int
+    bootstrap_seed: int
+    target_effect: float
+    variants: list[VariantSummary]
+    order_sensitivity: list[OrderCheck]
+    cost: list[dict[str, Any]]
+    cost_trials: pd.DataFrame = field(repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as summary.json holds it (non-finite numbers as null)."""
+        return _json_ready({
+            "study": {"study_id": self.study_id, "study_name": self.study_name,
+                      "experiment_ids": self.experiment_ids, "status_counts": self.status_counts},
+            "metric": self.metric, "reference": self.reference, "reference_found": self.reference_found,
+            "confidence": self.confidence, "power": stats.POWER, "target_effect": self.target_effect,
+            "n_bootstrap": self.n_bootstrap, "bootstrap_seed": self.bootstrap_seed,
+            "variants": [v.row() for v in self.variants], "cost": self.cost,
+            "order_sensitivity": [{"variant": o.variant, "twin": o.twin, **o.comparison.flat()}
+                                  for o in self.order_sensitivity],
+        })
+
+
+@dataclass(frozen=True)
 class Report:
     """Where a built report lies, and its summary."""
 
@@ -50,7 +118,7 @@ class Report:
     csv_path: Path
     json_path: Path
     figures: list[Path]
-    summary: dict[str, Any]
+    summary: Summary
 
 
 def _values(runs: Sequence[RunData], metric: str) -> tuple[list[int | None], np.ndarray]:
@@ -90,16 +158,6 @@ def order_twins(study: StudyData) -> list[tuple[str, str]]:
     return pairs
 
 
-def _comparison_fields(c: stats.Comparison) -> dict[str, Any]:
-    return {
-        "diff": c.difference.estimate, "diff_ci_low": c.difference.low, "diff_ci_high": c.difference.high,
-        "prob_improvement": c.prob_improvement.estimate,
-        "prob_improvement_ci_low": c.prob_improvement.low,
-        "prob_improvement_ci_high": c.prob_improvement.high,
-        "welch_p": c.welch_p, "sentence": c.sentence,
-    }
-
-
 def _step_time(run: RunData) -> float:
     if STEP_TIME in run.final:
         return run.final[STEP_TIME]
@@ -128,41 +186,39 @@ def summarize(
     study: StudyData,
     reference: str = "grpo",
     metric: str = METRIC,
+    target_effect: float = stats.TARGET_EFFECT,
     confidence: float = stats.CONFIDENCE,
     n_resamples: int = stats.N_BOOTSTRAP,
     seed: int = stats.SEED,
-) -> dict[str, Any]:
-    """Per-variant statistics of `metric`, each variant against `reference`, cost and order checks."""
+) -> Summary:
+    """Per-variant statistics of `metric`, each variant against `reference` (paired by seed where the
+    seed sets match), the detectable effect of each comparison, cost and order checks."""
     variants = _ordered_variants(study, reference)
     values = {v: _values(study.runs_of(v), metric) for v in variants}
-    ref_values = values[reference][1] if reference in values else None
-    rows = []
-    for variant in variants:
-        seeds, x = values[variant]
-        mean, iqm = stats.mean_ci(x, confidence), stats.iqm_ci(x, confidence, n_resamples, seed)
-        row: dict[str, Any] = {
-            "variant": variant, "n_seeds": len(x), "seeds": seeds, "values": x.tolist(),
-            "mean": mean.estimate, "ci_low": mean.low, "ci_high": mean.high,
-            "iqm": iqm.estimate, "iqm_ci_low": iqm.low, "iqm_ci_high": iqm.high,
-        }
-        if ref_values is not None and variant != reference:
-            row |= _comparison_fields(
-                stats.compare(x, ref_values, variant, reference, confidence, n_resamples, seed, SCALE)
-            )
-        rows.append(row)
-    order = [
-        {"variant": shuffled, "twin": twin, **_comparison_fields(stats.compare(
-            values[shuffled][1], values[twin][1], shuffled, twin, confidence, n_resamples, seed, SCALE))}
-        for shuffled, twin in order_twins(study)
+    found = reference in values
+
+    def versus(variant: str, other: str) -> stats.Comparison:
+        (seeds_x, x), (seeds_y, y) = values[variant], values[other]
+        return stats.compare(x, y, variant, other, seeds_x, seeds_y, target_effect, confidence, n_resamples,
+                             seed, SCALE)
+
+    rows = [
+        VariantSummary(
+            variant=variant, seeds=values[variant][0], values=values[variant][1].tolist(),
+            mean=stats.mean_ci(values[variant][1], confidence),
+            iqm=stats.iqm_ci(values[variant][1], confidence, n_resamples, seed),
+            comparison=versus(variant, reference) if found and variant != reference else None,
+        )
+        for variant in variants
     ]
-    _, cost = _cost_rows(study, variants, reference)
-    return {
-        "study": {"study_id": study.study_id, "study_name": study.study_name,
-                  "experiment_ids": study.experiment_ids, "status_counts": study.status_counts},
-        "metric": metric, "reference": reference, "reference_found": ref_values is not None,
-        "confidence": confidence, "n_bootstrap": n_resamples, "bootstrap_seed": seed,
-        "variants": rows, "cost": cost, "order_sensitivity": order,
-    }
+    order = [OrderCheck(shuffled, twin, versus(shuffled, twin)) for shuffled, twin in order_twins(study)]
+    trials, cost = _cost_rows(study, variants, reference)
+    return Summary(
+        study_id=study.study_id, study_name=study.study_name, experiment_ids=study.experiment_ids,
+        status_counts=study.status_counts, metric=metric, reference=reference, reference_found=found,
+        confidence=confidence, n_bootstrap=n_resamples, bootstrap_seed=seed, target_effect=target_effect,
+        variants=rows, order_sensitivity=order, cost=cost, cost_trials=trials,
+    )
 
 
 def study_curves(
@@ -204,45 +260,67 @@ def _probability(value: float) -> str:
     return f"{value:.2f}" if math.isfinite(value) else "–"
 
 
-def _with_ci(row: Mapping[str, Any], key: str, fmt: Callable[[float], str] = _points) -> str:
-    """`key` of `row` with its `_ci_low`/`_ci_high` (or `ci_low`/`ci_high` for the mean) bounds."""
-    if key not in row:
+def _with_ci(interval: stats.Interval | None, fmt: Callable[[float], str] = _points, bounds_only: bool = False) -> str:
+    """An interval as `estimate [low, high]` (bounds left out when undefined; empty for None)."""
+    if interval is None:
         return ""
-    prefix = "" if key == "mean" else f"{key}_"
-    low, high = row[f"{prefix}ci_low"], row[f"{prefix}ci_high"]
-    bounds = f" [{fmt(low)}, {fmt(high)}]" if math.isfinite(low) and math.isfinite(high) else ""
-    return fmt(row[key]) + bounds
+    bounds = f"[{fmt(interval.low)}, {fmt(interval.high)}]" if interval.defined else ""
+    return bounds if bounds_only else f"{fmt(interval.estimate)} {bounds}".strip()
 
 
 def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, escape=True, border=0, na_rep="–")
 
 
-def _final_table(summary: Mapping[str, Any]) -> str:
-    ref = summary["reference"]
+def _p(value: float) -> str:
+    return f"{value:.3g}" if math.isfinite(value) else ""
+
+
+def _analysis(c: stats.Comparison) -> str:
+    return "paired by seed" if c.analysis == "paired" else "unpaired (Welch)"
+
+
+def _comparison_cells(c: stats.Comparison | None, reference: str) -> dict[str, str]:
+    """The table cells of one comparison (empty cells for the reference itself)."""
+    def cell(render: Callable[[stats.Comparison], str]) -> str:
+        return render(c) if c is not None else ""
+
+    return {
+        "analysis": cell(_analysis),
+        f"Δ vs {reference}, points [95 % CI]": cell(lambda c: _with_ci(c.difference, _signed_points)),
+        "Δ bootstrap 95 % CI": cell(lambda c: _with_ci(c.difference_bootstrap, _signed_points, bounds_only=True)),
+        f"P(> {reference}) [95 % CI]": cell(lambda c: _with_ci(c.prob_improvement, _probability)),
+        "t-test p": cell(lambda c: _p(c.p_value)),
+        "Wilcoxon p": cell(lambda c: _p(c.rank_p_value)),
+        "detectable, points": cell(lambda c: _points(c.mde)),
+        "seeds for target": cell(lambda c: str(c.seeds_needed) if c.seeds_needed is not None else "–"),
+    }
+
+
+def _final_table(summary: Summary) -> str:
     frame = pd.DataFrame([
         {
-            "variant": r["variant"], "seeds": r["n_seeds"],
-            "mean % [95 % CI]": _with_ci(r, "mean"),
-            "IQM % [95 % CI]": _with_ci(r, "iqm"),
-            f"Δ vs {ref}, points [95 % CI]": _with_ci(r, "diff", _signed_points),
-            f"P(> {ref}) [95 % CI]": _with_ci(r, "prob_improvement", _probability),
-            "Welch p": _p(r),
-            "verdict": r.get("sentence", "reference"),
+            "variant": v.variant, "seeds": len(v.values),
+            "mean % [95 % CI]": _with_ci(v.mean),
+            "IQM % [95 % CI]": _with_ci(v.iqm),
+            **_comparison_cells(v.comparison, summary.reference),
+            "verdict": v.comparison.sentence if v.comparison is not None else "reference",
         }
-        for r in summary["variants"]
+        for v in summary.variants
     ])
-    return _table(frame)
+    return _table(frame) + _note(
+        f"Variants that ran the same seeds are compared seed by seed (paired t-interval and test, "
+        f"{RANK_TEST['paired']} test, share of seeds won); otherwise as independent samples (Welch's "
+        f"t-interval and test, {RANK_TEST['unpaired']} test, P(X > Y) over all pairs). 'detectable' is the "
+        f"difference a two-sided test at level {1 - summary.confidence:.2g} finds with "
+        f"{stats.POWER:.0%} power given the seeds run and their observed spread; 'seeds for target' is how many "
+        f"seeds (per variant when unpaired) would detect {summary.target_effect * SCALE:g} points."
+    )
 
 
-def _final_points(summary: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, stats.Interval]]:
-    rows = summary["variants"]
-    values = {r["variant"]: np.array(r["values"], dtype=float) for r in rows}
-    return values, {r["variant"]: stats.Interval(r["mean"], r["ci_low"], r["ci_high"]) for r in rows}
-
-
-def _p(row: Mapping[str, Any]) -> str:
-    return f"{row['welch_p']:.3g}" if math.isfinite(row.get("welch_p", math.nan)) else ""
+def _final_points(summary: Summary) -> tuple[dict[str, np.ndarray], dict[str, stats.Interval]]:
+    values = {v.variant: np.array(v.values, dtype=float) for v in summary.variants}
+    return values, {v.variant: v.mean for v in summary.variants}
 
 
 def _div(fig: go.Figure) -> str:
@@ -259,25 +337,24 @@ def _curves_section(curves: Mapping[str, Mapping[str, Curve]], colors: Mapping[s
     return "".join(_div(figures.curve_figure(c, metric, colors)) for metric, c in curves.items())
 
 
-def _cost_section(study: StudyData, summary: Mapping[str, Any], colors: Mapping[str, str]) -> str:
-    variants = [r["variant"] for r in summary["variants"]]
-    trials, _ = _cost_rows(study, variants, summary["reference"])
-    per_variant = pd.DataFrame(summary["cost"])
+def _cost_section(summary: Summary, colors: Mapping[str, str]) -> str:
+    trials = summary.cost_trials
+    per_variant = pd.DataFrame(summary.cost)
     if per_variant.empty:
         return _note("no finished trials")
     per_variant["step_time_ratio"] = per_variant["step_time_ratio"].map(
         lambda x: f"{x:.2f}×" if math.isfinite(x) else "–")
-    per_variant = per_variant.rename(columns={"step_time_ratio": f"step time vs {summary['reference']}"})
+    per_variant = per_variant.rename(columns={"step_time_ratio": f"step time vs {summary.reference}"})
     present = [m for m in COST_METRICS if trials[m].notna().any()]
     plot = _div(figures.cost_figure(trials, present, colors)) if present else _note("no cost metrics logged")
     return (f"<h3>per variant (means)</h3>{_table(per_variant.round(3))}{plot}"
             f"<h3>per trial</h3>{_table(trials.round(3))}")
 
 
-def _diagnostics_section(study: StudyData, summary: Mapping[str, Any], colors: Mapping[str, str]) -> str:
+def _diagnostics_section(study: StudyData, summary: Summary, colors: Mapping[str, str]) -> str:
     samples = {
         v: np.concatenate([r.advantages for r in study.runs_of(v) if r.advantages is not None])
-        for v in (r["variant"] for r in summary["variants"])
+        for v in (row.variant for row in summary.variants)
         if any(r.advantages is not None for r in study.runs_of(v))
     }
     if samples:
@@ -290,12 +367,12 @@ def _diagnostics_section(study: StudyData, summary: Mapping[str, Any], colors: M
     else:
         parts = [_note("no run logged diagnostics/advantages.json")]
     parts.append("<h3>order sensitivity</h3>")
-    order = summary["order_sensitivity"]
+    order = summary.order_sensitivity
     if order:
         frame = pd.DataFrame([
-            {"shuffled variant": o["variant"], "unshuffled twin": o["twin"],
-             "Δ, points [95 % CI]": _with_ci(o, "diff", _signed_points),
-             "Welch p": _p(o), "verdict": o["sentence"]}
+            {"shuffled variant": o.variant, "unshuffled twin": o.twin, "analysis": _analysis(o.comparison),
+             "Δ, points [95 % CI]": _with_ci(o.comparison.difference, _signed_points),
+             "t-test p": _p(o.comparison.p_value), "verdict": o.comparison.sentence}
             for o in order
         ])
         parts.append(_table(frame))
@@ -313,23 +390,23 @@ def _search_section(optuna_study: optuna.Study) -> str:
 
 def _page(
     study: StudyData,
-    summary: Mapping[str, Any],
+    summary: Summary,
     curves: Mapping[str, Mapping[str, Curve]],
     colors: Mapping[str, str],
     optuna_study: optuna.Study | None,
     refresh_seconds: int | None,
 ) -> str:
     name = study.study_name or study.study_id or "study"
-    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary["study"]["status_counts"].items()))
-    verdicts = [r["sentence"] for r in summary["variants"] if "sentence" in r]
-    if not summary["reference_found"]:
-        verdicts = [f"reference variant {summary['reference']!r} has no finished runs: no comparisons"]
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.status_counts.items()))
+    verdicts = [v.comparison.sentence for v in summary.variants if v.comparison is not None]
+    if not summary.reference_found:
+        verdicts = [f"reference variant {summary.reference!r} has no finished runs: no comparisons"]
     values, means = _final_points(summary)
     sections = [
         ("curves", "Curves", _curves_section(curves, colors)),
         ("final", "Final table", _final_table(summary)
-         + _div(figures.final_figure(values, means, colors, summary["metric"]))),
-        ("cost", "Cost", _cost_section(study, summary, colors)),
+         + _div(figures.final_figure(values, means, colors, summary.metric))),
+        ("cost", "Cost", _cost_section(summary, colors)),
         ("diagnostics", "KRPO diagnostics", _diagnostics_section(study, summary, colors)),
     ]
     if optuna_study is not None:
@@ -341,7 +418,7 @@ def _page(
         f"<title>krpo-bench · {html.escape(name)}</title><style>{_CSS}</style>"
         f"<script>{get_plotlyjs()}</script></head><body>"
         f"<h1>{html.escape(name)}</h1>"
-        f'<p class="meta">metric {html.escape(summary["metric"])} · reference {html.escape(summary["reference"])}'
+        f'<p class="meta">metric {html.escape(summary.metric)} · reference {html.escape(summary.reference)}'
         f" · trials: {html.escape(counts or 'none')} (only finished trials are analysed)</p>"
         f'<ul class="verdicts">{"".join(f"<li>{html.escape(s)}</li>" for s in verdicts)}</ul>'
         f'<nav>{"".join(f"<a href=#{sid}>{title}</a>" for sid, title, _ in sections)}</nav>'
@@ -350,10 +427,10 @@ def _page(
 
 
 def _analyse(
-    study: StudyData, reference: str, metric: str
-) -> tuple[dict[str, Any], dict[str, dict[str, Curve]], dict[str, str]]:
-    summary = summarize(study, reference, metric)
-    variants = [r["variant"] for r in summary["variants"]]
+    study: StudyData, reference: str, metric: str, target_effect: float
+) -> tuple[Summary, dict[str, dict[str, Curve]], dict[str, str]]:
+    summary = summarize(study, reference, metric, target_effect)
+    variants = [v.variant for v in summary.variants]
     curves = {m: c for m in CURVE_METRICS if (c := study_curves(study, m, variants))}
     return summary, curves, figures.palette(variants)
 
@@ -364,14 +441,15 @@ def render_html(
     optuna_study: optuna.Study | None = None,
     refresh_seconds: int | None = None,
     metric: str = METRIC,
+    target_effect: float = stats.TARGET_EFFECT,
 ) -> str:
     """The report as one self-contained HTML string (plotly.js inlined; optional auto-refresh)."""
-    summary, curves, colors = _analyse(study, reference, metric)
+    summary, curves, colors = _analyse(study, reference, metric, target_effect)
     return _page(study, summary, curves, colors, optuna_study, refresh_seconds)
 
 
-def _csv(summary: Mapping[str, Any], path: Path) -> None:
-    frame = pd.DataFrame(summary["variants"], columns=list(CSV_COLUMNS))
+def _csv(summary: Summary, path: Path) -> None:
+    frame = pd.DataFrame([v.row() for v in summary.variants], columns=list(CSV_COLUMNS))
     for column in ("seeds", "values"):
         frame[column] = frame[column].map(lambda xs: ";".join(str(x) for x in xs))
     frame.to_csv(path, index=False)
@@ -384,11 +462,12 @@ def build_report(
     optuna_study: optuna.Study | None = None,
     refresh_seconds: int | None = None,
     metric: str = METRIC,
+    target_effect: float = stats.TARGET_EFFECT,
 ) -> Report:
     """Write report.html, figures/*.png, summary.csv and summary.json into `out_dir`."""
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    summary, curves, colors = _analyse(study, reference, metric)
+    summary, curves, colors = _analyse(study, reference, metric, target_effect)
     pngs = [
         figures.curves_png(curves[m], out / "figures" / f"{m.replace('/', '_')}_curves.png", m, colors)
         for m in PNG_CURVES if m in curves
@@ -401,5 +480,5 @@ def build_report(
     html_path.write_text(_page(study, summary, curves, colors, optuna_study, refresh_seconds), encoding="utf-8")
     csv_path, json_path = out / "summary.csv", out / "summary.json"
     _csv(summary, csv_path)
-    json_path.write_text(json.dumps(_json_ready(summary), indent=2, allow_nan=False), encoding="utf-8")
+    json_path.write_text(json.dumps(summary.to_json(), indent=2, allow_nan=False), encoding="utf-8")
     return Report(out, html_path, csv_path, json_path, pngs, summary)

@@ -10,6 +10,8 @@ import optuna
 from krpo_bench.dashboards.report import Report, build_report, render_html
 from krpo_bench.dashboards.source import load_study
 from krpo_bench.settings import data_home
+from krpo_bench.spec.study import StudySpec
+from krpo_bench.stats import default_reference
 
 
 def _optuna_study(service: Any, info: Any) -> optuna.Study | None:
@@ -21,8 +23,11 @@ def _optuna_study(service: Any, info: Any) -> optuna.Study | None:
 
 
 def _reference(info: Any) -> str:
-    variants = list((info.spec.get("variants") or {}).keys())
-    return "grpo" if "grpo" in variants or not variants else variants[0]
+    return default_reference(list((info.spec.get("variants") or {}).keys())) or "grpo"
+
+
+def _target_effect(info: Any) -> float:
+    return StudySpec.model_validate(info.spec).analysis.target_effect
 
 
 def report_study(service: Any, study_id: str, out_dir: Path | None = None) -> Path:
@@ -30,7 +35,8 @@ def report_study(service: Any, study_id: str, out_dir: Path | None = None) -> Pa
     info = service.get(study_id)
     out = Path(out_dir or data_home() / "reports" / study_id)
     data = load_study(service.mlflow_uri, study_id=study_id)
-    report: Report = build_report(data, out, reference=_reference(info), optuna_study=_optuna_study(service, info))
+    report: Report = build_report(data, out, reference=_reference(info), optuna_study=_optuna_study(service, info),
+                                  target_effect=_target_effect(info))
     return report.html_path
 
 
@@ -44,4 +50,5 @@ def study_dashboard_html(service: Any, study_id: str, refresh_seconds: int | Non
         reference=_reference(info),
         optuna_study=_optuna_study(service, info),
         refresh_seconds=refresh_seconds if running else None,
+        target_effect=_target_effect(info),
     )

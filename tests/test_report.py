@@ -11,16 +11,18 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import scipy.stats
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from krpo_bench.dashboards import StudyData, build_report, load_study, render_html, stats
+from krpo_bench import stats
+from krpo_bench.dashboards import StudyData, build_report, load_study, render_html
 from krpo_bench.dashboards.report import order_twins
 
 STUDY_ID = "study-7"
 FINAL = {
     "grpo": [0.40, 0.43, 0.41],
-    "krpo": [0.49, 0.52, 0.50],
+    "krpo": [0.49, 0.53, 0.50],
     "krpo shuffled": [0.47, 0.45, 0.50],
 }
 STEP_TIME = {"grpo": 0.10, "krpo": 0.11, "krpo shuffled": 0.11}
@@ -162,10 +164,13 @@ def test_report_files_and_self_contained_html(report) -> None:
 
 def test_summary_matches_direct_statistics(report) -> None:
     grpo, krpo = np.array(FINAL["grpo"]), np.array(FINAL["krpo"])
-    expected = stats.compare(krpo, grpo, "krpo", "grpo")
+    seeds = [0, 1, 2]
+    expected = stats.compare(krpo, grpo, "krpo", "grpo", seeds, seeds)
     mean, iqm = stats.mean_ci(krpo), stats.iqm_ci(krpo)
-    assert expected.sentence.startswith("krpo beats grpo by +9.0 points, 95 % CI [+")
+    assert expected.analysis == "paired"
+    assert expected.sentence.startswith("krpo beats grpo by 9.3 points (paired by seed, 3 seeds: +9.3 points, 95 % CI [+")
     assert expected.sentence in report.html_path.read_text()
+    assert "paired by seed" in report.html_path.read_text() and "detectable, points" in report.html_path.read_text()
 
     saved = json.loads(report.json_path.read_text())
     row = next(r for r in saved["variants"] if r["variant"] == "krpo")
@@ -177,7 +182,12 @@ def test_summary_matches_direct_statistics(report) -> None:
         (expected.difference.estimate, expected.difference.low, expected.difference.high))
     assert row["prob_improvement"] == pytest.approx(expected.prob_improvement.estimate)
     assert row["prob_improvement_ci_low"] == pytest.approx(expected.prob_improvement.low)
-    assert row["welch_p"] == pytest.approx(expected.welch_p)
+    assert row["welch_p"] == pytest.approx(scipy.stats.ttest_ind(krpo, grpo, equal_var=False).pvalue)
+    assert row["p_value"] == pytest.approx(scipy.stats.ttest_rel(krpo, grpo).pvalue)
+    assert row["analysis"] == "paired" and row["target_effect"] == 0.02
+    assert (row["welch_ci_low"], row["welch_ci_high"]) == pytest.approx(
+        (expected.welch_difference.low, expected.welch_difference.high))
+    assert row["mde"] == pytest.approx(expected.mde) and row["seeds_needed"] == expected.seeds_needed
     assert row["sentence"] == expected.sentence
     assert saved["variants"][0]["variant"] == "grpo" and "diff" not in saved["variants"][0]
     assert saved["study"]["status_counts"]["FAILED"] == 1
@@ -186,13 +196,26 @@ def test_summary_matches_direct_statistics(report) -> None:
     assert cost["krpo"]["step_time_ratio"] == pytest.approx(1.1)
     assert cost["krpo"]["cost/tokens"] == pytest.approx(2000.0)
     order = saved["order_sensitivity"][0]
-    assert order["sentence"] == stats.compare(FINAL["krpo shuffled"], krpo, "krpo shuffled", "krpo").sentence
+    assert order["sentence"] == stats.compare(FINAL["krpo shuffled"], krpo, "krpo shuffled", "krpo", seeds, seeds).sentence
 
     table = pd.read_csv(report.csv_path).set_index("variant")
     assert table.loc["krpo", "mean"] == pytest.approx(mean.estimate)
     assert table.loc["krpo", "diff_ci_high"] == pytest.approx(expected.difference.high)
-    assert table.loc["krpo", "values"] == "0.49;0.52;0.5"
+    assert table.loc["krpo", "values"] == "0.49;0.53;0.5"
+    assert table.loc["krpo", "analysis"] == "paired"
+    assert table.loc["krpo", "welch_ci_low"] == pytest.approx(expected.welch_difference.low)
     assert np.isnan(table.loc["grpo", "diff"])
+
+
+def test_seed_sets_that_differ_are_compared_unpaired(study, tmp_path: Path) -> None:
+    runs = [r for r in study.runs if not (r.variant == "krpo" and r.seed == 2)]
+    partial = StudyData("s", None, ["0"], runs, {"FINISHED": len(runs)})
+    summary = build_report(partial, tmp_path / "partial", target_effect=0.05).summary
+    krpo = next(v for v in summary.variants if v.variant == "krpo").comparison
+    assert krpo is not None and krpo.analysis == "unpaired" and (krpo.n_variant, krpo.n_reference) == (2, 3)
+    assert "(unpaired, Welch, 2 and 3 seeds:" in krpo.sentence and "would detect 5 points" in krpo.sentence
+    shuffled = next(v for v in summary.variants if v.variant == "krpo shuffled").comparison
+    assert shuffled is not None and shuffled.analysis == "paired"
 
 
 def test_render_html_refresh_and_missing_reference(study) -> None:
@@ -210,10 +233,10 @@ def test_search_view_with_one_trial_skips_importances(study, tmp_path: Path) -> 
 
 def test_empty_and_single_seed_studies_still_render(study, tmp_path: Path) -> None:
     empty = build_report(StudyData("s", None, ["0"], [], {"RUNNING": 2}), tmp_path / "empty")
-    assert empty.summary["variants"] == [] and empty.html_path.exists()
+    assert empty.summary.variants == [] and empty.html_path.exists()
     assert pd.read_csv(empty.csv_path).empty
     single = StudyData("s", None, ["0"], [study.runs_of("grpo")[0], study.runs_of("krpo")[0]], {"FINISHED": 2})
-    row = build_report(single, tmp_path / "single").summary["variants"][1]
+    row = build_report(single, tmp_path / "single").summary.variants[1].row()
     assert row["sentence"].startswith("cannot tell whether krpo beats grpo: only one seed of krpo and grpo")
     saved = json.loads((tmp_path / "single" / "summary.json").read_text())
     assert saved["variants"][1]["diff_ci_low"] is None

@@ -75,6 +75,18 @@ class Objective(Strict):
     direction: Literal["maximize", "minimize"] = "maximize"
 
 
+class Analysis(Strict):
+    target_effect: float = Field(
+        0.02,
+        gt=0,
+        le=1,
+        description=(
+            "the smallest difference in the objective metric (a fraction, 0.02 = 2 points) worth detecting; "
+            "each verdict says about how many seeds would detect it at 80 % power, alpha 0.05"
+        ),
+    )
+
+
 def set_path(config: dict, path: str, value: Any) -> None:
     """Set ``config["a"]["b"] = value`` for ``path == "a.b"``, creating mappings on the way."""
     node = config
@@ -129,6 +141,7 @@ class StudySpec(Strict):
     sampler_seed: int = Field(0, ge=0)
     pruner: Pruner = Field(default_factory=Pruner)
     objective: Objective = Field(default_factory=Objective)
+    analysis: Analysis = Field(default_factory=Analysis)
     n_trials: int | None = Field(None, ge=1, le=MAX_TRIALS_PER_STUDY)
     parallelism: int = Field(4, ge=1, le=1024, description="search trials in flight at once")
     seeds_per_trial: int = Field(1, ge=1, le=100)
