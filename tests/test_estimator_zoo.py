@@ -332,3 +332,55 @@ def test_stateless_estimators_have_no_state_and_stateful_ones_do():
         est = get_estimator(name)
         est.estimate(rewards, ["p"], **_inputs(rewards.tolist()))
         assert bool(est.state_dict()) == (name in (*STATEFUL, "krpo_persistent")), name
+
+
+# --- the trainer feeds lengths and greedy baselines ---------------------------------------------
+
+
+def test_trainer_passes_completion_lengths_to_opo(tmp_path):
+    from tests.test_trainer import G, make_trainer
+
+    trainer, inputs = make_trainer(tmp_path, "opo")
+    torch.manual_seed(3)
+    out = trainer._generate_and_score_completions(inputs)
+    rewards = trainer._aggregate_rewards(trainer._last_rewards_per_func).view(-1, G)
+    lengths = out["completion_mask"].sum(dim=1).view(-1, G)
+    want = get_estimator("opo")(rewards, lengths=lengths).reshape(-1)
+    assert torch.allclose(out["advantages"], want)
+    assert lengths.min() >= 1
+
+
+def test_trainer_generates_scores_and_counts_the_greedy_baseline_of_remax(tmp_path):
+    from krpo_bench.tasks import build_task
+    from krpo_bench.training.evaluation import generate_completions
+    from tests.test_trainer import G, PROMPTS, make_trainer
+
+    trainer, inputs = make_trainer(tmp_path, "remax")
+    torch.manual_seed(4)
+    out = trainer._generate_and_score_completions(inputs)
+    rewards = trainer._aggregate_rewards(trainer._last_rewards_per_func).view(-1, G)
+    baseline = (rewards - out["advantages"].view(-1, G))[:, 0]
+    prompts = [inputs[i * G]["prompt"] for i in range(PROMPTS)]
+    greedy = generate_completions(trainer.model, trainer.processing_class, prompts, max_new_tokens=5)
+    task = build_task(TrialSpec.model_validate(tiny_trial()).task)
+    answers = [inputs[i * G]["answer"] for i in range(PROMPTS)]
+    want = task.reward_funcs[0](prompts=prompts, completions=greedy, answer=answers)
+    assert torch.allclose(baseline, torch.tensor(want, dtype=baseline.dtype)), "an independent greedy decode"
+    assert trainer._metrics["train"]["adv/greedy_reward"] == [pytest.approx(sum(want) / PROMPTS)]
+    sampled = (out["prompt_mask"].sum() + out["completion_mask"].sum()).item()
+    assert trainer.state.num_input_tokens_seen > sampled, "the greedy tokens are counted"
+    assert trainer._metrics["train"]["num_tokens"] == [trainer.state.num_input_tokens_seen]
+
+
+def test_trainer_adds_seeded_advantage_noise_and_logs_it(tmp_path):
+    from tests.test_trainer import G, make_trainer
+
+    trainer, inputs = make_trainer(tmp_path, "grpo", advantage_noise=1.0)
+    trainer.state.global_step = 5
+    torch.manual_seed(5)
+    out = trainer._generate_and_score_completions(inputs)
+    rewards = trainer._aggregate_rewards(trainer._last_rewards_per_func).view(-1, G)
+    want = get_estimator("grpo", advantage_noise=1.0, seed=0)(rewards, step=5).reshape(-1)
+    assert torch.allclose(out["advantages"], want)
+    assert not torch.allclose(out["advantages"], get_estimator("grpo")(rewards).reshape(-1))
+    assert trainer._metrics["train"]["adv/noise_std"][0] > 0.5

@@ -2,9 +2,11 @@
 
 The maintainer-recommended route (TRL issue #4525): override ``_generate_and_score_completions``
 only, keep its output dict and replace ``advantages``. The rewards come from ``_calculate_rewards``
-(already gathered across processes), aggregated exactly as TRL does; cross-step estimator state
-(``krpo_persistent``) is saved in every checkpoint and restored on resume, the way TRL keeps its
-adaptive-entropy state.
+(already gathered across processes), aggregated exactly as TRL does. Estimators that ask for them
+also get the completion lengths (``opo``) or the reward of one greedy completion per prompt
+(``remax``: generated and scored here, its tokens counted in ``num_tokens``). Cross-step estimator
+state (``krpo_persistent``, ``rae``, ``running_norm``, ``ebpo``) is saved in every checkpoint and
+restored on resume, the way TRL keeps its adaptive-entropy state.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import Any
 
 import torch
 from accelerate.utils import gather_object
+from transformers import GenerationConfig
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 from trl import GRPOTrainer
+from trl.data_utils import is_conversational
 
 from krpo_bench.advantages import Estimate, Estimator
 from krpo_bench.tasks.noise import RewardNoise, noisy_rewards
@@ -95,7 +99,12 @@ class BaselineGRPOTrainer(GRPOTrainer):
         rewards = self._add_reward_noise(self._aggregate_rewards(self._last_rewards_per_func))
         groups = rewards.view(-1, self.num_generations)
         prompt_ids = gather_object([x.get("prompt_id") for x in inputs])[:: self.num_generations]
-        estimate = self.estimator.estimate(groups, prompt_ids)
+        extra = {}
+        if self.estimator.needs_lengths:
+            extra["lengths"] = self.accelerator.gather(output["completion_mask"].sum(dim=1)).view_as(groups)
+        if self.estimator.needs_baseline_rewards:
+            extra["baseline_rewards"] = self._greedy_rewards(inputs)
+        estimate = self.estimator.estimate(groups, prompt_ids, **extra, step=self.state.global_step)
         flat = estimate.advantages.reshape(-1)
         local = len(inputs)
         rank = self.accelerator.process_index
@@ -121,6 +130,41 @@ class BaselineGRPOTrainer(GRPOTrainer):
         self._metrics["train"]["train/reward_noisy"].append(noisy.nanmean().item())
         return noisy
 
+    def _greedy_rewards(self, inputs: list[dict[str, Any]]) -> torch.Tensor:
+        """The reward of one greedy completion of each prompt of the batch, ``(num_prompts,)`` across
+        processes, scored like the sampled ones (without ``reward_noise``: its draws are keyed to the
+        sampled rollouts). Its prompt and completion tokens count in ``num_tokens``."""
+        group = self.num_generations
+        if len(inputs) % group:
+            raise ValueError(
+                f"{self.estimator.name} needs whole groups on every process: {len(inputs)} rollouts per process "
+                f"is not a multiple of group_size {group} (make prompts_per_step divisible by the process count)"
+            )
+        firsts = inputs[::group]
+        prompts = [x["prompt"] for x in firsts]
+        prompt_ids, images, multimodal = self._tokenize_prompts(prompts)
+        sampling = self.generation_config
+        greedy = {**self.generation_kwargs, "do_sample": False, "temperature": None, "top_p": None, "top_k": None, "min_p": None}
+        self.generation_config = GenerationConfig(**greedy, disable_compile=True)
+        try:
+            completion_ids, _ = self._generate_single_turn(prompt_ids, images, multimodal, 1)
+        finally:
+            self.generation_config = sampling
+        texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+        if is_conversational({"prompt": prompts[0]}):
+            completions = [[{"role": "assistant", "content": text}] for text in texts]
+        else:
+            completions = texts
+        per_func = GRPOTrainer._calculate_rewards(self, firsts, prompts, completions, completion_ids)
+        greedy_rewards = self._aggregate_rewards(per_func)
+        device = self.accelerator.device
+        tokens = sum(len(ids) for ids in prompt_ids) + sum(len(ids) for ids in completion_ids)
+        self.state.num_input_tokens_seen += self.accelerator.gather(torch.tensor([tokens], device=device)).sum().item()
+        metrics = self._metrics["train"]
+        metrics["num_tokens"] = [self.state.num_input_tokens_seen]
+        metrics["adv/greedy_reward"].append(greedy_rewards.nanmean().item())
+        return greedy_rewards
+
     def _replace_logged_advantages(self, flat: torch.Tensor) -> None:
         logged = self._logs["advantages"]
         for _ in range(min(len(flat), len(logged))):
@@ -135,6 +179,7 @@ class BaselineGRPOTrainer(GRPOTrainer):
         metrics["adv/std"].append(adv.std().item() if adv.numel() > 1 else 0.0)
         metrics["adv/abs_max"].append(adv.abs().max().item() if adv.numel() else 0.0)
         metrics["adv/baseline_mean"].append(estimate.baseline[valid].mean().item() if adv.numel() else 0.0)
+        metrics["adv/scale_mean"].append(estimate.scale[valid].mean().item() if adv.numel() else 0.0)
         filled = torch.where(valid, groups, groups.nanmean(dim=1, keepdim=True))
         zero_std = (filled.amax(dim=1) - filled.amin(dim=1)).abs() < 1e-12
         metrics["adv/frac_zero_std"].append(zero_std.float().mean().item())

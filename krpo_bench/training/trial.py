@@ -199,7 +199,7 @@ def _train(
         args=grpo_config(spec, run_dir, use_cuda, bf16, list(task.reward_weights)),
         train_dataset=task.train,
         processing_class=tokenizer,
-        estimator=build_estimator(spec.estimator),
+        estimator=build_estimator(spec.estimator, seed=t.seed),
         reward_noise=spec.task.reward_noise,
     )
     trainer.remove_callback(PrinterCallback)
