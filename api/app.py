@@ -127,7 +127,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """The API for ``settings`` (default: from the environment)."""
-    settings = settings or ApiSettings.from_env()
+    settings = settings or ApiSettings.from_settings()
     app = FastAPI(title="krpo-bench", version=krpo_bench.__version__, description=DESCRIPTION)
     app.state.settings = settings
     app.state.service = StudyService(settings.db_url, settings.mlflow_uri)

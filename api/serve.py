@@ -43,14 +43,14 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="address to listen on (a public one needs API tokens)"),
     port: int = typer.Option(8000, help="port to listen on"),
     workers: int = typer.Option(0, help="embedded worker processes to run beside the API (0: none)"),
-    db: Optional[str] = typer.Option(None, "--db", envvar="KRPO_BENCH_DB", help="job database URL (default: embedded SQLite)"),
-    mlflow: Optional[str] = typer.Option(None, "--mlflow", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI"),
+    db: Optional[str] = typer.Option(None, "--db", help="job database URL (default: the db setting, see 'krpo-bench config')"),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", help="MLflow tracking URI (default: the mlflow_tracking_uri setting)"),
 ) -> None:
     """Run the REST API (docs at /docs, read-only Optuna dashboard at /optuna)."""
     from krpo_bench.api.auth import TokenStore
     from krpo_bench.api.settings import ApiSettings
 
-    settings = ApiSettings.from_env(db, mlflow)
+    settings = ApiSettings.from_settings(db, mlflow)
     refusal = bind_refusal(host, bool(TokenStore(settings.tokens_file).records()))
     if refusal:
         typer.echo(f"error: {refusal}", err=True)
@@ -102,7 +102,7 @@ def _store() -> TokenStore:
     from krpo_bench.api.auth import TokenStore
     from krpo_bench.api.settings import ApiSettings
 
-    return TokenStore(ApiSettings.from_env().tokens_file)
+    return TokenStore(ApiSettings.from_settings().tokens_file)
 
 
 @token_app.command("create")

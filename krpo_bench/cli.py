@@ -1,4 +1,9 @@
-"""The ``krpo-bench`` command line: thin wrappers over the library and the study service."""
+"""The ``krpo-bench`` command line: thin wrappers over the library and the study service.
+
+Commands that do not train (``status``, ``submit``, ``cancel``, ``report``, ``config``, ...) must not
+import torch, transformers or trl: everything past this module's own imports is imported inside
+the command that needs it (tests/test_cli_imports.py checks each command in a fresh process).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,17 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+@app.callback()
+def _check_settings() -> None:
+    """Refuse to start on unusable settings (a bad variable or config file), naming what is wrong."""
+    from krpo_bench.settings import SettingsError, get_settings
+
+    try:
+        get_settings()
+    except SettingsError as exc:
+        fail(str(exc))
+
+
 @app.command()
 def trial(
     file: Path = typer.Argument(..., help="trial YAML (model, task, estimator, training)"),
@@ -32,7 +48,7 @@ def trial(
     run_dir: Optional[Path] = typer.Option(None, help="run folder (default: <data home>/trials/<trial id>)"),
 ) -> None:
     """Train one trial; running it again resumes from its newest checkpoint."""
-    from krpo_bench.settings import data_home
+    from krpo_bench.settings import trial_folder
     from krpo_bench.spec.trial import TrialSpec
     from krpo_bench.training.trial import run_trial
 
@@ -40,7 +56,7 @@ def trial(
         spec = load_spec(TrialSpec, file)
     except SpecError as exc:
         fail(str(exc))
-    folder = run_dir or data_home() / "trials" / spec.resolved_id()
+    folder = run_dir or trial_folder(spec.resolved_id())
     if fresh and folder.exists():
         shutil.rmtree(folder)
     console.print(f"trial [bold]{spec.resolved_id()}[/bold] -> {folder}")
@@ -52,9 +68,10 @@ def trial(
     console.print(table)
 
 
-DbOption = typer.Option(None, "--db", envvar="KRPO_BENCH_DB", help="job database URL (default: embedded SQLite)")
-MlflowOption = typer.Option(None, "--mlflow", envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI")
-ApiOption = typer.Option(None, "--api", envvar="KRPO_BENCH_API", help="talk to a krpo-bench server instead of the database")
+DbOption = typer.Option(None, "--db", help="job database URL (default: the db setting, see 'krpo-bench config')")
+MlflowOption = typer.Option(None, "--mlflow", help="MLflow tracking URI (default: the mlflow_tracking_uri setting)")
+ApiOption = typer.Option(None, "--api", help="talk to this krpo-bench server instead of the database (default: the api_url setting)")
+StudyArgument = typer.Argument(..., help="study id, unique id prefix or unique study name")
 
 
 def _is_study(data: object) -> bool:
@@ -84,6 +101,18 @@ def _service(db: str | None, mlflow: str | None):
     from krpo_bench.service.studies import StudyService
 
     return StudyService(db, mlflow)
+
+
+def _study_id(service, ref: str) -> str:
+    """The id of the study ``ref`` names (id, unique id prefix or unique name), else a clean error."""
+    from krpo_bench.service.studies import AmbiguousStudy, StudyNotFound
+
+    try:
+        return service.resolve(ref)
+    except StudyNotFound:
+        fail(f"no study {ref!r} (give a study id, a unique id prefix or a unique study name)")
+    except AmbiguousStudy as exc:
+        fail(str(exc))
 
 
 @app.command()
@@ -119,34 +148,37 @@ def submit(file: Path, db: Optional[str] = DbOption, mlflow: Optional[str] = Mlf
     spec = load_any(file)
     if not hasattr(spec, "plan"):
         fail(f"{file} is a trial, not a study; run it with 'krpo-bench trial {file}'")
-    if api:
-        from krpo_bench.client import Client
+    from krpo_bench.settings import get_settings
 
-        console.print_json(json.dumps(Client(api).submit(spec.model_dump(mode="json"))))
+    api = api or get_settings().api_url
+    if api:
+        import httpx
+
+        from krpo_bench.client import ApiError, Client
+
+        try:
+            console.print_json(json.dumps(Client(api).submit(spec.model_dump(mode="json"))))
+        except (ApiError, httpx.HTTPError) as exc:
+            fail(f"{api}: {exc}")
         return
     _print_study(_service(db, mlflow).submit(spec))
 
 
 @app.command()
-def status(study_id: Optional[str] = typer.Argument(None), db: Optional[str] = DbOption, mlflow: Optional[str] = MlflowOption) -> None:
+def status(
+    study: Optional[str] = typer.Argument(None, help="study id, unique id prefix or unique study name (default: list them)"),
+    db: Optional[str] = DbOption,
+    mlflow: Optional[str] = MlflowOption,
+) -> None:
     """One study's progress and per-variant results, or the list of studies."""
     service = _service(db, mlflow)
-    if study_id is None:
+    if study is None:
         for info in service.list(limit=50):
             _print_study(info)
         return
-    info = _get(service, study_id)
+    info = service.get(_study_id(service, study))
     _print_study(info)
     _results_table(service, info.id)
-
-
-def _get(service, study_id: str):
-    from krpo_bench.service.studies import StudyNotFound
-
-    try:
-        return service.get(study_id)
-    except StudyNotFound:
-        fail(f"no study {study_id!r}")
 
 
 def _results_table(service, study_id: str) -> None:
@@ -162,28 +194,27 @@ def _results_table(service, study_id: str) -> None:
 
 
 @app.command()
-def cancel(study_id: str, db: Optional[str] = DbOption, mlflow: Optional[str] = MlflowOption) -> None:
+def cancel(study: str = StudyArgument, db: Optional[str] = DbOption, mlflow: Optional[str] = MlflowOption) -> None:
     """Cancel a study: queued trials at once, running ones within a heartbeat."""
     service = _service(db, mlflow)
-    _get(service, study_id)
-    _print_study(service.cancel(study_id))
+    _print_study(service.cancel(_study_id(service, study)))
 
 
 @app.command()
-def resume(study_id: str, db: Optional[str] = DbOption, mlflow: Optional[str] = MlflowOption) -> None:
+def resume(study: str = StudyArgument, db: Optional[str] = DbOption, mlflow: Optional[str] = MlflowOption) -> None:
     """Continue an interrupted or cancelled study; finished trials are kept, none repeated."""
     service = _service(db, mlflow)
-    _get(service, study_id)
-    _print_study(service.resume(study_id))
+    _print_study(service.resume(_study_id(service, study)))
 
 
 @app.command()
-def extend(study_id: str, n: int = typer.Argument(..., help="trials to add"), db: Optional[str] = DbOption, mlflow: Optional[str] = MlflowOption) -> None:
+def extend(study: str = StudyArgument, n: int = typer.Argument(..., help="trials to add"), db: Optional[str] = DbOption,
+           mlflow: Optional[str] = MlflowOption) -> None:
     """Add N trials to a search study (also a finished one)."""
     from krpo_bench.service.studies import StudyError
 
     service = _service(db, mlflow)
-    _get(service, study_id)
+    study_id = _study_id(service, study)
     try:
         _print_study(service.extend(study_id, n))
     except StudyError as exc:
@@ -250,26 +281,22 @@ def _write_report(service, study_id: str, out: Optional[Path]) -> None:
 
 @app.command()
 def report(
-    study_id: str,
+    study: str = StudyArgument,
     out: Optional[Path] = typer.Option(None, help="report folder (default: <data home>/reports/<study id>)"),
     db: Optional[str] = DbOption,
     mlflow: Optional[str] = MlflowOption,
 ) -> None:
     """Write a study's report: one self-contained HTML file, PNG figures, CSV and JSON numbers."""
     service = _service(db, mlflow)
-    _get(service, study_id)
-    _write_report(service, study_id, out)
+    _write_report(service, _study_id(service, study), out)
 
 
 @app.command()
 def config(as_json: bool = typer.Option(False, "--json", help="print the settings as JSON")) -> None:
     """Print the effective settings and where each comes from (environment > KRPO_BENCH_CONFIG file > default)."""
-    from krpo_bench.settings import Settings, SettingsError
+    from krpo_bench.settings import get_settings
 
-    try:
-        rows = Settings.load().describe()
-    except SettingsError as exc:
-        fail(str(exc))
+    rows = get_settings().describe()  # unusable settings were refused before any command ran
     if as_json:
         print(json.dumps({r["key"]: {k: v for k, v in r.items() if k != "key"} for r in rows}, indent=2))
         return

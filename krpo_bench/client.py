@@ -1,16 +1,17 @@
 """A small typed client of the krpo-bench REST API (``krpo-bench serve``).
 
-    client = Client("http://127.0.0.1:8000", token="kb_...")   # token default: $KRPO_BENCH_API_TOKEN
+    client = Client("http://127.0.0.1:8000", token="kb_...")   # defaults: the api_url and api_token settings
     study = client.submit(spec_dict_or_yaml_text, idempotency_key="my-run-1")
     client.get_study(study["id"])["counts"]
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import httpx
+
+from krpo_bench.settings import get_settings
 
 JSON = dict[str, Any]
 
@@ -30,8 +31,15 @@ class ApiError(RuntimeError):
 class Client:
     """Calls of the API's v1 routes; every method returns the decoded JSON answer or raises ApiError."""
 
-    def __init__(self, base_url: str, token: str | None = None, *, timeout: float = 30.0, http: httpx.Client | None = None) -> None:
-        token = token or os.environ.get("KRPO_BENCH_API_TOKEN")
+    def __init__(self, base_url: str | None = None, token: str | None = None, *, timeout: float = 30.0,
+                 http: httpx.Client | None = None) -> None:
+        """``base_url`` and ``token`` default to the ``api_url`` and ``api_token`` settings
+        (``KRPO_BENCH_API``, ``KRPO_BENCH_API_TOKEN`` or the ``KRPO_BENCH_CONFIG`` file)."""
+        settings = get_settings()
+        base_url = base_url or settings.api_url
+        if http is None and not base_url:
+            raise ValueError("no API URL: pass base_url or set api_url (KRPO_BENCH_API or the KRPO_BENCH_CONFIG file)")
+        token = token or settings.api_token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = http or httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
         self.http.headers.update(headers)

@@ -23,6 +23,7 @@ from typing import Any
 CONFIG_ENV = "KRPO_BENCH_CONFIG"
 DEFAULT_MAX_BODY_BYTES = 1_000_000
 DEFAULT_MAX_TRIALS = 1_000
+DEFAULT_MAX_MODEL_PARAMS = 8_000_000_000
 DEFAULT_LIST_CACHE_S = 1.0
 DEFAULT_MLFLOW_RETRY_S = 300.0
 
@@ -59,12 +60,14 @@ VARS: tuple[Var, ...] = (
     Var("api_token", "KRPO_BENCH_API_TOKEN", "str", "unset", "CLI/client: bearer token sent to the server", secret=True),
     Var("api_tokens_file", "KRPO_BENCH_API_TOKENS_FILE", "path", "<home>/api-tokens.json",
         "server: hashed API tokens ('krpo-bench token create')"),
-    Var("data_roots", "KRPO_BENCH_DATA_ROOTS", "paths", "<home>",
+    Var("data_roots", "KRPO_BENCH_DATA_ROOTS", "paths", "<home>/data",
         "server: folders submitted specs may read local files from (os.pathsep-separated; a list in the file)"),
     Var("allow_remote_code", "KRPO_BENCH_ALLOW_REMOTE_CODE", "bool", "false",
         "server: accept model.trust_remote_code: true"),
     Var("max_body_bytes", "KRPO_BENCH_MAX_BODY_BYTES", "int", str(DEFAULT_MAX_BODY_BYTES), "server: request body cap (413 above)"),
     Var("max_trials", "KRPO_BENCH_MAX_TRIALS", "int", str(DEFAULT_MAX_TRIALS), "server: most trials one submitted study may hold"),
+    Var("max_model_params", "KRPO_BENCH_MAX_MODEL_PARAMS", "int", str(DEFAULT_MAX_MODEL_PARAMS),
+        "server: largest model (parameters) a submitted trial may build or load, where its size is known"),
     Var("mlflow_ui_url", "KRPO_BENCH_MLFLOW_UI_URL", "str", "the tracking URI when it is http(s)",
         "server: base URL of the MLflow UI for run links"),
     Var("list_cache_s", "KRPO_BENCH_LIST_CACHE_S", "float", str(DEFAULT_LIST_CACHE_S),
@@ -95,6 +98,7 @@ class Settings:
     allow_remote_code: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_trials: int = DEFAULT_MAX_TRIALS
+    max_model_params: int = DEFAULT_MAX_MODEL_PARAMS
     mlflow_ui_url: str | None = None
     list_cache_s: float = DEFAULT_LIST_CACHE_S
     config_file: Path | None = None
@@ -133,10 +137,11 @@ class Settings:
             api_url=values.get("api_url"),
             api_token=values.get("api_token"),
             api_tokens_file=values.get("api_tokens_file") or home / "api-tokens.json",
-            data_roots=values.get("data_roots") or (home,),
+            data_roots=values.get("data_roots") or (home / "data",),
             allow_remote_code=values.get("allow_remote_code", False),
             max_body_bytes=values.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES),
             max_trials=values.get("max_trials", DEFAULT_MAX_TRIALS),
+            max_model_params=values.get("max_model_params", DEFAULT_MAX_MODEL_PARAMS),
             mlflow_ui_url=ui.rstrip("/") if ui else None,
             list_cache_s=values.get("list_cache_s", DEFAULT_LIST_CACHE_S),
             config_file=config_file,
@@ -280,6 +285,11 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def trial_folder(trial_id: str) -> Path:
+    """A trial's run folder (checkpoints, result): ``<data home>/trials/<trial id>``."""
+    return data_home() / "trials" / trial_id
+
+
 def default_db_url() -> str:
     """``KRPO_BENCH_DB``, else a SQLite file in the data home."""
     settings = get_settings()
@@ -305,5 +315,5 @@ def default_artifact_root() -> str:
 
 __all__ = [
     "CONFIG_ENV", "ENV_VARS", "Settings", "SettingsError", "VARS", "Var", "cache_dir", "data_home",
-    "default_artifact_root", "default_db_url", "default_mlflow_uri", "get_settings", "read_config_file",
+    "default_artifact_root", "default_db_url", "default_mlflow_uri", "get_settings", "read_config_file", "trial_folder",
 ]

@@ -5,7 +5,7 @@ an in-memory buffer: each log call sends what is pending (one ``log_batch`` per 
 100 params / 100 tags); when the server is unreachable the writes stay buffered and are retried
 with exponential backoff on later log calls, and ``finish`` waits for them. Other calls (creating
 or continuing the run, artifacts, ending the run) are retried with backoff in place. If the server
-stays unreachable for longer than ``retry_s`` (``KRPO_BENCH_MLFLOW_RETRY_S``, default 300 s) a
+stays unreachable for longer than ``retry_s`` (setting ``mlflow_retry_s``, default 300 s) a
 :class:`TrackingUnavailableError` is raised, so the trial attempt fails and its job is retried; the
 writes still pending are spooled to ``<data home>/tracking-spool/<run id>.jsonl`` and replayed
 when the run is continued (on this machine).
@@ -34,13 +34,12 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from krpo_bench.settings import data_home, default_artifact_root, default_mlflow_uri
+from krpo_bench.settings import data_home, default_artifact_root, default_mlflow_uri, get_settings
 
 MAX_BATCH = 1000  # MLflow's log_batch limit on metrics (and on all entries together)
 MAX_PARAMS = 100  # ... on params per batch
 MAX_TAGS = 100  # ... on tags per batch
 RETRY_ENV = "KRPO_BENCH_MLFLOW_RETRY_S"
-DEFAULT_RETRY_S = 300.0
 REQUEST_TIMEOUT_S = 30  # one HTTP request; our own retry loop replaces MLflow's (minutes-long) one
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 15.0
@@ -104,20 +103,6 @@ def is_unreachable(err: BaseException) -> bool:
     return False
 
 
-def retry_deadline_s() -> float:
-    """``KRPO_BENCH_MLFLOW_RETRY_S`` (seconds), default 300."""
-    raw = os.environ.get(RETRY_ENV)
-    if not raw:
-        return DEFAULT_RETRY_S
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{RETRY_ENV} must be a number of seconds, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{RETRY_ENV} must be >= 0, got {raw!r}")
-    return value
-
-
 @contextlib.contextmanager
 def _one_http_try() -> Iterator[None]:
     """MLflow's HTTP client without its own retries (ours take over) and with a bounded timeout.
@@ -144,7 +129,7 @@ class RunTracker:
         self.tracking_uri = tracking_uri or default_mlflow_uri()
         self.client = MlflowClient(self.tracking_uri)
         self.run_id: str | None = None
-        self.retry_s = retry_deadline_s() if retry_s is None else retry_s
+        self.retry_s = get_settings().mlflow_retry_s if retry_s is None else retry_s
         self._metrics: list[Metric] = []
         self._params: dict[str, str] = {}
         self._tags: dict[str, str] = {}

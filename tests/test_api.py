@@ -362,14 +362,14 @@ def test_python_client(client: TestClient, study: dict[str, Any]) -> None:
     assert err.value.status == 409
 
 
-def test_data_roots_default_to_the_data_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_data_roots_default_to_a_data_folder_in_the_data_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("KRPO_BENCH_HOME", str(tmp_path))
     monkeypatch.delenv("KRPO_BENCH_DATA_ROOTS", raising=False)
-    assert ApiSettings.from_env().data_roots == (tmp_path,)
+    assert ApiSettings.from_settings().data_roots == (tmp_path / "data",)  # never the home's own files
     monkeypatch.setenv("KRPO_BENCH_DATA_ROOTS", os.pathsep.join(["/a", "/b"]))
     monkeypatch.setenv("KRPO_BENCH_MAX_TRIALS", "7")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000/")
-    settings = ApiSettings.from_env()
+    settings = ApiSettings.from_settings()
     assert settings.data_roots == (Path("/a"), Path("/b")) and settings.max_trials == 7
     assert settings.mlflow_ui_url == "http://mlflow:5000" and not settings.allow_remote_code
 

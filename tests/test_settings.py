@@ -32,11 +32,11 @@ def test_defaults_make_the_embedded_mode_work(tmp_path: Path) -> None:
     home = Path.home() / ".krpo-bench"
     assert s.home == home and s.config_file is None
     assert s.db == f"sqlite:///{home / 'krpo-bench.db'}" and s.mlflow_tracking_uri == f"sqlite:///{home / 'mlflow.db'}"
-    assert s.data_roots == (home,) and s.api_tokens_file == home / "api-tokens.json"
+    assert s.data_roots == (home / "data",) and s.api_tokens_file == home / "api-tokens.json"
     assert (s.allow_remote_code, s.max_trials, s.max_body_bytes, s.cpu_threads, s.mlflow_ui_url) == (False, 1000, 1_000_000, None, None)
     assert set(s.sources.values()) == {"default"}
     moved = Settings.load({"KRPO_BENCH_HOME": str(tmp_path)})
-    assert moved.db == f"sqlite:///{tmp_path / 'krpo-bench.db'}" and moved.data_roots == (tmp_path,)
+    assert moved.db == f"sqlite:///{tmp_path / 'krpo-bench.db'}" and moved.data_roots == (tmp_path / "data",)
 
 
 def test_legacy_functions_read_the_settings(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,22 +105,21 @@ def test_config_file_must_exist_and_be_toml_or_yaml(tmp_path: Path) -> None:
         Settings.load({"KRPO_BENCH_CONFIG": str(tmp_path / "c.ini")})
 
 
-def _env_reads() -> set[str]:
-    """Every environment variable named in the package: KRPO_BENCH_* anywhere, others where read."""
-    names: set[str] = set()
-    read = re.compile(r"""(?:environ\.get|env\.get|getenv|envvar=)\(?\s*["']([A-Z][A-Z0-9_]+)["']""")
-    for path in SOURCES:
-        text = path.read_text()
-        names |= set(re.findall(r"\bKRPO_BENCH_[A-Z0-9_]+\b", text))
-        names |= set(read.findall(text))
-    return names
+READ = re.compile(r"""(?:environ\.get\(|environ\[|getenv\(|envvar=)\s*["']([A-Z][A-Z0-9_]+)["']""")
 
 
-def test_settings_cover_every_variable_the_code_reads() -> None:
-    names = _env_reads()
-    assert {"KRPO_BENCH_HOME", "KRPO_BENCH_DB", "MLFLOW_TRACKING_URI", "KRPO_BENCH_CPU_THREADS"} <= names
-    missing = names - set(ENV_VARS)
-    assert not missing, f"read by the code but not in krpo_bench.settings.VARS (and README): {sorted(missing)}"
+def test_every_krpo_bench_variable_is_a_setting() -> None:
+    named = {name for path in SOURCES for name in re.findall(r"\bKRPO_BENCH_[A-Z0-9_]+\b", path.read_text())}
+    assert {"KRPO_BENCH_HOME", "KRPO_BENCH_DB", "KRPO_BENCH_CPU_THREADS"} <= named
+    missing = named - set(ENV_VARS)
+    assert not missing, f"named by the code but not in krpo_bench.settings.VARS (and README): {sorted(missing)}"
+
+
+def test_only_the_settings_module_reads_setting_variables() -> None:
+    """Everything else asks ``get_settings()``, so a value from the config file is honoured too."""
+    readers = {f"{path.relative_to(ROOT)}: {name}" for path in SOURCES if path != ROOT / "krpo_bench" / "settings.py"
+               for name in READ.findall(path.read_text()) if name in ENV_VARS}
+    assert not readers, f"read from the environment behind the settings' back: {sorted(readers)}"
 
 
 def test_readme_settings_table_lists_every_variable() -> None:
@@ -138,7 +137,7 @@ def test_api_settings_agree_with_settings(clean_env: Path, monkeypatch: pytest.M
                         "KRPO_BENCH_ALLOW_REMOTE_CODE": "yes", "KRPO_BENCH_MAX_BODY_BYTES": "1234",
                         "KRPO_BENCH_API_TOKENS_FILE": str(tmp_path / "t.json"), "KRPO_BENCH_LIST_CACHE_S": "0.5"}.items():
         monkeypatch.setenv(name, value)
-    api, s = ApiSettings.from_env(), Settings.load()
+    api, s = ApiSettings.from_settings(), Settings.load()
     assert (api.db_url, api.mlflow_uri, api.tokens_file, api.data_roots) == (s.db, s.mlflow_tracking_uri, s.api_tokens_file, s.data_roots)
     assert (api.allow_remote_code, api.max_trials, api.max_body_bytes, api.list_cache_s, api.mlflow_ui_url) == (
         s.allow_remote_code, s.max_trials, s.max_body_bytes, s.list_cache_s, s.mlflow_ui_url)
@@ -164,3 +163,110 @@ def test_config_command_prints_values_and_sources(clean_env: Path, monkeypatch: 
     monkeypatch.setenv("KRPO_BENCH_MAX_BODY_BYTES", "lots")
     bad = CliRunner().invoke(app, ["config"])
     assert bad.exit_code == 2 and "KRPO_BENCH_MAX_BODY_BYTES" in bad.output and "Traceback" not in bad.output
+
+
+# -- every setting in a config file alone takes effect where it is used -----------------------------
+
+TINY = {"model": {"name": "tiny-arith"}, "training": {"max_steps": 2},
+        "task": {"kind": "arithmetic", "num_terms": [2, 2], "num_digits": [1, 1], "operators": ["+"], "parentheses": False,
+                 "unary_minus": False, "templates": ["{expr}="], "compact": True, "rewards": [{"name": "exact"}]}}
+
+
+def study_body(name: str, seeds: int = 1, **base: dict) -> dict:
+    return {"name": name, "kind": "ablation", "seeds": seeds, "base": {**TINY, **base},
+            "variants": {"grpo": {"estimator": {"name": "grpo"}}}}
+
+
+@pytest.fixture()
+def file_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[dict, str]:
+    """Every setting of README's table in one TOML file; no krpo-bench variable in the environment.
+    Returns the file's values and an admin token that the file's token store holds."""
+    from krpo_bench.api.auth import TokenStore
+
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "data").mkdir()
+    token, _ = TokenStore(tmp_path / "tokens.json").create("from-file", ["admin"])
+    values = {
+        "home": str(tmp_path / "home"),
+        "db": f"sqlite:///{tmp_path / 'jobs.db'}",
+        "mlflow_tracking_uri": f"sqlite:///{tmp_path / 'tracking.db'}",
+        "cpu_threads": 3,
+        "mlflow_retry_s": 7.5,
+        "api_url": "http://krpo.example:8123",
+        "api_token": token,
+        "api_tokens_file": str(tmp_path / "tokens.json"),
+        "data_roots": [str(tmp_path / "data")],
+        "allow_remote_code": True,
+        "max_body_bytes": 4000,
+        "max_trials": 2,
+        "max_model_params": 10_000_000,
+        "mlflow_ui_url": "http://mlflow-ui.example",
+        "list_cache_s": 600.0,
+    }
+    config = tmp_path / "krpo-bench.toml"
+    config.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items() if key in ks.VARS_BY_KEY))
+    monkeypatch.setenv("KRPO_BENCH_CONFIG", str(config))
+    return values, token
+
+
+def test_the_readme_table_is_the_file_fixture(file_only: tuple[dict, str]) -> None:
+    values, _ = file_only
+    assert set(ks.VARS_BY_KEY) <= set(values), "the next test must set every setting through the file"
+    assert all(source.startswith("file ") for source in ks.get_settings().sources.values())
+
+
+def test_every_setting_in_the_config_file_takes_effect(file_only: tuple[dict, str], tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from krpo_bench.api.app import create_app
+    from krpo_bench.cli import app as cli
+    from krpo_bench.client import Client
+    from krpo_bench.service.studies import StudyService
+    from krpo_bench.service.worker import _cpu_threads
+    from krpo_bench.tracking import RunTracker
+
+    values, token = file_only
+    assert ks.data_home() == Path(values["home"]) and ks.trial_folder("t1") == Path(values["home"]) / "trials" / "t1"
+    service = StudyService()
+    assert str(service.engine.url) == values["db"] and service.mlflow_uri == values["mlflow_tracking_uri"]
+    tracker = RunTracker()
+    assert tracker.tracking_uri == values["mlflow_tracking_uri"] and tracker.retry_s == 7.5
+    assert _cpu_threads(cpu_slots=1) == 3, "the worker's torch threads per CPU trial"
+    client = Client()
+    assert str(client.http.base_url) == values["api_url"] and client.http.headers["Authorization"] == f"Bearer {token}"
+
+    with TestClient(create_app()) as http:
+        assert http.get("/api/v1/studies").status_code == 401, "api_tokens_file: the server requires its tokens"
+        api = Client(http=http)  # base URL from the test client; the token from the file
+        made = api.submit(study_body("from-file", model={"name": "tiny-arith", "trust_remote_code": True}))
+        assert made["total"] == 1, "allow_remote_code: trust_remote_code accepted"
+        assert Path(values["mlflow_tracking_uri"].removeprefix("sqlite:///")).exists(), "the study's experiment went there"
+
+        headers = {"Authorization": f"Bearer {token}"}
+        outside = tmp_path / "elsewhere.jsonl"
+        outside.write_text('{"prompt": "1+1=", "answer": "2"}\n')
+        jsonl = {"kind": "jsonl", "path": str(outside), "rewards": [{"name": "exact"}]}
+        refused = http.post("/api/v1/studies", json=study_body("outside", task=jsonl), headers=headers)
+        assert refused.status_code == 422 and refused.json()["errors"][0]["type"] == "path_outside_data_roots", refused.text
+        assert values["data_roots"][0] in refused.json()["errors"][0]["message"]
+
+        big = http.post("/api/v1/studies", json=study_body("big", seeds=3), headers=headers)
+        assert big.status_code == 422 and "2" in big.text, "max_trials: 3 trials refused"
+        assert http.post("/api/v1/studies", content=b"x" * 4001, headers=headers).status_code == 413, "max_body_bytes"
+        large = http.post("/api/v1/studies", json=study_body("large", model={"name": "smollm2-135m"}), headers=headers)
+        assert large.status_code == 422 and "model_too_large" in large.text, "max_model_params: 135 M parameters refused"
+
+        listed = api.list_studies()["items"]
+        StudyService().submit(study_body("behind-the-cache"))  # not through the API: the cache is not cleared
+        assert api.list_studies()["items"] == listed, "list_cache_s: the page is reused"
+
+        job = service.queue.claim("w1", 60.0)
+        service.queue.set_mlflow_run(job.id, job.attempt, "r" * 32)
+        link = api.job(job.id)["mlflow_run_url"]
+        assert link.startswith(values["mlflow_ui_url"] + "/#/experiments/"), link
+
+    result = CliRunner().invoke(cli, ["status"])  # no --db: the file's database
+    assert result.exit_code == 0 and "from-file" in result.output, result.output
+    result = CliRunner().invoke(cli, ["submit", str(ROOT / "studies" / "quickstart.yaml")])
+    assert result.exit_code != 0 and values["api_url"] in result.output, "api_url: the CLI submits to the server"

@@ -55,7 +55,7 @@ def main(job_file: str) -> int:
 
     from krpo_bench.distributed import any_rank, main_decides, this_rank
     from krpo_bench.service.studies import StudyService
-    from krpo_bench.settings import data_home
+    from krpo_bench.settings import trial_folder
     from krpo_bench.spec.trial import TrialSpec
     from krpo_bench.training.trial import run_trial
 
@@ -68,7 +68,7 @@ def main(job_file: str) -> int:
     service = StudyService(payload["db_url"], payload["mlflow_uri"], migrate=False) if rank.is_main else None
     config = job.config
     spec = TrialSpec.model_validate(config["trial"])
-    run_dir = data_home() / "trials" / spec.resolved_id()
+    run_dir = trial_folder(spec.resolved_id())
     result_path = Path(payload["result_file"])
 
     def on_eval(step: int, value: float) -> bool:

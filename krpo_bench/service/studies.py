@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import optuna
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from krpo_bench.models.memory import trial_memory_mib
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+AMBIGUOUS_LISTED = 20  # candidates an ambiguous study reference lists
 
 
 class StudyError(ValueError):
@@ -43,6 +44,10 @@ class StudyError(ValueError):
 
 class StudyNotFound(KeyError):
     """No study with that id."""
+
+
+class AmbiguousStudy(StudyError):
+    """A study reference that names several studies; the message lists them."""
 
 
 @dataclass(frozen=True)
@@ -345,6 +350,26 @@ class StudyService:
         return self.get(study_id)
 
     # -- reading ----------------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> str:
+        """The id of the study ``ref`` names: its id, a unique prefix of it, or a unique study name.
+        Raises StudyNotFound, or AmbiguousStudy listing the candidates (newest first)."""
+        with self.engine.connect() as conn:
+            if conn.execute(select(Study.id).where(Study.id == ref)).first() is not None:
+                return ref
+            rows = conn.execute(
+                select(Study.id, Study.name, Study.created_at)
+                .where(or_(Study.name == ref, Study.id.startswith(ref, autoescape=True)))
+                .order_by(Study.created_at.desc(), Study.id)
+                .limit(AMBIGUOUS_LISTED + 1)
+            ).all()
+        if not rows:
+            raise StudyNotFound(ref)
+        if len(rows) == 1:
+            return rows[0].id
+        listed = "".join(f"\n  {r.id}  {r.name!r}  created {r.created_at:%Y-%m-%d %H:%M}" for r in rows[:AMBIGUOUS_LISTED])
+        more = "\n  ... and more" if len(rows) > AMBIGUOUS_LISTED else ""
+        raise AmbiguousStudy(f"{ref!r} names several studies; give the id of one:{listed}{more}")
 
     def _row(self, study_id: str) -> Any:
         with self.engine.connect() as conn:

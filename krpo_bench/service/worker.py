@@ -37,7 +37,7 @@ from sqlalchemy.exc import DBAPIError
 from krpo_bench.service.launch import PARENT_PID_ENV, die_with_parent, trial_command
 from krpo_bench.service.queue import UNESTIMATED_GPU_MEMORY_MIB, ClaimedJob, Heartbeat, is_database_outage
 from krpo_bench.service.studies import StudyService
-from krpo_bench.settings import data_home
+from krpo_bench.settings import data_home, get_settings
 
 MIB = 1024**2
 MEMORY_SAFETY = 0.9  # share of a GPU's free memory (at worker start) that trials may use
@@ -72,8 +72,8 @@ def pick_devices(rooms: dict[str, int], free_slots: dict[str, int], count: int) 
 
 
 def _cpu_threads(cpu_slots: int) -> int:
-    """Torch threads per CPU trial: ``KRPO_BENCH_CPU_THREADS``, else the cores shared by the slots."""
-    return int(os.environ.get("KRPO_BENCH_CPU_THREADS") or max(1, (os.cpu_count() or 1) // max(1, cpu_slots)))
+    """Torch threads per CPU trial: the ``cpu_threads`` setting, else the cores shared by the slots."""
+    return get_settings().cpu_threads or max(1, (os.cpu_count() or 1) // max(1, cpu_slots))
 
 
 @dataclass

@@ -23,7 +23,7 @@ from trl import GRPOConfig
 
 from krpo_bench.distributed import evaluate_sharded, this_rank
 from krpo_bench.models import load_model
-from krpo_bench.settings import data_home
+from krpo_bench.settings import trial_folder
 from krpo_bench.spec.estimator import build_estimator
 from krpo_bench.spec.trial import TrialSpec
 from krpo_bench.tasks import build_task
@@ -124,7 +124,7 @@ def run_trial(
     the run folder, else a new one).
     """
     trial_id = spec.resolved_id()
-    run_dir = Path(run_dir or data_home() / "trials" / trial_id)
+    run_dir = Path(run_dir or trial_folder(trial_id))
     run_dir.mkdir(parents=True, exist_ok=True)
     if (run_dir / RESULT_FILE).exists():
         return TrialResult(**json.loads((run_dir / RESULT_FILE).read_text()))
