@@ -53,7 +53,7 @@ def main(job_file: str) -> int:
 
     import torch
 
-    from krpo_bench.distributed import any_rank, main_decides, this_rank
+    from krpo_bench.training.distributed import any_rank, main_decides, this_rank
     from krpo_bench.service.studies import StudyService
     from krpo_bench.settings import trial_folder
     from krpo_bench.spec.trial import TrialSpec

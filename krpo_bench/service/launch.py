@@ -13,7 +13,7 @@ Process tree and signals:
   parent died before it could arm the signal sees a different parent and exits.
 - SIGTERM to the launcher: torchrun sends it to every rank, waits up to ``SHUTDOWN_TIMEOUT_S``
   (``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` if set), then SIGKILLs. The ranks agree on the step to stop
-  at (``krpo_bench.distributed.any_rank``), checkpoint together and exit.
+  at (``krpo_bench.training.distributed.any_rank``), checkpoint together and exit.
 """
 
 from __future__ import annotations

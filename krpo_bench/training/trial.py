@@ -21,7 +21,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig
 
-from krpo_bench.distributed import evaluate_sharded, this_rank
+from krpo_bench.training.distributed import evaluate_sharded, this_rank
 from krpo_bench.models import load_model
 from krpo_bench.settings import trial_folder
 from krpo_bench.spec.estimator import build_estimator

@@ -1,0 +1,134 @@
+"""The layer contract: each layer imports only the layers below it (and, in an independent group
+written ``a | b``, not its siblings). Checked on the source, every import counted (function-local
+ones included; only ``if TYPE_CHECKING:`` blocks are left out, they run nothing).
+
+An AST check rather than import-linter: ``api/`` and ``dashboards/`` are folders of the repository
+that install as ``krpo_bench.api`` / ``krpo_bench.dashboards`` (setuptools package-dir), which
+import-linter's graph builder (grimp) cannot see under ``krpo_bench``.
+
+Run it alone for the report: ``python tests/test_layers.py``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = {"krpo_bench": ROOT / "krpo_bench", "krpo_bench.api": ROOT / "api", "krpo_bench.dashboards": ROOT / "dashboards"}
+
+LAYERS: list[list[str]] = [  # top first; a layer of several modules is an independent group
+    ["krpo_bench.cli"],
+    ["krpo_bench.api", "krpo_bench.client"],
+    ["krpo_bench.dashboards"],
+    ["krpo_bench.service"],
+    ["krpo_bench.probe"],
+    ["krpo_bench.training"],
+    ["krpo_bench.spec"],
+    ["krpo_bench.models"],
+    ["krpo_bench.tasks", "krpo_bench.tracking"],
+    ["krpo_bench.advantages", "krpo_bench.stats", "krpo_bench.settings"],
+]
+UNLAYERED = {"krpo_bench"}  # the package's own __init__ (its version)
+
+
+def modules() -> dict[str, Path]:
+    """Every module of the package, by dotted name."""
+    found = {}
+    for package, folder in FOLDERS.items():
+        for path in folder.rglob("*.py"):
+            parts = list(path.relative_to(folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            name = ".".join([package, *parts])
+            if not (package == "krpo_bench" and parts and parts[0] in ("api", "dashboards")):
+                found[name] = path
+    return found
+
+
+def layer_of(module: str) -> tuple[int, str] | None:
+    """(layer index, group member) of a module, or None when no layer holds it."""
+    for index, members in enumerate(LAYERS):
+        for member in members:
+            if module == member or module.startswith(member + "."):
+                return index, member
+    return None
+
+
+def _type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def imports(module: str, path: Path) -> list[tuple[str, int]]:
+    """(imported module, line) for every import in the file outside ``if TYPE_CHECKING:``."""
+    is_package = path.name == "__init__.py"
+    found: list[tuple[str, int]] = []
+
+    def visit(node: ast.AST) -> None:
+        for child in ast.iter_child_nodes(node):
+            if _type_checking(child):
+                for orelse in child.orelse:
+                    visit(orelse)
+                continue
+            if isinstance(child, ast.Import):
+                found.extend((alias.name, child.lineno) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    anchor = module.split(".")
+                    anchor = anchor[: len(anchor) - child.level + (1 if is_package else 0)]
+                    base = ".".join(anchor + ([base] if base else []))
+                found.extend((f"{base}.{alias.name}", child.lineno) for alias in child.names)
+            visit(child)
+
+    visit(ast.parse(path.read_text(), str(path)))
+    return found
+
+
+def violations() -> list[str]:
+    """Every import that breaks the contract, as ``importer -> imported (file:line)``."""
+    known = modules()
+    out = []
+    for module, path in sorted(known.items()):
+        source = layer_of(module)
+        if source is None:
+            continue
+        for target, line in imports(module, path):
+            if not target.startswith("krpo_bench"):
+                continue
+            where = f"{path.relative_to(ROOT)}:{line}"
+            if module.startswith("krpo_bench.advantages") and not target.startswith("krpo_bench.advantages"):
+                out.append(f"{module} -> {target} ({where}): the estimators import nothing of the project")
+                continue
+            dest = layer_of(target)
+            if dest is None:
+                continue
+            if dest[0] < source[0]:
+                out.append(f"{module} -> {target} ({where}): imports a higher layer")
+            elif dest[0] == source[0] and dest[1] != source[1]:
+                out.append(f"{module} -> {target} ({where}): {source[1]} and {dest[1]} are independent")
+    return out
+
+
+def test_every_module_is_in_a_layer() -> None:
+    loose = sorted(m for m in modules() if layer_of(m) is None and m not in UNLAYERED)
+    assert not loose, f"modules in no layer (add them to LAYERS in tests/test_layers.py): {loose}"
+
+
+def test_layers_import_downwards_only() -> None:
+    found = violations()
+    assert not found, "layer contract broken:\n  " + "\n  ".join(found)
+
+
+def test_the_check_sees_function_local_and_relative_imports(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import krpo_bench.cli\n"
+                      "def f():\n    from krpo_bench.service import studies\n    from ..spec import trial\n")
+    found = {name for name, _ in imports("krpo_bench.models.m", source)}
+    assert {"krpo_bench.service.studies", "krpo_bench.spec.trial"} <= found and "krpo_bench.cli" not in found
+
+
+if __name__ == "__main__":
+    broken = violations()
+    print("\n".join(broken) or "layer contract kept")
+    raise SystemExit(1 if broken else 0)
