@@ -161,3 +161,13 @@ def masked_std(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     if selected.numel() < 2:
         return values.new_zeros(())
     return selected.std()
+
+
+def masked_moments(values: torch.Tensor, valid: torch.Tensor) -> tuple[float, float]:
+    """Mean and sum of squared deviations of the valid entries, in float64 (0, 0 when none)."""
+    count = valid.sum().item()
+    if not count:
+        return 0.0, 0.0
+    filled = torch.where(valid, values, 0.0).double()
+    mean = filled.sum().item() / count
+    return mean, torch.where(valid, filled - mean, 0.0).square().sum().item()

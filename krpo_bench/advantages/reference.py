@@ -195,7 +195,7 @@ def js_shrinkage(rewards: list[list[float]]) -> list[list[float]]:
             mubar = _mean([mu[k] for k in others])
             v_other = _mean([v[k] for k in others])
             s_other = sum((mu[k] - mubar) ** 2 for k in others) / (n - 1)
-            if v_other + s_other > 0:
+            if v_other + s_other > 1e-12:
                 lam = (n - 1) / n * v_other / (v_other + s_other)
         row = []
         for j, r in enumerate(group):

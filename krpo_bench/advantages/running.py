@@ -7,12 +7,36 @@ depend on every batch before it.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Hashable, Literal
 
 import torch
 from pydantic import Field
 
-from krpo_bench.advantages.base import Estimate, Estimator, EstimatorParams, group_mean
+from krpo_bench.advantages.base import Estimate, Estimator, EstimatorParams, group_mean, masked_moments
+
+
+@lru_cache(maxsize=64)
+def _ema_kernels(
+    block: int, blocks: int, decay: float, dtype: torch.dtype, device: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The reward-independent matrices of :func:`ema_before` (computed in float64)."""
+    d = torch.tensor(decay, dtype=torch.float64)
+    lag = torch.arange(block, dtype=torch.float64)
+    # within a block from a zero start: b_k = (1 - d) sum_{j < k} d^(k - 1 - j) z_j; last row: the
+    # block's contribution to the next block's start
+    diff = lag[:, None] - lag[None, :] - 1
+    inner = torch.where(diff >= 0, (1 - d) * d ** diff.clamp(min=0), 0.0)
+    within = torch.cat([inner, ((1 - d) * d ** (block - 1 - lag))[None, :]])
+    per_block = d**block
+    idx = torch.arange(blocks, dtype=torch.float64)
+    bdiff = idx[:, None] - idx[None, :] - 1
+    across = torch.where(bdiff >= 0, per_block ** bdiff.clamp(min=0), 0.0)
+
+    def to(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=device, dtype=dtype).contiguous()
+
+    return to(within.T), to(across), to((per_block**idx)[:, None]), to(d**lag)
 
 
 def ema_before(values: torch.Tensor, decay: float, start: float) -> tuple[torch.Tensor, float]:
@@ -25,26 +49,14 @@ def ema_before(values: torch.Tensor, decay: float, start: float) -> tuple[torch.
     n = values.numel()
     if n == 0:
         return values.clone(), start
-    dtype, device = values.dtype, values.device
     block = max(1, math.isqrt(n))
     blocks = -(-n // block)
-    z = torch.zeros(blocks * block, dtype=dtype, device=device)
+    z = torch.zeros(blocks * block, dtype=values.dtype, device=values.device)
     z[:n] = values
-    z = z.view(blocks, block)
-    d = torch.tensor(decay, dtype=torch.float64)
-    lag = torch.arange(block, dtype=torch.float64)
-    # within a block from a zero start: b_k = (1 - d) sum_{j < k} d^(k - 1 - j) z_j
-    diff = lag[:, None] - lag[None, :] - 1
-    inner = torch.where(diff >= 0, (1 - d) * d ** diff.clamp(min=0), 0.0).to(dtype=dtype, device=device)
-    local = z @ inner.T
-    # the contribution of each block to the next one's start, and the starts themselves
-    carry = z @ ((1 - d) * d ** (block - 1 - lag)).to(dtype=dtype, device=device)
-    per_block = lag.new_tensor(float(decay) ** block)
-    idx = torch.arange(blocks, dtype=torch.float64)
-    bdiff = idx[:, None] - idx[None, :] - 1
-    outer = torch.where(bdiff >= 0, per_block ** bdiff.clamp(min=0), 0.0).to(dtype=dtype, device=device)
-    starts = outer @ carry + (per_block ** idx).to(dtype=dtype, device=device) * start
-    before = (local + starts[:, None] * (d**lag).to(dtype=dtype, device=device)).reshape(-1)[:n]
+    within, across, start_coef, in_block = _ema_kernels(block, blocks, decay, values.dtype, str(values.device))
+    both = z.view(blocks, block) @ within
+    starts = across @ both[:, block:] + start_coef * start
+    before = (both[:, :block] + starts * in_block).reshape(-1)[:n]
     final = float(decay * before[-1] + (1 - decay) * values[-1])
     return before, final
 
@@ -79,6 +91,9 @@ class RAE(Estimator):
         valid = ~rewards.isnan()
         if self.params.per_prompt:
             baseline = self._per_prompt(rewards, valid, prompt_ids)
+        elif bool(valid.all()):
+            before, self.baseline = ema_before(rewards.reshape(-1), self.params.decay, self.baseline)
+            baseline = before.view_as(rewards)
         else:
             flat_valid = valid.reshape(-1)
             before, self.baseline = ema_before(rewards.reshape(-1)[flat_valid], self.params.decay, self.baseline)
@@ -142,13 +157,13 @@ class RunningNorm(Estimator):
 
     def _estimate(self, rewards, prompt_ids=None):
         valid = ~rewards.isnan()
-        seen = rewards[valid].double()
-        if seen.numel():
-            batch_var, batch_mean = torch.var_mean(seen, unbiased=False)
-            n = seen.numel()
-            delta = float(batch_mean) - self.mean
+        n = int(valid.sum())
+        if n:
+            batch_mean, batch_m2 = masked_moments(rewards, valid)
+            batch_var = batch_m2 / n
+            delta = batch_mean - self.mean
             total = self.count + n
-            self.var = (self.var * self.count + delta**2 * self.count * n / total + float(batch_var) * n) / total
+            self.var = (self.var * self.count + delta**2 * self.count * n / total + batch_var * n) / total
             self.mean += delta * n / total
             self.count = total
         std = math.sqrt(self.var * self.count / (self.count - 1)) if self.count > 1 else 0.0

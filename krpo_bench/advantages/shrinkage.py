@@ -12,7 +12,10 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from krpo_bench.advantages.base import Estimate, Estimator, EstimatorParams, group_mean, masked_std
+from krpo_bench.advantages.base import Estimate, Estimator, EstimatorParams, group_mean, masked_moments, masked_std
+
+
+NO_SPREAD = 1e-12  # v + s at or below this is rounding error around 0 (all-equal rewards)
 
 
 class JSShrinkage(Estimator):
@@ -26,7 +29,7 @@ class JSShrinkage(Estimator):
     ``mubar_{-i}`` (divided by n - 1). The v/s definitions follow a third-party reimplementation
     (UNVERIFIED against the paper body, ESTIMATORS.md 4a). Prompts count when they have at least two
     scored rollouts; the others get advantage 0. With fewer than two such prompts, or
-    ``v + s = 0``, ``lam = 0`` (the leave-one-out mean, RLOO).
+    ``v + s <= 1e-12`` (no spread beyond rounding), ``lam = 0`` (the leave-one-out mean, RLOO).
     """
 
     name = "js_shrinkage"
@@ -38,22 +41,22 @@ class JSShrinkage(Estimator):
         mu = group_mean(rewards, valid).squeeze(1)
         eligible = m >= 2
         v = torch.where(valid, rewards - mu[:, None], 0.0).square().sum(dim=1) / (m * (m - 1)).clamp(min=1)
-        grand = mu[eligible].mean() if bool(eligible.any()) else mu.new_zeros(())
-        v, centred = torch.where(eligible, v, 0.0), torch.where(eligible, mu - grand, 0.0)
         n = eligible.sum().to(rewards.dtype)
+        grand = torch.where(eligible, mu, 0.0).sum() / n.clamp(min=1)
+        v, centred = torch.where(eligible, v, 0.0), torch.where(eligible, mu - grand, 0.0)
         others = (n - 1).clamp(min=1)
         other_centred = (centred.sum() - centred) / others
         mubar = other_centred + grand
         v_other = (v.sum() - v) / others
         s_other = ((centred.square().sum() - centred.square()) / others - other_centred.square()).clamp(min=0)
         total = v_other + s_other
-        lam = torch.where((total > 0) & (n >= 2), (n - 1) / n * v_other / total.clamp(min=1e-300), 0.0)
+        lam = torch.where((total > NO_SPREAD) & (n >= 2), (n - 1) / n * v_other / total, 0.0)
         lam = torch.where(eligible, lam, 0.0)
         loo = (filled.sum(dim=1, keepdim=True) - filled) / (m[:, None] - 1).clamp(min=1)
         baseline = (1 - lam[:, None]) * loo + (lam * mubar)[:, None]
         baseline = torch.where(eligible[:, None], baseline, mu[:, None])
         advantages = torch.where(valid & eligible[:, None], rewards - baseline, 0.0)
-        shrinkage = float(lam[eligible].mean()) if bool(eligible.any()) else 0.0
+        shrinkage = (lam.sum() / n.clamp(min=1)).item()
         return Estimate(advantages, baseline, torch.ones_like(rewards), {"shrinkage_mean": shrinkage})
 
 
@@ -64,13 +67,12 @@ class EBPOParams(EstimatorParams):
     eps: float = Field(1e-6, gt=0, le=1.0)
 
 
-def _merge(stats: list[float], values: torch.Tensor) -> None:
-    """Merge ``values`` into Welford accumulators ``[count, mean, M2]`` (Chan's parallel form)."""
-    if values.numel() == 0:
+def _merge(stats: list[float], values: torch.Tensor, valid: torch.Tensor) -> None:
+    """Merge the ``valid`` ``values`` into Welford accumulators ``[count, mean, M2]`` (Chan's parallel form)."""
+    n_b = valid.sum().item()
+    if not n_b:
         return
-    n_b = values.numel()
-    mean_b = float(values.mean())
-    m2_b = float((values - mean_b).square().sum())
+    mean_b, m2_b = masked_moments(values, valid)
     n_a, mean_a, m2_a = stats
     n = n_a + n_b
     delta = mean_b - mean_a
@@ -108,11 +110,11 @@ class EBPO(Estimator):
         valid = ~rewards.isnan()
         m = valid.sum(dim=1, keepdim=True).to(rewards.dtype)
         means = group_mean(rewards, valid)
-        _merge(self.rewards_stats, rewards[valid].double())
-        _merge(self.group_stats, means[m > 0].double())
+        _merge(self.rewards_stats, rewards, valid)
+        _merge(self.group_stats, means, m > 0)
         sigma2, tau2, prior = _variance(self.rewards_stats), _variance(self.group_stats), self.rewards_stats[1]
         noise = sigma2 / m.clamp(min=1)
-        shrink = torch.where(tau2 + noise > 0, tau2 / (tau2 + noise).clamp(min=1e-300), 1.0)
+        shrink = torch.where(tau2 + noise > 0, tau2 / (tau2 + noise), 1.0)
         baseline = (shrink * means + (1 - shrink) * prior).expand_as(rewards)
         centred = torch.where(valid, rewards - baseline, 0.0)
         if self.params.normalize == "global_std":
@@ -122,7 +124,9 @@ class EBPO(Estimator):
         else:
             scale = torch.ones_like(rewards)
         advantages = centred / scale
-        extras = {"shrinkage_mean": float(shrink[m > 0].mean()) if bool((m > 0).any()) else 0.0, "prior_mean": prior}
+        scored = (m > 0).sum().item()
+        shrinkage = torch.where(m > 0, shrink, 0.0).sum().item() / scored if scored else 0.0
+        extras = {"shrinkage_mean": shrinkage, "prior_mean": prior}
         return Estimate(advantages, baseline, scale, extras)
 
     def state_dict(self) -> dict:
