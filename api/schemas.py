@@ -115,12 +115,62 @@ class StudyPage(BaseModel):
     next_offset: int | None
 
 
+class ComparisonStats(BaseModel):
+    """A variant against the reference on the final held-out accuracy (fractions; null where undefined).
+
+    ``analysis`` is ``paired`` when both ran the same seeds (differences seed by seed: paired t-interval
+    ``diff_ci_*``, bootstrap ``diff_boot_ci_*``, paired t-test ``p_value``, exact Wilcoxon signed-rank
+    ``rank_p_value``, share of seeds won ``prob_improvement``) and ``unpaired`` otherwise (Welch,
+    Wilcoxon rank-sum, P(X > Y)). ``welch_*`` is the unpaired interval and test either way. ``mde`` is
+    the smallest true difference these seeds detect with 80 % power at alpha 0.05, and
+    ``seeds_needed`` the seeds (per variant when unpaired) that would detect ``target_effect``.
+    """
+
+    model_config = _examples({
+        "reference": "grpo", "analysis": "paired", "n_variant": 3, "n_reference": 3, "diff": -0.008,
+        "diff_ci_low": -0.044, "diff_ci_high": 0.027, "diff_boot_ci_low": -0.025, "diff_boot_ci_high": 0.0,
+        "prob_improvement": 0.33, "prob_improvement_ci_low": 0.0, "prob_improvement_ci_high": 0.5,
+        "p_value": 0.42, "rank_p_value": 1.0, "welch_diff": -0.008, "welch_ci_low": -0.05, "welch_ci_high": 0.034,
+        "welch_p": 0.6, "mde": 0.051, "target_effect": 0.02, "seeds_needed": 8,
+        "sentence": "no detectable difference between krpo and grpo (paired by seed, 3 seeds: -0.8 points, ...)",
+    })
+
+    reference: str
+    analysis: Literal["paired", "unpaired"]
+    n_variant: int
+    n_reference: int
+    diff: float | None
+    diff_ci_low: float | None
+    diff_ci_high: float | None
+    diff_boot_ci_low: float | None
+    diff_boot_ci_high: float | None
+    prob_improvement: float | None
+    prob_improvement_ci_low: float | None
+    prob_improvement_ci_high: float | None
+    p_value: float | None
+    rank_p_value: float | None
+    welch_diff: float | None
+    welch_ci_low: float | None
+    welch_ci_high: float | None
+    welch_p: float | None
+    mde: float | None
+    target_effect: float
+    seeds_needed: int | None
+    sentence: str
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> ComparisonStats:
+        return cls(**{k: _finite(v) if isinstance(v, float) else v for k, v in row.items()})
+
+
 class VariantStats(BaseModel):
     """Final held-out accuracy of a variant's succeeded trials: mean and 95 % t-interval over seeds
-    (null where undefined, e.g. fewer than two values)."""
+    (null where undefined, e.g. fewer than two values), and in an ablation its comparison with the
+    reference variant (null for the reference itself)."""
 
     model_config = _examples(
-        {"n": 3, "mean": 0.47, "ci_low": 0.41, "ci_high": 0.53, "values": [0.45, 0.47, 0.49], "initial_mean": 0.39}
+        {"n": 3, "mean": 0.47, "ci_low": 0.41, "ci_high": 0.53, "values": [0.45, 0.47, 0.49], "seeds": [0, 1, 2],
+         "initial_mean": 0.39, "comparison": None}
     )
 
     n: int
@@ -128,17 +178,22 @@ class VariantStats(BaseModel):
     ci_low: float | None
     ci_high: float | None
     values: list[float]
+    seeds: list[int] = []
     initial_mean: float | None = None
+    comparison: ComparisonStats | None = None
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> VariantStats:
+        comparison = row.get("comparison")
         return cls(
             n=row["n"],
             mean=_finite(row["mean"]),
             ci_low=_finite(row["ci_low"]),
             ci_high=_finite(row["ci_high"]),
             values=row["values"],
+            seeds=row.get("seeds", []),
             initial_mean=_finite(row.get("initial_mean", float("nan"))),
+            comparison=ComparisonStats.of(comparison) if comparison is not None else None,
         )
 
 

@@ -240,3 +240,41 @@ def test_empty_and_single_seed_studies_still_render(study, tmp_path: Path) -> No
     assert row["sentence"].startswith("cannot tell whether krpo beats grpo: only one seed of krpo and grpo")
     saved = json.loads((tmp_path / "single" / "summary.json").read_text())
     assert saved["variants"][1]["diff_ci_low"] is None
+
+
+def test_service_results_api_and_cli_carry_the_paired_comparison(tmp_path: Path) -> None:
+    """The service's results (which the API and `krpo-bench status` show) compare like the report does."""
+    from typer.testing import CliRunner
+
+    from krpo_bench.api.schemas import StudyResults, VariantStats
+    from krpo_bench.cli import app
+    from krpo_bench.service.studies import StudyService
+    from tests.trial_specs import tiny_trial
+
+    db, mlflow = f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    service = StudyService(db, mlflow)
+    base = {k: v for k, v in tiny_trial(steps=5).items() if k != "name"}
+    info = service.submit({
+        "name": "paired", "kind": "ablation", "base": base, "seeds": 3, "analysis": {"target_effect": 0.05},
+        "variants": {"krpo": {"estimator": {"name": "krpo"}}, "grpo": {"estimator": {"name": "grpo"}}},
+    })
+    accuracy = {"grpo": FINAL["grpo"], "krpo": FINAL["krpo"]}
+    while (job := service.queue.claim("test-worker", 60)) is not None:
+        value = accuracy[job.config["variant"]][job.config["seed"]]
+        assert service.queue.complete(job.id, job.attempt, {"status": "succeeded", "final_accuracy": value})
+        service.job_finished(job.id)
+    results = service.results(info.id)
+    assert results["grpo"]["comparison"] is None and results["krpo"]["seeds"] == [0, 1, 2]
+    expected = stats.compare(FINAL["krpo"], FINAL["grpo"], "krpo", "grpo", [0, 1, 2], [0, 1, 2], 0.05)
+    assert results["krpo"]["comparison"] == pytest.approx(expected.flat())
+    assert "would detect 5 points" in expected.sentence
+
+    api = StudyResults(study_id=info.id, variants={v: VariantStats.of(r) for v, r in results.items()})
+    krpo = api.model_dump(mode="json")["variants"]["krpo"]["comparison"]
+    assert krpo["analysis"] == "paired" and krpo["sentence"] == expected.sentence
+    assert krpo["welch_ci_low"] == pytest.approx(expected.welch_difference.low) and krpo["target_effect"] == 0.05
+
+    shown = CliRunner().invoke(app, ["status", info.id, "--db", db, "--mlflow", mlflow], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0, shown.output
+    assert expected.sentence in " ".join(shown.output.split())
+    assert "seeds for 5 pts" in shown.output and "paired" in shown.output

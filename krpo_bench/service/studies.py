@@ -432,37 +432,47 @@ class StudyService:
         return self.queue.list_jobs(study_id)
 
     def results(self, study_id: str) -> dict[str, dict[str, Any]]:
-        """Per variant: final accuracies of succeeded trials with mean and 95 % t-interval, and the
-        mean held-out accuracy before training (``initial_mean``, over the trials that measured it)."""
-        from scipy import stats
+        """Per variant: final accuracies and seeds of succeeded trials, their mean with a 95 %
+        t-interval, the mean held-out accuracy before training (``initial_mean``, over the trials
+        that measured it) and, in an ablation, the comparison with the reference variant
+        (``comparison``: paired by seed when the seed sets match, with its minimum detectable effect
+        and the seeds that would detect ``analysis.target_effect``; None for the reference)."""
+        from krpo_bench import stats
 
+        spec = StudySpec.model_validate(self._row(study_id).spec)
+        seeds: dict[str, list[int]] = {}
         per_variant: dict[str, list[float]] = {}
         initial: dict[str, list[float]] = {}
         for job in self.jobs(study_id):
-            per_variant.setdefault(job.config["variant"], [])
-            initial.setdefault(job.config["variant"], [])
+            variant = job.config["variant"]
+            per_variant.setdefault(variant, [])
+            seeds.setdefault(variant, [])
+            initial.setdefault(variant, [])
             if job.status == JobStatus.SUCCEEDED and job.result and job.result.get("final_accuracy") is not None:
-                per_variant[job.config["variant"]].append(job.result["final_accuracy"])
+                per_variant[variant].append(job.result["final_accuracy"])
+                seeds[variant].append(job.config["seed"])
                 if job.result.get("initial_accuracy") is not None:
-                    initial[job.config["variant"]].append(job.result["initial_accuracy"])
+                    initial[variant].append(job.result["initial_accuracy"])
+        reference = stats.default_reference(list((spec.variants or {}).keys()))
+        compared = spec.kind == "ablation" and reference in per_variant
         out = {}
         for variant, values in per_variant.items():
             before = initial[variant]
-            n = len(values)
-            mean = sum(values) / n if n else math.nan
-            low = high = math.nan
-            if n > 1:
-                sem = stats.sem(values)
-                if sem > 0:
-                    low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=sem)
-                else:
-                    low = high = mean
+            mean = stats.mean_ci(values)
+            comparison = None
+            if compared and variant != reference:
+                comparison = stats.compare(
+                    values, per_variant[reference], variant, reference, seeds[variant], seeds[reference],
+                    spec.analysis.target_effect,
+                ).flat()
             out[variant] = {
-                "n": n,
-                "mean": mean,
-                "ci_low": low,
-                "ci_high": high,
+                "n": len(values),
+                "mean": mean.estimate,
+                "ci_low": mean.low,
+                "ci_high": mean.high,
                 "values": values,
+                "seeds": seeds[variant],
                 "initial_mean": sum(before) / len(before) if before else math.nan,
+                "comparison": comparison,
             }
         return out
