@@ -94,6 +94,13 @@ def cost_figure(frame: pd.DataFrame, columns: Sequence[str], colors: Mapping[str
     return fig
 
 
+def scale_figure(frame: pd.DataFrame, columns: Sequence[str], colors: Mapping[str, str]) -> go.Figure:
+    """Per-trial advantage scale and baseline (means over steps), one strip per column, by variant."""
+    fig = cost_figure(frame, columns, colors)
+    fig.update_layout(title="advantage scale and baseline per trial")
+    return fig
+
+
 def advantage_figure(samples: Mapping[str, np.ndarray], colors: Mapping[str, str]) -> go.Figure:
     """Overlaid normalised histograms of each variant's advantage sample."""
     fig = go.Figure()

@@ -366,6 +366,7 @@ def _diagnostics_section(study: StudyData, summary: Summary, colors: Mapping[str
         parts = [_div(figures.advantage_figure(samples, colors)), _table(described.round(4))]
     else:
         parts = [_note("no run logged diagnostics/advantages.json")]
+    parts.append(_scale_section(study, summary, colors))
     parts.append("<h3>order sensitivity</h3>")
     order = summary.order_sensitivity
     if order:
@@ -379,6 +380,30 @@ def _diagnostics_section(study: StudyData, summary: Summary, colors: Mapping[str
     else:
         parts.append(_note(f"no variant with {SHUFFLE_PARAM}=True and an unshuffled twin"))
     return "".join(parts)
+
+
+SCALE_METRICS = {
+    "adv/std": "advantage std",
+    "adv/scale_mean": "scale (divisor)",
+    "adv/baseline_mean": "baseline mean",
+    "adv/abs_max": "|advantage| max",
+}
+
+
+def _scale_section(study: StudyData, summary: Summary, colors: Mapping[str, str]) -> str:
+    """Each variant's advantage scale and baseline: per-trial means over the logged steps."""
+    rows = [
+        {"variant": run.variant, "estimator": run.params.get("estimator.name", ""), "seed": run.seed,
+         **{label: run.histories[m].mean() for m, label in SCALE_METRICS.items() if m in run.histories}}
+        for row in summary.variants for run in study.runs_of(row.variant)
+    ]
+    frame = pd.DataFrame(rows)
+    present = [label for label in SCALE_METRICS.values() if label in frame]
+    title = "<h3>advantage scale and baseline (means over steps and seeds)</h3>"
+    if not present:
+        return title + _note("no run logged adv/* step metrics")
+    per_variant = frame.groupby(["variant", "estimator"], sort=False)[present].mean().reset_index()
+    return title + _table(per_variant.round(4)) + _div(figures.scale_figure(frame, present, colors))
 
 
 def _search_section(optuna_study: optuna.Study) -> str:

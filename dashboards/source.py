@@ -37,6 +37,7 @@ CURVE_METRICS: tuple[str, ...] = (
     "adv/std",
     "adv/abs_max",
     "adv/baseline_mean",
+    "adv/scale_mean",
     "adv/frac_zero_std",
     "adv/kalman_gain_last",
     "adv/posterior_std_last",

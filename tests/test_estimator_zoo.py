@@ -384,3 +384,32 @@ def test_trainer_adds_seeded_advantage_noise_and_logs_it(tmp_path):
     assert torch.allclose(out["advantages"], want)
     assert not torch.allclose(out["advantages"], get_estimator("grpo")(rewards).reshape(-1))
     assert trainer._metrics["train"]["adv/noise_std"][0] > 0.5
+
+
+# --- the report shows each estimator's advantage scale and baseline -----------------------------
+
+
+def test_report_diagnostics_show_each_estimators_advantage_scale_and_baseline():
+    import pandas as pd
+
+    from krpo_bench.dashboards.report import render_html
+    from krpo_bench.dashboards.source import RunData, StudyData
+
+    def run(variant: str, seed: int, scale: float, baseline: float) -> RunData:
+        steps = [1, 2, 3]
+        return RunData(
+            run_id=f"{variant}-{seed}", variant=variant, seed=seed, status="FINISHED",
+            params={"estimator.name": variant}, tags={}, final={"final/accuracy": 0.5 + 0.01 * seed},
+            histories={
+                "adv/std": pd.Series([scale] * 3, index=steps),
+                "adv/scale_mean": pd.Series([scale / 2] * 3, index=steps),
+                "adv/baseline_mean": pd.Series([baseline - 0.1, baseline, baseline + 0.1], index=steps),
+            },
+        )
+
+    runs = [run("grpo", s, 0.9, 0.5) for s in (0, 1)] + [run("rae", s, 0.42, 0.31) for s in (0, 1)]
+    study = StudyData("zoo", "estimator-zoo", ["1"], runs, {"FINISHED": 4})
+    page = render_html(study)
+    section = page[page.index("advantage scale and baseline (means over steps and seeds)"):]
+    assert "<td>rae</td>" in section and "0.42" in section and "0.31" in section and "0.21" in section
+

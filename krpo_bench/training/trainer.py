@@ -15,6 +15,7 @@ import json
 import os
 import resource
 import shutil
+from collections import deque
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from krpo_bench.advantages import Estimate, Estimator
 from krpo_bench.tasks.noise import RewardNoise, noisy_rewards
 
 ESTIMATOR_STATE_FILE = "estimator_state.json"
+ADVANTAGE_SAMPLE_SIZE = 20_000  # the most recent scored advantages kept for the report's histogram
 CHECKPOINT_STAGING_PREFIX = ".checkpoint-staging-"  # + pid of the writer
 
 
@@ -85,6 +87,7 @@ class BaselineGRPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         self.estimator = estimator
         self.reward_noise = reward_noise
+        self.advantage_sample: deque[float] = deque(maxlen=ADVANTAGE_SAMPLE_SIZE)
         self._last_rewards_per_func: torch.Tensor | None = None
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -175,6 +178,7 @@ class BaselineGRPOTrainer(GRPOTrainer):
         metrics = self._metrics["train"]
         valid = ~groups.isnan()
         adv = estimate.advantages[valid]
+        self.advantage_sample.extend(adv.tolist())
         metrics["adv/mean"].append(adv.mean().item() if adv.numel() else 0.0)
         metrics["adv/std"].append(adv.std().item() if adv.numel() > 1 else 0.0)
         metrics["adv/abs_max"].append(adv.abs().max().item() if adv.numel() else 0.0)

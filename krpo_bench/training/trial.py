@@ -34,6 +34,7 @@ from krpo_bench.training.trainer import BaselineGRPOTrainer
 
 RESULT_FILE = "result.json"
 RUN_ID_FILE = "mlflow_run_id"
+ADVANTAGES_ARTIFACT = "diagnostics/advantages.json"  # read by the report's diagnostics
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,8 @@ def _train(
         trainer.add_callback(ProgressCallback(spec.name))
     trainer.train(resume_from_checkpoint=checkpoint)
     steps = trainer.state.global_step
+    if trainer.advantage_sample:
+        tracker.log_dict({"values": list(trainer.advantage_sample)}, ADVANTAGES_ARTIFACT)
 
     if stop_cb.stopped and not eval_cb.pruned:
         status = "stopped"
