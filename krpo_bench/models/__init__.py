@@ -1,70 +1,45 @@
-"""Models a trial can train: ``hf:<id or path>``, the packaged ``smollm2-135m``, and ``tiny-arith``."""
+"""Models a trial can train: ``hf:<id or path>``, the packaged ``smollm2-135m``, and ``tiny-arith``.
+
+Importing the package is cheap: the spec (``krpo_bench.models.config``) and the memory estimate
+(``krpo_bench.models.memory``) are read by commands that never train, so the names below that need
+torch or transformers are imported from their modules on first use.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import torch
-from transformers import PreTrainedTokenizerBase
+from krpo_bench.models.config import HF_PREFIX, LoraSpec, ModelSpec, TinyArithOptions
 
-from krpo_bench.models.config import (
-    HF_PREFIX,
-    SMOLLM2_135M,
-    TINY_ARITH,
-    LoraSpec,
-    ModelSpec,
-    TinyArithOptions,
-)
-from krpo_bench.models.hf import ModelLoadError, apply_lora, load_pretrained, resolve_dtype
-from krpo_bench.models.smollm2 import converted_smollm2
-from krpo_bench.models.tiny_arith import (
-    arith_answer,
-    arith_pairs,
-    arith_prompt,
-    build_tiny_arith,
-    greedy_accuracy,
-    tiny_arith_report,
-)
-
-
-@dataclass
-class LoadedModel:
-    """A model ready to train (LoRA-wrapped when asked) with its TRL-ready tokenizer."""
-
-    model: torch.nn.Module
-    tokenizer: PreTrainedTokenizerBase
-    name: str
-    num_parameters: int
-
-    @property
-    def num_trainable_parameters(self) -> int:
-        """Parameters with ``requires_grad`` (only the adapters under LoRA)."""
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-
-
-def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
-    """The model and tokenizer ``spec`` names, on ``device`` (built or converted on first use)."""
-    if spec.name == TINY_ARITH:
-        source = build_tiny_arith(spec.tiny)
-    elif spec.name == SMOLLM2_135M:
-        source = converted_smollm2()
-    else:
-        source = spec.hf_source
-    model, tokenizer = load_pretrained(
-        source,
-        name=spec.name,
-        dtype=resolve_dtype(spec.dtype, device),
-        device=device,
-        trust_remote_code=spec.trust_remote_code,
+if TYPE_CHECKING:
+    from krpo_bench.models.hf import ModelLoadError
+    from krpo_bench.models.loading import LoadedModel, load_model
+    from krpo_bench.models.smollm2 import converted_smollm2
+    from krpo_bench.models.tiny_arith import (
+        arith_answer,
+        arith_pairs,
+        arith_prompt,
+        build_tiny_arith,
+        greedy_accuracy,
+        tiny_arith_report,
     )
-    if spec.lora is not None:
-        model = apply_lora(model, spec.lora)
-    return LoadedModel(
-        model=model,
-        tokenizer=tokenizer,
-        name=spec.name,
-        num_parameters=sum(p.numel() for p in model.parameters()),
-    )
+
+_LAZY = {
+    "ModelLoadError": "hf",
+    "LoadedModel": "loading",
+    "load_model": "loading",
+    "converted_smollm2": "smollm2",
+    **{name: "tiny_arith" for name in (
+        "arith_answer", "arith_pairs", "arith_prompt", "build_tiny_arith", "greedy_accuracy", "tiny_arith_report",
+    )},
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
 
 
 __all__ = [

@@ -28,7 +28,6 @@ from krpo_bench.service.optuna_store import distribution, make_pruner, make_samp
 from krpo_bench.service.queue import JobInfo, JobQueue, NewJob, is_database_outage
 from krpo_bench.settings import default_db_url, default_mlflow_uri
 from krpo_bench.spec.study import StudySpec, validate_study
-from krpo_bench.tracking import RunTracker, flatten, get_or_create_experiment
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +95,8 @@ class StudyService:
 
     def submit(self, spec: StudySpec | dict[str, Any], *, idempotency_key: str | None = None) -> StudyInfo:
         """Store a validated study, create its MLflow experiment/parent run and queue its trials."""
+        from krpo_bench.tracking import RunTracker, flatten, get_or_create_experiment  # MLflow: only where used
+
         if idempotency_key:
             existing = self._by_idempotency_key(idempotency_key)
             if existing is not None:

@@ -10,16 +10,18 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 from pydantic import TypeAdapter
 
-from krpo_bench.tasks import arithmetic, gsm_symbolic, hf, jsonl
+from krpo_bench.tasks import arithmetic, gsm_symbolic, jsonl
 from krpo_bench.tasks.config import ArithmeticTask, GSMSymbolicTask, HFTask, JsonlTask, RewardSpec, TaskSpec
 from krpo_bench.tasks.prompts import Completion, extract_answer, render_prompt
 from krpo_bench.tasks.rewards import RewardFunc, combine_rewards, is_correct, reward_function
 from krpo_bench.tasks.split import in_test_split
+
+if TYPE_CHECKING:
+    import datasets  # imported where datasets are built: validating a spec does not need it
 
 Row = dict[str, Any]
 
@@ -114,6 +116,8 @@ def _dataset(rows: list[Row], style: str, name: str) -> datasets.Dataset:
     ids = [r["prompt_id"] for r in rows]
     if len(set(ids)) != len(ids):
         raise ValueError(f"the {name} split has duplicate prompt ids")
+    import datasets
+
     return datasets.Dataset.from_dict(
         {
             "prompt": [render_prompt(r["question"], style) for r in rows],
@@ -136,6 +140,8 @@ def build_task(spec: TaskSpec | Mapping[str, Any]) -> Task:
         source = arithmetic if isinstance(spec, ArithmeticTask) else gsm_symbolic
         train, test = _fill_splits(source.generate(spec), spec.train_size, spec.test_size, spec.kind)
     else:
+        from krpo_bench.tasks import hf
+
         train, test = _file_splits(*(jsonl if isinstance(spec, JsonlTask) else hf).load(spec), spec)
     style = spec.prompt_style
     return Task(

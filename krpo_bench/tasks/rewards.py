@@ -10,8 +10,6 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
-import math_verify
-
 from krpo_bench.tasks.prompts import (
     ANSWER_TAG,
     Completion,
@@ -64,6 +62,8 @@ def _timeout() -> int | None:
 def _parse(text: str, latex_first: bool) -> list[Any]:
     """math-verify's reading of ``text`` as LaTeX math (``$text$``) and as it stands, in the given
     order of preference; [] when neither is math."""
+    import math_verify  # with sympy, a second to import: only where answers are graded
+
     readings = (f"${text}$", text) if latex_first else (text, f"${text}$")
     timeout = _timeout()
     for reading in readings:
@@ -87,6 +87,8 @@ def math_equivalent(predicted: str | None, gold: str) -> bool | None:
     if predicted is None:
         return False
     # Model text ("52 dollars", "x = 52") is best read by math-verify's own extraction first.
+    import math_verify
+
     parsed = _parse(predicted, latex_first=False)
     return bool(parsed) and math_verify.verify(list(parsed_gold), parsed, timeout_seconds=_timeout())
 

@@ -1,0 +1,53 @@
+"""Loading a model a trial trains: ``hf:<id or path>``, the packaged ``smollm2-135m``, ``tiny-arith``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from krpo_bench.models.config import SMOLLM2_135M, TINY_ARITH, ModelSpec
+from krpo_bench.models.hf import apply_lora, load_pretrained, resolve_dtype
+from krpo_bench.models.smollm2 import converted_smollm2
+from krpo_bench.models.tiny_arith import build_tiny_arith
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to train (LoRA-wrapped when asked) with its TRL-ready tokenizer."""
+
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    num_parameters: int
+
+    @property
+    def num_trainable_parameters(self) -> int:
+        """Parameters with ``requires_grad`` (only the adapters under LoRA)."""
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+
+
+def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
+    """The model and tokenizer ``spec`` names, on ``device`` (built or converted on first use)."""
+    if spec.name == TINY_ARITH:
+        source = build_tiny_arith(spec.tiny)
+    elif spec.name == SMOLLM2_135M:
+        source = converted_smollm2()
+    else:
+        source = spec.hf_source
+    model, tokenizer = load_pretrained(
+        source,
+        name=spec.name,
+        dtype=resolve_dtype(spec.dtype, device),
+        device=device,
+        trust_remote_code=spec.trust_remote_code,
+    )
+    if spec.lora is not None:
+        model = apply_lora(model, spec.lora)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=spec.name,
+        num_parameters=sum(p.numel() for p in model.parameters()),
+    )
