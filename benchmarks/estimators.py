@@ -84,7 +84,8 @@ def main() -> None:
         "lengths": torch.randint(1, 200, rewards.shape, device=device).float(),
         "baseline_rewards": torch.randint(0, 2, rewards.shape[:1], device=device).float(),
     }
-    print(f"device {device}, {args.threads} CPU thread(s), rewards {args.groups} x {args.group_size}, torch {torch.__version__}")
+    print(f"device {device}, {args.threads} CPU thread(s), rewards {args.groups} x {args.group_size}, "
+          f"torch {torch.__version__}")
 
     estimators = {name: get_estimator(name) for name in ESTIMATORS}
     estimators["rae (per_prompt)"] = get_estimator("rae", per_prompt=True)

@@ -19,7 +19,7 @@ class EstimatorParams(BaseModel):
 
     shuffle_order: bool = False
     advantage_noise: float = Field(
-        0.0, ge=0.0, le=1e3, description="std of the seeded Gaussian noise added to every advantage (a positive control)"
+        0.0, ge=0.0, le=1e3, description="std of seeded Gaussian noise added to every advantage (a positive control)"
     )
 
 
@@ -106,7 +106,9 @@ class Estimator:
         if self.needs_lengths:
             if lengths is None or lengths.shape != rewards.shape:
                 got = None if lengths is None else tuple(lengths.shape)
-                raise ValueError(f"{self.name} needs completion lengths shaped like the rewards {tuple(rewards.shape)}, got {got}")
+                raise ValueError(
+                    f"{self.name} needs completion lengths shaped like the rewards {tuple(rewards.shape)}, got {got}"
+                )
             if bool((lengths < 0).any()):
                 raise ValueError(f"{self.name}: completion lengths must be >= 0")
             inputs["lengths"] = lengths.to(rewards.dtype)

@@ -208,7 +208,9 @@ def js_shrinkage(rewards: list[list[float]]) -> list[list[float]]:
     return out
 
 
-def rae(rewards: list[list[float]], state: dict, decay: float = 0.95, prompt_ids: Sequence[Hashable] | None = None) -> list[list[float]]:
+def rae(
+    rewards: list[list[float]], state: dict, decay: float = 0.95, prompt_ids: Sequence[Hashable] | None = None
+) -> list[list[float]]:
     """One rollout at a time in row-major order; ``state`` holds ``baseline`` (global) or
     ``baselines`` (per prompt id, when ``prompt_ids`` is given) and is updated in place."""
     out = []
@@ -233,7 +235,9 @@ def rae(rewards: list[list[float]], state: dict, decay: float = 0.95, prompt_ids
     return out
 
 
-def running_norm(rewards: list[list[float]], state: dict, center: str = "running", scale: str = "running", eps: float = 1e-6) -> list[list[float]]:
+def running_norm(
+    rewards: list[list[float]], state: dict, center: str = "running", scale: str = "running", eps: float = 1e-6
+) -> list[list[float]]:
     """ROLL's RunningMoments: ``state`` holds mean, var, count (start 0, 1, 1e-24), updated in place."""
     seen = [r for g in rewards for r in _valid(g)]
     mean, var, count = state.get("mean", 0.0), state.get("var", 1.0), state.get("count", 1e-24)
@@ -249,10 +253,16 @@ def running_norm(rewards: list[list[float]], state: dict, center: str = "running
     state.update(mean=mean, var=var, count=count)
     std = math.sqrt(var * count / (count - 1)) if count > 1 else 0.0
     s = std + eps if scale == "running" else 1.0
-    return [[0.0 if math.isnan(r) else (r - (mean if center == "running" else _mean(_valid(g)))) / s for r in g] for g in rewards]
+    out = []
+    for group in rewards:
+        m = mean if center == "running" else _mean(_valid(group))
+        out.append([0.0 if math.isnan(r) else (r - m) / s for r in group])
+    return out
 
 
-def ebpo(rewards: list[list[float]], state: dict, normalize: str = "global_std", eps: float = 1e-6) -> list[list[float]]:
+def ebpo(
+    rewards: list[list[float]], state: dict, normalize: str = "global_std", eps: float = 1e-6
+) -> list[list[float]]:
     """Welford one value at a time over rewards and over group means; ``state`` updated in place."""
 
     def welford(key: str, x: float) -> None:

@@ -101,16 +101,18 @@ class RAE(Estimator):
             baseline[flat_valid] = before
             baseline = baseline.view_as(rewards)
         advantages = torch.where(valid, rewards - baseline, 0.0)
-        extras = {"ema_baseline": self.baseline} if not self.params.per_prompt else {
-            "tracked_prompts": float(len(self.baselines))
-        }
+        if self.params.per_prompt:
+            extras = {"tracked_prompts": float(len(self.baselines))}
+        else:
+            extras = {"ema_baseline": self.baseline}
         return Estimate(advantages, baseline, torch.ones_like(rewards), extras)
 
     def _per_prompt(self, rewards, valid, prompt_ids) -> torch.Tensor:
         if prompt_ids is None:
             raise ValueError("rae with per_prompt: true needs one prompt id per group")
         d = self.params.decay
-        b = torch.tensor([self.baselines.get(pid, 0.0) for pid in prompt_ids], dtype=rewards.dtype, device=rewards.device)
+        stored = [self.baselines.get(pid, 0.0) for pid in prompt_ids]
+        b = torch.tensor(stored, dtype=rewards.dtype, device=rewards.device)
         baseline = torch.empty_like(rewards)
         for i in range(rewards.shape[1]):
             baseline[:, i] = b

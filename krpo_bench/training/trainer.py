@@ -147,7 +147,8 @@ class BaselineGRPOTrainer(GRPOTrainer):
         prompts = [x["prompt"] for x in firsts]
         prompt_ids, images, multimodal = self._tokenize_prompts(prompts)
         sampling = self.generation_config
-        greedy = {**self.generation_kwargs, "do_sample": False, "temperature": None, "top_p": None, "top_k": None, "min_p": None}
+        unsampled = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None, "min_p": None}
+        greedy = {**self.generation_kwargs, **unsampled}
         self.generation_config = GenerationConfig(**greedy, disable_compile=True)
         try:
             completion_ids, _ = self._generate_single_turn(prompt_ids, images, multimodal, 1)
