@@ -55,7 +55,9 @@ def make_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseS
     """The sampler a search spec names, seeded by ``sampler_seed + seed_offset``.
 
     Schedulers build a fresh sampler for every batch of asks (in whichever process runs them), so
-    the offset (trials asked so far) keeps batches from replaying the same random draws.
+    the offset (trials asked so far) keeps batches from replaying the same random draws. The grid
+    sampler takes ``sampler_seed`` alone: its seed shuffles the grid, and the grid ids it keeps in
+    the study index that shuffled list, so the shuffle must be the same in every batch.
     """
     seed = spec.sampler_seed + seed_offset
     if spec.sampler == "tpe":
@@ -76,7 +78,7 @@ def make_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseS
             space[path] = [param.low + i * step for i in range(count)]
             if param.type == "int":
                 space[path] = [int(v) for v in space[path]]
-    return optuna.samplers.GridSampler(space, seed=seed)
+    return optuna.samplers.GridSampler(space, seed=spec.sampler_seed)
 
 
 def make_pruner(pruner: Pruner) -> optuna.pruners.BasePruner:
