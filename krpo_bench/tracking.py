@@ -49,6 +49,14 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _TRANSIENT_REQUEST_ERRORS = (
+# A new SQLite tracking store creates its tables (alembic migrations) on first use and says so at
+# INFO level; quiet in this process only (other MLflow logging is left as it is).
+for _migration_logger in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+    logging.getLogger(_migration_logger).setLevel(logging.WARNING)
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+"""The tag the MLflow 3 UI reads to open an experiment on its training runs rather than on the
+GenAI overview (value ``custom_model_development``)."""
     requests.exceptions.ConnectionError,  # refused, reset, DNS; also urllib3 protocol errors
     requests.exceptions.Timeout,
     requests.exceptions.RetryError,  # HTTP 408/429/5xx (MLflow's retry codes) with retries spent
@@ -81,7 +89,8 @@ def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str)
     if tracking_uri.startswith("sqlite:") or "://" not in tracking_uri:
         location = f"{default_artifact_root()}/{name}"
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
     except MlflowException:
         found = client.get_experiment_by_name(name)
         if found is None:
