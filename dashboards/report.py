@@ -289,6 +289,7 @@ def _comparison_cells(c: stats.Comparison | None, reference: str) -> dict[str, s
         "analysis": cell(_analysis),
         f"Δ vs {reference}, points [95 % CI]": cell(lambda c: _with_ci(c.difference, _signed_points)),
         "Δ bootstrap 95 % CI": cell(lambda c: _with_ci(c.difference_bootstrap, _signed_points, bounds_only=True)),
+        "Δ unpaired (Welch) 95 % CI": cell(lambda c: _with_ci(c.welch_difference, _signed_points, bounds_only=True)),
         f"P(> {reference}) [95 % CI]": cell(lambda c: _with_ci(c.prob_improvement, _probability)),
         "t-test p": cell(lambda c: _p(c.p_value)),
         "Wilcoxon p": cell(lambda c: _p(c.rank_p_value)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -166,6 +167,7 @@ def load_study(
     """
     if study_id is None and experiment is None:
         raise ValueError("give a study_id, an experiment, or both")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per trial's sample is noise
     client = MlflowClient(tracking_uri)
     experiment_ids = _experiment_ids(client, experiment)
     found = _search(client, experiment_ids, study_id) if experiment_ids else []
