@@ -253,8 +253,13 @@ def test_job_detail_results_and_best_trial(client: TestClient) -> None:
     variant = detail["best_trial"]["variant"]
     assert detail["variants"][variant]["counts"]["succeeded"] == 1 and detail["variants"][variant]["mean"] == 0.75
     results = client.get(f"/api/v1/studies/{study_id}/results").json()
-    assert results["variants"][variant] == {
-        "n": 1, "mean": 0.75, "ci_low": None, "ci_high": None, "values": [0.75], "initial_mean": None}
+    row = results["variants"][variant]
+    assert {k: row[k] for k in ("n", "mean", "ci_low", "ci_high", "values", "initial_mean", "seeds")} == {
+        "n": 1, "mean": 0.75, "ci_low": None, "ci_high": None, "values": [0.75], "initial_mean": None,
+        "seeds": [detail["best_trial"]["seed"]]}
+    others = [r["comparison"] for name, r in results["variants"].items() if name != variant and r["comparison"]]
+    assert row["comparison"] is None or row["comparison"]["sentence"].startswith("cannot compare"), row
+    assert all(c["sentence"].startswith("cannot compare") for c in others), others
 
 
 def test_cancel_resume_extend(client: TestClient) -> None:
