@@ -1,9 +1,9 @@
 """A thin MLflow adapter for one trial run: create or continue it, log params, metrics, files.
 
-Outages of the tracking server never silently lose data. Metric, param and tag writes go through
-an in-memory buffer: each log call sends what is pending (one ``log_batch`` per 1000 metrics /
-100 params / 100 tags); when the server is unreachable the writes stay buffered and are retried
-with exponential backoff on later log calls, and ``finish`` waits for them. Other calls (creating
+Outages of the tracking server never silently lose data. Metric and param writes go through an
+in-memory buffer: each log call sends what is pending (one ``log_batch`` per 1000 metrics / 100
+params); when the server is unreachable the writes stay buffered and are retried with exponential
+backoff on later log calls, and ``finish`` waits for them. Other calls (creating
 or continuing the run, artifacts, ending the run) are retried with backoff in place. If the server
 stays unreachable for longer than ``retry_s`` (setting ``mlflow_retry_s``, default 300 s) a
 :class:`TrackingUnavailableError` is raised, so the trial attempt fails and its job is retried; the
@@ -11,10 +11,10 @@ writes still pending are spooled to ``<data home>/tracking-spool/<run id>.jsonl`
 when the run is continued (on this machine).
 
 Retries are safe: every metric keeps the timestamp it was logged with, and MLflow stores an
-identical (key, step, timestamp, value) only once; params are logged once per key and tags are
-idempotent. Only "unreachable" errors are retried (connection refused or reset, timeouts, HTTP
-408/429/5xx, a store that reports itself temporarily unavailable); anything else (a rejected
-value, an unknown run) is raised at once.
+identical (key, step, timestamp, value) only once; params are logged once per key. Only
+"unreachable" errors are retried (connection refused or reset, timeouts, HTTP 408/429/5xx, a store
+that reports itself temporarily unavailable); anything else (a rejected value, an unknown run) is
+raised at once.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import requests
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -38,7 +38,6 @@ from krpo_bench.settings import data_home, default_artifact_root, default_mlflow
 
 MAX_BATCH = 1000  # MLflow's log_batch limit on metrics (and on all entries together)
 MAX_PARAMS = 100  # ... on params per batch
-MAX_TAGS = 100  # ... on tags per batch
 RETRY_ENV = "KRPO_BENCH_MLFLOW_RETRY_S"
 REQUEST_TIMEOUT_S = 30  # one HTTP request; our own retry loop replaces MLflow's (minutes-long) one
 BACKOFF_FIRST_S = 0.5
@@ -141,7 +140,6 @@ class RunTracker:
         self.retry_s = get_settings().mlflow_retry_s if retry_s is None else retry_s
         self._metrics: list[Metric] = []
         self._params: dict[str, str] = {}
-        self._tags: dict[str, str] = {}
         self._logged_params: dict[str, str] = {}
         self._logged_steps: set[tuple[str, int]] = set()  # (key, step) already in a continued run
         self._down_since: float | None = None  # monotonic start of the current outage
@@ -205,17 +203,9 @@ class RunTracker:
         self._metrics.extend(Metric(k, float(v), stamp, step) for k, v in new)
         self._send()
 
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        self._tags.update({k: str(v) for k, v in tags.items()})
-        self._send()
-
     def log_dict(self, obj: Any, path: str) -> None:
         self._flush_blocking()
         self._call(lambda: self.client.log_dict(self.run_id, obj, path), f"upload {path}")
-
-    def flush(self) -> None:
-        """Send every buffered write now, waiting (up to the deadline) for the server."""
-        self._flush_blocking()
 
     def finish(self, status: str = "FINISHED") -> None:
         """Flush buffered writes and end the run with ``status``. After the tracker already gave
@@ -236,7 +226,7 @@ class RunTracker:
     @property
     def pending(self) -> int:
         """Writes buffered and not yet acknowledged by the server."""
-        return len(self._metrics) + len(self._params) + len(self._tags)
+        return len(self._metrics) + len(self._params)
 
     # -- buffering and retries --------------------------------------------------------------
 
@@ -244,22 +234,11 @@ class RunTracker:
         """Send all pending writes, one batch at a time; what was sent leaves the buffer."""
         while self.pending:
             metrics = self._metrics[:MAX_BATCH]
-            params = list(self._params.items())[:MAX_PARAMS]
-            tags = list(self._tags.items())[:MAX_TAGS]
-            room = MAX_BATCH - len(metrics)
-            params, tags = params[:room], tags[: max(0, room - len(params))]
-            self.client.log_batch(
-                self.run_id,
-                metrics=metrics,
-                params=[Param(k, v) for k, v in params],
-                tags=[RunTag(k, v) for k, v in tags],
-            )
+            params = list(self._params.items())[: min(MAX_PARAMS, MAX_BATCH - len(metrics))]
+            self.client.log_batch(self.run_id, metrics=metrics, params=[Param(k, v) for k, v in params])
             del self._metrics[: len(metrics)]
             for key, _ in params:
                 del self._params[key]
-            for key, value in tags:
-                if self._tags.get(key) == value:
-                    del self._tags[key]
         if self._spool_loaded:
             path = self._spool_path()
             if path is not None:
@@ -359,7 +338,6 @@ class RunTracker:
             return None
         records = [{"metric": [m.key, m.value, m.timestamp, m.step]} for m in self._metrics]
         records += [{"param": [k, v]} for k, v in self._params.items()]
-        records += [{"tag": [k, v]} for k, v in self._tags.items()]
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".partial")
@@ -370,7 +348,6 @@ class RunTracker:
             return None
         self._metrics.clear()
         self._params.clear()
-        self._tags.clear()
         self._spool_loaded = False
         return path, len(records)
 
@@ -393,9 +370,6 @@ class RunTracker:
                 key, value = record["param"]
                 if key not in self._logged_params:
                     self._logged_params[key] = self._params[key] = value
-            elif "tag" in record:
-                key, value = record["tag"]
-                self._tags[key] = value
         self._spool_loaded = True  # the file goes once these writes reached the server
 
 
@@ -419,13 +393,7 @@ class NullTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         pass
 
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        pass
-
     def log_dict(self, obj: Any, path: str) -> None:
-        pass
-
-    def flush(self) -> None:
         pass
 
     def finish(self, status: str = "FINISHED") -> None:

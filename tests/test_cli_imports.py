@@ -47,6 +47,7 @@ COMMANDS = {
     "cancel": (["cancel", "imports-ablation"], True),
     "resume": (["resume", "imports-ablation"], True),
     "extend": (["extend", "imports-search", "1"], True),
+    "report": (["report", "imports-ablation", "--out", "{home}/report"], True),
 }
 
 
@@ -71,7 +72,7 @@ def _env(home: Path) -> dict[str, str]:
 @lru_cache(maxsize=None)
 def loaded_by(name: str, home: Path) -> list[str]:
     """The heavy modules the command ``name`` imported (it must succeed)."""
-    args = [a.format(study_file=home / "study.json") for a in COMMANDS[name][0]]
+    args = [a.format(study_file=home / "study.json", home=home) for a in COMMANDS[name][0]]
     result = subprocess.run([sys.executable, "-c", WRAPPER, *args], env=_env(home), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"krpo-bench {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     line = [x for x in result.stdout.splitlines() if x.startswith("LOADED=")][-1]

@@ -79,7 +79,6 @@ class StudyKind(StrEnum):
 
 
 class StudyStatus(StrEnum):
-    PENDING = "pending"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -93,11 +92,6 @@ class JobStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     PRUNED = "pruned"
-
-
-TERMINAL_JOB_STATUSES = frozenset(
-    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PRUNED}
-)
 
 
 class WorkerStatus(StrEnum):
@@ -141,7 +135,7 @@ class Study(Base):
     name: Mapped[str] = mapped_column(String(255))
     kind: Mapped[str] = mapped_column(String(16))
     spec: Mapped[dict[str, Any]]
-    status: Mapped[str] = mapped_column(String(16), default=StudyStatus.PENDING.value)
+    status: Mapped[str] = mapped_column(String(16), default=StudyStatus.RUNNING.value)
     priority: Mapped[int] = mapped_column(Integer, default=0)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     optuna_study_name: Mapped[str | None] = mapped_column(String(255))
