@@ -104,17 +104,29 @@ class RequestGuard:
             request_id.reset(token)
 
 
+ECHO_CHARS = 64
+"""Longest request value an error echoes (longer ones are cut, so no error repeats a huge header)."""
+
+
+def _clipped(value: Any) -> Any:
+    """``value``, or for text longer than ``ECHO_CHARS``: its prefix and how long it was."""
+    if isinstance(value, (str, bytes)) and len(value) > ECHO_CHARS:
+        return f"{value[:ECHO_CHARS]!s}... ({len(value)} characters)"
+    return value
+
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """The generated schema plus, in components, the study spec (the submit body) and the error body;
     bearer security is declared only when this server requires tokens."""
-    if app.openapi_schema is None:
+    required = app.state.auth.required  # tokens may be created (or all revoked) while serving
+    if app.openapi_schema is None or app.state.schema_requires_tokens != required:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes, tags=app.openapi_tags)
         components = schema.setdefault("components", {})
         for model in (StudySpec, ErrorResponse):
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.setdefault("schemas", {}).update(model_schema.pop("$defs", {}))
             components["schemas"][model.__name__] = model_schema
-        if not app.state.auth.required:
+        if not required:
             components.pop("securitySchemes", None)
             for operations in schema["paths"].values():
                 for operation in operations.values():
@@ -122,6 +134,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     for status in ("401", "403"):
                         operation["responses"].pop(status, None)
         app.openapi_schema = schema
+        app.state.schema_requires_tokens = required
     return app.openapi_schema
 
 
@@ -132,7 +145,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.service = StudyService(settings.db_url, settings.mlflow_uri)
     app.state.auth = Authenticator(TokenStore(settings.tokens_file))
-    app.state.policy = Policy(settings.data_roots, settings.allow_remote_code, settings.max_trials)
+    app.state.policy = Policy(settings.data_roots, settings.allow_remote_code, settings.max_trials, settings.max_model_params)
     app.state.submit_slots = asyncio.Semaphore(SUBMIT_CONCURRENCY)
     app.state.list_cache = PageCache(settings.list_cache_s)
 
@@ -148,7 +161,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"path": ".".join(str(p) for p in e["loc"]), "value": e.get("input"), "message": e["msg"], "type": e["type"]}
+            {"path": ".".join(str(p) for p in e["loc"]), "value": _clipped(e.get("input")), "message": e["msg"], "type": e["type"]}
             for e in exc.errors()
         ]
         return error_response(422, "invalid request", errors)

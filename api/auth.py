@@ -2,14 +2,17 @@
 
 A token is ``kb_<random>``; the file keeps only its SHA-256 (tokens are 256-bit random, so a fast
 hash is enough), its id, name and scopes. Scopes nest: ``admin`` includes ``submit``, which includes
-``read``. The server needs tokens when the file holds at least one at start-up; without any it
-serves anonymous requests and ``serve`` refuses to bind anywhere but loopback.
+``read``. The server needs tokens as soon as the file holds one (it is re-read when it changes, so
+creating the first token closes a running server too); without any it serves anonymous requests,
+``serve`` refuses to bind anywhere but loopback, and only requests whose ``Host`` is a loopback
+name or address are answered (a web page cannot reach it through DNS rebinding).
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import ipaddress
 import json
 import os
 import secrets
@@ -117,8 +120,8 @@ class TokenStore:
                 self._write(kept)
         return len(records) - len(kept)
 
-    def lookup(self, token: str) -> TokenRecord | None:
-        """The record of ``token``, re-reading the file if it changed since the last call."""
+    def _current(self) -> dict[str, TokenRecord]:
+        """The records by hash, re-reading the file if it changed since the last call."""
         try:
             stat = self.path.stat()
             stamp = (stat.st_mtime_ns, stat.st_size)
@@ -127,19 +130,53 @@ class TokenStore:
         if stamp != self._stamp:
             self._by_hash = {r.sha256: r for r in self.records()}
             self._stamp = stamp
-        return self._by_hash.get(hash_token(token))
+        return self._by_hash
+
+    def lookup(self, token: str) -> TokenRecord | None:
+        """The record of ``token`` (as the file holds it now)."""
+        return self._current().get(hash_token(token))
+
+    def has_tokens(self) -> bool:
+        """Whether the file holds at least one token now."""
+        return bool(self._current())
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a ``Host`` header names this machine's loopback (``localhost``, ``127.0.0.1``, ``[::1]``,
+    with or without a port)."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1 : name.find("]")] if "]" in name else ""
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    name = name.rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class Authenticator:
-    """Checks a request's bearer token for a scope; a no-op when the server runs without tokens."""
+    """Checks a request's bearer token for a scope; without tokens, checks that the request was
+    addressed to a loopback name instead."""
 
     def __init__(self, store: TokenStore) -> None:
         self.store = store
-        self.required = bool(store.records())
 
-    def check(self, token: str | None, scope: str) -> TokenRecord | None:
-        """The token's record if it grants ``scope``; raises AuthError otherwise."""
+    @property
+    def required(self) -> bool:
+        """Whether requests need a token: the token file holds one (now, not at start-up)."""
+        return self.store.has_tokens()
+
+    def check(self, token: str | None, scope: str, host: str) -> TokenRecord | None:
+        """The token's record if it grants ``scope`` (None on a server without tokens, for a
+        request whose ``host`` header is a loopback name); raises AuthError otherwise."""
         if not self.required:
+            if not is_loopback_host(host):
+                raise AuthError(403, "this server has no API tokens and only answers requests addressed to a "
+                                "loopback name (Host: localhost or 127.0.0.1); create a token to serve other names", scope)
             return None
         if not token:
             raise AuthError(401, "a bearer token is required (Authorization: Bearer <token>)", scope)
@@ -164,6 +201,7 @@ def require(scope: Scope) -> Callable[..., TokenRecord | None]:
     """A dependency admitting requests whose token grants ``scope``."""
 
     async def dependency(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> TokenRecord | None:
-        return request.app.state.auth.check(credentials.credentials if credentials else None, scope)
+        token = credentials.credentials if credentials else None
+        return request.app.state.auth.check(token, scope, request.headers.get("host", ""))
 
     return dependency

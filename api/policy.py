@@ -1,5 +1,6 @@
 """What a server accepts beyond a valid spec: no remote code, local files only under the data roots,
-and a cap on trials. Pure functions over specs; every refusal is a spec error naming its path."""
+a cap on trials and on model size, and priorities above the default only from admins. Pure functions
+over specs; every refusal is a spec error naming its path."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from krpo_bench.models.config import TINY_ARITH
+from krpo_bench.models.memory import model_shape
+from krpo_bench.settings import DEFAULT_MAX_MODEL_PARAMS
 from krpo_bench.spec.loading import SpecError, validation_errors
-from krpo_bench.spec.study import StudySpec, validate_study
+from krpo_bench.spec.study import StudySpec, storage_errors, validate_study
 from krpo_bench.spec.trial import TrialSpec
 
 
@@ -24,6 +28,7 @@ class Policy:
     data_roots: tuple[Path, ...]
     allow_remote_code: bool = False
     max_trials: int = 1_000
+    max_model_params: int = DEFAULT_MAX_MODEL_PARAMS
 
 
 def _error(path: str, value: Any, message: str, rule: str) -> dict[str, Any]:
@@ -59,9 +64,14 @@ def trial_violations(trial: TrialSpec, policy: Policy) -> Iterator[tuple[str, An
     if task.kind == "hf" and looks_local(task.dataset):
         local.append(("task.dataset", task.dataset, task.dataset))
     roots = ", ".join(str(r) for r in policy.data_roots)
-    for field, value, path in local:
-        if not under_roots(path, policy.data_roots):
-            yield field, value, f"local paths must be absolute and lie under the data roots ({roots})", "path_outside_data_roots"
+    outside = [(field, value) for field, value, path in local if not under_roots(path, policy.data_roots)]
+    for field, value in outside:
+        yield field, value, f"local paths must be absolute and lie under the data roots ({roots})", "path_outside_data_roots"
+    shape = None if any(field == "model.name" for field, _ in outside) else model_shape(model)
+    if shape is not None and shape.parameters > policy.max_model_params:
+        field = "model.tiny" if model.name == TINY_ARITH else "model.name"
+        yield (field, shape.parameters, f"the model has about {shape.parameters:,} parameters; this server allows at most "
+               f"{policy.max_model_params:,} (KRPO_BENCH_MAX_MODEL_PARAMS)", "model_too_large")
 
 
 def _trial_sources(study: StudySpec) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -120,7 +130,7 @@ def admit(data: Any, policy: Policy, source: str = "<request>") -> StudySpec:
     """
     if not isinstance(data, dict):
         raise SpecError(source, [_error("", type(data).__name__, "spec must be a mapping", "type_error")])
-    plain = check_plain_data(data)
+    plain = check_plain_data(data) + storage_errors(data)
     if plain:
         raise SpecError(source, plain)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,6 +28,11 @@ def palette(variants: Sequence[str]) -> dict[str, str]:
     return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(variants)}
 
 
+def _text(variant: str) -> str:
+    """A variant name as plotly text: escaped, since plotly renders tags (links too) in labels."""
+    return html.escape(str(variant))
+
+
 def _rgba(color: str, alpha: float) -> str:
     r, g, b = plotly.colors.hex_to_rgb(color)
     return f"rgba({r},{g},{b},{alpha})"
@@ -41,7 +47,7 @@ def curve_figure(curves: Mapping[str, Curve], title: str, colors: Mapping[str, s
             points = series.dropna()
             fig.add_trace(go.Scatter(
                 x=points.index, y=points.to_numpy(), mode="lines", line=dict(color=color, width=1),
-                opacity=0.25, legendgroup=variant, showlegend=False, name=f"{variant} seed {seed}",
+                opacity=0.25, legendgroup=variant, showlegend=False, name=f"{_text(variant)} seed {seed}",
             ))
         banded = np.isfinite(curve.low) & np.isfinite(curve.high)
         steps = curve.steps[banded]
@@ -49,11 +55,11 @@ def curve_figure(curves: Mapping[str, Curve], title: str, colors: Mapping[str, s
             x=np.concatenate([steps, steps[::-1]]),
             y=np.concatenate([curve.high[banded], curve.low[banded][::-1]]),
             mode="lines", fill="toself", fillcolor=_rgba(color, 0.2), line=dict(width=0), hoverinfo="skip",
-            legendgroup=variant, showlegend=False, name=f"{variant} 95 % band",
+            legendgroup=variant, showlegend=False, name=f"{_text(variant)} 95 % band",
         ))
         fig.add_trace(go.Scatter(
             x=curve.steps, y=curve.mean, mode="lines", line=dict(color=color, width=2.5),
-            legendgroup=variant, name=variant,
+            legendgroup=variant, name=_text(variant),
         ))
     fig.update_layout(title=title, xaxis_title="optimizer step", yaxis_title=title, **_LAYOUT)
     return fig
@@ -67,11 +73,11 @@ def final_figure(
     for variant, seeds in values.items():
         ci = means[variant]
         fig.add_trace(go.Scatter(
-            x=[variant] * len(seeds), y=seeds, mode="markers", opacity=0.5,
-            marker=dict(color=colors[variant], size=8), showlegend=False, name=f"{variant} seeds",
+            x=[_text(variant)] * len(seeds), y=seeds, mode="markers", opacity=0.5,
+            marker=dict(color=colors[variant], size=8), showlegend=False, name=f"{_text(variant)} seeds",
         ))
         fig.add_trace(go.Scatter(
-            x=[variant], y=[ci.estimate], mode="markers", name=variant,
+            x=[_text(variant)], y=[ci.estimate], mode="markers", name=_text(variant),
             marker=dict(color=colors[variant], size=14, symbol="diamond"),
             error_y=dict(type="data", symmetric=False,
                          array=[np.nan_to_num(ci.high - ci.estimate)],
@@ -87,7 +93,7 @@ def cost_figure(frame: pd.DataFrame, columns: Sequence[str], colors: Mapping[str
     for col, metric in enumerate(columns, start=1):
         for variant, group in frame.groupby("variant", sort=False):
             fig.add_trace(go.Box(
-                x=group["variant"], y=group[metric], name=variant, boxpoints="all", jitter=0.3,
+                x=group["variant"].map(_text), y=group[metric], name=_text(variant), boxpoints="all", jitter=0.3,
                 marker_color=colors[variant], legendgroup=variant, showlegend=col == 1,
             ), row=1, col=col)
     fig.update_layout(title="cost per trial", **_LAYOUT)
@@ -106,7 +112,7 @@ def advantage_figure(samples: Mapping[str, np.ndarray], colors: Mapping[str, str
     fig = go.Figure()
     for variant, values in samples.items():
         fig.add_trace(go.Histogram(
-            x=values, name=variant, histnorm="probability density", opacity=0.55,
+            x=values, name=_text(variant), histnorm="probability density", opacity=0.55,
             marker_color=colors[variant], nbinsx=60,
         ))
     fig.update_layout(barmode="overlay", title="advantage distribution", xaxis_title="advantage",

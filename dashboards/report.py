@@ -474,11 +474,19 @@ def render_html(
     return _page(study, summary, curves, colors, optuna_study, refresh_seconds)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet cannot run as a formula: prefixed with ``'`` when it starts like one."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def _csv(summary: Summary, path: Path) -> None:
     frame = pd.DataFrame([v.row() for v in summary.variants], columns=list(CSV_COLUMNS))
     for column in ("seeds", "values"):
         frame[column] = frame[column].map(lambda xs: ";".join(str(x) for x in xs))
-    frame.to_csv(path, index=False)
+    frame.map(csv_cell).to_csv(path, index=False)
 
 
 def build_report(

@@ -20,10 +20,12 @@ raised at once.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
@@ -46,8 +48,6 @@ SPOOL_DIR = "tracking-spool"
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-_TRANSIENT_REQUEST_ERRORS = (
 # A new SQLite tracking store creates its tables (alembic migrations) on first use and says so at
 # INFO level; quiet in this process only (other MLflow logging is left as it is).
 for _migration_logger in ("mlflow.store.db.utils", "alembic.runtime.migration"):
@@ -56,6 +56,8 @@ for _migration_logger in ("mlflow.store.db.utils", "alembic.runtime.migration"):
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 """The tag the MLflow 3 UI reads to open an experiment on its training runs rather than on the
 GenAI overview (value ``custom_model_development``)."""
+
+_TRANSIENT_REQUEST_ERRORS = (
     requests.exceptions.ConnectionError,  # refused, reset, DNS; also urllib3 protocol errors
     requests.exceptions.Timeout,
     requests.exceptions.RetryError,  # HTTP 408/429/5xx (MLflow's retry codes) with retries spent
@@ -79,14 +81,26 @@ def flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+_SAFE_FOLDER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def artifact_folder(experiment: str) -> str:
+    """The folder (one path component) of an experiment's local artifacts: the name itself when it
+    is a plain identifier (``krpo-study-<uuid>``), else a hash of it. A name is never a path."""
+    if _SAFE_FOLDER.match(experiment) and ".." not in experiment:
+        return experiment
+    return "experiment-" + hashlib.sha256(experiment.encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
 def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
-    """Experiment id for ``name``; local stores keep artifacts under the data home."""
+    """Experiment id for ``name``; local stores keep artifacts under the data home, in a folder
+    named by :func:`artifact_folder`."""
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     location = None
     if tracking_uri.startswith("sqlite:") or "://" not in tracking_uri:
-        location = f"{default_artifact_root()}/{name}"
+        location = f"{default_artifact_root()}/{artifact_folder(name)}"
     try:
         return client.create_experiment(name, artifact_location=location,
                                         tags={EXPERIMENT_KIND_TAG: "custom_model_development"})

@@ -50,7 +50,7 @@ def client(home: Path) -> Iterator[TestClient]:
         db_url=f"sqlite:///{home / 'jobs.db'}", mlflow_uri=f"sqlite:///{home / 'mlflow.db'}", tokens_file=home / "tokens.json",
         data_roots=(home / "data",), mlflow_ui_url="http://mlflow.test:5000", list_cache_s=0, max_body_bytes=200_000,
     )
-    with TestClient(create_app(settings)) as test_client:
+    with TestClient(create_app(settings), base_url="http://localhost") as test_client:
         yield test_client
 
 

@@ -109,7 +109,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, 
         db_url=f"sqlite:///{home / 'jobs.db'}", mlflow_uri=f"sqlite:///{home / 'mlflow.db'}", tokens_file=home / "tokens.json",
         data_roots=(home / "data",), list_cache_s=0,
     )
-    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+    with TestClient(create_app(settings), base_url="http://localhost", raise_server_exceptions=False) as client:
         yield client, home / "data"
 
 

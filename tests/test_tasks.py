@@ -256,7 +256,8 @@ def test_jsonl_errors(tmp_path: Path) -> None:
         build_task(JsonlTask(kind="jsonl", path=duplicate_ids, id_field="id"))
 
 
-def test_hf_local_dataset_dict(tmp_path: Path) -> None:
+def test_hf_local_dataset_dict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KRPO_BENCH_DATA_ROOTS", str(tmp_path))
     folder = tmp_path / "gsm8k_like"
     train = {
         "problem": [f"Tom has {i} apples and buys 2. How many?" for i in range(30)],
@@ -287,7 +288,8 @@ def test_hf_local_dataset_dict(tmp_path: Path) -> None:
         build_task(spec.model_copy(update={"question_field": "question"}))
 
 
-def test_hf_local_single_dataset_is_hash_split(tmp_path: Path) -> None:
+def test_hf_local_single_dataset_is_hash_split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KRPO_BENCH_DATA_ROOTS", str(tmp_path))
     folder = tmp_path / "single"
     rows = {"question": [f"{i}*3" for i in range(100)], "answer": [3 * i for i in range(100)]}
     datasets.Dataset.from_dict(rows).save_to_disk(str(folder))
@@ -335,8 +337,13 @@ def test_build_task_accepts_dict_form() -> None:
         ({"kind": "gsm_symbolic", "difficulty": 2.0}, "difficulty"),
         ({"kind": "jsonl"}, "path"),
         ({"kind": "jsonl", "path": "a.jsonl", "test_path": "a.jsonl"}, "test_path"),
-        ({"kind": "hf", "dataset": "x", "test_split": "train"}, "test_split"),
-        ({"kind": "hf", "dataset": "x", "answer_extract": "boxed"}, "answer_extract"),
+        ({"kind": "hf", "dataset": "org/x", "test_split": "train"}, "test_split"),
+        ({"kind": "hf", "dataset": "org/x", "answer_extract": "boxed"}, "answer_extract"),
+        ({"kind": "hf", "dataset": "text"}, "dataset"),
+        ({"kind": "hf", "dataset": "json/x"}, "dataset"),
+        ({"kind": "hf", "dataset": "org/../x"}, "dataset"),
+        ({"kind": "hf", "dataset": "data/train.jsonl/x"}, "dataset"),
+        ({"kind": "hf", "dataset": "org/x", "split": ""}, "split"),
         ({"kind": "sudoku"}, "kind"),
     ],
 )

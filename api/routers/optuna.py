@@ -36,11 +36,17 @@ def rewrite_for_prefix(body: bytes, prefix: str) -> bytes:
 
 
 def _relocate(location: str, prefix: str) -> str:
-    """A redirect to a root-absolute path, moved under ``prefix``."""
+    """A redirect as a path under the mount ``prefix``: scheme and host are dropped (the dashboard
+    builds them from ``Host``/``X-Forwarded-Host``, which the client controls)."""
     parts = urlsplit(location)
-    if parts.path.startswith("/") and not parts.path.startswith(prefix + "/"):
-        return urlunsplit(parts._replace(path=prefix + parts.path))
-    return location
+    path = parts.path if parts.path.startswith("/") else "/" + parts.path
+    if not path.startswith(prefix + "/"):
+        path = prefix + path
+    return urlunsplit(("", "", path, parts.query, parts.fragment))
+
+
+class DashboardMissing(RuntimeError):
+    """optuna-dashboard is not installed here."""
 
 
 class ReadOnlyOptunaDashboard:
@@ -56,7 +62,11 @@ class ReadOnlyOptunaDashboard:
         """The dashboard's WSGI app, built on first use (it opens the Optuna storage)."""
         with self._lock:
             if self._wsgi is None:
-                import optuna_dashboard
+                try:
+                    import optuna_dashboard
+                except ImportError:
+                    raise DashboardMissing("the Optuna dashboard is not available on this server: "
+                                           "install the 'optuna-dashboard' package (krpo-bench[api])") from None
 
                 from krpo_bench.service.optuna_store import optuna_storage
 
@@ -70,12 +80,16 @@ class ReadOnlyOptunaDashboard:
             await response(scope, receive, send)
             return
         try:
-            self.auth.check(bearer_token(headers.get("authorization")), "read")
+            self.auth.check(bearer_token(headers.get("authorization")), "read", headers.get("host", ""))
         except AuthError as exc:
             await error_response(exc.status, exc.message, headers=exc.headers)(scope, receive, send)
             return
         root = scope.get("root_path", "")
-        status, wsgi_headers, body = await run_in_threadpool(self._call, self._environ(scope, headers, root))
+        try:
+            status, wsgi_headers, body = await run_in_threadpool(self._call, self._environ(scope, headers, root))
+        except DashboardMissing as exc:
+            await error_response(503, str(exc))(scope, receive, send)
+            return
         raw = []
         for name, value in wsgi_headers:
             lowered = name.lower()
@@ -107,7 +121,7 @@ class ReadOnlyOptunaDashboard:
             "wsgi.run_once": False,
         }
         for name, value in headers.items():
-            if name not in ("content-type", "content-length", "authorization"):
+            if name not in ("content-type", "content-length", "authorization", "host") and not name.startswith("x-forwarded-"):
                 environ["HTTP_" + name.upper().replace("-", "_")] = value
         environ["HTTP_ACCEPT_ENCODING"] = "identity"  # bodies are rewritten, so never gzipped
         return environ

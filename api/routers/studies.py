@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import IntegrityError
 
-from krpo_bench.api.auth import require
+from krpo_bench.api.auth import TokenRecord, require
 from krpo_bench.api.policy import Policy, admit, trial_cap_errors
 from krpo_bench.api.routers import AUTH_ERRORS, errors, get_service
 from krpo_bench.api.schemas import ExtendRequest, JobPage, JobSummary, StudyDetail, StudyPage, StudyResults, StudySummary, VariantStats
@@ -25,6 +25,7 @@ router = APIRouter(prefix="/api/v1", tags=["studies"], responses=AUTH_ERRORS)
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 StudyId = Annotated[str, Path(max_length=64, description="study id (UUID)")]
+MAX_IDEMPOTENCY_KEY = 200  # stored with the token id it is scoped to (a 255-character column)
 Service = Annotated[StudyService, Depends(get_service)]
 
 EXAMPLE_SPEC = {
@@ -111,6 +112,7 @@ def _admit(body: bytes, content_type: str, policy: Policy) -> StudySpec:
 
 
 def _submit(service: StudyService, study: StudySpec, key: str | None) -> StudyDetail:
+    """Submit once per ``key`` (already scoped to the caller)."""
     try:
         info = service.submit(study, idempotency_key=key)
     except IntegrityError:
@@ -132,24 +134,28 @@ def _detail(service: StudyService, study_id: str) -> StudyDetail:
     status_code=201,
     response_model=StudyDetail,
     summary="Submit a study (scope: submit)",
-    description="Validates the spec and the server's policy (remote code, data roots, trial cap), stores the study "
-    "and queues its trials. With `Idempotency-Key`, repeating the request returns the same study.",
+    description="Validates the spec and the server's policy (remote code, data roots, trial and model-size caps, "
+    "priority above 0 only with an admin token), stores the study and queues its trials. With `Idempotency-Key` "
+    "(at most 200 characters), repeating the request with the same token returns the same study.",
     openapi_extra=SUBMIT_OPENAPI,
     responses={201: {"description": "the new (or, for a repeated Idempotency-Key, the earlier) study",
                      "headers": {"Location": {"description": "URL of the study", "schema": {"type": "string"}}}},
                **errors(409, 413, 415, 422)},
-    dependencies=[Depends(require("submit"))],
 )
 async def submit_study(
     request: Request,
     response: Response,
     service: Service,
-    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=255, description="makes retries safe")] = None,
+    token: Annotated[TokenRecord | None, Depends(require("submit"))],
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=MAX_IDEMPOTENCY_KEY, description="makes retries safe (per token)")] = None,
 ) -> StudyDetail:
     body = await request.body()
     study = await run_in_threadpool(_admit, body, request.headers.get("content-type", ""), request.app.state.policy)
+    if study.priority > 0 and token is not None and not token.grants("admin"):
+        raise HTTPException(403, f"priority: only admin tokens may set a priority above the default (0); got {study.priority}")
+    key = f"{token.id if token else 'anonymous'}:{idempotency_key}" if idempotency_key else None
     async with request.app.state.submit_slots:
-        detail = await run_in_threadpool(_submit, service, study, idempotency_key)
+        detail = await run_in_threadpool(_submit, service, study, key)
     request.app.state.list_cache.clear()
     response.headers["Location"] = f"/api/v1/studies/{detail.id}"
     return detail

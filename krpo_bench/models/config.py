@@ -23,7 +23,7 @@ class LoraSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     r: int = Field(16, ge=1, le=512)
-    alpha: int = Field(32, ge=1)
+    alpha: int = Field(32, ge=1, le=4096)
     dropout: float = Field(0.05, ge=0.0, le=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
@@ -36,10 +36,10 @@ class TinyArithOptions(BaseModel):
 
     warmup_steps: int = Field(1200, ge=1, le=100_000)
     carry_drop_rate: float = Field(0.7, ge=0.0, le=1.0)
-    seed: int = 0
-    hidden_size: int = Field(128, ge=16)
-    num_layers: int = Field(4, ge=1)
-    num_heads: int = Field(4, ge=1)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    hidden_size: int = Field(128, ge=16, le=16_384)  # hard bounds; a server also caps parameters
+    num_layers: int = Field(4, ge=1, le=1024)
+    num_heads: int = Field(4, ge=1, le=1024)
 
 
 class ModelSpec(BaseModel):
@@ -51,7 +51,7 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str
+    name: str = Field(max_length=4096)
     dtype: Dtype = "auto"
     trust_remote_code: bool = False
     lora: LoraSpec | None = None

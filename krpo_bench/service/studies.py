@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import optuna
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import delete, func, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from krpo_bench.models.memory import trial_memory_mib
@@ -69,6 +69,12 @@ class StudyInfo:
         return sum(n for s, n in self.counts.items() if s not in ACTIVE)
 
 
+def experiment_name(study_id: str) -> str:
+    """The MLflow experiment of a study: named by its id, never by its display name (which can be
+    any text; local artifact folders are named after experiments)."""
+    return f"krpo-study-{study_id}"
+
+
 def _trial_tags(study_id: str, study: StudySpec, key: str, variant: str, seed: int) -> dict[str, str]:
     return {
         "krpo.study_id": study_id,
@@ -94,7 +100,11 @@ class StudyService:
     # -- submission -------------------------------------------------------------------------
 
     def submit(self, spec: StudySpec | dict[str, Any], *, idempotency_key: str | None = None) -> StudyInfo:
-        """Store a validated study, create its MLflow experiment/parent run and queue its trials."""
+        """Store a validated study, create its MLflow experiment/parent run and queue its trials.
+
+        All or nothing: when any step fails, what the earlier steps created (study row, jobs, Optuna
+        study, MLflow run and experiment) is removed before the error propagates, so no broken study
+        is left behind and a retry with the same ``idempotency_key`` submits afresh."""
         from krpo_bench.tracking import RunTracker, flatten, get_or_create_experiment  # MLflow: only where used
 
         if idempotency_key:
@@ -104,40 +114,71 @@ class StudyService:
         study = spec if isinstance(spec, StudySpec) else validate_study(spec)
         planned = study.plan() if study.kind == "ablation" else []
         study_id = new_id()
-        experiment_name = f"{study.name} [{study_id[:8]}]"
-        tracker = RunTracker(self.mlflow_uri)
-        parent_run = tracker.start(
-            experiment_name,
-            study.name,
-            tags={"krpo.study_id": study_id, "krpo.study_name": study.name, "krpo.kind": study.kind, "krpo.role": "study"},
-        )
-        tracker.log_params(flatten({"study": study.model_dump(mode="json", exclude={"base", "variants", "grid", "space"})}))
-        tracker.log_dict(study.model_dump(mode="json"), "study.json")
-        experiment_id = get_or_create_experiment(tracker.client, experiment_name, self.mlflow_uri)
+        experiment = experiment_name(study_id)
         optuna_name = f"krpo-{study_id}"
-        with self.engine.begin() as conn:
-            conn.execute(
-                Study.__table__.insert().values(
-                    id=study_id,
-                    name=study.name,
-                    kind=study.kind,
-                    spec=study.model_dump(mode="json"),
-                    status=StudyStatus.RUNNING.value,
-                    priority=study.priority,
-                    idempotency_key=idempotency_key,
-                    optuna_study_name=optuna_name,
-                    mlflow_experiment_id=experiment_id,
-                    mlflow_parent_run_id=parent_run,
-                    created_at=utcnow(),
-                    updated_at=utcnow(),
-                )
+        tracker = RunTracker(self.mlflow_uri)
+        experiment_id = None
+        try:
+            parent_run = tracker.start(
+                experiment,
+                study.name,
+                tags={"krpo.study_id": study_id, "krpo.study_name": study.name, "krpo.kind": study.kind, "krpo.role": "study"},
             )
-        if study.kind == "search":
-            self._optuna_study(optuna_name, study)
-        self._enqueue_planned(study_id, study, planned, experiment_name, parent_run)
-        if study.kind == "search":
-            self.top_up(study_id)
+            experiment_id = get_or_create_experiment(tracker.client, experiment, self.mlflow_uri)
+            tracker.client.set_experiment_tag(experiment_id, "krpo.study_name", study.name)
+            tracker.log_params(flatten({"study": study.model_dump(mode="json", exclude={"base", "variants", "grid", "space"})}))
+            tracker.log_dict(study.model_dump(mode="json"), "study.json")
+            jobs = [self._job(study_id, study, p.key, p.variant, p.seed, p.spec, experiment, parent_run) for p in planned]
+            with self.engine.begin() as conn:
+                conn.execute(
+                    Study.__table__.insert().values(
+                        id=study_id,
+                        name=study.name,
+                        kind=study.kind,
+                        spec=study.model_dump(mode="json"),
+                        status=StudyStatus.RUNNING.value,
+                        priority=study.priority,
+                        idempotency_key=idempotency_key,
+                        optuna_study_name=optuna_name,
+                        mlflow_experiment_id=experiment_id,
+                        mlflow_parent_run_id=parent_run,
+                        created_at=utcnow(),
+                        updated_at=utcnow(),
+                    )
+                )
+            if study.kind == "search":
+                self._optuna_study(optuna_name, study)
+            for start in range(0, len(jobs), 500):
+                self.queue.enqueue_many(study_id, jobs[start : start + 500])
+            if study.kind == "search":
+                self.top_up(study_id)
+        except BaseException:
+            self._discard(study_id, optuna_name, tracker.run_id, experiment_id)
+            raise
         return self.get(study_id)
+
+    def _discard(self, study_id: str, optuna_name: str, run_id: str | None, experiment_id: str | None) -> None:
+        """Remove what a failed submission created (best effort beyond the job database)."""
+        from krpo_bench.tracking import RunTracker
+
+        with self.engine.begin() as conn:
+            conn.execute(delete(Job).where(Job.study_id == study_id))
+            conn.execute(delete(Study).where(Study.id == study_id))
+        cleanups: list[tuple[str, Any]] = [
+            ("the Optuna study", lambda: optuna.delete_study(study_name=optuna_name, storage=optuna_storage(self.db_url))),
+        ]
+        client = RunTracker(self.mlflow_uri).client
+        if run_id:
+            cleanups.append(("the MLflow parent run", lambda: client.delete_run(run_id)))
+        if experiment_id:
+            cleanups.append(("the MLflow experiment", lambda: client.delete_experiment(experiment_id)))
+        for what, cleanup in cleanups:
+            try:
+                cleanup()
+            except KeyError:
+                pass  # never created
+            except Exception:
+                log.warning("could not remove %s of the failed submission %s", what, study_id, exc_info=True)
 
     def _by_idempotency_key(self, key: str) -> StudyInfo | None:
         with self.engine.connect() as conn:
@@ -224,7 +265,7 @@ class StudyService:
                 return 0
             ostudy = self._optuna_study(row.optuna_study_name, study, seed_offset=asked)
             dists = {path: distribution(p) for path, p in (study.space or {}).items()}
-            experiment = f"{study.name} [{study_id[:8]}]"
+            experiment = experiment_name(study_id)
             jobs = []
             for _ in range(room):
                 trial = ostudy.ask(dists)
@@ -315,7 +356,7 @@ class StudyService:
                 .values(status=JobStatus.QUEUED.value, cancel_requested=False, failures=0, owner=None, lease_expires_at=None)
             )
         if study.kind == "ablation":
-            self._enqueue_planned(study_id, study, study.plan(), f"{study.name} [{study_id[:8]}]", row.mlflow_parent_run_id)
+            self._enqueue_planned(study_id, study, study.plan(), experiment_name(study_id), row.mlflow_parent_run_id)
         else:
             self._fail_orphan_trials(study_id, study)
             self.top_up(study_id)

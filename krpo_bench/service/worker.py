@@ -12,7 +12,8 @@ The parent heartbeats every running job and owns its final state (fenced by atte
 - child stopped because of a cancel request -> mark_cancelled; because of worker shutdown
   (SIGTERM/SIGINT) -> release (back to the queue without using an attempt);
 - child crashes, is OOM-killed or overruns the trial timeout -> fail (retried while attempts last,
-  resuming from the newest checkpoint);
+  resuming from the newest checkpoint); the job keeps a one-line reason, the traceback goes to
+  this worker's output only;
 - heartbeat says LOST (lease reclaimed elsewhere) -> the child is killed and nothing is written.
 """
 
@@ -31,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import DBAPIError
 
@@ -44,6 +46,7 @@ MEMORY_SAFETY = 0.9  # share of a GPU's free memory (at worker start) that trial
 MAX_TRIALS_PER_GPU = 8  # --slots-per-gpu auto: at most this many trials share one GPU
 IDLE_GPU_ROOM_MIB = 2**31 - 1  # an idle GPU takes any one job, whatever its estimate
 LOG_TAIL_CHARS = 4000
+ERROR_CHARS = 500
 
 
 def detect_devices(gpus: str) -> list[str]:
@@ -69,6 +72,13 @@ def pick_devices(rooms: dict[str, int], free_slots: dict[str, int], count: int) 
     """The ``count`` devices with a free slot that have the most memory room (then free slots)."""
     candidates = [d for d in rooms if free_slots[d] > 0]
     return sorted(candidates, key=lambda d: (-rooms[d], -free_slots[d], candidates.index(d)))[:count]
+
+
+def short_reason(error: str) -> str:
+    """What a job's attempt error keeps: the first line (exception type and message), at most
+    ``ERROR_CHARS`` characters, never a traceback."""
+    lines = error.strip().splitlines()
+    return lines[0][:ERROR_CHARS] if lines else "unknown error"
 
 
 def _cpu_threads(cpu_slots: int) -> int:
@@ -294,8 +304,9 @@ class Worker:
         elif run.stop_reason == "timeout":
             self.queue.fail(job.id, job.attempt, f"timed out after {job.timeout_s:.0f} s")
         else:
-            error = (result or {}).get("error") or f"trial process exited with code {code}"
+            error = short_reason((result or {}).get("error") or f"trial process exited with code {code}")
             tail = run.log_file.read_text(errors="replace")[-LOG_TAIL_CHARS:] if run.log_file.exists() else ""
-            self.queue.fail(job.id, job.attempt, f"{error}\n{tail}".strip())
-            self.console.print(f"[red]attempt {job.attempt} of {job.trial_key} failed[/red]: {error}")
+            self.queue.fail(job.id, job.attempt, error)  # readers of the job see the reason; the traceback stays here
+            self.console.print(f"[red]attempt {job.attempt} of {job.trial_key} failed[/red]: {escape(error)}")
+            self.console.print(f"--- the end of its log, {run.log_file} ---\n{tail}", markup=False, highlight=False)
         self.service.job_finished(job.id)

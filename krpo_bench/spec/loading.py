@@ -59,6 +59,8 @@ def parse_yaml(text: bytes | str, source: str = "<spec>") -> Any:
         return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
     except RecursionError:
         raise SpecError(source, [{"path": "", "value": None, "message": f"spec nested deeper than {MAX_NESTING} levels"}]) from None
+    except ValueError as exc:  # a scalar Python refuses to convert, e.g. an integer of more than 4300 digits
+        raise SpecError(source, [{"path": "", "value": None, "message": f"YAML value not allowed: {str(exc)[:200]}"}]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"

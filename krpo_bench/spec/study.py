@@ -12,15 +12,22 @@ import itertools
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from krpo_bench.spec.loading import SpecError, validation_errors
-from krpo_bench.spec.trial import TrialSpec
+from krpo_bench.spec.trial import MAX_SEED, DisplayName, TrialSpec
 
 MAX_TRIALS_PER_STUDY = 10_000
 MAX_GPUS_PER_TRIAL = 16  # one machine: a multi-GPU trial runs on one worker
+MAX_PARALLELISM = 64
+"""Search trials in flight at once, at most: the submit request asks Optuna for this many trials
+(the rest are asked as trials finish), so it also bounds the work one POST does."""
+MAX_SAMPLER_SEED = 2**31 - 1
+"""Optuna's samplers seed numpy (below 2**32) with ``sampler_seed`` + trials asked so far."""
+MAX_GRID_POINTS = 100_000  # the grid sampler enumerates every point of its space up front
+MAX_GRID_VALUES = 1000
 
 
 class Strict(BaseModel):
@@ -44,9 +51,9 @@ class Resources(Strict):
 
 class SearchParam(Strict):
     type: Literal["log_uniform", "uniform", "int", "choice"]
-    low: float | None = None
-    high: float | None = None
-    step: float | None = Field(None, gt=0)
+    low: float | None = Field(None, allow_inf_nan=False)
+    high: float | None = Field(None, allow_inf_nan=False)
+    step: float | None = Field(None, gt=0, allow_inf_nan=False)
     choices: list[Any] | None = Field(None, min_length=1, max_length=100)
 
     @model_validator(mode="after")
@@ -66,8 +73,8 @@ class SearchParam(Strict):
 
 class Pruner(Strict):
     type: Literal["none", "median", "hyperband"] = "none"
-    warmup_steps: int = Field(0, ge=0, description="training steps before a trial may be pruned")
-    startup_trials: int = Field(2, ge=0, description="finished trials before the median pruner acts")
+    warmup_steps: int = Field(0, ge=0, le=1_000_000, description="training steps before a trial may be pruned")
+    startup_trials: int = Field(2, ge=0, le=MAX_TRIALS_PER_STUDY, description="finished trials before the median pruner acts")
 
 
 class Objective(Strict):
@@ -115,6 +122,15 @@ def _retagged(base: dict, override: dict) -> bool:
     return any(tag in override and tag in base and override[tag] != base[tag] for tag in ("name", "kind"))
 
 
+def _non_empty(values: list[Any]) -> list[Any]:
+    if not values:
+        raise ValueError("grid values must not be empty")
+    return values
+
+
+GridValues = Annotated[list[Any], Field(max_length=MAX_GRID_VALUES), AfterValidator(_non_empty)]
+
+
 @dataclass(frozen=True)
 class PlannedTrial:
     """One trial of an ablation: its stable key, variant, seed and full validated config."""
@@ -129,21 +145,21 @@ class PlannedTrial:
 class StudySpec(Strict):
     """What a researcher submits (YAML or JSON)."""
 
-    name: str = Field(..., min_length=1, max_length=200)
+    name: DisplayName = Field(..., description="display text only: ids, folders and MLflow names come from the study id")
     description: str = Field("", max_length=10_000)
     kind: Literal["ablation", "search"]
     base: dict[str, Any] = Field(..., description="a trial config every trial starts from")
     variants: dict[str, dict[str, Any]] | None = Field(None, max_length=1000)
-    grid: dict[str, list[Any]] | None = Field(None, max_length=20)
+    grid: dict[str, GridValues] | None = Field(None, max_length=20)
     seeds: list[int] | int = Field(1, description="a list of seeds, or a count (0, 1, ... n-1)")
     space: dict[str, SearchParam] | None = Field(None, max_length=20)
     sampler: Literal["tpe", "random", "grid", "cmaes", "qmc"] = "tpe"
-    sampler_seed: int = Field(0, ge=0)
+    sampler_seed: int = Field(0, ge=0, le=MAX_SAMPLER_SEED)
     pruner: Pruner = Field(default_factory=Pruner)
     objective: Objective = Field(default_factory=Objective)
     analysis: Analysis = Field(default_factory=Analysis)
     n_trials: int | None = Field(None, ge=1, le=MAX_TRIALS_PER_STUDY)
-    parallelism: int = Field(4, ge=1, le=1024, description="search trials in flight at once")
+    parallelism: int = Field(4, ge=1, le=MAX_PARALLELISM, description="search trials in flight at once")
     seeds_per_trial: int = Field(1, ge=1, le=100)
     resources: Resources = Field(default_factory=Resources)
     priority: int = Field(0, ge=-1000, le=1000)
@@ -155,6 +171,8 @@ class StudySpec(Strict):
             raise ValueError(f"seeds as a count must be in 1..1000, got {seeds}")
         if isinstance(seeds, list) and (not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0):
             raise ValueError("seeds must be a non-empty list of distinct non-negative integers")
+        if isinstance(seeds, list) and max(seeds) > MAX_SEED:
+            raise ValueError(f"seeds must be at most {MAX_SEED}, got {max(seeds)}")
         return seeds
 
     @model_validator(mode="after")
@@ -225,6 +243,9 @@ def validate_study(data: Any, source: str = "<study>") -> StudySpec:
     """A StudySpec whose every expandable trial is valid; all problems raise one SpecError."""
     if not isinstance(data, dict):
         raise SpecError(source, [{"path": "", "value": type(data).__name__, "message": "spec must be a mapping"}])
+    unstorable = storage_errors(data)
+    if unstorable:
+        raise SpecError(source, unstorable)
     try:
         study = StudySpec.model_validate(data)
     except ValidationError as exc:
@@ -239,6 +260,33 @@ def validate_study(data: Any, source: str = "<study>") -> StudySpec:
     if errors:
         raise SpecError(source, errors)
     return study
+
+
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def storage_errors(data: Any) -> list[dict[str, Any]]:
+    """An error for every string (key or value) holding a NUL character and every integer outside
+    int64, anywhere in ``data`` (walked without recursion): the spec is stored whole (SQLite,
+    PostgreSQL), including values a trial config later overrides."""
+    errors: list[dict[str, Any]] = []
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str) and "\x00" in value:
+            errors.append({"path": path, "value": value.replace("\x00", "\\x00")[:100],
+                           "message": "text must not contain NUL characters", "type": "nul_character"})
+        elif isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+            errors.append({"path": path, "value": f"an integer of {len(str(abs(value)))} digits",
+                           "message": "integers must fit in 64 bits", "type": "int64_overflow"})
+        elif isinstance(value, (dict, list)):
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                if isinstance(key, str) and "\x00" in key:
+                    stack.append((path, key))
+                child = f"{path}[{key}]" if isinstance(value, list) else f"{path}.{key}" if path else str(key)
+                stack.append((child.replace("\x00", "\\x00"), item))
+    return errors
 
 
 def _prefixed(exc: ValidationError, prefix: str) -> list[dict[str, Any]]:
@@ -260,8 +308,6 @@ def _check_ablation(study: StudySpec) -> list[dict[str, Any]]:
                 {"path": f"variants.{variant}", "value": override, "message": str(exc), "type": "value_error"}
             ]
     for path, values in (study.grid or {}).items():
-        if not values:
-            errors.append({"path": f"grid.{path}", "value": values, "message": "grid values must not be empty", "type": "value_error"})
         for i, value in enumerate(values):
             for variant, override in (study.variants or {"base": {}}).items():
                 try:
@@ -318,6 +364,14 @@ def _check_search(study: StudySpec) -> list[dict[str, Any]]:
                 errors += _grid_errors(exc, f"space.{path}", path, value)
     if study.sampler == "grid" and any(p.type in ("log_uniform", "uniform") and p.step is None for p in study.space.values()):
         errors.append({"path": "sampler", "value": "grid", "message": "the grid sampler needs choice/int parameters or a step", "type": "value_error"})
+    elif study.sampler == "grid":
+        points = 1
+        for param in study.space.values():
+            points *= len(param.choices) if param.type == "choice" else int((param.high - param.low) / (param.step or 1)) + 1
+            if points > MAX_GRID_POINTS:
+                errors.append({"path": "space", "value": None, "type": "too_many_grid_points",
+                               "message": f"the grid sampler's space holds more than {MAX_GRID_POINTS} points"})
+                break
     return errors
 
 

@@ -5,13 +5,28 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Literal
+import unicodedata
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from krpo_bench.models.config import ModelSpec
 from krpo_bench.spec.estimator import EstimatorSpec
 from krpo_bench.tasks.config import TaskSpec
+
+
+MAX_SEED = 2**31 - 1
+
+
+def _printable(text: str) -> str:
+    bad = sorted({f"U+{ord(c):04X}" for c in text if unicodedata.category(c) in ("Cc", "Cs")})
+    if bad:
+        raise ValueError(f"names are display text and must not contain control characters (found {', '.join(bad)})")
+    return text
+
+
+DisplayName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_printable)]
+"""A name shown to people (study, trial, experiment): printable text, never used as a path."""
 
 
 class Strict(BaseModel):
@@ -35,7 +50,7 @@ class TrainingSpec(Strict):
     max_completion_length: int = Field(64, ge=1, le=32768)
     max_steps: int = Field(100, ge=1, le=1_000_000)
     temperature: float = Field(1.0, gt=0.0, le=5.0)
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     eval_every: int = Field(0, ge=0, le=1_000_000, description="steps between held-out evaluations (0: at the end only)")
     eval_size: int | None = Field(None, ge=1, le=100_000, description="test prompts per evaluation (default: all)")
     pass_at_k: int = Field(4, ge=1, le=64, description="k of the sampled pass@k evaluation")
@@ -75,7 +90,7 @@ class TrialSpec(Strict):
     task: TaskSpec
     estimator: EstimatorSpec = Field(default_factory=lambda: {"name": "grpo"}, validate_default=True)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
-    experiment: str = Field("krpo-bench", min_length=1, max_length=200, description="MLflow experiment")
+    experiment: DisplayName = Field("krpo-bench", description="MLflow experiment")
 
     def resolved_id(self) -> str:
         """``trial_id``, or a stable hash of everything that changes the result."""

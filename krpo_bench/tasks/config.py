@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -50,7 +51,9 @@ class TaskBase(BaseModel):
     test_size: int = Field(
         200, ge=1, le=100_000, description="held-out prompts (exact for generated tasks, a cap for files)"
     )
-    seed: int = Field(0, description="seed of the generator (or of the subset drawn from a larger file)")
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="seed of the generator (or of the subset drawn from a larger file)"
+    )
 
     @field_validator("rewards")
     @classmethod
@@ -134,19 +137,63 @@ class JsonlTask(TaskBase):
         return self
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+PACKAGED_BUILDERS = frozenset({
+    "arrow", "audiofolder", "cache", "conll", "csv", "eval", "fasta", "fastq", "folder_based_builder", "genbank",
+    "generator", "harbor", "hdf5", "iceberg", "imagefolder", "json", "lance", "meshfolder", "mmcif", "niftifolder",
+    "pandas", "parquet", "pdb", "pdffolder", "spark", "sql", "text", "tsfile", "videofolder", "vortex",
+    "webdataset", "xml",
+})
+"""``datasets``' packaged builders: ``load_dataset("text")`` reads the files of the working directory,
+so none of them may name a dataset (tests check this list covers the installed ``datasets``)."""
+
+
+def is_local_dataset(source: str) -> bool:
+    """Whether a dataset source names a local ``save_to_disk`` folder (absolute, or under ``~``)."""
+    return source.startswith(("/", "~"))
+
+
+def dataset_source_problem(source: str) -> str | None:
+    """Why ``source`` is neither a hub id ``org/name`` nor an absolute folder path, or None."""
+    if "\x00" in source:
+        return "must not contain NUL characters"
+    if is_local_dataset(source):
+        return None
+    parts = source.split("/")
+    if not HUB_ID.match(source) or ".." in source:
+        return "expected a hub id 'org/name' or an absolute path to a save_to_disk folder under the data roots"
+    if any(part.lower() in PACKAGED_BUILDERS for part in parts):
+        return f"{source!r} names one of datasets' packaged file builders ({', '.join(sorted(PACKAGED_BUILDERS))}), not a dataset"
+    return None
+
+
+Label = Annotated[str, Field(min_length=1, max_length=200)]
+
+
 class HFTask(TaskBase):
-    """A Hugging Face dataset: a hub id, or a local folder written by ``save_to_disk``."""
+    """A Hugging Face dataset: a hub id ``org/name``, or an absolute path to a ``save_to_disk`` folder
+    (which a server accepts only under its data roots)."""
 
     kind: Literal["hf"]
-    dataset: str = Field(min_length=1, description="hub id or local save_to_disk folder")
-    config: str | None = Field(None, description="hub configuration name (e.g. 'main' for gsm8k)")
-    split: str = "train"
-    test_split: str | None = Field("test", description="held-out split; unset: a hash split of `split`")
-    question_field: str = "question"
-    answer_field: str = "answer"
+    dataset: str = Field(
+        min_length=1, max_length=4096, description="hub id 'org/name' or absolute path to a save_to_disk folder"
+    )
+    config: Label | None = Field(None, description="hub configuration name (e.g. 'main' for gsm8k)")
+    split: Label = "train"
+    test_split: Label | None = Field("test", description="held-out split; unset: a hash split of `split`")
+    question_field: Label = "question"
+    answer_field: Label = "answer"
     answer_extract: Literal["none", "gsm8k"] = Field(
         "none", description="gsm8k: the gold answer is the text after '####'"
     )
+
+    @field_validator("dataset")
+    @classmethod
+    def _hub_id_or_folder(cls, source: str) -> str:
+        problem = dataset_source_problem(source)
+        if problem:
+            raise ValueError(problem)
+        return source
 
     @model_validator(mode="after")
     def _distinct_splits(self) -> HFTask:
