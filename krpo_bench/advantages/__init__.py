@@ -3,42 +3,34 @@
 ``get_estimator("krpo", Q=1e-5, R=1e-2)`` returns a callable ``(rewards, prompt_ids=None, *,
 lengths=None, baseline_rewards=None, step=0) -> advantages`` over a ``(num_groups, group_size)``
 reward tensor.
+
+Importing the package does not import torch: the parameter models and ``estimator_params`` (all a
+spec needs) live in the torch-free ``params``; the estimators themselves (``ESTIMATORS``,
+``get_estimator``, ``Estimator``...) are imported from their modules on first use.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from krpo_bench.advantages.base import Estimate, Estimator, EstimatorParams
-from krpo_bench.advantages.group import GRPO, RLOO, DrGRPO, MaxRL, ReinforcePPBaseline
-from krpo_bench.advantages.kalman import KRPO, KRPOPersistent, KRPOPrior, kalman_schedule
-from krpo_bench.advantages.running import RAE, RunningNorm
-from krpo_bench.advantages.shrinkage import EBPO, JSShrinkage
-from krpo_bench.advantages.verl import GPG, OPO, GRPOPassK, ReMax
+from krpo_bench.advantages.params import PARAMS, EstimatorParams, estimator_params
 
-ESTIMATORS: dict[str, type[Estimator]] = {
-    cls.name: cls
-    for cls in (
-        GRPO, DrGRPO, RLOO, ReinforcePPBaseline, KRPO, KRPOPrior, KRPOPersistent,
-        OPO, GPG, GRPOPassK, ReMax, MaxRL, JSShrinkage, RAE, RunningNorm, EBPO,
-    )
-}
+if TYPE_CHECKING:
+    from krpo_bench.advantages.base import Estimate, Estimator
+    from krpo_bench.advantages.kalman import kalman_schedule
+    from krpo_bench.advantages.registry import ESTIMATORS, get_estimator
+
+_LAZY = {"ESTIMATORS": "registry", "get_estimator": "registry", "Estimate": "base", "Estimator": "base",
+         "kalman_schedule": "kalman"}
 
 
-def estimator_params(name: str, params: dict[str, Any]) -> EstimatorParams:
-    """Validate ``params`` for estimator ``name`` (raises ValueError / pydantic ValidationError)."""
-    if name not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {name!r}; allowed: {', '.join(sorted(ESTIMATORS))}")
-    return ESTIMATORS[name].Params(**params)
-
-
-def get_estimator(name: str, *, seed: int = 0, **params: Any) -> Estimator:
-    """Build the estimator registered as ``name`` with validated ``params``; ``seed`` seeds its
-    advantage noise (the trial seed)."""
-    validated = estimator_params(name, params)
-    return ESTIMATORS[name](validated, seed=seed)
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
 
 
 __all__ = [
@@ -46,6 +38,7 @@ __all__ = [
     "Estimate",
     "Estimator",
     "EstimatorParams",
+    "PARAMS",
     "ValidationError",
     "estimator_params",
     "get_estimator",

@@ -7,21 +7,8 @@ from typing import ClassVar, Hashable, Sequence
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-GRPO_EPS = 1e-4  # TRL's epsilon for group std normalisation
-
-
-class EstimatorParams(BaseModel):
-    """Parameters every estimator takes. Subclasses add their own typed fields."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-    shuffle_order: bool = False
-    advantage_noise: float = Field(
-        0.0, ge=0.0, le=1e3, description="std of seeded Gaussian noise added to every advantage (a positive control)"
-    )
-
+from krpo_bench.advantages.params import EstimatorParams
 
 @dataclass
 class Estimate:

@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 
-from krpo_bench.advantages.base import (
-    GRPO_EPS,
-    Estimate,
-    Estimator,
-    EstimatorParams,
-    group_mean,
-    group_std,
-    masked_std,
-)
-
-
-class GRPOParams(EstimatorParams):
-    scale: Literal["group", "batch", "none"] = "group"
-    eps: float = Field(GRPO_EPS, gt=0, le=1.0)
+from krpo_bench.advantages.base import Estimate, Estimator, group_mean, group_std, masked_std
+from krpo_bench.advantages.params import GRPOParams, ReinforcePPParams
 
 
 class GRPO(Estimator):
@@ -68,10 +53,6 @@ class RLOO(Estimator):
         has_others = valid & (count > 1)
         advantages = torch.where(has_others, rewards - baseline, 0.0)
         return Estimate(advantages, baseline, torch.ones_like(rewards))
-
-
-class ReinforcePPParams(EstimatorParams):
-    eps: float = Field(1e-8, gt=0, le=1.0)
 
 
 class ReinforcePPBaseline(Estimator):

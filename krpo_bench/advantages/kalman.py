@@ -14,32 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Hashable, Literal, Sequence
+from typing import Hashable
 
 import torch
-from pydantic import Field
-
-from krpo_bench.advantages.base import GRPO_EPS, Estimate, Estimator, EstimatorParams, group_std
-
-EstimateKind = Literal["posterior", "prior"]
-NormalizeKind = Literal["posterior_std", "innovation_std", "group_std", "none"]
 
 
-class KalmanParams(EstimatorParams):
-    Q: float = Field(1e-5, ge=0.0, le=1e3, description="process noise")
-    R: float = Field(1e-2, gt=0.0, le=1e3, description="measurement noise")
-    x0: float = Field(0.0, ge=-1e6, le=1e6, description="initial estimate")
-    P0: float = Field(1.0, ge=0.0, le=1e6, description="initial variance")
-    estimate: EstimateKind = "posterior"
-    normalize: NormalizeKind = "posterior_std"
-    eps: float = Field(1e-8, gt=0.0, le=1.0, description="added to the Kalman std scales")
-
-
-class KRPOPriorParams(KalmanParams):
-    estimate: EstimateKind = "prior"
-    normalize: NormalizeKind = "innovation_std"
-
-
+from krpo_bench.advantages.base import Estimate, Estimator, group_std
+from krpo_bench.advantages.params import GRPO_EPS, KRPOPriorParams, KalmanParams, NormalizeKind
 @dataclass(frozen=True)
 class KalmanSchedule:
     """The reward-independent part of the filter for one group size, all shaped by position."""

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Hashable, Literal
+from typing import Hashable
 
 import torch
-from pydantic import Field
 
-from krpo_bench.advantages.base import Estimate, Estimator, EstimatorParams, group_mean, masked_moments
+from krpo_bench.advantages.base import Estimate, Estimator, group_mean, masked_moments
+from krpo_bench.advantages.params import RAEParams, RunningNormParams
 
 
 @lru_cache(maxsize=64)
@@ -59,11 +59,6 @@ def ema_before(values: torch.Tensor, decay: float, start: float) -> tuple[torch.
     before = (both[:, :block] + starts * in_block).reshape(-1)[:n]
     final = float(decay * before[-1] + (1 - decay) * values[-1])
     return before, final
-
-
-class RAEParams(EstimatorParams):
-    decay: float = Field(0.95, ge=0.0, lt=1.0, description="EMA decay d: b <- d b + (1 - d) r")
-    per_prompt: bool = Field(False, description="one EMA per prompt id instead of prime-rl's single global one")
 
 
 class RAE(Estimator):
@@ -117,8 +112,7 @@ class RAE(Estimator):
         for i in range(rewards.shape[1]):
             baseline[:, i] = b
             b = torch.where(valid[:, i], d * b + (1 - d) * rewards[:, i], b)
-        for pid, value in zip(prompt_ids, b.tolist()):
-            self.baselines[pid] = value
+        self.baselines.update(zip(prompt_ids, b.tolist()))
         return baseline
 
     def state_dict(self) -> dict:
@@ -129,12 +123,6 @@ class RAE(Estimator):
         self.baselines = {
             (tuple(pid) if isinstance(pid, list) else pid): float(b) for pid, b in state.get("baselines", [])
         }
-
-
-class RunningNormParams(EstimatorParams):
-    center: Literal["running", "group"] = Field("running", description="subtract the running mean or the group mean")
-    scale: Literal["running", "none"] = Field("running", description="divide by the running std + eps, or not")
-    eps: float = Field(1e-6, gt=0, le=1.0)
 
 
 class RunningNorm(Estimator):

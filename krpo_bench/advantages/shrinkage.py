@@ -7,12 +7,11 @@ prior accumulated over every step (Welford state, saved in checkpoints).
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
-from pydantic import Field
 
-from krpo_bench.advantages.base import Estimate, Estimator, EstimatorParams, group_mean, masked_moments, masked_std
+from krpo_bench.advantages.base import Estimate, Estimator, group_mean, masked_moments, masked_std
+from krpo_bench.advantages.params import EBPOParams
 
 
 NO_SPREAD = 1e-12  # v + s at or below this is rounding error around 0 (all-equal rewards)
@@ -58,13 +57,6 @@ class JSShrinkage(Estimator):
         advantages = torch.where(valid & eligible[:, None], rewards - baseline, 0.0)
         shrinkage = (lam.sum() / n.clamp(min=1)).item()
         return Estimate(advantages, baseline, torch.ones_like(rewards), {"shrinkage_mean": shrinkage})
-
-
-class EBPOParams(EstimatorParams):
-    normalize: Literal["global_std", "batch_std", "none"] = Field(
-        "global_std", description="divide A by the running reward std, the batch's std of A, or nothing"
-    )
-    eps: float = Field(1e-6, gt=0, le=1.0)
 
 
 def _merge(stats: list[float], values: torch.Tensor, valid: torch.Tensor) -> None:

@@ -6,12 +6,10 @@ Read from verl at commit 1dda039 (ESTIMATORS.md section 1). As in verl, a group 
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 
-from krpo_bench.advantages.base import Estimate, Estimator, EstimatorParams, group_mean, group_std
+from krpo_bench.advantages.base import Estimate, Estimator, group_mean, group_std
+from krpo_bench.advantages.params import GPGParams, GRPOPassKParams
 
 
 class OPO(Estimator):
@@ -34,12 +32,6 @@ class OPO(Estimator):
         baseline = torch.where(valid.sum(dim=1, keepdim=True) > 1, baseline, 0.0).expand_as(rewards)
         advantages = torch.where(valid, rewards - baseline, 0.0)
         return Estimate(advantages, baseline, torch.ones_like(rewards))
-
-
-class GPGParams(EstimatorParams):
-    alpha: Literal["paper", "verl"] = Field(
-        "paper", description="paper: B / (B - M), M = rollouts of all-equal groups; verl: B / #(r != 0)"
-    )
 
 
 class GPG(Estimator):
@@ -71,11 +63,6 @@ class GPG(Estimator):
         advantages = torch.where(valid, (rewards - baseline) * alpha, 0.0)
         scale = (1.0 / alpha).expand_as(rewards)
         return Estimate(advantages, baseline, scale, {"gpg_alpha": float(alpha)})
-
-
-class GRPOPassKParams(EstimatorParams):
-    norm_by_std: bool = Field(True, description="divide by the group std + eps (verl's norm_adv_by_std_in_grpo)")
-    eps: float = Field(1e-6, gt=0, le=1.0)
 
 
 class GRPOPassK(Estimator):
