@@ -1,8 +1,13 @@
-"""Test-wide settings: offline hubs and a throw-away data home."""
+"""Test-wide settings: offline hubs and a throw-away data home; in CI (``CI=true``) a skipped test
+fails the run unless tests/allowed_skips.py lists it with its reason."""
 
 from __future__ import annotations
 
 import os
+
+import pytest
+
+from tests.allowed_skips import ALLOWED_SKIPS, unlisted
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -11,3 +16,29 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("KRPO_BENCH_HOME", os.path.join(os.getcwd(), ".pytest-home"))
 
 pytest_plugins = ["tests.db"]
+
+
+_unlisted_skips: list[tuple[str, str]] = []
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail") and unlisted(report.nodeid):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _unlisted_skips.append((report.nodeid, reason))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if _unlisted_skips and _in_ci():
+        terminalreporter.section("skips not listed in tests/allowed_skips.py (CI=true fails the run)", red=True)
+        for nodeid, reason in _unlisted_skips:
+            terminalreporter.line(f"{nodeid}: {reason}")
+        terminalreporter.line(f"{len(ALLOWED_SKIPS)} skip(s) allowed")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _unlisted_skips and _in_ci() and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
