@@ -76,7 +76,7 @@ class Estimator:
                 scale=est.scale.gather(1, inverse),
                 extras=est.extras,
             )
-        return self._add_noise(est, ~rewards.isnan(), step)
+        return self._add_noise(est, rewards, step)
 
     def _check_inputs(
         self,
@@ -106,11 +106,13 @@ class Estimator:
             inputs["baseline_rewards"] = baseline_rewards.to(rewards.dtype)
         return inputs
 
-    def _add_noise(self, est: Estimate, valid: torch.Tensor, step: int) -> Estimate:
+    def _add_noise(self, est: Estimate, rewards: torch.Tensor, step: int) -> Estimate:
         """Seeded N(0, advantage_noise^2) added to every scored rollout's advantage; ``noise_std`` in extras."""
         sigma = self.params.advantage_noise
         if sigma == 0:
-            return Estimate(est.advantages, est.baseline, est.scale, {**est.extras, "noise_std": 0.0})
+            est.extras["noise_std"] = 0.0
+            return est
+        valid = ~rewards.isnan()
         gen = torch.Generator().manual_seed(noise_seed(self.seed, step))
         noise = torch.randn(valid.shape, generator=gen, dtype=torch.float64) * sigma
         noise = torch.where(valid.cpu(), noise, 0.0).to(device=est.advantages.device, dtype=est.advantages.dtype)

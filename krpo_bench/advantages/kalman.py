@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Hashable
 
+import numpy as np
 import torch
-
 
 from krpo_bench.advantages.base import Estimate, Estimator, group_std
 from krpo_bench.advantages.params import GRPO_EPS, KRPOPriorParams, KalmanParams, NormalizeKind
+
 @dataclass(frozen=True)
 class KalmanSchedule:
     """The reward-independent part of the filter for one group size, all shaped by position."""
@@ -154,29 +155,33 @@ class KRPOPersistent(Estimator):
         if prompt_ids is None:
             raise ValueError("krpo_persistent needs one prompt id per group")
         p = self.params
-        start = [self.states.get(pid, (p.x0, p.P0)) for pid in prompt_ids]
-        x = torch.tensor([s[0] for s in start], dtype=rewards.dtype, device=rewards.device)
-        var = torch.tensor([s[1] for s in start], dtype=rewards.dtype, device=rewards.device)
+        default = (p.x0, p.P0)
+        start = np.array([self.states.get(pid, default) for pid in prompt_ids], dtype=np.float64)
+        x, var = torch.from_numpy(start).to(dtype=rewards.dtype, device=rewards.device).unbind(1)
         valid = ~rewards.isnan()
-        z = torch.where(valid, rewards, 0.0)
+        skips = not bool(valid.all())
+        z = torch.where(valid, rewards, 0.0) if skips else rewards
         baseline = torch.empty_like(z)
         p_post = torch.empty_like(z)
         p_pred = torch.empty_like(z)
         gain = torch.zeros_like(x)
         for i in range(z.shape[1]):
-            ok = valid[:, i]
             pp = var + p.Q
             k = pp / (pp + p.R)
-            x_new = torch.where(ok, x + k * (z[:, i] - x), x)
-            var_new = torch.where(ok, (1.0 - k) * pp, var)
+            x_new = x + k * (z[:, i] - x)
+            var_new = (1.0 - k) * pp
+            if skips:  # a NaN reward neither predicts nor updates
+                ok = valid[:, i]
+                x_new, var_new = torch.where(ok, x_new, x), torch.where(ok, var_new, var)
+                gain = torch.where(ok, k, gain)
+            else:
+                gain = k
             baseline[:, i] = x_new if p.estimate == "posterior" else x
             p_post[:, i], p_pred[:, i] = var_new, pp
-            gain = torch.where(ok, k, gain)
             x, var = x_new, var_new
         scale = _scale(p.normalize, p_post, p_pred, p.R, p.eps, z, valid)
         advantages = torch.where(valid, (z - baseline) / scale, 0.0)
-        for pid, xi, vi in zip(prompt_ids, x.tolist(), var.tolist()):
-            self.states[pid] = (xi, vi)
+        self.states.update(zip(prompt_ids, zip(x.tolist(), var.tolist())))
         extras = {
             "kalman_gain_last": float(gain.mean()),
             "posterior_std_last": float(var.sqrt().mean()),
