@@ -131,8 +131,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             for operations in schema["paths"].values():
                 for operation in operations.values():
                     operation.pop("security", None)
-                    for status in ("401", "403"):
-                        operation["responses"].pop(status, None)
+                    operation["responses"].pop("401", None)  # 403 stays: a Host that is not loopback
         app.openapi_schema = schema
         app.state.schema_requires_tokens = required
     return app.openapi_schema

@@ -62,4 +62,4 @@ def sent() -> Iterator[list[str]]:
 @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 def test_every_operation_conforms(case: schemathesis.Case, sent: list[str]) -> None:
     sent.append(case.operation.label)
-    case.call_and_validate(checks=STRICT)
+    case.call_and_validate(checks=STRICT, headers={**(case.headers or {}), "Host": "localhost"})  # a token-less server answers loopback names only

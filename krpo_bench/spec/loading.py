@@ -40,6 +40,8 @@ def validation_errors(error: ValidationError) -> list[dict[str, Any]]:
         value = e.get("input")
         if isinstance(value, (dict, list)) and len(repr(value)) > 200:
             value = f"<{type(value).__name__} of {len(value)}>"
+        elif isinstance(value, str) and len(value) > 200:
+            value = f"{value[:200]}... ({len(value)} characters)"
         out.append({"path": _path(loc), "value": value, "message": e["msg"], "type": e["type"]})
     return out
 
