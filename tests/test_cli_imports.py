@@ -17,9 +17,10 @@ from krpo_bench.settings import ENV_VARS
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "trl")
+WATCHED = (*HEAVY, "alembic")  # alembic: only when a database needs migrating
 WRAPPER = textwrap.dedent(f"""
     import atexit, json, sys
-    atexit.register(lambda: print("LOADED=" + json.dumps([m for m in {HEAVY!r} if m in sys.modules])))
+    atexit.register(lambda: print("LOADED=" + json.dumps([m for m in {WATCHED!r} if m in sys.modules])))
     sys.argv[0] = "krpo-bench"
     from krpo_bench.cli import app
     app()
@@ -69,7 +70,7 @@ def _env(home: Path) -> dict[str, str]:
 
 @lru_cache(maxsize=None)
 def loaded_by(name: str, home: Path) -> list[str]:
-    """The heavy modules the command ``name`` imported (it must succeed)."""
+    """The watched modules the command ``name`` imported (it must succeed)."""
     args = [a.format(study_file=home / "study.json", home=home) for a in COMMANDS[name]]
     result = subprocess.run([sys.executable, "-c", WRAPPER, *args], env=_env(home), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"krpo-bench {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
@@ -80,7 +81,19 @@ def loaded_by(name: str, home: Path) -> list[str]:
 @pytest.mark.parametrize("name", COMMANDS)
 def test_commands_that_do_not_train_import_no_training_stack(name: str, home: Path) -> None:
     loaded = loaded_by(name, home)
-    assert not loaded, f"krpo-bench {name} imported {loaded}"
+    assert not set(HEAVY) & set(loaded), f"krpo-bench {name} imported {loaded}"
+
+
+def test_status_of_a_migrated_database_does_not_load_alembic(home: Path) -> None:
+    assert "alembic" not in loaded_by("status", home)
+
+
+def test_the_packaged_head_is_alembics() -> None:
+    from alembic.script import ScriptDirectory
+
+    from krpo_bench.service.db import alembic_config, packaged_head
+
+    assert packaged_head() == ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def test_the_torch_free_parameter_models_are_the_estimators_own() -> None:

@@ -6,14 +6,13 @@ and always come back timezone-aware.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -33,10 +32,14 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
     text,
 )
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -262,6 +265,8 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
 
 def alembic_config(engine_or_url: Engine | str | URL | None = None) -> Config:
     """An alembic ``Config`` pointing at the packaged migrations (no alembic.ini needed)."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if engine_or_url is not None:
@@ -271,12 +276,42 @@ def alembic_config(engine_or_url: Engine | str | URL | None = None) -> Config:
     return config
 
 
+_REVISION_LINE = re.compile(r"^(revision|down_revision)\b[^=\n]*=\s*['\"]?([^'\"\n]*)", re.M)
+
+
+def packaged_head() -> str:
+    """The newest packaged migration, read from the version files (alembic's own head; a test
+    checks they agree)."""
+    revisions, parents = set(), set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        found = dict(_REVISION_LINE.findall(path.read_text()))
+        revisions.add(found["revision"])
+        parents.add(found.get("down_revision"))
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise RuntimeError(f"the packaged migrations have {len(heads)} heads: {sorted(heads)}")
+    return heads.pop()
+
+
+def _at_packaged_head(engine: Engine) -> bool:
+    """Whether the database is already migrated to :func:`packaged_head`."""
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("alembic_version"):
+            return False
+        versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    return versions == [packaged_head()]
+
+
 def upgrade(engine_or_url: Engine | str | URL, revision: str = "head") -> None:
     """Migrate the database to ``revision`` (head by default); idempotent and safe to call from
     several processes at once (one migrates, the others wait and then find nothing to do)."""
     owns_engine = not isinstance(engine_or_url, Engine)
     engine = make_engine(engine_or_url) if owns_engine else engine_or_url
     try:
+        if revision == "head" and _at_packaged_head(engine):
+            return  # the usual case: nothing to do, and alembic (half a second to import) stays unloaded
+        from alembic import command
+
         config = alembic_config()
         with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
