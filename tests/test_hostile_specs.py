@@ -104,6 +104,16 @@ def test_a_study_name_never_becomes_a_path(server: tuple[str, dict[str, str], Pa
     assert TokenStore(home / "tokens.json").revoke(record.id) == 1
 
 
+def test_experiment_artifact_folders_are_one_plain_path_component() -> None:
+    from krpo_bench.tracking import artifact_folder
+
+    assert artifact_folder("krpo-study-0b8c2f6e-5b1a-4a52-9d0e-3f3f9a1c2d4e") == "krpo-study-0b8c2f6e-5b1a-4a52-9d0e-3f3f9a1c2d4e"
+    for name in ("../../../../tmp/evil", "a/b", "..", "x\\..\\y", "evil [1234]", "", "-rf", "a" * 200):
+        folder = artifact_folder(name)
+        assert folder.startswith("experiment-") and "/" not in folder and "\\" not in folder and ".." not in folder, name
+    assert artifact_folder("a/b") != artifact_folder("a/c")
+
+
 # -- 2. a dataset is a hub id or a saved folder under the data roots, checked again on the worker -
 
 
