@@ -55,7 +55,7 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     (``create_app`` adds the model to the schema's components)."""
     text = {
         400: "malformed request body", 401: "no valid bearer token", 403: "the token lacks the scope (on a server without tokens: the Host is no loopback name)", 404: "no such resource",
-        409: "the study's state does not allow this", 413: "request body too large",
+        409: "the study's state does not allow this, or the study reference names several studies", 413: "request body too large",
         415: "unsupported content type", 422: "invalid request or spec (every problem listed)",
         503: "not ready",
     }

@@ -19,7 +19,7 @@ router = APIRouter(tags=["dashboard"], responses=AUTH_ERRORS, dependencies=[Depe
 @router.get(
     "/studies/{study_id}/dashboard",
     response_class=HTMLResponse,
-    responses={200: {"description": "the study's report (one self-contained HTML page)"}, **errors(404, 422)},
+    responses={200: {"description": "the study's report (one self-contained HTML page)"}, **errors(404, 409, 422)},
     summary="A study's report page (scope: read)",
     description="Curves, final-accuracy table with confidence intervals, cost and KRPO diagnostics of the "
     f"finished trials, read from MLflow. Reloads itself every {REFRESH_SECONDS} s while the study runs.",

@@ -24,9 +24,19 @@ from krpo_bench.spec.study import StudySpec
 router = APIRouter(prefix="/api/v1", tags=["studies"], responses=AUTH_ERRORS)
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
-StudyId = Annotated[str, Path(max_length=64, description="study id (UUID)")]
 MAX_IDEMPOTENCY_KEY = 200  # stored with the token id it is scoped to (a 255-character column)
 Service = Annotated[StudyService, Depends(get_service)]
+
+
+def _study_id(
+    study_id: Annotated[str, Path(max_length=200, description="study id, a unique prefix of it, or a unique study name")],
+    service: Service,
+) -> str:
+    """The id the path names (404 when none, 409 listing the candidates when several)."""
+    return service.resolve(study_id)
+
+
+StudyId = Annotated[str, Depends(_study_id)]
 
 EXAMPLE_SPEC = {
     "name": "krpo-vs-grpo",
@@ -180,13 +190,13 @@ async def list_studies(
     return Response(body, media_type="application/json")
 
 
-@router.get("/studies/{study_id}", response_model=StudyDetail, responses=errors(404, 422),
+@router.get("/studies/{study_id}", response_model=StudyDetail, responses=errors(404, 409, 422),
             summary="Get a study: progress, best trial, per-variant summary (scope: read)", dependencies=[Depends(require("read"))])
 def get_study(study_id: StudyId, service: Service) -> StudyDetail:
     return _detail(service, study_id)
 
 
-@router.get("/studies/{study_id}/jobs", response_model=JobPage, responses=errors(404, 422),
+@router.get("/studies/{study_id}/jobs", response_model=JobPage, responses=errors(404, 409, 422),
             summary="List a study's jobs (scope: read)", dependencies=[Depends(require("read"))])
 def list_jobs(
     study_id: StudyId,
@@ -202,13 +212,13 @@ def list_jobs(
                    next_offset=offset + limit if offset + limit < total else None)
 
 
-@router.get("/studies/{study_id}/results", response_model=StudyResults, responses=errors(404, 422),
+@router.get("/studies/{study_id}/results", response_model=StudyResults, responses=errors(404, 409, 422),
             summary="Final accuracy statistics per variant (scope: read)", dependencies=[Depends(require("read"))])
 def study_results(study_id: StudyId, service: Service) -> StudyResults:
     return StudyResults(study_id=study_id, variants={v: VariantStats.of(r) for v, r in service.results(study_id).items()})
 
 
-@router.post("/studies/{study_id}/cancel", response_model=StudySummary, responses=errors(404, 422),
+@router.post("/studies/{study_id}/cancel", response_model=StudySummary, responses=errors(404, 409, 422),
              summary="Cancel: queued trials now, running ones within a heartbeat (scope: admin)",
              dependencies=[Depends(require("admin"))])
 async def cancel_study(study_id: StudyId, request: Request, service: Service) -> StudySummary:
@@ -217,7 +227,7 @@ async def cancel_study(study_id: StudyId, request: Request, service: Service) ->
     return StudySummary.of(info)
 
 
-@router.post("/studies/{study_id}/resume", response_model=StudySummary, responses=errors(404, 422),
+@router.post("/studies/{study_id}/resume", response_model=StudySummary, responses=errors(404, 409, 422),
              summary="Resume an interrupted or cancelled study; finished trials are kept (scope: admin)",
              dependencies=[Depends(require("admin"))])
 async def resume_study(study_id: StudyId, request: Request, service: Service) -> StudySummary:

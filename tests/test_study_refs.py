@@ -1,0 +1,72 @@
+"""Study arguments: an id, a unique id prefix or a unique study name, resolved by the service for the
+CLI and the API alike; an ambiguous one is an error listing the candidates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from krpo_bench.api.app import create_app
+from krpo_bench.api.settings import ApiSettings
+from krpo_bench.cli import app as cli
+from krpo_bench.service.studies import AmbiguousStudy, StudyNotFound, StudyService
+
+TRIAL = {"model": {"name": "tiny-arith"}, "training": {"max_steps": 2},
+         "task": {"kind": "arithmetic", "num_terms": [2, 2], "num_digits": [1, 1], "operators": ["+"], "parentheses": False,
+                  "unary_minus": False, "templates": ["{expr}="], "compact": True, "rewards": [{"name": "exact"}]}}
+
+
+def spec(name: str) -> dict:
+    return {"name": name, "kind": "ablation", "seeds": 1, "base": TRIAL, "variants": {"grpo": {"estimator": {"name": "grpo"}}}}
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory: pytest.TempPathFactory) -> tuple[StudyService, dict[str, str]]:
+    """Studies 'alone', 'twin' (twice) and '%'; their ids by a label."""
+    home = tmp_path_factory.mktemp("refs")
+    service = StudyService(f"sqlite:///{home / 'jobs.db'}", f"sqlite:///{home / 'mlflow.db'}")
+    ids = {label: service.submit(spec(name)).id for label, name in
+           (("alone", "alone"), ("twin1", "twin"), ("twin2", "twin"), ("percent", "%"))}
+    return service, ids
+
+
+def test_the_service_resolves_ids_prefixes_and_names(studies: tuple[StudyService, dict[str, str]]) -> None:
+    service, ids = studies
+    alone = ids["alone"]
+    assert service.resolve(alone) == alone
+    assert service.resolve("alone") == alone
+    prefix = next(alone[:n] for n in range(1, 37) if not any(i.startswith(alone[:n]) for k, i in ids.items() if k != "alone"))
+    assert service.resolve(prefix) == alone
+    assert service.resolve("%") == ids["percent"], "a name with a LIKE wildcard matches only itself"
+    with pytest.raises(StudyNotFound):
+        service.resolve("no-such-study")
+    with pytest.raises(StudyNotFound):
+        service.resolve("_" * 8)
+
+
+def test_an_ambiguous_name_lists_the_candidates(studies: tuple[StudyService, dict[str, str]]) -> None:
+    service, ids = studies
+    with pytest.raises(AmbiguousStudy) as err:
+        service.resolve("twin")
+    assert ids["twin1"] in str(err.value) and ids["twin2"] in str(err.value) and ids["alone"] not in str(err.value)
+
+
+def test_cli_and_api_take_the_same_references(studies: tuple[StudyService, dict[str, str]], tmp_path: Path) -> None:
+    service, ids = studies
+    result = CliRunner().invoke(cli, ["status", "alone", "--db", service.db_url, "--mlflow", service.mlflow_uri])
+    assert result.exit_code == 0 and ids["alone"] in result.output, result.output
+    result = CliRunner().invoke(cli, ["cancel", "twin", "--db", service.db_url, "--mlflow", service.mlflow_uri])
+    assert result.exit_code == 2 and ids["twin1"] in result.output and ids["twin2"] in result.output, result.output
+    assert all(service.get(i).status == "running" for i in ids.values()), "nothing was cancelled"
+
+    settings = ApiSettings(db_url=service.db_url, mlflow_uri=service.mlflow_uri, tokens_file=tmp_path / "tokens.json",
+                           data_roots=(tmp_path,))
+    with TestClient(create_app(settings), base_url="http://localhost") as http:
+        assert http.get("/api/v1/studies/alone").json()["id"] == ids["alone"]
+        assert http.get(f"/api/v1/studies/{ids['alone'][:8]}/results").json()["study_id"] == ids["alone"]
+        twin = http.get("/api/v1/studies/twin")
+        assert twin.status_code == 409 and ids["twin1"] in twin.json()["message"]
+        assert http.get("/api/v1/studies/no-such-study").status_code == 404
