@@ -4,8 +4,9 @@ A token is ``kb_<random>``; the file keeps only its SHA-256 (tokens are 256-bit 
 hash is enough), its id, name and scopes. Scopes nest: ``admin`` includes ``submit``, which includes
 ``read``. The server needs tokens as soon as the file holds one (it is re-read when it changes, so
 creating the first token closes a running server too); without any it serves anonymous requests,
-``serve`` refuses to bind anywhere but loopback, and only requests whose ``Host`` is a loopback
-name or address are answered (a web page cannot reach it through DNS rebinding).
+``serve`` refuses to bind anywhere but loopback, and only requests from a loopback address whose
+``Host`` is a loopback name or address are answered (a web page cannot reach it through DNS
+rebinding; a public bind whose tokens were all revoked answers nobody else).
 """
 
 from __future__ import annotations
@@ -141,6 +142,15 @@ class TokenStore:
         return bool(self._current())
 
 
+def is_loopback_peer(address: str | None) -> bool:
+    """Whether a client address is loopback; an address that is no IP (a Unix socket, an in-process
+    test client) counts as local."""
+    try:
+        return ipaddress.ip_address(address or "").is_loopback
+    except ValueError:
+        return True
+
+
 def is_loopback_host(host: str) -> bool:
     """Whether a ``Host`` header names this machine's loopback (``localhost``, ``127.0.0.1``, ``[::1]``,
     with or without a port)."""
@@ -170,11 +180,12 @@ class Authenticator:
         """Whether requests need a token: the token file holds one (now, not at start-up)."""
         return self.store.has_tokens()
 
-    def check(self, token: str | None, scope: str, host: str) -> TokenRecord | None:
+    def check(self, token: str | None, scope: str, host: str, peer: str | None = None) -> TokenRecord | None:
         """The token's record if it grants ``scope`` (None on a server without tokens, for a
-        request whose ``host`` header is a loopback name); raises AuthError otherwise."""
+        request from a loopback ``peer`` whose ``host`` header is a loopback name: a server bound
+        publicly whose tokens were all revoked stays closed); raises AuthError otherwise."""
         if not self.required:
-            if not is_loopback_host(host):
+            if not (is_loopback_host(host) and is_loopback_peer(peer)):
                 raise AuthError(403, "this server has no API tokens and only answers requests addressed to a "
                                 "loopback name (Host: localhost or 127.0.0.1); create a token to serve other names", scope)
             return None
@@ -202,6 +213,7 @@ def require(scope: Scope) -> Callable[..., TokenRecord | None]:
 
     async def dependency(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> TokenRecord | None:
         token = credentials.credentials if credentials else None
-        return request.app.state.auth.check(token, scope, request.headers.get("host", ""))
+        peer = request.client.host if request.client else None
+        return request.app.state.auth.check(token, scope, request.headers.get("host", ""), peer)
 
     return dependency

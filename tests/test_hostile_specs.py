@@ -353,6 +353,16 @@ def test_a_tokenless_server_checks_host_and_closes_when_a_token_is_created(tmp_p
         stop(proc)
 
 
+def test_a_tokenless_server_refuses_peers_that_are_not_loopback(tmp_path: Path) -> None:
+    with local_app(tmp_path) as client:
+        assert client.get("/api/v1/studies").status_code == 200
+    config = ApiSettings(db_url=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                         tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path / "data",))
+    with TestClient(create_app(config), base_url="http://localhost", client=("192.0.2.7", 4000)) as remote:
+        for path in ("/api/v1/studies", "/optuna/api/studies"):
+            assert remote.get(path).status_code == 403, path  # e.g. a public bind whose tokens were all revoked
+
+
 def test_loopback_host_names() -> None:
     for host in ("localhost", "LOCALHOST:8000", "127.0.0.1", "127.1.2.3:80", "[::1]", "[::1]:8000", "a.localhost", "localhost."):
         assert is_loopback_host(host), host

@@ -80,7 +80,8 @@ class ReadOnlyOptunaDashboard:
             await response(scope, receive, send)
             return
         try:
-            self.auth.check(bearer_token(headers.get("authorization")), "read", headers.get("host", ""))
+            peer = (scope.get("client") or (None, None))[0]
+            self.auth.check(bearer_token(headers.get("authorization")), "read", headers.get("host", ""), peer)
         except AuthError as exc:
             await error_response(exc.status, exc.message, headers=exc.headers)(scope, receive, send)
             return
