@@ -80,7 +80,8 @@ def _is_study(data: object) -> bool:
 
 
 def load_any(file: Path):
-    """A validated StudySpec or TrialSpec, whichever the file is."""
+    """A validated StudySpec, ProbeSpec or TrialSpec, whichever the file is."""
+    from krpo_bench.probe.spec import ProbeSpec
     from krpo_bench.spec.loading import parse_yaml, validate as validate_model
     from krpo_bench.spec.study import validate_study
     from krpo_bench.spec.trial import TrialSpec
@@ -92,6 +93,8 @@ def load_any(file: Path):
     except SpecError as exc:
         fail(str(exc))
     try:
+        if isinstance(data, dict) and data.get("kind") == "probe":
+            return validate_model(ProbeSpec, data, str(file))
         return validate_study(data, str(file)) if _is_study(data) else validate_model(TrialSpec, data, str(file))
     except SpecError as exc:
         fail(str(exc))
@@ -119,7 +122,12 @@ def _study_id(service, ref: str) -> str:
 def validate(file: Path = typer.Argument(..., help="trial or study YAML")) -> None:
     """Check a spec file; every error names its YAML path, the value and what is allowed."""
     spec = load_any(file)
-    if hasattr(spec, "plan"):
+    if getattr(spec, "kind", None) == "probe":
+        console.print(
+            f"[green]ok[/green] probe {spec.name!r}: {len(spec.estimators)} estimators x "
+            f"{len(spec.group_sizes)} group sizes x {spec.batches} batches"
+        )
+    elif hasattr(spec, "plan"):
         console.print(f"[green]ok[/green] {spec.kind} study {spec.name!r}: {spec.trial_count()} trials")
     else:
         console.print(f"[green]ok[/green] trial {spec.resolved_id()}")
@@ -281,6 +289,9 @@ def run(
     from krpo_bench.service.local import NotEnoughGPUs, run_study_locally
 
     spec = load_any(file)
+    if getattr(spec, "kind", None) == "probe":
+        _run_probe(spec, mlflow, out)
+        return
     if not hasattr(spec, "plan"):
         fail(f"{file} is a trial, not a study; run it with 'krpo-bench trial {file}'")
     service = _service(db, mlflow)
@@ -291,6 +302,38 @@ def run(
     _print_study(info)
     _results_table(service, info.id)
     _write_report(service, info.id, out)
+
+
+@app.command()
+def probe(
+    file: Path = typer.Argument(..., help="probe YAML (kind: probe)"),
+    mlflow: Optional[str] = MlflowOption,
+    out: Optional[Path] = typer.Option(None, help="report folder (default: <data home>/reports/<probe id>)"),
+) -> None:
+    """Gradient-quality probe: each estimator's one-batch policy gradient against a reference gradient."""
+    spec = load_any(file)
+    if getattr(spec, "kind", None) != "probe":
+        fail(f"{file} is not a probe (kind: probe); run studies with 'krpo-bench run {file}'")
+    _run_probe(spec, mlflow, out)
+
+
+def _run_probe(spec, mlflow: Optional[str], out: Optional[Path]) -> None:
+    from krpo_bench.probe.report import COLUMNS, table_cells
+    from krpo_bench.probe.run import run_probe
+
+    console.print(f"probe [bold]{spec.name}[/bold]: {spec.batches} batches, reference {spec.reference.prompts} x {spec.reference.group_size} rollouts")
+    try:
+        result = run_probe(spec, tracking_uri=mlflow, out=out, on_batch=lambda b: console.print(f"  batch {b}/{spec.batches}"))
+    except ValueError as exc:
+        fail(str(exc))
+    table = Table(title=f"gradient quality against the reference (rloo, no std; split-half cosine {result.reference_split_cosine:.3f})")
+    for _, label, _ in COLUMNS:
+        table.add_column(label)
+    for row in result.rows:
+        table.add_row(*table_cells(row))
+    console.print(table)
+    console.print(f"loss {spec.loss_type}: {result.length_normalisation}")
+    console.print(f"wall time {result.wall_time_s:.1f} s; MLflow run {result.mlflow_run_id}; report: [bold]{result.report_dir}/index.html[/bold]")
 
 
 def _write_report(service, study_id: str, out: Optional[Path]) -> None:

@@ -1,0 +1,197 @@
+"""Run a probe end to end: load the weights, draw the reference and the M shared batches, compute
+every estimator's one-batch gradients, summarise, track in MLflow and write the report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from transformers import set_seed
+
+from krpo_bench.advantages import get_estimator
+from krpo_bench.models import load_model
+from krpo_bench.models.hf import load_pretrained, resolve_dtype
+from krpo_bench.probe.gradients import (
+    length_weights,
+    loss_gradient,
+    loss_gradients,
+    rollout_weights,
+    sequence_logprobs,
+)
+from krpo_bench.probe.rollouts import draw_rollouts
+from krpo_bench.probe.spec import ProbeSpec
+from krpo_bench.probe.stats import GradientTally, cosine
+from krpo_bench.settings import data_home
+from krpo_bench.spec.estimator import build_estimator
+from krpo_bench.tasks import build_task
+from krpo_bench.tasks.noise import noisy_rewards
+from krpo_bench.tracking import NullTracker, RunTracker, flatten
+
+LENGTH_NOTE = {
+    "grpo": "each rollout's log-probability gradient is divided by its own length |o_i| and by the batch size B "
+    "(TRL's per-sequence token mean, then mean over sequences)",
+    "dr_grpo": "each rollout's log-probability gradient is divided by B x max_completion_length (a constant)",
+    "dapo": "each rollout's log-probability gradient is divided by the batch's total completion tokens",
+    "bnpo": "each rollout's log-probability gradient is divided by the batch's total completion tokens "
+    "(TRL's bnpo with one micro-batch per step)",
+}
+
+
+@dataclass
+class ProbeResult:
+    probe_id: str
+    rows: list[dict[str, Any]]  # one per (estimator, group size)
+    reference_split_cosine: float  # cosine between the two halves of the reference rollouts
+    reference_reward_mean: float
+    wall_time_s: float
+    mlflow_run_id: str
+    report_dir: str
+    length_normalisation: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def probe_id(spec: ProbeSpec) -> str:
+    """A stable id of everything that changes the probe's numbers."""
+    payload = json.dumps(spec.model_dump(mode="json", exclude={"name", "description", "experiment"}), sort_keys=True)
+    return f"probe-{hashlib.sha1(payload.encode()).hexdigest()[:12]}"
+
+
+def _load(spec: ProbeSpec, device: str) -> tuple[Any, Any]:
+    if spec.checkpoint is None:
+        loaded = load_model(spec.model, device=device)
+        return loaded.model, loaded.tokenizer
+    if spec.model.lora is not None:
+        raise ValueError("checkpoint: probing a LoRA trial's checkpoint (adapter weights only) is not supported")
+    folder = Path(spec.checkpoint).expanduser()
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"checkpoint: {str(folder)!r} is not a checkpoint folder (no config.json)")
+    return load_pretrained(folder, name=spec.model.name, dtype=resolve_dtype(spec.model.dtype, device), device=device)
+
+
+def _reference(spec: ProbeSpec, model: Any, tokenizer: Any, task: Any, prompts: np.ndarray) -> tuple[torch.Tensor, float, float]:
+    """The rloo (no std) gradient of the loss over all reference rollouts, the cosine between the
+    gradients of its two halves, and the mean reference reward."""
+    ref = spec.reference
+    rloo = get_estimator("rloo")
+    halves: list[torch.Tensor | None] = [None, None]
+    normalisers = [0.0, 0.0]
+    rewards = []
+    for number, start in enumerate(range(0, len(prompts), ref.chunk_prompts)):
+        batch = draw_rollouts(
+            model, tokenizer, task, prompts[start : start + ref.chunk_prompts].tolist(), ref.group_size,
+            temperature=spec.temperature, max_completion_length=spec.max_completion_length,
+        )
+        advantages = rloo(batch.rewards.view(-1, ref.group_size)).reshape(-1)
+        # Unnormalised weights: the whole reference set is normalised once all chunks are summed.
+        weights, normaliser = length_weights(batch.completion_mask, spec.loss_type, spec.max_completion_length)
+        logprobs = sequence_logprobs(model, batch, torch.arange(len(batch.rewards)), spec.temperature)
+        gradient = loss_gradient(logprobs, advantages, weights, model, retain_graph=False).double()
+        half = number % 2
+        halves[half] = gradient if halves[half] is None else halves[half] + gradient
+        normalisers[half] += normaliser
+        rewards.append(batch.rewards)
+    if halves[1] is None:
+        raise ValueError("reference: needs at least two chunks (prompts > chunk_prompts) to check its own noise")
+    split = cosine(halves[0], halves[1])
+    reference = (halves[0] + halves[1]) / sum(normalisers)
+    return reference, split, torch.cat(rewards).nanmean().item()
+
+
+def measure(
+    spec: ProbeSpec, model: Any, tokenizer: Any, on_batch: Callable[[int], None] | None = None
+) -> tuple[list[dict[str, Any]], float, float]:
+    """The probe's table rows, the reference's split-half cosine and its mean reward."""
+    task = build_task(spec.task)
+    model.train()
+    rng = np.random.default_rng(spec.seed)
+    size = len(task.train)
+    reference_prompts = rng.choice(size, size=min(spec.reference.prompts, size), replace=False)
+    reference, split, reward_mean = _reference(spec, model, tokenizer, task, reference_prompts)
+    g_max = max(spec.group_sizes)
+    estimators = {(e.name, g): build_estimator(e) for e in spec.estimators for g in spec.group_sizes}
+    tallies = {key: GradientTally(reference) for key in estimators}
+    noise = spec.task.reward_noise
+    for b in range(spec.batches):
+        indices = rng.choice(size, size=min(spec.prompts_per_batch, size), replace=False).tolist()
+        batch = draw_rollouts(
+            model, tokenizer, task, indices, g_max,
+            temperature=spec.temperature, max_completion_length=spec.max_completion_length,
+        )
+        rewards = batch.rewards
+        if noise is not None and noise.active:
+            rewards = torch.as_tensor(noisy_rewards(rewards.numpy(), noise, spec.seed, b), dtype=rewards.dtype)
+        logprobs = sequence_logprobs(model, batch, torch.arange(len(rewards)), spec.temperature)
+        keys, coefficients, kept = [], [], []
+        for g in spec.group_sizes:
+            rows = batch.rows(g)
+            groups = rewards[rows].view(-1, g)
+            weights = rollout_weights(batch.completion_mask[rows], spec.loss_type, spec.max_completion_length)
+            for e in spec.estimators:
+                advantages = estimators[(e.name, g)].estimate(groups, batch.prompt_keys).advantages.reshape(-1)
+                row = torch.zeros(len(rewards), dtype=torch.float64)
+                row[rows] = -advantages.to(torch.float64) * weights
+                keys.append((e.name, g))
+                coefficients.append(row)
+                kept.append(advantages[~groups.reshape(-1).isnan()])
+        gradients = loss_gradients(model, logprobs, torch.stack(coefficients))
+        for key, advantages, gradient in zip(keys, kept, gradients):
+            tallies[key].add(gradient, advantages)
+        del logprobs
+        if on_batch is not None:
+            on_batch(b + 1)
+    rows = [{"estimator": name, "group_size": g, **tally.summary()} for (name, g), tally in tallies.items()]
+    return rows, split, reward_mean
+
+
+def run_probe(
+    spec: ProbeSpec,
+    *,
+    tracking_uri: str | None = None,
+    out: Path | None = None,
+    on_batch: Callable[[int], None] | None = None,
+    track: bool = True,
+) -> ProbeResult:
+    """Measure the probe, log it to MLflow (one run, tagged like a trial's) and write its report."""
+    from krpo_bench.probe.report import write_report
+
+    started = time.perf_counter()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    set_seed(spec.seed)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    identifier = probe_id(spec)
+    tracker = RunTracker(tracking_uri) if track else NullTracker()
+    run_id = tracker.start(
+        spec.experiment, spec.name, tags={"krpo.kind": "probe", "krpo.probe_id": identifier, "krpo.trial_id": identifier}
+    )
+    try:
+        tracker.log_params(flatten(spec.model_dump(mode="json")))
+        tracker.log_dict(spec.model_dump(mode="json"), "config/probe.json")
+        model, tokenizer = _load(spec, device)
+        rows, split, reward_mean = measure(spec, model, tokenizer, on_batch)
+        for row in rows:
+            metrics = {f"probe/{row['estimator']}/{key}": value for key, value in row.items()
+                       if key not in ("estimator", "group_size") and value == value}
+            tracker.log_metrics(metrics, step=row["group_size"])
+        wall = time.perf_counter() - started
+        tracker.log_metrics({"probe/reference_split_cosine": split, "cost/wall_time_s": wall}, step=0)
+        result = ProbeResult(
+            probe_id=identifier, rows=rows, reference_split_cosine=split, reference_reward_mean=reward_mean,
+            wall_time_s=wall, mlflow_run_id=tracker.run_id or run_id,
+            report_dir=str(out or data_home() / "reports" / identifier), length_normalisation=LENGTH_NOTE[spec.loss_type],
+        )
+        write_report(spec, result, Path(result.report_dir))
+        tracker.log_dict(result.to_json(), "probe/result.json")
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish("FINISHED")
+    return result

@@ -1,0 +1,70 @@
+"""Pydantic schema of a gradient-quality probe (``kind: probe``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from krpo_bench.models.config import ModelSpec
+from krpo_bench.spec.estimator import EstimatorSpec
+from krpo_bench.tasks.config import TaskSpec
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ReferenceSpec(Strict):
+    """The reference gradient: the same loss with the leave-one-out (rloo) baseline and no std
+    scaling, averaged over ``prompts`` x ``group_size`` fresh rollouts."""
+
+    prompts: int = Field(256, ge=2, le=100_000, description="prompts of the reference rollouts")
+    group_size: int = Field(16, ge=2, le=256, description="rollouts per reference prompt")
+    chunk_prompts: int = Field(32, ge=1, le=4096, description="prompts per forward/backward pass")
+
+
+class ProbeSpec(Strict):
+    """A probe: model weights, a task, estimators and group sizes; M batches drawn once and shared."""
+
+    kind: Literal["probe"]
+    name: str = Field(min_length=1, max_length=200)
+    description: str = Field("", max_length=10_000)
+    model: ModelSpec = Field(default_factory=lambda: ModelSpec(name="tiny-arith"))
+    checkpoint: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="a trial's checkpoint folder (checkpoint-<step>) whose weights replace the model's; unset: the warm start",
+    )
+    task: TaskSpec
+    estimators: list[EstimatorSpec] = Field(min_length=1, max_length=50, description="estimator blocks, as in a trial")
+    group_sizes: list[Annotated[int, Field(ge=2, le=256)]] = Field(
+        min_length=1, max_length=20, description="group sizes G (each 2..256)"
+    )
+    batches: int = Field(16, ge=2, le=10_000, description="one-batch gradients per (estimator, G): M")
+    prompts_per_batch: int = Field(8, ge=1, le=4096, description="prompts of one batch (a training step's prompts)")
+    reference: ReferenceSpec = Field(default_factory=ReferenceSpec)
+    temperature: float = Field(1.0, gt=0.0, le=5.0, description="sampling temperature (also divides the logits, as TRL)")
+    max_completion_length: int = Field(64, ge=1, le=32768)
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
+        "grpo", description="TRL's loss normalisation (bnpo: as with one micro-batch per step)"
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="seeds prompt choice, sampling and reward noise")
+    experiment: str = Field("krpo-bench-probe", min_length=1, max_length=200, description="MLflow experiment")
+
+    @field_validator("group_sizes")
+    @classmethod
+    def _group_sizes(cls, sizes: list[int]) -> list[int]:
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"group sizes must be distinct, got {sizes}")
+        return sorted(sizes)
+
+    @field_validator("estimators")
+    @classmethod
+    def _distinct_estimators(cls, estimators: list) -> list:
+        names = [e.name for e in estimators]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"each estimator may appear once (a row of the table), repeated: {repeated}")
+        return estimators

@@ -1,0 +1,205 @@
+"""The gradient-quality probe: its gradient is TRL's, its statistics, its spec and its CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from transformers import TrainerCallback
+
+from krpo_bench.models import load_model
+from krpo_bench.probe.gradients import loss_gradient, loss_gradients, rollout_weights, sequence_logprobs
+from krpo_bench.probe.rollouts import RolloutBatch, draw_rollouts
+from krpo_bench.probe.spec import ProbeSpec
+from krpo_bench.probe.stats import GradientTally
+from krpo_bench.spec.loading import SpecError, validate
+from krpo_bench.spec.estimator import build_estimator
+from krpo_bench.spec.trial import TrialSpec
+from krpo_bench.tasks import build_task
+from krpo_bench.training.trainer import BaselineGRPOTrainer
+from krpo_bench.training.trial import grpo_config
+from tests.trial_specs import TINY_TASK, tiny_trial
+
+G = 4
+PROMPTS = 4
+
+
+class GradientGrab(TrainerCallback):
+    """Keeps the accumulated gradient the optimizer is about to apply (after any clipping)."""
+
+    def __init__(self) -> None:
+        self.gradient: torch.Tensor | None = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.gradient = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.requires_grad]).clone()
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "accumulation", "estimator"),
+    [("grpo", 1, {"name": "krpo"}), ("dr_grpo", 2, {"name": "grpo"}), ("dapo", 2, {"name": "rloo"})],
+)
+def test_probe_gradient_is_trls_first_step_gradient(tmp_path, loss_type, accumulation, estimator) -> None:
+    config = tiny_trial(
+        estimator=estimator, steps=1, group_size=G, prompts_per_step=PROMPTS, loss_type=loss_type,
+        gradient_accumulation_steps=accumulation, temperature=0.7, max_completion_length=4,
+    )
+    spec = TrialSpec.model_validate(config)
+    task = build_task(spec.task)
+    loaded = load_model(spec.model)
+    before = copy.deepcopy(loaded.model)
+    args = grpo_config(spec, tmp_path, use_cuda=False, bf16=False, reward_weights=list(task.reward_weights))
+    args.max_grad_norm = 0.0  # no clipping, so the captured gradient is the loss's own
+    trainer = BaselineGRPOTrainer(
+        model=loaded.model, reward_funcs=task.reward_funcs, args=args, train_dataset=task.train,
+        processing_class=loaded.tokenizer, estimator=build_estimator(spec.estimator),
+    )
+    seen: dict = {}
+    generate = trainer._generate_and_score_completions
+
+    def capture(inputs):
+        out = generate(inputs)
+        seen.update(out=out, rewards=trainer._aggregate_rewards(trainer._last_rewards_per_func).clone())
+        seen["keys"] = [x["prompt_id"] for x in inputs][::G]
+        return out
+
+    trainer._generate_and_score_completions = capture
+    grab = GradientGrab()
+    trainer.add_callback(grab)
+    torch.manual_seed(11)
+    trainer.train()
+
+    out = seen["out"]
+    batch = RolloutBatch(
+        out["prompt_ids"], out["prompt_mask"], out["completion_ids"], out["completion_mask"],
+        seen["rewards"], seen["keys"], G,
+    )
+    assert len(batch.rewards) == G * PROMPTS and (seen["rewards"].view(-1, G).std(dim=1) > 0).any()
+    advantages = build_estimator(spec.estimator).estimate(batch.rewards.view(-1, G), batch.prompt_keys).advantages
+    assert torch.allclose(advantages.reshape(-1), out["advantages"], atol=1e-6)
+    rows = torch.arange(G * PROMPTS)
+    logprobs = sequence_logprobs(before, batch, rows, temperature=0.7)
+    weights = rollout_weights(batch.completion_mask, loss_type, max_completion_length=4)
+    theirs = grab.gradient
+    assert theirs.norm() > 0
+    single = loss_gradient(logprobs, advantages.reshape(-1), weights, before)
+    coefficients = -(advantages.reshape(-1).double() * weights)
+    batched = list(loss_gradients(before, logprobs, torch.stack([coefficients, 2 * coefficients]), max_floats=1))
+    for ours in (single, batched[0], batched[1] / 2):
+        assert torch.nn.functional.cosine_similarity(ours, theirs, dim=0) > 1 - 1e-6
+        assert (ours.norm() / theirs.norm()).item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_tally_matches_a_plain_numpy_computation() -> None:
+    generator = torch.Generator().manual_seed(0)
+    reference = torch.randn(50, generator=generator, dtype=torch.float64)
+    signal = 0.5 * reference + 0.3 * torch.randn(50, generator=generator, dtype=torch.float64)
+    gradients = [signal + torch.randn(50, generator=generator, dtype=torch.float64) for _ in range(40)]
+    gradients[3] = torch.zeros(50, dtype=torch.float64)
+    tally = GradientTally(reference)
+    for g in gradients:
+        tally.add(g.float(), torch.tensor([1.0, -2.0]))
+    summary = tally.summary()
+    G = np.stack([g.numpy() for g in gradients])
+    ref = reference.numpy()
+    cosines = [0.0 if not g.any() else g @ ref / np.linalg.norm(g) / np.linalg.norm(ref) for g in G]
+    mean = G.mean(axis=0)
+    trace = np.trace(np.cov(G, rowvar=False))
+    assert summary["cos_mean"] == pytest.approx(np.mean(cosines), rel=1e-5)
+    low, high = stats.t.interval(0.95, len(G) - 1, loc=np.mean(cosines), scale=stats.sem(cosines))
+    assert (summary["cos_ci_low"], summary["cos_ci_high"]) == pytest.approx((low, high), rel=1e-5)
+    assert summary["cos_of_mean"] == pytest.approx(mean @ ref / np.linalg.norm(mean) / np.linalg.norm(ref), rel=1e-5)
+    assert summary["var_trace"] == pytest.approx(trace, rel=1e-5)
+    assert summary["snr"] == pytest.approx((mean @ mean - trace / len(G)) / trace, rel=1e-4)
+    assert summary["adv_rms"] == pytest.approx(np.sqrt(2.5))
+    assert summary["zero_grad_frac"] == pytest.approx(1 / 40)
+
+
+def test_rollouts_are_masked_after_eos_and_scored_by_the_task() -> None:
+    spec = TrialSpec.model_validate(tiny_trial())
+    task = build_task(spec.task)
+    loaded = load_model(spec.model)
+    torch.manual_seed(0)
+    batch = draw_rollouts(loaded.model, loaded.tokenizer, task, [0, 1, 2], 4, temperature=1.0, max_completion_length=5)
+    assert batch.completion_ids.shape[0] == 12 and batch.prompt_keys == task.train.select([0, 1, 2])["prompt_id"]
+    eos = loaded.tokenizer.eos_token_id
+    for ids, mask in zip(batch.completion_ids.tolist(), batch.completion_mask.tolist()):
+        kept = [t for t, m in zip(ids, mask) if m]
+        assert eos not in kept[:-1] and mask == sorted(mask, reverse=True)
+    texts = loaded.tokenizer.batch_decode(batch.completion_ids, skip_special_tokens=True)
+    answers = [a for a in task.train.select([0, 1, 2])["answer"] for _ in range(4)]
+    assert batch.rewards.tolist() == [float(task.is_correct(t, a)) for t, a in zip(texts, answers)]
+    assert batch.rows(2).tolist() == [0, 1, 4, 5, 8, 9]
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"estimators": [{"name": "grpo"}, {"name": "krpo_fancy"}]}, "estimators[1]"),
+        ({"estimators": [{"name": "krpo", "Q": -1.0}]}, "estimators[0].krpo.Q"),
+        ({"estimators": [{"name": "grpo"}, {"name": "grpo"}]}, "estimators"),
+        ({"estimators": []}, "estimators"),
+        ({"group_sizes": [1, 4]}, "group_sizes[0]"),
+        ({"group_sizes": [4, 4]}, "group_sizes"),
+        ({"batches": 1}, "batches"),
+        ({"loss_type": "sapo"}, "loss_type"),
+        ({"reference": {"prompts": 1}}, "reference.prompts"),
+        ({"batchez": 4}, "batchez"),
+    ],
+)
+def test_bad_probe_specs_name_the_field(change: dict, path: str) -> None:
+    data = {**PROBE, **change}
+    with pytest.raises(SpecError) as caught:
+        validate(ProbeSpec, data)
+    assert path in {e["path"] for e in caught.value.errors}, caught.value.errors
+
+
+PROBE = {
+    "kind": "probe",
+    "name": "test-probe",
+    "model": {"name": "tiny-arith"},
+    "task": {**TINY_TASK, "train_size": 64, "test_size": 8},
+    "estimators": [{"name": "grpo"}, {"name": "dr_grpo"}, {"name": "rloo"}, {"name": "krpo"}],
+    "group_sizes": [2, 4],
+    "batches": 3,
+    "prompts_per_batch": 4,
+    "reference": {"prompts": 8, "group_size": 4, "chunk_prompts": 4},
+    "max_completion_length": 4,
+}
+
+
+@pytest.mark.parametrize("command", ["probe", "run"])
+def test_probe_command_prints_the_table_tracks_and_reports(tmp_path, command) -> None:
+    import yaml
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from krpo_bench.cli import app
+
+    path = tmp_path / "probe.yaml"
+    path.write_text(yaml.safe_dump(PROBE))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = tmp_path / "report"
+    result = CliRunner().invoke(app, [command, str(path), "--mlflow", uri, "--out", str(out)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "gradient quality against the reference" in result.output and "SNR" in result.output
+    assert "krpo" in result.output and "wall time" in result.output
+    data = json.loads((out / "probe.json").read_text())
+    assert {(r["estimator"], r["group_size"]) for r in data["rows"]} == {
+        (e["name"], g) for e in PROBE["estimators"] for g in (2, 4)
+    }
+    assert (out / "probe.png").read_bytes()[:4] == b"\x89PNG" and "<table>" in (out / "index.html").read_text()
+    rows = {(r["estimator"], r["group_size"]): r for r in data["rows"]}
+    # With 0/1 rewards and G = 2, grpo, dr_grpo and rloo advantages are proportional with one constant:
+    # on common rollouts their gradients point the same way.
+    assert rows[("grpo", 2)]["cos_mean"] == pytest.approx(rows[("rloo", 2)]["cos_mean"], abs=1e-5)
+    assert rows[("dr_grpo", 2)]["cos_mean"] == pytest.approx(rows[("rloo", 2)]["cos_mean"], abs=1e-5)
+    assert all(-1 <= r["cos_mean"] <= 1 and r["var_trace"] >= 0 for r in data["rows"])
+    run = MlflowClient(uri).get_run(data["mlflow_run_id"])
+    assert run.data.tags["krpo.kind"] == "probe" and run.data.tags["krpo.probe_id"] == data["probe_id"]
+    assert run.info.status == "FINISHED"
+    history = MlflowClient(uri).get_metric_history(run.info.run_id, "probe/krpo/cos_mean")
+    assert sorted(m.step for m in history) == [2, 4]
