@@ -193,10 +193,10 @@ def _points(value: float, sign: str = "+") -> str:
     return "n/a" if value != value else f"{value * 100:{sign}.1f}"
 
 
-def _comparison_cells(comparison: dict | None) -> tuple[str, str, str, str]:
+def _comparison_cells(comparison: dict | None, is_reference: bool) -> tuple[str, str, str, str]:
     """Δ vs the reference in points with its 95 % CI, the analysis, the detectable effect, the seeds for the target."""
     if comparison is None:
-        return "reference", "", "", ""
+        return "reference" if is_reference else "", "", "", ""
     low, high = comparison["diff_ci_low"], comparison["diff_ci_high"]
     ci = "" if low != low else f" [{_points(low)}, {_points(high)}]"
     needed = "n/a" if comparison["seeds_needed"] is None else str(comparison["seeds_needed"])
@@ -205,7 +205,9 @@ def _comparison_cells(comparison: dict | None) -> tuple[str, str, str, str]:
 
 def _results_table(service, study_id: str) -> None:
     results = service.results(study_id)
-    target = next((f"{r['comparison']['target_effect'] * 100:g} pts" for r in results.values() if r.get("comparison")), "target")
+    compared = [r["comparison"] for r in results.values() if r.get("comparison")]
+    reference = compared[0]["reference"] if compared else None
+    target = f"{compared[0]['target_effect'] * 100:g} pts" if compared else "target"
     table = Table(title="held-out accuracy before training and final (mean, 95 % t-interval across seeds); "
                         "Δ vs the reference and the detectable difference (80 % power, alpha 0.05) in points")
     for column in ("variant", "seeds", "before", "final [95 % CI]", "per seed", "Δ [95 % CI]", "analysis", "detectable", f"seeds for {target}"):
@@ -215,7 +217,7 @@ def _results_table(service, study_id: str) -> None:
         mean = "n/a" if row["mean"] != row["mean"] else f"{row['mean']:.3f}"
         before = "n/a" if row["initial_mean"] != row["initial_mean"] else f"{row['initial_mean']:.3f}"
         table.add_row(variant, str(row["n"]), before, mean + ci, " ".join(f"{v:.3f}" for v in row["values"]),
-                      *_comparison_cells(row.get("comparison")))
+                      *_comparison_cells(row.get("comparison"), variant == reference))
     console.print(table)
     for row in results.values():
         if row.get("comparison") is not None:
