@@ -278,3 +278,23 @@ def test_service_results_api_and_cli_carry_the_paired_comparison(tmp_path: Path)
     assert shown.exit_code == 0, shown.output
     assert expected.sentence in " ".join(shown.output.split())
     assert "seeds for 5 pts" in shown.output and "paired" in shown.output
+
+
+def test_api_refuses_a_bad_target_effect_naming_the_field(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from krpo_bench.api.app import create_app
+    from krpo_bench.api.settings import ApiSettings
+    from tests.trial_specs import tiny_trial
+
+    base = {k: v for k, v in tiny_trial(steps=5).items() if k != "name"}
+    spec = {"name": "t", "kind": "ablation", "base": base, "variants": {"grpo": {"estimator": {"name": "grpo"}}}}
+    (tmp_path / "data").mkdir()
+    settings = ApiSettings(db_url=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                           tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path / "data",))
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
+        for bad, rule in ((0, "greater_than"), (1.5, "less_than_equal"), ("2 points", "float_type")):
+            response = client.post("/api/v1/studies", json={**spec, "analysis": {"target_effect": bad}})
+            assert response.status_code == 422, response.text
+            found = {e["path"]: e for e in response.json()["errors"]}
+            assert found["analysis.target_effect"]["value"] == bad and found["analysis.target_effect"]["type"] == rule
