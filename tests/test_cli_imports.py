@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from krpo_bench.settings import ENV_VARS
+from tests.trial_specs import tiny_ablation
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "trl")
@@ -25,13 +26,9 @@ WRAPPER = textwrap.dedent(f"""
     from krpo_bench.cli import app
     app()
 """)
-TRIAL = {"model": {"name": "tiny-arith"}, "training": {"max_steps": 2},
-         "task": {"kind": "arithmetic", "num_terms": [2, 2], "num_digits": [1, 1], "operators": ["+"], "parentheses": False,
-                  "unary_minus": False, "templates": ["{expr}="], "compact": True, "rewards": [{"name": "exact"}]}}
-ABLATION = {"name": "imports-ablation", "kind": "ablation", "seeds": 1, "base": TRIAL,
-            "variants": {"grpo": {"estimator": {"name": "grpo"}}}}
-SEARCH = {"name": "imports-search", "kind": "search", "base": TRIAL, "n_trials": 1, "parallelism": 1, "sampler": "random",
-          "space": {"training.learning_rate": {"type": "log_uniform", "low": 1e-5, "high": 1e-3}}}
+ABLATION = tiny_ablation("imports-ablation")
+SEARCH = {"name": "imports-search", "kind": "search", "base": ABLATION["base"], "n_trials": 1, "parallelism": 1,
+          "sampler": "random", "space": {"training.learning_rate": {"type": "log_uniform", "low": 1e-5, "high": 1e-3}}}
 
 COMMANDS = {
     "help": ["--help"],

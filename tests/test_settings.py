@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from krpo_bench import settings as ks
 from krpo_bench.settings import ENV_VARS, Settings, SettingsError
+from tests.trial_specs import tiny_ablation
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [p for folder in ("krpo_bench", "api", "dashboards") for p in (ROOT / folder).rglob("*.py")]
@@ -167,16 +168,6 @@ def test_config_command_prints_values_and_sources(clean_env: Path, monkeypatch: 
 
 # -- every setting in a config file alone takes effect where it is used -----------------------------
 
-TINY = {"model": {"name": "tiny-arith"}, "training": {"max_steps": 2},
-        "task": {"kind": "arithmetic", "num_terms": [2, 2], "num_digits": [1, 1], "operators": ["+"], "parentheses": False,
-                 "unary_minus": False, "templates": ["{expr}="], "compact": True, "rewards": [{"name": "exact"}]}}
-
-
-def study_body(name: str, seeds: int = 1, **base: dict) -> dict:
-    return {"name": name, "kind": "ablation", "seeds": seeds, "base": {**TINY, **base},
-            "variants": {"grpo": {"estimator": {"name": "grpo"}}}}
-
-
 @pytest.fixture()
 def file_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[dict, str]:
     """Every setting of README's table in one TOML file; no krpo-bench variable in the environment.
@@ -239,7 +230,7 @@ def test_every_setting_in_the_config_file_takes_effect(file_only: tuple[dict, st
     with TestClient(create_app()) as http:
         assert http.get("/api/v1/studies").status_code == 401, "api_tokens_file: the server requires its tokens"
         api = Client(http=http)  # base URL from the test client; the token from the file
-        made = api.submit(study_body("from-file", model={"name": "tiny-arith", "trust_remote_code": True}))
+        made = api.submit(tiny_ablation("from-file", model={"name": "tiny-arith", "trust_remote_code": True}))
         assert made["total"] == 1, "allow_remote_code: trust_remote_code accepted"
         assert Path(values["mlflow_tracking_uri"].removeprefix("sqlite:///")).exists(), "the study's experiment went there"
 
@@ -247,18 +238,18 @@ def test_every_setting_in_the_config_file_takes_effect(file_only: tuple[dict, st
         outside = tmp_path / "elsewhere.jsonl"
         outside.write_text('{"prompt": "1+1=", "answer": "2"}\n')
         jsonl = {"kind": "jsonl", "path": str(outside), "rewards": [{"name": "exact"}]}
-        refused = http.post("/api/v1/studies", json=study_body("outside", task=jsonl), headers=headers)
+        refused = http.post("/api/v1/studies", json=tiny_ablation("outside", task=jsonl), headers=headers)
         assert refused.status_code == 422 and refused.json()["errors"][0]["type"] == "path_outside_data_roots", refused.text
         assert values["data_roots"][0] in refused.json()["errors"][0]["message"]
 
-        big = http.post("/api/v1/studies", json=study_body("big", seeds=3), headers=headers)
+        big = http.post("/api/v1/studies", json=tiny_ablation("big", seeds=3), headers=headers)
         assert big.status_code == 422 and "2" in big.text, "max_trials: 3 trials refused"
         assert http.post("/api/v1/studies", content=b"x" * 4001, headers=headers).status_code == 413, "max_body_bytes"
-        large = http.post("/api/v1/studies", json=study_body("large", model={"name": "smollm2-135m"}), headers=headers)
+        large = http.post("/api/v1/studies", json=tiny_ablation("large", model={"name": "smollm2-135m"}), headers=headers)
         assert large.status_code == 422 and "model_too_large" in large.text, "max_model_params: 135 M parameters refused"
 
         listed = api.list_studies()["items"]
-        StudyService().submit(study_body("behind-the-cache"))  # not through the API: the cache is not cleared
+        StudyService().submit(tiny_ablation("behind-the-cache"))  # not through the API: the cache is not cleared
         assert api.list_studies()["items"] == listed, "list_cache_s: the page is reused"
 
         job = service.queue.claim("w1", 60.0)

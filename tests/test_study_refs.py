@@ -13,22 +13,14 @@ from krpo_bench.api.app import create_app
 from krpo_bench.api.settings import ApiSettings
 from krpo_bench.cli import app as cli
 from krpo_bench.service.studies import AmbiguousStudy, StudyNotFound, StudyService
-
-TRIAL = {"model": {"name": "tiny-arith"}, "training": {"max_steps": 2},
-         "task": {"kind": "arithmetic", "num_terms": [2, 2], "num_digits": [1, 1], "operators": ["+"], "parentheses": False,
-                  "unary_minus": False, "templates": ["{expr}="], "compact": True, "rewards": [{"name": "exact"}]}}
-
-
-def spec(name: str) -> dict:
-    return {"name": name, "kind": "ablation", "seeds": 1, "base": TRIAL, "variants": {"grpo": {"estimator": {"name": "grpo"}}}}
-
+from tests.trial_specs import tiny_ablation
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory: pytest.TempPathFactory) -> tuple[StudyService, dict[str, str]]:
     """Studies 'alone', 'twin' (twice) and '%'; their ids by a label."""
     home = tmp_path_factory.mktemp("refs")
     service = StudyService(f"sqlite:///{home / 'jobs.db'}", f"sqlite:///{home / 'mlflow.db'}")
-    ids = {label: service.submit(spec(name)).id for label, name in
+    ids = {label: service.submit(tiny_ablation(name)).id for label, name in
            (("alone", "alone"), ("twin1", "twin"), ("twin2", "twin"), ("percent", "%"))}
     return service, ids
 
