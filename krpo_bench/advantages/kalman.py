@@ -77,6 +77,25 @@ def kalman_schedule(
     )
 
 
+@lru_cache(maxsize=64)
+def _riccati_powers(
+    group_size: int, Q: float, R: float, dtype: torch.dtype, device: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(a, b, c, d)`` by position such that the posterior variance after ``i + 1`` updates from a
+    start ``P`` is ``(a_i P + b_i) / (c_i P + d_i)``: one update ``P <- R (P + Q) / (P + Q + R)`` is
+    the Moebius map of ``[[R, R Q], [1, Q + R]]``, so ``i`` updates are its matrix power (each power
+    rescaled, which leaves the ratio unchanged)."""
+    step = np.array([[R, R * Q], [1.0, Q + R]])
+    power = np.eye(2)
+    rows = []
+    for _ in range(group_size):
+        power = step @ power
+        power /= np.abs(power).max()
+        rows.append(power.reshape(-1).copy())
+    coefs = torch.from_numpy(np.array(rows)).to(device=device, dtype=dtype)
+    return tuple(coefs[:, j].contiguous() for j in range(4))
+
+
 def _scale(
     normalize: NormalizeKind,
     p_post: torch.Tensor,
@@ -159,26 +178,12 @@ class KRPOPersistent(Estimator):
         start = np.array([self.states.get(pid, default) for pid in prompt_ids], dtype=np.float64)
         x, var = torch.from_numpy(start).to(dtype=rewards.dtype, device=rewards.device).unbind(1)
         valid = ~rewards.isnan()
-        skips = not bool(valid.all())
-        z = torch.where(valid, rewards, 0.0) if skips else rewards
-        baseline = torch.empty_like(z)
-        p_post = torch.empty_like(z)
-        p_pred = torch.empty_like(z)
-        gain = torch.zeros_like(x)
-        for i in range(z.shape[1]):
-            pp = var + p.Q
-            k = pp / (pp + p.R)
-            x_new = x + k * (z[:, i] - x)
-            var_new = (1.0 - k) * pp
-            if skips:  # a NaN reward neither predicts nor updates
-                ok = valid[:, i]
-                x_new, var_new = torch.where(ok, x_new, x), torch.where(ok, var_new, var)
-                gain = torch.where(ok, k, gain)
-            else:
-                gain = k
-            baseline[:, i] = x_new if p.estimate == "posterior" else x
-            p_post[:, i], p_pred[:, i] = var_new, pp
-            x, var = x_new, var_new
+        if bool(valid.all()):
+            z = rewards
+            baseline, p_post, p_pred, x, var, gain = self._filter_dense(z, x, var)
+        else:
+            z = torch.where(valid, rewards, 0.0)
+            baseline, p_post, p_pred, x, var, gain = self._filter_skipping(z, valid, x, var)
         scale = _scale(p.normalize, p_post, p_pred, p.R, p.eps, z, valid)
         advantages = torch.where(valid, (z - baseline) / scale, 0.0)
         self.states.update(zip(prompt_ids, zip(x.tolist(), var.tolist())))
@@ -188,6 +193,38 @@ class KRPOPersistent(Estimator):
             "tracked_prompts": float(len(self.states)),
         }
         return Estimate(advantages, baseline, scale, extras)
+
+    def _filter_dense(self, z, x, var):
+        """Every group through its filter when no reward is NaN: the variances of all positions at
+        once from the closed form, then one vector update per position for the estimates."""
+        p = self.params
+        a, b, c, d = _riccati_powers(z.shape[1], p.Q, p.R, z.dtype, str(z.device))
+        p_post = (a * var[:, None] + b) / (c * var[:, None] + d)
+        p_pred = torch.cat([var[:, None], p_post[:, :-1]], dim=1) + p.Q
+        gains = p_pred / (p_pred + p.R)
+        estimates = [x]
+        for z_i, k_i in zip(z.unbind(1), gains.unbind(1)):
+            estimates.append(torch.lerp(estimates[-1], z_i, k_i))  # x + k (z - x)
+        kept = estimates[1:] if p.estimate == "posterior" else estimates[:-1]
+        return torch.stack(kept, dim=1), p_post, p_pred, estimates[-1], p_post[:, -1], gains[:, -1]
+
+    def _filter_skipping(self, z, valid, x, var):
+        """Every group through its filter one position at a time; a NaN reward neither predicts nor
+        updates."""
+        p = self.params
+        baseline, p_post, p_pred = torch.empty_like(z), torch.empty_like(z), torch.empty_like(z)
+        gain = torch.zeros_like(x)
+        for i in range(z.shape[1]):
+            ok = valid[:, i]
+            pp = var + p.Q
+            k = pp / (pp + p.R)
+            x_new = torch.where(ok, x + k * (z[:, i] - x), x)
+            var_new = torch.where(ok, (1.0 - k) * pp, var)
+            baseline[:, i] = x_new if p.estimate == "posterior" else x
+            p_post[:, i], p_pred[:, i] = var_new, pp
+            gain = torch.where(ok, k, gain)
+            x, var = x_new, var_new
+        return baseline, p_post, p_pred, x, var, gain
 
     def state_dict(self) -> dict:
         return {"states": [[pid, x, v] for pid, (x, v) in self.states.items()]}
