@@ -113,6 +113,8 @@ def test_tally_matches_a_plain_numpy_computation() -> None:
     assert (summary["cos_ci_low"], summary["cos_ci_high"]) == pytest.approx((low, high), rel=1e-5)
     assert summary["cos_of_mean"] == pytest.approx(mean @ ref / np.linalg.norm(mean) / np.linalg.norm(ref), rel=1e-5)
     assert summary["var_trace"] == pytest.approx(trace, rel=1e-5)
+    signal = mean @ mean - trace / len(G)
+    assert summary["cos_expected"] == pytest.approx(mean @ ref / np.sqrt(signal) / np.linalg.norm(ref), rel=1e-4)
     assert summary["snr"] == pytest.approx((mean @ mean - trace / len(G)) / trace, rel=1e-4)
     assert summary["adv_rms"] == pytest.approx(np.sqrt(2.5))
     assert summary["zero_grad_frac"] == pytest.approx(1 / 40)
@@ -203,3 +205,33 @@ def test_probe_command_prints_the_table_tracks_and_reports(tmp_path, command) ->
     assert run.info.status == "FINISHED"
     history = MlflowClient(uri).get_metric_history(run.info.run_id, "probe/krpo/cos_mean")
     assert sorted(m.step for m in history) == [2, 4]
+
+
+def test_probe_loads_checkpoint_weights_and_reads_noisy_rewards(tmp_path) -> None:
+    from krpo_bench.probe.run import _load, measure
+
+    spec = validate(ProbeSpec, {**PROBE, "estimators": [{"name": "rloo"}], "group_sizes": [4], "batches": 2})
+    model, tokenizer = _load(spec, "cpu")
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    model.save_pretrained(tmp_path / "checkpoint-7")
+    tokenizer.save_pretrained(tmp_path / "checkpoint-7")
+    loaded, _ = _load(spec.model_copy(update={"checkpoint": str(tmp_path / "checkpoint-7")}), "cpu")
+    assert torch.equal(next(loaded.parameters()), next(model.parameters()))
+    with pytest.raises(ValueError, match="not a checkpoint folder"):
+        _load(spec.model_copy(update={"checkpoint": str(tmp_path)}), "cpu")
+    # Every training reward flipped: the estimator climbs the wrong way, against the clean reference.
+    task = {**PROBE["task"], "reward_noise": {"flip": 1.0}}
+    # (opo's length-weighted baseline is linear in the rewards too: its advantages flip sign exactly.)
+    estimators = [{"name": "rloo"}, {"name": "opo"}]
+    flipped = validate(ProbeSpec, {**PROBE, "task": task, "estimators": estimators, "group_sizes": [4], "batches": 4})
+    clean = flipped.model_copy(update={"task": flipped.task.model_copy(update={"reward_noise": None})})
+    torch.manual_seed(0)
+    rows, _, _ = measure(flipped, model, tokenizer)
+    torch.manual_seed(0)
+    clean_rows, _, _ = measure(clean, model, tokenizer)
+    for noisy, exact in zip(rows, clean_rows):
+        assert noisy["cos_of_mean"] == pytest.approx(-exact["cos_of_mean"], abs=1e-5)
+        assert noisy["cos_mean"] == pytest.approx(-exact["cos_mean"], abs=1e-5)
+    with pytest.raises(ValueError, match="remax need a greedy completion per prompt"):
+        measure(clean.model_copy(update={"estimators": [*clean.estimators, validate(ProbeSpec, {**PROBE, "estimators": [{"name": "remax"}]}).estimators[0]]}), model, tokenizer)

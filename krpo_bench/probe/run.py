@@ -110,6 +110,10 @@ def measure(
     spec: ProbeSpec, model: Any, tokenizer: Any, on_batch: Callable[[int], None] | None = None
 ) -> tuple[list[dict[str, Any]], float, float]:
     """The probe's table rows, the reference's split-half cosine and its mean reward."""
+    estimators = {(e.name, g): build_estimator(e, seed=spec.seed) for e in spec.estimators for g in spec.group_sizes}
+    greedy = sorted({name for (name, _), est in estimators.items() if est.needs_baseline_rewards})
+    if greedy:
+        raise ValueError(f"estimators: {', '.join(greedy)} need a greedy completion per prompt, which the probe does not draw")
     task = build_task(spec.task)
     model.train()
     rng = np.random.default_rng(spec.seed)
@@ -117,7 +121,6 @@ def measure(
     reference_prompts = rng.choice(size, size=min(spec.reference.prompts, size), replace=False)
     reference, split, reward_mean = _reference(spec, model, tokenizer, task, reference_prompts)
     g_max = max(spec.group_sizes)
-    estimators = {(e.name, g): build_estimator(e) for e in spec.estimators for g in spec.group_sizes}
     tallies = {key: GradientTally(reference) for key in estimators}
     noise = spec.task.reward_noise
     for b in range(spec.batches):
@@ -134,9 +137,12 @@ def measure(
         for g in spec.group_sizes:
             rows = batch.rows(g)
             groups = rewards[rows].view(-1, g)
+            lengths = batch.completion_mask[rows].sum(dim=1).view(-1, g)
             weights = rollout_weights(batch.completion_mask[rows], spec.loss_type, spec.max_completion_length)
             for e in spec.estimators:
-                advantages = estimators[(e.name, g)].estimate(groups, batch.prompt_keys).advantages.reshape(-1)
+                estimator = estimators[(e.name, g)]
+                extra = {"lengths": lengths} if estimator.needs_lengths else {}
+                advantages = estimator.estimate(groups, batch.prompt_keys, **extra, step=b).advantages.reshape(-1)
                 row = torch.zeros(len(rewards), dtype=torch.float64)
                 row[rows] = -advantages.to(torch.float64) * weights
                 keys.append((e.name, g))

@@ -31,9 +31,10 @@ class GradientTally:
 
     def summary(self, confidence: float = 0.95) -> dict[str, float]:
         """Mean one-batch cosine to the reference with a t-interval over batches; the cosine of the mean
-        gradient (the estimator's bias, up to the mean's own noise); the trace of the gradient covariance;
-        the signal-to-noise ratio |E g|^2 / tr Cov(g) (|E g|^2 estimated without bias as
-        |mean|^2 - tr/M); the advantages' root mean square; the share of batches with a zero gradient."""
+        gradient (raw: with M batches it still carries the mean's own noise) and of the expected gradient
+        (its bias alone: mean . ref / (|E g| |ref|), NaN when |E g|^2 is not resolved); the trace of the
+        gradient covariance; the signal-to-noise ratio |E g|^2 / tr Cov(g), with |E g|^2 estimated
+        without bias as |mean|^2 - tr/M; the advantages' root mean square; the share of zero gradients."""
         m = len(self.cosines)
         cos = torch.tensor(self.cosines, dtype=torch.float64)
         mean = self.total / m
@@ -45,6 +46,10 @@ class GradientTally:
             "cos_ci_low": cos.mean().item() - half,
             "cos_ci_high": cos.mean().item() + half,
             "cos_of_mean": cosine(mean, self.reference) if mean.norm() > 0 else 0.0,
+            "cos_expected": (
+                (mean @ self.reference.double().to(mean.device)).item() / math.sqrt(signal) / self.reference.norm().item()
+                if signal > 0 else math.nan
+            ),
             "grad_norm": math.sqrt(sum(self.squared_norms) / m),
             "var_trace": trace,
             "snr": signal / trace if trace > 0 else math.nan,
