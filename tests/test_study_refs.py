@@ -13,6 +13,7 @@ from krpo_bench.api.app import create_app
 from krpo_bench.api.settings import ApiSettings
 from krpo_bench.cli import app as cli
 from krpo_bench.service.studies import AmbiguousStudy, StudyNotFound, StudyService
+from tests.db import add_study
 from tests.trial_specs import tiny_ablation
 
 @pytest.fixture(scope="module")
@@ -25,8 +26,17 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> tuple[StudyService, dic
     return service, ids
 
 
-def test_the_service_resolves_ids_prefixes_and_names(studies: tuple[StudyService, dict[str, str]]) -> None:
-    service, ids = studies
+@pytest.fixture()
+def rows(db_url: str) -> tuple[StudyService, dict[str, str]]:
+    """On SQLite and PostgreSQL: study rows 'alone', 'twin' (twice) and '%'; their ids by a label."""
+    service = StudyService(db_url, "sqlite:///never-opened.db")  # resolving never touches MLflow
+    ids = {label: add_study(service.engine, name) for label, name in
+           (("alone", "alone"), ("twin1", "twin"), ("twin2", "twin"), ("percent", "%"))}
+    return service, ids
+
+
+def test_the_service_resolves_ids_prefixes_and_names(rows: tuple[StudyService, dict[str, str]]) -> None:
+    service, ids = rows
     alone = ids["alone"]
     assert service.resolve(alone) == alone
     assert service.resolve("alone") == alone
@@ -39,8 +49,8 @@ def test_the_service_resolves_ids_prefixes_and_names(studies: tuple[StudyService
         service.resolve("_" * 8)
 
 
-def test_an_ambiguous_name_lists_the_candidates(studies: tuple[StudyService, dict[str, str]]) -> None:
-    service, ids = studies
+def test_an_ambiguous_name_lists_the_candidates(rows: tuple[StudyService, dict[str, str]]) -> None:
+    service, ids = rows
     with pytest.raises(AmbiguousStudy) as err:
         service.resolve("twin")
     assert ids["twin1"] in str(err.value) and ids["twin2"] in str(err.value) and ids["alone"] not in str(err.value)
