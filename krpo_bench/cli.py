@@ -333,7 +333,7 @@ def _run_probe(spec, mlflow: Optional[str], out: Optional[Path]) -> None:
         table.add_column(label)
     for row in result.rows:
         table.add_row(*table_cells(row))
-    console.print(table, width=max(console.width, 120))
+    Console(width=max(console.width, 130)).print(table)  # a table this wide stays readable in a log
     console.print(f"loss {spec.loss_type}: {result.length_normalisation}")
     console.print(f"wall time {result.wall_time_s:.1f} s; MLflow run {result.mlflow_run_id}; report: [bold]{result.report_dir}/index.html[/bold]")
 

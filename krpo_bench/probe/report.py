@@ -36,7 +36,7 @@ def table_cells(row: dict[str, Any]) -> list[str]:
 
 def figure_png(rows: list[dict[str, Any]]) -> bytes:
     """Two panels against group size per estimator: the mean one-batch cosine with its 95 % CI, and
-    the cosine of the expected gradient (bias)."""
+    the cosine of the mean gradient over the batches."""
     fig = Figure(figsize=(11, 4.2), dpi=110)
     one, bias = fig.subplots(1, 2)
     names = list(dict.fromkeys(r["estimator"] for r in rows))
@@ -47,8 +47,8 @@ def figure_png(rows: list[dict[str, Any]]) -> bytes:
         means = [r["cos_mean"] for r in mine]
         errors = [[m - r["cos_ci_low"] for m, r in zip(means, mine)], [r["cos_ci_high"] - m for m, r in zip(means, mine)]]
         one.errorbar(sizes, means, yerr=errors, marker="o", capsize=3, label=name)
-        bias.plot(sizes, [r["cos_expected"] for r in mine], marker="o", label=name)
-    for ax, title in ((one, "one-batch gradient vs reference (mean, 95 % CI)"), (bias, "expected gradient vs reference (bias; noise removed)")):
+        bias.plot(sizes, [r["cos_of_mean"] for r in mine], marker="o", label=name)
+    for ax, title in ((one, "one-batch gradient vs reference (mean, 95 % CI)"), (bias, "mean of the one-batch gradients vs reference")):
         ax.set_xscale("log", base=2)
         sizes = sorted({r["group_size"] for r in rows})
         ax.set_xticks(sizes, [str(s) for s in sizes])
@@ -92,8 +92,8 @@ uses the first G rollouts of each group); reference: rloo baseline, no std scali
 wall time {result.wall_time_s:.1f} s; MLflow run {html.escape(result.mlflow_run_id or 'none')}.</p>
 <p class="meta">cos (one batch): cosine of one batch's gradient to the reference (bias and variance together; a zero
 gradient counts as 0). cos (mean grad): cosine of the mean over the batches (it still carries the mean's own noise). cos (E grad):
-the estimator's bias alone, mean . ref / (|E g| |ref|) with |E g|<sup>2</sup> estimated without bias (blank when the
-batches do not resolve it); the reference's own noise (split-half cosine) lowers every cosine a little. tr Var: trace of the one-batch gradient covariance. SNR: |E g|<sup>2</sup> / tr Var (|E g|<sup>2</sup> estimated
+the estimator's bias alone, mean . ref / (|E g| |ref|) with |E g|<sup>2</sup> estimated without bias: a ratio
+estimate that is itself noisy (above 1, or nan, when the batches do not resolve E g: the SNR is too low for M); the reference's own noise (split-half cosine) lowers every cosine a little. tr Var: trace of the one-batch gradient covariance. SNR: |E g|<sup>2</sup> / tr Var (|E g|<sup>2</sup> estimated
 without bias). adv RMS: root mean square of the advantages.</p>
 <img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="cosine against group size" width="100%">
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></body></html>"""
