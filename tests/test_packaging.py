@@ -23,3 +23,5 @@ def test_wheel_has_only_the_krpo_bench_package(tmp_path: Path) -> None:
     assert "krpo_bench/api/app.py" in names and "krpo_bench/api/routers/studies.py" in names
     assert "krpo_bench/dashboards/report.py" in names
     assert "krpo_bench/service/migrations/versions/0001_initial_schema.py" in names
+    assert {"krpo_bench/models/artefacts/tiny-arith-4b89e355976c59e0.safetensors",
+            "krpo_bench/models/artefacts/tiny-arith-4b89e355976c59e0.json"} <= set(names)

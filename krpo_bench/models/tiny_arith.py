@@ -12,12 +12,18 @@ carrying sums while its samples are sometimes right: exact-match RL has a signal
 error to unlearn, as when RL corrects what imperfect supervised data taught a language model. An
 undertrained model on clean data is no substitute: it sits mid-way through a sharp learning
 transition, and any fresh optimizer (RL's or even more supervised steps) first knocks it down.
+
+The default build ships with the package (``artefacts/<cache key>.safetensors``, its warm-up report
+beside it): a fresh data home installs it in about a second instead of running the warm-up. It is
+used only after its SHA-256 and build version check out, and it is exactly what the builder makes
+(a slow test rebuilds it and compares the bytes); other options are built.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -29,6 +35,8 @@ from krpo_bench.models.config import TinyArithOptions
 from krpo_bench.models.hf import cached_model_folder
 from krpo_bench.tasks.split import in_test_split
 
+log = logging.getLogger(__name__)
+
 MAX_OPERAND = 99
 MAX_NEW_TOKENS = 5
 BUILD_VERSION = 2  # bump when the recipe below changes, so old caches are not reused
@@ -39,6 +47,11 @@ LEARNING_RATE = 3e-4
 WEIGHT_DECAY = 0.01
 LR_WARMUP_STEPS = 20
 EVAL_BATCH_SIZE = 512
+
+ARTEFACTS = Path(__file__).parent / "artefacts"
+WEIGHTS_FILE = "model.safetensors"
+# Builds shipped in the package: cache key -> SHA-256 of the builder's model.safetensors.
+SHIPPED_BUILDS = {"tiny-arith-4b89e355976c59e0": "2168dc3e3e7ea6b599a5a83645c247ad6f02165bce4790e5469bb528ac8fd9ec"}
 
 
 def arith_prompt(a: int, b: int) -> str:
@@ -212,12 +225,67 @@ def _build_into(folder: Path, options: TinyArithOptions) -> None:
     (folder / WARMUP_FILE).write_text(json.dumps(report, indent=2))
 
 
-def build_tiny_arith(options: TinyArithOptions | None = None) -> Path:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, in hex."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def shipped_artefact(options: TinyArithOptions) -> tuple[Path, Path] | None:
+    """The weights and warm-up report shipped for these options, if their checks pass: the weights'
+    SHA-256 is the pinned one and the report's build version and options are this builder's."""
+    key = tiny_arith_cache_key(options)
+    weights, report_file = ARTEFACTS / f"{key}.safetensors", ARTEFACTS / f"{key}.json"
+    if key not in SHIPPED_BUILDS or not weights.exists() or not report_file.exists():
+        return None
+    report = json.loads(report_file.read_text())
+    if file_sha256(weights) != SHIPPED_BUILDS[key]:
+        log.warning("shipped tiny-arith weights %s fail their SHA-256 check; building instead", weights)
+        return None
+    if report.get("build_version") != BUILD_VERSION or report.get("options") != options.model_dump():
+        log.warning("shipped tiny-arith report %s is for another build; building instead", report_file)
+        return None
+    return weights, report_file
+
+
+def _install_into(folder: Path, options: TinyArithOptions, weights: Path, report_file: Path) -> None:
+    """Save the shipped weights into ``folder`` as the builder would (the same files, byte for byte,
+    but the report), after checking that they score the report's held-out accuracy and that the
+    saved weights have the pinned SHA-256."""
+    from safetensors.torch import load_model
+
+    report = json.loads(report_file.read_text())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the builder evaluates: the same greedy answers to the last tie
+    try:
+        with torch.random.fork_rng(devices=[]):
+            tokenizer = build_char_tokenizer()
+            model = _new_model(options, tokenizer)
+        load_model(model, weights)
+        model.eval()
+        accuracy = greedy_accuracy(model, tokenizer, arith_pairs(heldout=True))
+    finally:
+        torch.set_num_threads(threads)
+    if accuracy != report["heldout_greedy_accuracy"]:
+        raise RuntimeError(f"{weights} scores {accuracy} on the held-out pairs, not the {report['heldout_greedy_accuracy']} of its build")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    expected = SHIPPED_BUILDS[tiny_arith_cache_key(options)]
+    if file_sha256(folder / WEIGHTS_FILE) != expected:
+        raise RuntimeError(f"installing {weights} gave weights that differ from the build (SHA-256 {expected})")
+    report["installed_from"] = weights.name
+    (folder / WARMUP_FILE).write_text(json.dumps(report, indent=2))
+
+
+def build_tiny_arith(options: TinyArithOptions | None = None, *, use_shipped: bool = True) -> Path:
     """Build (or reuse from the cache) the tiny-arith model and tokenizer; returns their folder.
 
-    Built once per distinct options under ``cache/models/tiny-arith-<hash>``, published atomically.
+    Built once per distinct options under ``cache/models/tiny-arith-<hash>``, published atomically;
+    the default options install the build shipped with the package (unless ``use_shipped`` is off).
     """
     options = options or TinyArithOptions()
+    shipped = shipped_artefact(options) if use_shipped else None
+    if shipped:
+        return cached_model_folder(tiny_arith_cache_key(options), lambda folder: _install_into(folder, options, *shipped))
     return cached_model_folder(tiny_arith_cache_key(options), lambda folder: _build_into(folder, options))
 
 
