@@ -15,7 +15,7 @@ from krpo_bench.models import load_model
 from krpo_bench.probe.gradients import loss_gradient, loss_gradients, rollout_weights, sequence_logprobs
 from krpo_bench.probe.rollouts import RolloutBatch, draw_rollouts
 from krpo_bench.probe.spec import ProbeSpec
-from krpo_bench.probe.stats import GradientTally
+from krpo_bench.probe.stats import GradientTally, paired_difference
 from krpo_bench.spec.loading import SpecError, validate
 from krpo_bench.spec.estimator import build_estimator
 from krpo_bench.spec.trial import TrialSpec
@@ -120,6 +120,13 @@ def test_tally_matches_a_plain_numpy_computation() -> None:
     assert summary["zero_grad_frac"] == pytest.approx(1 / 40)
 
 
+def test_paired_difference_is_a_t_interval_over_batches() -> None:
+    a, b = [0.3, 0.5, 0.2, 0.6, 0.4], [0.1, 0.45, 0.25, 0.3, 0.2]
+    diff = np.subtract(a, b)
+    low, high = stats.t.interval(0.95, 4, loc=diff.mean(), scale=stats.sem(diff))
+    assert paired_difference(a, b) == pytest.approx((diff.mean(), low, high))
+
+
 def test_rollouts_are_masked_after_eos_and_scored_by_the_task() -> None:
     spec = TrialSpec.model_validate(tiny_trial())
     task = build_task(spec.task)
@@ -200,6 +207,8 @@ def test_probe_command_prints_the_table_tracks_and_reports(tmp_path, command) ->
     assert rows[("grpo", 2)]["cos_mean"] == pytest.approx(rows[("rloo", 2)]["cos_mean"], abs=1e-5)
     assert rows[("dr_grpo", 2)]["cos_mean"] == pytest.approx(rows[("rloo", 2)]["cos_mean"], abs=1e-5)
     assert all(-1 <= r["cos_mean"] <= 1 and r["var_trace"] >= 0 for r in data["rows"])
+    assert rows[("krpo", 2)]["versus"] == "grpo" and rows[("grpo", 4)]["cos_diff"] == 0.0
+    assert rows[("krpo", 4)]["cos_diff"] == pytest.approx(rows[("krpo", 4)]["cos_mean"] - rows[("grpo", 4)]["cos_mean"])
     run = MlflowClient(uri).get_run(data["mlflow_run_id"])
     assert run.data.tags["krpo.kind"] == "probe" and run.data.tags["krpo.probe_id"] == data["probe_id"]
     assert run.info.status == "FINISHED"

@@ -19,6 +19,7 @@ COLUMNS = (
     ("group_size", "G", "{}"),
     ("cos_mean", "cos (one batch)", "{:.3f}"),
     ("cos_ci", "95 % CI", "{}"),
+    ("cos_diff", "Δcos paired [95 % CI]", "{}"),
     ("cos_of_mean", "cos (mean grad)", "{:.3f}"),
     ("cos_expected", "cos (E grad)", "{:.3f}"),
     ("var_trace", "tr Var", "{:.3g}"),
@@ -30,7 +31,11 @@ COLUMNS = (
 
 def table_cells(row: dict[str, Any]) -> list[str]:
     """The printed cells of one (estimator, group size) row, in ``COLUMNS`` order."""
-    values = {**row, "cos_ci": f"[{row['cos_ci_low']:.3f}, {row['cos_ci_high']:.3f}]"}
+    paired = (
+        f"{row['cos_diff']:+.3f} [{row['cos_diff_ci_low']:+.3f}, {row['cos_diff_ci_high']:+.3f}]"
+        if row["estimator"] != row["versus"] else f"vs {row['versus']}"
+    )
+    values = {**row, "cos_ci": f"[{row['cos_ci_low']:.3f}, {row['cos_ci_high']:.3f}]", "cos_diff": paired}
     return [fmt.format(values[key]) for key, _, fmt in COLUMNS]
 
 
@@ -91,7 +96,8 @@ uses the first G rollouts of each group); reference: rloo baseline, no std scali
 {result.reference_reward_mean:.3f}); loss {spec.loss_type}: {html.escape(result.length_normalisation)};
 wall time {result.wall_time_s:.1f} s; MLflow run {html.escape(result.mlflow_run_id or 'none')}.</p>
 <p class="meta">cos (one batch): cosine of one batch's gradient to the reference (bias and variance together; a zero
-gradient counts as 0). cos (mean grad): cosine of the mean over the batches (it still carries the mean's own noise). cos (E grad):
+gradient counts as 0). Δcos paired: its difference from the comparison estimator's one-batch cosine on the same
+batches (common random numbers), mean and t-interval over the batches. cos (mean grad): cosine of the mean over the batches (it still carries the mean's own noise). cos (E grad):
 the estimator's bias alone, mean . ref / (|E g| |ref|) with |E g|<sup>2</sup> estimated without bias: a ratio
 estimate that is itself noisy (above 1, or nan, when the batches do not resolve E g: the SNR is too low for M); the reference's own noise (split-half cosine) lowers every cosine a little. tr Var: trace of the one-batch gradient covariance. SNR: |E g|<sup>2</sup> / tr Var (|E g|<sup>2</sup> estimated
 without bias). adv RMS: root mean square of the advantages.</p>

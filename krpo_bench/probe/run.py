@@ -27,7 +27,7 @@ from krpo_bench.probe.gradients import (
 )
 from krpo_bench.probe.rollouts import draw_rollouts
 from krpo_bench.probe.spec import ProbeSpec
-from krpo_bench.probe.stats import GradientTally, cosine
+from krpo_bench.probe.stats import GradientTally, cosine, paired_difference
 from krpo_bench.settings import data_home
 from krpo_bench.spec.estimator import build_estimator
 from krpo_bench.tasks import build_task
@@ -154,8 +154,20 @@ def measure(
         del logprobs
         if on_batch is not None:
             on_batch(b + 1)
-    rows = [{"estimator": name, "group_size": g, **tally.summary()} for (name, g), tally in tallies.items()]
-    return rows, split, reward_mean
+    return [_row(tallies, name, g, comparison_estimator(spec)) for name, g in tallies], split, reward_mean
+
+
+def comparison_estimator(spec: ProbeSpec) -> str:
+    """The estimator every other one is compared with, batch by batch: grpo, or the first listed."""
+    names = [e.name for e in spec.estimators]
+    return "grpo" if "grpo" in names else names[0]
+
+
+def _row(tallies: dict[tuple[str, int], GradientTally], name: str, g: int, versus: str) -> dict[str, Any]:
+    """One table row; the one-batch cosine's difference from ``versus`` is paired over the shared batches."""
+    diff, low, high = paired_difference(tallies[(name, g)].cosines, tallies[(versus, g)].cosines)
+    return {"estimator": name, "group_size": g, **tallies[(name, g)].summary(),
+            "versus": versus, "cos_diff": diff, "cos_diff_ci_low": low, "cos_diff_ci_high": high}
 
 
 def run_probe(
@@ -185,7 +197,7 @@ def run_probe(
         rows, split, reward_mean = measure(spec, model, tokenizer, on_batch)
         for row in rows:
             metrics = {f"probe/{row['estimator']}/{key}": value for key, value in row.items()
-                       if key not in ("estimator", "group_size") and value == value}
+                       if key not in ("estimator", "group_size", "versus") and value == value}
             tracker.log_metrics(metrics, step=row["group_size"])
         wall = time.perf_counter() - started
         tracker.log_metrics({"probe/reference_split_cosine": split, "cost/wall_time_s": wall}, step=0)

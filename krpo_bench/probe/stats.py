@@ -58,6 +58,14 @@ class GradientTally:
         }
 
 
+def paired_difference(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean of a - b over paired batches (same rollouts) with its t-interval."""
+    diff = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    m = len(diff)
+    half = stats.t.ppf(0.5 + confidence / 2, m - 1) * diff.std().item() / math.sqrt(m) if m > 1 else math.nan
+    return diff.mean().item(), diff.mean().item() - half, diff.mean().item() + half
+
+
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """Cosine similarity of two flat vectors (float64)."""
     return torch.nn.functional.cosine_similarity(a.double(), b.double().to(a.device), dim=0).item()
