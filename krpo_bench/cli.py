@@ -154,6 +154,8 @@ def _print_study(info) -> None:
 def submit(file: Path, db: Optional[str] = DbOption, mlflow: Optional[str] = MlflowOption, api: Optional[str] = ApiOption) -> None:
     """Submit a study; workers pick up its trials."""
     spec = load_any(file)
+    if getattr(spec, "kind", None) == "probe":
+        fail(f"{file} is a probe: workers do not run probes yet; run it here with 'krpo-bench probe {file}'")
     if not hasattr(spec, "plan"):
         fail(f"{file} is a trial, not a study; run it with 'krpo-bench trial {file}'")
     from krpo_bench.settings import get_settings

@@ -244,3 +244,18 @@ def test_probe_loads_checkpoint_weights_and_reads_noisy_rewards(tmp_path) -> Non
         assert noisy["cos_mean"] == pytest.approx(-exact["cos_mean"], abs=1e-5)
     with pytest.raises(ValueError, match="remax need a greedy completion per prompt"):
         measure(clean.model_copy(update={"estimators": [*clean.estimators, validate(ProbeSpec, {**PROBE, "estimators": [{"name": "remax"}]}).estimators[0]]}), model, tokenizer)
+
+
+def test_submitting_a_probe_says_where_to_run_it(tmp_path) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from krpo_bench.cli import app
+
+    path = tmp_path / "probe.yaml"
+    path.write_text(yaml.safe_dump(PROBE))
+    result = CliRunner().invoke(app, ["submit", str(path), "--db", f"sqlite:///{tmp_path}/db.sqlite"])
+    assert result.exit_code == 2 and "workers do not run probes yet" in result.output
+    assert "krpo-bench probe" in result.output
+    checked = CliRunner().invoke(app, ["validate", str(path)])
+    assert checked.exit_code == 0 and "probe 'test-probe': 4 estimators x 2 group sizes x 3 batches" in checked.output
