@@ -4,12 +4,16 @@ error handling (JSON errors with a request id, never a stack trace) and the body
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
@@ -30,8 +34,16 @@ from krpo_bench.spec.study import StudySpec
 
 log = logging.getLogger("krpo_bench.api")
 SUBMIT_CONCURRENCY = 4
-"""Submissions stored at once (each writes the job database and MLflow); the rest wait their turn
-without holding a thread, so reads stay fast and MLflow's connection pool is never exhausted."""
+"""Submissions stored at once (each one write transaction of the job database); the rest wait their
+turn without holding a thread, so reads stay fast."""
+MLFLOW_OUTBOX_IDLE_S = 5.0
+"""How often the MLflow outbox is polled when no submission wakes it (also the retry delay after
+MLflow failed)."""
+MLFLOW_OUTBOX_QUIET_S = 0.5
+MLFLOW_OUTBOX_MAX_LAG_S = 10.0
+"""A submission wakes the outbox once submissions pause for ``MLFLOW_OUTBOX_QUIET_S``, at most
+``MLFLOW_OUTBOX_MAX_LAG_S`` later: a burst of submissions is answered before MLflow work competes
+with it for the interpreter (a worker creates the records itself if it needs them sooner)."""
 _GOOD_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 DESCRIPTION = """\
@@ -137,15 +149,56 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
+async def drain_mlflow_outbox(service: StudyService, wake: asyncio.Event) -> None:
+    """Create the MLflow records of submitted studies, one at a time in a worker thread, off the
+    request path: woken by submissions (see ``MLFLOW_OUTBOX_QUIET_S``), polling every
+    ``MLFLOW_OUTBOX_IDLE_S`` otherwise (so studies left pending by a server that died are picked up
+    after a restart)."""
+    while True:
+        woken = time.monotonic()
+        while wake.is_set() and time.monotonic() - woken < MLFLOW_OUTBOX_MAX_LAG_S:
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), MLFLOW_OUTBOX_QUIET_S)
+        wake.clear()
+        failed = False
+        try:
+            for study_id in await run_in_threadpool(service.pending_mlflow):
+                try:
+                    await run_in_threadpool(service.ensure_mlflow, study_id)
+                except Exception:
+                    failed = True
+                    log.warning("could not create the MLflow records of study %s (retried later)", study_id, exc_info=True)
+        except Exception:
+            failed = True
+            log.warning("could not read the MLflow outbox (retried later)", exc_info=True)
+        if failed or not wake.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), MLFLOW_OUTBOX_IDLE_S)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The server's background task: the MLflow outbox."""
+    task = asyncio.create_task(drain_mlflow_outbox(app.state.service, app.state.mlflow_wake))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """The API for ``settings`` (default: from the environment)."""
     settings = settings or ApiSettings.from_settings()
-    app = FastAPI(title="krpo-bench", version=krpo_bench.__version__, description=DESCRIPTION)
+    app = FastAPI(title="krpo-bench", version=krpo_bench.__version__, description=DESCRIPTION, lifespan=_lifespan)
     app.state.settings = settings
     app.state.service = StudyService(settings.db_url, settings.mlflow_uri)
     app.state.auth = Authenticator(TokenStore(settings.tokens_file))
     app.state.policy = Policy(settings.data_roots, settings.allow_remote_code, settings.max_trials, settings.max_model_params)
     app.state.submit_slots = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+    app.state.mlflow_wake = asyncio.Event()
     app.state.list_cache = PageCache(settings.list_cache_s)
 
     for module in (health, studies, jobs, workers, dashboard):

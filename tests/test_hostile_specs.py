@@ -91,6 +91,10 @@ def test_a_study_name_never_becomes_a_path(server: tuple[str, dict[str, str], Pa
         assert response.status_code == 201, response.text
         study = response.json()
         assert study["name"] == name
+        deadline = time.monotonic() + 60
+        while study["mlflow_experiment_id"] is None and time.monotonic() < deadline:  # MLflow records follow the POST
+            time.sleep(0.2)
+            study = httpx.get(f"{url}/api/v1/studies/{study['id']}", headers={"Authorization": f"Bearer {tokens['read']}"}).json()
         experiment = mlflow.get_experiment(study["mlflow_experiment_id"])
         assert experiment.name == f"krpo-study-{study['id']}"
         assert experiment.tags["krpo.study_name"] == name  # still shown, as display text
@@ -227,14 +231,14 @@ def local_app(home: Path, **settings: Any) -> TestClient:
 def test_a_submission_that_fails_late_leaves_nothing_and_a_retry_succeeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with local_app(tmp_path) as client:
         service = client.app.state.service
-        enqueue = service.queue.enqueue_many
-        monkeypatch.setattr(service.queue, "enqueue_many", lambda *a, **k: (_ for _ in ()).throw(OverflowError("int too big")))
+        enqueue = service.queue.create_study
+        monkeypatch.setattr(service.queue, "create_study", lambda *a, **k: (_ for _ in ()).throw(OverflowError("int too big")))
         failed = client.post("/api/v1/studies", json=SPEC, headers={"Idempotency-Key": "k1"})
         assert failed.status_code == 500 and "int too big" not in failed.text
         assert service.list() == [], "no study row is left behind"
         mlflow = MlflowClient(service.mlflow_uri)
         assert all(e.lifecycle_stage == "deleted" for e in mlflow.search_experiments(view_type=3) if e.name.startswith("krpo-study-"))
-        monkeypatch.setattr(service.queue, "enqueue_many", enqueue)
+        monkeypatch.setattr(service.queue, "create_study", enqueue)
         retried = client.post("/api/v1/studies", json=SPEC, headers={"Idempotency-Key": "k1"})
         assert retried.status_code == 201, retried.text
         assert retried.json()["counts"]["queued"] == 4 and len(service.list()) == 1

@@ -85,8 +85,13 @@ def test_upgrade_from_0001_keeps_queued_jobs_which_then_count_as_unestimated(db_
     upgrade(db_url, "0001")
     engine = make_engine(db_url)
     try:
-        study_id = add_study(engine, "before estimates")
+        study_id = "old-study"
         with engine.begin() as conn:
+            studies = Table("studies", MetaData(), autoload_with=conn)  # as revision 0001 made it
+            conn.execute(studies.insert().values(
+                id=study_id, name="before estimates", kind="ablation", spec={}, status="running", priority=0,
+                cancel_requested=False, created_at=utcnow(), updated_at=utcnow(),
+            ))
             jobs = Table("jobs", MetaData(), autoload_with=conn)  # the table as revision 0001 made it
             assert "gpu_memory_mib" not in jobs.c
             conn.execute(jobs.insert().values(

@@ -58,7 +58,9 @@ def test_ablation_submission_queues_every_trial_once(service):
     jobs = service.jobs(info.id)
     assert {j.config["variant"] for j in jobs} == {"grpo", "krpo"}
     assert {j.config["tags"]["krpo.seed"] for j in jobs} == {"0", "1", "2"}
-    assert all(j.config["parent_run_id"] == info.mlflow_parent_run_id for j in jobs)
+    assert info.mlflow_parent_run_id is None and "parent_run_id" not in jobs[0].config, "MLflow records follow the submission"
+    records = service.ensure_mlflow(info.id)
+    assert service.get(info.id).mlflow_parent_run_id == records.parent_run_id
     service.resume(info.id)
     assert len(service.jobs(info.id)) == 6, "resume re-plans idempotently"
     assert finish_all(service) == 6

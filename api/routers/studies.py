@@ -136,7 +136,8 @@ def _submit(service: StudyService, study: StudySpec, key: str | None) -> StudyDe
 
 def _detail(service: StudyService, study_id: str) -> StudyDetail:
     info = service.get(study_id)
-    return StudyDetail.build(info, service.jobs(study_id), service.results(study_id))
+    jobs = service.queue.list_jobs(study_id)
+    return StudyDetail.build(info, jobs, service.results(study_id, jobs))
 
 
 @router.post(
@@ -166,6 +167,7 @@ async def submit_study(
     key = f"{token.id if token else 'anonymous'}:{idempotency_key}" if idempotency_key else None
     async with request.app.state.submit_slots:
         detail = await run_in_threadpool(_submit, service, study, key)
+    request.app.state.mlflow_wake.set()  # its MLflow records follow in the background
     request.app.state.list_cache.clear()
     response.headers["Location"] = f"/api/v1/studies/{detail.id}"
     return detail

@@ -32,6 +32,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false as sa_false,
     inspect,
     text,
 )
@@ -132,18 +133,28 @@ class Study(Base):
     """One submitted study (an ablation grid or a parameter search)."""
 
     __tablename__ = "studies"
-    __table_args__ = (CheckConstraint(f"kind IN ({_in_values(StudyKind)})", name="kind"),)
+    __table_args__ = (
+        CheckConstraint(f"kind IN ({_in_values(StudyKind)})", name="kind"),
+        Index("ix_studies_status_created", "status", "created_at"),
+        Index("ix_studies_mlflow_pending", "mlflow_pending"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(255))
     kind: Mapped[str] = mapped_column(String(16))
     spec: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(String(16), default=StudyStatus.RUNNING.value)
+    """Stored when it changes (submit, cancel, resume, extend; the queue settles it to succeeded or
+    failed in the transaction that ends its last job), never derived on read."""
+    total_jobs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Jobs the study will hold when complete (a search: its budget times seeds per trial)."""
     priority: Mapped[int] = mapped_column(Integer, default=0)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     optuna_study_name: Mapped[str | None] = mapped_column(String(255))
     mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
     mlflow_parent_run_id: Mapped[str | None] = mapped_column(String(64))
+    mlflow_pending: Mapped[bool] = mapped_column(Boolean, default=True, server_default=sa_false())
+    """Outbox marker: the MLflow experiment and parent run are still to be created (after submit)."""
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -68,7 +68,8 @@ def run_study_locally(
     info = service.submit(spec, idempotency_key=key)
     if info.status != "succeeded":
         info = service.resume(info.id)
-    console.print(f"study {info.id}: {info.total} trials; MLflow experiment {info.mlflow_experiment_id}")
+    records = service.ensure_mlflow(info.id)
+    console.print(f"study {info.id}: {info.total} trials; MLflow experiment {records.experiment_id}")
     procs = [
         subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for cmd, env in commands

@@ -6,6 +6,11 @@ Claims are atomic: ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, a ``BEGI
 holder of the current attempt of a running job can heartbeat or write its outcome. Every change
 of a job's holder is written to the ``job_attempts`` audit trail in the same transaction.
 
+The queue is the only writer of ``jobs``: enqueueing (a new study with its jobs in one transaction),
+claims, outcomes, cancelling and requeueing a study. The transaction that ends a study's last job
+also settles the study's stored status (succeeded, or failed when a job failed), so a study's status
+is never derived on read.
+
 The hot path (claim, heartbeat, complete) is built once per queue; on PostgreSQL each of these is
 a single statement (the audit row rides along in a data-modifying CTE) run in autocommit mode.
 
@@ -24,7 +29,9 @@ import os
 import random
 import socket
 import sqlite3
+import threading
 import time
+from contextlib import nullcontext
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
@@ -41,6 +48,7 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
+    exists,
     select,
     update,
 )
@@ -55,6 +63,7 @@ from krpo_bench.service.db import (
     JobAttempt,
     JobStatus,
     Study,
+    StudyStatus,
     UTCDateTime,
     Worker,
     WorkerStatus,
@@ -73,6 +82,7 @@ workers = cast(Table, Worker.__table__)
 UNESTIMATED_GPU_MEMORY_MIB = 8 * 1024
 """What a job enqueued without a memory estimate is taken to need per GPU (the fixed budget of old)."""
 
+_ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
 _LOOKUP_CHUNK = 500
 
@@ -238,6 +248,9 @@ class JobQueue:
         self.engine = engine
         self.max_retries = max_retries
         self._pg = engine.dialect.name == "postgresql"
+        # SQLite takes one writer at a time and makes the others sleep in its busy handler (up to
+        # 100 ms a try): this process's writers queue on a lock instead, without sleeping.
+        self._write_lock = nullcontext() if self._pg else threading.Lock()
         self._now: ColumnElement[datetime]
         self._lease_until: ColumnElement[datetime]
         if self._pg:
@@ -324,14 +337,14 @@ class JobQueue:
             )
         )
         if not self._pg:
-            return finish
-        done = finish.returning(jobs.c.id, jobs.c.attempt).cte("done")  # job and audit row together
+            return finish.returning(jobs.c.study_id)
+        done = finish.returning(jobs.c.id, jobs.c.attempt, jobs.c.study_id).cte("done")  # job and audit row together
         close = (
             update(attempts)
             .where(attempts.c.job_id == done.c.id, attempts.c.attempt == done.c.attempt)
             .values(ended_at=self._now, outcome=bindparam("p_outcome"))
         )
-        return select(func.count()).select_from(done).add_cte(close.cte("close"))
+        return select(done.c.study_id).add_cte(close.cte("close"))
 
     def _clock(self, lease_s: float | None = None) -> dict[str, Any]:
         """Parameters for ``_now`` and ``_lease_until``: none on PostgreSQL (server clock)."""
@@ -350,7 +363,7 @@ class JobQueue:
         is one atomic statement (plus reads): on PostgreSQL it runs in autocommit mode."""
         for retry in range(self.max_retries + 1):
             try:
-                with self.engine.connect() as conn:
+                with nullcontext() if read_only else self._write_lock, self.engine.connect() as conn:
                     if read_only:
                         conn.execution_options(**{READ_ONLY: True})
                     if single and self._pg:
@@ -407,20 +420,41 @@ class JobQueue:
         }
 
         def txn(conn: Connection) -> bool:
-            if self._pg:
-                finished = conn.execute(self._finish_held, params).scalar_one()
-            else:
-                finished = conn.execute(self._finish_held, {**params, **self._clock()}).rowcount
-                if finished:
+            study_id = conn.execute(self._finish_held, params | self._clock()).scalar()
+            if study_id is not None:
+                if not self._pg:
                     self._log_end(conn, job_id, attempt, outcome, None)
-            if finished:
+                self._settle_study(conn, study_id)
                 return True
             current = conn.execute(
                 select(jobs.c.status, jobs.c.attempt).where(jobs.c.id == job_id)
             ).first()
             return current is not None and (current.status, current.attempt) == (status, attempt)
 
-        return self._run(txn, single=True)
+        return self._run(txn)
+
+    def _settle_study(self, conn: Connection, study_id: str) -> None:
+        """Store a running study's final status once none of its jobs is active and it holds all
+        it will (``total_jobs``): failed when one of its jobs failed, else succeeded. The study row
+        is locked first, so of two jobs ending at once the later one sees the other's outcome."""
+        conn.execute(select(studies.c.id).where(studies.c.id == study_id).with_for_update())
+        of_study = jobs.c.study_id == study_id
+        job_count = select(func.count()).where(of_study).scalar_subquery()
+        failed = exists().where(of_study, jobs.c.status == JobStatus.FAILED)
+        conn.execute(
+            update(studies)
+            .where(
+                studies.c.id == study_id,
+                studies.c.status == StudyStatus.RUNNING,
+                ~exists().where(of_study, jobs.c.status.in_(_ACTIVE)),
+                job_count >= studies.c.total_jobs,
+            )
+            .values(
+                status=case((failed, StudyStatus.FAILED.value), else_=StudyStatus.SUCCEEDED.value),
+                updated_at=self._now,
+            ),
+            self._clock(),
+        )
 
     def _end_attempt(
         self,
@@ -453,6 +487,8 @@ class JobQueue:
             values["last_error"] = error
         conn.execute(update(jobs).where(jobs.c.id == job.id).values(**values), self._clock())
         self._log_end(conn, job.id, job.attempt, outcome, error)
+        if status != JobStatus.QUEUED:
+            self._settle_study(conn, job.study_id)
         return status
 
     # -- producers --------------------------------------------------------------------------
@@ -482,58 +518,106 @@ class JobQueue:
         Jobs added to a study whose cancellation was requested are created cancelled."""
         if not new_jobs:
             return []
+        return self._run(lambda conn: self._insert_jobs(conn, study_id, new_jobs))
+
+    def create_study(self, values: dict[str, Any], new_jobs: Sequence[NewJob]) -> list[str]:
+        """Store a new study row (``values``, with its ``id``) and queue its jobs, all in one
+        transaction: either both are stored or neither. Returns the job ids in input order."""
 
         def txn(conn: Connection) -> list[str]:
-            study = conn.execute(
-                select(studies.c.cancel_requested)
-                .where(studies.c.id == study_id)
-                .with_for_update(read=True)
-            ).first()
-            if study is None:
-                raise KeyError(f"unknown study {study_id!r}")
-            status = JobStatus.CANCELLED if study.cancel_requested else JobStatus.QUEUED
-            unique = list({job.trial_key: job for job in reversed(new_jobs)}.values())[::-1]
-            clock = self._clock()
-            rows = [
-                {
-                    **clock,
-                    "id": new_id(),
-                    "study_id": study_id,
-                    "trial_key": job.trial_key,
-                    "optuna_trial_number": job.optuna_trial_number,
-                    "config": job.config,
-                    "status": status.value,
-                    "priority": job.priority,
-                    "max_attempts": job.max_attempts,
-                    "timeout_s": job.timeout_s,
-                    "gpus": job.gpus,
-                    "gpu_memory_mib": job.gpu_memory_mib,
-                    "attempt": 0,
-                    "failures": 0,
-                    "cancel_requested": study.cancel_requested,
-                }
-                for job in unique
-            ]
-            if not self._pg:  # no identity columns in SQLite; writes are serialised
-                base = conn.execute(select(func.coalesce(func.max(jobs.c.seq), 0))).scalar_one()
-                for offset, row in enumerate(rows, start=1):
-                    row["seq"] = base + offset
-            stmt = self._insert(jobs).values(created_at=self._now)
-            conn.execute(
-                stmt.on_conflict_do_nothing(index_elements=["study_id", "trial_key"]), rows
+            conn.execute(studies.insert().values(**values))
+            return self._insert_jobs(conn, values["id"], new_jobs) if new_jobs else []
+
+        return self._run(txn)
+
+    def _insert_jobs(self, conn: Connection, study_id: str, new_jobs: Sequence[NewJob]) -> list[str]:
+        """Insert jobs of one study (see ``enqueue_many``) in the transaction of ``conn``."""
+        study = conn.execute(
+            select(studies.c.cancel_requested)
+            .where(studies.c.id == study_id)
+            .with_for_update(read=True)
+        ).first()
+        if study is None:
+            raise KeyError(f"unknown study {study_id!r}")
+        status = JobStatus.CANCELLED if study.cancel_requested else JobStatus.QUEUED
+        unique = list({job.trial_key: job for job in reversed(new_jobs)}.values())[::-1]
+        clock = self._clock()
+        rows = [
+            {
+                **clock,
+                "id": new_id(),
+                "study_id": study_id,
+                "trial_key": job.trial_key,
+                "optuna_trial_number": job.optuna_trial_number,
+                "config": job.config,
+                "status": status.value,
+                "priority": job.priority,
+                "max_attempts": job.max_attempts,
+                "timeout_s": job.timeout_s,
+                "gpus": job.gpus,
+                "gpu_memory_mib": job.gpu_memory_mib,
+                "attempt": 0,
+                "failures": 0,
+                "cancel_requested": study.cancel_requested,
+            }
+            for job in unique
+        ]
+        if not self._pg:  # no identity columns in SQLite; writes are serialised
+            base = conn.execute(select(func.coalesce(func.max(jobs.c.seq), 0))).scalar_one()
+            for offset, row in enumerate(rows, start=1):
+                row["seq"] = base + offset
+        stmt = self._insert(jobs).values(created_at=self._now)
+        conn.execute(
+            stmt.on_conflict_do_nothing(index_elements=["study_id", "trial_key"]), rows
+        )
+        keys = [job.trial_key for job in unique]
+        ids: dict[str, str] = {}
+        for start in range(0, len(keys), _LOOKUP_CHUNK):
+            chunk = keys[start : start + _LOOKUP_CHUNK]
+            ids.update(
+                conn.execute(
+                    select(jobs.c.trial_key, jobs.c.id).where(
+                        jobs.c.study_id == study_id, jobs.c.trial_key.in_(chunk)
+                    )
+                ).tuples().all()
             )
-            keys = [job.trial_key for job in unique]
-            ids: dict[str, str] = {}
-            for start in range(0, len(keys), _LOOKUP_CHUNK):
-                chunk = keys[start : start + _LOOKUP_CHUNK]
-                ids.update(
-                    conn.execute(
-                        select(jobs.c.trial_key, jobs.c.id).where(
-                            jobs.c.study_id == study_id, jobs.c.trial_key.in_(chunk)
-                        )
-                    ).tuples().all()
+        return [ids[job.trial_key] for job in new_jobs]
+
+    def discard_study(self, study_id: str) -> None:
+        """Delete a study and its jobs (a submission that failed after it was stored)."""
+
+        def txn(conn: Connection) -> None:
+            conn.execute(jobs.delete().where(jobs.c.study_id == study_id))
+            conn.execute(studies.delete().where(studies.c.id == study_id))
+
+        self._run(txn)
+
+    def requeue_study(self, study_id: str) -> int:
+        """Resume a study: clear its cancellation, store it as running again and requeue its
+        cancelled and failed jobs with fresh attempts (no owner, lease or finish time). Returns
+        how many jobs were requeued."""
+
+        def txn(conn: Connection) -> int:
+            clock = self._clock()
+            found = conn.execute(
+                update(studies)
+                .where(studies.c.id == study_id)
+                .values(cancel_requested=False, status=StudyStatus.RUNNING.value, updated_at=self._now),
+                clock,
+            ).rowcount
+            if not found:
+                raise KeyError(f"unknown study {study_id!r}")
+            return conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.study_id == study_id,
+                    jobs.c.status.in_([JobStatus.CANCELLED.value, JobStatus.FAILED.value]),
                 )
-            return [ids[job.trial_key] for job in new_jobs]
+                .values(
+                    status=JobStatus.QUEUED.value, cancel_requested=False, failures=0, owner=None,
+                    lease_expires_at=None, finished_at=None,
+                )
+            ).rowcount
 
         return self._run(txn)
 
@@ -683,11 +767,12 @@ class JobQueue:
         its next heartbeat). Returns the job's status afterwards, None for an unknown job."""
 
         def txn(conn: Connection) -> JobStatus | None:
-            status = conn.execute(
-                select(jobs.c.status).where(jobs.c.id == job_id).with_for_update()
-            ).scalar()
-            if status is None:
+            job = conn.execute(
+                select(jobs.c.status, jobs.c.study_id).where(jobs.c.id == job_id).with_for_update()
+            ).first()
+            if job is None:
                 return None
+            status = job.status
             if status == JobStatus.QUEUED:
                 conn.execute(
                     update(jobs)
@@ -695,6 +780,7 @@ class JobQueue:
                     .values(**_CANCELLED, finished_at=self._now),
                     self._clock(),
                 )
+                self._settle_study(conn, job.study_id)
                 return JobStatus.CANCELLED
             if status == JobStatus.RUNNING:
                 conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
@@ -703,14 +789,14 @@ class JobQueue:
         return self._run(txn)
 
     def cancel_study(self, study_id: str) -> CancelResult:
-        """Flag the study as cancelled, cancel its queued jobs and ask its running jobs to stop."""
+        """Store the study as cancelled, cancel its queued jobs and ask its running jobs to stop."""
 
         def txn(conn: Connection) -> CancelResult:
             clock = self._clock()
             conn.execute(
                 update(studies)
                 .where(studies.c.id == study_id)
-                .values(cancel_requested=True, updated_at=self._now),
+                .values(cancel_requested=True, status=StudyStatus.CANCELLED.value, updated_at=self._now),
                 clock,
             )
             cancelled = conn.execute(

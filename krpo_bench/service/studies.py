@@ -3,7 +3,14 @@
 Everything the CLI, the API and the workers do to a study goes through :class:`StudyService`.
 Ablations are planned up front (variants x grid x seeds, enqueued idempotently by trial key);
 searches ask Optuna for trials while the budget lasts, never more than ``parallelism`` in flight,
-under a per-study lock so concurrent callers cannot overshoot.
+under a per-study lock so concurrent callers cannot overshoot. The job queue is the only writer of
+jobs; Optuna is used through its public API, one ``optuna.Study`` per service and search.
+
+A submission commits the study row and its jobs only; its MLflow experiment and parent run are an
+outbox (``mlflow_pending``) that :meth:`StudyService.ensure_mlflow` fulfils idempotently afterwards:
+the API's background task, a worker before it starts one of the study's trials, and
+``krpo-bench run`` all call it, and it looks up what a predecessor that died half-way created
+(the experiment by name, the parent run by tag) before creating anything.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import optuna
-from sqlalchemy import delete, func, or_, select, text, update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from krpo_bench.models.memory import trial_memory_mib
@@ -35,6 +42,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 AMBIGUOUS_LISTED = 20  # candidates an ambiguous study reference lists
+STUDY_RUN_ROLE = "study"
+"""``krpo.role`` tag of a study's MLflow parent run (how a restarted creator finds it)."""
 
 
 class StudyError(ValueError):
@@ -47,6 +56,14 @@ class StudyNotFound(KeyError):
 
 class AmbiguousStudy(StudyError):
     """A study reference that names several studies; the message lists them."""
+
+
+@dataclass(frozen=True)
+class MlflowRecords:
+    """A study's MLflow experiment and parent run."""
+
+    experiment_id: str
+    parent_run_id: str
 
 
 @dataclass(frozen=True)
@@ -96,17 +113,17 @@ class StudyService:
         if migrate:
             upgrade(self.engine)
         self.queue = JobQueue(self.engine)
+        self._optuna: dict[str, optuna.Study] = {}  # by Optuna study name, built once per service
 
     # -- submission -------------------------------------------------------------------------
 
     def submit(self, spec: StudySpec | dict[str, Any], *, idempotency_key: str | None = None) -> StudyInfo:
-        """Store a validated study, create its MLflow experiment/parent run and queue its trials.
+        """Store a validated study and queue its trials (one transaction); MLflow is not touched:
+        the study is marked ``mlflow_pending`` for :meth:`ensure_mlflow`.
 
-        All or nothing: when any step fails, what the earlier steps created (study row, jobs, Optuna
-        study, MLflow run and experiment) is removed before the error propagates, so no broken study
-        is left behind and a retry with the same ``idempotency_key`` submits afresh."""
-        from krpo_bench.tracking import RunTracker, flatten, get_or_create_experiment  # MLflow: only where used
-
+        All or nothing: when a later step fails (a search's Optuna study or first trials), what the
+        earlier steps created is removed before the error propagates, so no broken study is left
+        behind and a retry with the same ``idempotency_key`` submits afresh."""
         if idempotency_key:
             existing = self._by_idempotency_key(idempotency_key)
             if existing is not None:
@@ -116,69 +133,89 @@ class StudyService:
         study_id = new_id()
         experiment = experiment_name(study_id)
         optuna_name = f"krpo-{study_id}"
-        tracker = RunTracker(self.mlflow_uri)
-        experiment_id = None
         try:
-            parent_run = tracker.start(
-                experiment,
-                study.name,
-                tags={"krpo.study_id": study_id, "krpo.study_name": study.name, "krpo.kind": study.kind, "krpo.role": "study"},
+            jobs = [self._job(study_id, study, p.key, p.variant, p.seed, p.spec, experiment) for p in planned]
+            self.queue.create_study(
+                {
+                    "id": study_id,
+                    "name": study.name,
+                    "kind": study.kind,
+                    "spec": study.model_dump(mode="json"),
+                    "status": StudyStatus.RUNNING.value,
+                    "total_jobs": study.trial_count(),
+                    "priority": study.priority,
+                    "idempotency_key": idempotency_key,
+                    "optuna_study_name": optuna_name,
+                    "mlflow_pending": True,
+                    "created_at": utcnow(),
+                    "updated_at": utcnow(),
+                },
+                jobs,
             )
-            experiment_id = get_or_create_experiment(tracker.client, experiment, self.mlflow_uri)
-            tracker.client.set_experiment_tag(experiment_id, "krpo.study_name", study.name)
-            tracker.log_params(flatten({"study": study.model_dump(mode="json", exclude={"base", "variants", "grid", "space"})}))
-            tracker.log_dict(study.model_dump(mode="json"), "study.json")
-            jobs = [self._job(study_id, study, p.key, p.variant, p.seed, p.spec, experiment, parent_run) for p in planned]
-            with self.engine.begin() as conn:
-                conn.execute(
-                    Study.__table__.insert().values(
-                        id=study_id,
-                        name=study.name,
-                        kind=study.kind,
-                        spec=study.model_dump(mode="json"),
-                        status=StudyStatus.RUNNING.value,
-                        priority=study.priority,
-                        idempotency_key=idempotency_key,
-                        optuna_study_name=optuna_name,
-                        mlflow_experiment_id=experiment_id,
-                        mlflow_parent_run_id=parent_run,
-                        created_at=utcnow(),
-                        updated_at=utcnow(),
-                    )
-                )
             if study.kind == "search":
                 self._optuna_study(optuna_name, study)
-            for start in range(0, len(jobs), 500):
-                self.queue.enqueue_many(study_id, jobs[start : start + 500])
-            if study.kind == "search":
                 self.top_up(study_id)
         except BaseException:
-            self._discard(study_id, optuna_name, tracker.run_id, experiment_id)
+            self._discard(study_id, optuna_name)
             raise
         return self.get(study_id)
 
-    def _discard(self, study_id: str, optuna_name: str, run_id: str | None, experiment_id: str | None) -> None:
-        """Remove what a failed submission created (best effort beyond the job database)."""
-        from krpo_bench.tracking import RunTracker
+    def _discard(self, study_id: str, optuna_name: str) -> None:
+        """Remove what a failed submission created (the Optuna study best effort)."""
+        self.queue.discard_study(study_id)
+        self._optuna.pop(optuna_name, None)
+        try:
+            optuna.delete_study(study_name=optuna_name, storage=optuna_storage(self.db_url))
+        except KeyError:
+            pass  # never created
+        except Exception:
+            log.warning("could not remove the Optuna study of the failed submission %s", study_id, exc_info=True)
 
-        with self.engine.begin() as conn:
-            conn.execute(delete(Job).where(Job.study_id == study_id))
-            conn.execute(delete(Study).where(Study.id == study_id))
-        cleanups: list[tuple[str, Any]] = [
-            ("the Optuna study", lambda: optuna.delete_study(study_name=optuna_name, storage=optuna_storage(self.db_url))),
-        ]
-        client = RunTracker(self.mlflow_uri).client
-        if run_id:
-            cleanups.append(("the MLflow parent run", lambda: client.delete_run(run_id)))
-        if experiment_id:
-            cleanups.append(("the MLflow experiment", lambda: client.delete_experiment(experiment_id)))
-        for what, cleanup in cleanups:
-            try:
-                cleanup()
-            except KeyError:
-                pass  # never created
-            except Exception:
-                log.warning("could not remove %s of the failed submission %s", what, study_id, exc_info=True)
+    # -- MLflow records (the outbox) -------------------------------------------------------
+
+    def pending_mlflow(self, limit: int = 100) -> list[str]:
+        """Ids of studies whose MLflow records are still to be created, oldest first."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(
+                select(Study.id).where(Study.mlflow_pending.is_(True)).order_by(Study.created_at, Study.id).limit(limit)
+            ).scalars())
+
+    def ensure_mlflow(self, study_id: str) -> MlflowRecords:
+        """The study's MLflow experiment (``krpo-study-<id>``) and parent run, created exactly once.
+
+        Idempotent and safe against a creator that died half-way: under the study lock, the
+        experiment is looked up by name and the parent run by its ``krpo.role``/``krpo.study_id``
+        tags before anything is created; the ids are then stored on the study row."""
+        row = self._row(study_id)
+        if not row.mlflow_pending:
+            return MlflowRecords(row.mlflow_experiment_id, row.mlflow_parent_run_id)
+        from krpo_bench.tracking import RunTracker, flatten, get_or_create_experiment  # MLflow: only where used
+
+        with self._study_lock(study_id):
+            row = self._row(study_id)
+            if not row.mlflow_pending:
+                return MlflowRecords(row.mlflow_experiment_id, row.mlflow_parent_run_id)
+            study = StudySpec.model_validate(row.spec)
+            experiment = experiment_name(study_id)
+            tracker = RunTracker(self.mlflow_uri)
+            experiment_id = get_or_create_experiment(tracker.client, experiment, self.mlflow_uri)
+            tracker.client.set_experiment_tag(experiment_id, "krpo.study_name", study.name)
+            found = tracker.client.search_runs(
+                [experiment_id],
+                f"tags.`krpo.role` = '{STUDY_RUN_ROLE}' and tags.`krpo.study_id` = '{study_id}'",
+                max_results=1,
+            )
+            tags = {"krpo.study_id": study_id, "krpo.study_name": study.name, "krpo.kind": study.kind, "krpo.role": STUDY_RUN_ROLE}
+            run_id = tracker.start(experiment, study.name, run_id=found[0].info.run_id if found else None, tags=tags)
+            tracker.log_params(flatten({"study": study.model_dump(mode="json", exclude={"base", "variants", "grid", "space"})}))
+            tracker.log_dict(study.model_dump(mode="json"), "study.json")
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(Study).where(Study.id == study_id).values(
+                        mlflow_experiment_id=experiment_id, mlflow_parent_run_id=run_id, mlflow_pending=False, updated_at=utcnow()
+                    )
+                )
+        return MlflowRecords(experiment_id, run_id)
 
     def _by_idempotency_key(self, key: str) -> StudyInfo | None:
         with self.engine.connect() as conn:
@@ -186,7 +223,8 @@ class StudyService:
         return self.get(row.id) if row else None
 
     def _job(self, study_id: str, study: StudySpec, key: str, variant: str, seed: int, trial: Any, experiment: str,
-             parent_run: str, optuna_number: int | None = None) -> NewJob:
+             optuna_number: int | None = None) -> NewJob:
+        """A job of the study; its MLflow parent run is the study's (the worker supplies it)."""
         config = trial.model_dump(mode="json")
         config["experiment"] = experiment
         config["trial_id"] = f"{study_id[:8]}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
@@ -196,7 +234,6 @@ class StudyService:
                 "trial": config,
                 "variant": variant,
                 "seed": seed,
-                "parent_run_id": parent_run,
                 "tags": _trial_tags(study_id, study, key, variant, seed),
                 "optuna_study_name": f"krpo-{study_id}" if optuna_number is not None else None,
                 "report_intermediate": optuna_number is not None and seed == study.search_seeds()[0],
@@ -209,22 +246,35 @@ class StudyService:
             gpu_memory_mib=trial_memory_mib(trial, max(1, study.resources.gpus_per_trial)),
         )
 
-    def _enqueue_planned(self, study_id: str, study: StudySpec, planned: list, experiment: str, parent_run: str) -> None:
-        jobs = [self._job(study_id, study, p.key, p.variant, p.seed, p.spec, experiment, parent_run) for p in planned]
+    def _enqueue_planned(self, study_id: str, study: StudySpec, planned: list) -> None:
+        experiment = experiment_name(study_id)
+        jobs = [self._job(study_id, study, p.key, p.variant, p.seed, p.spec, experiment) for p in planned]
         for start in range(0, len(jobs), 500):
             self.queue.enqueue_many(study_id, jobs[start : start + 500])
 
     # -- searches ---------------------------------------------------------------------------
 
-    def _optuna_study(self, name: str, study: StudySpec, seed_offset: int = 0) -> optuna.Study:
-        return optuna.create_study(
-            study_name=name,
-            storage=optuna_storage(self.db_url),
-            direction=study.objective.direction,
-            sampler=make_sampler(study, seed_offset),
-            pruner=make_pruner(study.pruner),
-            load_if_exists=True,
-        )
+    def _optuna_study(self, name: str, study: StudySpec) -> optuna.Study:
+        """The search's Optuna study, created (or loaded) once per service and kept."""
+        ostudy = self._optuna.get(name)
+        if ostudy is None:
+            ostudy = optuna.create_study(
+                study_name=name,
+                storage=optuna_storage(self.db_url),
+                direction=study.objective.direction,
+                sampler=make_sampler(study),
+                pruner=make_pruner(study.pruner),
+                load_if_exists=True,
+            )
+            self._optuna[name] = ostudy
+        return ostudy
+
+    def _optuna_trial(self, name: str, study: StudySpec, number: int) -> tuple[optuna.Study, int]:
+        """The search's Optuna study and the storage id of its trial ``number`` (public storage API)."""
+        ostudy = self._optuna_study(name, study)
+        storage = optuna_storage(self.db_url)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(name), number)
+        return ostudy, trial_id
 
     @contextlib.contextmanager
     def _study_lock(self, study_id: str) -> Iterator[None]:
@@ -263,7 +313,8 @@ class StudyService:
             room = min(study.n_trials - asked, study.parallelism - in_flight)
             if room <= 0:
                 return 0
-            ostudy = self._optuna_study(row.optuna_study_name, study, seed_offset=asked)
+            ostudy = self._optuna_study(row.optuna_study_name, study)
+            ostudy.sampler = make_sampler(study, seed_offset=asked)  # see make_sampler: a fresh seed per batch
             dists = {path: distribution(p) for path, p in (study.space or {}).items()}
             experiment = experiment_name(study_id)
             jobs = []
@@ -273,7 +324,7 @@ class StudyService:
                     label = f"trial {trial.number}"
                     key = f"trial-{trial.number:05d}|seed={seed}"
                     spec = study.trial_config(dict(trial.params), seed, f"{label} seed={seed}")
-                    jobs.append(self._job(study_id, study, key, label, seed, spec, experiment, row.mlflow_parent_run_id, trial.number))
+                    jobs.append(self._job(study_id, study, key, label, seed, spec, experiment, trial.number))
             self.queue.enqueue_many(study_id, jobs)
             return room
 
@@ -287,8 +338,7 @@ class StudyService:
             return False
         try:
             row = self._row(job.study_id)
-            ostudy = self._optuna_study(row.optuna_study_name, StudySpec.model_validate(row.spec))
-            trial_id = ostudy._storage.get_trial_id_from_study_id_trial_number(ostudy._study_id, job.optuna_trial_number)
+            ostudy, trial_id = self._optuna_trial(row.optuna_study_name, StudySpec.model_validate(row.spec), job.optuna_trial_number)
             trial = optuna.trial.Trial(ostudy, trial_id)
             if config.get("report_intermediate"):
                 trial.report(value, step)
@@ -314,9 +364,8 @@ class StudyService:
             return
         row = self._row(job.study_id)
         study = StudySpec.model_validate(row.spec)
-        ostudy = self._optuna_study(row.optuna_study_name, study)
-        trial_id = ostudy._storage.get_trial_id_from_study_id_trial_number(ostudy._study_id, job.optuna_trial_number)
-        if ostudy._storage.get_trial(trial_id).state.is_finished():
+        ostudy, trial_id = self._optuna_trial(row.optuna_study_name, study, job.optuna_trial_number)
+        if optuna_storage(self.db_url).get_trial(trial_id).state.is_finished():
             self.top_up(job.study_id)
             return
         statuses = {s for s, _ in siblings}
@@ -339,7 +388,6 @@ class StudyService:
         """Cancel queued trials now; running ones stop at their next heartbeat."""
         self._row(study_id)
         self.queue.cancel_study(study_id)
-        self._set_status(study_id, StudyStatus.CANCELLED)
         return self.get(study_id)
 
     def resume(self, study_id: str) -> StudyInfo:
@@ -348,15 +396,9 @@ class StudyService:
         row = self._row(study_id)
         study = StudySpec.model_validate(row.spec)
         self.queue.reclaim_expired()
-        with self.engine.begin() as conn:
-            conn.execute(update(Study).where(Study.id == study_id).values(cancel_requested=False, status=StudyStatus.RUNNING.value, updated_at=utcnow()))
-            conn.execute(
-                update(Job)
-                .where(Job.study_id == study_id, Job.status.in_([JobStatus.CANCELLED.value, JobStatus.FAILED.value]))
-                .values(status=JobStatus.QUEUED.value, cancel_requested=False, failures=0, owner=None, lease_expires_at=None)
-            )
+        self.queue.requeue_study(study_id)
         if study.kind == "ablation":
-            self._enqueue_planned(study_id, study, study.plan(), experiment_name(study_id), row.mlflow_parent_run_id)
+            self._enqueue_planned(study_id, study, study.plan())
         else:
             self._fail_orphan_trials(study_id, study)
             self.top_up(study_id)
@@ -385,7 +427,8 @@ class StudyService:
         with self.engine.begin() as conn:
             conn.execute(
                 update(Study).where(Study.id == study_id).values(
-                    spec=study.model_dump(mode="json"), status=StudyStatus.RUNNING.value, cancel_requested=False, updated_at=utcnow()
+                    spec=study.model_dump(mode="json"), total_jobs=study.trial_count(), status=StudyStatus.RUNNING.value,
+                    cancel_requested=False, updated_at=utcnow(),
                 )
             )
         self.top_up(study_id)
@@ -420,26 +463,16 @@ class StudyService:
             raise StudyNotFound(study_id)
         return row
 
-    def _set_status(self, study_id: str, status: StudyStatus) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(update(Study).where(Study.id == study_id).values(status=status.value, updated_at=utcnow()))
-
     def _info(self, row: Any, counts: dict[str, int]) -> StudyInfo:
-        spec = StudySpec.model_validate(row.spec)
-        status = row.status
-        total = spec.trial_count()
-        done = sum(n for s, n in counts.items() if s not in ACTIVE)
-        if status == StudyStatus.RUNNING.value and done >= total and not any(counts.get(s) for s in ACTIVE):
-            status = StudyStatus.FAILED.value if counts.get(JobStatus.FAILED.value) else StudyStatus.SUCCEEDED.value
         return StudyInfo(
             id=row.id,
             name=row.name,
             kind=row.kind,
-            status=status,
+            status=row.status,
             priority=row.priority,
             spec=row.spec,
             counts=counts,
-            total=total,
+            total=row.total_jobs,
             created_at=row.created_at,
             optuna_study_name=row.optuna_study_name,
             mlflow_experiment_id=row.mlflow_experiment_id,
@@ -452,11 +485,13 @@ class StudyService:
         return self._info(row, counts)
 
     def list(self, *, status: str | None = None, limit: int = 50, offset: int = 0) -> list[StudyInfo]:
-        """Studies newest first, with job counts (one grouped query for the page)."""
+        """Studies newest first, optionally only those of a stored ``status``, with job counts (one
+        query for the page, one grouped query for its counts)."""
+        query = select(Study.__table__).order_by(Study.created_at.desc(), Study.id).limit(limit).offset(offset)
+        if status is not None:
+            query = query.where(Study.status == status)
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(Study.__table__).order_by(Study.created_at.desc(), Study.id).limit(limit if status is None else 10_000).offset(offset if status is None else 0)
-            ).all()
+            rows = conn.execute(query).all()
             ids = [r.id for r in rows]
             counts: dict[str, dict[str, int]] = {i: {} for i in ids}
             if ids:
@@ -464,28 +499,26 @@ class StudyService:
                     select(Job.study_id, Job.status, func.count()).where(Job.study_id.in_(ids)).group_by(Job.study_id, Job.status)
                 ):
                     counts[sid][st] = n
-        infos = [self._info(r, counts[r.id]) for r in rows]
-        if status is not None:
-            infos = [i for i in infos if i.status == status][offset : offset + limit]
-        return infos
+        return [self._info(r, counts[r.id]) for r in rows]
 
     def jobs(self, study_id: str) -> list[JobInfo]:
         self._row(study_id)
         return self.queue.list_jobs(study_id)
 
-    def results(self, study_id: str) -> dict[str, dict[str, Any]]:
+    def results(self, study_id: str, jobs: list[JobInfo] | None = None) -> dict[str, dict[str, Any]]:
         """Per variant: final accuracies and seeds of succeeded trials, their mean with a 95 %
         t-interval, the mean held-out accuracy before training (``initial_mean``, over the trials
         that measured it) and, in an ablation, the comparison with the reference variant
         (``comparison``: paired by seed when the seed sets match, with its minimum detectable effect
-        and the seeds that would detect ``analysis.target_effect``; None for the reference)."""
+        and the seeds that would detect ``analysis.target_effect``; None for the reference).
+        ``jobs``: the study's jobs, when the caller has just read them."""
         from krpo_bench import stats
 
         spec = StudySpec.model_validate(self._row(study_id).spec)
         seeds: dict[str, list[int]] = {}
         per_variant: dict[str, list[float]] = {}
         initial: dict[str, list[float]] = {}
-        for job in self.jobs(study_id):
+        for job in self.queue.list_jobs(study_id) if jobs is None else jobs:
             variant = job.config["variant"]
             per_variant.setdefault(variant, [])
             seeds.setdefault(variant, [])

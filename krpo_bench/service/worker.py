@@ -219,20 +219,29 @@ class Worker:
                     room_mib=[rooms[d] for d in open_devices] if self.budgets else None,
                 )
                 devices = pick_devices(rooms, free, max(1, job.gpus)) if job else []
-            if job is None:
+            if job is None or not self._start(job, devices):
                 break
-            self._start(job, devices)
             claimed += 1
         return claimed
 
-    def _start(self, job: ClaimedJob, devices: list[str]) -> None:
+    def _start(self, job: ClaimedJob, devices: list[str]) -> bool:
+        """Start the job's trial process; False (the job given back) when its study's MLflow
+        records cannot be made now (they are created here if the API has not yet)."""
+        try:
+            parent_run = self.service.ensure_mlflow(job.study_id).parent_run_id
+        except (DBAPIError, StorageInternalError):
+            raise
+        except Exception as err:
+            self.queue.release(job.id, job.attempt, f"MLflow unavailable: {short_reason(str(err))}")
+            self.console.print(f"[yellow]gave {job.trial_key} back: its study's MLflow records: {escape(short_reason(str(err)))}[/yellow]")
+            return False
         job_file = self.workdir / f"{job.id}-{job.attempt}.json"
         result_file = self.workdir / f"{job.id}-{job.attempt}.result.json"
         log_file = self.workdir / f"{job.id}-{job.attempt}.log"
         cpu = devices == ["cpu"]
         processes = max(1, job.gpus)
         payload = {
-            "job": {k: v for k, v in asdict(job).items() if k != "lease_expires_at"},
+            "job": {k: v for k, v in asdict(job).items() if k != "lease_expires_at"} | {"config": {**job.config, "parent_run_id": parent_run}},
             "db_url": self.service.db_url,
             "mlflow_uri": self.service.mlflow_uri,
             "result_file": str(result_file),
@@ -257,6 +266,7 @@ class Worker:
         self.running[job.id] = Running(job, devices, memory, process, result_file, log_file)
         where = ",".join(devices) + (f" ({processes} processes)" if processes > 1 else "")
         self.console.print(f"started {job.trial_key} (attempt {job.attempt}) on {where}")
+        return True
 
     def _heartbeat(self) -> None:
         self.queue.worker_heartbeat(self.id, list(self.running))
