@@ -21,10 +21,11 @@ class GradientTally:
     advantage_rms: list[float] = field(default_factory=list)
 
     def add(self, gradient: torch.Tensor, advantages: torch.Tensor) -> None:
-        """Record one batch's gradient and its advantages (NaN-free)."""
-        gradient = gradient.double()
+        """Record one batch's gradient and its advantages (NaN-free). The running sum stays in the
+        gradient's float32 (one parameter-sized vector per row of the table); norms and dot products
+        are taken in float64."""
         self.total = gradient.clone() if self.total is None else self.total + gradient
-        norm = gradient.norm().item()
+        norm = gradient.double().norm().item()
         self.cosines.append(cosine(gradient, self.reference) if norm > 0 else 0.0)
         self.squared_norms.append(norm**2)
         self.advantage_rms.append(advantages.double().pow(2).mean().sqrt().item() if advantages.numel() else 0.0)
@@ -37,7 +38,7 @@ class GradientTally:
         without bias as |mean|^2 - tr/M; the advantages' root mean square; the share of zero gradients."""
         m = len(self.cosines)
         cos = torch.tensor(self.cosines, dtype=torch.float64)
-        mean = self.total / m
+        mean = self.total.double() / m
         half = stats.t.ppf(0.5 + confidence / 2, m - 1) * cos.std().item() / math.sqrt(m) if m > 1 else math.nan
         trace = (sum(self.squared_norms) - m * mean.norm().item() ** 2) / (m - 1)
         signal = mean.norm().item() ** 2 - trace / m
