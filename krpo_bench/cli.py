@@ -263,6 +263,7 @@ def worker(
     lease_s: float = typer.Option(60.0, help="lease length; heartbeats renew it"),
     heartbeat_s: float = typer.Option(5.0, help="seconds between heartbeats"),
     exit_when_idle: bool = typer.Option(False, help="exit once no job is queued or running here"),
+    fork_server: bool = typer.Option(True, help="fork one-process trials from a server with torch/TRL imported (else a fresh interpreter each)"),
 ) -> None:
     """Claim and run trials until stopped (SIGTERM checkpoints and requeues running trials)."""
     from krpo_bench.service.worker import Worker, detect_devices
@@ -277,6 +278,7 @@ def worker(
         lease_s=lease_s,
         heartbeat_s=heartbeat_s,
         exit_when_idle=exit_when_idle,
+        fork_server=fork_server,
     ).run()
 
 

@@ -148,7 +148,7 @@ def worker_pid(owner: str | None) -> int | None:
 
 def trial_runs(service: StudyService, info: StudyInfo) -> list:
     client = MlflowClient(service.mlflow_uri)
-    runs = client.search_runs([info.mlflow_experiment_id], f"tags.`krpo.study_id` = '{info.id}'", max_results=5000)
+    runs = client.search_runs([service.get(info.id).mlflow_experiment_id], f"tags.`krpo.study_id` = '{info.id}'", max_results=5000)
     return [r for r in runs if "krpo.trial_key" in r.data.tags]
 
 

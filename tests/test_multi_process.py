@@ -80,7 +80,7 @@ def test_two_process_trial_trains_on_both_ranks_and_reports_once(service: StudyS
     assert [a.outcome for a in service.queue.list_attempts(job.id)] == ["succeeded"]
 
     client = MlflowClient(service.mlflow_uri)
-    runs = client.search_runs([info.mlflow_experiment_id], f"tags.`krpo.job_id` = '{job.id}'")
+    runs = client.search_runs([service.get(info.id).mlflow_experiment_id], f"tags.`krpo.job_id` = '{job.id}'")
     assert [r.info.run_id for r in runs] == [job.mlflow_run_id], "one MLflow run, from the main rank"
     run = runs[0]
     assert run.info.status == "FINISHED" and run.data.tags["krpo.processes"] == "2"

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing.forkserver
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +19,7 @@ from krpo_bench.models import arith_pairs, greedy_accuracy, load_model, tiny_ari
 from krpo_bench.models.config import ModelSpec, TinyArithOptions
 from krpo_bench.models.hf import MARKER_FILE
 from krpo_bench.models import tiny_arith
+from krpo_bench.service import forkserver
 from krpo_bench.models.tiny_arith import SHIPPED_BUILDS, build_tiny_arith, shipped_artefact, tiny_arith_cache_key
 
 DEFAULT_KEY = tiny_arith_cache_key(TinyArithOptions())
@@ -71,3 +77,106 @@ def test_the_builder_reproduces_the_shipped_weights_bit_for_bit(tmp_path: Path, 
     folder = build_tiny_arith(use_shipped=False)
     assert "installed_from" not in tiny_arith_report(folder)
     assert sha256(folder / "model.safetensors") == SHIPPED_BUILDS[DEFAULT_KEY]
+
+
+# -- trial processes forked from a preloaded server ----------------------------------------------
+
+
+def _report_state(path: str) -> None:
+    """Runs in a process forked from the server: what it inherited."""
+    import sys
+
+    import torch
+
+    Path(path).write_text(json.dumps({
+        "preloaded": [m for m in forkserver.PRELOAD if m in sys.modules],
+        "cuda_initialized": torch.cuda.is_initialized(),
+        "libcuda_loaded": "libcuda.so" in Path("/proc/self/maps").read_text(),
+    }))
+
+
+def _signal_mask(pid: int, field: str) -> int:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith(field + ":"))
+    return int(line.split()[1], 16)
+
+
+def test_the_fork_server_has_the_trial_imports_and_no_cuda(tmp_path: Path) -> None:
+    forkserver.warm_up()
+    probe = forkserver._context().Process(target=_report_state, args=(str(tmp_path / "state.json"),))
+    probe.start()
+    probe.join(60)
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state == {"preloaded": forkserver.PRELOAD, "cuda_initialized": False, "libcuda_loaded": False}
+    server = multiprocessing.forkserver._forkserver._forkserver_pid
+    assert _signal_mask(server, "SigBlk") & (1 << (signal.SIGTERM - 1)), "SIGTERM to the worker's group must spare the server"
+    assert not _signal_mask(os.getpid(), "SigBlk") & (1 << (signal.SIGTERM - 1)), "the worker's own mask is restored"
+
+
+def test_a_forked_trial_writes_its_log_and_exit_code_like_a_process(tmp_path: Path) -> None:
+    """A job file that cannot be read: the child fails at once, in its own session, with the given
+    environment, its traceback in the log file, and exit code 1, as ``python -m ...child`` would."""
+    forkserver.warm_up()
+    log_file = tmp_path / "trial.log"
+    log_file.write_text("earlier attempt\n")
+    env = dict(os.environ, KRPO_TEST_MARKER="forked")
+    trial = forkserver.ForkedTrial(tmp_path / "missing.json", env, log_file)
+    assert trial.wait(60) == 1 and trial.poll() == 1
+    log = log_file.read_text()
+    assert log.startswith("earlier attempt\n") and "FileNotFoundError" in log and "missing.json" in log
+    trial.kill()  # an exited trial: nothing to signal
+
+
+def _trial_setup(env: dict[str, str], log_file: str, out: str) -> None:
+    """Runs in a process forked from the server: set up as a trial, then report what it is."""
+    forkserver._become_trial_process(env, log_file)
+    print("to stdout", flush=True)
+    os.write(2, b"to stderr\n")
+    Path(out).write_text(json.dumps({
+        "sid": os.getsid(0), "pid": os.getpid(), "marker": os.environ.get("KRPO_TEST_MARKER"),
+        "sigterm_blocked": bool(_signal_mask(os.getpid(), "SigBlk") & (1 << (signal.SIGTERM - 1))),
+    }))
+
+
+def test_a_forked_trial_runs_in_its_own_session_with_the_job_environment(tmp_path: Path) -> None:
+    forkserver.warm_up()
+    env = {"KRPO_TEST_MARKER": "forked", "PATH": os.environ["PATH"]}
+    probe = forkserver._context().Process(target=_trial_setup, args=(env, str(tmp_path / "trial.log"), str(tmp_path / "seen.json")))
+    probe.start()
+    probe.join(60)
+    seen = json.loads((tmp_path / "seen.json").read_text())
+    assert seen == {"sid": probe.pid, "pid": probe.pid, "marker": "forked", "sigterm_blocked": True}  # until the child's handler
+    assert (tmp_path / "trial.log").read_text() == "to stdout\nto stderr\n"
+
+
+def _sleeping_trial(env: dict[str, str], log_file: str) -> None:
+    forkserver._become_trial_process(env, log_file)
+    time.sleep(120)
+
+
+WORKER_SCRIPT = """
+import os, sys, time
+from krpo_bench.service import forkserver
+from tests.test_trial_start import _sleeping_trial
+forkserver.warm_up()
+trial = forkserver._context().Process(target=_sleeping_trial, args=(dict(os.environ), sys.argv[1]))
+trial.start()
+print(trial.pid, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.slow  # a preloaded server of its own: tens of seconds on a loaded machine
+def test_a_forked_trial_dies_with_its_worker(tmp_path: Path) -> None:
+    """SIGKILL to the worker alone (not its process group, which would take the server too)."""
+    worker = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(tmp_path / "trial.log")], stdout=subprocess.PIPE, text=True)
+    try:
+        trial = int(worker.stdout.readline())
+        os.kill(trial, 0)
+        worker.kill()
+        worker.wait()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{trial}").exists() and "Z" not in Path(f"/proc/{trial}/stat").read_text().rpartition(")")[2][:3]:
+            assert time.monotonic() < deadline, "the trial outlived its worker"
+            time.sleep(0.1)
+    finally:
+        worker.kill()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from krpo_bench.service import worker as worker_module
+from krpo_bench.service.launch import trial_command
 from krpo_bench.service.studies import StudyService
 from krpo_bench.service.worker import Worker
 from tests.db import add_study
@@ -31,6 +32,7 @@ class RecordedProcess:
 def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StudyService:
     monkeypatch.setattr(worker_module, "gpu_budget_mib", lambda device: BUDGET_MIB)
     monkeypatch.setattr(worker_module.subprocess, "Popen", RecordedProcess)
+    monkeypatch.setattr(worker_module, "ForkedTrial", lambda job_file, env, log_file: RecordedProcess(trial_command(job_file, 1), env))
     return StudyService(f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 

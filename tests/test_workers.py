@@ -154,7 +154,7 @@ def test_stopping_everything_and_restarting_finishes_the_same_trials_once(servic
     jobs = service.jobs(info.id)
     assert len(jobs) == 4 and all(j.status == "succeeded" and j.failures == 0 for j in jobs)
     client = MlflowClient(service.mlflow_uri)
-    runs = client.search_runs([info.mlflow_experiment_id], f"tags.`krpo.study_id` = '{info.id}' and tags.`krpo.variant` != ''")
+    runs = client.search_runs([service.get(info.id).mlflow_experiment_id], f"tags.`krpo.study_id` = '{info.id}' and tags.`krpo.variant` != ''")
     trial_runs = [r for r in runs if "krpo.trial_key" in r.data.tags]
     assert len(trial_runs) == 4 and len({r.data.tags["krpo.trial_key"] for r in trial_runs}) == 4
     assert all(r.info.status == "FINISHED" for r in trial_runs)

@@ -131,11 +131,12 @@ def _submit(service: StudyService, study: StudySpec, key: str | None) -> StudyDe
         info = service.submit(study, idempotency_key=key)  # a concurrent request with this key won: its study
     if key and info.spec != study.model_dump(mode="json"):
         raise HTTPException(409, "this Idempotency-Key was used for a different spec")
-    return _detail(service, info.id)
+    return _detail(service, info.id, info)
 
 
-def _detail(service: StudyService, study_id: str) -> StudyDetail:
-    info = service.get(study_id)
+def _detail(service: StudyService, study_id: str, info: StudyInfo | None = None) -> StudyDetail:
+    """The study's detail; ``info``: its summary, when the caller has just read it."""
+    info = info or service.get(study_id)
     jobs = service.queue.list_jobs(study_id)
     return StudyDetail.build(info, jobs, service.results(study_id, jobs))
 

@@ -1,5 +1,8 @@
 """The child process that runs one claimed job: ``python -m krpo_bench.service.child JOB.json``.
 
+A worker usually forks it from a warm server instead (``krpo_bench.service.forkserver``), which
+calls :func:`main` with its own test of the worker being alive.
+
 It trains the trial (resuming from its newest checkpoint), records the MLflow run id on the job
 (fenced by attempt), reports eval values to Optuna for pruning, stops cleanly on SIGTERM or when
 its parent dies (checkpointing, so the attempt that reclaims the job resumes there), and writes
@@ -20,18 +23,25 @@ import sys
 import traceback
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 from krpo_bench.service.launch import die_with_parent, expected_parent
 
 
-def main(job_file: str) -> int:
-    # Die with the parent (the worker armed this for a one-process child, a rank arms it here), and
-    # leave at once if the parent died before it was armed: nothing would stop us then.
-    die_with_parent()
-    parent = expected_parent()
+def main(job_file: str, worker_alive: Callable[[], bool] | None = None) -> int:
+    """Run the job file's trial; ``worker_alive`` tells whether the worker that owns the job still
+    runs (default: this process still has the parent it started with). Returns the exit code."""
+    if worker_alive is None:
+        # Die with the parent (the worker armed this for a one-process child, a rank arms it here),
+        # and leave at once if the parent died before it was armed: nothing would stop us then.
+        die_with_parent()
+        parent = expected_parent()
+
+        def worker_alive() -> bool:
+            return os.getppid() == parent
 
     def orphaned() -> bool:
-        return os.getppid() != parent
+        return not worker_alive()
 
     if orphaned():
         return 1  # the parent died while we started: its lease will be reclaimed, do not race that
@@ -50,6 +60,7 @@ def main(job_file: str) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])  # blocked until now in a forked trial
 
     import torch
 

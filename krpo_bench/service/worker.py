@@ -7,6 +7,10 @@ is claimed into GPUs only while its estimate (``gpu_memory_mib``, set at submit)
 left on each, up to ``MAX_TRIALS_PER_GPU``; an idle GPU takes any one job, so a trial estimated
 above a whole GPU still runs, alone. A fixed ``--slots-per-gpu N`` packs N trials per GPU.
 
+A one-process job is forked from the worker's warm fork server (``krpo_bench.service.forkserver``:
+torch, transformers and TRL already imported), so its first step comes within seconds of its claim;
+``fork_server=False`` (``krpo-bench worker --no-fork-server``) starts a fresh interpreter instead.
+
 The parent heartbeats every running job and owns its final state (fenced by attempt):
 - child exits 0 with a result -> complete / mark_pruned, then the study service tells Optuna;
 - child stopped because of a cancel request -> mark_cancelled; because of worker shutdown
@@ -36,6 +40,7 @@ from rich.markup import escape
 from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import DBAPIError
 
+from krpo_bench.service.forkserver import ForkedTrial, warm_up
 from krpo_bench.service.launch import PARENT_PID_ENV, die_with_parent, trial_command
 from krpo_bench.service.queue import UNESTIMATED_GPU_MEMORY_MIB, ClaimedJob, Heartbeat, is_database_outage
 from krpo_bench.service.studies import StudyService
@@ -91,7 +96,7 @@ class Running:
     job: ClaimedJob
     devices: list[str]
     memory_mib: int  # reserved on each of ``devices``
-    process: subprocess.Popen
+    process: subprocess.Popen | ForkedTrial
     result_file: Path
     log_file: Path
     started: float = field(default_factory=time.monotonic)
@@ -113,6 +118,7 @@ class Worker:
         exit_when_idle: bool = False,
         worker_id: str | None = None,
         console: Console | None = None,
+        fork_server: bool = True,
     ) -> None:
         self.service = service
         self.queue = service.queue
@@ -124,6 +130,7 @@ class Worker:
         self.heartbeat_s = heartbeat_s
         self.poll_s = poll_s
         self.exit_when_idle = exit_when_idle
+        self.fork_server = fork_server
         self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.console = console or Console(stderr=True)
         self.running: dict[str, Running] = {}
@@ -137,6 +144,8 @@ class Worker:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        if self.fork_server:
+            warm_up()
         gpu_ids = [int(d) for d in self.devices if d != "cpu"]
         self.queue.register_worker(self.id, hostname=socket.gethostname(), pid=os.getpid(), gpus=gpu_ids, slots=sum(self.slots.values()))
         budgets = f", memory budgets (MiB) {self.budgets}" if self.budgets else ""
@@ -253,15 +262,18 @@ class Worker:
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         if cpu and processes > 1:
             env["ACCELERATE_USE_CPU"] = "true"  # the ranks train on CPU (gloo)
-        with open(log_file, "ab") as log:
-            process = subprocess.Popen(
-                trial_command(job_file, processes),
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
+        if processes == 1 and self.fork_server:
+            process = ForkedTrial(job_file, env, log_file)
+        else:
+            with open(log_file, "ab") as log:
+                process = subprocess.Popen(
+                    trial_command(job_file, processes),
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=die_with_parent,
+                )
         memory = job.gpu_memory_mib or UNESTIMATED_GPU_MEMORY_MIB
         self.running[job.id] = Running(job, devices, memory, process, result_file, log_file)
         where = ",".join(devices) + (f" ({processes} processes)" if processes > 1 else "")
