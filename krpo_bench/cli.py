@@ -220,7 +220,7 @@ def _results_table(service, study_id: str) -> None:
         before = "n/a" if row["initial_mean"] != row["initial_mean"] else f"{row['initial_mean']:.3f}"
         table.add_row(variant, str(row["n"]), before, mean + ci, " ".join(f"{v:.3f}" for v in row["values"]),
                       *_comparison_cells(row.get("comparison"), variant == reference))
-    console.print(table)
+    Console(width=max(console.width, 160)).print(table)  # headers and CIs stay whole in a log (not a terminal)
     for row in results.values():
         if row.get("comparison") is not None:
             console.print(escape(row["comparison"]["sentence"]), highlight=False)
