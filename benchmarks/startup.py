@@ -13,6 +13,18 @@ and per study, wall (first claim to last attempt end) over summed training time.
 Prints one line per round and mode, then, last, the headline: the median start latency with the
 fork server and without, and their ratio.
     python -m benchmarks.startup [--trials 3] [--steps 6] [--rounds 2]
+
+Measured (2 shared cores, load average about 8 from other work, so absolute times are inflated; the
+two modes ran alternately in one run): median start latency 2.0 s with the fork server, 12.5 s with
+a fresh process (6.3x; 6 trials each). The first trial of each fork-server worker took 8.9 s and
+3.6 s: the worker's own first MLflow set-up for the study (``ensure_mlflow``) runs between the claim
+and the fork. Study wall over summed training time for these 6-step trials: 3.8-4.9x with the fork
+server, 13.8-15.7x fresh.
+
+The quickstart (``time krpo-bench run studies/quickstart.yaml``, fresh data home, same load): 130 s
+wall (was 246-258 s), the same results table (grpo 0.760 0.775 0.785, krpo 0.760 0.775 0.760). Its
+six trials: MLflow run start to the end of the first step less that step 1.2-3.0 s, 26-30 s of
+training each; the trials' span (94 s) over their summed training per worker (166 s / 2) is 1.13.
 """
 
 from __future__ import annotations
