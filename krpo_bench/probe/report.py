@@ -39,20 +39,31 @@ def table_cells(row: dict[str, Any]) -> list[str]:
     return [fmt.format(values[key]) for key, _, fmt in COLUMNS]
 
 
+def line_styles(names: list[str]) -> dict[str, dict[str, str]]:
+    """A matplotlib style per estimator, no two alike: the 10 tab10 colours, then the same colours with
+    another marker and line style (a zoo has more estimators than a colour cycle has colours)."""
+    markers, lines = ("o", "s", "^", "D"), ("-", "--", ":", "-.")
+    return {
+        name: {"color": f"C{index % 10}", "marker": markers[index // 10 % 4], "linestyle": lines[index // 10 % 4]}
+        for index, name in enumerate(names)
+    }
+
+
 def figure_png(rows: list[dict[str, Any]]) -> bytes:
     """Two panels against group size per estimator: the mean one-batch cosine with its 95 % CI, and
     the cosine of the mean gradient over the batches."""
-    fig = Figure(figsize=(11, 4.2), dpi=110)
+    fig = Figure(figsize=(12.5, 4.2), dpi=110)
     one, bias = fig.subplots(1, 2)
     names = list(dict.fromkeys(r["estimator"] for r in rows))
+    styles = line_styles(names)
     for index, name in enumerate(names):
         mine = sorted((r for r in rows if r["estimator"] == name), key=lambda r: r["group_size"])
         dodge = 2 ** (0.04 * (index - (len(names) - 1) / 2))  # side by side, so the intervals stay readable
         sizes = [r["group_size"] * dodge for r in mine]
         means = [r["cos_mean"] for r in mine]
         errors = [[m - r["cos_ci_low"] for m, r in zip(means, mine)], [r["cos_ci_high"] - m for m, r in zip(means, mine)]]
-        one.errorbar(sizes, means, yerr=errors, marker="o", capsize=3, label=name)
-        bias.plot(sizes, [r["cos_of_mean"] for r in mine], marker="o", label=name)
+        one.errorbar(sizes, means, yerr=errors, capsize=3, label=name, **styles[name])
+        bias.plot(sizes, [r["cos_of_mean"] for r in mine], label=name, **styles[name])
     for ax, title in ((one, "one-batch gradient vs reference (mean, 95 % CI)"), (bias, "mean of the one-batch gradients vs reference")):
         ax.set_xscale("log", base=2)
         sizes = sorted({r["group_size"] for r in rows})
@@ -61,7 +72,7 @@ def figure_png(rows: list[dict[str, Any]]) -> bytes:
         ax.set_ylabel("cosine")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-    bias.legend(fontsize=8, loc="best")
+    bias.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the panel, never over its lines
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
