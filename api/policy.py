@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from krpo_bench.models.config import TINY_ARITH
 from krpo_bench.models.memory import model_shape
+from krpo_bench.probe.spec import ProbeSpec, validate_probe
 from krpo_bench.settings import DEFAULT_MAX_MODEL_PARAMS
 from krpo_bench.spec.loading import SpecError, validation_errors
 from krpo_bench.spec.study import StudySpec, storage_errors, validate_study
@@ -51,8 +52,9 @@ def under_roots(path: str, roots: tuple[Path, ...]) -> bool:
     return any(resolved.is_relative_to(os.path.realpath(root)) for root in roots)
 
 
-def trial_violations(trial: TrialSpec, policy: Policy) -> Iterator[tuple[str, Any, str, str]]:
-    """(field, value, message, rule) for everything in one trial config this server refuses."""
+def trial_violations(trial: TrialSpec | ProbeSpec, policy: Policy) -> Iterator[tuple[str, Any, str, str]]:
+    """(field, value, message, rule) for everything in one trial config (or a probe's model and
+    task) this server refuses."""
     model, task = trial.model, trial.task
     if model.trust_remote_code and not policy.allow_remote_code:
         yield "model.trust_remote_code", True, "this server does not run remote code from model repositories", "remote_code_refused"
@@ -123,7 +125,17 @@ def check_plain_data(data: Any) -> list[dict[str, Any]]:
     return errors
 
 
-def admit(data: Any, policy: Policy, source: str = "<request>") -> StudySpec:
+def probe_errors(probe: ProbeSpec, policy: Policy) -> list[dict[str, Any]]:
+    """Errors for remote code, local paths (the checkpoint's too) and model size in a probe."""
+    errors = [_error(field, value, message, rule) for field, value, message, rule in trial_violations(probe, policy)]
+    if probe.checkpoint is not None and not under_roots(probe.checkpoint, policy.data_roots):
+        roots = ", ".join(str(r) for r in policy.data_roots)
+        errors.append(_error("checkpoint", probe.checkpoint, f"local paths must be absolute and lie under the data roots ({roots})",
+                             "path_outside_data_roots"))
+    return errors
+
+
+def admit(data: Any, policy: Policy, source: str = "<request>") -> StudySpec | ProbeSpec:
     """Validate a submitted study and apply the server policy; raises SpecError with every problem.
 
     The trial cap is checked before the study's matrix is expanded, so a huge matrix costs nothing.
@@ -133,6 +145,12 @@ def admit(data: Any, policy: Policy, source: str = "<request>") -> StudySpec:
     plain = check_plain_data(data) + storage_errors(data)
     if plain:
         raise SpecError(source, plain)
+    if data.get("kind") == "probe":  # one job: no trial cap to check
+        probe = validate_probe(data, source)
+        errors = probe_errors(probe, policy)
+        if errors:
+            raise SpecError(source, errors)
+        return probe
     try:
         shallow = StudySpec.model_validate(data)
     except ValidationError as exc:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from krpo_bench.service.db import JobStatus, StudyStatus, WorkerStatus
 from krpo_bench.service.queue import AttemptInfo, JobInfo, WorkerInfo
 from krpo_bench.service.studies import StudyInfo
-from krpo_bench.spec.study import MAX_TRIALS_PER_STUDY, StudySpec
+from krpo_bench.spec.study import MAX_TRIALS_PER_STUDY, Objective, StudySpec
 
 _TIME = "2026-01-01T12:00:00Z"
 _STUDY_ID = "0b8c2f6e-5b1a-4a52-9d0e-3f3f9a1c2d4e"
@@ -79,7 +79,7 @@ class StudySummary(BaseModel):
 
     id: str
     name: str
-    kind: Literal["ablation", "search"]
+    kind: Literal["ablation", "search", "probe"]
     status: StudyStatus
     priority: int
     total: int = Field(description="trials the study holds (a search: its budget x seeds per trial)")
@@ -232,9 +232,9 @@ class StudyDetail(StudySummary):
 
     @classmethod
     def build(cls, info: StudyInfo, jobs: list[JobInfo], results: dict[str, dict[str, Any]]) -> StudyDetail:
-        spec = StudySpec.model_validate(info.spec)
-        metric = "final_" + spec.objective.metric.split("/")[-1]
-        sign = 1 if spec.objective.direction == "maximize" else -1
+        objective = StudySpec.model_validate(info.spec).objective if info.kind != "probe" else Objective()
+        metric = "final_" + objective.metric.split("/")[-1]
+        sign = 1 if objective.direction == "maximize" else -1
         scored = [
             (job.result[metric], job) for job in jobs
             if job.status == JobStatus.SUCCEEDED and job.result and _finite(job.result.get(metric)) is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,35 @@ def _target_effect(info: Any) -> float:
     return StudySpec.model_validate(info.spec).analysis.target_effect
 
 
+def probe_result(service: Any, study_id: str) -> tuple[Any, Any]:
+    """A probe study's ProbeSpec and ProbeResult, from its succeeded job (its null statistics read
+    back as nan); ValueError while it has none."""
+    from krpo_bench.probe.run import ProbeResult
+    from krpo_bench.probe.spec import ProbeSpec
+
+    jobs = service.jobs(study_id)
+    done = [job for job in jobs if job.status == "succeeded" and job.result]
+    if not done:
+        status = ", ".join(str(job.status) for job in jobs) or "no job"
+        raise ValueError(f"probe study {study_id} has no result yet (its job: {status})")
+    result = done[0].result
+    fields = {name: result[name] for name in ProbeResult.__dataclass_fields__}
+    for name in ("reference_split_cosine", "reference_reward_mean", "wall_time_s"):
+        fields[name] = math.nan if fields[name] is None else fields[name]
+    fields["rows"] = [{k: math.nan if v is None else v for k, v in row.items()} for row in fields["rows"]]
+    return ProbeSpec.model_validate(service.get(study_id).spec), ProbeResult(**fields)
+
+
 def report_study(service: Any, study_id: str, out_dir: Path | None = None) -> Path:
-    """Write the study's report (HTML, PNG, CSV, JSON) and return the HTML file's path."""
+    """Write the study's report (HTML, PNG, CSV, JSON) and return the HTML file's path; a probe
+    study's is the probe report (its table and figure)."""
     info = service.get(study_id)
     out = Path(out_dir or data_home() / "reports" / study_id)
+    if info.kind == "probe":
+        from krpo_bench.probe.report import write_report
+
+        spec, result = probe_result(service, study_id)
+        return write_report(spec, dataclasses.replace(result, report_dir=str(out)), out)
     data = load_study(service.mlflow_uri, study_id=study_id)
     report: Report = build_report(data, out, reference=_reference(info), optuna_study=_optuna_study(service, info),
                                   target_effect=_target_effect(info))

@@ -152,11 +152,9 @@ def _print_study(info) -> None:
 
 @app.command()
 def submit(file: Path, db: Optional[str] = DbOption, mlflow: Optional[str] = MlflowOption, api: Optional[str] = ApiOption) -> None:
-    """Submit a study; workers pick up its trials."""
+    """Submit a study (a probe: one job); workers pick up its trials."""
     spec = load_any(file)
-    if getattr(spec, "kind", None) == "probe":
-        fail(f"{file} is a probe: workers do not run probes yet; run it here with 'krpo-bench probe {file}'")
-    if not hasattr(spec, "plan"):
+    if not hasattr(spec, "trial_count"):
         fail(f"{file} is a trial, not a study; run it with 'krpo-bench trial {file}'")
     from krpo_bench.settings import get_settings
 
@@ -291,14 +289,11 @@ def run(
     mlflow: Optional[str] = MlflowOption,
     out: Optional[Path] = typer.Option(None, help="report folder (default: <data home>/reports/<study id>)"),
 ) -> None:
-    """Submit a study, run it on local workers with live progress, then print and report the results."""
+    """Submit a study (or a probe), run it on local workers with live progress, then print and report the results."""
     from krpo_bench.service.local import NotEnoughGPUs, run_study_locally
 
     spec = load_any(file)
-    if getattr(spec, "kind", None) == "probe":
-        _run_probe(spec, mlflow, out)
-        return
-    if not hasattr(spec, "plan"):
+    if not hasattr(spec, "trial_count"):
         fail(f"{file} is a trial, not a study; run it with 'krpo-bench trial {file}'")
     service = _service(db, mlflow)
     try:
@@ -306,7 +301,15 @@ def run(
     except NotEnoughGPUs as exc:
         fail(str(exc))
     _print_study(info)
-    _results_table(service, info.id)
+    if spec.kind == "probe":
+        from krpo_bench.dashboards.study import probe_result
+
+        try:
+            _probe_table(*probe_result(service, info.id))
+        except ValueError as exc:
+            fail(str(exc))
+    else:
+        _results_table(service, info.id)
     _write_report(service, info.id, out)
 
 
@@ -324,7 +327,6 @@ def probe(
 
 
 def _run_probe(spec, mlflow: Optional[str], out: Optional[Path]) -> None:
-    from krpo_bench.probe.report import COLUMNS, table_cells
     from krpo_bench.probe.run import run_probe
 
     console.print(f"probe [bold]{spec.name}[/bold]: {spec.batches} batches, reference {spec.reference.prompts} x {spec.reference.group_size} rollouts")
@@ -332,6 +334,13 @@ def _run_probe(spec, mlflow: Optional[str], out: Optional[Path]) -> None:
         result = run_probe(spec, tracking_uri=mlflow, out=out, on_batch=lambda b: console.print(f"  batch {b}/{spec.batches}"))
     except ValueError as exc:
         fail(str(exc))
+    _probe_table(spec, result)
+
+
+def _probe_table(spec, result) -> None:
+    """Print a probe's table, its loss normalisation, wall time, MLflow run and report folder."""
+    from krpo_bench.probe.report import COLUMNS, table_cells
+
     table = Table(title=f"gradient quality against the reference (rloo, no std; split-half cosine {result.reference_split_cosine:.3f})")
     for _, label, _ in COLUMNS:
         table.add_column(label)

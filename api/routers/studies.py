@@ -18,6 +18,7 @@ from krpo_bench.api.routers import AUTH_ERRORS, errors, get_service
 from krpo_bench.api.schemas import ExtendRequest, JobPage, JobSummary, StudyDetail, StudyPage, StudyResults, StudySummary, VariantStats
 from krpo_bench.service.db import JobStatus, StudyStatus
 from krpo_bench.service.studies import StudyInfo, StudyService
+from krpo_bench.probe.spec import ProbeSpec
 from krpo_bench.spec.loading import SpecError, parse_yaml
 from krpo_bench.spec.study import StudySpec
 
@@ -117,11 +118,11 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def _admit(body: bytes, content_type: str, policy: Policy) -> StudySpec:
+def _admit(body: bytes, content_type: str, policy: Policy) -> StudySpec | ProbeSpec:
     return admit(_parse(body, content_type), policy)
 
 
-def _submit(service: StudyService, study: StudySpec, key: str | None) -> StudyDetail:
+def _submit(service: StudyService, study: StudySpec | ProbeSpec, key: str | None) -> StudyDetail:
     """Submit once per ``key`` (already scoped to the caller)."""
     try:
         info = service.submit(study, idempotency_key=key)
@@ -147,7 +148,8 @@ def _detail(service: StudyService, study_id: str, info: StudyInfo | None = None)
     response_model=StudyDetail,
     summary="Submit a study (scope: submit)",
     description="Validates the spec and the server's policy (remote code, data roots, trial and model-size caps, "
-    "priority above 0 only with an admin token), stores the study and queues its trials. With `Idempotency-Key` "
+    "priority above 0 only with an admin token), stores the study and queues its trials (a `kind: probe` spec: one "
+    "job, the gradient-quality probe). With `Idempotency-Key` "
     "(at most 200 characters), repeating the request with the same token returns the same study.",
     openapi_extra=SUBMIT_OPENAPI,
     responses={201: {"description": "the new (or, for a repeated Idempotency-Key, the earlier) study",

@@ -177,8 +177,16 @@ def run_probe(
     out: Path | None = None,
     on_batch: Callable[[int], None] | None = None,
     track: bool = True,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    mlflow_run_id: str | None = None,
+    on_run_created: Callable[[str], None] | None = None,
 ) -> ProbeResult:
-    """Measure the probe, log it to MLflow (one run, tagged like a trial's) and write its report."""
+    """Measure the probe, log it to MLflow (one run, tagged like a trial's) and write its report.
+
+    As a study's job: the run is a child of ``parent_run_id`` with the job's ``tags`` added;
+    ``mlflow_run_id`` continues an earlier attempt's run (the probe is re-run from scratch: given
+    its seed it logs the same numbers); ``on_run_created`` is told the run id once it exists."""
     from krpo_bench.probe.report import write_report
 
     started = time.perf_counter()
@@ -188,8 +196,11 @@ def run_probe(
     identifier = probe_id(spec)
     tracker = RunTracker(tracking_uri) if track else NullTracker()
     run_id = tracker.start(
-        spec.experiment, spec.name, tags={"krpo.kind": "probe", "krpo.probe_id": identifier, "krpo.trial_id": identifier}
+        spec.experiment, spec.name, run_id=mlflow_run_id, parent_run_id=parent_run_id,
+        tags={**(tags or {}), "krpo.kind": "probe", "krpo.probe_id": identifier, "krpo.trial_id": identifier},
     )
+    if on_run_created is not None and tracker.run_id:
+        on_run_created(tracker.run_id)
     try:
         tracker.log_params(flatten(spec.model_dump(mode="json")))
         tracker.log_dict(spec.model_dump(mode="json"), "config/probe.json")

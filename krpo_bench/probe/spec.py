@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from krpo_bench.models.config import ModelSpec
 from krpo_bench.spec.estimator import EstimatorSpec
+from krpo_bench.spec.loading import SpecError, validate
+from krpo_bench.spec.study import Resources, storage_errors
 from krpo_bench.tasks.config import TaskSpec
 
 
@@ -22,6 +24,13 @@ class ReferenceSpec(Strict):
     prompts: int = Field(256, ge=2, le=100_000, description="prompts of the reference rollouts")
     group_size: int = Field(16, ge=2, le=256, description="rollouts per reference prompt")
     chunk_prompts: int = Field(32, ge=1, le=4096, description="prompts per forward/backward pass")
+
+
+class ProbeResources(Resources):
+    """A submitted probe's job: one process (a probe does not split over GPUs), its attempts and time limit.
+    A retry re-runs the probe from scratch: given its seed it draws the same rollouts and gives the same numbers."""
+
+    gpus_per_trial: int = Field(1, ge=0, le=1, description="0 or 1: a probe runs in one process")
 
 
 class ProbeSpec(Strict):
@@ -51,7 +60,16 @@ class ProbeSpec(Strict):
         "grpo", description="TRL's loss normalisation (bnpo: as with one micro-batch per step)"
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seeds prompt choice, sampling and reward noise")
-    experiment: str = Field("krpo-bench-probe", min_length=1, max_length=200, description="MLflow experiment")
+    experiment: str = Field(
+        "krpo-bench-probe", min_length=1, max_length=200,
+        description="MLflow experiment of `krpo-bench probe`; a submitted probe logs under its study's experiment",
+    )
+    resources: ProbeResources = Field(default_factory=ProbeResources, description="the submitted probe's one job")
+    priority: int = Field(0, ge=-1000, le=1000, description="queue priority of the submitted probe's job")
+
+    def trial_count(self) -> int:
+        """Jobs of a submitted probe: one."""
+        return 1
 
     @field_validator("group_sizes")
     @classmethod
@@ -68,3 +86,12 @@ class ProbeSpec(Strict):
         if repeated:
             raise ValueError(f"each estimator may appear once (a row of the table), repeated: {repeated}")
         return estimators
+
+
+def validate_probe(data: Any, source: str = "<probe>") -> ProbeSpec:
+    """A ProbeSpec from submitted data; every problem (a value the job store cannot hold included)
+    raises one SpecError naming its path."""
+    unstorable = storage_errors(data) if isinstance(data, dict) else []
+    if unstorable:
+        raise SpecError(source, unstorable)
+    return validate(ProbeSpec, data, source)

@@ -78,6 +78,10 @@ def main(job_file: str, worker_alive: Callable[[], bool] | None = None) -> int:
     job = SimpleNamespace(**payload["job"])
     service = StudyService(payload["db_url"], payload["mlflow_uri"], migrate=False) if rank.is_main else None
     config = job.config
+    if "probe" in config:  # a probe study's one job: the probe in place of a trial
+        from krpo_bench.service.probe_job import run_probe_job
+
+        return run_probe_job(job, service, payload, should_stop)
     spec = TrialSpec.model_validate(config["trial"])
     run_dir = trial_folder(spec.resolved_id())
     result_path = Path(payload["result_file"])

@@ -80,6 +80,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 class StudyKind(StrEnum):
     ABLATION = "ablation"
     SEARCH = "search"
+    PROBE = "probe"
 
 
 class StudyStatus(StrEnum):

@@ -29,7 +29,8 @@ import optuna
 from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from krpo_bench.models.memory import trial_memory_mib
+from krpo_bench.models.memory import WHOLE_DEVICE_MIB, trial_memory_mib
+from krpo_bench.probe.spec import ProbeSpec, validate_probe
 from krpo_bench.service.db import Job, JobStatus, Study, StudyStatus, make_engine, new_id, upgrade, utcnow
 from krpo_bench.service.optuna_store import distribution, make_pruner, make_sampler, optuna_storage
 from krpo_bench.service.queue import JobInfo, JobQueue, NewJob, is_database_outage
@@ -44,6 +45,22 @@ ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 AMBIGUOUS_LISTED = 20  # candidates an ambiguous study reference lists
 STUDY_RUN_ROLE = "study"
 """``krpo.role`` tag of a study's MLflow parent run (how a restarted creator finds it)."""
+PROBE_KEY = "probe"
+"""The trial key (and variant) of a probe study's one job."""
+
+AnyStudy = StudySpec | ProbeSpec
+
+
+def validate_submission(data: Any, source: str = "<study>") -> AnyStudy:
+    """A submitted study: a probe (``kind: probe``, one job) or an ablation/search; SpecError otherwise."""
+    if isinstance(data, dict) and data.get("kind") == "probe":
+        return validate_probe(data, source)
+    return validate_study(data, source)
+
+
+def stored_spec(spec: dict[str, Any]) -> AnyStudy:
+    """A stored study's spec (validated when it was submitted)."""
+    return ProbeSpec.model_validate(spec) if spec.get("kind") == "probe" else StudySpec.model_validate(spec)
 
 
 class StudyError(ValueError):
@@ -92,7 +109,7 @@ def experiment_name(study_id: str) -> str:
     return f"krpo-study-{study_id}"
 
 
-def _trial_tags(study_id: str, study: StudySpec, key: str, variant: str, seed: int) -> dict[str, str]:
+def _trial_tags(study_id: str, study: AnyStudy, key: str, variant: str, seed: int) -> dict[str, str]:
     return {
         "krpo.study_id": study_id,
         "krpo.study_name": study.name,
@@ -117,7 +134,7 @@ class StudyService:
 
     # -- submission -------------------------------------------------------------------------
 
-    def submit(self, spec: StudySpec | dict[str, Any], *, idempotency_key: str | None = None) -> StudyInfo:
+    def submit(self, spec: AnyStudy | dict[str, Any], *, idempotency_key: str | None = None) -> StudyInfo:
         """Store a validated study and queue its trials (one transaction); MLflow is not touched:
         the study is marked ``mlflow_pending`` for :meth:`ensure_mlflow`.
 
@@ -128,13 +145,15 @@ class StudyService:
             existing = self._by_idempotency_key(idempotency_key)
             if existing is not None:
                 return existing
-        study = spec if isinstance(spec, StudySpec) else validate_study(spec)
+        study = spec if isinstance(spec, (StudySpec, ProbeSpec)) else validate_submission(spec)
         planned = study.plan() if study.kind == "ablation" else []
         study_id = new_id()
         experiment = experiment_name(study_id)
         optuna_name = f"krpo-{study_id}"
         try:
             jobs = [self._job(study_id, study, p.key, p.variant, p.seed, p.spec, experiment) for p in planned]
+            if isinstance(study, ProbeSpec):
+                jobs = [self._probe_job(study_id, study, experiment)]
             self.queue.create_study(
                 {
                     "id": study_id,
@@ -195,7 +214,7 @@ class StudyService:
             row = self._row(study_id)
             if not row.mlflow_pending:
                 return MlflowRecords(row.mlflow_experiment_id, row.mlflow_parent_run_id)
-            study = StudySpec.model_validate(row.spec)
+            study = stored_spec(row.spec)
             experiment = experiment_name(study_id)
             tracker = RunTracker(self.mlflow_uri)
             experiment_id = get_or_create_experiment(tracker.client, experiment, self.mlflow_uri)
@@ -244,6 +263,21 @@ class StudyService:
             gpus=study.resources.gpus_per_trial,
             optuna_trial_number=optuna_number,
             gpu_memory_mib=trial_memory_mib(trial, max(1, study.resources.gpus_per_trial)),
+        )
+
+    def _probe_job(self, study_id: str, probe: ProbeSpec, experiment: str) -> NewJob:
+        """A probe study's one job: the probe, logging under the study's experiment. Its memory is
+        not estimated (one parameter-sized gradient sum per table row), so it takes a GPU alone."""
+        tags = _trial_tags(study_id, probe, PROBE_KEY, PROBE_KEY, probe.seed)
+        return NewJob(
+            trial_key=PROBE_KEY,
+            config={"probe": probe.model_dump(mode="json") | {"experiment": experiment}, "variant": PROBE_KEY,
+                    "seed": probe.seed, "tags": tags, "optuna_study_name": None, "report_intermediate": False},
+            priority=probe.priority,
+            max_attempts=probe.resources.max_attempts,
+            timeout_s=probe.resources.timeout_s,
+            gpus=1,
+            gpu_memory_mib=WHOLE_DEVICE_MIB,
         )
 
     def _enqueue_planned(self, study_id: str, study: StudySpec, planned: list) -> None:
@@ -394,12 +428,12 @@ class StudyService:
         """Continue an interrupted or cancelled study: reclaim dead leases, requeue cancelled
         trials, re-plan missing ones, and top up a search. Finished trials are never repeated."""
         row = self._row(study_id)
-        study = StudySpec.model_validate(row.spec)
+        study = stored_spec(row.spec)
         self.queue.reclaim_expired()
         self.queue.requeue_study(study_id)
         if study.kind == "ablation":
             self._enqueue_planned(study_id, study, study.plan())
-        else:
+        elif study.kind == "search":
             self._fail_orphan_trials(study_id, study)
             self.top_up(study_id)
         return self.get(study_id)
@@ -514,7 +548,7 @@ class StudyService:
         ``jobs``: the study's jobs, when the caller has just read them."""
         from krpo_bench import stats
 
-        spec = StudySpec.model_validate(self._row(study_id).spec)
+        spec = stored_spec(self._row(study_id).spec)
         seeds: dict[str, list[int]] = {}
         per_variant: dict[str, list[float]] = {}
         initial: dict[str, list[float]] = {}
@@ -528,7 +562,7 @@ class StudyService:
                 seeds[variant].append(job.config["seed"])
                 if job.result.get("initial_accuracy") is not None:
                     initial[variant].append(job.result["initial_accuracy"])
-        reference = stats.default_reference(list((spec.variants or {}).keys()))
+        reference = stats.default_reference(list((spec.variants or {}).keys()) if spec.kind == "ablation" else [])
         compared = spec.kind == "ablation" and reference in per_variant
         out = {}
         for variant, values in per_variant.items():

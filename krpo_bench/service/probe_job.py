@@ -1,0 +1,66 @@
+"""A probe study's one job, run by the trial child process (``krpo_bench.service.child``) in place
+of a trial: same isolation, heartbeats (the worker's) and attempts.
+
+The probe checks for a stop request (cancel, worker shutdown, timeout, a dead worker) after each of
+its M batches. It keeps no checkpoint: a retried attempt re-runs it from scratch, which gives the
+same numbers (prompts, rollouts and reward noise all follow the probe's seed) and continues the
+same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from krpo_bench.settings import data_home
+
+
+class ProbeStopped(Exception):
+    """The worker asked the probe to stop; it stopped between two batches."""
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float (a nan the probe reports where a statistic is undefined)
+    replaced by None, so the job's result is plain JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
+def run_probe_job(job: Any, service: Any, payload: dict[str, Any], should_stop: Callable[[], bool]) -> int:
+    """Run the job's probe (a child of the study's MLflow run, tagged like a trial), write its
+    outcome to the payload's result file (the probe's summary, or the error) and return the exit code."""
+    from krpo_bench.probe.run import run_probe
+    from krpo_bench.probe.spec import ProbeSpec
+
+    result_path = Path(payload["result_file"])
+    spec = ProbeSpec.model_validate(job.config["probe"])
+
+    def on_batch(done: int) -> None:
+        if should_stop():
+            raise ProbeStopped(f"stopped after batch {done} of {spec.batches}")
+
+    try:
+        result = run_probe(
+            spec,
+            tracking_uri=payload["mlflow_uri"],
+            out=data_home() / "reports" / job.study_id,
+            on_batch=on_batch,
+            parent_run_id=job.config.get("parent_run_id"),
+            tags={**job.config.get("tags", {}), "krpo.job_id": job.id},
+            mlflow_run_id=job.mlflow_run_id,
+            on_run_created=lambda run_id: service.queue.set_mlflow_run(job.id, job.attempt, run_id),
+        )
+    except Exception as exc:
+        result_path.write_text(json.dumps({"status": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}))
+        traceback.print_exc()
+        return 1
+    result_path.write_text(json.dumps({"status": "succeeded", **finite(result.to_json())}))
+    return 0
