@@ -87,7 +87,7 @@ def client(tmp_path: Path):
     (tmp_path / "data").mkdir()
     settings = ApiSettings(
         db_url=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path / "data",), list_cache_s=0,
+        tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path / "data",), list_cache_s=0, max_model_params=10_000_000,
     )
     with TestClient(create_app(settings), base_url="http://localhost") as test_client:
         yield test_client
@@ -106,6 +106,10 @@ def test_the_api_admits_a_probe_and_names_the_field_of_a_bad_one(client: TestCli
     outside = client.post("/api/v1/studies", json={**SMALL, "checkpoint": str(tmp_path / "elsewhere" / "checkpoint-7")})
     assert outside.status_code == 422
     assert {(e["path"], e["type"]) for e in outside.json()["errors"]} == {("checkpoint", "path_outside_data_roots")}
+    large = {"name": "tiny-arith", "tiny": {"hidden_size": 1024, "num_layers": 64, "num_heads": 8}}
+    too_large = client.post("/api/v1/studies", json={**SMALL, "model": large})
+    assert too_large.status_code == 422
+    assert {(e["path"], e["type"]) for e in too_large.json()["errors"]} == {("model.tiny", "model_too_large")}
 
 
 @pytest.mark.slow
