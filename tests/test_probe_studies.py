@@ -178,3 +178,14 @@ def test_upgrading_to_probe_kinds_keeps_every_job_and_downgrading_removes_the_pr
         with pytest.raises(IntegrityError):
             conn.execute(text(study), {"id": "late", "kind": "probe"})
     engine.dispose()
+
+
+def test_a_rerun_probe_gives_the_same_numbers(tmp_path: Path) -> None:
+    """What a retried attempt relies on: the probe has no checkpoint, its seed fixes its numbers."""
+    from krpo_bench.probe.run import run_probe
+    from krpo_bench.probe.spec import ProbeSpec
+
+    spec = ProbeSpec.model_validate({**SMALL, "estimators": [{"name": "krpo"}], "group_sizes": [4]})
+    first, again = (run_probe(spec, out=tmp_path / str(i), track=False) for i in range(2))
+    assert json.dumps(first.rows) == json.dumps(again.rows)
+    assert first.reference_split_cosine == again.reference_split_cosine
