@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import math
+import html
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,8 @@ import optuna
 
 from krpo_bench.dashboards.report import Report, build_report, render_html
 from krpo_bench.dashboards.source import load_study
+from krpo_bench.probe.result import ProbeResult
+from krpo_bench.probe.spec import ProbeSpec
 from krpo_bench.settings import data_home
 from krpo_bench.spec.study import StudySpec
 from krpo_bench.stats import default_reference
@@ -32,23 +34,14 @@ def _target_effect(info: Any) -> float:
     return StudySpec.model_validate(info.spec).analysis.target_effect
 
 
-def probe_result(service: Any, study_id: str) -> tuple[Any, Any]:
-    """A probe study's ProbeSpec and ProbeResult, from its succeeded job (its null statistics read
-    back as nan); ValueError while it has none."""
-    from krpo_bench.probe.run import ProbeResult
-    from krpo_bench.probe.spec import ProbeSpec
-
+def probe_result(service: Any, study_id: str) -> tuple[ProbeSpec, ProbeResult]:
+    """A probe study's spec and result, from its succeeded job; ValueError while it has none."""
     jobs = service.jobs(study_id)
     done = [job for job in jobs if job.status == "succeeded" and job.result]
     if not done:
         status = ", ".join(str(job.status) for job in jobs) or "no job"
         raise ValueError(f"probe study {study_id} has no result yet (its job: {status})")
-    result = done[0].result
-    fields = {name: result[name] for name in ProbeResult.__dataclass_fields__}
-    for name in ("reference_split_cosine", "reference_reward_mean", "wall_time_s"):
-        fields[name] = math.nan if fields[name] is None else fields[name]
-    fields["rows"] = [{k: math.nan if v is None else v for k, v in row.items()} for row in fields["rows"]]
-    return ProbeSpec.model_validate(service.get(study_id).spec), ProbeResult(**fields)
+    return ProbeSpec.model_validate(service.get(study_id).spec), ProbeResult.from_json(done[0].result)
 
 
 def report_study(service: Any, study_id: str, out_dir: Path | None = None) -> Path:
@@ -68,8 +61,11 @@ def report_study(service: Any, study_id: str, out_dir: Path | None = None) -> Pa
 
 
 def study_dashboard_html(service: Any, study_id: str, refresh_seconds: int | None = 15) -> str:
-    """The live dashboard page of a study (refreshes itself while the study runs)."""
+    """The live dashboard page of a study (refreshes itself while the study runs); a probe study's
+    is its probe report once its job succeeded."""
     info = service.get(study_id)
+    if info.kind == "probe":
+        return _probe_page(service, info, refresh_seconds)
     data = load_study(service.mlflow_uri, study_id=study_id)
     running = info.status in ("running", "pending")
     return render_html(
@@ -79,3 +75,15 @@ def study_dashboard_html(service: Any, study_id: str, refresh_seconds: int | Non
         refresh_seconds=refresh_seconds if running else None,
         target_effect=_target_effect(info),
     )
+
+
+def _probe_page(service: Any, info: Any, refresh_seconds: int | None) -> str:
+    from krpo_bench.probe.report import report_html
+
+    try:
+        return report_html(*probe_result(service, info.id))
+    except ValueError as waiting:
+        refresh = f'<meta http-equiv="refresh" content="{refresh_seconds}">' if refresh_seconds and info.status == "running" else ""
+        return (f'<!doctype html><html><head><meta charset="utf-8">{refresh}<title>krpo-bench probe · {html.escape(info.name)}'
+                f"</title></head><body><h1>Gradient-quality probe: {html.escape(info.name)}</h1>"
+                f"<p>{html.escape(str(waiting))}</p></body></html>")

@@ -354,7 +354,10 @@ def _probe_table(spec, result) -> None:
 def _write_report(service, study_id: str, out: Optional[Path]) -> None:
     from krpo_bench.dashboards.study import report_study
 
-    path = report_study(service, study_id, out)
+    try:
+        path = report_study(service, study_id, out)
+    except ValueError as exc:  # e.g. a probe study whose job has not succeeded
+        fail(str(exc))
     console.print(f"full report: [bold]{path}[/bold]")
 
 

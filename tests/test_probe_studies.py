@@ -52,6 +52,9 @@ def test_submit_takes_a_probe_file(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     assert "(probe): running; 0/1 done" in said and "queued 1" in said
+    db = ["--db", f"sqlite:///{tmp_path}/jobs.db", "--mlflow", f"sqlite:///{tmp_path}/mlflow.db"]
+    early = CliRunner().invoke(app, ["report", "test-probe", *db], terminal_width=200)
+    assert early.exit_code == 2 and "has no result yet (its job: queued)" in " ".join(early.output.split())
 
 
 def test_a_stopped_probe_stops_between_batches_and_a_retry_reruns_it_in_the_same_run(tmp_path: Path) -> None:
@@ -100,6 +103,8 @@ def test_the_api_admits_a_probe_and_names_the_field_of_a_bad_one(client: TestCli
     assert (body["kind"], body["total"], body["counts"].get("queued")) == ("probe", 1, 1)
     assert client.get(f"/api/v1/studies/{body['id']}").status_code == 200
     assert [j["trial_key"] for j in client.get(f"/api/v1/studies/{body['id']}/jobs").json()["items"]] == ["probe"]
+    page = client.get(f"/studies/{body['id']}/dashboard")
+    assert page.status_code == 200 and "has no result yet (its job: queued)" in page.text
     bad = client.post("/api/v1/studies", json={**SMALL, "estimators": [{"name": "grpo"}, {"name": "krpo_fancy"}]})
     assert bad.status_code == 422
     assert "estimators[1]" in {e["path"] for e in bad.json()["errors"]}, bad.json()
@@ -137,6 +142,10 @@ def test_run_puts_a_probe_through_a_local_worker_into_mlflow_and_the_report(tmp_
     assert (run.data.tags["krpo.study_id"], run.data.tags["krpo.kind"]) == (info.id, "probe")
     assert {"probe/krpo/cos_mean", "probe/grpo/snr", "probe/reference_split_cosine"} <= set(run.data.metrics)
     cli("report", info.id, "--db", db, "--mlflow", uri, "--out", str(tmp_path / "again"))
+    from krpo_bench.dashboards.study import study_dashboard_html
+
+    page = study_dashboard_html(service, info.id)
+    assert "<table>" in page and "data:image/png;base64," in page and "krpo" in page
     for folder in (tmp_path / "report", tmp_path / "again"):
         assert {"index.html", "probe.png", "probe.csv", "probe.json"} <= {p.name for p in folder.iterdir()}
         assert json.loads((folder / "probe.json").read_text())["rows"] == json.loads((tmp_path / "report" / "probe.json").read_text())["rows"]

@@ -90,11 +90,18 @@ def write_report(spec: ProbeSpec, result: Any, folder: Path) -> Path:
         writer.writerows(result.rows)
     png = figure_png(result.rows)
     (folder / "probe.png").write_bytes(png)
+    (folder / "index.html").write_text(report_html(spec, result, png))
+    return folder / "index.html"
+
+
+def report_html(spec: ProbeSpec, result: Any, png: bytes | None = None) -> str:
+    """The report as one self-contained page: the figure (``png``, drawn here when not given) and the table."""
+    png = figure_png(result.rows) if png is None else png
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in COLUMNS)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in table_cells(row)) + "</tr>" for row in result.rows
     )
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>krpo-bench probe · {html.escape(spec.name)}</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>krpo-bench probe · {html.escape(spec.name)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;max-width:1100px}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}} td:first-child{{text-align:left}}
 .meta{{color:#555}}</style></head><body>
@@ -114,5 +121,3 @@ estimate that is itself noisy (above 1, or nan, when the batches do not resolve 
 without bias). adv RMS: root mean square of the advantages.</p>
 <img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="cosine against group size" width="100%">
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></body></html>"""
-    (folder / "index.html").write_text(page)
-    return folder / "index.html"

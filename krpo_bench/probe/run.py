@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,6 +25,7 @@ from krpo_bench.probe.gradients import (
     sequence_logprobs,
 )
 from krpo_bench.probe.rollouts import draw_rollouts
+from krpo_bench.probe.result import ProbeResult
 from krpo_bench.probe.spec import ProbeSpec
 from krpo_bench.probe.stats import GradientTally, cosine, paired_difference
 from krpo_bench.settings import data_home
@@ -42,21 +42,6 @@ LENGTH_NOTE = {
     "bnpo": "each rollout's log-probability gradient is divided by the batch's total completion tokens "
     "(TRL's bnpo with one micro-batch per step)",
 }
-
-
-@dataclass
-class ProbeResult:
-    probe_id: str
-    rows: list[dict[str, Any]]  # one per (estimator, group size)
-    reference_split_cosine: float  # cosine between the two halves of the reference rollouts
-    reference_reward_mean: float
-    wall_time_s: float
-    mlflow_run_id: str
-    report_dir: str
-    length_normalisation: str
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def probe_id(spec: ProbeSpec) -> str:
