@@ -186,7 +186,20 @@ def status(
         return
     info = service.get(_study_id(service, study))
     _print_study(info)
-    _results_table(service, info.id)
+    _study_results(service, info)
+
+
+def _study_results(service, info) -> None:
+    """A probe study's table (once its job succeeded), else the per-variant results table."""
+    if info.kind != "probe":
+        _results_table(service, info.id)
+        return
+    from krpo_bench.dashboards.study import probe_result
+
+    try:
+        _probe_table(*probe_result(service, info.id))
+    except ValueError as exc:
+        console.print(escape(str(exc)))
 
 
 def _points(value: float, sign: str = "+") -> str:
@@ -301,15 +314,7 @@ def run(
     except NotEnoughGPUs as exc:
         fail(str(exc))
     _print_study(info)
-    if spec.kind == "probe":
-        from krpo_bench.dashboards.study import probe_result
-
-        try:
-            _probe_table(*probe_result(service, info.id))
-        except ValueError as exc:
-            fail(str(exc))
-    else:
-        _results_table(service, info.id)
+    _study_results(service, info)
     _write_report(service, info.id, out)
 
 

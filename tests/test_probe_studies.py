@@ -53,6 +53,8 @@ def test_submit_takes_a_probe_file(tmp_path: Path) -> None:
     said = " ".join(result.output.split())
     assert "(probe): running; 0/1 done" in said and "queued 1" in said
     db = ["--db", f"sqlite:///{tmp_path}/jobs.db", "--mlflow", f"sqlite:///{tmp_path}/mlflow.db"]
+    status = CliRunner().invoke(app, ["status", "test-probe", *db], terminal_width=200)
+    assert status.exit_code == 0 and "has no result yet" in status.output and "held-out accuracy" not in status.output
     early = CliRunner().invoke(app, ["report", "test-probe", *db], terminal_width=200)
     assert early.exit_code == 2 and "has no result yet (its job: queued)" in " ".join(early.output.split())
 
@@ -142,6 +144,7 @@ def test_run_puts_a_probe_through_a_local_worker_into_mlflow_and_the_report(tmp_
     assert (run.data.tags["krpo.study_id"], run.data.tags["krpo.kind"]) == (info.id, "probe")
     assert {"probe/krpo/cos_mean", "probe/grpo/snr", "probe/reference_split_cosine"} <= set(run.data.metrics)
     cli("report", info.id, "--db", db, "--mlflow", uri, "--out", str(tmp_path / "again"))
+    assert "gradient quality against the reference" in cli("status", info.id, "--db", db, "--mlflow", uri)
     from krpo_bench.dashboards.study import study_dashboard_html
 
     page = study_dashboard_html(service, info.id)
