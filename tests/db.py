@@ -90,11 +90,14 @@ def queue(engine: Engine) -> JobQueue:
 
 
 def add_study(engine: Engine, name: str = "study") -> str:
-    """Insert a minimal ablation study row and return its id."""
+    """Insert a minimal ablation study row, its MLflow records already made, and return its id."""
     study_id = str(uuid.uuid4())
     with engine.begin() as conn:
         conn.execute(
-            insert(Study).values(id=study_id, name=name, kind=StudyKind.ABLATION.value, spec={})
+            insert(Study).values(
+                id=study_id, name=name, kind=StudyKind.ABLATION.value, spec={},
+                mlflow_experiment_id="0", mlflow_parent_run_id="", mlflow_pending=False,
+            )
         )
     return study_id
 

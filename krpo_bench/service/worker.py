@@ -32,6 +32,8 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -237,7 +239,7 @@ class Worker:
         """Start the job's trial process; False (the job given back) when its study's MLflow
         records cannot be made now (they are created here if the API has not yet)."""
         try:
-            parent_run = self.service.ensure_mlflow(job.study_id).parent_run_id
+            parent_run = self._parent_run(job)
         except (DBAPIError, StorageInternalError):
             raise
         except Exception as err:
@@ -279,6 +281,19 @@ class Worker:
         where = ",".join(devices) + (f" ({processes} processes)" if processes > 1 else "")
         self.console.print(f"started {job.trial_key} (attempt {job.attempt}) on {where}")
         return True
+
+    def _parent_run(self, job: ClaimedJob) -> str:
+        """The study's MLflow parent run id (made now if the API has not made it yet). MLflow may
+        take longer than a lease to answer (a first run creates its store), so the claimed job's
+        lease and the running trials' are renewed every heartbeat while it is awaited."""
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            records = pool.submit(self.service.ensure_mlflow, job.study_id)
+            while True:
+                try:
+                    return records.result(timeout=self.heartbeat_s).parent_run_id
+                except FutureTimeout:
+                    self.queue.heartbeat(job.id, job.attempt, self.lease_s)
+                    self._heartbeat()
 
     def _heartbeat(self) -> None:
         self.queue.worker_heartbeat(self.id, list(self.running))
