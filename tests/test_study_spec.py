@@ -105,6 +105,7 @@ def test_unreadable_yaml_is_a_clear_error(text):
 
 
 def test_every_study_in_the_library_validates():
+    from krpo_bench.probe.spec import validate_probe
     from krpo_bench.spec.loading import validate
     from krpo_bench.spec.trial import TrialSpec
 
@@ -115,6 +116,8 @@ def test_every_study_in_the_library_validates():
         data = parse_yaml(path.read_bytes(), str(path))
         if data.get("kind") in ("ablation", "search"):
             validate_study(data, str(path))
+        elif data.get("kind") == "probe":
+            validate_probe(data, str(path))
         else:
             validate(TrialSpec, data, str(path))  # single-trial files (krpo-bench trial FILE)
 
