@@ -149,3 +149,30 @@ def test_the_service_uses_no_private_optuna_attribute() -> None:
     private = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("_") and not n.attr.startswith("__")
                and not (isinstance(n.value, ast.Name) and n.value.id == "self")]
     assert private == []
+
+
+def test_the_parent_run_ends_with_the_study_and_reopens_on_resume(service: StudyService) -> None:
+    study_id = service.submit(SPEC).id
+    parent = service.ensure_mlflow(study_id).parent_run_id
+    client = optuna_free_client(service)
+    service.cancel(study_id)
+    assert client.get_run(parent).info.status == "KILLED"
+    service.resume(study_id)
+    assert client.get_run(parent).info.status == "RUNNING"
+    jobs = [service.queue.claim("w", 60) for _ in range(4)]
+    for job in jobs[:-1]:
+        service.queue.complete(job.id, job.attempt, {"final_accuracy": 0.5})
+        service.job_finished(job.id)
+        assert client.get_run(parent).info.status == "RUNNING"
+    service.queue.complete(jobs[-1].id, jobs[-1].attempt, {"final_accuracy": 0.5})
+    service.job_finished(jobs[-1].id)
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert service.resume(study_id).status == "succeeded", "nothing to redo: the study stays finished"
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
+def optuna_free_client(service: StudyService):
+    """An MLflow client on the service's tracking store."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(service.mlflow_uri)

@@ -607,7 +607,7 @@ class JobQueue:
             ).rowcount
             if not found:
                 raise KeyError(f"unknown study {study_id!r}")
-            return conn.execute(
+            requeued = conn.execute(
                 update(jobs)
                 .where(
                     jobs.c.study_id == study_id,
@@ -618,6 +618,8 @@ class JobQueue:
                     lease_expires_at=None, finished_at=None,
                 )
             ).rowcount
+            self._settle_study(conn, study_id)  # a finished study with nothing to redo stays finished
+            return requeued
 
         return self._run(txn)
 

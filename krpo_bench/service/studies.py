@@ -38,6 +38,7 @@ from krpo_bench.settings import default_db_url, default_mlflow_uri
 from krpo_bench.spec.study import StudySpec, validate_study
 
 log = logging.getLogger(__name__)
+PARENT_RUN_STATUS = {StudyStatus.SUCCEEDED: "FINISHED", StudyStatus.FAILED: "FAILED", StudyStatus.CANCELLED: "KILLED"}
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -386,6 +387,8 @@ class StudyService:
     def job_finished(self, job_id: str) -> None:
         """After a job reached a final state: tell Optuna once its trial's seeds are all done, top up."""
         job = self.queue.get_job(job_id)
+        if job is not None:
+            self._settle_parent_run(job.study_id)
         if job is None or job.optuna_trial_number is None:
             return
         with self.engine.connect() as conn:
@@ -422,7 +425,28 @@ class StudyService:
         """Cancel queued trials now; running ones stop at their next heartbeat."""
         self._row(study_id)
         self.queue.cancel_study(study_id)
+        self._settle_parent_run(study_id)
         return self.get(study_id)
+
+    def _settle_parent_run(self, study_id: str, *, reopen: bool = False) -> None:
+        """Give the study's MLflow parent run the study's stored outcome (RUNNING again after a
+        resume). An unreachable MLflow is logged, not raised: the jobs table holds the outcome."""
+        row = self._row(study_id)
+        status = PARENT_RUN_STATUS.get(row.status, "RUNNING")
+        if not row.mlflow_parent_run_id or (status == "RUNNING" and not reopen):
+            return
+        from krpo_bench.tracking import RunTracker  # MLflow: only where used
+
+        try:
+            client = RunTracker(self.mlflow_uri).client
+            if client.get_run(row.mlflow_parent_run_id).info.status == status:
+                return
+            if status == "RUNNING":
+                client.update_run(row.mlflow_parent_run_id, status=status)
+            else:
+                client.set_terminated(row.mlflow_parent_run_id, status=status)
+        except Exception as err:  # noqa: BLE001 - MLflow's errors have no common base we could name
+            log.warning("could not set the MLflow parent run of study %s to %s: %s", study_id, status, err)
 
     def resume(self, study_id: str) -> StudyInfo:
         """Continue an interrupted or cancelled study: reclaim dead leases, requeue cancelled
@@ -431,6 +455,7 @@ class StudyService:
         study = stored_spec(row.spec)
         self.queue.reclaim_expired()
         self.queue.requeue_study(study_id)
+        self._settle_parent_run(study_id, reopen=True)
         if study.kind == "ablation":
             self._enqueue_planned(study_id, study, study.plan())
         elif study.kind == "search":
