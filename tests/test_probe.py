@@ -242,8 +242,6 @@ def test_probe_loads_checkpoint_weights_and_reads_noisy_rewards(tmp_path) -> Non
     for noisy, exact in zip(rows, clean_rows):
         assert noisy["cos_of_mean"] == pytest.approx(-exact["cos_of_mean"], abs=1e-5)
         assert noisy["cos_mean"] == pytest.approx(-exact["cos_mean"], abs=1e-5)
-    with pytest.raises(ValueError, match="remax need a greedy completion per prompt"):
-        measure(clean.model_copy(update={"estimators": [*clean.estimators, validate(ProbeSpec, {**PROBE, "estimators": [{"name": "remax"}]}).estimators[0]]}), model, tokenizer)
 
 
 def test_validating_a_probe_counts_its_table(tmp_path) -> None:
@@ -256,3 +254,14 @@ def test_validating_a_probe_counts_its_table(tmp_path) -> None:
     path.write_text(yaml.safe_dump(PROBE))
     checked = CliRunner().invoke(app, ["validate", str(path)])
     assert checked.exit_code == 0 and "probe 'test-probe': 4 estimators x 2 group sizes x 3 batches" in checked.output
+
+
+def test_a_probe_of_an_estimator_that_needs_a_greedy_completion_is_refused_when_validated() -> None:
+    from krpo_bench.advantages import ESTIMATORS
+    from krpo_bench.advantages.params import NEEDS_GREEDY_COMPLETION
+    from krpo_bench.spec.loading import SpecError
+
+    assert NEEDS_GREEDY_COMPLETION == {name for name, cls in ESTIMATORS.items() if cls.needs_baseline_rewards}
+    with pytest.raises(SpecError) as err:
+        validate(ProbeSpec, {**PROBE, "estimators": [{"name": "grpo"}, {"name": "remax"}]})
+    assert any(e["path"] == "estimators" and "remax need a greedy completion" in e["message"] for e in err.value.errors)

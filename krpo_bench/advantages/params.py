@@ -103,6 +103,10 @@ PARAMS: dict[str, type[EstimatorParams]] = {
 """Each registered estimator's parameter model, by name (the order of ``ESTIMATORS``)."""
 
 
+NEEDS_GREEDY_COMPLETION: frozenset[str] = frozenset({"remax"})
+"""Estimators whose baseline is the reward of one greedy completion per prompt (the trainer draws it)."""
+
+
 def estimator_params(name: str, params: dict[str, Any]) -> EstimatorParams:
     """Validate ``params`` for estimator ``name`` (raises ValueError / pydantic ValidationError)."""
     if name not in PARAMS:

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from krpo_bench.models.config import ModelSpec
+from krpo_bench.advantages.params import NEEDS_GREEDY_COMPLETION
 from krpo_bench.spec.estimator import EstimatorSpec
 from krpo_bench.spec.loading import SpecError, validate
 from krpo_bench.spec.study import Resources, storage_errors
@@ -85,6 +86,9 @@ class ProbeSpec(Strict):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"each estimator may appear once (a row of the table), repeated: {repeated}")
+        greedy = sorted(set(names) & NEEDS_GREEDY_COMPLETION)
+        if greedy:
+            raise ValueError(f"{', '.join(greedy)} need a greedy completion per prompt, which the probe does not draw")
         return estimators
 
 
