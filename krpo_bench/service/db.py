@@ -7,6 +7,7 @@ and always come back timezone-aware.
 from __future__ import annotations
 
 import re
+import threading
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -314,6 +315,11 @@ def _at_packaged_head(engine: Engine) -> bool:
     return versions == [packaged_head()]
 
 
+ALEMBIC_LOCK = threading.Lock()
+"""alembic keeps a running migration's context in module globals, so one migration at a time per
+process: ours, or MLflow's when it sets up a new SQLite tracking store (hold it around that too)."""
+
+
 def upgrade(engine_or_url: Engine | str | URL, revision: str = "head") -> None:
     """Migrate the database to ``revision`` (head by default); idempotent and safe to call from
     several processes at once (one migrates, the others wait and then find nothing to do)."""
@@ -325,7 +331,7 @@ def upgrade(engine_or_url: Engine | str | URL, revision: str = "head") -> None:
         from alembic import command
 
         config = alembic_config()
-        with engine.begin() as conn:
+        with ALEMBIC_LOCK, engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
             config.attributes["connection"] = conn

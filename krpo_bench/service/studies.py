@@ -31,7 +31,7 @@ from sqlalchemy.exc import DBAPIError
 
 from krpo_bench.models.memory import WHOLE_DEVICE_MIB, trial_memory_mib
 from krpo_bench.probe.spec import ProbeSpec, validate_probe
-from krpo_bench.service.db import Job, JobStatus, Study, StudyStatus, make_engine, new_id, upgrade, utcnow
+from krpo_bench.service.db import ALEMBIC_LOCK, Job, JobStatus, Study, StudyStatus, make_engine, new_id, upgrade, utcnow
 from krpo_bench.service.optuna_store import distribution, make_pruner, make_sampler, optuna_storage
 from krpo_bench.service.queue import JobInfo, JobQueue, NewJob, is_database_outage
 from krpo_bench.settings import default_db_url, default_mlflow_uri
@@ -217,8 +217,9 @@ class StudyService:
                 return MlflowRecords(row.mlflow_experiment_id, row.mlflow_parent_run_id)
             study = stored_spec(row.spec)
             experiment = experiment_name(study_id)
-            tracker = RunTracker(self.mlflow_uri)
-            experiment_id = get_or_create_experiment(tracker.client, experiment, self.mlflow_uri)
+            with ALEMBIC_LOCK:  # the first call may set up a new MLflow store (an alembic migration)
+                tracker = RunTracker(self.mlflow_uri)
+                experiment_id = get_or_create_experiment(tracker.client, experiment, self.mlflow_uri)
             tracker.client.set_experiment_tag(experiment_id, "krpo.study_name", study.name)
             found = tracker.client.search_runs(
                 [experiment_id],
