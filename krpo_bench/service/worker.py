@@ -336,7 +336,9 @@ class Worker:
                 self.console.print(f"{status} {job.trial_key}: accuracy {result.get('final_accuracy')}")
         elif run.stop_reason == "cancel":
             self.queue.mark_cancelled(job.id, job.attempt)
-        elif run.stop_reason == "shutdown":  # also a child stopped before it could checkpoint
+        elif run.stop_reason == "shutdown" or (run.stop_reason is None and self.stopping):
+            # also a child stopped before it could checkpoint, or one the shutdown's signal reached
+            # before this loop sent its own (a trial forked in the instant of the stop)
             self.queue.release(job.id, job.attempt, "worker shutdown")
         elif run.stop_reason == "timeout":
             self.queue.fail(job.id, job.attempt, f"timed out after {job.timeout_s:.0f} s")
