@@ -110,6 +110,11 @@ def experiment_name(study_id: str) -> str:
     return f"krpo-study-{study_id}"
 
 
+def optuna_study_name(study_id: str) -> str:
+    """The Optuna study of a search, named by the study's id."""
+    return f"krpo-{study_id}"
+
+
 def _trial_tags(study_id: str, study: AnyStudy, key: str, variant: str, seed: int) -> dict[str, str]:
     return {
         "krpo.study_id": study_id,
@@ -150,7 +155,7 @@ class StudyService:
         planned = study.plan() if study.kind == "ablation" else []
         study_id = new_id()
         experiment = experiment_name(study_id)
-        optuna_name = f"krpo-{study_id}"
+        optuna_name = optuna_study_name(study_id)
         try:
             jobs = [self._job(study_id, study, p.key, p.variant, p.seed, p.spec, experiment) for p in planned]
             if isinstance(study, ProbeSpec):
@@ -256,7 +261,7 @@ class StudyService:
                 "variant": variant,
                 "seed": seed,
                 "tags": _trial_tags(study_id, study, key, variant, seed),
-                "optuna_study_name": f"krpo-{study_id}" if optuna_number is not None else None,
+                "optuna_study_name": optuna_study_name(study_id) if optuna_number is not None else None,
                 "report_intermediate": optuna_number is not None and seed == study.search_seeds()[0],
             },
             priority=study.priority,
