@@ -264,6 +264,12 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+def read_connection(engine: Engine) -> Connection:
+    """A connection for reads only: on SQLite its transactions begin deferred, so they neither take
+    nor wait for the write lock (WAL readers see the last commit)."""
+    return engine.connect().execution_options(**{READ_ONLY: True})
+
+
 def make_engine(url: str | URL, **kwargs: Any) -> Engine:
     """An engine for ``url`` set up for the job queue (see module docstring); ``kwargs`` go to
     ``create_engine``."""

@@ -56,6 +56,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from krpo_bench.service.group_commit import GroupCommit
 from krpo_bench.service.db import (
     READ_ONLY,
     AttemptOutcome,
@@ -251,6 +252,7 @@ class JobQueue:
         # SQLite takes one writer at a time and makes the others sleep in its busy handler (up to
         # 100 ms a try): this process's writers queue on a lock instead, without sleeping.
         self._write_lock = nullcontext() if self._pg else threading.Lock()
+        self._group_commit = None if self._pg else GroupCommit(engine, self._write_lock, _is_transient, max_retries)
         self._now: ColumnElement[datetime]
         self._lease_until: ColumnElement[datetime]
         if self._pg:
@@ -526,20 +528,24 @@ class JobQueue:
 
         def txn(conn: Connection) -> list[str]:
             conn.execute(studies.insert().values(**values))
-            return self._insert_jobs(conn, values["id"], new_jobs) if new_jobs else []
+            return self._insert_jobs(conn, values["id"], new_jobs, new_study=True) if new_jobs else []
 
-        return self._run(txn)
+        return self._group_commit.run(txn) if self._group_commit else self._run(txn)
 
-    def _insert_jobs(self, conn: Connection, study_id: str, new_jobs: Sequence[NewJob]) -> list[str]:
-        """Insert jobs of one study (see ``enqueue_many``) in the transaction of ``conn``."""
-        study = conn.execute(
-            select(studies.c.cancel_requested)
-            .where(studies.c.id == study_id)
-            .with_for_update(read=True)
-        ).first()
-        if study is None:
-            raise KeyError(f"unknown study {study_id!r}")
-        status = JobStatus.CANCELLED if study.cancel_requested else JobStatus.QUEUED
+    def _insert_jobs(self, conn: Connection, study_id: str, new_jobs: Sequence[NewJob], *, new_study: bool = False) -> list[str]:
+        """Insert jobs of one study (see ``enqueue_many``) in the transaction of ``conn``;
+        ``new_study``: the study row was inserted in this transaction (not cancelled, no jobs yet)."""
+        cancelled = False
+        if not new_study:
+            study = conn.execute(
+                select(studies.c.cancel_requested)
+                .where(studies.c.id == study_id)
+                .with_for_update(read=True)
+            ).first()
+            if study is None:
+                raise KeyError(f"unknown study {study_id!r}")
+            cancelled = study.cancel_requested
+        status = JobStatus.CANCELLED if cancelled else JobStatus.QUEUED
         unique = list({job.trial_key: job for job in reversed(new_jobs)}.values())[::-1]
         clock = self._clock()
         rows = [
@@ -558,7 +564,7 @@ class JobQueue:
                 "gpu_memory_mib": job.gpu_memory_mib,
                 "attempt": 0,
                 "failures": 0,
-                "cancel_requested": study.cancel_requested,
+                "cancel_requested": cancelled,
             }
             for job in unique
         ]
@@ -570,8 +576,8 @@ class JobQueue:
         conn.execute(
             stmt.on_conflict_do_nothing(index_elements=["study_id", "trial_key"]), rows
         )
-        keys = [job.trial_key for job in unique]
-        ids: dict[str, str] = {}
+        ids = {row["trial_key"]: row["id"] for row in rows}
+        keys = [] if new_study else [job.trial_key for job in unique]  # a new study's rows met no conflict
         for start in range(0, len(keys), _LOOKUP_CHUNK):
             chunk = keys[start : start + _LOOKUP_CHUNK]
             ids.update(
@@ -582,6 +588,14 @@ class JobQueue:
                 ).tuples().all()
             )
         return [ids[job.trial_key] for job in new_jobs]
+
+    def update_study(self, study_id: str, values: dict[str, Any]) -> None:
+        """Store ``values`` on the study row (its ``updated_at`` too), in this process's turn of writers."""
+
+        def txn(conn: Connection) -> None:
+            conn.execute(studies.update().where(studies.c.id == study_id).values(**values, updated_at=utcnow()))
+
+        self._run(txn)
 
     def discard_study(self, study_id: str) -> None:
         """Delete a study and its jobs (a submission that failed after it was stored)."""

@@ -21,17 +21,18 @@ import hashlib
 import logging
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
 import optuna
-from sqlalchemy import func, or_, select, text, update
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import DBAPIError
 
 from krpo_bench.models.memory import WHOLE_DEVICE_MIB, trial_memory_mib
 from krpo_bench.probe.spec import ProbeSpec, validate_probe
-from krpo_bench.service.db import ALEMBIC_LOCK, Job, JobStatus, Study, StudyStatus, make_engine, new_id, upgrade, utcnow
+from krpo_bench.service.db import ALEMBIC_LOCK, Job, JobStatus, Study, StudyStatus, make_engine, new_id, read_connection, upgrade, utcnow
 from krpo_bench.service.optuna_store import distribution, make_pruner, make_sampler, optuna_storage
 from krpo_bench.service.queue import JobInfo, JobQueue, NewJob, is_database_outage
 from krpo_bench.settings import default_db_url, default_mlflow_uri
@@ -160,30 +161,31 @@ class StudyService:
             jobs = [self._job(study_id, study, p.key, p.variant, p.seed, p.spec, experiment) for p in planned]
             if isinstance(study, ProbeSpec):
                 jobs = [self._probe_job(study_id, study, experiment)]
-            self.queue.create_study(
-                {
-                    "id": study_id,
-                    "name": study.name,
-                    "kind": study.kind,
-                    "spec": study.model_dump(mode="json"),
-                    "status": StudyStatus.RUNNING.value,
-                    "total_jobs": study.trial_count(),
-                    "priority": study.priority,
-                    "idempotency_key": idempotency_key,
-                    "optuna_study_name": optuna_name,
-                    "mlflow_pending": True,
-                    "created_at": utcnow(),
-                    "updated_at": utcnow(),
-                },
-                jobs,
-            )
+            values = {
+                "id": study_id,
+                "name": study.name,
+                "kind": study.kind,
+                "spec": study.model_dump(mode="json"),
+                "status": StudyStatus.RUNNING.value,
+                "total_jobs": study.trial_count(),
+                "priority": study.priority,
+                "idempotency_key": idempotency_key,
+                "optuna_study_name": optuna_name,
+                "mlflow_pending": True,
+                "created_at": utcnow(),
+                "updated_at": utcnow(),
+            }
+            self.queue.create_study(values, jobs)
             if study.kind == "search":
                 self._optuna_study(optuna_name, study)
                 self.top_up(study_id)
         except BaseException:
             self._discard(study_id, optuna_name)
             raise
-        return self.get(study_id)
+        if study.kind == "search":
+            return self.get(study_id)
+        counts = {status.value: 0 for status in JobStatus} | {JobStatus.QUEUED.value: len(jobs)}
+        return self._info(SimpleNamespace(**values, mlflow_experiment_id=None, mlflow_parent_run_id=None), counts)
 
     def _discard(self, study_id: str, optuna_name: str) -> None:
         """Remove what a failed submission created (the Optuna study best effort)."""
@@ -200,7 +202,7 @@ class StudyService:
 
     def pending_mlflow(self, limit: int = 100) -> list[str]:
         """Ids of studies whose MLflow records are still to be created, oldest first."""
-        with self.engine.connect() as conn:
+        with read_connection(self.engine) as conn:
             return list(conn.execute(
                 select(Study.id).where(Study.mlflow_pending.is_(True)).order_by(Study.created_at, Study.id).limit(limit)
             ).scalars())
@@ -235,16 +237,13 @@ class StudyService:
             run_id = tracker.start(experiment, study.name, run_id=found[0].info.run_id if found else None, tags=tags)
             tracker.log_params(flatten({"study": study.model_dump(mode="json", exclude={"base", "variants", "grid", "space"})}))
             tracker.log_dict(study.model_dump(mode="json"), "study.json")
-            with self.engine.begin() as conn:
-                conn.execute(
-                    update(Study).where(Study.id == study_id).values(
-                        mlflow_experiment_id=experiment_id, mlflow_parent_run_id=run_id, mlflow_pending=False, updated_at=utcnow()
-                    )
-                )
+            self.queue.update_study(
+                study_id, {"mlflow_experiment_id": experiment_id, "mlflow_parent_run_id": run_id, "mlflow_pending": False}
+            )
         return MlflowRecords(experiment_id, run_id)
 
     def _by_idempotency_key(self, key: str) -> StudyInfo | None:
-        with self.engine.connect() as conn:
+        with read_connection(self.engine) as conn:
             row = conn.execute(select(Study.id).where(Study.idempotency_key == key)).first()
         return self.get(row.id) if row else None
 
@@ -345,7 +344,7 @@ class StudyService:
             return 0
         study = StudySpec.model_validate(row.spec)
         with self._study_lock(study_id):
-            with self.engine.connect() as conn:
+            with read_connection(self.engine) as conn:
                 rows = conn.execute(
                     select(Job.optuna_trial_number, Job.status).where(Job.study_id == study_id)
                 ).all()
@@ -397,7 +396,7 @@ class StudyService:
             self._settle_parent_run(job.study_id)
         if job is None or job.optuna_trial_number is None:
             return
-        with self.engine.connect() as conn:
+        with read_connection(self.engine) as conn:
             siblings = conn.execute(
                 select(Job.status, Job.result).where(
                     Job.study_id == job.study_id, Job.optuna_trial_number == job.optuna_trial_number
@@ -473,7 +472,7 @@ class StudyService:
         """Optuna trials asked by a scheduler that died before queueing their jobs."""
         row = self._row(study_id)
         ostudy = self._optuna_study(row.optuna_study_name, study)
-        with self.engine.connect() as conn:
+        with read_connection(self.engine) as conn:
             known = set(conn.execute(select(Job.optuna_trial_number).where(Job.study_id == study_id)).scalars())
         for trial in ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             if trial.number not in known:
@@ -489,13 +488,10 @@ class StudyService:
         spec = dict(row.spec)
         spec["n_trials"] = (spec.get("n_trials") or 0) + n_trials
         study = validate_study(spec)
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(Study).where(Study.id == study_id).values(
-                    spec=study.model_dump(mode="json"), total_jobs=study.trial_count(), status=StudyStatus.RUNNING.value,
-                    cancel_requested=False, updated_at=utcnow(),
-                )
-            )
+        self.queue.update_study(study_id, {
+            "spec": study.model_dump(mode="json"), "total_jobs": study.trial_count(),
+            "status": StudyStatus.RUNNING.value, "cancel_requested": False,
+        })
         self.top_up(study_id)
         return self.get(study_id)
 
@@ -504,7 +500,7 @@ class StudyService:
     def resolve(self, ref: str) -> str:
         """The id of the study ``ref`` names: its id, a unique prefix of it, or a unique study name.
         Raises StudyNotFound, or AmbiguousStudy listing the candidates (newest first)."""
-        with self.engine.connect() as conn:
+        with read_connection(self.engine) as conn:
             if conn.execute(select(Study.id).where(Study.id == ref)).first() is not None:
                 return ref
             rows = conn.execute(
@@ -522,7 +518,7 @@ class StudyService:
         raise AmbiguousStudy(f"{ref!r} names several studies; give the id of one:{listed}{more}")
 
     def _row(self, study_id: str) -> Any:
-        with self.engine.connect() as conn:
+        with read_connection(self.engine) as conn:
             row = conn.execute(select(Study.__table__).where(Study.id == study_id)).first()
         if row is None:
             raise StudyNotFound(study_id)
@@ -555,7 +551,7 @@ class StudyService:
         query = select(Study.__table__).order_by(Study.created_at.desc(), Study.id).limit(limit).offset(offset)
         if status is not None:
             query = query.where(Study.status == status)
-        with self.engine.connect() as conn:
+        with read_connection(self.engine) as conn:
             rows = conn.execute(query).all()
             ids = [r.id for r in rows]
             counts: dict[str, dict[str, int]] = {i: {} for i in ids}
