@@ -32,3 +32,14 @@ def test_on_cpu_multi_gpu_trials_run_as_cpu_processes_sharing_the_cores(monkeypa
     assert gpus_of(local_worker_commands(SERVICE, 0)) == ["cpu", "cpu"]
     commands = local_worker_commands(SERVICE, 0, gpus_per_trial=4)
     assert gpus_of(commands) == ["cpu"] and commands[0][1]["KRPO_BENCH_CPU_THREADS"] == "4"
+
+
+def test_the_cpu_threads_setting_is_what_local_cpu_workers_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two studies run side by side on one machine can keep their trials from oversubscribing the
+    cores: the setting wins over the cores shared out."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(local.os, "cpu_count", lambda: 4)
+    assert [env["KRPO_BENCH_CPU_THREADS"] for _, env in local_worker_commands(SERVICE, 1)] == ["4"]
+    monkeypatch.setenv("KRPO_BENCH_CPU_THREADS", "1")
+    commands = local_worker_commands(SERVICE, 1)
+    assert [(env["KRPO_BENCH_CPU_THREADS"], env["OMP_NUM_THREADS"]) for _, env in commands] == [("1", "1")]

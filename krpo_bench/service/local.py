@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.live import Live
 
 from krpo_bench.service.studies import StudyInfo, StudyService
+from krpo_bench.settings import get_settings
 from krpo_bench.spec.study import StudySpec, canonical_json
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -26,7 +27,8 @@ def local_worker_commands(
     service: StudyService, workers: int, gpus_per_trial: int = 1
 ) -> list[tuple[list[str], dict[str, str]]]:
     """Worker command lines (and environments) for this machine: one per GPU (one over all GPUs
-    for multi-GPU trials), else CPU workers (multi-GPU trials then run as that many CPU processes)."""
+    for multi-GPU trials), else CPU workers (multi-GPU trials then run as that many CPU processes)
+    with the ``cpu_threads`` setting's torch threads each, by default the cores shared out."""
     import torch
 
     base = [sys.executable, "-m", "krpo_bench.cli", "worker", "--db", service.db_url, "--mlflow", service.mlflow_uri]
@@ -39,7 +41,7 @@ def local_worker_commands(
         count = workers or gpus
         return [(base + ["--gpus", str(i % gpus)], dict(os.environ)) for i in range(count)]
     count = workers or max(1, min(2, (os.cpu_count() or 1) // max(1, gpus_per_trial)))
-    threads = str(max(1, (os.cpu_count() or 1) // count))
+    threads = str(get_settings().cpu_threads or max(1, (os.cpu_count() or 1) // count))
     env = dict(os.environ, KRPO_BENCH_CPU_THREADS=threads, OMP_NUM_THREADS=threads)
     return [(base + ["--gpus", "cpu", "--slots-per-gpu", "1"], env) for _ in range(count)]
 
