@@ -165,18 +165,19 @@ def _step_time(run: RunData) -> float:
     return float(history.mean()) if history is not None and len(history) else math.nan
 
 
-def _cost_rows(study: StudyData, variants: Sequence[str], reference: str) -> tuple[pd.DataFrame, list[dict]]:
+def _cost_rows(study: StudyData, variants: Sequence[str], versus_of: dict[str, str]) -> tuple[pd.DataFrame, list[dict]]:
+    """Per trial and per variant: wall time, step time and the step time against the variant's reference."""
     trials = pd.DataFrame([
         {"variant": r.variant, "seed": r.seed, "run_id": r.run_id,
          **{m: r.final.get(m, math.nan) for m in COST_METRICS}, STEP_TIME: _step_time(r)}
         for v in variants for r in study.runs_of(v)
     ], columns=["variant", "seed", "run_id", *COST_METRICS])
     means = trials.groupby("variant", sort=False)[list(COST_METRICS)].mean()
-    ref_step = means[STEP_TIME].get(reference, math.nan)
+    ref_step = {v: means[STEP_TIME].get(versus_of[v], math.nan) for v in means.index}
     per_variant = [
         {"variant": v, "trials": int((trials["variant"] == v).sum()),
          **{m: float(means.loc[v, m]) for m in COST_METRICS},
-         "step_time_ratio": float(means.loc[v, STEP_TIME] / ref_step) if ref_step > 0 else math.nan}
+         "step_time_ratio": float(means.loc[v, STEP_TIME] / ref_step[v]) if ref_step[v] > 0 else math.nan}
         for v in means.index
     ]
     return trials, per_variant
@@ -195,7 +196,8 @@ def summarize(
     seed sets match), the detectable effect of each comparison, cost and order checks."""
     variants = _ordered_variants(study, reference)
     values = {v: _values(study.runs_of(v), metric) for v in variants}
-    found = reference in values
+    versus_of = {v: stats.reference_for(v, variants, reference) for v in variants}
+    found = any(versus_of[v] in values and versus_of[v] != v for v in variants) or reference in values
 
     def versus(variant: str, other: str) -> stats.Comparison:
         (seeds_x, x), (seeds_y, y) = values[variant], values[other]
@@ -207,12 +209,12 @@ def summarize(
             variant=variant, seeds=values[variant][0], values=values[variant][1].tolist(),
             mean=stats.mean_ci(values[variant][1], confidence),
             iqm=stats.iqm_ci(values[variant][1], confidence, n_resamples, seed),
-            comparison=versus(variant, reference) if found and variant != reference else None,
+            comparison=versus(variant, versus_of[variant]) if versus_of[variant] in values and variant != versus_of[variant] else None,
         )
         for variant in variants
     ]
     order = [OrderCheck(shuffled, twin, versus(shuffled, twin)) for shuffled, twin in order_twins(study)]
-    trials, cost = _cost_rows(study, variants, reference)
+    trials, cost = _cost_rows(study, variants, versus_of)
     return Summary(
         study_id=study.study_id, study_name=study.study_name, experiment_ids=study.experiment_ids,
         status_counts=study.status_counts, metric=metric, reference=reference, reference_found=found,

@@ -17,7 +17,7 @@ from mlflow.entities import Metric, Param, RunTag
 
 from krpo_bench import stats
 from krpo_bench.dashboards import StudyData, build_report, load_study, render_html
-from krpo_bench.dashboards.report import order_twins
+from krpo_bench.dashboards.report import METRIC, order_twins
 
 STUDY_ID = "study-7"
 FINAL = {
@@ -298,3 +298,56 @@ def test_api_refuses_a_bad_target_effect_naming_the_field(tmp_path: Path) -> Non
             assert response.status_code == 422, response.text
             found = {e["path"]: e for e in response.json()["errors"]}
             assert found["analysis.target_effect"]["value"] == bad and found["analysis.target_effect"]["type"] == rule
+
+
+def test_a_grid_study_compares_each_cell_with_the_reference_at_the_same_point(study, tmp_path: Path) -> None:
+    """In a study with a grid the variants are labelled per grid point; each is compared with grpo at
+    its own point (not with a 'grpo' that does not exist, which left such reports without comparisons)."""
+    import dataclasses
+
+    points = {" group_size=2 reward_noise=None": 0.0, " group_size=2 reward_noise={'flip': 0.2}": -0.1}
+    runs = [dataclasses.replace(r, variant=r.variant + point, final={**r.final, METRIC: r.final[METRIC] + shift})
+            for r in study.runs if r.variant in ("grpo", "krpo") for point, shift in points.items()]
+    grid = StudyData("s", None, ["0"], runs, {"FINISHED": len(runs)})
+    summary = build_report(grid, tmp_path / "grid").summary
+    assert summary.reference_found
+    by_name = {v.variant: v.comparison for v in summary.variants}
+    for point in points:
+        assert by_name["grpo" + point] is None
+        expected = stats.compare(FINAL["krpo"], FINAL["grpo"], "krpo" + point, "grpo" + point, [0, 1, 2], [0, 1, 2])
+        assert by_name["krpo" + point].reference == "grpo" + point
+        assert by_name["krpo" + point].difference.estimate == pytest.approx(expected.difference.estimate)
+    cost = {row["variant"]: row["step_time_ratio"] for row in summary.cost}
+    assert cost["grpo group_size=2 reward_noise=None"] == pytest.approx(1.0)
+
+
+def test_reference_for_grid_labels() -> None:
+    labels = ["grpo g=2 noise={'flip': 0.2}", "grpo g=12 noise={'flip': 0.2}", "krpo g=12 noise={'flip': 0.2}", "krpo g=2 noise={'flip': 0.2}"]
+    assert stats.reference_for("krpo g=12 noise={'flip': 0.2}", labels, "grpo") == "grpo g=12 noise={'flip': 0.2}"
+    assert stats.reference_for("krpo g=2 noise={'flip': 0.2}", labels, "grpo") == "grpo g=2 noise={'flip': 0.2}"
+    assert stats.reference_for("krpo", ["grpo", "krpo"], "grpo") == "grpo"
+    assert stats.reference_for("krpo g=3", labels, "grpo") == "grpo"  # no grpo at that point: nothing to pair with
+
+
+def test_service_results_of_a_grid_study_pair_each_cell_with_grpo_at_that_point(tmp_path: Path) -> None:
+    from krpo_bench.service.studies import StudyService
+    from tests.trial_specs import tiny_trial
+
+    service = StudyService(f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    base = {k: v for k, v in tiny_trial(steps=5).items() if k != "name"}
+    info = service.submit({
+        "name": "grid", "kind": "ablation", "base": base, "seeds": 3, "grid": {"training.group_size": [2, 4]},
+        "variants": {"grpo": {"estimator": {"name": "grpo"}}, "krpo": {"estimator": {"name": "krpo"}}},
+    })
+    while (job := service.queue.claim("test-worker", 60)) is not None:
+        variant = job.config["variant"]
+        value = FINAL[variant.split()[0]][job.config["seed"]] + (0.2 if "group_size=4" in variant else 0.0)
+        assert service.queue.complete(job.id, job.attempt, {"status": "succeeded", "final_accuracy": value})
+    results = service.results(info.id)
+    assert set(results) == {"grpo group_size=2", "grpo group_size=4", "krpo group_size=2", "krpo group_size=4"}
+    for g in (2, 4):
+        assert results[f"grpo group_size={g}"]["comparison"] is None
+        comparison = results[f"krpo group_size={g}"]["comparison"]
+        assert comparison["reference"] == f"grpo group_size={g}" and comparison["analysis"] == "paired"
+        assert comparison["diff"] == pytest.approx(np.mean(FINAL["krpo"]) - np.mean(FINAL["grpo"]))
+    service.engine.dispose()

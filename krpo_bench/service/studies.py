@@ -590,15 +590,15 @@ class StudyService:
                 if job.result.get("initial_accuracy") is not None:
                     initial[variant].append(job.result["initial_accuracy"])
         reference = stats.default_reference(list((spec.variants or {}).keys()) if spec.kind == "ablation" else [])
-        compared = spec.kind == "ablation" and reference in per_variant
         out = {}
         for variant, values in per_variant.items():
             before = initial[variant]
             mean = stats.mean_ci(values)
             comparison = None
-            if compared and variant != reference:
+            versus = stats.reference_for(variant, list(per_variant), reference) if reference else None
+            if spec.kind == "ablation" and versus in per_variant and variant != versus:
                 comparison = stats.compare(
-                    values, per_variant[reference], variant, reference, seeds[variant], seeds[reference],
+                    values, per_variant[versus], variant, versus, seeds[variant], seeds[versus],
                     spec.analysis.target_effect,
                 ).flat()
             out[variant] = {
