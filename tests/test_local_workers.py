@@ -43,3 +43,27 @@ def test_the_cpu_threads_setting_is_what_local_cpu_workers_use(monkeypatch: pyte
     monkeypatch.setenv("KRPO_BENCH_CPU_THREADS", "1")
     commands = local_worker_commands(SERVICE, 1)
     assert [(env["KRPO_BENCH_CPU_THREADS"], env["OMP_NUM_THREADS"]) for _, env in commands] == [("1", "1")]
+
+
+def test_progress_in_a_log_is_one_line_per_change_at_most_every_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run with nohup, `krpo-bench run` writes whole progress lines to its log (rich's live display
+    writes nothing there until the end, and then without a newline)."""
+    import io
+
+    from rich.console import Console
+
+    clock = [0.0]
+    monkeypatch.setattr(local.time, "monotonic", lambda: clock[0])
+    out = io.StringIO()
+    show = local._progress_log(Console(file=out, width=60), started=0.0, every_s=30)
+
+    def info(done: int, status: str = "running") -> SimpleNamespace:
+        return SimpleNamespace(name="s", total=4, done=done, status=status,
+                               counts={"succeeded": done, "running": 4 - done, "queued": 0})
+
+    for t, state in [(0, info(0)), (10, info(1)), (31, info(1)), (40, info(2)), (61, info(3)), (62, info(4, "succeeded"))]:
+        clock[0] = t
+        show(state)
+    lines = out.getvalue().splitlines()
+    assert [line.split(":")[1].split("done")[0].strip() for line in lines] == ["0/4", "1/4", "3/4", "4/4"]
+    assert out.getvalue().endswith("\n") and all(line.startswith("s: ") for line in lines)

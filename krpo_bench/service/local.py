@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from rich.console import Console
 from rich.live import Live
@@ -17,6 +19,8 @@ from krpo_bench.settings import get_settings
 from krpo_bench.spec.study import StudySpec, canonical_json
 
 FINISHED = ("succeeded", "failed", "cancelled")
+LOG_EVERY_S = 30.0
+"""Seconds between progress lines when the output is a log, not a terminal."""
 
 
 class NotEnoughGPUs(ValueError):
@@ -60,6 +64,33 @@ def progress_line(info: StudyInfo, started: float) -> str:
     )
 
 
+def _progress_log(console: Console, started: float, every_s: float = LOG_EVERY_S) -> Callable[[StudyInfo], None]:
+    """For a log (output not a terminal): one progress line per change of the counts, at most every
+    ``every_s`` seconds, and always the last."""
+    last: dict[str, object] = {"at": -math.inf, "counts": None}
+
+    def show(info: StudyInfo) -> None:
+        now = time.monotonic()
+        finished = info.status in FINISHED
+        if finished or (info.counts != last["counts"] and now - float(last["at"]) >= every_s):
+            console.print(progress_line(info, started), soft_wrap=True)
+            last.update(at=now, counts=info.counts)
+
+    return show
+
+
+def _wait(service: StudyService, info: StudyInfo, procs: list[subprocess.Popen], show: Callable[[StudyInfo], None]) -> StudyInfo:
+    """Poll the study until it finishes, showing its progress; fails when every worker has exited."""
+    show(info)
+    while info.status not in FINISHED:
+        time.sleep(1.0)
+        info = service.get(info.id)
+        show(info)
+        if info.status not in FINISHED and all(p.poll() is not None for p in procs):
+            raise RuntimeError("every local worker exited; see 'krpo-bench status' for errors")
+    return info
+
+
 def run_study_locally(
     service: StudyService, spec: StudySpec, *, workers: int = 0, new: bool = False, console: Console | None = None
 ) -> StudyInfo:
@@ -78,13 +109,11 @@ def run_study_locally(
     ]
     started = time.monotonic()
     try:
-        with Live(progress_line(info, started), console=console, refresh_per_second=2) as live:
-            while info.status not in FINISHED:
-                time.sleep(1.0)
-                info = service.get(info.id)
-                live.update(progress_line(info, started))
-                if all(p.poll() is not None for p in procs):
-                    raise RuntimeError("every local worker exited; see 'krpo-bench status' for errors")
+        if console.is_terminal:
+            with Live(progress_line(info, started), console=console, refresh_per_second=2) as live:
+                info = _wait(service, info, procs, lambda i: live.update(progress_line(i, started)))
+        else:
+            info = _wait(service, info, procs, _progress_log(console, started))
     except KeyboardInterrupt:
         console.print(f"interrupted: trials checkpoint and requeue; run the same command again to resume {info.id}")
         raise
