@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -15,6 +17,7 @@ from matplotlib.figure import Figure
 from plotly.subplots import make_subplots
 
 from krpo_bench.dashboards.curves import Curve
+from krpo_bench.spec.study import split_label
 from krpo_bench.stats import Interval
 
 PALETTE: tuple[str, ...] = tuple(plotly.colors.qualitative.Plotly)
@@ -146,20 +149,57 @@ def search_figures(study: optuna.Study) -> list[tuple[str, go.Figure | str]]:
     return views
 
 
+def _facets(labels: Sequence[str]) -> dict[str, list[str]]:
+    """Labels by grid point, in first-seen order (one entry, ``""``, in a study without a grid)."""
+    points: dict[str, list[str]] = {}
+    for label in labels:
+        points.setdefault(split_label(label)[1], []).append(label)
+    return points
+
+
+def _panels(n: int, width: float, height: float) -> tuple[Figure, list[Any]]:
+    """A constrained figure of ``n`` panels, at most three a row, sharing the y axis."""
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(width * cols, height * rows + 0.8), dpi=120, layout="constrained")
+    axes = fig.subplots(rows, cols, sharey=True, squeeze=False).ravel().tolist()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _grid_colors(labels: Sequence[str], colors: Mapping[str, str]) -> dict[str, str]:
+    """In a grid study, one colour per variant across every grid point; else the report's colours."""
+    facets = _facets(labels)
+    if len(facets) == 1:
+        return dict(colors)
+    variants = palette(list(dict.fromkeys(split_label(label)[0] for label in labels)))
+    return {label: variants[split_label(label)[0]] for label in labels}
+
+
 def curves_png(curves: Mapping[str, Curve], path: Path, title: str, colors: Mapping[str, str]) -> Path:
-    """Static version of `curve_figure`."""
-    fig = Figure(figsize=(8, 4.5), dpi=120, layout="constrained")
-    ax = fig.add_subplot()
-    for variant, curve in curves.items():
-        color = colors[variant]
-        for _, series in curve.per_seed.items():
-            points = series.dropna()
-            ax.plot(points.index, points.to_numpy(), color=color, alpha=0.2, linewidth=0.8)
-        ax.fill_between(curve.steps, curve.low, curve.high, color=color, alpha=0.2, linewidth=0)
-        ax.plot(curve.steps, curve.mean, color=color, linewidth=2, label=f"{variant} (n={curve.per_seed.shape[1]})")
-    ax.set(title=f"{title}: mean and 95 % bootstrap band over seeds", xlabel="optimizer step", ylabel=title)
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False)
+    """Static version of `curve_figure`; a grid study gets one panel per grid point."""
+    facets = _facets(list(curves))
+    colors = _grid_colors(list(curves), colors)
+    fig, axes = _panels(len(facets), 8.0 if len(facets) == 1 else 5.0, 4.5 if len(facets) == 1 else 3.4)
+    for ax, (point, labels) in zip(axes, facets.items()):
+        for label in labels:
+            curve, color = curves[label], colors[label]
+            for _, series in curve.per_seed.items():
+                points = series.dropna()
+                ax.plot(points.index, points.to_numpy(), color=color, alpha=0.2, linewidth=0.8)
+            ax.fill_between(curve.steps, curve.low, curve.high, color=color, alpha=0.2, linewidth=0)
+            name = split_label(label)[0] if point else label
+            ax.plot(curve.steps, curve.mean, color=color, linewidth=2, label=f"{name} (n={curve.per_seed.shape[1]})")
+        ax.set(title=point or None, xlabel="optimizer step")
+        ax.grid(alpha=0.3)
+    axes[0].set(ylabel=title)
+    fig.suptitle(f"{title}: mean and 95 % bootstrap band over seeds")
+    if len(facets) == 1:
+        axes[0].legend(frameon=False)
+    else:
+        handles, names = axes[0].get_legend_handles_labels()
+        fig.legend(handles, names, loc="outside lower center", ncols=min(6, len(names)), frameon=False)
     fig.savefig(path)
     return path
 
@@ -168,17 +208,23 @@ def final_png(
     values: Mapping[str, np.ndarray], means: Mapping[str, Interval], path: Path,
     colors: Mapping[str, str], label: str,
 ) -> Path:
-    """Static version of `final_figure`."""
-    fig = Figure(figsize=(max(4.0, 1.4 * len(values) + 2), 4.5), dpi=120, layout="constrained")
-    ax = fig.add_subplot()
+    """Static version of `final_figure`; a grid study gets one panel per grid point."""
+    facets = _facets(list(values))
+    colors = _grid_colors(list(values), colors)
+    widest = max(len(labels) for labels in facets.values())
+    fig, axes = _panels(len(facets), max(4.0, 1.4 * widest + 2) if len(facets) == 1 else max(4.0, 0.9 * widest + 1), 4.5)
     rng = np.random.default_rng(0)
-    for i, (variant, seeds) in enumerate(values.items()):
-        ci = means[variant]
-        ax.scatter(i + rng.uniform(-0.12, 0.12, len(seeds)), seeds, color=colors[variant], alpha=0.5, s=22)
-        err = [[np.nan_to_num(ci.estimate - ci.low)], [np.nan_to_num(ci.high - ci.estimate)]]
-        ax.errorbar([i + 0.3], [ci.estimate], yerr=err, fmt="D", color=colors[variant], capsize=6, markersize=7)
-    ax.set_xticks(range(len(values)), [f"{v}\n(n={len(s)})" for v, s in values.items()])
-    ax.set(title=f"{label}: seeds, mean and 95 % CI", ylabel=label)
-    ax.grid(axis="y", alpha=0.3)
+    for ax, (point, labels) in zip(axes, facets.items()):
+        for i, name in enumerate(labels):
+            seeds, ci = values[name], means[name]
+            ax.scatter(i + rng.uniform(-0.12, 0.12, len(seeds)), seeds, color=colors[name], alpha=0.5, s=22)
+            err = [[np.nan_to_num(ci.estimate - ci.low)], [np.nan_to_num(ci.high - ci.estimate)]]
+            ax.errorbar([i + 0.3], [ci.estimate], yerr=err, fmt="D", color=colors[name], capsize=6, markersize=7)
+        ticks = [f"{split_label(n)[0] if point else n}\n(n={len(values[n])})" for n in labels]
+        ax.set_xticks(range(len(labels)), ticks, rotation=30 if point and widest > 3 else 0)
+        ax.set(title=point or None)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set(ylabel=label)
+    fig.suptitle(f"{label}: seeds, mean and 95 % CI")
     fig.savefig(path)
     return path

@@ -351,3 +351,25 @@ def test_service_results_of_a_grid_study_pair_each_cell_with_grpo_at_that_point(
         assert comparison["reference"] == f"grpo group_size={g}" and comparison["analysis"] == "paired"
         assert comparison["diff"] == pytest.approx(np.mean(FINAL["krpo"]) - np.mean(FINAL["grpo"]))
     service.engine.dispose()
+
+
+def test_grid_labels_split_and_grid_figures_get_one_panel_per_point(study, tmp_path: Path) -> None:
+    """A grid study's PNGs are one panel per grid point with the variants inside (on one axis, 30
+    labels like "krpo_persistent group_size=2 reward_noise={'flip': 0.2}" overlapped into a 5,280-px strip)."""
+    import dataclasses
+
+    from matplotlib.image import imread
+
+    from krpo_bench.spec.study import split_label
+
+    assert split_label("krpo_prior group_size=2 reward_noise={'flip': 0.2}") == ("krpo_prior", "group_size=2 reward_noise={'flip': 0.2}")
+    assert split_label("krpo shuffled") == ("krpo shuffled", "")
+    points = [f"group_size={g} reward_noise={n}" for g in (2, 4, 8) for n in ("None", "{'flip': 0.2}")]
+    runs = [dataclasses.replace(r, variant=f"{r.variant} {point}") for r in study.runs for point in points]
+    report = build_report(StudyData("s", None, ["0"], runs, {"FINISHED": len(runs)}), tmp_path / "grid")
+    flat = build_report(study, tmp_path / "flat")
+    for name in ("final_accuracy.png", "eval_accuracy_curves.png"):
+        height, width = imread(tmp_path / "grid" / "figures" / name).shape[:2]
+        flat_height = imread(tmp_path / "flat" / "figures" / name).shape[0]
+        assert width < 2500 and height > 1.3 * flat_height, (name, width, height)  # 3 panels a row, 2 rows
+    assert report.summary.reference_found and flat.summary.reference_found

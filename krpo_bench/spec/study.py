@@ -11,6 +11,7 @@ import copy
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -237,6 +238,17 @@ class StudySpec(Strict):
                     key = f"{label}|seed={seed}"
                     trials.append(PlannedTrial(key, label, seed, overrides, spec))
         return trials
+
+
+_GRID_POINT = re.compile(r" [A-Za-z_]\w*=")
+
+
+def split_label(label: str) -> tuple[str, str]:
+    """(variant, grid point) of a trial label as :meth:`StudySpec.plan` writes it:
+    ``"krpo group_size=2 reward_noise=None"`` -> ``("krpo", "group_size=2 reward_noise=None")``;
+    the point is ``""`` in a study without a grid."""
+    found = _GRID_POINT.search(label)
+    return (label[: found.start()], label[found.start() + 1 :]) if found else (label, "")
 
 
 def validate_study(data: Any, source: str = "<study>") -> StudySpec:
