@@ -194,3 +194,10 @@ def test_search_with_median_pruner_prunes_and_reaches_its_budget_exactly(service
     assert states.count(optuna.trial.TrialState.PRUNED) >= 1
     assert states.count(optuna.trial.TrialState.PRUNED) == sum(j.status == "pruned" for j in jobs)
     assert all(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for s in states)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(service.mlflow_uri)
+    for job in jobs:  # a pruned trial's accuracy (at the step it stopped) is not reported as a final one
+        metrics = client.get_run(job.mlflow_run_id).data.metrics
+        kept, dropped = ("pruned", "final") if job.status == "pruned" else ("final", "pruned")
+        assert f"{kept}/accuracy" in metrics and f"{dropped}/accuracy" not in metrics, (job.status, sorted(metrics))

@@ -229,8 +229,9 @@ def _train(
     summary = {"cost/wall_time_s": wall, "cost/gpu_seconds": wall * gpus, "cost/tokens": metrics_cb.last_tokens}
     if mean_step is not None:
         summary["cost/mean_step_time_s"] = mean_step
-    if final is not None:
-        summary.update({"final/accuracy": final.accuracy, "final/pass_at_k": final.pass_at_k})
+    if final is not None:  # a pruned trial's accuracy is at the step it stopped: not a final one beside the others
+        prefix = "pruned" if status == "pruned" else "final"
+        summary.update({f"{prefix}/accuracy": final.accuracy, f"{prefix}/pass_at_k": final.pass_at_k})
     if initial is not None:
         summary["final/initial_accuracy"] = initial
     tracker.log_metrics(summary, step=steps)
