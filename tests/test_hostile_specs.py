@@ -451,9 +451,16 @@ def test_long_idempotency_keys_are_refused_without_being_echoed(server: tuple[st
     assert post(url, tokens["submit"], SPEC, **{"Idempotency-Key": "k" * 200}).status_code == 201
     for length in (201, 100_000):
         key = "k" * (length - 6) + "SECRET"
-        response = post(url, tokens["submit"], SPEC, **{"Idempotency-Key": key})
+        try:
+            response = post(url, tokens["submit"], SPEC, **{"Idempotency-Key": key})
+        except httpx.ReadError:
+            # uvicorn answers a header block over its limit with 400 and closes at once; on a busy
+            # machine the close can reach the client before that answer: refused, nothing echoed
+            assert length > 16_384
+            continue
         assert 400 <= response.status_code < 500, response.status_code
         assert "SECRET" not in response.text and len(response.text) < 2000, response.text[:300]
+    assert post(url, tokens["submit"], SPEC, **{"Idempotency-Key": "k" * 200}).status_code == 201, "the server is still up"
 
 
 def test_idempotency_keys_are_scoped_per_token(server: tuple[str, dict[str, str], Path]) -> None:
