@@ -41,52 +41,80 @@ def _rgba(color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+def _plotly_facets(labels: Sequence[str], colors: Mapping[str, str]) -> tuple[go.Figure, dict[str, dict[str, Any]]]:
+    """A figure with one panel per grid point (a single panel without a grid) and, per label, where
+    its traces go: ``row``/``col``, the name shown, its colour and whether it enters the legend."""
+    facets = _facets(labels)
+    colors = _grid_colors(labels, colors)
+    if len(facets) <= 1:
+        return go.Figure(), {label: {"at": {}, "name": label, "color": colors[label], "legend": True} for label in labels}
+    cols = min(3, len(facets))
+    rows = math.ceil(len(facets) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[_text(p) for p in facets], shared_yaxes=True,
+                        horizontal_spacing=0.04, vertical_spacing=0.12)
+    fig.update_layout(height=_LAYOUT["height"] * rows)
+    placed: dict[str, dict[str, Any]] = {}
+    for i, (point, members) in enumerate(facets.items()):
+        for label in members:
+            placed[label] = {"at": {"row": i // cols + 1, "col": i % cols + 1}, "name": split_label(label)[0],
+                             "color": colors[label], "legend": i == 0}
+    return fig, placed
+
+
 def curve_figure(curves: Mapping[str, Curve], title: str, colors: Mapping[str, str]) -> go.Figure:
-    """Mean per step with its 95 % band per variant; each seed drawn faintly underneath."""
-    fig = go.Figure()
+    """Mean per step with its 95 % band per variant; each seed drawn faintly underneath (a grid study:
+    one panel per grid point)."""
+    fig, placed = _plotly_facets(list(curves), colors)
     for variant, curve in curves.items():
-        color = colors[variant]
+        where = placed[variant]
+        color, name, group = where["color"], _text(where["name"]), where["name"]
         for seed, series in curve.per_seed.items():
             points = series.dropna()
             fig.add_trace(go.Scatter(
                 x=points.index, y=points.to_numpy(), mode="lines", line=dict(color=color, width=1),
-                opacity=0.25, legendgroup=variant, showlegend=False, name=f"{_text(variant)} seed {seed}",
-            ))
+                opacity=0.25, legendgroup=group, showlegend=False, name=f"{_text(variant)} seed {seed}",
+            ), **where["at"])
         banded = np.isfinite(curve.low) & np.isfinite(curve.high)
         steps = curve.steps[banded]
         fig.add_trace(go.Scatter(
             x=np.concatenate([steps, steps[::-1]]),
             y=np.concatenate([curve.high[banded], curve.low[banded][::-1]]),
             mode="lines", fill="toself", fillcolor=_rgba(color, 0.2), line=dict(width=0), hoverinfo="skip",
-            legendgroup=variant, showlegend=False, name=f"{_text(variant)} 95 % band",
-        ))
+            legendgroup=group, showlegend=False, name=f"{_text(variant)} 95 % band",
+        ), **where["at"])
         fig.add_trace(go.Scatter(
             x=curve.steps, y=curve.mean, mode="lines", line=dict(color=color, width=2.5),
-            legendgroup=variant, name=_text(variant),
-        ))
-    fig.update_layout(title=title, xaxis_title="optimizer step", yaxis_title=title, **_LAYOUT)
+            legendgroup=group, showlegend=where["legend"], name=name,
+        ), **where["at"])
+    fig.update_layout(title=title, **{**_LAYOUT, "height": fig.layout.height or _LAYOUT["height"]})
+    if not any(where["at"] for where in placed.values()):
+        fig.update_layout(xaxis_title="optimizer step", yaxis_title=title)
     return fig
 
 
 def final_figure(
     values: Mapping[str, np.ndarray], means: Mapping[str, Interval], colors: Mapping[str, str], label: str
 ) -> go.Figure:
-    """Per-seed final scores (dots) and the mean with its 95 % CI (bar) for each variant."""
-    fig = go.Figure()
+    """Per-seed final scores (dots) and the mean with its 95 % CI (bar) for each variant (a grid study:
+    one panel per grid point)."""
+    fig, placed = _plotly_facets(list(values), colors)
     for variant, seeds in values.items():
-        ci = means[variant]
+        ci, where = means[variant], placed[variant]
+        x = _text(where["name"])
         fig.add_trace(go.Scatter(
-            x=[_text(variant)] * len(seeds), y=seeds, mode="markers", opacity=0.5,
-            marker=dict(color=colors[variant], size=8), showlegend=False, name=f"{_text(variant)} seeds",
-        ))
+            x=[x] * len(seeds), y=seeds, mode="markers", opacity=0.5, legendgroup=where["name"],
+            marker=dict(color=where["color"], size=8), showlegend=False, name=f"{_text(variant)} seeds",
+        ), **where["at"])
         fig.add_trace(go.Scatter(
-            x=[_text(variant)], y=[ci.estimate], mode="markers", name=_text(variant),
-            marker=dict(color=colors[variant], size=14, symbol="diamond"),
+            x=[x], y=[ci.estimate], mode="markers", name=x, legendgroup=where["name"], showlegend=where["legend"],
+            marker=dict(color=where["color"], size=14, symbol="diamond"),
             error_y=dict(type="data", symmetric=False,
                          array=[np.nan_to_num(ci.high - ci.estimate)],
                          arrayminus=[np.nan_to_num(ci.estimate - ci.low)]),
-        ))
-    fig.update_layout(title=f"{label}: mean and 95 % CI over seeds", yaxis_title=label, **_LAYOUT)
+        ), **where["at"])
+    fig.update_layout(title=f"{label}: mean and 95 % CI over seeds", **{**_LAYOUT, "height": fig.layout.height or _LAYOUT["height"]})
+    if not any(where["at"] for where in placed.values()):
+        fig.update_layout(yaxis_title=label)
     return fig
 
 
@@ -159,6 +187,7 @@ def _facets(labels: Sequence[str]) -> dict[str, list[str]]:
 
 def _panels(n: int, width: float, height: float) -> tuple[Figure, list[Any]]:
     """A constrained figure of ``n`` panels, at most three a row, sharing the y axis."""
+    n = max(1, n)
     cols = min(3, n)
     rows = math.ceil(n / cols)
     fig = Figure(figsize=(width * cols, height * rows + 0.8), dpi=120, layout="constrained")
@@ -171,7 +200,7 @@ def _panels(n: int, width: float, height: float) -> tuple[Figure, list[Any]]:
 def _grid_colors(labels: Sequence[str], colors: Mapping[str, str]) -> dict[str, str]:
     """In a grid study, one colour per variant across every grid point; else the report's colours."""
     facets = _facets(labels)
-    if len(facets) == 1:
+    if len(facets) <= 1:
         return dict(colors)
     variants = palette(list(dict.fromkeys(split_label(label)[0] for label in labels)))
     return {label: variants[split_label(label)[0]] for label in labels}
@@ -211,7 +240,7 @@ def final_png(
     """Static version of `final_figure`; a grid study gets one panel per grid point."""
     facets = _facets(list(values))
     colors = _grid_colors(list(values), colors)
-    widest = max(len(labels) for labels in facets.values())
+    widest = max((len(labels) for labels in facets.values()), default=1)
     fig, axes = _panels(len(facets), max(4.0, 1.4 * widest + 2) if len(facets) == 1 else max(4.0, 0.9 * widest + 1), 4.5)
     rng = np.random.default_rng(0)
     for ax, (point, labels) in zip(axes, facets.items()):

@@ -373,3 +373,28 @@ def test_grid_labels_split_and_grid_figures_get_one_panel_per_point(study, tmp_p
         flat_height = imread(tmp_path / "flat" / "figures" / name).shape[0]
         assert width < 2500 and height > 1.3 * flat_height, (name, width, height)  # 3 panels a row, 2 rows
     assert report.summary.reference_found and flat.summary.reference_found
+
+
+def test_grid_plotly_figures_get_one_panel_per_point_and_one_legend_entry_per_variant(study) -> None:
+    import dataclasses
+
+    from krpo_bench.dashboards import figures
+    from krpo_bench.dashboards.curves import aggregate_curve
+
+    points = [f"group_size={g} reward_noise={n}" for g in (2, 4, 8) for n in ("None", "{'flip': 0.2}")]
+    runs = {f"{v} {p}": [dataclasses.replace(r, variant=f"{v} {p}") for r in study.runs_of(v)]
+            for v in ("grpo", "krpo") for p in points}
+    values = {label: np.array([r.final[METRIC] for r in rs]) for label, rs in runs.items()}
+    means = {label: stats.mean_ci(v) for label, v in values.items()}
+    colors = figures.palette(list(values))
+    final = figures.final_figure(values, means, colors, METRIC)
+    assert sum(1 for key in final.layout.to_plotly_json() if key.startswith("xaxis")) == 6
+    assert sorted(t.name for t in final.data if t.showlegend is not False) == ["grpo", "krpo"]
+    assert {t.marker.color for t in final.data if t.legendgroup == "krpo"} == {figures.PALETTE[1]}, "one colour per variant"
+    curves = {label: aggregate_curve({r.seed: r.histories["eval/accuracy"] for r in rs}, n_resamples=50)
+              for label, rs in runs.items()}
+    curve = figures.curve_figure(curves, "eval/accuracy", colors)
+    assert sum(1 for key in curve.layout.to_plotly_json() if key.startswith("xaxis")) == 6
+    assert sorted(t.name for t in curve.data if t.showlegend is not False and t.mode == "lines" and t.fill is None) == ["grpo", "krpo"]
+    flat = figures.final_figure({"grpo": values[f"grpo {points[0]}"]}, {"grpo": means[f"grpo {points[0]}"]}, {"grpo": "#000000"}, METRIC)
+    assert flat.layout.yaxis.title.text == METRIC and [t.name for t in flat.data if t.showlegend is not False] == ["grpo"]
