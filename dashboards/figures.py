@@ -199,8 +199,7 @@ def _panels(n: int, width: float, height: float) -> tuple[Figure, list[Any]]:
 
 def _grid_colors(labels: Sequence[str], colors: Mapping[str, str]) -> dict[str, str]:
     """In a grid study, one colour per variant across every grid point; else the report's colours."""
-    facets = _facets(labels)
-    if len(facets) <= 1:
+    if not any(split_label(label)[1] for label in labels):
         return dict(colors)
     variants = palette(list(dict.fromkeys(split_label(label)[0] for label in labels)))
     return {label: variants[split_label(label)[0]] for label in labels}

@@ -20,6 +20,7 @@ from krpo_bench import stats
 from krpo_bench.dashboards import figures
 from krpo_bench.dashboards.curves import Curve, aggregate_curve
 from krpo_bench.dashboards.source import CURVE_METRICS, SHUFFLE_PARAM, RunData, StudyData
+from krpo_bench.spec.study import reference_for
 
 METRIC = "final/accuracy"
 COST_METRICS = ("cost/wall_time_s", "cost/gpu_seconds", "cost/tokens", "cost/mean_step_time_s")
@@ -196,7 +197,7 @@ def summarize(
     seed sets match), the detectable effect of each comparison, cost and order checks."""
     variants = _ordered_variants(study, reference)
     values = {v: _values(study.runs_of(v), metric) for v in variants}
-    versus_of = {v: stats.reference_for(v, variants, reference) for v in variants}
+    versus_of = {v: reference_for(v, variants, reference) for v in variants}
     found = any(versus_of[v] in values and versus_of[v] != v for v in variants) or reference in values
 
     def versus(variant: str, other: str) -> stats.Comparison:

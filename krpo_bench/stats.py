@@ -576,13 +576,3 @@ def default_reference(variants: Sequence[str]) -> str | None:
     """The variant others are compared with: ``grpo`` when present, else the first (None when empty)."""
     return "grpo" if "grpo" in variants else (variants[0] if variants else None)
 
-
-def reference_for(label: str, labels: Sequence[str], reference: str) -> str:
-    """The run group ``label`` is compared with: ``reference`` itself, or in a study with a grid (labels
-    like ``"krpo group_size=2 reward_noise=None"``) the reference variant at the same grid point
-    (``"grpo group_size=2 reward_noise=None"``), so that only the estimator differs."""
-    if reference in labels:
-        return reference
-    points = [other[len(reference):] for other in labels if other.startswith(reference + " ")]
-    matching = [point for point in points if label.endswith(point)]
-    return reference + max(matching, key=len) if matching else reference

@@ -322,11 +322,13 @@ def test_a_grid_study_compares_each_cell_with_the_reference_at_the_same_point(st
 
 
 def test_reference_for_grid_labels() -> None:
+    from krpo_bench.spec.study import reference_for
+
     labels = ["grpo g=2 noise={'flip': 0.2}", "grpo g=12 noise={'flip': 0.2}", "krpo g=12 noise={'flip': 0.2}", "krpo g=2 noise={'flip': 0.2}"]
-    assert stats.reference_for("krpo g=12 noise={'flip': 0.2}", labels, "grpo") == "grpo g=12 noise={'flip': 0.2}"
-    assert stats.reference_for("krpo g=2 noise={'flip': 0.2}", labels, "grpo") == "grpo g=2 noise={'flip': 0.2}"
-    assert stats.reference_for("krpo", ["grpo", "krpo"], "grpo") == "grpo"
-    assert stats.reference_for("krpo g=3", labels, "grpo") == "grpo"  # no grpo at that point: nothing to pair with
+    assert reference_for("krpo g=12 noise={'flip': 0.2}", labels, "grpo") == "grpo g=12 noise={'flip': 0.2}"
+    assert reference_for("krpo g=2 noise={'flip': 0.2}", labels, "grpo") == "grpo g=2 noise={'flip': 0.2}"
+    assert reference_for("krpo", ["grpo", "krpo"], "grpo") == "grpo"
+    assert reference_for("krpo g=3", labels, "grpo") == "grpo"  # no grpo at that point: nothing to pair with
 
 
 def test_service_results_of_a_grid_study_pair_each_cell_with_grpo_at_that_point(tmp_path: Path) -> None:

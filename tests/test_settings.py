@@ -214,7 +214,7 @@ def test_every_setting_in_the_config_file_takes_effect(file_only: tuple[dict, st
     from krpo_bench.cli import app as cli
     from krpo_bench.client import Client
     from krpo_bench.service.studies import StudyService
-    from krpo_bench.service.worker import _cpu_threads
+    from krpo_bench.service.worker import cpu_threads_per_trial as _cpu_threads
     from krpo_bench.tracking import RunTracker
 
     values, token = file_only

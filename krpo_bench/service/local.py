@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.live import Live
 
 from krpo_bench.service.studies import StudyInfo, StudyService
-from krpo_bench.settings import get_settings
+from krpo_bench.service.worker import cpu_threads_per_trial
 from krpo_bench.spec.study import StudySpec, canonical_json
 
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -45,7 +45,7 @@ def local_worker_commands(
         count = workers or gpus
         return [(base + ["--gpus", str(i % gpus)], dict(os.environ)) for i in range(count)]
     count = workers or max(1, min(2, (os.cpu_count() or 1) // max(1, gpus_per_trial)))
-    threads = str(get_settings().cpu_threads or max(1, (os.cpu_count() or 1) // count))
+    threads = str(cpu_threads_per_trial(count))
     env = dict(os.environ, KRPO_BENCH_CPU_THREADS=threads, OMP_NUM_THREADS=threads)
     return [(base + ["--gpus", "cpu", "--slots-per-gpu", "1"], env) for _ in range(count)]
 

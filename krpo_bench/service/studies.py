@@ -36,7 +36,7 @@ from krpo_bench.service.db import ALEMBIC_LOCK, Job, JobStatus, Study, StudyStat
 from krpo_bench.service.optuna_store import distribution, make_pruner, make_sampler, optuna_storage
 from krpo_bench.service.queue import JobInfo, JobQueue, NewJob, is_database_outage
 from krpo_bench.settings import default_db_url, default_mlflow_uri
-from krpo_bench.spec.study import StudySpec, validate_study
+from krpo_bench.spec.study import StudySpec, reference_for, validate_study
 
 log = logging.getLogger(__name__)
 PARENT_RUN_STATUS = {StudyStatus.SUCCEEDED: "FINISHED", StudyStatus.FAILED: "FAILED", StudyStatus.CANCELLED: "KILLED"}
@@ -595,7 +595,7 @@ class StudyService:
             before = initial[variant]
             mean = stats.mean_ci(values)
             comparison = None
-            versus = stats.reference_for(variant, list(per_variant), reference) if reference else None
+            versus = reference_for(variant, list(per_variant), reference) if reference else None
             if spec.kind == "ablation" and versus in per_variant and variant != versus:
                 comparison = stats.compare(
                     values, per_variant[versus], variant, versus, seeds[variant], seeds[versus],

@@ -28,7 +28,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -88,7 +87,7 @@ def short_reason(error: str) -> str:
     return lines[0][:ERROR_CHARS] if lines else "unknown error"
 
 
-def _cpu_threads(cpu_slots: int) -> int:
+def cpu_threads_per_trial(cpu_slots: int) -> int:
     """Torch threads per CPU trial: the ``cpu_threads`` setting, else the cores shared by the slots."""
     return get_settings().cpu_threads or max(1, (os.cpu_count() or 1) // max(1, cpu_slots))
 
@@ -256,7 +255,7 @@ class Worker:
             "db_url": self.service.db_url,
             "mlflow_uri": self.service.mlflow_uri,
             "result_file": str(result_file),
-            "cpu_threads": max(1, _cpu_threads(self.slots.get("cpu", 0)) // processes) if cpu else None,
+            "cpu_threads": max(1, cpu_threads_per_trial(self.slots.get("cpu", 0)) // processes) if cpu else None,
         }
         job_file.write_text(json.dumps(payload, default=str))
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if cpu else ",".join(devices))

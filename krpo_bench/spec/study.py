@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -249,6 +250,15 @@ def split_label(label: str) -> tuple[str, str]:
     the point is ``""`` in a study without a grid."""
     found = _GRID_POINT.search(label)
     return (label[: found.start()], label[found.start() + 1 :]) if found else (label, "")
+
+
+def reference_for(label: str, labels: Sequence[str], reference: str) -> str:
+    """The run group ``label`` is compared with: ``reference`` itself, or in a study with a grid the
+    reference variant at the same grid point (``"krpo group_size=2"`` -> ``"grpo group_size=2"``), so
+    that only the estimator differs; ``reference`` when ``labels`` has no such group."""
+    point = split_label(label)[1]
+    paired = f"{reference} {point}" if point and reference not in labels else reference
+    return paired if paired in labels else reference
 
 
 def validate_study(data: Any, source: str = "<study>") -> StudySpec:
