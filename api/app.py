@@ -22,12 +22,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import krpo_bench
 from krpo_bench.api.auth import AuthError, Authenticator, TokenStore
+from krpo_bench.api.origin import CrossSiteGuard
 from krpo_bench.api.policy import Policy
 from krpo_bench.api.routers import dashboard, error_response, health, jobs, request_id, studies, workers
 from krpo_bench.api.routers.optuna import ReadOnlyOptunaDashboard
 from krpo_bench.api.routers.studies import PageCache
 from krpo_bench.api.schemas import ErrorResponse
 from krpo_bench.api.settings import ApiSettings
+from krpo_bench.service.quotas import QuotaGuard, Quotas
 from krpo_bench.service.studies import StudyError, StudyNotFound, StudyService
 from krpo_bench.spec.loading import SpecError
 from krpo_bench.spec.study import StudySpec
@@ -53,6 +55,10 @@ Submit, watch and control krpo-bench studies (KRPO vs GRPO and other critic-free
 this schema needs `Authorization: Bearer <token>`; scopes nest `read` < `submit` < `admin`
 (`read`: GET routes and `/optuna`; `submit`: submitting studies; `admin`: cancel/resume/extend).
 A server without tokens answers anonymous requests and only listens on loopback.
+
+**Cross-site.** A request that changes anything (POST, PUT, PATCH, DELETE) is refused (403
+`cross_site_request`) when its `Origin` is not this server's, when `Sec-Fetch-Site` is `cross-site` or
+`same-site`, or when its body is a form or plain text: a web page cannot act on the server.
 
 **Errors** are JSON (`ErrorResponse`) with a `request_id` that the server's log shares.
 """
@@ -196,8 +202,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.service = StudyService(settings.db_url, settings.mlflow_uri)
     app.state.auth = Authenticator(TokenStore(settings.tokens_file))
-    app.state.policy = Policy(settings.data_roots, settings.allow_remote_code, settings.max_trials, settings.max_model_params)
+    app.state.policy = Policy(settings.data_roots, settings.allow_remote_code, settings.max_trials, settings.max_model_params,
+                              settings.max_stored_bytes)
     app.state.submit_slots = asyncio.Semaphore(SUBMIT_CONCURRENCY)
+    app.state.quotas = QuotaGuard(app.state.service.engine, Quotas(
+        settings.max_active_trials_per_token, settings.max_trial_hours_per_token, settings.default_timeout_s))
     app.state.mlflow_wake = asyncio.Event()
     app.state.list_cache = PageCache(settings.list_cache_s)
 
@@ -235,5 +244,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     async def _auth(_: Request, exc: AuthError) -> JSONResponse:
         return error_response(exc.status, exc.message, headers=exc.headers)
 
+    app.add_middleware(CrossSiteGuard)  # inside RequestGuard: its 403 carries the request id
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes)
     return app

@@ -6,7 +6,9 @@ hash is enough), its id, name and scopes. Scopes nest: ``admin`` includes ``subm
 creating the first token closes a running server too); without any it serves anonymous requests,
 ``serve`` refuses to bind anywhere but loopback, and only requests from a loopback address whose
 ``Host`` is a loopback name or address are answered (a web page cannot reach it through DNS
-rebinding; a public bind whose tokens were all revoked answers nobody else).
+rebinding; a public bind whose tokens were all revoked answers nobody else). A study is owned by the
+token that submitted it: a submit token may cancel, resume and extend its own studies, an admin token
+anyone's.
 """
 
 from __future__ import annotations
@@ -197,6 +199,15 @@ class Authenticator:
         if not record.grants(scope):
             raise AuthError(403, f"this token lacks the '{scope}' scope", scope)
         return record
+
+
+def may_control(token: TokenRecord | None, owner: str | None) -> bool:
+    """Whether a request with ``token`` may cancel, resume or extend a study whose owner is
+    ``owner`` (the id of the token that submitted it): an admin token any study, a submit token only
+    its own; on a server without tokens (``token`` None) every admitted request."""
+    if token is None:
+        return True
+    return token.grants("admin") or (token.grants("submit") and owner == token.id)
 
 
 def bearer_token(authorization: str | None) -> str | None:

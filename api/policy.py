@@ -1,9 +1,16 @@
 """What a server accepts beyond a valid spec: no remote code, local files only under the data roots,
-a cap on trials and on model size, and priorities above the default only from admins. Pure functions
-over specs; every refusal is a spec error naming its path."""
+caps on trials, on model size, on free lists and on the bytes a study stores, and priorities above
+the default only from admins. Pure functions over specs; every refusal is a spec error naming its path.
+
+A request's cost is bounded by its body, not multiplied by its trials: the bytes its trial configs
+would store are estimated from the body before anything is expanded, then summed exactly over its
+distinct configs (each variant x grid point once, times its seeds), and every policy check runs on
+each distinct config (a search: its base, each value of its space, and the space's largest values)."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -13,10 +20,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from krpo_bench.data_roots import under_roots
 from krpo_bench.models.config import TINY_ARITH
 from krpo_bench.models.memory import model_shape
 from krpo_bench.probe.spec import ProbeSpec, validate_probe
-from krpo_bench.settings import DEFAULT_MAX_MODEL_PARAMS
+from krpo_bench.settings import DEFAULT_MAX_MODEL_PARAMS, DEFAULT_MAX_STORED_BYTES
 from krpo_bench.spec.loading import SpecError, validation_errors
 from krpo_bench.spec.study import StudySpec, storage_errors, validate_study
 from krpo_bench.spec.trial import TrialSpec
@@ -30,6 +38,16 @@ class Policy:
     allow_remote_code: bool = False
     max_trials: int = 1_000
     max_model_params: int = DEFAULT_MAX_MODEL_PARAMS
+    max_stored_bytes: int = DEFAULT_MAX_STORED_BYTES
+
+
+MAX_ITEMS = 1_000  # entries of any list, keys of any mapping, anywhere in a submitted spec
+FREE_LISTS = {"task.templates": (100, 1_000), "model.lora.target_modules": (100, 200)}
+"""Free lists of a trial config: (most items, most characters per item)."""
+FREE_TEXT = {"task.path": 4_096, "task.test_path": 4_096, "task.question_field": 200, "task.answer_field": 200,
+             "task.id_field": 200}
+"""Free text fields of a trial config: most characters."""
+JOB_OVERHEAD_BYTES = 1_000  # what a job stores beside its trial config: ids, tags, labels (names are <= 200 characters)
 
 
 def _error(path: str, value: Any, message: str, rule: str) -> dict[str, Any]:
@@ -39,23 +57,14 @@ def _error(path: str, value: Any, message: str, rule: str) -> dict[str, Any]:
 def looks_local(source: str) -> bool:
     """Whether a dataset/model source names a local path rather than a hub id (``org/name``)."""
     parts = PurePath(source).parts
-    return source.startswith(("/", "~", ".")) or "\\" in source or ".." in parts or Path(source).is_dir()
-
-
-def under_roots(path: str, roots: tuple[Path, ...]) -> bool:
-    """Whether ``path`` (absolute after ``~`` expansion) resolves, symlinks and ``..`` included,
-    inside one of ``roots``."""
-    candidate = Path(path).expanduser()
-    if not candidate.is_absolute():
-        return False
-    resolved = Path(os.path.realpath(candidate))
-    return any(resolved.is_relative_to(os.path.realpath(root)) for root in roots)
+    return source.startswith(("/", "~", ".")) or "\\" in source or ".." in parts or os.path.isdir(source)
 
 
 def trial_violations(trial: TrialSpec | ProbeSpec, policy: Policy) -> Iterator[tuple[str, Any, str, str]]:
     """(field, value, message, rule) for everything in one trial config (or a probe's model and
     task) this server refuses."""
     model, task = trial.model, trial.task
+    yield from size_violations(trial)
     if model.trust_remote_code and not policy.allow_remote_code:
         yield "model.trust_remote_code", True, "this server does not run remote code from model repositories", "remote_code_refused"
     local: list[tuple[str, str, str]] = []  # (field, its value, the path it names)
@@ -76,38 +85,166 @@ def trial_violations(trial: TrialSpec | ProbeSpec, policy: Policy) -> Iterator[t
                f"{policy.max_model_params:,} (KRPO_BENCH_MAX_MODEL_PARAMS)", "model_too_large")
 
 
-def _trial_sources(study: StudySpec) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every override a trial field can take its value from, with the spec path that sets it."""
-    yield "base", {}
-    for name, override in (study.variants or {}).items():
-        yield f"variants.{name}", override
-    for path, values in (study.grid or {}).items():
-        for i, value in enumerate(values):
-            yield f"grid.{path}[{i}]", {path: value}
-    for path, param in (study.space or {}).items():
-        samples = param.choices if param.type == "choice" else [param.low, param.high]
-        for value in samples:
-            yield f"space.{path}", {path: int(value) if param.type == "int" else value}
+def _field(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+    return obj
 
 
-def check_paths_and_code(study: StudySpec, policy: Policy) -> list[dict[str, Any]]:
-    """Errors for remote code and local paths anywhere in the study's trial configs."""
-    seed = 0 if study.kind == "search" else study.seed_list()[0]  # as validate_study checks them
+def size_violations(trial: TrialSpec | ProbeSpec) -> Iterator[tuple[str, Any, str, str]]:
+    """(field, value, message, rule) for every free list or text of a trial config (or a probe's
+    model and task) longer than this server's caps (``FREE_LISTS``, ``FREE_TEXT``)."""
+    for field, (most, chars) in FREE_LISTS.items():
+        values = _field(trial, field)
+        if not isinstance(values, list):  # unset, or a literal such as "all-linear"
+            continue
+        if len(values) > most:
+            yield field, f"{len(values)} entries", f"at most {most} entries are allowed here", "too_many_items"
+        longest = max((len(v) for v in values), default=0)
+        if longest > chars:
+            yield field, f"an entry of {longest} characters", f"entries of at most {chars} characters are allowed here", "item_too_long"
+    for field, chars in FREE_TEXT.items():
+        text = _field(trial, field)
+        if isinstance(text, str) and len(text) > chars:
+            yield field, text, f"at most {chars} characters are allowed here (got {len(text)})", "text_too_long"
+
+
+@dataclass(frozen=True)
+class PlannedConfig:
+    """One distinct trial config of a study: the overrides on its base, the trials that share it
+    (an ablation's seeds; a search's whole budget for its base, none for a sampled value) and the
+    spec paths its overrides come from (``(spec path, dotted field)``), to name in errors."""
+
+    name: str
+    overrides: dict[str, Any]
+    trials: int
+    sources: tuple[tuple[str, str], ...]
+
+
+def _leaves(override: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """The dotted fields an override sets (``{"task": {"path": ...}}`` -> ``task.path``)."""
+    for key, value in override.items():
+        if isinstance(value, dict) and value and "." not in key:
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key
+
+
+def planned_configs(study: StudySpec) -> Iterator[PlannedConfig]:
+    """Every distinct trial config of ``study``, lazily: an ablation's variants x grid points (its
+    seeds share a config), a search's base, each value of its space and the space's largest values."""
+    if study.kind == "search":
+        yield PlannedConfig("base", {}, study.trial_count(), ())
+        largest: dict[str, Any] = {}
+        for path, param in (study.space or {}).items():
+            samples = param.choices if param.type == "choice" else [param.low, param.high]
+            samples = [int(v) for v in samples] if param.type == "int" else samples
+            for value in samples:
+                yield PlannedConfig("search", {path: value}, 0, ((f"space.{path}", path),))
+            numbers = [v for v in samples if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if numbers:
+                largest[path] = max(numbers)
+        if len(largest) > 1:
+            yield PlannedConfig("search", largest, 0, tuple((f"space.{path} (largest values)", path) for path in largest))
+        return
+    variants = study.variants or {"base": {}}
+    grid = study.grid or {}
+    seeds = len(study.seed_list())
+    for variant, override in variants.items():
+        own = tuple((f"variants.{variant}", leaf) for leaf in _leaves(override)) if study.variants else ()
+        suffix = f" (variant {variant})" if study.variants else ""
+        for combo in itertools.product(*(list(enumerate(values)) for values in grid.values())):
+            point = {path: value for path, (_, value) in zip(grid, combo)}
+            label = variant + "".join(f" {k.split('.')[-1]}={v}" for k, v in point.items())
+            from_grid = tuple((f"grid.{path}[{i}]{suffix}", path) for path, (i, _) in zip(grid, combo))
+            yield PlannedConfig(label, {**override, **point}, seeds, from_grid + own)
+
+
+def _related(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def _spec_path(config: PlannedConfig, field: str) -> str:
+    """Where in the spec ``field`` of ``config`` comes from: a grid value, a variant, or the base."""
+    for where, leaf in config.sources:
+        if _related(leaf, field):
+            return f"{where} ({field})"
+    return f"base.{field}"
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
+def estimated_stored_bytes(study: StudySpec) -> int:
+    """The bytes the study's jobs would store, from the spec alone (nothing expanded): each
+    trial's base plus its overrides plus ``JOB_OVERHEAD_BYTES``, summed in closed form."""
+    base = _json_size(study.base) + JOB_OVERHEAD_BYTES
+    if study.kind == "search":
+        return study.trial_count() * base
+    variants = list((study.variants or {"base": {}}).values())
+    axes = list((study.grid or {}).values())
+    points = math.prod(len(values) for values in axes)
+    per_seed = len(variants) * points * base + points * sum(_json_size(o) for o in variants)
+    per_seed += len(variants) * sum(points // len(values) * sum(_json_size(v) for v in values) for values in axes)
+    return len(study.seed_list()) * per_seed
+
+
+def stored_cap_errors(study: StudySpec, policy: Policy, path: str = "") -> list[dict[str, Any]]:
+    """An error when the study's estimated stored bytes (:func:`estimated_stored_bytes`) pass the
+    server's ``max_stored_bytes``."""
+    estimate = estimated_stored_bytes(study)
+    return [_stored_error(estimate, study, policy, "about", path)] if estimate > policy.max_stored_bytes else []
+
+
+def _stored_error(stored: int, study: StudySpec, policy: Policy, qualifier: str, path: str = "") -> dict[str, Any]:
+    trials = study.trial_count()
+    return _error(path, f"{stored:,} bytes",
+                  f"the study's {trials:,} trial configs would store {qualifier} {stored:,} bytes; "
+                  f"this server stores at most {policy.max_stored_bytes:,} bytes per study (KRPO_BENCH_MAX_STORED_BYTES): "
+                  "use fewer seeds, variants or grid values, or a smaller base", "too_much_stored")
+
+
+def check_planned(study: StudySpec, policy: Policy) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(refusals that stop everything, policy errors) for the study's distinct trial configs.
+
+    The first list holds the stored-bytes refusal: estimated from the spec before any config is
+    built, then summed exactly (each config's JSON, times the trials that share it) while the
+    configs are built, stopping as soon as the sum passes ``max_stored_bytes``, so the work done
+    is bounded by that setting, not by the trial count. The second holds every other policy
+    refusal (remote code, data roots, model size, free lists), checked on each distinct config
+    that validates (the others are left to :func:`validate_study`, which names their problem)."""
+    too_much = stored_cap_errors(study, policy)
+    if too_much:
+        return too_much, []
+    seed = 0 if study.kind == "search" else study.seed_list()[0]
+    stored = 0
     errors: dict[tuple[str, str], dict[str, Any]] = {}
-    for where, override in _trial_sources(study):
-        trial = study.trial_config(override, seed, where)
+    seen: set[str] = set()
+    for config in planned_configs(study):
+        try:
+            trial = study.trial_config(config.overrides, seed, f"{config.name} seed={seed}")
+        except (ValidationError, ValueError):
+            continue
+        stored += (len(trial.model_dump_json()) + JOB_OVERHEAD_BYTES) * config.trials
+        if stored > policy.max_stored_bytes:
+            return [_stored_error(stored, study, policy, "at least")], []
+        checked = trial.model_dump_json(include={"model", "task"})
+        if checked in seen:  # policy reads only the model and the task
+            continue
+        seen.add(checked)
         for field, value, message, rule in trial_violations(trial, policy):
-            path = f"base.{field}" if where == "base" else f"{where} ({field})"
-            errors.setdefault((field, repr(value)), _error(path, value, message, rule))
-    return list(errors.values())
+            errors.setdefault((field, repr(value)), _error(_spec_path(config, field), value, message, rule))
+    return [], list(errors.values())
 
 
 MAX_DEPTH = 32
 
 
 def check_plain_data(data: Any) -> list[dict[str, Any]]:
-    """Errors for NaN/infinite numbers (JSON cannot carry them back) and for nesting deeper than
-    ``MAX_DEPTH`` levels, anywhere in submitted data (walked without recursion)."""
+    """Errors for NaN/infinite numbers (JSON cannot carry them back), for nesting deeper than
+    ``MAX_DEPTH`` levels and for lists or mappings of more than ``MAX_ITEMS`` entries, anywhere in
+    submitted data (walked without recursion; a refused list or mapping is not walked)."""
     errors: list[dict[str, Any]] = []
     stack: list[tuple[str, Any, int]] = [("", data, 0)]
     while stack:
@@ -117,6 +254,10 @@ def check_plain_data(data: Any) -> list[dict[str, Any]]:
         elif isinstance(value, (dict, list)):
             if depth >= MAX_DEPTH:
                 errors.append(_error(path, None, f"nested deeper than {MAX_DEPTH} levels", "too_deep"))
+                continue
+            if len(value) > MAX_ITEMS:
+                what = "lists hold at most {} entries" if isinstance(value, list) else "mappings hold at most {} keys"
+                errors.append(_error(path, f"{len(value)} entries", what.format(MAX_ITEMS), "too_many_items"))
                 continue
             items = value.items() if isinstance(value, dict) else enumerate(value)
             for key, item in items:
@@ -138,11 +279,12 @@ def probe_errors(probe: ProbeSpec, policy: Policy) -> list[dict[str, Any]]:
 def admit(data: Any, policy: Policy, source: str = "<request>") -> StudySpec | ProbeSpec:
     """Validate a submitted study and apply the server policy; raises SpecError with every problem.
 
-    The trial cap is checked before the study's matrix is expanded, so a huge matrix costs nothing.
+    The trial cap and the stored-bytes estimate are checked before the study's matrix is expanded,
+    so a huge matrix costs nothing; the expansion that follows is bounded by ``max_stored_bytes``.
     """
     if not isinstance(data, dict):
         raise SpecError(source, [_error("", type(data).__name__, "spec must be a mapping", "type_error")])
-    plain = check_plain_data(data) + storage_errors(data)
+    plain = check_plain_data(data) or storage_errors(data)  # storage_errors walks what the first refuses to
     if plain:
         raise SpecError(source, plain)
     if data.get("kind") == "probe":  # one job: no trial cap to check
@@ -158,10 +300,15 @@ def admit(data: Any, policy: Policy, source: str = "<request>") -> StudySpec | P
     cap = trial_cap_errors(shallow.trial_count(), policy)
     if cap:
         raise SpecError(source, cap)
-    study = validate_study(data, source)
-    errors = check_paths_and_code(study, policy)
-    if errors:
-        raise SpecError(source, errors)
+    stop, refused = check_planned(shallow, policy)
+    if stop:
+        raise SpecError(source, stop)
+    try:
+        study = validate_study(data, source)
+    except ValidationError as exc:  # a trial valid alone but not in the full matrix, e.g. its name too long
+        raise SpecError(source, [{**e, "path": f"trials ({e['path']})"} for e in validation_errors(exc)]) from None
+    if refused:
+        raise SpecError(source, refused)
     return study
 
 

@@ -7,9 +7,13 @@ from pathlib import Path
 
 from krpo_bench.settings import (
     DEFAULT_LIST_CACHE_S,
+    DEFAULT_MAX_ACTIVE_TRIALS_PER_TOKEN,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_MODEL_PARAMS,
+    DEFAULT_MAX_STORED_BYTES,
+    DEFAULT_MAX_TRIAL_HOURS_PER_TOKEN,
     DEFAULT_MAX_TRIALS,
+    DEFAULT_TIMEOUT_S,
     default_db_url,
     default_mlflow_uri,
     get_settings,
@@ -31,8 +35,12 @@ class ApiSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_trials: int = DEFAULT_MAX_TRIALS
     max_model_params: int = DEFAULT_MAX_MODEL_PARAMS
+    max_stored_bytes: int = DEFAULT_MAX_STORED_BYTES
     mlflow_ui_url: str | None = None
     list_cache_s: float = DEFAULT_LIST_CACHE_S
+    default_timeout_s: int = DEFAULT_TIMEOUT_S
+    max_active_trials_per_token: int = DEFAULT_MAX_ACTIVE_TRIALS_PER_TOKEN
+    max_trial_hours_per_token: int = DEFAULT_MAX_TRIAL_HOURS_PER_TOKEN
 
     @classmethod
     def from_settings(cls, db_url: str | None = None, mlflow_uri: str | None = None) -> ApiSettings:
@@ -52,6 +60,10 @@ class ApiSettings:
             max_body_bytes=s.max_body_bytes,
             max_trials=s.max_trials,
             max_model_params=s.max_model_params,
+            max_stored_bytes=s.max_stored_bytes,
             mlflow_ui_url=ui,
             list_cache_s=s.list_cache_s,
+            default_timeout_s=s.default_timeout_s,
+            max_active_trials_per_token=s.max_active_trials_per_token,
+            max_trial_hours_per_token=s.max_trial_hours_per_token,
         )

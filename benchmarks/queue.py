@@ -1,8 +1,13 @@
-"""Job-queue throughput: N no-op jobs drained by concurrent worker processes (claim -> complete).
+"""Job-queue throughput: no-op jobs of one study drained by concurrent worker processes.
 
-Runs on a throw-away PostgreSQL database and on a temporary SQLite file and reports jobs/s and
-duplicate completions (a job completed more than once; must be 0). The last line printed is the
-PostgreSQL throughput:  ``python -m benchmarks.queue [--jobs N] [--workers W]``.
+For each size N given, N jobs are enqueued in one study and W processes claim -> complete them.
+
+Each size runs on a throw-away PostgreSQL database and on a temporary SQLite file and reports
+jobs/s and duplicate completions (a job completed more than once; must be 0). Ending a job costs the
+same whatever the study's size, so the figures should stay flat as N grows. The last line printed
+leads with the headline, the lowest PostgreSQL throughput over the sizes, then each size's figures
+and the spread (highest / lowest - 1) per backend:
+``python -m benchmarks.queue [--jobs N [N ...]] [--workers W]``, e.g. ``--jobs 3000 10000 100000``.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import create_engine, insert
+from sqlalchemy.engine import URL
 
 from krpo_bench.service.db import JobStatus, Study, StudyKind, make_engine, normalize_url, upgrade
 from krpo_bench.service.queue import JobQueue, NewJob
 
 LEASE_S = 60.0
+ENQUEUE_BATCH = 5000
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,8 @@ def run(backend: str, url: str, n_jobs: int, n_workers: int) -> Result:
             insert(Study).values(id=study_id, name="bench", kind=StudyKind.ABLATION, spec={})
         )
     queue = JobQueue(engine)
-    queue.enqueue_many(study_id, [NewJob(f"t{i}", {"i": i}) for i in range(n_jobs)])
+    for start in range(0, n_jobs, ENQUEUE_BATCH):
+        queue.enqueue_many(study_id, [NewJob(f"t{i}", {"i": i}) for i in range(start, min(n_jobs, start + ENQUEUE_BATCH))])
 
     ctx = mp.get_context("spawn")
     start = ctx.Barrier(n_workers + 1)
@@ -97,9 +105,39 @@ def _report(result: Result) -> None:
     )
 
 
+def run_postgres(admin_url: URL, n_jobs: int, n_workers: int) -> Result:
+    """``run`` on a throw-away database of the server at ``admin_url``, dropped afterwards."""
+    name = f"krpo_bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        return run("postgresql", admin_url.set(database=name).render_as_string(hide_password=False), n_jobs, n_workers)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def summary(results: list[Result]) -> str:
+    """The last line: the headline (lowest PostgreSQL jobs/s, else lowest SQLite), then per backend
+    each size's jobs/s and the spread over the sizes."""
+    by_backend: dict[str, list[Result]] = {}
+    for result in results:
+        by_backend.setdefault(result.backend, []).append(result)
+    headline = "postgresql" if "postgresql" in by_backend else "sqlite"
+    parts = [f"{headline}_jobs_per_s {min(r.jobs_per_s for r in by_backend[headline]):.1f}"]
+    for backend, rows in by_backend.items():
+        rates = [r.jobs_per_s for r in rows]
+        sizes = ", ".join(f"{r.jobs}: {r.jobs_per_s:.1f}" for r in rows)
+        parts.append(f"{backend} {sizes} (spread {max(rates) / min(rates) - 1:.0%})")
+    parts.append(f"duplicates {sum(r.duplicates for r in results)}, missing {sum(r.missing for r in results)}")
+    return " | ".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=3000, help="jobs per backend")
+    parser.add_argument("--jobs", type=int, nargs="+", default=[3000], help="jobs in the study (one run per size and backend)")
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument(
         "--pg-admin-url",
@@ -108,27 +146,20 @@ def main() -> None:
     )
     parser.add_argument("--skip-sqlite", action="store_true", help="PostgreSQL only")
     args = parser.parse_args()
+    if any(n < 1 for n in args.jobs) or args.workers < 1:
+        parser.error("--jobs and --workers must be >= 1")
 
-    if not args.skip_sqlite:
-        with tempfile.TemporaryDirectory() as tmp:
-            sqlite = run("sqlite", f"sqlite:///{Path(tmp) / 'queue.db'}", args.jobs, args.workers)
-        _report(sqlite)
-        print(f"sqlite_jobs_per_s {sqlite.jobs_per_s:.1f}")
-
-    admin_url = normalize_url(args.pg_admin_url)
-    name = f"krpo_bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    try:
-        pg = run("postgresql", admin_url.set(database=name).render_as_string(hide_password=False),
-                 args.jobs, args.workers)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
-    _report(pg)
-    print(f"postgresql_jobs_per_s {pg.jobs_per_s:.1f}")
+    results = []
+    for n_jobs in args.jobs:
+        if not args.skip_sqlite:
+            with tempfile.TemporaryDirectory() as tmp:
+                results.append(run("sqlite", f"sqlite:///{Path(tmp) / 'queue.db'}", n_jobs, args.workers))
+            _report(results[-1])
+        results.append(run_postgres(normalize_url(args.pg_admin_url), n_jobs, args.workers))
+        _report(results[-1])
+    print(summary(results), flush=True)
+    if any(r.duplicates or r.missing for r in results):
+        raise SystemExit("duplicate or missing completions")
 
 
 if __name__ == "__main__":

@@ -13,20 +13,35 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from krpo_bench.spec.loading import SpecError, load_spec
+from krpo_bench.spec.names import plain_console, styled
 
 app = typer.Typer(help="Benchmark and ablate critic-free RL baselines (KRPO, GRPO, RLOO, ...).", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
+console = plain_console()  # names are data: nothing printed is read as markup or a terminal escape
+err = plain_console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    err.print(styled("error:", "red"), message)
     raise typer.Exit(code)
+
+
+def print_table(table: Table) -> None:
+    """Print ``table`` with nothing cut: in a terminal its name columns fold onto more lines; in a log
+    or a pipe (which Rich would treat as 80 columns wide) it is printed as wide as its widest row."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    natural = Measurement.get(console, console.options.update_width(10**6), table).maximum
+    plain_console(file=console.file, width=max(console.width, natural)).print(table)
+
+
+def name_column(table: Table, header: str) -> None:
+    """Add a column of names to ``table``: folded onto more lines when narrow, never cut with an ellipsis."""
+    table.add_column(header, overflow="fold")
 
 
 @app.callback()
@@ -59,13 +74,13 @@ def trial(
     folder = run_dir or trial_folder(spec.resolved_id())
     if fresh and folder.exists():
         shutil.rmtree(folder)
-    console.print(f"trial [bold]{spec.resolved_id()}[/bold] -> {folder}")
+    console.print("trial", styled(spec.resolved_id(), "bold"), f"-> {folder}")
     result = run_trial(spec, run_dir=folder, tracking_uri=mlflow, progress=True)
     table = Table(title=f"{spec.name} ({spec.estimator.name})")
     for key in ("status", "steps", "initial_accuracy", "final_accuracy", "final_pass_at_k", "wall_time_s", "mean_step_time_s", "mlflow_run_id"):
         value = getattr(result, key)
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    console.print(table)
+    print_table(table)
 
 
 DbOption = typer.Option(None, "--db", help="job database URL (default: the db setting, see 'krpo-bench config')")
@@ -124,13 +139,13 @@ def validate(file: Path = typer.Argument(..., help="trial or study YAML")) -> No
     spec = load_any(file)
     if getattr(spec, "kind", None) == "probe":
         console.print(
-            f"[green]ok[/green] probe {spec.name!r}: {len(spec.estimators)} estimators x "
+            styled("ok", "green"), f"probe {spec.name!r}: {len(spec.estimators)} estimators x "
             f"{len(spec.group_sizes)} group sizes x {spec.batches} batches"
         )
     elif hasattr(spec, "plan"):
-        console.print(f"[green]ok[/green] {spec.kind} study {spec.name!r}: {spec.trial_count()} trials")
+        console.print(styled("ok", "green"), f"{spec.kind} study {spec.name!r}: {spec.trial_count()} trials")
     else:
-        console.print(f"[green]ok[/green] trial {spec.resolved_id()}")
+        console.print(styled("ok", "green"), f"trial {spec.resolved_id()}")
 
 
 @app.command()
@@ -147,7 +162,8 @@ def schema(kind: str = typer.Argument("study", help="study | trial")) -> None:
 
 def _print_study(info) -> None:
     counts = ", ".join(f"{k} {v}" for k, v in sorted(info.counts.items())) or "no jobs yet"
-    console.print(f"study [bold]{info.id}[/bold] {info.name!r} ({info.kind}): {info.status}; {info.done}/{info.total} done; {counts}")
+    console.print("study", styled(info.id, "bold"), f"{info.name!r} ({info.kind}): {info.status}; {info.done}/{info.total} done; {counts}",
+                  soft_wrap=True)  # one line per study, the name whole, also in an 80-column log
 
 
 @app.command()
@@ -199,7 +215,7 @@ def _study_results(service, info) -> None:
     try:
         _probe_table(*probe_result(service, info.id))
     except ValueError as exc:
-        console.print(escape(str(exc)))
+        console.print(str(exc))
 
 
 def _points(value: float, sign: str = "+") -> str:
@@ -223,7 +239,8 @@ def _results_table(service, study_id: str) -> None:
     target = f"{compared[0]['target_effect'] * 100:g} pts" if compared else "target"
     table = Table(title="held-out accuracy before training and final (mean, 95 % t-interval across seeds); "
                         "Δ vs the reference and the detectable difference (80 % power, alpha 0.05) in points")
-    for column in ("variant", "seeds", "before", "final [95 % CI]", "per seed", "Δ [95 % CI]", "analysis", "detectable", f"seeds for {target}"):
+    name_column(table, "variant")
+    for column in ("seeds", "before", "final [95 % CI]", "per seed", "Δ [95 % CI]", "analysis", "detectable", f"seeds for {target}"):
         table.add_column(column)
     for variant, row in results.items():
         ci = "" if row["ci_low"] != row["ci_low"] else f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
@@ -231,10 +248,10 @@ def _results_table(service, study_id: str) -> None:
         before = "n/a" if row["initial_mean"] != row["initial_mean"] else f"{row['initial_mean']:.3f}"
         table.add_row(variant, str(row["n"]), before, mean + ci, " ".join(f"{v:.3f}" for v in row["values"]),
                       *_comparison_cells(row.get("comparison"), variant == reference))
-    Console(width=max(console.width, 160)).print(table)  # headers and CIs stay whole in a log (not a terminal)
+    print_table(table)
     for row in results.values():
         if row.get("comparison") is not None:
-            console.print(escape(row["comparison"]["sentence"]), highlight=False)
+            console.print(row["comparison"]["sentence"])
 
 
 @app.command()
@@ -282,15 +299,63 @@ def worker(
     if slots_per_gpu != "auto" and not (slots_per_gpu.isdigit() and int(slots_per_gpu) > 0):
         fail(f"--slots-per-gpu must be a positive integer or auto, got {slots_per_gpu!r}")
     slots = None if slots_per_gpu == "auto" else int(slots_per_gpu)
+    try:
+        devices = detect_devices(gpus)
+    except ValueError as exc:
+        fail(f"--gpus {gpus}: {exc}")
     Worker(
         _service(db, mlflow),
-        devices=detect_devices(gpus),
+        devices=devices,
         slots_per_device=slots,
         lease_s=lease_s,
         heartbeat_s=heartbeat_s,
         exit_when_idle=exit_when_idle,
         fork_server=fork_server,
     ).run()
+
+
+@app.command()
+def slurm(
+    file: Optional[Path] = typer.Argument(None, help="a study YAML to submit first (default: the workers serve the queue as it is)"),
+    workers: int = typer.Option(1, help="array tasks, one worker each"),
+    gpus_per_worker: int = typer.Option(0, help="GPUs per task (--gres=gpu:N); 0: CPU workers"),
+    cpus_per_worker: int = typer.Option(4, help="CPUs per task; the worker's trials share them"),
+    time: str = typer.Option("24:00:00", "--time", help="time limit per task (SLURM format: minutes, HH:MM:SS, D-HH:MM)"),
+    grace: int = typer.Option(180, help="seconds before the time limit that the worker gets SIGTERM to checkpoint and hand back"),
+    partition: Optional[str] = typer.Option(None, help="SLURM partition"),
+    account: Optional[str] = typer.Option(None, help="SLURM account (passed through)"),
+    qos: Optional[str] = typer.Option(None, help="SLURM QoS (passed through)"),
+    slots_per_gpu: str = typer.Option("1", help="the worker's --slots-per-gpu"),
+    job_name: str = typer.Option("krpo-bench", help="SLURM job name"),
+    output: str = typer.Option("krpo-bench-%A_%a.out", help="each task's log file (sbatch --output pattern)"),
+    dry_run: bool = typer.Option(False, help="print the script, submit nothing"),
+    db: Optional[str] = DbOption,
+    mlflow: Optional[str] = MlflowOption,
+) -> None:
+    """Start a SLURM array of workers (sbatch); prints the script. Run it where sbatch works."""
+    from krpo_bench.slurm import SlurmError, SlurmOptions, exported_settings, submit as sbatch, worker_script
+
+    options = SlurmOptions(workers=workers, time=time, grace_s=grace, gpus_per_worker=gpus_per_worker,
+                           cpus_per_worker=cpus_per_worker, slots_per_gpu=slots_per_gpu, partition=partition,
+                           account=account, qos=qos, job_name=job_name, output=output)
+    try:
+        script = worker_script(options, exported_settings(db, mlflow))
+    except SlurmError as exc:
+        fail(str(exc))
+    spec = load_any(file) if file else None
+    if spec is not None and not hasattr(spec, "trial_count"):
+        fail(f"{file} is a trial, not a study; run it with 'krpo-bench trial {file}'")
+    print(script, end="")
+    if dry_run:
+        return
+    if spec is not None:
+        info = _service(db, mlflow).submit(spec)
+        err.print(f"submitted study {info.id} ({info.total} trials)")
+    try:
+        job = sbatch(script)
+    except SlurmError as exc:
+        fail(str(exc))
+    err.print(f"submitted worker array {job} ({workers} task(s)): squeue -j {job}")
 
 
 @app.command()
@@ -334,7 +399,8 @@ def probe(
 def _run_probe(spec, mlflow: Optional[str], out: Optional[Path]) -> None:
     from krpo_bench.probe.run import run_probe
 
-    console.print(f"probe [bold]{spec.name}[/bold]: {spec.batches} batches, reference {spec.reference.prompts} x {spec.reference.group_size} rollouts")
+    console.print("probe ", styled(spec.name, "bold"), f": {spec.batches} batches, reference {spec.reference.prompts} x "
+                  f"{spec.reference.group_size} rollouts", sep="")
     try:
         result = run_probe(spec, tracking_uri=mlflow, out=out, on_batch=lambda b: console.print(f"  batch {b}/{spec.batches}"))
     except ValueError as exc:
@@ -344,16 +410,20 @@ def _run_probe(spec, mlflow: Optional[str], out: Optional[Path]) -> None:
 
 def _probe_table(spec, result) -> None:
     """Print a probe's table, its loss normalisation, wall time, MLflow run and report folder."""
-    from krpo_bench.probe.report import COLUMNS, table_cells
+    from krpo_bench.probe.report import COLUMNS, NAME_COLUMNS, table_cells
 
     table = Table(title=f"gradient quality against the reference (rloo, no std; split-half cosine {result.reference_split_cosine:.3f})")
-    for _, label, _ in COLUMNS:
-        table.add_column(label)
+    for key, label, _ in COLUMNS:
+        if key in NAME_COLUMNS:
+            name_column(table, label)
+        else:
+            table.add_column(label)
     for row in result.rows:
         table.add_row(*table_cells(row))
-    Console(width=max(console.width, 130)).print(table)  # a table this wide stays readable in a log
+    print_table(table)
     console.print(f"loss {spec.loss_type}: {result.length_normalisation}")
-    console.print(f"wall time {result.wall_time_s:.1f} s; MLflow run {result.mlflow_run_id}; report: [bold]{result.report_dir}/index.html[/bold]")
+    console.print(f"wall time {result.wall_time_s:.1f} s; MLflow run {result.mlflow_run_id}; report:",
+                  styled(f"{result.report_dir}/index.html", "bold"))
 
 
 def _write_report(service, study_id: str, out: Optional[Path]) -> None:
@@ -363,7 +433,7 @@ def _write_report(service, study_id: str, out: Optional[Path]) -> None:
         path = report_study(service, study_id, out)
     except ValueError as exc:  # e.g. a probe study whose job has not succeeded
         fail(str(exc))
-    console.print(f"full report: [bold]{path}[/bold]")
+    console.print("full report:", styled(path, "bold"))
 
 
 @app.command()
@@ -390,7 +460,7 @@ def config(as_json: bool = typer.Option(False, "--json", help="print the setting
     width = max(len(r["env"]) + len(r["value"]) for r in rows) + 2
     for row in rows:  # shell syntax, so the output can be pasted into an env file (secrets are masked)
         line = f"{row['env']}={row['value']}" if row["value"] not in ("unset", "none") else f"# {row['env']} unset"
-        console.print(f"{line:<{width}} # {row['key']}: {row['source']}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"{line:<{width}} # {row['key']}: {row['source']}", soft_wrap=True)
 
 
 from krpo_bench.api.serve import serve as _serve, token_app as _token_app  # noqa: E402

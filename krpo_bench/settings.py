@@ -24,8 +24,12 @@ CONFIG_ENV = "KRPO_BENCH_CONFIG"
 DEFAULT_MAX_BODY_BYTES = 1_000_000
 DEFAULT_MAX_TRIALS = 1_000
 DEFAULT_MAX_MODEL_PARAMS = 8_000_000_000
+DEFAULT_MAX_STORED_BYTES = 8_000_000
 DEFAULT_LIST_CACHE_S = 1.0
 DEFAULT_MLFLOW_RETRY_S = 300.0
+DEFAULT_TIMEOUT_S = 24 * 3600
+DEFAULT_MAX_ACTIVE_TRIALS_PER_TOKEN = 10_000
+DEFAULT_MAX_TRIAL_HOURS_PER_TOKEN = DEFAULT_MAX_ACTIVE_TRIALS_PER_TOKEN * DEFAULT_TIMEOUT_S // 3600
 
 
 class SettingsError(ValueError):
@@ -61,17 +65,26 @@ VARS: tuple[Var, ...] = (
     Var("api_tokens_file", "KRPO_BENCH_API_TOKENS_FILE", "path", "<home>/api-tokens.json",
         "server: hashed API tokens ('krpo-bench token create')"),
     Var("data_roots", "KRPO_BENCH_DATA_ROOTS", "paths", "<home>/data",
-        "server: folders submitted specs may read local files from (os.pathsep-separated; a list in the file)"),
+        "server and workers: folders specs may read local files from, checked at submission and again where "
+        "a worker opens them (os.pathsep-separated; a list in the file)"),
     Var("allow_remote_code", "KRPO_BENCH_ALLOW_REMOTE_CODE", "bool", "false",
         "server: accept model.trust_remote_code: true"),
     Var("max_body_bytes", "KRPO_BENCH_MAX_BODY_BYTES", "int", str(DEFAULT_MAX_BODY_BYTES), "server: request body cap (413 above)"),
     Var("max_trials", "KRPO_BENCH_MAX_TRIALS", "int", str(DEFAULT_MAX_TRIALS), "server: most trials one submitted study may hold"),
     Var("max_model_params", "KRPO_BENCH_MAX_MODEL_PARAMS", "int", str(DEFAULT_MAX_MODEL_PARAMS),
         "server: largest model (parameters) a submitted trial may build or load, where its size is known"),
+    Var("max_stored_bytes", "KRPO_BENCH_MAX_STORED_BYTES", "int", str(DEFAULT_MAX_STORED_BYTES),
+        "server: most bytes of trial configs one submitted study may store (its trials' configs together)"),
     Var("mlflow_ui_url", "KRPO_BENCH_MLFLOW_UI_URL", "str", "the tracking URI when it is http(s)",
         "server: base URL of the MLflow UI for run links"),
     Var("list_cache_s", "KRPO_BENCH_LIST_CACHE_S", "float", str(DEFAULT_LIST_CACHE_S),
         "server: seconds a study-list page is reused (0: never)"),
+    Var("default_timeout_s", "KRPO_BENCH_DEFAULT_TIMEOUT_S", "int", str(DEFAULT_TIMEOUT_S),
+        "server: wall-clock limit of a submitted trial or probe whose spec sets no resources.timeout_s"),
+    Var("max_active_trials_per_token", "KRPO_BENCH_MAX_ACTIVE_TRIALS_PER_TOKEN", "int", str(DEFAULT_MAX_ACTIVE_TRIALS_PER_TOKEN),
+        "server: most queued + running trials the studies of one submit token may hold"),
+    Var("max_trial_hours_per_token", "KRPO_BENCH_MAX_TRIAL_HOURS_PER_TOKEN", "int", str(DEFAULT_MAX_TRIAL_HOURS_PER_TOKEN),
+        "server: most trial-hours (queued + running trials x their timeout) one submit token may hold"),
 )
 VARS_BY_KEY = {v.key: v for v in VARS}
 ENV_VARS: tuple[str, ...] = (CONFIG_ENV, *(v.env for v in VARS))
@@ -99,8 +112,12 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_trials: int = DEFAULT_MAX_TRIALS
     max_model_params: int = DEFAULT_MAX_MODEL_PARAMS
+    max_stored_bytes: int = DEFAULT_MAX_STORED_BYTES
     mlflow_ui_url: str | None = None
     list_cache_s: float = DEFAULT_LIST_CACHE_S
+    default_timeout_s: int = DEFAULT_TIMEOUT_S
+    max_active_trials_per_token: int = DEFAULT_MAX_ACTIVE_TRIALS_PER_TOKEN
+    max_trial_hours_per_token: int = DEFAULT_MAX_TRIAL_HOURS_PER_TOKEN
     config_file: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -142,8 +159,12 @@ class Settings:
             max_body_bytes=values.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES),
             max_trials=values.get("max_trials", DEFAULT_MAX_TRIALS),
             max_model_params=values.get("max_model_params", DEFAULT_MAX_MODEL_PARAMS),
+            max_stored_bytes=values.get("max_stored_bytes", DEFAULT_MAX_STORED_BYTES),
             mlflow_ui_url=ui.rstrip("/") if ui else None,
             list_cache_s=values.get("list_cache_s", DEFAULT_LIST_CACHE_S),
+            default_timeout_s=values.get("default_timeout_s", DEFAULT_TIMEOUT_S),
+            max_active_trials_per_token=values.get("max_active_trials_per_token", DEFAULT_MAX_ACTIVE_TRIALS_PER_TOKEN),
+            max_trial_hours_per_token=values.get("max_trial_hours_per_token", DEFAULT_MAX_TRIAL_HOURS_PER_TOKEN),
             config_file=config_file,
             sources=sources,
         )

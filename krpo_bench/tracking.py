@@ -26,6 +26,7 @@ import logging
 import os
 import random
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
@@ -125,23 +126,46 @@ def is_unreachable(err: BaseException) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def _one_http_try() -> Iterator[None]:
+class _OneHttpTry:
     """MLflow's HTTP client without its own retries (ours take over) and with a bounded timeout.
-    MLflow reads these variables on every request; the tracker is used from one thread."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    timeout = saved["MLFLOW_HTTP_REQUEST_TIMEOUT"]
-    if not timeout or not timeout.isdigit() or int(timeout) > REQUEST_TIMEOUT_S:
-        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(REQUEST_TIMEOUT_S)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+
+    MLflow reads these settings from the process environment on every request, and trackers run in
+    several threads at once (the API's outbox, a worker's pools). So the variables are set while any
+    thread is inside the block: the first thread to enter saves and sets them, the last to leave
+    restores them, both under one lock; no thread's request runs with another's restored values."""
+
+    MAX_RETRIES = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+    TIMEOUT = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._inside = 0
+        self._saved: dict[str, str | None] = {}
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._inside == 0:
+                self._saved = {key: os.environ.get(key) for key in (self.MAX_RETRIES, self.TIMEOUT)}
+                os.environ[self.MAX_RETRIES] = "0"
+                timeout = self._saved[self.TIMEOUT]
+                if not timeout or not timeout.isdigit() or int(timeout) > REQUEST_TIMEOUT_S:
+                    os.environ[self.TIMEOUT] = str(REQUEST_TIMEOUT_S)
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inside -= 1
+                if self._inside == 0:
+                    for key, value in self._saved.items():
+                        if value is None:
+                            os.environ.pop(key, None)
+                        else:
+                            os.environ[key] = value
+
+
+_one_http_try = _OneHttpTry()
 
 
 class RunTracker:

@@ -1,9 +1,13 @@
 """Test-wide settings: offline hubs and a throw-away data home; in CI (``CI=true``) a skipped test
-fails the run unless tests/allowed_skips.py lists it with its reason."""
+fails the run unless tests/allowed_skips.py lists it with its reason; a PostgreSQL test must close
+every connection it opens."""
 
 from __future__ import annotations
 
+import gc
 import os
+import warnings
+from collections.abc import Iterator
 
 import pytest
 
@@ -19,6 +23,27 @@ pytest_plugins = ["tests.db"]
 
 
 _unlisted_skips: list[tuple[str, str]] = []
+
+
+def _uses_postgres(request: pytest.FixtureRequest) -> bool:
+    callspec = getattr(request.node, "callspec", None)
+    return "pg_url" in request.fixturenames or (callspec is not None and callspec.params.get("db_url") == "postgresql")
+
+
+@pytest.fixture(autouse=True)
+def _no_postgres_connection_left_open(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a PostgreSQL test, nothing it opened is left for the garbage collector: psycopg warns
+    when it collects an open connection, and the warning lands in whichever later test runs then
+    (one that turns warnings into errors fails for it): dispose every engine, a service's too."""
+    yield
+    if not _uses_postgres(request):
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        gc.collect()
+    leaked = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning) and "psycopg" in str(w.message)]
+    if leaked:
+        pytest.fail(f"{len(leaked)} PostgreSQL connection(s) left open by this test, e.g. {leaked[0]}", pytrace=False)
 
 
 def _in_ci() -> bool:

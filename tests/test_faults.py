@@ -24,6 +24,7 @@ import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from collections.abc import Iterator
 from typing import IO, Any, Callable
 
 import psycopg
@@ -87,6 +88,14 @@ def pg_url() -> Any:
         yield url
     finally:
         drop_pg_database(url)
+
+
+@pytest.fixture
+def pg_service(pg_url: str, tmp_path: Path) -> Iterator[StudyService]:
+    """A service on ``pg_url``; its engine is disposed before the database is dropped."""
+    service = StudyService(pg_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield service
+    service.engine.dispose()  # no PostgreSQL connection left for the garbage collector
 
 
 def start_worker(service: StudyService, log: IO[bytes], *, lease_s: float, heartbeat_s: float = 1.0,
@@ -246,9 +255,9 @@ def _pg_accepts_connections() -> bool:
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_workers_ride_out_a_database_restart(pg_url: str, tmp_path: Path):
+def test_workers_ride_out_a_database_restart(pg_service: StudyService, tmp_path: Path):
     _pg_cluster()
-    service = StudyService(pg_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    service = pg_service
     # 40 steps (about 4 s of training): long enough that the two workers' trials reliably overlap
     # (with 8 steps, a trial's training window was shorter than the other worker's process start-up)
     info = service.submit(ablation("db-restart", seeds=4, steps=40, checkpoint_every=10))
@@ -276,13 +285,13 @@ def test_workers_ride_out_a_database_restart(pg_url: str, tmp_path: Path):
     print(f"\nPostgreSQL down ~{outage:.1f} s; attempt outcomes per job: {_plain(outcomes)}")
 
 
-def test_optuna_reports_ride_out_a_database_outage(pg_url: str, tmp_path: Path):
+def test_optuna_reports_ride_out_a_database_outage(pg_url: str, pg_service: StudyService):
     import optuna
 
     from krpo_bench.service.optuna_store import optuna_storage
     from krpo_bench.service.queue import is_database_outage
 
-    service = StudyService(pg_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    service = pg_service
     base = {k: v for k, v in tiny(8, eval_every=2).items() if k != "name"}
     base["estimator"] = {"name": "krpo"}
     info = service.submit({
@@ -315,9 +324,9 @@ def test_optuna_reports_ride_out_a_database_outage(pg_url: str, tmp_path: Path):
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_randomly_killed_workers_finish_every_job_exactly_once(pg_url: str, tmp_path: Path):
+def test_randomly_killed_workers_finish_every_job_exactly_once(pg_service: StudyService, tmp_path: Path):
     steps = 16
-    service = StudyService(pg_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    service = pg_service
     info = service.submit(ablation("kills", seeds=KILL_JOBS, steps=steps, checkpoint_every=4, group_size=4,
                                    prompts_per_step=4, max_attempts=10))
     rng = random.Random(KILL_SEED)
@@ -614,8 +623,8 @@ def _limit_file_size(limit: int) -> Callable[[], None]:
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_a_full_disk_fails_the_job_naming_the_checkpoint_folder(pg_url: str, tmp_path: Path):
-    service = StudyService(pg_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_a_full_disk_fails_the_job_naming_the_checkpoint_folder(pg_service: StudyService, tmp_path: Path):
+    service = pg_service
     info = service.submit(ablation("disk-full", seeds=1, steps=4, checkpoint_every=2, max_attempts=1))
     # 2 MiB: the MLflow store and logs fit, the 3.4 MB model file of a checkpoint does not.
     with open(tmp_path / "worker.log", "wb") as log:

@@ -155,7 +155,7 @@ def test_the_worker_refuses_builders_folders_here_and_folders_outside_the_roots(
     (tmp_path / "data" / "link").symlink_to(tmp_path / "outside")
     with pytest.raises(hf.DatasetRefused, match="not under the data roots"):
         hf.load(forged(str(tmp_path / "data" / "link")), roots)
-    with pytest.raises(hf.DatasetRefused, match="no folder written by save_to_disk"):
+    with pytest.raises(hf.DatasetRefused, match="its link 'link' leads out of them"):  # a folder holding that link
         hf.load(forged(str(tmp_path / "data")), roots)
     train, test = hf.load(forged(str(tmp_path / "data" / "link"), question_field="question", answer_field="answer",
                                  answer_extract="none", split="train", test_split=None), (tmp_path,))
@@ -470,3 +470,89 @@ def test_idempotency_keys_are_scoped_per_token(server: tuple[str, dict[str, str]
     assert post(url, tokens["submit"], SPEC, **key).json()["id"] == mine["id"]
     theirs = post(url, tokens["admin"], SPEC, **key)
     assert theirs.status_code == 201 and theirs.json()["id"] != mine["id"]
+
+
+# -- issue 19, items 1-3 and 9: names are data (no markup, no escapes, no NUL 500s) ---------------
+# The worker that claims a markup-named job and survives: tests/test_display_safety.py.
+
+
+def test_markup_names_are_stored_as_text_and_control_characters_are_refused_in_every_name(
+    server: tuple[str, dict[str, str], Path],
+) -> None:
+    url, tokens, _ = server
+    poison = post(url, tokens["submit"], spec(name="[/]", variants={"[/]": {}, "[link=https://evil.example]x[/link]": {}}))
+    assert poison.status_code == 201, poison.text
+    assert poison.json()["name"] == "[/]"
+    forged = "x\x1b[2K\rworker: all trials succeeded"
+    before = study_count(url, tokens["read"])
+    for body, path in [
+        (spec(variants={forged: {}}), "variants.x\\x1b[2K\\rworker: all trials succeeded"),
+        (spec(grid={"training.lr_scheduler": ["\x1b]52;c;aGk=\x07"]}), "grid.training.lr_scheduler[0]"),
+        (spec(base={**BASE, "name": "n", "experiment": "e\u202e"}), "base.experiment"),
+    ]:
+        response = post(url, tokens["submit"], body)
+        assert response.status_code == 422 and path in error_paths(response), response.text
+    assert study_count(url, tokens["read"]) == before
+
+
+def test_paths_holding_nul_or_control_characters_are_404(server: tuple[str, dict[str, str], Path]) -> None:
+    url, tokens, _ = server
+    headers = {"Authorization": f"Bearer {tokens['admin']}"}
+    for path in ("/api/v1/studies/%00", "/api/v1/jobs/%00", "/api/v1/studies/a%00b/jobs", "/studies/%00/dashboard",
+                 "/api/v1/studies/%1B%5B2K"):
+        response = httpx.get(f"{url}{path}", headers=headers)
+        assert response.status_code == 404, (path, response.text)
+    assert httpx.post(f"{url}/api/v1/studies/%00/cancel", headers=headers).status_code == 404
+
+
+# -- issue 19, items 7 and 8: cross-site requests; workers re-check local paths where they open them --
+
+
+def test_a_page_of_another_origin_cannot_cancel_or_resume_on_a_tokenless_server(tmp_path: Path) -> None:
+    proc, url = start(tmp_path)
+    try:
+        study = post(url, None, spec(name="victim")).json()
+        evil = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site", "Content-Type": "application/x-www-form-urlencoded"}
+        for ref in (study["id"], "victim", "v"):
+            for action in ("cancel", "resume"):
+                refused = httpx.post(f"{url}/api/v1/studies/{ref}/{action}", headers=evil, content=b"confirm=1", timeout=60)
+                assert refused.status_code == 403 and refused.json()["error"] == "cross_site_request", refused.text
+                assert "https://evil.example" in refused.json()["message"]
+        assert httpx.get(f"{url}/api/v1/studies/{study['id']}", timeout=60).json()["status"] == "running"
+        own = httpx.post(f"{url}/api/v1/studies/{study['id']}/cancel", headers={"Origin": url, "Sec-Fetch-Site": "same-origin"},
+                         timeout=60)
+        assert own.status_code == 200 and own.json()["status"] == "cancelled", own.text
+        assert httpx.post(f"{url}/api/v1/studies/{study['id']}/resume", timeout=60).status_code == 200  # the CLI sends no Origin
+    finally:
+        stop(proc)
+
+
+def test_a_jsonl_link_repointed_after_submission_is_refused_by_the_worker(
+    server: tuple[str, dict[str, str], Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, tokens, home = server
+    (home / "data").mkdir(exist_ok=True)
+    (home / "data" / "good.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
+    (home / "secret.jsonl").write_text('{"aws_secret_access_key": "AKIA-LEAK"}\n')
+    link = home / "data" / "repointed.jsonl"
+    link.symlink_to(home / "data" / "good.jsonl")
+    accepted = post(url, tokens["submit"], with_task({"kind": "jsonl", "path": str(link), "rewards": [{"name": "exact"}]}))
+    assert accepted.status_code == 201, accepted.text
+    link.unlink()
+    link.symlink_to(home / "secret.jsonl")
+    monkeypatch.setenv("KRPO_BENCH_DATA_ROOTS", str(home / "data"))  # the worker's own data roots
+    from krpo_bench.tasks import build_task  # what the worker calls
+
+    task = accepted.json()["spec"]["base"]["task"]
+    with pytest.raises(PermissionError, match="not under the data roots") as refused:
+        build_task(task)
+    reason = short_reason(f"{type(refused.value).__name__}: {refused.value}")
+    assert reason.startswith("OutsideDataRoots: task.path: ") and "aws_secret" not in reason and "AKIA" not in reason
+
+
+@pytest.mark.parametrize("name", ["hf:./evil/model", "hf:evil/model/checkpoint-1", "hf:../evil"])
+def test_relative_model_paths_are_refused_at_submit(server: tuple[str, dict[str, str], Path], name: str) -> None:
+    url, tokens, _ = server
+    response = post(url, tokens["submit"], spec(base={**BASE, "model": {"name": name}}))
+    assert response.status_code == 422 and error_paths(response) == ["base.model.name"], response.text
+    assert "absolute path" in response.json()["errors"][0]["message"]

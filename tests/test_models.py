@@ -177,7 +177,8 @@ def test_concurrent_builders_build_once(tmp_path: Path) -> None:
     assert (tmp_path / "cache" / "models" / "shared" / "weights").read_text() == "w"
 
 
-def test_hf_local_folder_loads_with_requested_dtype(quick_build: Path) -> None:
+def test_hf_local_folder_loads_with_requested_dtype(quick_build: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KRPO_BENCH_DATA_ROOTS", str(quick_build.parent))  # local models load only under the data roots
     loaded = load_model(ModelSpec(name=f"hf:{quick_build}", dtype="bfloat16"))
     assert loaded.name == f"hf:{quick_build}"
     assert next(loaded.model.parameters()).dtype == torch.bfloat16
@@ -185,7 +186,8 @@ def test_hf_local_folder_loads_with_requested_dtype(quick_build: Path) -> None:
     assert loaded.num_parameters == loaded.num_trainable_parameters
 
 
-def test_lora_wraps_the_model_and_trains_only_adapters(quick_build: Path) -> None:
+def test_lora_wraps_the_model_and_trains_only_adapters(quick_build: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KRPO_BENCH_DATA_ROOTS", str(quick_build.parent))
     loaded = load_model(ModelSpec(name=f"hf:{quick_build}", lora=LoraSpec(r=4)))
     trainable = [name for name, p in loaded.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in name for name in trainable)
@@ -193,7 +195,8 @@ def test_lora_wraps_the_model_and_trains_only_adapters(quick_build: Path) -> Non
     assert type(loaded.model).__name__.startswith("Peft")
 
 
-def test_missing_models_raise_a_clear_error(tmp_path: Path) -> None:
+def test_missing_models_raise_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KRPO_BENCH_DATA_ROOTS", str(tmp_path))
     with pytest.raises(ModelLoadError, match="hf:.*empty"):
         load_model(ModelSpec(name=f"hf:{tmp_path / 'empty'}"))
     with pytest.raises(ModelLoadError, match="no-such-org/no-such-model"):

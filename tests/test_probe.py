@@ -216,7 +216,8 @@ def test_probe_command_prints_the_table_tracks_and_reports(tmp_path, command) ->
     assert sorted(m.step for m in history) == [2, 4]
 
 
-def test_probe_loads_checkpoint_weights_and_reads_noisy_rewards(tmp_path) -> None:
+def test_probe_loads_checkpoint_weights_and_reads_noisy_rewards(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("KRPO_BENCH_DATA_ROOTS", str(tmp_path))  # checkpoints load only under the data roots
     from krpo_bench.probe.run import _load, measure
 
     spec = validate(ProbeSpec, {**PROBE, "estimators": [{"name": "rloo"}], "group_sizes": [4], "batches": 2})
@@ -265,3 +266,31 @@ def test_a_probe_of_an_estimator_that_needs_a_greedy_completion_is_refused_when_
     with pytest.raises(SpecError) as err:
         validate(ProbeSpec, {**PROBE, "estimators": [{"name": "grpo"}, {"name": "remax"}]})
     assert any(e["path"] == "estimators" and "remax need a greedy completion" in e["message"] for e in err.value.errors)
+
+
+def test_the_reference_gradient_comes_from_rollouts_of_its_own(monkeypatch) -> None:
+    """The reference is drawn independently of the estimators' batches: probes that differ only in
+    their batches (how many, how many prompts, which group sizes) get the same reference gradient,
+    split-half cosine and reward, to the last bit."""
+    from krpo_bench.probe import run
+
+    references = []
+
+    class Spy(GradientTally):
+        def __init__(self, reference: torch.Tensor) -> None:
+            references.append(reference)
+            super().__init__(reference)
+
+    monkeypatch.setattr(run, "GradientTally", Spy)
+    one = {**PROBE, "estimators": [{"name": "rloo"}]}
+    few = validate(ProbeSpec, {**one, "group_sizes": [2], "batches": 2, "prompts_per_batch": 2})
+    many = validate(ProbeSpec, {**one, "group_sizes": [2, 4], "batches": 3, "prompts_per_batch": 3})
+    model, tokenizer = run._load(few, "cpu")
+    seen = []
+    for spec in (few, many):
+        references.clear()
+        torch.manual_seed(0)
+        _, split, reward = run.measure(spec, model, tokenizer)
+        seen.append((references[0], split, reward))
+    (reference, split, reward), (again, split_again, reward_again) = seen
+    assert torch.equal(reference, again) and (split, reward) == (split_again, reward_again)

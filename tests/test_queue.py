@@ -10,10 +10,13 @@ from collections import Counter
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
-import pytest
-from sqlalchemy import Engine
+import threading
 
-from krpo_bench.service.db import AttemptOutcome, JobStatus, WorkerStatus, make_engine, upgrade
+import pytest
+from sqlalchemy import Engine, MetaData, Table, select, update
+from sqlalchemy.exc import DBAPIError
+
+from krpo_bench.service.db import AttemptOutcome, JobStatus, Study, WorkerStatus, make_engine, upgrade, utcnow
 from krpo_bench.service.queue import UNESTIMATED_GPU_MEMORY_MIB, CancelResult, Heartbeat, JobQueue, NewJob
 from tests.db import add_study, create_pg_database, drop_pg_database, terminate_connections
 
@@ -72,7 +75,7 @@ def test_zombie_is_fenced_after_reclaim(queue: JobQueue, study_id: str) -> None:
     zombie = queue.claim("w1", SHORT_LEASE_S)
     assert zombie is not None and zombie.attempt == 1
     _expire_leases()
-    assert queue.reclaim_expired() == 1
+    assert len(queue.reclaim_expired()) == 1
 
     successor = queue.claim("w2", 30)
     assert successor is not None and (successor.id, successor.attempt) == (job_id, 2)
@@ -97,9 +100,9 @@ def test_expired_lease_goes_to_another_worker(queue: JobQueue, study_id: str) ->
     job_id = queue.enqueue(study_id, "t", {"lr": 1e-4})
     lost = queue.claim("w1", SHORT_LEASE_S)
     assert lost is not None
-    assert queue.reclaim_expired() == 0  # lease still valid
+    assert len(queue.reclaim_expired()) == 0  # lease still valid
     _expire_leases()
-    assert queue.reclaim_expired() == 1
+    assert len(queue.reclaim_expired()) == 1
     job = queue.get_job(job_id)
     assert job is not None
     assert (job.status, job.failures, job.owner) == (JobStatus.QUEUED, 1, None)
@@ -118,7 +121,7 @@ def test_max_attempts_then_failed_with_last_error(queue: JobQueue, study_id: str
     assert queue.fail(job_id, first.attempt, "CUDA OOM") is JobStatus.QUEUED
     second = queue.claim("w1", SHORT_LEASE_S)
     _expire_leases()
-    assert queue.reclaim_expired() == 1
+    assert len(queue.reclaim_expired()) == 1
     third = queue.claim("w1", 30)
     assert (first.attempt, second.attempt, third.attempt) == (1, 2, 3)
     assert queue.fail(job_id, third.attempt, "NaN loss") is JobStatus.FAILED
@@ -131,7 +134,7 @@ def test_max_attempts_then_failed_with_last_error(queue: JobQueue, study_id: str
     expired_id = queue.enqueue(study_id, "expires", {}, max_attempts=1)
     assert queue.claim("w1", SHORT_LEASE_S) is not None
     _expire_leases()
-    assert queue.reclaim_expired() == 1
+    assert len(queue.reclaim_expired()) == 1
     expired = queue.get_job(expired_id)
     assert expired is not None
     assert (expired.status, expired.last_error) == (JobStatus.FAILED, "lease expired (worker w1)")
@@ -198,6 +201,139 @@ def test_cancel_study(engine: Engine, queue: JobQueue, study_id: str) -> None:
     late = queue.get_job(queue.enqueue(study_id, "late", {}))
     assert late.status is JobStatus.CANCELLED
     assert queue.counts(other_study)[JobStatus.QUEUED] == 1
+
+
+def _study_status(engine: Engine, study_id: str) -> str:
+    with engine.connect() as conn:
+        return conn.execute(select(Study.status).where(Study.id == study_id)).scalar_one()
+
+
+def test_a_study_with_a_cancelled_job_ends_cancelled_not_succeeded(engine: Engine, queue: JobQueue, study_id: str) -> None:
+    ids = queue.enqueue_many(study_id, [NewJob("a", {}), NewJob("b", {})])
+    job = queue.claim("w1", 30)
+    assert queue.cancel_job(ids[1]) is JobStatus.CANCELLED
+    assert _study_status(engine, study_id) == "running"
+    assert queue.complete(job.id, job.attempt, {})
+    assert _study_status(engine, study_id) == "cancelled"
+
+
+def test_a_study_settles_once_it_holds_every_job_it_will(engine: Engine, queue: JobQueue, study_id: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(update(Study).where(Study.id == study_id).values(total_jobs=3))
+    for key in ("a", "b", "a"):  # the repeated key is the same job: it is counted once
+        queue.enqueue(study_id, key, {})
+        while (job := queue.claim("w1", 30)) is not None:
+            assert queue.complete(job.id, job.attempt, {})
+    assert _study_status(engine, study_id) == "running", "2 of its 3 jobs exist"
+    queue.enqueue(study_id, "c", {})
+    job = queue.claim("w1", 30)
+    assert queue.complete(job.id, job.attempt, {})
+    assert _study_status(engine, study_id) == "succeeded"
+
+
+def test_resume_requeues_a_running_job_whose_cancellation_was_pending(
+    engine: Engine, queue: JobQueue, study_id: str
+) -> None:
+    queue.enqueue_many(study_id, [NewJob("a", {}), NewJob("b", {}), NewJob("c", {})])
+    dead = queue.claim("w1", 60)  # its worker is SIGKILLed now: the lease has not expired yet
+    done = queue.claim("w2", 60)
+    assert queue.complete(done.id, done.attempt, {})
+    assert queue.cancel_study(study_id) == CancelResult(cancelled=1, signalled=1)
+    assert queue.requeue_study(study_id) == 2, "the later command wins: the cancelled and the dead worker's job"
+    job = queue.get_job(dead.id)
+    assert (job.status, job.cancel_requested, job.owner) == (JobStatus.QUEUED, False, None)
+    assert queue.heartbeat(dead.id, dead.attempt, 60) is Heartbeat.LOST, "the old holder is fenced off"
+    assert len(queue.reclaim_expired()) == 0
+    while (job := queue.claim("w3", 60)) is not None:
+        assert queue.complete(job.id, job.attempt, {})
+    assert queue.counts(study_id)[JobStatus.SUCCEEDED] == 3
+    assert _study_status(engine, study_id) == "succeeded"
+    assert [a.outcome for a in queue.list_attempts(dead.id)] == [AttemptOutcome.RELEASED, AttemptOutcome.SUCCEEDED]
+
+
+def test_reclaim_settles_a_study_whose_last_finisher_died_before_settling_it(
+    engine: Engine, queue: JobQueue, study_id: str
+) -> None:
+    queue.enqueue(study_id, "a", {})
+    job = queue.claim("w1", 30)
+    with engine.begin() as conn:  # the job's end committed, and its process died there
+        conn.execute(update(Table("jobs", MetaData(), autoload_with=conn)).values(status="succeeded", finished_at=utcnow()))
+    assert _study_status(engine, study_id) == "running"
+    assert queue.reclaim_expired() == []
+    assert _study_status(engine, study_id) == "succeeded"
+    assert queue.get_job(job.id).status is JobStatus.SUCCEEDED
+
+
+def test_upgrade_counts_existing_jobs_and_corrects_wrong_successes(db_url: str) -> None:
+    upgrade(db_url, "0004")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            studies = Table("studies", MetaData(), autoload_with=conn)  # as revision 0004 made it
+            jobs = Table("jobs", MetaData(), autoload_with=conn)
+            for sid, status, job_statuses in [
+                ("ok", "succeeded", ["succeeded", "pruned"]),
+                ("wrong", "succeeded", ["succeeded", "cancelled"]),
+                ("busy", "running", ["succeeded", "queued", "running"]),
+            ]:
+                conn.execute(studies.insert().values(
+                    id=sid, name=sid, kind="ablation", spec={}, status=status, priority=0, total_jobs=len(job_statuses),
+                    cancel_requested=False, created_at=utcnow(), updated_at=utcnow(),
+                ))
+                conn.execute(jobs.insert(), [
+                    {"id": f"{sid}-{i}", "seq": hash((sid, i)) % 10**9, "study_id": sid, "trial_key": str(i), "config": {},
+                     "status": st, "priority": 0, "attempt": 0, "failures": 0, "max_attempts": 3,
+                     "cancel_requested": False, "gpus": 1, "created_at": utcnow()}
+                    for i, st in enumerate(job_statuses)
+                ])
+        upgrade(engine)
+        with engine.connect() as conn:
+            rows = dict(conn.execute(select(Study.id, Study.enqueued_jobs)).tuples().all())
+        assert rows == {"ok": 2, "wrong": 2, "busy": 3}
+        assert [_study_status(engine, s) for s in ("ok", "wrong", "busy")] == ["succeeded", "cancelled", "running"]
+        queue = JobQueue(engine)
+        job = queue.claim("w1", 30)
+        assert job.study_id == "busy" and queue.complete(job.id, job.attempt, {})
+        assert _study_status(engine, "busy") == "running"
+        assert queue.complete("busy-2", 0, {})  # the job that was running during the upgrade
+        assert _study_status(engine, "busy") == "succeeded", "the counted jobs settle the study"
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_cancel_and_job_ends_never_deadlock() -> None:
+    """Ends of a study's jobs racing its cancellation, with no retry to hide a deadlock."""
+    url = create_pg_database()
+    engine = make_engine(url, pool_size=12)
+    try:
+        upgrade(engine)
+        queue = JobQueue(engine, max_retries=0)
+        errors: list[BaseException] = []
+        for _ in range(6):
+            study_id = add_study(engine)
+            queue.enqueue_many(study_id, [NewJob(f"t{i}", {}) for i in range(8)])
+            held = [queue.claim("w", 30) for _ in range(8)]
+            start = threading.Barrier(len(held) + 1)
+
+            def run(fn, *args) -> None:
+                start.wait()
+                try:
+                    fn(*args)
+                except DBAPIError as err:
+                    errors.append(err)
+
+            threads = [threading.Thread(target=run, args=(queue.complete, j.id, j.attempt, {})) for j in held]
+            threads.append(threading.Thread(target=run, args=(queue.cancel_study, study_id)))
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert errors == []
+            assert queue.counts(study_id)[JobStatus.SUCCEEDED] == 8
+    finally:
+        engine.dispose()
+        drop_pg_database(url)
 
 
 def test_priority_then_fifo(queue: JobQueue, study_id: str) -> None:

@@ -31,14 +31,16 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _log_trial(client: MlflowClient, experiment_id: str, parent_id: str, variant: str, seed: int,
-               status: str = "FINISHED") -> str:
-    run = client.create_run(experiment_id, run_name=f"{variant}-{seed}")
+               status: str = "FINISHED", study_id: str = STUDY_ID, label: str | None = None) -> str:
+    """One trial run with ``variant``'s numbers, tagged as the variant ``label`` (default: ``variant``)."""
+    label = label or variant
+    run = client.create_run(experiment_id, run_name=f"{label}-{seed}")
     run_id = run.info.run_id
     estimator = "kalman" if variant.startswith("krpo") else "group_mean"
     tags = {
-        "mlflow.parentRunId": parent_id, "krpo.study_id": STUDY_ID, "krpo.study_name": "quickstart",
-        "krpo.variant": variant, "krpo.seed": str(seed), "krpo.estimator": estimator,
-        "krpo.trial_key": f"{variant}/{seed}", "krpo.kind": "ablation",
+        "mlflow.parentRunId": parent_id, "krpo.study_id": study_id, "krpo.study_name": "quickstart",
+        "krpo.variant": label, "krpo.seed": str(seed), "krpo.estimator": estimator,
+        "krpo.trial_key": f"{label}/{seed}", "krpo.kind": "ablation",
     }
     params = {
         "estimator.name": estimator, "estimator.Q": "0.0001", "estimator.R": "1.0",
@@ -278,6 +280,65 @@ def test_service_results_api_and_cli_carry_the_paired_comparison(tmp_path: Path)
     assert shown.exit_code == 0, shown.output
     assert expected.sentence in " ".join(shown.output.split())
     assert "seeds for 5 pts" in shown.output and "paired" in shown.output
+
+
+def _grpo_last_study(tmp_path: Path):
+    """A service and an ablation whose variants list "filter" (krpo) before grpo, 3 seeds each, not yet
+    run; "filter" also sorts before "grpo"."""
+    from krpo_bench.service.studies import StudyService
+    from tests.trial_specs import tiny_trial
+
+    service = StudyService(f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    base = {k: v for k, v in tiny_trial(steps=5).items() if k != "name"}
+    info = service.submit({
+        "name": "grpo-last", "kind": "ablation", "base": base, "seeds": 3,
+        "variants": {"filter": {"estimator": {"name": "krpo"}}, "grpo": {"estimator": {"name": "grpo"}}},
+    })
+    return service, info
+
+
+def test_service_results_pair_the_arms_by_seed_whatever_order_their_jobs_come_in(tmp_path: Path) -> None:
+    """The arms' jobs succeed in different seed orders (grpo 0, 1, 2; filter 2, 0, 1): the comparison
+    pairs seed with seed, read in queue order or in the order the jobs finished."""
+    service, info = _grpo_last_study(tmp_path)
+    claimed = {(j.config["variant"], j.config["seed"]): j for j in iter(lambda: service.queue.claim("w", 60), None)}
+    finished = [("grpo", 0), ("grpo", 1), ("grpo", 2), ("filter", 2), ("filter", 0), ("filter", 1)]
+    numbers = {"grpo": FINAL["grpo"], "filter": FINAL["krpo"]}
+    for variant, seed in finished:
+        job = claimed[(variant, seed)]
+        assert service.queue.complete(job.id, job.attempt, {"status": "succeeded", "final_accuracy": numbers[variant][seed]})
+        service.job_finished(job.id)
+    by_id = {j.id: j for j in service.jobs(info.id)}
+    in_finish_order = [by_id[claimed[key].id] for key in finished]
+    expected = stats.compare(FINAL["krpo"], FINAL["grpo"], "filter", "grpo", [0, 1, 2], [0, 1, 2]).flat()
+    for results in (service.results(info.id), service.results(info.id, in_finish_order)):
+        assert results["grpo"]["comparison"] is None
+        comparison = results["filter"]["comparison"]
+        assert comparison["analysis"] == "paired"
+        assert (comparison["diff_ci_low"], comparison["diff_ci_high"]) == pytest.approx((expected["diff_ci_low"], expected["diff_ci_high"]))
+        assert comparison == pytest.approx(expected)
+
+
+def test_the_report_and_the_dashboard_compare_with_grpo_wherever_it_is_listed(tmp_path: Path) -> None:
+    """grpo is the reference though the spec lists "filter" first and the report reads it first."""
+    from krpo_bench.dashboards.study import report_study, study_dashboard_html
+
+    service, info = _grpo_last_study(tmp_path)
+    records = service.ensure_mlflow(info.id)
+    client = MlflowClient(service.mlflow_uri)
+    for variant, label in (("krpo", "filter"), ("grpo", "grpo")):
+        for seed in range(3):
+            _log_trial(client, records.experiment_id, records.parent_run_id, variant, seed, study_id=info.id, label=label)
+    data = load_study(service.mlflow_uri, study_id=info.id)
+    assert data.variants == ["filter", "grpo"]
+    expected = stats.compare(FINAL["krpo"], FINAL["grpo"], "filter", "grpo", [0, 1, 2], [0, 1, 2])
+    summary = json.loads((report_study(service, info.id, tmp_path / "report").parent / "summary.json").read_text())
+    assert summary["reference"] == "grpo" and summary["reference_found"]
+    rows = {row["variant"]: row for row in summary["variants"]}
+    assert "reference" not in rows["grpo"] and rows["filter"]["reference"] == "grpo"
+    assert rows["filter"]["diff"] == pytest.approx(expected.difference.estimate)
+    page = study_dashboard_html(service, info.id)
+    assert "Δ vs grpo" in page and "Δ vs filter" not in page
 
 
 def test_api_refuses_a_bad_target_effect_naming_the_field(tmp_path: Path) -> None:

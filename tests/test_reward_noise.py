@@ -7,10 +7,13 @@ import pytest
 import torch
 from scipy import stats
 
+from krpo_bench.models import load_model
 from krpo_bench.spec.loading import SpecError
 from krpo_bench.spec.study import validate_study
 from krpo_bench.spec.trial import TrialSpec
+from krpo_bench.tasks import build_task
 from krpo_bench.tasks.noise import RewardNoise, noisy_rewards
+from krpo_bench.training.evaluation import evaluate
 from krpo_bench.training.trainer import BaselineGRPOTrainer
 from krpo_bench.training.trial import run_trial
 from tests.test_trainer import G, make_trainer
@@ -105,9 +108,11 @@ def test_trainer_feeds_noisy_rewards_to_the_estimator_and_logs_both(tmp_path) ->
     assert not torch.allclose(noisy, clean)
 
 
-def test_trial_passes_the_task_noise_to_the_trainer(tmp_path) -> None:
-    config = tiny_trial(steps=1, eval_size=4)
-    config["task"]["reward_noise"] = {"gaussian": 0.5}
+def test_trial_passes_the_task_noise_to_the_trainer_and_evaluates_clean(tmp_path) -> None:
+    """The trainer gets the task's noise; held-out accuracy is measured without it: every reward
+    flipped, the initial accuracy is the clean one of the same weights (not 1 minus it)."""
+    config = tiny_trial(steps=1, eval_size=16)
+    config["task"] = {**config["task"], "test_size": 16, "reward_noise": {"flip": 1.0, "gaussian": 0.5}}
     spec = TrialSpec.model_validate(config)
     seen = []
     original = BaselineGRPOTrainer._add_reward_noise
@@ -118,5 +123,11 @@ def test_trial_passes_the_task_noise_to_the_trainer(tmp_path) -> None:
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(BaselineGRPOTrainer, "_add_reward_noise", spy)
-        run_trial(spec, run_dir=tmp_path / "run", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
-    assert seen == [RewardNoise(gaussian=0.5)]
+        result = run_trial(spec, run_dir=tmp_path / "run", tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    assert seen == [RewardNoise(flip=1.0, gaussian=0.5)]
+    loaded = load_model(spec.model)
+    t = spec.training
+    clean = evaluate(loaded.model, loaded.tokenizer, build_task(spec.task.model_copy(update={"reward_noise": None})),
+                     max_new_tokens=t.max_completion_length, k=t.pass_at_k, temperature=t.temperature, limit=t.eval_size)
+    assert clean.accuracy != 0.5, "a clean accuracy of 1/2 would hide a flip"
+    assert result.initial_accuracy == clean.accuracy

@@ -4,10 +4,13 @@ budget and parallelism, Optuna told exactly once, cancel / resume / extend."""
 from __future__ import annotations
 
 import copy
+from collections import Counter
+from collections.abc import Iterator
 
 import optuna
 import pytest
 
+from krpo_bench.service.db import JobStatus
 from krpo_bench.service.optuna_store import optuna_storage
 from krpo_bench.service.studies import StudyError, StudyService
 from krpo_bench.spec.loading import SpecError
@@ -36,8 +39,10 @@ SEARCH = {
 
 
 @pytest.fixture
-def service(db_url, tmp_path) -> StudyService:
-    return StudyService(db_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
+def service(db_url, tmp_path) -> Iterator[StudyService]:
+    service = StudyService(db_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield service
+    service.engine.dispose()  # no PostgreSQL connection left for the garbage collector
 
 
 def finish_all(service: StudyService, accuracy: float = 0.5) -> int:
@@ -107,3 +112,63 @@ def test_cancel_and_resume(service):
     assert resumed.counts["queued"] == 6 and resumed.status == "running"
     with pytest.raises(StudyError):
         service.extend(info.id, 2)
+
+
+def optuna_trials(service: StudyService, study_id: str) -> list[optuna.trial.FrozenTrial]:
+    """The search's trials as Optuna's own API reads them back."""
+    name = service.get(study_id).optuna_study_name
+    return optuna.load_study(study_name=name, storage=optuna_storage(service.db_url)).get_trials()
+
+
+def states(trials: list[optuna.trial.FrozenTrial]) -> dict[str, int]:
+    return dict(Counter(t.state.name for t in trials))
+
+
+def test_a_failed_trial_that_resume_reruns_reaches_optuna_with_its_value(service):
+    info = service.submit(SEARCH)
+    job = service.queue.claim("w", 60)
+    assert service.queue.fail(job.id, job.attempt, "boom", retryable=False) is JobStatus.FAILED
+    service.job_finished(job.id)
+    failed = next(t for t in optuna_trials(service, info.id) if t.number == job.optuna_trial_number)
+    assert failed.state == optuna.trial.TrialState.FAIL
+    service.resume(info.id)
+    assert finish_all(service) == 5, "the failed job runs again, with the 4 others"
+    trials = optuna_trials(service, info.id)
+    assert states(trials) == {"COMPLETE": 5, "FAIL": 1}
+    rerun = [t for t in trials if t.params == failed.params and t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(rerun) == 1 and rerun[0].value is not None, "the rerun's value reaches the sampler"
+    rerun_job = service.queue.get_job(job.id)
+    assert rerun_job.optuna_trial_number == rerun[0].number and rerun_job.result["final_accuracy"] == rerun[0].value
+    assert service.get(info.id).status == "succeeded"
+
+
+def test_cancel_tells_optuna_of_queued_trials_and_resume_reruns_them_as_new_trials(service):
+    info = service.submit(SEARCH)
+    running = service.queue.claim("w", 60)
+    assert service.cancel(info.id).status == "cancelled"
+    assert states(optuna_trials(service, info.id)) == {"FAIL": 1, "RUNNING": 1}, "the queued trial is told at cancel"
+    assert service.queue.mark_cancelled(running.id, running.attempt)
+    service.job_finished(running.id)
+    assert states(optuna_trials(service, info.id)) == {"FAIL": 2}
+    service.resume(info.id)
+    assert finish_all(service) == 5
+    trials = optuna_trials(service, info.id)
+    assert states(trials) == {"COMPLETE": 5, "FAIL": 2}
+    complete = [tuple(sorted(t.params.items())) for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(set(complete)) == 5
+    assert service.get(info.id).status == "succeeded"
+
+
+def test_resume_after_a_crash_and_a_cancel_reruns_the_dead_workers_trial(service):
+    info = service.submit(SEARCH)
+    dead = service.queue.claim("killed-worker", 600)  # SIGKILLed: its lease is far from expiring
+    service.cancel(info.id)
+    resumed = service.resume(info.id)
+    assert resumed.status == "running" and resumed.counts["queued"] == 2 and resumed.counts["running"] == 0
+    assert finish_all(service) == 5
+    assert states(optuna_trials(service, info.id)) == {"COMPLETE": 5, "FAIL": 1}
+    assert service.queue.get_job(dead.id).status is JobStatus.SUCCEEDED
+    assert service.get(info.id).status == "succeeded"
+    assert service.extend(info.id, 2).total == 7
+    assert finish_all(service) == 2 and service.get(info.id).status == "succeeded"
+    assert states(optuna_trials(service, info.id)) == {"COMPLETE": 7, "FAIL": 1}

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from krpo_bench import settings as ks
 from krpo_bench.settings import ENV_VARS, Settings, SettingsError
-from tests.trial_specs import tiny_ablation
+from tests.trial_specs import TINY_TASK, tiny_ablation
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [p for folder in ("krpo_bench", "api", "dashboards") for p in (ROOT / folder).rglob("*.py")]
@@ -192,8 +192,12 @@ def file_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[dict, st
         "max_body_bytes": 4000,
         "max_trials": 2,
         "max_model_params": 10_000_000,
+        "max_stored_bytes": 8_000,
         "mlflow_ui_url": "http://mlflow-ui.example",
         "list_cache_s": 600.0,
+        "default_timeout_s": 900,
+        "max_active_trials_per_token": 3,
+        "max_trial_hours_per_token": 1,
     }
     config = tmp_path / "krpo-bench.toml"
     config.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items() if key in ks.VARS_BY_KEY))
@@ -211,6 +215,7 @@ def test_every_setting_in_the_config_file_takes_effect(file_only: tuple[dict, st
     from fastapi.testclient import TestClient
 
     from krpo_bench.api.app import create_app
+    from krpo_bench.api.auth import TokenStore
     from krpo_bench.cli import app as cli
     from krpo_bench.client import Client
     from krpo_bench.service.studies import StudyService
@@ -247,6 +252,17 @@ def test_every_setting_in_the_config_file_takes_effect(file_only: tuple[dict, st
         assert http.post("/api/v1/studies", content=b"x" * 4001, headers=headers).status_code == 413, "max_body_bytes"
         large = http.post("/api/v1/studies", json=tiny_ablation("large", model={"name": "smollm2-135m"}), headers=headers)
         assert large.status_code == 422 and "model_too_large" in large.text, "max_model_params: 135 M parameters refused"
+        stored = http.post("/api/v1/studies", json=tiny_ablation("stored", 2, task={**TINY_TASK, "templates": ["{expr}" + "x" * 800] * 4}),
+                           headers=headers)
+        assert stored.status_code == 422 and "too_much_stored" in stored.text, "max_stored_bytes: ~9 KB of configs refused"
+
+        assert [j.timeout_s for j in service.queue.list_jobs(made["id"])] == [900], "default_timeout_s"
+        submitter = {"Authorization": f"Bearer {TokenStore(Path(values['api_tokens_file'])).create('submitter', ['submit'])[0]}"}
+        assert http.post("/api/v1/studies", json=tiny_ablation("two", seeds=2), headers=submitter).status_code == 201
+        more = http.post("/api/v1/studies", json=tiny_ablation("two-more", seeds=2), headers=submitter)
+        assert more.status_code == 429 and "MAX_ACTIVE_TRIALS_PER_TOKEN" in more.text, "max_active_trials_per_token: 4 > 3"
+        hour = http.post("/api/v1/studies", json={**tiny_ablation("hour"), "resources": {"timeout_s": 3600}}, headers=submitter)
+        assert hour.status_code == 429 and "MAX_TRIAL_HOURS_PER_TOKEN" in hour.text, "max_trial_hours_per_token: 1.5 h > 1 h"
 
         listed = api.list_studies()["items"]
         StudyService().submit(tiny_ablation("behind-the-cache"))  # not through the API: the cache is not cleared

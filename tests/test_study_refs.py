@@ -3,6 +3,7 @@ CLI and the API alike; an ambiguous one is an error listing the candidates."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,12 +28,13 @@ def studies(tmp_path_factory: pytest.TempPathFactory) -> tuple[StudyService, dic
 
 
 @pytest.fixture()
-def rows(db_url: str) -> tuple[StudyService, dict[str, str]]:
+def rows(db_url: str) -> Iterator[tuple[StudyService, dict[str, str]]]:
     """On SQLite and PostgreSQL: study rows 'alone', 'twin' (twice) and '%'; their ids by a label."""
     service = StudyService(db_url, "sqlite:///never-opened.db")  # resolving never touches MLflow
     ids = {label: add_study(service.engine, name) for label, name in
            (("alone", "alone"), ("twin1", "twin"), ("twin2", "twin"), ("percent", "%"))}
-    return service, ids
+    yield service, ids
+    service.engine.dispose()  # no PostgreSQL connection left for the garbage collector
 
 
 def test_the_service_resolves_ids_prefixes_and_names(rows: tuple[StudyService, dict[str, str]]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import inspect
 import threading
+from collections.abc import Iterator
 
 import optuna
 import pytest
@@ -28,8 +29,10 @@ SEARCH = {
 
 
 @pytest.fixture
-def service(db_url: str, tmp_path) -> StudyService:
-    return StudyService(db_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
+def service(db_url: str, tmp_path) -> Iterator[StudyService]:
+    service = StudyService(db_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield service
+    service.engine.dispose()  # no PostgreSQL connection left for the garbage collector
 
 
 def stored_status(service: StudyService, study_id: str) -> str:

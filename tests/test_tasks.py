@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from pathlib import Path
 
 import datasets
@@ -201,7 +200,8 @@ def _write_jsonl(path: Path, records: list[dict]) -> str:
     return str(path)
 
 
-def test_jsonl_with_test_file_and_field_mapping(tmp_path: Path) -> None:
+def test_jsonl_with_test_file_and_field_mapping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KRPO_BENCH_DATA_ROOTS", str(tmp_path))  # workers read files only under their data roots
     train = _write_jsonl(
         tmp_path / "train.jsonl",
         [{"q": f"{i} + {i}?", "a": 2 * i, "uid": f"item-{i}"} for i in range(12)]
@@ -229,7 +229,8 @@ def test_jsonl_with_test_file_and_field_mapping(tmp_path: Path) -> None:
     assert build_task(spec).train.to_dict() == task.train.to_dict()
 
 
-def test_jsonl_hash_split_of_one_file(tmp_path: Path) -> None:
+def test_jsonl_hash_split_of_one_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KRPO_BENCH_DATA_ROOTS", str(tmp_path))  # workers read files only under their data roots
     records = [{"question": f"What is {i} squared?", "answer": str(i * i)} for i in range(200)]
     path = _write_jsonl(tmp_path / "all.jsonl", records)
     task = build_task(JsonlTask(kind="jsonl", path=path, prompt_style="chat_r1"))
@@ -240,7 +241,8 @@ def test_jsonl_hash_split_of_one_file(tmp_path: Path) -> None:
     assert set(task.train["prompt_id"]) | set(task.test["prompt_id"]) == set(range(1, 201))
 
 
-def test_jsonl_errors(tmp_path: Path) -> None:
+def test_jsonl_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KRPO_BENCH_DATA_ROOTS", str(tmp_path))  # workers read files only under their data roots
     missing = _write_jsonl(tmp_path / "missing.jsonl", [{"question": "a", "answer": "1"}, {"question": "b"}])
     with pytest.raises(ValueError, match=r"missing.jsonl:2: missing field 'answer'"):
         build_task(JsonlTask(kind="jsonl", path=missing))

@@ -8,8 +8,8 @@ import pytest
 import torch
 from trl import GRPOTrainer
 
-from krpo_bench.advantages import get_estimator
-from krpo_bench.models import ModelSpec, load_model
+from krpo_bench.advantages import ESTIMATORS, Estimator, get_estimator
+from krpo_bench.models import load_model
 from krpo_bench.spec.trial import TrialSpec
 from krpo_bench.tasks import build_task
 from krpo_bench.training.trainer import ESTIMATOR_STATE_FILE, BaselineGRPOTrainer
@@ -63,17 +63,29 @@ def test_krpo_replaces_advantages_and_logs_diagnostics(tmp_path):
     assert metrics["adv/abs_max"][0] == pytest.approx(want.abs().max().item())
 
 
-def test_persistent_state_is_saved_in_checkpoints_and_restored(tmp_path):
-    trainer, inputs = make_trainer(tmp_path, "krpo_persistent")
+STATEFUL = sorted(name for name, cls in ESTIMATORS.items() if cls.state_dict is not Estimator.state_dict)
+
+
+def test_every_estimator_with_cross_step_state_is_checked_below() -> None:
+    assert {"krpo_persistent", "rae", "running_norm", "ebpo"} <= set(STATEFUL)
+
+
+@pytest.mark.parametrize("name", STATEFUL)
+def test_estimator_state_is_saved_in_checkpoints_and_restored(tmp_path, name: str) -> None:
+    """Whatever the estimator: a checkpoint holds its state and a resumed trainer continues from it."""
+    trainer, inputs = make_trainer(tmp_path, name)
+    fresh = trainer.estimator.state_dict()
     torch.manual_seed(1)
     trainer._generate_and_score_completions(inputs)
-    assert len(trainer.estimator.states) == PROMPTS
+    state = json.loads(json.dumps(trainer.estimator.state_dict()))
+    assert state != json.loads(json.dumps(fresh)), "one batch should change the estimator's state"
     trainer.state.global_step = 3
     trainer.create_optimizer_and_scheduler(num_training_steps=4)
     trainer._save_checkpoint(trainer.model, trial=None)
-    saved = json.loads((tmp_path / "checkpoint-3" / ESTIMATOR_STATE_FILE).read_text())
-    assert len(saved["states"]) == PROMPTS
-    other, _ = make_trainer(tmp_path / "other", "krpo_persistent")
+    assert json.loads((tmp_path / "checkpoint-3" / ESTIMATOR_STATE_FILE).read_text()) == state
+    other, _ = make_trainer(tmp_path / "other", name)
     other.create_optimizer_and_scheduler(num_training_steps=4)
     other._load_optimizer_and_scheduler(str(tmp_path / "checkpoint-3"))
-    assert other.estimator.states == trainer.estimator.states
+    assert json.loads(json.dumps(other.estimator.state_dict())) == state
+    if name == "krpo_persistent":
+        assert len(other.estimator.states) == PROMPTS and other.estimator.states == trainer.estimator.states

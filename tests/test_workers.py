@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,8 +39,10 @@ def study(name: str, steps: int, seeds: int, variants=("grpo",), **training) -> 
 
 
 @pytest.fixture
-def service(db_url: str, tmp_path: Path) -> StudyService:
-    return StudyService(db_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
+def service(db_url: str, tmp_path: Path) -> Iterator[StudyService]:
+    service = StudyService(db_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield service
+    service.engine.dispose()  # no PostgreSQL connection left for the garbage collector
 
 
 def start_worker(service: StudyService) -> subprocess.Popen:

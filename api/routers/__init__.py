@@ -7,12 +7,13 @@ import math
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
 from krpo_bench.api.schemas import ErrorResponse
 from krpo_bench.service.studies import StudyService
+from krpo_bench.spec.names import unshowable
 
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -45,6 +46,15 @@ def error_response(status: int, message: str, errors: list[dict[str, Any]] | Non
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def path_ref(value: str, what: str) -> str:
+    """``value``, a path parameter naming a ``what`` (study id, prefix or name; job id); 404 when it
+    holds a character no id or name can hold (NUL or another one the display-name rule refuses), before
+    any database sees it: PostgreSQL cannot even compare text holding NUL."""
+    if any(unshowable(c) for c in value):
+        raise HTTPException(404, f"no {what} {value!r}")
+    return value
+
+
 async def get_service(request: Request) -> StudyService:
     """The app's study service (a FastAPI dependency)."""
     return request.app.state.service
@@ -57,6 +67,7 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         400: "malformed request body", 401: "no valid bearer token", 403: "the token lacks the scope (on a server without tokens: the Host is no loopback name)", 404: "no such resource",
         409: "the study's state does not allow this, or the study reference names several studies", 413: "request body too large",
         415: "unsupported content type", 422: "invalid request or spec (every problem listed)",
+        429: "the token's quota would be exceeded (the message names the setting)",
         503: "not ready",
     }
     content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{ErrorResponse.__name__}"}}}

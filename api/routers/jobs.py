@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException, Path, Request
 
 from krpo_bench.api.auth import require
-from krpo_bench.api.routers import AUTH_ERRORS, errors, get_service
+from krpo_bench.api.routers import AUTH_ERRORS, errors, get_service, path_ref
 from krpo_bench.api.schemas import JobDetail
 from krpo_bench.service.studies import StudyService
 
@@ -14,7 +14,7 @@ router = APIRouter(prefix="/api/v1", tags=["jobs"], responses=AUTH_ERRORS, depen
 
 @router.get("/jobs/{job_id}", response_model=JobDetail, responses=errors(404, 422), summary="Get a job (scope: read)")
 def get_job(request: Request, job_id: str = Path(max_length=64), service: StudyService = Depends(get_service)) -> JobDetail:
-    job = service.queue.get_job(job_id)
+    job = service.queue.get_job(path_ref(job_id, "job"))
     if job is None:
         raise HTTPException(404, f"no job {job_id!r}")
     ui = request.app.state.settings.mlflow_ui_url

@@ -12,11 +12,12 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.exc import IntegrityError
 
-from krpo_bench.api.auth import TokenRecord, require
-from krpo_bench.api.policy import Policy, admit, trial_cap_errors
-from krpo_bench.api.routers import AUTH_ERRORS, errors, get_service
+from krpo_bench.api.auth import TokenRecord, may_control, require
+from krpo_bench.api.policy import Policy, admit, stored_cap_errors, trial_cap_errors
+from krpo_bench.api.routers import AUTH_ERRORS, errors, get_service, path_ref
 from krpo_bench.api.schemas import ExtendRequest, JobPage, JobSummary, StudyDetail, StudyPage, StudyResults, StudySummary, VariantStats
 from krpo_bench.service.db import JobStatus, StudyStatus
+from krpo_bench.service.quotas import QuotaExceeded, QuotaGuard, owner_of, with_default_timeout
 from krpo_bench.service.studies import StudyInfo, StudyService
 from krpo_bench.probe.spec import ProbeSpec
 from krpo_bench.spec.loading import SpecError, parse_yaml
@@ -34,10 +35,33 @@ def _study_id(
     service: Service,
 ) -> str:
     """The id the path names (404 when none, 409 listing the candidates when several)."""
-    return service.resolve(study_id)
+    return service.resolve(path_ref(study_id, "study"))
 
 
 StudyId = Annotated[str, Depends(_study_id)]
+Submitter = Annotated[TokenRecord | None, Depends(require("submit"))]
+
+
+def _controlled(token: Submitter, study_id: StudyId, service: Service) -> str:
+    """The study the path names, if the token may cancel, resume or extend it: its own study, or
+    any with an admin token (403 otherwise)."""
+    if not may_control(token, owner_of(service.engine, study_id)):
+        raise HTTPException(403, "this study was submitted by another token: a submit token may cancel, resume or extend "
+                                 "only the studies it submitted (an admin token may control any)")
+    return study_id
+
+
+ControlledId = Annotated[str, Depends(_controlled)]
+
+
+def _quota_owner(token: TokenRecord | None) -> str | None:
+    """Whose quota a request's new trials count against: the token's, unless it is an admin's (or
+    there is none: a server without tokens)."""
+    return None if token is None or token.grants("admin") else token.id
+
+
+def _too_many(exc: QuotaExceeded) -> HTTPException:
+    return HTTPException(429, str(exc))
 
 EXAMPLE_SPEC = {
     "name": "krpo-vs-grpo",
@@ -122,14 +146,19 @@ def _admit(body: bytes, content_type: str, policy: Policy) -> StudySpec | ProbeS
     return admit(_parse(body, content_type), policy)
 
 
-def _submit(service: StudyService, study: StudySpec | ProbeSpec, key: str | None) -> StudyDetail:
-    """Submit once per ``key`` (already scoped to the caller)."""
+def _submit(service: StudyService, study: StudySpec | ProbeSpec, key: str | None, token: TokenRecord | None,
+            quotas: QuotaGuard) -> StudyDetail:
+    """Submit once per ``key`` (already scoped to the caller), owned by ``token``, within its quotas."""
+    owner = token.id if token else None
     try:
-        info = service.submit(study, idempotency_key=key)
+        with quotas.admit(_quota_owner(token), study.trial_count(), study.resources.timeout_s, key):
+            info = service.submit(study, idempotency_key=key, owner=owner)
     except IntegrityError:
         if key is None:
             raise
-        info = service.submit(study, idempotency_key=key)  # a concurrent request with this key won: its study
+        info = service.submit(study, idempotency_key=key, owner=owner)  # a concurrent request with this key won: its study
+    except QuotaExceeded as exc:
+        raise _too_many(exc) from None
     if key and info.spec != study.model_dump(mode="json"):
         raise HTTPException(409, "this Idempotency-Key was used for a different spec")
     return _detail(service, info.id, info)
@@ -138,7 +167,7 @@ def _submit(service: StudyService, study: StudySpec | ProbeSpec, key: str | None
 def _detail(service: StudyService, study_id: str, info: StudyInfo | None = None) -> StudyDetail:
     """The study's detail; ``info``: its summary, when the caller has just read it."""
     info = info or service.get(study_id)
-    jobs = service.queue.list_jobs(study_id)
+    jobs = service.queue.list_jobs(study_id, config_keys=("variant", "seed"))  # not every trial's config
     return StudyDetail.build(info, jobs, service.results(study_id, jobs))
 
 
@@ -149,12 +178,15 @@ def _detail(service: StudyService, study_id: str, info: StudyInfo | None = None)
     summary="Submit a study (scope: submit)",
     description="Validates the spec and the server's policy (remote code, data roots, trial and model-size caps, "
     "priority above 0 only with an admin token), stores the study and queues its trials (a `kind: probe` spec: one "
-    "job, the gradient-quality probe). With `Idempotency-Key` "
+    "job, the gradient-quality probe), owned by the token. A submit token's studies together hold at most "
+    "`KRPO_BENCH_MAX_ACTIVE_TRIALS_PER_TOKEN` queued or running trials and `KRPO_BENCH_MAX_TRIAL_HOURS_PER_TOKEN` "
+    "trial-hours (trials x timeout; a spec without `resources.timeout_s` gets `KRPO_BENCH_DEFAULT_TIMEOUT_S`): 429 "
+    "above. With `Idempotency-Key` "
     "(at most 200 characters), repeating the request with the same token returns the same study.",
     openapi_extra=SUBMIT_OPENAPI,
     responses={201: {"description": "the new (or, for a repeated Idempotency-Key, the earlier) study",
                      "headers": {"Location": {"description": "URL of the study", "schema": {"type": "string"}}}},
-               **errors(409, 413, 415, 422)},
+               **errors(409, 413, 415, 422, 429)},
 )
 async def submit_study(
     request: Request,
@@ -164,12 +196,14 @@ async def submit_study(
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=MAX_IDEMPOTENCY_KEY, description="makes retries safe (per token)")] = None,
 ) -> StudyDetail:
     body = await request.body()
-    study = await run_in_threadpool(_admit, body, request.headers.get("content-type", ""), request.app.state.policy)
+    async with request.app.state.submit_slots:  # parsing and validating take the slots storing takes
+        study = await run_in_threadpool(_admit, body, request.headers.get("content-type", ""), request.app.state.policy)
+    study = with_default_timeout(study, request.app.state.settings.default_timeout_s)
     if study.priority > 0 and token is not None and not token.grants("admin"):
         raise HTTPException(403, f"priority: only admin tokens may set a priority above the default (0); got {study.priority}")
     key = f"{token.id if token else 'anonymous'}:{idempotency_key}" if idempotency_key else None
     async with request.app.state.submit_slots:
-        detail = await run_in_threadpool(_submit, service, study, key)
+        detail = await run_in_threadpool(_submit, service, study, key, token, request.app.state.quotas)
     request.app.state.mlflow_wake.set()  # its MLflow records follow in the background
     request.app.state.list_cache.clear()
     response.headers["Location"] = f"/api/v1/studies/{detail.id}"
@@ -224,36 +258,55 @@ def study_results(study_id: StudyId, service: Service) -> StudyResults:
 
 
 @router.post("/studies/{study_id}/cancel", response_model=StudySummary, responses=errors(404, 409, 422),
-             summary="Cancel: queued trials now, running ones within a heartbeat (scope: admin)",
-             dependencies=[Depends(require("admin"))])
-async def cancel_study(study_id: StudyId, request: Request, service: Service) -> StudySummary:
+             summary="Cancel: queued trials now, running ones within a heartbeat (scope: submit, own studies; admin: any)")
+async def cancel_study(study_id: ControlledId, request: Request, service: Service) -> StudySummary:
     info = await run_in_threadpool(service.cancel, study_id)
     request.app.state.list_cache.clear()  # on the event loop, like every use of the cache
     return StudySummary.of(info)
 
 
-@router.post("/studies/{study_id}/resume", response_model=StudySummary, responses=errors(404, 409, 422),
-             summary="Resume an interrupted or cancelled study; finished trials are kept (scope: admin)",
-             dependencies=[Depends(require("admin"))])
-async def resume_study(study_id: StudyId, request: Request, service: Service) -> StudySummary:
-    info = await run_in_threadpool(service.resume, study_id)
+@router.post("/studies/{study_id}/resume", response_model=StudySummary, responses=errors(404, 409, 422, 429),
+             summary="Resume an interrupted or cancelled study; finished trials are kept (scope: submit, own studies "
+             "within the token's quotas; admin: any)")
+async def resume_study(study_id: ControlledId, request: Request, service: Service, token: Submitter) -> StudySummary:
+    info = await run_in_threadpool(_resume, service, study_id, _quota_owner(token), request.app.state.quotas)
     request.app.state.list_cache.clear()
     return StudySummary.of(info)
 
 
-@router.post("/studies/{study_id}/extend", response_model=StudySummary, responses=errors(400, 404, 409, 422),
-             summary="Add trials to a search's budget (scope: admin)", dependencies=[Depends(require("admin"))])
-async def extend_study(study_id: StudyId, body: ExtendRequest, request: Request, service: Service) -> StudySummary:
-    info = await run_in_threadpool(_extend, service, study_id, body.n_trials, request.app.state.policy)
+@router.post("/studies/{study_id}/extend", response_model=StudySummary, responses=errors(400, 404, 409, 422, 429),
+             summary="Add trials to a search's budget (scope: submit, own studies within the token's quotas; admin: any)")
+async def extend_study(study_id: ControlledId, body: ExtendRequest, request: Request, service: Service, token: Submitter) -> StudySummary:
+    info = await run_in_threadpool(_extend, service, study_id, body.n_trials, request.app.state.policy, _quota_owner(token),
+                                   request.app.state.quotas)
     request.app.state.list_cache.clear()
     return StudySummary.of(info)
 
 
-def _extend(service: StudyService, study_id: str, n_trials: int, policy: Policy) -> StudyInfo:
+def _extend(service: StudyService, study_id: str, n_trials: int, policy: Policy, owner: str | None, quotas: QuotaGuard) -> StudyInfo:
     info = service.get(study_id)
-    if info.kind == "search":
-        per_trial = StudySpec.model_validate(info.spec).seeds_per_trial
-        cap = trial_cap_errors(info.total + n_trials * per_trial, policy, "n_trials")
-        if cap:
-            raise SpecError("<request>", cap)
-    return service.extend(study_id, n_trials)
+    if info.kind != "search":
+        return service.extend(study_id, n_trials)  # refused with the reason
+    spec = StudySpec.model_validate(info.spec)
+    per_trial = spec.seeds_per_trial
+    extended = spec.model_copy(update={"n_trials": (spec.n_trials or 0) + n_trials})
+    cap = trial_cap_errors(info.total + n_trials * per_trial, policy, "n_trials") or stored_cap_errors(extended, policy, "n_trials")
+    if cap:
+        raise SpecError("<request>", cap)
+    try:
+        with quotas.admit(owner, n_trials * per_trial, spec.resources.timeout_s):
+            return service.extend(study_id, n_trials)
+    except QuotaExceeded as exc:
+        raise _too_many(exc) from None
+
+
+def _resume(service: StudyService, study_id: str, owner: str | None, quotas: QuotaGuard) -> StudyInfo:
+    """Resume within the owner's quotas: the trials it may queue again are those neither active
+    nor finished well."""
+    info = service.get(study_id)
+    kept = sum(info.counts.get(s, 0) for s in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.PRUNED))
+    try:
+        with quotas.admit(owner, max(0, info.total - kept), info.spec["resources"]["timeout_s"]):
+            return service.resume(study_id)
+    except QuotaExceeded as exc:
+        raise _too_many(exc) from None

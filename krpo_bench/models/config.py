@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -13,6 +14,9 @@ ALLOWED_NAMES_HELP = (
     f"'{TINY_ARITH}', '{SMOLLM2_135M}' or '{HF_PREFIX}<hub id or local path>' "
     f"(e.g. 'hf:HuggingFaceTB/SmolLM2-135M-Instruct' or 'hf:/models/my-checkpoint')"
 )
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?$")
+"""A hub model id: ``name`` or ``org/name``."""
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -62,8 +66,12 @@ class ModelSpec(BaseModel):
     def _known_name(cls, value: str) -> str:
         if value in (TINY_ARITH, SMOLLM2_135M):
             return value
-        if value.startswith(HF_PREFIX) and value[len(HF_PREFIX) :].strip():
+        source = value[len(HF_PREFIX) :].strip() if value.startswith(HF_PREFIX) else ""
+        if source.startswith(("/", "~")) or (HUB_ID.match(source) and ".." not in source):
             return value
+        if source:
+            raise ValueError(f"{value[:200]!r} names neither a hub id ('org/name') nor an absolute path: a local model "
+                             "folder must be given by its absolute path (hf:/path/to/folder), never relative to a worker's folder")
         raise ValueError(f"unknown model {value!r}: expected {ALLOWED_NAMES_HELP}")
 
     @property

@@ -1,4 +1,8 @@
-"""Transformers model folders: load one (hub id or path), make its tokenizer TRL-ready, add LoRA, cache builds."""
+"""Transformers model folders: load one (hub id or path), make its tokenizer TRL-ready, add LoRA, cache builds.
+
+A spec's local folder is opened only under the data roots, checked where it is opened
+(:mod:`krpo_bench.data_roots`); a hub id that names a path in the worker's working directory is
+refused (``from_pretrained`` would read that folder instead of the hub)."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from typing import Any, Callable
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from krpo_bench.data_roots import OutsideDataRoots, data_folder
 from krpo_bench.models.config import Dtype, LoraSpec
 from krpo_bench.settings import cache_dir
 
@@ -48,12 +53,14 @@ def load_pretrained(
     dtype: torch.dtype,
     device: str,
     trust_remote_code: bool = False,
+    shown: str | None = None,
     **kwargs: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a hub id or folder, on ``device`` in ``dtype``.
 
     Failures (unknown id, offline hub, missing files) are raised as :class:`ModelLoadError` naming
-    the model; ``kwargs`` go to both ``from_pretrained`` calls (e.g. ``gguf_file``).
+    the model and ``source`` as ``shown`` (default: as given); ``kwargs`` go to both
+    ``from_pretrained`` calls (e.g. ``gguf_file``).
     """
     try:
         tokenizer = AutoTokenizer.from_pretrained(
@@ -63,14 +70,42 @@ def load_pretrained(
             source, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
         )
     except (OSError, ValueError, KeyError) as error:
+        shown = shown or str(source)
         raise ModelLoadError(
-            f"could not load model {name!r} from {str(source)!r}: {error}. A hub id needs network "
+            f"could not load model {name!r} from {shown!r}: {str(error).replace(str(source), shown)}. A hub id needs network "
             f"access (or a filled local HF cache); a path must be a folder saved with save_pretrained."
         ) from error
     tokenizer = prepare_tokenizer(tokenizer, name)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.to(device), tokenizer
+
+
+def is_local_source(source: str) -> bool:
+    """Whether a model source names a local folder (absolute, or under ``~``) rather than a hub id."""
+    return source.startswith(("/", "~"))
+
+
+def load_spec_source(source: str, field: str, *, name: str, dtype: torch.dtype, device: str,
+                     trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the model a spec's ``field`` names by ``source``: a local folder only under this
+    process's data roots (opened without following a link swapped in after submission), a hub id only
+    when it names no path in the working directory. Errors name the field, never a file's contents."""
+    if not is_local_source(source):
+        if os.path.lexists(source):
+            raise ModelLoadError(f"{field}: {source[:200]!r} names a path in the worker's working directory, not only a "
+                                 "hub model; give a local model folder by its absolute path under the data roots")
+        return load_pretrained(source, name=name, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    try:
+        with data_folder(source, field) as folder:
+            model, tokenizer = load_pretrained(folder, name=name, dtype=dtype, device=device,
+                                               trust_remote_code=trust_remote_code, shown=source)
+    except OutsideDataRoots as error:
+        raise ModelLoadError(str(error)) from None
+    except (FileNotFoundError, NotADirectoryError) as error:
+        raise ModelLoadError(f"{field}: could not load model {name!r}: {source[:200]!r} is no folder ({type(error).__name__})") from None
+    model.config.name_or_path = tokenizer.name_or_path = source  # not the descriptor path it was read through
+    return model, tokenizer
 
 
 def apply_lora(model: PreTrainedModel, lora: LoraSpec) -> torch.nn.Module:

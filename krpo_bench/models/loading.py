@@ -1,4 +1,5 @@
-"""Loading a model a trial trains: ``hf:<id or path>``, the packaged ``smollm2-135m``, ``tiny-arith``."""
+"""Loading a model a trial trains: ``hf:<id or path>`` (a path only under the data roots), the packaged
+``smollm2-135m``, ``tiny-arith``."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from krpo_bench.models.config import SMOLLM2_135M, TINY_ARITH, ModelSpec
-from krpo_bench.models.hf import apply_lora, load_pretrained, resolve_dtype
+from krpo_bench.models.config import TINY_ARITH, ModelSpec
+from krpo_bench.models.hf import apply_lora, load_pretrained, load_spec_source, resolve_dtype
 from krpo_bench.models.smollm2 import converted_smollm2
 from krpo_bench.models.tiny_arith import build_tiny_arith
 
@@ -30,19 +31,13 @@ class LoadedModel:
 
 def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
     """The model and tokenizer ``spec`` names, on ``device`` (built or converted on first use)."""
-    if spec.name == TINY_ARITH:
-        source = build_tiny_arith(spec.tiny)
-    elif spec.name == SMOLLM2_135M:
-        source = converted_smollm2()
+    dtype = resolve_dtype(spec.dtype, device)
+    if spec.hf_source is not None:
+        model, tokenizer = load_spec_source(spec.hf_source, "model.name", name=spec.name, dtype=dtype, device=device,
+                                            trust_remote_code=spec.trust_remote_code)
     else:
-        source = spec.hf_source
-    model, tokenizer = load_pretrained(
-        source,
-        name=spec.name,
-        dtype=resolve_dtype(spec.dtype, device),
-        device=device,
-        trust_remote_code=spec.trust_remote_code,
-    )
+        built = build_tiny_arith(spec.tiny) if spec.name == TINY_ARITH else converted_smollm2()
+        model, tokenizer = load_pretrained(built, name=spec.name, dtype=dtype, device=device, trust_remote_code=spec.trust_remote_code)
     if spec.lora is not None:
         model = apply_lora(model, spec.lora)
     return LoadedModel(

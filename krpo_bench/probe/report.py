@@ -27,6 +27,8 @@ COLUMNS = (
     ("adv_rms", "adv RMS", "{:.3g}"),
     ("zero_grad_frac", "zero grad", "{:.2f}"),
 )
+NAME_COLUMNS = ("estimator",)
+"""Columns that hold names: a console shows them whole (folded, never cut)."""
 
 
 def table_cells(row: dict[str, Any]) -> list[str]:

@@ -15,6 +15,7 @@ import torch
 from transformers import set_seed
 
 from krpo_bench.advantages import get_estimator
+from krpo_bench.data_roots import data_folder
 from krpo_bench.models import load_model
 from krpo_bench.models.hf import load_pretrained, resolve_dtype
 from krpo_bench.probe.gradients import (
@@ -56,10 +57,16 @@ def _load(spec: ProbeSpec, device: str) -> tuple[Any, Any]:
         return loaded.model, loaded.tokenizer
     if spec.model.lora is not None:
         raise ValueError("checkpoint: probing a LoRA trial's checkpoint (adapter weights only) is not supported")
-    folder = Path(spec.checkpoint).expanduser()
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"checkpoint: {str(folder)!r} is not a checkpoint folder (no config.json)")
-    return load_pretrained(folder, name=spec.model.name, dtype=resolve_dtype(spec.model.dtype, device), device=device)
+    try:
+        with data_folder(spec.checkpoint, "checkpoint") as folder:
+            if not (folder / "config.json").is_file():
+                raise ValueError(f"checkpoint: {spec.checkpoint[:200]!r} is not a checkpoint folder (no config.json)")
+            model, tokenizer = load_pretrained(folder, name=spec.model.name, dtype=resolve_dtype(spec.model.dtype, device),
+                                               device=device, shown=spec.checkpoint)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ValueError(f"checkpoint: {spec.checkpoint[:200]!r} is not a checkpoint folder (no such folder)") from None
+    model.config.name_or_path = tokenizer.name_or_path = spec.checkpoint  # not the descriptor path it was read through
+    return model, tokenizer
 
 
 def _reference(spec: ProbeSpec, model: Any, tokenizer: Any, task: Any, prompts: np.ndarray) -> tuple[torch.Tensor, float, float]:

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from krpo_bench.models.config import ModelSpec
 from krpo_bench.advantages.params import NEEDS_GREEDY_COMPLETION
 from krpo_bench.spec.estimator import EstimatorSpec
 from krpo_bench.spec.loading import SpecError, validate
+from krpo_bench.spec.names import DisplayName
 from krpo_bench.spec.study import Resources, storage_errors
 from krpo_bench.tasks.config import TaskSpec
+
+
+MAX_PROBE_ROLLOUTS = 1_000_000
+"""Most rollouts one probe may draw: its batches' (batches x prompts_per_batch x the largest group
+size) and its reference's (reference.prompts x reference.group_size) together."""
+MAX_PROBE_TOKENS = 100_000_000
+"""Most completion tokens one probe may generate: its rollouts x max_completion_length."""
+MAX_PROBE_ROWS = 128
+"""Most table rows (estimators x group sizes): each keeps a parameter-sized gradient sum."""
 
 
 class Strict(BaseModel):
@@ -22,7 +32,7 @@ class ReferenceSpec(Strict):
     """The reference gradient: the same loss with the leave-one-out (rloo) baseline and no std
     scaling, averaged over ``prompts`` x ``group_size`` fresh rollouts."""
 
-    prompts: int = Field(256, ge=2, le=100_000, description="prompts of the reference rollouts")
+    prompts: int = Field(256, ge=2, le=8192, description="prompts of the reference rollouts")
     group_size: int = Field(16, ge=2, le=256, description="rollouts per reference prompt")
     chunk_prompts: int = Field(32, ge=1, le=4096, description="prompts per forward/backward pass")
 
@@ -38,7 +48,7 @@ class ProbeSpec(Strict):
     """A probe: model weights, a task, estimators and group sizes; M batches drawn once and shared."""
 
     kind: Literal["probe"]
-    name: str = Field(min_length=1, max_length=200)
+    name: DisplayName
     description: str = Field("", max_length=10_000)
     model: ModelSpec = Field(default_factory=lambda: ModelSpec(name="tiny-arith"))
     checkpoint: str | None = Field(
@@ -52,17 +62,17 @@ class ProbeSpec(Strict):
     group_sizes: list[Annotated[int, Field(ge=2, le=256)]] = Field(
         min_length=1, max_length=20, description="group sizes G (each 2..256)"
     )
-    batches: int = Field(16, ge=2, le=10_000, description="one-batch gradients per (estimator, G): M")
+    batches: int = Field(16, ge=2, le=1000, description="one-batch gradients per (estimator, G): M")
     prompts_per_batch: int = Field(8, ge=1, le=4096, description="prompts of one batch (a training step's prompts)")
     reference: ReferenceSpec = Field(default_factory=ReferenceSpec)
     temperature: float = Field(1.0, gt=0.0, le=5.0, description="sampling temperature (also divides the logits, as TRL)")
-    max_completion_length: int = Field(64, ge=1, le=32768)
+    max_completion_length: int = Field(64, ge=1, le=8192)
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
         "grpo", description="TRL's loss normalisation (bnpo: as with one micro-batch per step)"
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="seeds prompt choice, sampling and reward noise")
-    experiment: str = Field(
-        "krpo-bench-probe", min_length=1, max_length=200,
+    experiment: DisplayName = Field(
+        "krpo-bench-probe",
         description="MLflow experiment of `krpo-bench probe`; a submitted probe logs under its study's experiment",
     )
     resources: ProbeResources = Field(default_factory=ProbeResources, description="the submitted probe's one job")
@@ -71,6 +81,25 @@ class ProbeSpec(Strict):
     def trial_count(self) -> int:
         """Jobs of a submitted probe: one."""
         return 1
+
+    def rollouts(self) -> int:
+        """Rollouts the probe draws: its batches' and its reference's."""
+        return self.batches * self.prompts_per_batch * max(self.group_sizes) + self.reference.prompts * self.reference.group_size
+
+    @model_validator(mode="after")
+    def _bounded_work(self) -> ProbeSpec:
+        rows = len(self.estimators) * len(self.group_sizes)
+        if rows > MAX_PROBE_ROWS:
+            raise ValueError(f"estimators x group_sizes make {rows} table rows; at most {MAX_PROBE_ROWS}")
+        rollouts = self.rollouts()
+        if rollouts > MAX_PROBE_ROLLOUTS:
+            raise ValueError(f"the probe would draw {rollouts:,} rollouts (batches x prompts_per_batch x the largest of "
+                             f"group_sizes + reference.prompts x reference.group_size); at most {MAX_PROBE_ROLLOUTS:,}")
+        tokens = rollouts * self.max_completion_length
+        if tokens > MAX_PROBE_TOKENS:
+            raise ValueError(f"the probe would generate up to {tokens:,} completion tokens ({rollouts:,} rollouts x "
+                             f"max_completion_length {self.max_completion_length}); at most {MAX_PROBE_TOKENS:,}")
+        return self
 
     @field_validator("group_sizes")
     @classmethod

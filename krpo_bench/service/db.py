@@ -150,6 +150,9 @@ class Study(Base):
     failed in the transaction that ends its last job), never derived on read."""
     total_jobs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """Jobs the study will hold when complete (a search: its budget times seeds per trial)."""
+    enqueued_jobs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Jobs the study holds now (kept by the queue as it inserts them): settling a study compares it
+    with ``total_jobs`` instead of counting the study's jobs."""
     priority: Mapped[int] = mapped_column(Integer, default=0)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     optuna_study_name: Mapped[str | None] = mapped_column(String(255))
@@ -160,6 +163,8 @@ class Study(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    owner: Mapped[str | None] = mapped_column(String(255))
+    """Id of the API token that submitted the study (None: the CLI, or a server without tokens)."""
 
 
 class Job(Base):
@@ -197,8 +202,11 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
 
 
-# The claim query's index: queued jobs, highest priority first, then FIFO.
+# The claim query's indexes: queued jobs, highest priority first, then FIFO; the same within one study
+# (a fair claim takes each active study's next job from it); and each study's latest claim.
 Index("ix_jobs_claim", Job.status, Job.priority.desc(), Job.seq)
+Index("ix_jobs_study_queue", Job.study_id, Job.status, Job.priority.desc(), Job.seq)
+Index("ix_jobs_study_started", Job.study_id, Job.started_at)
 
 
 class JobAttempt(Base):

@@ -41,6 +41,19 @@ def expected_parent() -> int:
     return int(os.environ.get(PARENT_PID_ENV) or os.getppid())
 
 
+def visible_devices(devices: list[str], parent_visible: str | None) -> str:
+    """``CUDA_VISIBLE_DEVICES`` for a trial on ``devices`` (CUDA ordinals as the worker sees them):
+    the worker's own entries at those ordinals when it is itself restricted (a SLURM allocation,
+    ``CUDA_VISIBLE_DEVICES=2,3``), so ordinal 0 is the first GPU it was given, not the machine's."""
+    if parent_visible is None:
+        return ",".join(devices)
+    entries = [g.strip() for g in parent_visible.split(",") if g.strip()]
+    outside = [d for d in devices if not (d.isdigit() and int(d) < len(entries))]
+    if outside:
+        raise ValueError(f"GPU(s) {', '.join(outside)} not among the {len(entries)} this worker may use (CUDA_VISIBLE_DEVICES={parent_visible})")
+    return ",".join(entries[int(d)] for d in devices)
+
+
 def trial_command(job_file: Path, processes: int) -> list[str]:
     """The command line that runs a job file with ``processes`` ranks."""
     if processes <= 1:

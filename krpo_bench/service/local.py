@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import signal
@@ -13,10 +12,13 @@ from collections.abc import Callable
 
 from rich.console import Console
 from rich.live import Live
+from rich.text import Text
 
 from krpo_bench.service.studies import StudyInfo, StudyService
 from krpo_bench.service.worker import cpu_threads_per_trial
-from krpo_bench.spec.study import StudySpec, canonical_json
+from krpo_bench.spec.identity import study_file_key
+from krpo_bench.spec.names import plain_console, styled
+from krpo_bench.spec.study import StudySpec
 
 FINISHED = ("succeeded", "failed", "cancelled")
 LOG_EVERY_S = 30.0
@@ -50,17 +52,19 @@ def local_worker_commands(
     return [(base + ["--gpus", "cpu", "--slots-per-gpu", "1"], env) for _ in range(count)]
 
 
-def progress_line(info: StudyInfo, started: float) -> str:
+def progress_line(info: StudyInfo, started: float) -> Text:
+    """The study's name (as text, whatever it holds) and its counts, elapsed time and ETA."""
     c = info.counts
     done, running, queued = info.done, c.get("running", 0), c.get("queued", 0)
     elapsed = time.monotonic() - started
     eta = "?"
     if done and done < info.total:
         eta = f"{elapsed / done * (info.total - done):.0f} s"
-    return (
-        f"[bold]{info.name}[/bold]: {done}/{info.total} done "
+    return Text.assemble(
+        styled(info.name, "bold"),
+        f": {done}/{info.total} done "
         f"(succeeded {c.get('succeeded', 0)}, pruned {c.get('pruned', 0)}, failed {c.get('failed', 0)}), "
-        f"running {running}, queued {queued}; elapsed {elapsed:.0f} s, ETA {eta}"
+        f"running {running}, queued {queued}; elapsed {elapsed:.0f} s, ETA {eta}",
     )
 
 
@@ -95,9 +99,9 @@ def run_study_locally(
     service: StudyService, spec: StudySpec, *, workers: int = 0, new: bool = False, console: Console | None = None
 ) -> StudyInfo:
     """Submit (or pick up the same file's earlier study), run it to the end on local workers."""
-    console = console or Console()
+    console = console or plain_console()
     commands = local_worker_commands(service, workers, spec.resources.gpus_per_trial)
-    key = None if new else "run:" + hashlib.sha1(canonical_json(spec.model_dump(mode="json")).encode()).hexdigest()
+    key = None if new else study_file_key(spec)
     info = service.submit(spec, idempotency_key=key)
     if info.status != "succeeded":
         info = service.resume(info.id)

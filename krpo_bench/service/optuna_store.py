@@ -7,13 +7,15 @@ live in their own schema (``optuna``) of the same database, and on SQLite in a s
 
 from __future__ import annotations
 
+import weakref
 from functools import lru_cache
 
 import optuna
 from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from krpo_bench.service.db import normalize_url
-from krpo_bench.spec.study import Pruner, SearchParam, StudySpec
+from krpo_bench.spec.study import Pruner, SearchParam, StudySpec, grid_values
 
 OPTUNA_SCHEMA = "optuna"
 
@@ -25,7 +27,7 @@ def optuna_url(db_url: str) -> tuple[str, dict]:
         database = url.database or ":memory:"
         sibling = database[:-3] + "-optuna.db" if database.endswith(".db") else database + "-optuna"
         return url.set(database=sibling).render_as_string(hide_password=False), {"connect_args": {"timeout": 60}}
-    with create_engine(url).begin() as conn:
+    with create_engine(url, poolclass=NullPool).begin() as conn:  # one-off: closed on release
         conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {OPTUNA_SCHEMA}"))
     return url.render_as_string(hide_password=False), {
         "connect_args": {"options": f"-csearch_path={OPTUNA_SCHEMA}"},
@@ -35,9 +37,12 @@ def optuna_url(db_url: str) -> tuple[str, dict]:
 
 @lru_cache(maxsize=8)
 def optuna_storage(db_url: str) -> optuna.storages.RDBStorage:
-    """The (cached, per process) Optuna storage for ``db_url``."""
+    """The (cached, per process) Optuna storage for ``db_url``; one evicted from the cache closes its
+    connections when it is collected."""
     url, engine_kwargs = optuna_url(db_url)
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    weakref.finalize(storage, storage.engine.dispose)
+    return storage
 
 
 def distribution(param: SearchParam) -> optuna.distributions.BaseDistribution:
@@ -68,16 +73,7 @@ def make_sampler(spec: StudySpec, seed_offset: int = 0) -> optuna.samplers.BaseS
         return optuna.samplers.CmaEsSampler(seed=seed)
     if spec.sampler == "qmc":
         return optuna.samplers.QMCSampler(seed=seed)
-    space = {}
-    for path, param in (spec.space or {}).items():
-        if param.type == "choice":
-            space[path] = list(param.choices)
-        else:
-            step = param.step or 1
-            count = int(round((param.high - param.low) / step)) + 1
-            space[path] = [param.low + i * step for i in range(count)]
-            if param.type == "int":
-                space[path] = [int(v) for v in space[path]]
+    space = {path: grid_values(param) for path, param in (spec.space or {}).items()}
     return optuna.samplers.GridSampler(space, seed=spec.sampler_seed)
 
 

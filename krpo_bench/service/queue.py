@@ -7,9 +7,23 @@ holder of the current attempt of a running job can heartbeat or write its outcom
 of a job's holder is written to the ``job_attempts`` audit trail in the same transaction.
 
 The queue is the only writer of ``jobs``: enqueueing (a new study with its jobs in one transaction),
-claims, outcomes, cancelling and requeueing a study. The transaction that ends a study's last job
-also settles the study's stored status (succeeded, or failed when a job failed), so a study's status
-is never derived on read.
+claims, outcomes, cancelling and requeueing a study. A study's stored status is settled by the queue,
+never derived on read: once none of its jobs is active and it holds all it will (``enqueued_jobs``
+reaches ``total_jobs``), it is failed when a job failed, else cancelled when a job was cancelled,
+else succeeded (pruned jobs are a search's outcome). Ending a job costs the same whatever the
+study's size: the job's end commits first, then an index probe (``jobs (study_id, status)``) asks
+whether the study still has an active job, and only a study that has none is locked and settled (the
+last of concurrent finishers to commit sees the others' ends). ``reclaim_expired`` also settles a
+study whose last job's finisher died between the two.
+
+The later command wins: a resume (``requeue_study``) clears every pending cancellation and requeues
+every job that did not succeed (or was pruned), a running job whose cancellation was pending included
+(its holder, dead or alive, is fenced off: its attempt no longer holds the job).
+
+Lock order (PostgreSQL row locks; no two transactions wait on each other in a cycle): a transaction
+that locks a study row and job rows locks the study row first (``cancel_study``, ``requeue_study``,
+enqueueing); a job's end, claim, heartbeat and reclaim lock job rows only, and settling a study is
+a transaction of its own that locks only the study row.
 
 The hot path (claim, heartbeat, complete) is built once per queue; on PostgreSQL each of these is
 a single statement (the audit row rides along in a data-modifying CTE) run in autocommit mode.
@@ -32,7 +46,7 @@ import sqlite3
 import threading
 import time
 from contextlib import nullcontext
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -45,11 +59,14 @@ from sqlalchemy import (
     Interval,
     Row,
     Table,
+    and_,
     bindparam,
     case,
     func,
     exists,
+    or_,
     select,
+    union,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -86,6 +103,8 @@ UNESTIMATED_GPU_MEMORY_MIB = 8 * 1024
 _ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
 _LOOKUP_CHUNK = 500
+_CLAIM_WINDOW = 16
+"""Queued jobs a claim considers besides each active study's next one: the first by priority and age."""
 
 
 class Heartbeat(StrEnum):
@@ -183,6 +202,16 @@ class CancelResult:
 
 
 @dataclass(frozen=True)
+class Reclaimed:
+    """A running job taken back from a worker whose lease expired, and where it went."""
+
+    id: str
+    study_id: str
+    status: JobStatus
+    """queued (retried), failed (attempts used up) or cancelled (its cancellation was pending)."""
+
+
+@dataclass(frozen=True)
 class WorkerInfo:
     """A registered worker."""
 
@@ -207,6 +236,9 @@ _CLAIM_COLUMNS = [*_columns(ClaimedJob, jobs), jobs.c.started_at]
 def _job_info(row: Row[Any]) -> JobInfo:
     values = dict(row._mapping)
     values["status"] = JobStatus(values["status"])
+    picked = {name[len("config.") :]: values.pop(name) for name in list(values) if name.startswith("config.")}
+    if picked:  # a read of only some keys of the config (list_jobs(config_keys=...))
+        values["config"] = picked
     return JobInfo(**values)
 
 
@@ -217,6 +249,18 @@ _HELD = (
 )
 """Where-clause of "this attempt holds the job" (parameters ``p_id``, ``p_attempt``)."""
 _CANCELLED = {"status": JobStatus.CANCELLED.value, "cancel_requested": True}
+_SETTLEABLE = (
+    studies.c.status == StudyStatus.RUNNING,
+    studies.c.enqueued_jobs >= studies.c.total_jobs,
+    # An active job's id, or NULL: LIMIT 1 makes it an index probe that stops at the first match
+    # (PostgreSQL would answer NOT EXISTS with a bitmap scan of every active job of the study).
+    select(jobs.c.id)
+    .where(jobs.c.study_id == studies.c.id, jobs.c.status.in_(_ACTIVE))
+    .limit(1)
+    .scalar_subquery()
+    .is_(None),
+)
+"""Where-clause (on ``studies``) of "running, holds all the jobs it will, none of them active"."""
 
 
 def _is_transient(err: DBAPIError) -> bool:
@@ -280,6 +324,7 @@ class JobQueue:
             .values(ended_at=self._now, outcome=bindparam("p_outcome"), error=bindparam("p_error"))
         )
         self._finish_held = self._build_finish()
+        self._maybe_settled = select(studies.c.id).where(studies.c.id == bindparam("p_study"), *_SETTLEABLE)
 
     @classmethod
     def from_url(cls, url: str | URL, **kwargs: Any) -> JobQueue:
@@ -289,23 +334,74 @@ class JobQueue:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _build_claim(self, *, gpus_filter: bool, rooms: int = 0) -> Executable:
+        def fits(table: Any) -> list[ColumnElement[bool]]:
+            where = [table.c.status == JobStatus.QUEUED, table.c.cancel_requested.is_(False)]
+            if gpus_filter:
+                where.append(table.c.gpus <= bindparam("p_gpus_free"))
+            if rooms:
+                # A job on k GPUs fits when the k-th roomiest GPU offered (p_room_k) holds its estimate.
+                room = case(
+                    (table.c.gpus <= 1, bindparam("p_room_1")),
+                    *[(table.c.gpus == k, bindparam(f"p_room_{k}")) for k in range(2, rooms + 1)],
+                    else_=-1,
+                )
+                where.append(func.coalesce(table.c.gpu_memory_mib, UNESTIMATED_GPU_MEMORY_MIB) <= room)
+            return where
+
+        # Fair across owners (an owner: the token that submitted a study): the highest priority first,
+        # then the job whose owner runs the fewest jobs, then the one whose owner was served longest
+        # ago (so even one worker taking one job at a time alternates between owners), then the
+        # oldest. That job is the next one of its study, so the candidates are each running study's
+        # next job and the queue's first few (jobs of a study not stored as running are never
+        # starved, and concurrent claims skip each other's locked rows). Each running study costs
+        # one probe of ix_jobs_study_queue and one of ix_jobs_study_started: never a queue scan.
+        nxt, run, last, holder = jobs.alias("nxt"), jobs.alias("run"), jobs.alias("last"), studies.alias("holder")
+        # PostgreSQL's planner, taking a study's jobs for a random sample of the queue, would walk
+        # ix_jobs_claim filtering on the study (a scan of the queue ahead of a small study's jobs); a
+        # range it cannot turn into an equality keeps the study in the order, which only
+        # ix_jobs_study_queue provides. SQLite uses that index for the plain equality.
+        of_study = (
+            and_(nxt.c.study_id >= studies.c.id, nxt.c.study_id <= studies.c.id) if self._pg else nxt.c.study_id == studies.c.id
+        )
+        next_of_study = (
+            select(nxt.c.id)
+            .where(of_study, *fits(nxt))
+            .order_by(nxt.c.study_id, nxt.c.priority.desc(), nxt.c.seq)
+            .limit(1)
+            .scalar_subquery()
+        )
+        heads = select(next_of_study.label("id")).where(
+            studies.c.status == StudyStatus.RUNNING, studies.c.cancel_requested.is_(False)
+        )
+        first = select(jobs.c.id).where(*fits(jobs)).order_by(jobs.c.priority.desc(), jobs.c.seq).limit(_CLAIM_WINDOW).subquery()
+        candidates = union(heads, select(first.c.id)).subquery("candidates")
+        per_study = (
+            select(
+                holder.c.owner,
+                select(func.count()).where(run.c.study_id == holder.c.id, run.c.status == JobStatus.RUNNING)
+                .scalar_subquery().label("running"),
+                select(func.max(last.c.started_at)).where(last.c.study_id == holder.c.id).scalar_subquery().label("served"),
+            )
+            .where(holder.c.status == StudyStatus.RUNNING)
+            .subquery("per_study")
+        )
+        owners = (
+            select(per_study.c.owner, func.sum(per_study.c.running).label("running"), func.max(per_study.c.served).label("served"))
+            .group_by(per_study.c.owner)
+            .subquery("owners")
+        )
         pick = (
             select(jobs.c.id)
-            .where(jobs.c.status == JobStatus.QUEUED, jobs.c.cancel_requested.is_(False))
-            .order_by(jobs.c.priority.desc(), jobs.c.seq)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
-        if gpus_filter:
-            pick = pick.where(jobs.c.gpus <= bindparam("p_gpus_free"))
-        if rooms:
-            # A job on k GPUs fits when the k-th roomiest GPU offered (p_room_k) holds its estimate.
-            room = case(
-                (jobs.c.gpus <= 1, bindparam("p_room_1")),
-                *[(jobs.c.gpus == k, bindparam(f"p_room_{k}")) for k in range(2, rooms + 1)],
-                else_=-1,
+            .select_from(
+                jobs.join(candidates, candidates.c.id == jobs.c.id)
+                .join(studies, studies.c.id == jobs.c.study_id)
+                .outerjoin(owners, owners.c.owner.is_not_distinct_from(studies.c.owner))
             )
-            pick = pick.where(func.coalesce(jobs.c.gpu_memory_mib, UNESTIMATED_GPU_MEMORY_MIB) <= room)
+            .where(jobs.c.status == JobStatus.QUEUED)
+            .order_by(jobs.c.priority.desc(), func.coalesce(owners.c.running, 0), owners.c.served.nulls_first(), jobs.c.seq)
+            .limit(1)
+            .with_for_update(skip_locked=True, of=jobs)
+        )
         claim = (
             update(jobs)
             .where(jobs.c.id == pick.scalar_subquery(), jobs.c.status == JobStatus.QUEUED)
@@ -421,38 +517,54 @@ class JobQueue:
             "p_outcome": outcome.value,
         }
 
-        def txn(conn: Connection) -> bool:
+        def txn(conn: Connection) -> tuple[bool, str | None]:
             study_id = conn.execute(self._finish_held, params | self._clock()).scalar()
             if study_id is not None:
                 if not self._pg:
                     self._log_end(conn, job_id, attempt, outcome, None)
-                self._settle_study(conn, study_id)
-                return True
+                # The settle probe sees this end: committed already on PostgreSQL (autocommit), in
+                # this serialised write transaction on SQLite.
+                return True, study_id if self._may_settle(conn, study_id) else None
             current = conn.execute(
                 select(jobs.c.status, jobs.c.attempt).where(jobs.c.id == job_id)
             ).first()
-            return current is not None and (current.status, current.attempt) == (status, attempt)
+            return current is not None and (current.status, current.attempt) == (status, attempt), None
 
-        return self._run(txn)
+        done, settle = self._run(txn, single=True)
+        if settle is not None:
+            self._run(lambda conn: self._settle_study(conn, settle))
+        return done
+
+    def _may_settle(self, conn: Connection, study_id: str) -> bool:
+        """Whether the study looks settled (running, all its jobs there, none active): an index
+        probe, no lock."""
+        return conn.execute(self._maybe_settled, {"p_study": study_id}).first() is not None
+
+    def _settle(self, study_id: str) -> None:
+        """After a job of the study ended (committed): settle the study if that was its last active
+        job. The probe decides without a lock; only a study that looks settled is locked."""
+        if self._run(lambda conn: self._may_settle(conn, study_id), read_only=True, single=True):
+            self._run(lambda conn: self._settle_study(conn, study_id))
 
     def _settle_study(self, conn: Connection, study_id: str) -> None:
         """Store a running study's final status once none of its jobs is active and it holds all
-        it will (``total_jobs``): failed when one of its jobs failed, else succeeded. The study row
-        is locked first, so of two jobs ending at once the later one sees the other's outcome."""
+        it will (``total_jobs``): failed when one of its jobs failed, else cancelled when one was
+        cancelled, else succeeded. The study row is locked first and the jobs read afterwards (a
+        statement of its own, so it sees what committed while it waited for the lock)."""
         conn.execute(select(studies.c.id).where(studies.c.id == study_id).with_for_update())
-        of_study = jobs.c.study_id == study_id
-        job_count = select(func.count()).where(of_study).scalar_subquery()
-        failed = exists().where(of_study, jobs.c.status == JobStatus.FAILED)
+
+        def any_job(status: JobStatus) -> ColumnElement[bool]:
+            return exists().where(jobs.c.study_id == study_id, jobs.c.status == status)
+
         conn.execute(
             update(studies)
-            .where(
-                studies.c.id == study_id,
-                studies.c.status == StudyStatus.RUNNING,
-                ~exists().where(of_study, jobs.c.status.in_(_ACTIVE)),
-                job_count >= studies.c.total_jobs,
-            )
+            .where(studies.c.id == study_id, *_SETTLEABLE)
             .values(
-                status=case((failed, StudyStatus.FAILED.value), else_=StudyStatus.SUCCEEDED.value),
+                status=case(
+                    (any_job(JobStatus.FAILED), StudyStatus.FAILED.value),
+                    (any_job(JobStatus.CANCELLED), StudyStatus.CANCELLED.value),
+                    else_=StudyStatus.SUCCEEDED.value,
+                ),
                 updated_at=self._now,
             ),
             self._clock(),
@@ -469,7 +581,7 @@ class JobQueue:
         error: str | None,
     ) -> JobStatus:
         """Requeue a held job while attempts remain, else fail it; a job whose cancellation was
-        requested is cancelled instead of requeued."""
+        requested is cancelled instead of requeued. The caller settles the study after commit."""
         failures = job.failures + int(counts_as_failure)
         if requeue and job.cancel_requested:
             status = JobStatus.CANCELLED
@@ -489,8 +601,6 @@ class JobQueue:
             values["last_error"] = error
         conn.execute(update(jobs).where(jobs.c.id == job.id).values(**values), self._clock())
         self._log_end(conn, job.id, job.attempt, outcome, error)
-        if status != JobStatus.QUEUED:
-            self._settle_study(conn, job.study_id)
         return status
 
     # -- producers --------------------------------------------------------------------------
@@ -526,21 +636,24 @@ class JobQueue:
         """Store a new study row (``values``, with its ``id``) and queue its jobs, all in one
         transaction: either both are stored or neither. Returns the job ids in input order."""
 
+        enqueued = len({job.trial_key for job in new_jobs})
+
         def txn(conn: Connection) -> list[str]:
-            conn.execute(studies.insert().values(**values))
+            conn.execute(studies.insert().values(**values, enqueued_jobs=enqueued))
             return self._insert_jobs(conn, values["id"], new_jobs, new_study=True) if new_jobs else []
 
         return self._group_commit.run(txn) if self._group_commit else self._run(txn)
 
     def _insert_jobs(self, conn: Connection, study_id: str, new_jobs: Sequence[NewJob], *, new_study: bool = False) -> list[str]:
         """Insert jobs of one study (see ``enqueue_many``) in the transaction of ``conn``;
-        ``new_study``: the study row was inserted in this transaction (not cancelled, no jobs yet)."""
+        ``new_study``: the study row was inserted in this transaction (not cancelled, no jobs yet, its
+        ``enqueued_jobs`` already counting them). Locks the study row (first), then inserts."""
         cancelled = False
         if not new_study:
             study = conn.execute(
                 select(studies.c.cancel_requested)
                 .where(studies.c.id == study_id)
-                .with_for_update(read=True)
+                .with_for_update(key_share=True)
             ).first()
             if study is None:
                 raise KeyError(f"unknown study {study_id!r}")
@@ -587,6 +700,13 @@ class JobQueue:
                     )
                 ).tuples().all()
             )
+        inserted = sum(ids[row["trial_key"]] == row["id"] for row in rows)
+        if inserted and not new_study:
+            conn.execute(
+                update(studies)
+                .where(studies.c.id == study_id)
+                .values(enqueued_jobs=studies.c.enqueued_jobs + inserted)
+            )
         return [ids[job.trial_key] for job in new_jobs]
 
     def update_study(self, study_id: str, values: dict[str, Any]) -> None:
@@ -606,10 +726,18 @@ class JobQueue:
 
         self._run(txn)
 
-    def requeue_study(self, study_id: str) -> int:
-        """Resume a study: clear its cancellation, store it as running again and requeue its
-        cancelled and failed jobs with fresh attempts (no owner, lease or finish time). Returns
-        how many jobs were requeued."""
+    def requeue_study(self, study_id: str, renumber: Mapping[int, int] | None = None) -> int:
+        """Resume a study (the later command wins): clear its cancellation, store it as running
+        again, and requeue with fresh attempts (no owner, lease or finish time, no pending
+        cancellation) every job that failed or was cancelled, and every running job whose
+        cancellation was pending, wherever its holder is (a dead worker's lease, expired or not; a
+        live holder is fenced off and the job resumes from its newest checkpoint). Succeeded and
+        pruned jobs stay. ``renumber`` moves jobs from Optuna trial numbers (keys) to new trials
+        (values). Returns how many jobs were requeued."""
+        requeue = or_(
+            jobs.c.status.in_([JobStatus.CANCELLED.value, JobStatus.FAILED.value]),
+            and_(jobs.c.status == JobStatus.RUNNING, jobs.c.cancel_requested.is_(True)),
+        )
 
         def txn(conn: Connection) -> int:
             clock = self._clock()
@@ -621,12 +749,22 @@ class JobQueue:
             ).rowcount
             if not found:
                 raise KeyError(f"unknown study {study_id!r}")
+            held = conn.execute(
+                select(jobs.c.id, jobs.c.attempt)
+                .where(jobs.c.study_id == study_id, jobs.c.status == JobStatus.RUNNING, jobs.c.cancel_requested.is_(True))
+                .with_for_update()
+            ).all()
+            for job in held:
+                self._log_end(conn, job.id, job.attempt, AttemptOutcome.RELEASED, "requeued by a resume")
+            if renumber:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.study_id == study_id, jobs.c.optuna_trial_number.in_(list(renumber)))
+                    .values(optuna_trial_number=case(renumber, value=jobs.c.optuna_trial_number))
+                )
             requeued = conn.execute(
                 update(jobs)
-                .where(
-                    jobs.c.study_id == study_id,
-                    jobs.c.status.in_([JobStatus.CANCELLED.value, JobStatus.FAILED.value]),
-                )
+                .where(jobs.c.study_id == study_id, requeue)
                 .values(
                     status=JobStatus.QUEUED.value, cancel_requested=False, failures=0, owner=None,
                     lease_expires_at=None, finished_at=None,
@@ -647,8 +785,9 @@ class JobQueue:
         gpus_free: int | None = None,
         room_mib: Sequence[int] | None = None,
     ) -> ClaimedJob | None:
-        """Atomically take the highest-priority, then oldest, queued job (needing at most
-        ``gpus_free`` GPUs if given) under a lease of ``lease_s`` seconds; None if there is none.
+        """Atomically take a queued job of the highest priority (needing at most ``gpus_free`` GPUs
+        if given), fairly across owners (see ``_build_claim``; one owner's jobs: oldest first),
+        under a lease of ``lease_s`` seconds; None if there is none.
 
         ``room_mib`` (with ``gpus_free``) lists the memory left on each GPU with a free slot: then
         only a job whose estimate per process (``gpu_memory_mib``, else
@@ -715,32 +854,41 @@ class JobQueue:
         remain and ``retryable``, else failed (cancelled if cancellation was requested). Returns the
         new status, or None if ``attempt`` no longer holds the job."""
 
-        def txn(conn: Connection) -> JobStatus | None:
+        def txn(conn: Connection) -> tuple[JobStatus, str] | None:
             job = self._held(conn, job_id, attempt)
             if job is None:
                 return None
-            return self._end_attempt(
+            status = self._end_attempt(
                 conn, job, counts_as_failure=True, requeue=retryable,
                 outcome=AttemptOutcome.FAILED, error=error,
             )
+            return status, job.study_id
 
-        return self._run(txn)
+        ended = self._run(txn)
+        if ended is None:
+            return None
+        if ended[0] != JobStatus.QUEUED:
+            self._settle(ended[1])
+        return ended[0]
 
     def release(self, job_id: str, attempt: int, reason: str) -> bool:
         """Give a held job back (graceful shutdown) without using up an attempt; it is requeued,
         or cancelled if that was requested. False if ``attempt`` no longer holds it."""
 
-        def txn(conn: Connection) -> bool:
+        def txn(conn: Connection) -> tuple[bool, str | None]:
             job = self._held(conn, job_id, attempt)
             if job is None:
-                return False
-            self._end_attempt(
+                return False, None
+            status = self._end_attempt(
                 conn, job, counts_as_failure=False, requeue=True,
                 outcome=AttemptOutcome.RELEASED, error=reason,
             )
-            return True
+            return True, None if status == JobStatus.QUEUED else job.study_id
 
-        return self._run(txn)
+        done, ended_in = self._run(txn)
+        if ended_in is not None:
+            self._settle(ended_in)
+        return done
 
     def set_mlflow_run(self, job_id: str, attempt: int, run_id: str) -> bool:
         """Remember the MLflow run of a held job (a retry resumes it); False if not held."""
@@ -755,26 +903,33 @@ class JobQueue:
 
         return self._run(txn)
 
-    def reclaim_expired(self) -> int:
+    def reclaim_expired(self) -> list[Reclaimed]:
         """Take back running jobs whose lease expired (their worker is gone): each counts as a
-        failed attempt, requeued, or failed with "lease expired (worker X)" after ``max_attempts``.
-        Returns how many jobs were reclaimed."""
+        failed attempt, requeued, or failed with "lease expired (worker X)" after ``max_attempts``
+        (cancelled if its cancellation was pending). Then settles every running study that has no
+        active job left (also one whose last job's finisher died before settling it). Returns the
+        jobs reclaimed and where each went."""
 
-        def txn(conn: Connection) -> int:
+        def txn(conn: Connection) -> list[Reclaimed]:
             expired = conn.execute(
                 select(jobs)
                 .where(jobs.c.status == JobStatus.RUNNING, jobs.c.lease_expires_at < self._now)
                 .with_for_update(skip_locked=True),
                 self._clock(),
             ).all()
-            for job in expired:
-                self._end_attempt(
+            return [
+                Reclaimed(job.id, job.study_id, self._end_attempt(
                     conn, job, counts_as_failure=True, requeue=True,
                     outcome=AttemptOutcome.EXPIRED, error=f"lease expired (worker {job.owner})",
-                )
-            return len(expired)
+                ))
+                for job in expired
+            ]
 
-        return self._run(txn)
+        reclaimed = self._run(txn)
+        unsettled = select(studies.c.id).where(*_SETTLEABLE)
+        for study_id in self._run(lambda conn: list(conn.execute(unsettled).scalars()), read_only=True):
+            self._run(lambda conn: self._settle_study(conn, study_id))
+        return reclaimed
 
     # -- cancellation -----------------------------------------------------------------------
 
@@ -782,7 +937,7 @@ class JobQueue:
         """Cancel a job: queued -> cancelled now; running -> flagged (the worker sees CANCEL at
         its next heartbeat). Returns the job's status afterwards, None for an unknown job."""
 
-        def txn(conn: Connection) -> JobStatus | None:
+        def txn(conn: Connection) -> tuple[JobStatus, str] | None:
             job = conn.execute(
                 select(jobs.c.status, jobs.c.study_id).where(jobs.c.id == job_id).with_for_update()
             ).first()
@@ -796,13 +951,17 @@ class JobQueue:
                     .values(**_CANCELLED, finished_at=self._now),
                     self._clock(),
                 )
-                self._settle_study(conn, job.study_id)
-                return JobStatus.CANCELLED
+                return JobStatus.CANCELLED, job.study_id
             if status == JobStatus.RUNNING:
                 conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
-            return JobStatus(status)
+            return JobStatus(status), job.study_id
 
-        return self._run(txn)
+        ended = self._run(txn)
+        if ended is None:
+            return None
+        if ended[0] == JobStatus.CANCELLED:
+            self._settle(ended[1])
+        return ended[0]
 
     def cancel_study(self, study_id: str) -> CancelResult:
         """Store the study as cancelled, cancel its queued jobs and ask its running jobs to stop."""
@@ -852,9 +1011,15 @@ class JobQueue:
         statuses: Iterable[JobStatus] | None = None,
         limit: int | None = None,
         offset: int = 0,
+        config_keys: Sequence[str] | None = None,
     ) -> list[JobInfo]:
-        """A study's jobs in enqueue order, optionally only those in ``statuses``."""
-        query = select(*_columns(JobInfo, jobs)).where(jobs.c.study_id == study_id)
+        """A study's jobs in enqueue order, optionally only those in ``statuses``; with
+        ``config_keys``, each ``config`` holds only those keys (read by JSON path: a study's
+        summaries need not load every trial's config)."""
+        columns = _columns(JobInfo, jobs)
+        if config_keys is not None:
+            columns = [c for c in columns if c.name != "config"] + [jobs.c.config[k].label(f"config.{k}") for k in config_keys]
+        query = select(*columns).where(jobs.c.study_id == study_id)
         if statuses is not None:
             query = query.where(jobs.c.status.in_([JobStatus(s).value for s in statuses]))
         query = query.order_by(jobs.c.seq).offset(offset).limit(limit)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator, Sequence
 
 import optuna
 from sqlalchemy import func, or_, select, text
@@ -34,7 +34,7 @@ from krpo_bench.models.memory import WHOLE_DEVICE_MIB, trial_memory_mib
 from krpo_bench.probe.spec import ProbeSpec, validate_probe
 from krpo_bench.service.db import ALEMBIC_LOCK, Job, JobStatus, Study, StudyStatus, make_engine, new_id, read_connection, upgrade, utcnow
 from krpo_bench.service.optuna_store import distribution, make_pruner, make_sampler, optuna_storage
-from krpo_bench.service.queue import JobInfo, JobQueue, NewJob, is_database_outage
+from krpo_bench.service.queue import JobInfo, JobQueue, NewJob, Reclaimed, is_database_outage
 from krpo_bench.settings import default_db_url, default_mlflow_uri
 from krpo_bench.spec.study import StudySpec, reference_for, validate_study
 
@@ -105,6 +105,23 @@ class StudyInfo:
         return sum(n for s, n in self.counts.items() if s not in ACTIVE)
 
 
+def trial_verdict(
+    outcomes: Sequence[tuple[str, dict[str, Any] | None]], metric: str
+) -> tuple[optuna.trial.TrialState, float | None] | None:
+    """What to tell Optuna of a search trial from its jobs' ``(status, result)``: None while one is
+    active; COMPLETE with the mean of ``final_<metric>`` over its seeds when all succeeded with a
+    value; PRUNED when one was pruned; else FAIL."""
+    statuses = {status for status, _ in outcomes}
+    if statuses & set(ACTIVE):
+        return None
+    values = [(result or {}).get(f"final_{metric}") for _, result in outcomes]
+    if statuses == {JobStatus.SUCCEEDED.value} and all(v is not None for v in values):
+        return optuna.trial.TrialState.COMPLETE, sum(values) / len(values)
+    if JobStatus.PRUNED.value in statuses:
+        return optuna.trial.TrialState.PRUNED, None
+    return optuna.trial.TrialState.FAIL, None
+
+
 def experiment_name(study_id: str) -> str:
     """The MLflow experiment of a study: named by its id, never by its display name (which can be
     any text; local artifact folders are named after experiments)."""
@@ -141,7 +158,7 @@ class StudyService:
 
     # -- submission -------------------------------------------------------------------------
 
-    def submit(self, spec: AnyStudy | dict[str, Any], *, idempotency_key: str | None = None) -> StudyInfo:
+    def submit(self, spec: AnyStudy | dict[str, Any], *, idempotency_key: str | None = None, owner: str | None = None) -> StudyInfo:
         """Store a validated study and queue its trials (one transaction); MLflow is not touched:
         the study is marked ``mlflow_pending`` for :meth:`ensure_mlflow`.
 
@@ -170,6 +187,7 @@ class StudyService:
                 "total_jobs": study.trial_count(),
                 "priority": study.priority,
                 "idempotency_key": idempotency_key,
+                "owner": owner,
                 "optuna_study_name": optuna_name,
                 "mlflow_pending": True,
                 "created_at": utcnow(),
@@ -338,12 +356,16 @@ class StudyService:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def top_up(self, study_id: str) -> int:
-        """Ask Optuna for new search trials while budget and parallelism allow; returns how many."""
-        row = self._row(study_id)
-        if row.kind != "search" or row.status != StudyStatus.RUNNING.value or row.cancel_requested:
+        """Ask Optuna for new search trials while budget and parallelism allow; returns how many.
+        The study is read under the study lock, so a cancel that commits before it is seen, and
+        one that commits after finds the jobs to cancel (and, in :meth:`cancel`, trials to tell)."""
+        if self._row(study_id).kind != "search":
             return 0
-        study = StudySpec.model_validate(row.spec)
         with self._study_lock(study_id):
+            row = self._row(study_id)
+            if row.status != StudyStatus.RUNNING.value or row.cancel_requested:
+                return 0
+            study = StudySpec.model_validate(row.spec)
             with read_connection(self.engine) as conn:
                 rows = conn.execute(
                     select(Job.optuna_trial_number, Job.status).where(Job.study_id == study_id)
@@ -392,44 +414,69 @@ class StudyService:
     def job_finished(self, job_id: str) -> None:
         """After a job reached a final state: tell Optuna once its trial's seeds are all done, top up."""
         job = self.queue.get_job(job_id)
-        if job is not None:
-            self._settle_parent_run(job.study_id)
-        if job is None or job.optuna_trial_number is None:
+        if job is None:
+            return
+        self._settle_parent_run(job.study_id)
+        if job.optuna_trial_number is None:
             return
         with read_connection(self.engine) as conn:
             siblings = conn.execute(
-                select(Job.status, Job.result).where(
-                    Job.study_id == job.study_id, Job.optuna_trial_number == job.optuna_trial_number
-                )
-            ).all()
-        if any(s in ACTIVE for s, _ in siblings):
+                select(Job.status).where(Job.study_id == job.study_id, Job.optuna_trial_number == job.optuna_trial_number)
+            ).scalars().all()
+        if any(s in ACTIVE for s in siblings):
             return
-        row = self._row(job.study_id)
-        study = StudySpec.model_validate(row.spec)
-        ostudy, trial_id = self._optuna_trial(row.optuna_study_name, study, job.optuna_trial_number)
-        if optuna_storage(self.db_url).get_trial(trial_id).state.is_finished():
-            self.top_up(job.study_id)
-            return
-        statuses = {s for s, _ in siblings}
-        metric = study.objective.metric.split("/")[-1]
-        values = [r.get(f"final_{metric}") for s, r in siblings if s == JobStatus.SUCCEEDED.value and r]
-        try:
-            if statuses == {JobStatus.SUCCEEDED.value} and all(v is not None for v in values):
-                ostudy.tell(job.optuna_trial_number, sum(values) / len(values))
-            elif JobStatus.PRUNED.value in statuses:
-                ostudy.tell(job.optuna_trial_number, state=optuna.trial.TrialState.PRUNED)
-            else:
-                ostudy.tell(job.optuna_trial_number, state=optuna.trial.TrialState.FAIL)
-        except RuntimeError:
-            pass  # another finisher told it first: Optuna keeps exactly one result
+        self._tell_ended_trials(job.study_id, [job.optuna_trial_number])
         self.top_up(job.study_id)
+
+    def reclaim_expired(self) -> list[Reclaimed]:
+        """Take back the jobs of workers whose lease expired (:meth:`JobQueue.reclaim_expired`), and
+        finish those that ended (failed, cancelled) as their worker would have: Optuna told, the
+        MLflow parent run settled, the search topped up."""
+        reclaimed = self.queue.reclaim_expired()
+        for job in reclaimed:
+            if job.status != JobStatus.QUEUED:
+                self.job_finished(job.id)
+        return reclaimed
+
+    def _tell_ended_trials(self, study_id: str, numbers: Collection[int] | None = None) -> None:
+        """Tell Optuna the outcome (:func:`trial_verdict`) of each trial of a search (all, or
+        ``numbers``) whose jobs have all ended and that Optuna still holds as running. Under the
+        study lock: a resume requeueing a trial's jobs comes wholly before or after."""
+        row = self._row(study_id)
+        if row.kind != "search":
+            return
+        study = StudySpec.model_validate(row.spec)
+        query = select(Job.optuna_trial_number, Job.status, Job.result).where(
+            Job.study_id == study_id, Job.optuna_trial_number.is_not(None)
+        )
+        if numbers is not None:
+            query = query.where(Job.optuna_trial_number.in_(list(numbers)))
+        metric = study.objective.metric.split("/")[-1]
+        with self._study_lock(study_id):
+            with read_connection(self.engine) as conn:
+                rows = conn.execute(query).all()
+            outcomes: dict[int, list[tuple[str, dict[str, Any] | None]]] = {}
+            for number, status, result in rows:
+                outcomes.setdefault(number, []).append((status, result))
+            ostudy = self._optuna_study(row.optuna_study_name, study)
+            running = {t.number for t in ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+            for number in sorted(running & outcomes.keys()):
+                verdict = trial_verdict(outcomes[number], metric)
+                if verdict is not None:
+                    state, value = verdict
+                    try:
+                        ostudy.tell(number, value, state=state, skip_if_finished=True)
+                    except RuntimeError:
+                        pass  # the grid sampler, its grid done, asks an optimize loop to stop; the trial is stored
 
     # -- control ----------------------------------------------------------------------------
 
     def cancel(self, study_id: str) -> StudyInfo:
-        """Cancel queued trials now; running ones stop at their next heartbeat."""
+        """Cancel queued trials now (a search's Optuna trials told FAIL); running ones stop at their
+        next heartbeat (and are told when their worker ends them)."""
         self._row(study_id)
         self.queue.cancel_study(study_id)
+        self._tell_ended_trials(study_id)
         self._settle_parent_run(study_id)
         return self.get(study_id)
 
@@ -454,26 +501,54 @@ class StudyService:
             log.warning("could not set the MLflow parent run of study %s to %s: %s", study_id, status, err)
 
     def resume(self, study_id: str) -> StudyInfo:
-        """Continue an interrupted or cancelled study: reclaim dead leases, requeue cancelled
-        trials, re-plan missing ones, and top up a search. Finished trials are never repeated."""
+        """Continue an interrupted or cancelled study (the later command wins): reclaim dead
+        leases, requeue every trial that did not succeed (``JobQueue.requeue_study``: cancelled,
+        failed, and running ones whose cancellation was pending), re-plan missing ones, and top up
+        a search. A search trial that Optuna already holds as finished runs again as a new Optuna
+        trial with the same parameters, so its value reaches the sampler. Succeeded and pruned
+        trials are never repeated."""
         row = self._row(study_id)
         study = stored_spec(row.spec)
-        self.queue.reclaim_expired()
-        self.queue.requeue_study(study_id)
+        self.reclaim_expired()
+        with self._study_lock(study_id):
+            renumber = self._fresh_trials(row, study) if study.kind == "search" else {}
+            self.queue.requeue_study(study_id, renumber)
+            if study.kind == "search":
+                self._fail_orphan_trials(row, study)
         self._settle_parent_run(study_id, reopen=True)
         if study.kind == "ablation":
             self._enqueue_planned(study_id, study, study.plan())
         elif study.kind == "search":
-            self._fail_orphan_trials(study_id, study)
             self.top_up(study_id)
         return self.get(study_id)
 
-    def _fail_orphan_trials(self, study_id: str, study: StudySpec) -> None:
-        """Optuna trials asked by a scheduler that died before queueing their jobs."""
-        row = self._row(study_id)
+    def _fresh_trials(self, row: Any, study: StudySpec) -> dict[int, int]:
+        """For each trial that a resume requeues but Optuna holds as finished (told FAIL when it
+        failed or was cancelled; a finished trial cannot be told again), a new Optuna trial with its
+        parameters (``enqueue_trial`` + ``ask``): old number -> new number. Under the study lock."""
+        with read_connection(self.engine) as conn:
+            redone = set(conn.execute(
+                select(Job.optuna_trial_number).where(
+                    Job.study_id == row.id, Job.optuna_trial_number.is_not(None),
+                    Job.status.not_in([JobStatus.SUCCEEDED.value, JobStatus.PRUNED.value]),
+                )
+            ).scalars())
+        if not redone:
+            return {}
+        ostudy = self._optuna_study(row.optuna_study_name, study)
+        dists = {path: distribution(p) for path, p in (study.space or {}).items()}
+        renumber = {}
+        for old in ostudy.get_trials(deepcopy=False):
+            if old.number in redone and old.state.is_finished():
+                ostudy.enqueue_trial(old.params)
+                renumber[old.number] = ostudy.ask(dists).number
+        return renumber
+
+    def _fail_orphan_trials(self, row: Any, study: StudySpec) -> None:
+        """Optuna trials asked by a scheduler that died before queueing their jobs. Under the study lock."""
         ostudy = self._optuna_study(row.optuna_study_name, study)
         with read_connection(self.engine) as conn:
-            known = set(conn.execute(select(Job.optuna_trial_number).where(Job.study_id == study_id)).scalars())
+            known = set(conn.execute(select(Job.optuna_trial_number).where(Job.study_id == row.id)).scalars())
         for trial in ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             if trial.number not in known:
                 ostudy.tell(trial.number, state=optuna.trial.TrialState.FAIL)
@@ -579,7 +654,7 @@ class StudyService:
         seeds: dict[str, list[int]] = {}
         per_variant: dict[str, list[float]] = {}
         initial: dict[str, list[float]] = {}
-        for job in self.queue.list_jobs(study_id) if jobs is None else jobs:
+        for job in self.queue.list_jobs(study_id, config_keys=("variant", "seed")) if jobs is None else jobs:
             variant = job.config["variant"]
             per_variant.setdefault(variant, [])
             seeds.setdefault(variant, [])

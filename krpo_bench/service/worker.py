@@ -24,6 +24,7 @@ The parent heartbeats every running job and owns its final state (fenced by atte
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -31,22 +32,24 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import DBAPIError
 
 from krpo_bench.service.forkserver import ForkedTrial, warm_up
-from krpo_bench.service.launch import PARENT_PID_ENV, die_with_parent, trial_command
+from krpo_bench.service.launch import PARENT_PID_ENV, die_with_parent, trial_command, visible_devices
 from krpo_bench.service.queue import UNESTIMATED_GPU_MEMORY_MIB, ClaimedJob, Heartbeat, is_database_outage
 from krpo_bench.service.studies import StudyService
 from krpo_bench.settings import data_home, get_settings
+from krpo_bench.spec.names import plain_console, styled
 
+log = logging.getLogger(__name__)
 MIB = 1024**2
 MEMORY_SAFETY = 0.9  # share of a GPU's free memory (at worker start) that trials may use
 MAX_TRIALS_PER_GPU = 8  # --slots-per-gpu auto: at most this many trials share one GPU
@@ -55,15 +58,33 @@ LOG_TAIL_CHARS = 4000
 ERROR_CHARS = 500
 
 
+def allocated_gpus(environ: Mapping[str, str]) -> list[str] | None:
+    """The GPUs a scheduler gave this process, as ``CUDA_VISIBLE_DEVICES`` entries: that variable's,
+    else inside a SLURM job ``SLURM_STEP_GPUS`` / ``SLURM_JOB_GPUS`` (none: a job without GPUs);
+    None when nothing restricts the process."""
+    for name in ("CUDA_VISIBLE_DEVICES", *(("SLURM_STEP_GPUS", "SLURM_JOB_GPUS") if "SLURM_JOB_ID" in environ else ())):
+        if name in environ:
+            return [g.strip() for g in environ[name].split(",") if g.strip()]
+    return [] if "SLURM_JOB_ID" in environ else None
+
+
 def detect_devices(gpus: str) -> list[str]:
-    """``auto`` -> every visible CUDA device (else ``cpu``); ``cpu``; or a list like ``0,1``."""
+    """``auto`` -> every CUDA device of this process's allocation (:func:`allocated_gpus`, which
+    pins ``CUDA_VISIBLE_DEVICES`` to it), else ``cpu``; ``cpu``; or a list like ``0,1`` (CUDA
+    ordinals of the visible devices; ValueError for one outside them). Trials get the devices
+    through :func:`visible_devices`."""
     if gpus == "cpu":
         return ["cpu"]
     if gpus == "auto":
+        allocated = allocated_gpus(os.environ)
+        if allocated is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(allocated)  # before CUDA starts in this process
         import torch
 
         return [str(i) for i in range(torch.cuda.device_count())] or ["cpu"]
-    return [g.strip() for g in gpus.split(",") if g.strip()]
+    devices = [g.strip() for g in gpus.split(",") if g.strip()]
+    visible_devices(devices, os.environ.get("CUDA_VISIBLE_DEVICES"))  # raises if one is outside the allocation
+    return devices
 
 
 def gpu_budget_mib(device: str) -> int:
@@ -87,9 +108,31 @@ def short_reason(error: str) -> str:
     return lines[0][:ERROR_CHARS] if lines else "unknown error"
 
 
+def available_cpus(environ: Mapping[str, str]) -> int:
+    """The CPUs this process may use: SLURM's ``SLURM_CPUS_PER_TASK`` inside a job that set it, else
+    the cores it is bound to (its affinity), else every core."""
+    slurm = environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def cpu_threads_per_trial(cpu_slots: int) -> int:
-    """Torch threads per CPU trial: the ``cpu_threads`` setting, else the cores shared by the slots."""
-    return get_settings().cpu_threads or max(1, (os.cpu_count() or 1) // max(1, cpu_slots))
+    """Torch threads per CPU trial: the ``cpu_threads`` setting, else the CPUs of this process's
+    allocation (:func:`available_cpus`) shared by the slots."""
+    return get_settings().cpu_threads or max(1, available_cpus(os.environ) // max(1, cpu_slots))
+
+
+def default_worker_id(environ: Mapping[str, str], hostname: str, pid: int) -> str:
+    """A worker's id: ``<host>-<pid>-<random>``, or inside a SLURM job ``slurm-<job>_<array task>-<host>-<pid>``
+    (``slurm-<job>-...`` outside an array), so a job's workers show which SLURM task runs each trial."""
+    if "SLURM_JOB_ID" in environ:
+        task = environ.get("SLURM_ARRAY_TASK_ID")
+        job = f"{environ['SLURM_ARRAY_JOB_ID']}_{task}" if task and environ.get("SLURM_ARRAY_JOB_ID") else environ["SLURM_JOB_ID"]
+        return f"slurm-{job}-{hostname}-{pid}"
+    return f"{hostname}-{pid}-{uuid.uuid4().hex[:6]}"
 
 
 @dataclass
@@ -132,11 +175,20 @@ class Worker:
         self.poll_s = poll_s
         self.exit_when_idle = exit_when_idle
         self.fork_server = fork_server
-        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.console = console or Console(stderr=True)
+        self.id = worker_id or default_worker_id(os.environ, socket.gethostname(), os.getpid())
+        self.console = console or plain_console(stderr=True, exit_on_broken_pipe=False)
         self.running: dict[str, Running] = {}
         self.stopping = False
         self.workdir = Path(tempfile.mkdtemp(prefix="krpo-worker-", dir=data_home()))
+
+    def say(self, text: str, style: str = "") -> None:
+        """Print a line of this worker's output as plain text (names and errors are data: never
+        markup, never terminal escapes). A line that cannot be printed (a closed pipe, an encoding the
+        terminal lacks) is logged instead: printing never ends the worker or its other trials."""
+        try:
+            self.console.print(styled(text, style))
+        except Exception:
+            log.exception("worker %s could not print a line", self.id)
 
     def request_stop(self, *_: object) -> None:
         """Graceful shutdown: running trials checkpoint and go back to the queue."""
@@ -150,7 +202,7 @@ class Worker:
         gpu_ids = [int(d) for d in self.devices if d != "cpu"]
         self.queue.register_worker(self.id, hostname=socket.gethostname(), pid=os.getpid(), gpus=gpu_ids, slots=sum(self.slots.values()))
         budgets = f", memory budgets (MiB) {self.budgets}" if self.budgets else ""
-        self.console.print(f"worker {self.id}: devices {self.devices}, slots {self.slots}{budgets}")
+        self.say(f"worker {self.id}: devices {self.devices}, slots {self.slots}{budgets}")
         last_beat = last_reclaim = 0.0
         try:
             while True:
@@ -178,7 +230,7 @@ class Worker:
                     # The database is down for longer than the queue's own retries (or under
                     # Optuna's storage, which does not retry): keep the trials running and try
                     # again next round (leases outlive short outages; finishing a job is idempotent).
-                    self.console.print(f"[yellow]database unavailable, retrying: {type(err).__name__}: {err}[/yellow]")
+                    self.say(f"database unavailable, retrying: {type(err).__name__}: {err}", "yellow")
                 time.sleep(self.poll_s)
         finally:
             for run in self.running.values():
@@ -186,10 +238,10 @@ class Worker:
             try:
                 self.queue.deregister_worker(self.id)
             except DBAPIError as err:
-                self.console.print(f"[yellow]could not deregister worker {self.id}: {err}[/yellow]")
+                self.say(f"could not deregister worker {self.id}: {err}", "yellow")
 
     def _reclaim(self) -> list[str]:
-        if self.queue.reclaim_expired():
+        if self.service.reclaim_expired():
             return [s.id for s in self.service.list(status="running", limit=1000)]
         return []
 
@@ -243,7 +295,7 @@ class Worker:
             raise
         except Exception as err:
             self.queue.release(job.id, job.attempt, f"MLflow unavailable: {short_reason(str(err))}")
-            self.console.print(f"[yellow]gave {job.trial_key} back: its study's MLflow records: {escape(short_reason(str(err)))}[/yellow]")
+            self.say(f"gave {job.trial_key} back: its study's MLflow records: {short_reason(str(err))}", "yellow")
             return False
         job_file = self.workdir / f"{job.id}-{job.attempt}.json"
         result_file = self.workdir / f"{job.id}-{job.attempt}.result.json"
@@ -258,7 +310,7 @@ class Worker:
             "cpu_threads": max(1, cpu_threads_per_trial(self.slots.get("cpu", 0)) // processes) if cpu else None,
         }
         job_file.write_text(json.dumps(payload, default=str))
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if cpu else ",".join(devices))
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if cpu else visible_devices(devices, os.environ.get("CUDA_VISIBLE_DEVICES")))
         env[PARENT_PID_ENV] = str(os.getpid())
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         if cpu and processes > 1:
@@ -278,7 +330,7 @@ class Worker:
         memory = job.gpu_memory_mib or UNESTIMATED_GPU_MEMORY_MIB
         self.running[job.id] = Running(job, devices, memory, process, result_file, log_file)
         where = ",".join(devices) + (f" ({processes} processes)" if processes > 1 else "")
-        self.console.print(f"started {job.trial_key} (attempt {job.attempt}) on {where}")
+        self.say(f"started {job.trial_key} (attempt {job.attempt}) on {where}")
         return True
 
     def _parent_run(self, job: ClaimedJob) -> str:
@@ -302,7 +354,7 @@ class Worker:
                 run.process.kill()
                 run.process.wait()
                 del self.running[job_id]
-                self.console.print(f"lost the lease of {run.job.trial_key}; stopped it")
+                self.say(f"lost the lease of {run.job.trial_key}; stopped it")
             elif beat == Heartbeat.CANCEL:
                 self._stop(run, "cancel")
             elif run.job.timeout_s and time.monotonic() - run.started > run.job.timeout_s:
@@ -332,7 +384,7 @@ class Worker:
         if code == 0 and status in ("succeeded", "pruned"):
             write = self.queue.complete if status == "succeeded" else self.queue.mark_pruned
             if write(job.id, job.attempt, result):
-                self.console.print(f"{status} {job.trial_key}: accuracy {result.get('final_accuracy')}")
+                self.say(f"{status} {job.trial_key}: accuracy {result.get('final_accuracy')}")
         elif run.stop_reason == "cancel":
             self.queue.mark_cancelled(job.id, job.attempt)
         elif run.stop_reason == "shutdown" or (run.stop_reason is None and self.stopping):
@@ -345,6 +397,6 @@ class Worker:
             error = short_reason((result or {}).get("error") or f"trial process exited with code {code}")
             tail = run.log_file.read_text(errors="replace")[-LOG_TAIL_CHARS:] if run.log_file.exists() else ""
             self.queue.fail(job.id, job.attempt, error)  # readers of the job see the reason; the traceback stays here
-            self.console.print(f"[red]attempt {job.attempt} of {job.trial_key} failed[/red]: {escape(error)}")
-            self.console.print(f"--- the end of its log, {run.log_file} ---\n{tail}", markup=False, highlight=False)
+            self.say(f"attempt {job.attempt} of {job.trial_key} failed: {error}", "red")
+            self.say(f"--- the end of its log, {run.log_file} ---\n{tail}")
         self.service.job_finished(job.id)

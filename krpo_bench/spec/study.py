@@ -14,12 +14,14 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from krpo_bench.spec.loading import SpecError, validation_errors
-from krpo_bench.spec.trial import MAX_SEED, DisplayName, TrialSpec
+from krpo_bench.spec.names import MAX_NAME_CHARS, DisplayName, check_display_name, shown
+from krpo_bench.spec.trial import MAX_SEED, TrialSpec
 
 MAX_TRIALS_PER_STUDY = 10_000
 MAX_GPUS_PER_TRIAL = 16  # one machine: a multi-GPU trial runs on one worker
@@ -71,6 +73,37 @@ class SearchParam(Strict):
         if self.type == "log_uniform" and self.low <= 0:
             raise ValueError(f"log_uniform needs low > 0, got {self.low}")
         return self
+
+
+def grid_size(param: SearchParam) -> int:
+    """How many points the grid sampler takes from ``param``: its choices, or ``low``, ``low + step``,
+    ... up to ``high``, counted in exact decimals (``low 0, high 0.3, step 0.1``: 4 points). A step
+    that does not divide the range stops at the last point below ``high``, as Optuna's stepped
+    distributions do. An ``int`` parameter steps by whole numbers (default 1)."""
+    if param.type == "choice":
+        return len(param.choices or [])
+    low, high, step = _grid_axis(param)
+    return int((high - low) // step) + 1
+
+
+def grid_values(param: SearchParam) -> list[Any]:
+    """The :func:`grid_size` values of ``param`` on the grid, each ``low + i * step`` computed in
+    decimals from the values as written (``0.3``, never ``0.30000000000000004``)."""
+    if param.type == "choice":
+        return list(param.choices or [])
+    low, _, step = _grid_axis(param)
+    values = [low + i * step for i in range(grid_size(param))]
+    return [int(v) for v in values] if param.type == "int" else [float(v) for v in values]
+
+
+def _grid_axis(param: SearchParam) -> tuple[Decimal, Decimal, Decimal]:
+    if param.type == "int":
+        step = int(param.step or 1)
+        if step < 1:
+            raise ValueError(f"an int parameter steps by whole numbers >= 1, got step {param.step}")
+        return Decimal(int(param.low)), Decimal(int(param.high)), Decimal(step)
+    step = Decimal(repr(param.step)) if param.step is not None else Decimal(1)
+    return Decimal(repr(param.low)), Decimal(repr(param.high)), step
 
 
 class Pruner(Strict):
@@ -274,7 +307,7 @@ def validate_study(data: Any, source: str = "<study>") -> StudySpec:
         raise SpecError(source, validation_errors(exc)) from None
     errors: list[dict[str, Any]] = []
     if study.kind == "ablation":
-        errors += _check_ablation(study)
+        errors += _check_labels(study) or _check_ablation(study)
     else:
         errors += _check_search(study)
     if not errors:
@@ -309,6 +342,38 @@ def storage_errors(data: Any) -> list[dict[str, Any]]:
                 child = f"{path}[{key}]" if isinstance(value, list) else f"{path}.{key}" if path else str(key)
                 stack.append((child.replace("\x00", "\\x00"), item))
     return errors
+
+
+def _check_labels(study: StudySpec) -> list[dict[str, Any]]:
+    """Variant keys, grid paths and grid values become trial names (``variant lr=0.1 seed=0``):
+    each follows the display-name rule, and the longest trial name fits a name's length."""
+    errors: list[dict[str, Any]] = []
+
+    def check(path: str, text: str, value: Any) -> None:
+        try:
+            check_display_name(text)
+        except ValueError as exc:
+            errors.append({"path": path, "value": value, "message": str(exc), "type": "display_name"})
+
+    for variant in study.variants or {}:
+        check(f"variants.{shown(variant, keep_lines=False)}", variant, variant)
+    for path, values in (study.grid or {}).items():
+        where = f"grid.{shown(path, keep_lines=False)}"
+        check(where, path, path)
+        for i, value in enumerate(values):
+            check(f"{where}[{i}]", str(value), value)
+    if errors:
+        return errors
+    longest = (
+        max(map(len, study.variants or {"base": {}}))
+        + sum(max(len(f" {path.split('.')[-1]}={v}") for v in values) for path, values in (study.grid or {}).items())
+        + max(len(f" seed={seed}") for seed in study.seed_list())
+    )
+    if longest > MAX_NAME_CHARS:
+        return [{"path": "grid" if study.grid else "variants", "value": f"{longest} characters", "type": "display_name",
+                 "message": f"trial names ('<variant> <grid point> seed=<seed>') must be at most {MAX_NAME_CHARS} "
+                            "characters: shorten the variant keys or grid values"}]
+    return []
 
 
 def _prefixed(exc: ValidationError, prefix: str) -> list[dict[str, Any]]:
@@ -388,8 +453,12 @@ def _check_search(study: StudySpec) -> list[dict[str, Any]]:
         errors.append({"path": "sampler", "value": "grid", "message": "the grid sampler needs choice/int parameters or a step", "type": "value_error"})
     elif study.sampler == "grid":
         points = 1
-        for param in study.space.values():
-            points *= len(param.choices) if param.type == "choice" else int((param.high - param.low) / (param.step or 1)) + 1
+        for path, param in study.space.items():
+            try:
+                points *= grid_size(param)
+            except ValueError as exc:
+                errors.append({"path": f"space.{path}.step", "value": param.step, "message": str(exc), "type": "value_error"})
+                break
             if points > MAX_GRID_POINTS:
                 errors.append({"path": "space", "value": None, "type": "too_many_grid_points",
                                "message": f"the grid sampler's space holds more than {MAX_GRID_POINTS} points"})

@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-import unicodedata
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from krpo_bench.models.config import ModelSpec
 from krpo_bench.spec.estimator import EstimatorSpec
+from krpo_bench.spec.identity import identity_hash
+from krpo_bench.spec.names import DisplayName
 from krpo_bench.tasks.config import TaskSpec
 
 
 MAX_SEED = 2**31 - 1
-
-
-def _printable(text: str) -> str:
-    bad = sorted({f"U+{ord(c):04X}" for c in text if unicodedata.category(c) in ("Cc", "Cs")})
-    if bad:
-        raise ValueError(f"names are display text and must not contain control characters (found {', '.join(bad)})")
-    return text
-
-
-DisplayName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_printable)]
-"""A name shown to people (study, trial, experiment): printable text, never used as a path."""
 
 
 class Strict(BaseModel):
@@ -48,7 +36,7 @@ class TrainingSpec(Strict):
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "grpo"
     num_iterations: int = Field(1, ge=1, le=16, description="policy updates per generation batch (mu)")
     max_completion_length: int = Field(64, ge=1, le=32768)
-    max_steps: int = Field(100, ge=1, le=1_000_000)
+    max_steps: int = Field(100, ge=1, le=100_000)
     temperature: float = Field(1.0, gt=0.0, le=5.0)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     eval_every: int = Field(0, ge=0, le=1_000_000, description="steps between held-out evaluations (0: at the end only)")
@@ -80,7 +68,7 @@ class TrainingSpec(Strict):
 class TrialSpec(Strict):
     """Everything one trial needs; the YAML of ``krpo-bench trial`` validates against this."""
 
-    name: str = Field("trial", min_length=1, max_length=200)
+    name: DisplayName = "trial"
     trial_id: str | None = Field(
         None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
@@ -93,10 +81,10 @@ class TrialSpec(Strict):
     experiment: DisplayName = Field("krpo-bench", description="MLflow experiment")
 
     def resolved_id(self) -> str:
-        """``trial_id``, or a stable hash of everything that changes the result."""
+        """``trial_id``, or a hash of everything that changes the result; a release that adds a field
+        with a default leaves it unchanged (see :mod:`krpo_bench.spec.identity`)."""
         if self.trial_id:
             return self.trial_id
-        payload = json.dumps(self.model_dump(mode="json", exclude={"trial_id", "name", "experiment"}), sort_keys=True)
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name)[:40].strip("_.-") or "trial"
-        return f"{slug}-{hashlib.sha1(payload.encode()).hexdigest()[:12]}"
+        return f"{slug}-{identity_hash(self, exclude={'trial_id', 'name', 'experiment'})[:12]}"
 

@@ -4,7 +4,8 @@ folder under the data roots.
 The worker checks the source again (a job may come from any client of the job database): a hub id is
 loaded with ``datasets.load_dataset`` only when it is no packaged file builder (``text``, ``json``...,
 which would read the worker's working directory) and names no folder here; a local folder is read only
-with ``datasets.load_from_disk`` and only under the data roots (``KRPO_BENCH_DATA_ROOTS``). Errors name
+with ``datasets.load_from_disk`` and only under the data roots (``KRPO_BENCH_DATA_ROOTS``), checked where
+the folder is opened (:mod:`krpo_bench.data_roots`: a link swapped in after submission is not followed). Errors name
 the field and the dataset, never a value read from it; the loader's own error stays in the log.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 import datasets
 from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
+from krpo_bench.data_roots import OutsideDataRoots, data_folder
 from krpo_bench.settings import get_settings
 from krpo_bench.tasks.config import HFTask, dataset_source_problem, is_local_dataset
 
@@ -42,23 +44,14 @@ def _split(saved: datasets.DatasetDict, spec: HFTask, split: str) -> datasets.Da
     return saved[split]
 
 
-def local_folder(source: str, roots: tuple[Path, ...]) -> Path:
-    """The resolved folder of a local dataset source; refused unless it lies under ``roots``."""
-    folder = Path(os.path.realpath(Path(source).expanduser()))
-    if not any(folder.is_relative_to(os.path.realpath(root)) for root in roots):
-        shown = ", ".join(str(r) for r in roots)
-        raise DatasetRefused(f"task.dataset: {source!r} is not under the data roots ({shown}; KRPO_BENCH_DATA_ROOTS)")
-    if not folder.is_dir():
-        raise DatasetRefused(f"task.dataset: {source!r} is no folder written by save_to_disk")
-    return folder
-
-
 def _local(spec: HFTask, roots: tuple[Path, ...]) -> tuple[datasets.Dataset, datasets.Dataset | None]:
-    folder = local_folder(spec.dataset, roots)
     try:
-        saved = datasets.load_from_disk(str(folder))
-    except (FileNotFoundError, ValueError) as err:
-        log.warning("load_from_disk(%s) failed", folder, exc_info=True)
+        with data_folder(spec.dataset, "task.dataset", roots) as folder:
+            saved = datasets.load_from_disk(str(folder))
+    except OutsideDataRoots as err:
+        raise DatasetRefused(str(err)) from None
+    except (FileNotFoundError, NotADirectoryError, ValueError) as err:
+        log.warning("load_from_disk(%s) failed", spec.dataset, exc_info=True)
         raise DatasetRefused(
             f"task.dataset: {spec.dataset!r} is no folder written by save_to_disk ({type(err).__name__})"
         ) from err

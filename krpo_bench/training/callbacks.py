@@ -97,7 +97,7 @@ class ProgressCallback(TrainerCallback):
 
     def __init__(self, description: str) -> None:
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.description}", style="bold", markup=False),  # the trial's name, shown as text
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("reward {task.fields[reward]:.3f}"),
