@@ -133,7 +133,7 @@ def worker_script(options: SlurmOptions, env: Mapping[str, str]) -> str:
     gpus = "auto" if options.gpus_per_worker else "cpu"
     lines = [
         "#!/bin/bash",
-        f"# {options.workers} krpo-bench worker(s), written by 'krpo-bench slurm'. Each array task runs one worker on",
+        f"# {options.workers} array tasks written by `krpo-bench slurm`: each runs one worker on",
         "# the GPUs and CPUs of its allocation until the queue is empty. SIGTERM (scancel, preemption, or",
         f"# {options.grace_s} s before the time limit) makes it checkpoint its trials and hand them back.",
         *(f"#SBATCH {d}" for d in directives),

@@ -154,8 +154,9 @@ def test_k8s_and_slurm_examples_use_only_our_variables() -> None:
                 if OUR_VARS.match(env["name"]):
                     assert env["name"] in ENV_VARS
     sbatch = re.search(r"```bash\n(#!/bin/bash.*?)```", DEPLOY_DOC, re.S)
-    assert sbatch and "#SBATCH --ntasks-per-node=1" in sbatch[1] and "#SBATCH --gres=gpu" in sbatch[1]
-    assert re.search(r"srun .*krpo-bench worker", sbatch[1])
+    assert sbatch and "#SBATCH --gres=gpu" in sbatch[1] and "#SBATCH --requeue" in sbatch[1]
+    assert re.search(r"#SBATCH --signal=B:TERM@\d+", sbatch[1])
+    assert re.search(r"-m krpo_bench.cli worker .*&$", sbatch[1], re.M) and 'wait "$worker"' in sbatch[1]
     for var in re.findall(r"export ((?:KRPO_BENCH|MLFLOW)_[A-Z_]+)=", sbatch[1]):
         assert var in ENV_VARS
 

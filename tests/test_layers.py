@@ -19,7 +19,7 @@ FOLDERS = {"krpo_bench": ROOT / "krpo_bench", "krpo_bench.api": ROOT / "api", "k
 
 LAYERS: list[list[str]] = [  # top first; a layer of several modules is an independent group
     ["krpo_bench.cli"],
-    ["krpo_bench.api", "krpo_bench.client"],
+    ["krpo_bench.api", "krpo_bench.client", "krpo_bench.slurm"],
     ["krpo_bench.dashboards"],
     ["krpo_bench.service"],
     ["krpo_bench.probe"],

@@ -28,7 +28,7 @@ def test_multi_gpu_trials_get_one_worker_over_every_gpu(monkeypatch: pytest.Monk
 
 def test_on_cpu_multi_gpu_trials_run_as_cpu_processes_sharing_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    monkeypatch.setattr(local.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(local.os, "sched_getaffinity", lambda pid: set(range(4)))
     assert gpus_of(local_worker_commands(SERVICE, 0)) == ["cpu", "cpu"]
     commands = local_worker_commands(SERVICE, 0, gpus_per_trial=4)
     assert gpus_of(commands) == ["cpu"] and commands[0][1]["KRPO_BENCH_CPU_THREADS"] == "4"
@@ -38,7 +38,7 @@ def test_the_cpu_threads_setting_is_what_local_cpu_workers_use(monkeypatch: pyte
     """Two studies run side by side on one machine can keep their trials from oversubscribing the
     cores: the setting wins over the cores shared out."""
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    monkeypatch.setattr(local.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(local.os, "sched_getaffinity", lambda pid: set(range(4)))
     assert [env["KRPO_BENCH_CPU_THREADS"] for _, env in local_worker_commands(SERVICE, 1)] == ["4"]
     monkeypatch.setenv("KRPO_BENCH_CPU_THREADS", "1")
     commands = local_worker_commands(SERVICE, 1)

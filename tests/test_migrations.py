@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import inspect
 import re
+import sqlite3
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -59,6 +62,26 @@ def test_concurrent_upgrades_are_safe(db_url: str) -> None:
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(upgrade, [db_url] * 4))
     assert _version(db_url) == _head()
+
+
+def test_connecting_while_a_fresh_sqlite_file_is_being_switched_to_wal_waits(tmp_path: Path) -> None:
+    """The cause of the concurrent upgrades' rare "database is locked" at connect: the connect-time
+    ``PRAGMA journal_mode = WAL`` on a fresh (rollback-journal) file upgrades a read lock to a write
+    lock, and SQLite answers SQLITE_BUSY at once there, without the busy timeout, while another
+    connection holds the write lock (as one switching the same file does). Connecting must wait."""
+    path = tmp_path / "fresh.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # a rollback-journal writer, e.g. another connection mid-switch
+    release = threading.Timer(0.3, holder.execute, ("COMMIT",))
+    release.start()
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        release.join()
+        engine.dispose()
+        holder.close()
 
 
 def test_orm_metadata_matches_migrated_schema(db_url: str) -> None:

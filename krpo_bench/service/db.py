@@ -7,7 +7,9 @@ and always come back timezone-aware.
 from __future__ import annotations
 
 import re
+import sqlite3
 import threading
+import time
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -249,6 +251,38 @@ def normalize_url(url: str | URL) -> URL:
     return parsed
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return (code & 0xFF) == sqlite3.SQLITE_BUSY if code is not None else "database is locked" in str(exc)
+
+
+def _switch_to_wal(dbapi_connection: Any) -> None:
+    """``PRAGMA journal_mode = WAL``, retried while another connection is switching the same file.
+
+    WAL mode is stored in the file, so this is a read and a no-op once any connection has switched
+    it. The switch itself (a fresh file, in rollback-journal mode) reads the header under a shared
+    lock and then upgrades to a write lock, and SQLite does not call the busy handler for an upgrade
+    from a read transaction (``sqlite3BtreeSetVersion``; waiting could deadlock): when several
+    connections open a fresh file at once, all but one get SQLITE_BUSY ("database is locked") at
+    once, whatever the busy timeout. The failed statement has released its lock, so wait for the
+    winner and try again (then finding WAL set) within the busy timeout.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    delay = 0.001
+    while True:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() + delay > deadline:
+                raise
+        finally:
+            cursor.close()
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     """WAL, busy timeout, foreign keys, and ``BEGIN IMMEDIATE`` so write transactions serialise.
 
@@ -262,9 +296,9 @@ def _configure_sqlite(engine: Engine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
+        _switch_to_wal(dbapi_connection)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:

@@ -15,7 +15,7 @@ from rich.live import Live
 from rich.text import Text
 
 from krpo_bench.service.studies import StudyInfo, StudyService
-from krpo_bench.service.worker import cpu_threads_per_trial
+from krpo_bench.service.worker import available_cpus, cpu_threads_per_trial
 from krpo_bench.spec.identity import study_file_key
 from krpo_bench.spec.names import plain_console, styled
 from krpo_bench.spec.study import StudySpec
@@ -46,7 +46,7 @@ def local_worker_commands(
     if gpus:
         count = workers or gpus
         return [(base + ["--gpus", str(i % gpus)], dict(os.environ)) for i in range(count)]
-    count = workers or max(1, min(2, (os.cpu_count() or 1) // max(1, gpus_per_trial)))
+    count = workers or max(1, min(2, available_cpus(os.environ) // max(1, gpus_per_trial)))
     threads = str(cpu_threads_per_trial(count))
     env = dict(os.environ, KRPO_BENCH_CPU_THREADS=threads, OMP_NUM_THREADS=threads)
     return [(base + ["--gpus", "cpu", "--slots-per-gpu", "1"], env) for _ in range(count)]

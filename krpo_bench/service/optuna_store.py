@@ -35,6 +35,11 @@ def optuna_url(db_url: str) -> tuple[str, dict]:
     }
 
 
+# The storages made by ``optuna_storage`` that are still alive (cached, or evicted but in use), so
+# that ``dispose_optuna_storage`` can reach one without making it.
+_live_storages: weakref.WeakValueDictionary[str, optuna.storages.RDBStorage] = weakref.WeakValueDictionary()
+
+
 @lru_cache(maxsize=8)
 def optuna_storage(db_url: str) -> optuna.storages.RDBStorage:
     """The (cached, per process) Optuna storage for ``db_url``; one evicted from the cache closes its
@@ -42,7 +47,18 @@ def optuna_storage(db_url: str) -> optuna.storages.RDBStorage:
     url, engine_kwargs = optuna_url(db_url)
     storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
     weakref.finalize(storage, storage.engine.dispose)
+    _live_storages[db_url] = storage
     return storage
+
+
+def dispose_optuna_storage(db_url: str) -> None:
+    """Close the pooled connections of the Optuna storage for ``db_url``, if one was made (it stays
+    cached and usable: it connects again when next used). Call it before the database goes away
+    (dropped, a server shut down): the cache keeps the storage alive past its database, and its pool's
+    connections would otherwise stay open until the process ends."""
+    storage = _live_storages.get(db_url)
+    if storage is not None:
+        storage.engine.dispose()
 
 
 def distribution(param: SearchParam) -> optuna.distributions.BaseDistribution:
