@@ -17,6 +17,7 @@ from sqlalchemy import Engine, insert
 from sqlalchemy.engine import make_url
 
 from krpo_bench.service.db import Study, StudyKind, make_engine, upgrade
+from krpo_bench.service.optuna_store import dispose_optuna_storage
 from krpo_bench.service.queue import JobQueue
 
 PG_ADMIN_URL = os.environ.get(
@@ -44,7 +45,9 @@ def create_pg_database() -> str:
 
 
 def drop_pg_database(url: str) -> None:
-    """Drop a database made by ``create_pg_database``, closing any connections still open."""
+    """Drop a database made by ``create_pg_database``, closing any connections still open (this
+    process's cached Optuna storage of it first: its pool would keep dead connections open)."""
+    dispose_optuna_storage(url)
     name = make_url(url).database
     with _admin_connect() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -34,7 +34,6 @@ from sqlalchemy.engine import make_url
 
 from krpo_bench.advantages import get_estimator
 from krpo_bench.models import load_model
-from krpo_bench.service.optuna_store import dispose_optuna_storage
 from krpo_bench.service.studies import StudyInfo, StudyService
 from krpo_bench.settings import data_home
 from krpo_bench.spec.trial import TrialSpec
@@ -97,7 +96,6 @@ def pg_service(pg_url: str, tmp_path: Path) -> Iterator[StudyService]:
     service = StudyService(pg_url, f"sqlite:///{tmp_path / 'mlflow.db'}")
     yield service
     service.engine.dispose()  # no PostgreSQL connection left for the garbage collector
-    dispose_optuna_storage(pg_url)  # nor in the (cached, so surviving the test) Optuna storage's pool
 
 
 def start_worker(service: StudyService, log: IO[bytes], *, lease_s: float, heartbeat_s: float = 1.0,
