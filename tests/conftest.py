@@ -34,10 +34,16 @@ def _uses_postgres(request: pytest.FixtureRequest) -> bool:
 def _no_postgres_connection_left_open(request: pytest.FixtureRequest) -> Iterator[None]:
     """After a PostgreSQL test, nothing it opened is left for the garbage collector: psycopg warns
     when it collects an open connection, and the warning lands in whichever later test runs then
-    (one that turns warnings into errors fails for it): dispose every engine, a service's too."""
-    yield
+    (one that turns warnings into errors fails for it): dispose every engine, a service's too.
+    What earlier tests left for the collector is collected before a PostgreSQL test starts, so a
+    failure names the test that leaked."""
     if not _uses_postgres(request):
+        yield
         return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
+    yield
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ResourceWarning)
         gc.collect()

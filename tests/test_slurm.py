@@ -350,8 +350,8 @@ def test_a_worker_array_survives_scancel_and_a_time_limit(slurm_cluster: SlurmCl
     local_s = time.time() - began
 
     url = create_pg_database()
+    service = StudyService(url, f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
-        service = StudyService(url, f"sqlite:///{tmp_path / 'mlflow.db'}")
         (tmp_path / "study.yaml").write_text(json.dumps(study()))  # JSON is YAML
         array, submitted = slurm_cli(slurm_cluster, service, tmp_path, str(tmp_path / "study.yaml"),
                                      "--workers", "2", "--time", "10", "--grace", "10")
@@ -435,5 +435,6 @@ def test_a_worker_array_survives_scancel_and_a_time_limit(slurm_cluster: SlurmCl
             print(f"{job.trial_key}: handed back at step {first_stop}; final accuracy {job.result['final_accuracy']}, "
                   f"local {expected[job.trial_key]}")
     finally:
+        service.engine.dispose()  # no PostgreSQL connection left for the garbage collector
         drop_pg_database(url)
     print(f"local reference {local_s:.0f} s, whole test {time.time() - began:.0f} s")
