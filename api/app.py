@@ -24,13 +24,14 @@ import krpo_bench
 from krpo_bench.api.auth import AuthError, Authenticator, TokenStore
 from krpo_bench.api.origin import CrossSiteGuard
 from krpo_bench.api.policy import Policy
-from krpo_bench.api.routers import dashboard, error_response, health, jobs, request_id, studies, workers
+from krpo_bench.api.routers import dashboard, error_response, health, home, jobs, request_id, studies, workers
 from krpo_bench.api.routers.optuna import ReadOnlyOptunaDashboard
 from krpo_bench.api.routers.studies import PageCache
 from krpo_bench.api.schemas import ErrorResponse
 from krpo_bench.api.settings import ApiSettings
 from krpo_bench.service.quotas import QuotaGuard, Quotas
 from krpo_bench.service.studies import StudyError, StudyNotFound, StudyService
+from krpo_bench.settings import settings_view
 from krpo_bench.spec.loading import SpecError
 from krpo_bench.spec.study import StudySpec
 
@@ -198,21 +199,21 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """The API for ``settings`` (default: from the environment)."""
     settings = settings or ApiSettings.from_settings()
-    app = FastAPI(title="krpo-bench", version=krpo_bench.__version__, description=DESCRIPTION, lifespan=_lifespan)
+    app = FastAPI(title="krpo-bench", version=krpo_bench.__version__, description=DESCRIPTION, lifespan=_lifespan,
+                  docs_url=None, redoc_url=None)  # /docs: routers.home, with the assets of the installed package
     app.state.settings = settings
-    app.state.service = StudyService(settings.db_url, settings.mlflow_uri)
-    app.state.auth = Authenticator(TokenStore(settings.tokens_file))
-    app.state.policy = Policy(settings.data_roots, settings.allow_remote_code, settings.max_trials, settings.max_model_params,
-                              settings.max_stored_bytes)
+    app.state.service = StudyService(settings.db, settings.mlflow_tracking_uri)
+    app.state.auth = Authenticator(TokenStore(settings.api_tokens_file))
+    app.state.policy = settings_view(Policy, settings)
     app.state.submit_slots = asyncio.Semaphore(SUBMIT_CONCURRENCY)
-    app.state.quotas = QuotaGuard(app.state.service.engine, Quotas(
-        settings.max_active_trials_per_token, settings.max_trial_hours_per_token, settings.default_timeout_s))
+    app.state.quotas = QuotaGuard(app.state.service.engine, settings_view(Quotas, settings))
     app.state.mlflow_wake = asyncio.Event()
     app.state.list_cache = PageCache(settings.list_cache_s)
 
-    for module in (health, studies, jobs, workers, dashboard):
+    for module in (health, studies, jobs, workers, dashboard, home):
         app.include_router(module.router)
-    app.mount("/optuna", ReadOnlyOptunaDashboard(settings.db_url, app.state.auth))
+    app.mount(home.DOCS_ASSETS_URL, home.docs_assets(), name="docs-assets")
+    app.mount("/optuna", ReadOnlyOptunaDashboard(settings.db, app.state.auth))
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
     @app.exception_handler(StarletteHTTPException)

@@ -24,7 +24,7 @@ from krpo_bench.data_roots import under_roots
 from krpo_bench.models.config import TINY_ARITH
 from krpo_bench.models.memory import model_shape
 from krpo_bench.probe.spec import ProbeSpec, validate_probe
-from krpo_bench.settings import DEFAULT_MAX_MODEL_PARAMS, DEFAULT_MAX_STORED_BYTES
+from krpo_bench.settings import DEFAULT_MAX_MODEL_PARAMS, DEFAULT_MAX_STORED_BYTES, DEFAULT_MAX_TRIALS
 from krpo_bench.spec.loading import SpecError, validation_errors
 from krpo_bench.spec.study import StudySpec, storage_errors, validate_study
 from krpo_bench.spec.trial import TrialSpec
@@ -32,11 +32,12 @@ from krpo_bench.spec.trial import TrialSpec
 
 @dataclass(frozen=True)
 class Policy:
-    """What this server allows (from ``ApiSettings``)."""
+    """What this server allows: a view of the settings of the same names
+    (``settings_view(Policy, api_settings)``)."""
 
     data_roots: tuple[Path, ...]
     allow_remote_code: bool = False
-    max_trials: int = 1_000
+    max_trials: int = DEFAULT_MAX_TRIALS
     max_model_params: int = DEFAULT_MAX_MODEL_PARAMS
     max_stored_bytes: int = DEFAULT_MAX_STORED_BYTES
 
@@ -149,7 +150,7 @@ def planned_configs(study: StudySpec) -> Iterator[PlannedConfig]:
         return
     variants = study.variants or {"base": {}}
     grid = study.grid or {}
-    seeds = len(study.seed_list())
+    seeds = study.look_sizes()[-1]  # a sequential study may run up to its last look's seeds
     for variant, override in variants.items():
         own = tuple((f"variants.{variant}", leaf) for leaf in _leaves(override)) if study.variants else ()
         suffix = f" (variant {variant})" if study.variants else ""
@@ -184,10 +185,10 @@ def estimated_stored_bytes(study: StudySpec) -> int:
         return study.trial_count() * base
     variants = list((study.variants or {"base": {}}).values())
     axes = list((study.grid or {}).values())
-    points = math.prod(len(values) for values in axes)
+    points = study.grid_points()
     per_seed = len(variants) * points * base + points * sum(_json_size(o) for o in variants)
     per_seed += len(variants) * sum(points // len(values) * sum(_json_size(v) for v in values) for values in axes)
-    return len(study.seed_list()) * per_seed
+    return study.look_sizes()[-1] * per_seed
 
 
 def stored_cap_errors(study: StudySpec, policy: Policy, path: str = "") -> list[dict[str, Any]]:

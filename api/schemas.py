@@ -5,22 +5,22 @@ from __future__ import annotations
 import math
 from collections import Counter
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from krpo_bench.analysis.model import ComparisonResult, Estimate, StudyAnalysis, VariantResult, finite_or_none
+from krpo_bench.analysis.replication import Replication
 from krpo_bench.service.db import JobStatus, StudyStatus, WorkerStatus
 from krpo_bench.service.queue import AttemptInfo, JobInfo, WorkerInfo
 from krpo_bench.service.studies import StudyInfo
+from krpo_bench.service.study_state import WAITING_FOR_WORKER, display_state
+from krpo_bench.spec.names import MAX_NAME_CHARS
 from krpo_bench.spec.study import MAX_TRIALS_PER_STUDY, Objective, StudySpec
 
 _TIME = "2026-01-01T12:00:00Z"
 _STUDY_ID = "0b8c2f6e-5b1a-4a52-9d0e-3f3f9a1c2d4e"
 _JOB_ID = "7d1e9c52-8f0b-4b8e-a4a6-1c2b3d4e5f60"
-
-
-def _finite(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def _counts(counts: dict[str, int]) -> dict[str, int]:
@@ -61,6 +61,7 @@ _SUMMARY_EXAMPLE = {
     "name": "krpo-vs-grpo",
     "kind": "ablation",
     "status": "running",
+    "state": "running",
     "priority": 0,
     "total": 4,
     "done": 1,
@@ -81,6 +82,9 @@ class StudySummary(BaseModel):
     name: str
     kind: Literal["ablation", "search", "probe"]
     status: StudyStatus
+    state: str = Field(description="the status as shown to people: while a running study has queued trials and none "
+                       f"running, `queued` (a worker is live) or `{WAITING_FOR_WORKER}` (none is: start `krpo-bench worker`); "
+                       "else the status")
     priority: int
     total: int = Field(description="trials the study holds (a search: its budget x seeds per trial)")
     done: int = Field(description="trials in a final state")
@@ -91,13 +95,15 @@ class StudySummary(BaseModel):
     mlflow_parent_run_id: str | None
 
     @classmethod
-    def of(cls, info: StudyInfo) -> StudySummary:
-        return cls(**_summary_fields(info))
+    def of(cls, info: StudyInfo, workers: int) -> StudySummary:
+        """The summary of ``info``; ``workers``: the live workers (for ``state``)."""
+        return cls(**_summary_fields(info, workers))
 
 
-def _summary_fields(info: StudyInfo) -> dict[str, Any]:
+def _summary_fields(info: StudyInfo, workers: int) -> dict[str, Any]:
     return {
-        "id": info.id, "name": info.name, "kind": info.kind, "status": info.status, "priority": info.priority,
+        "id": info.id, "name": info.name, "kind": info.kind, "status": info.status,
+        "state": display_state(info.status, info.counts, workers), "priority": info.priority,
         "total": info.total, "done": info.done, "counts": _counts(info.counts), "created_at": info.created_at,
         "optuna_study_name": info.optuna_study_name, "mlflow_experiment_id": info.mlflow_experiment_id,
         "mlflow_parent_run_id": info.mlflow_parent_run_id,
@@ -115,92 +121,24 @@ class StudyPage(BaseModel):
     next_offset: int | None
 
 
-class ComparisonStats(BaseModel):
-    """A variant against the reference on the final held-out accuracy (fractions; null where undefined).
-
-    ``analysis`` is ``paired`` when both ran the same seeds (differences seed by seed: paired t-interval
-    ``diff_ci_*``, bootstrap ``diff_boot_ci_*``, paired t-test ``p_value``, exact Wilcoxon signed-rank
-    ``rank_p_value``, share of seeds won ``prob_improvement``) and ``unpaired`` otherwise (Welch,
-    Wilcoxon rank-sum, P(X > Y)). ``welch_*`` is the unpaired interval and test either way. ``mde`` is
-    the smallest true difference these seeds detect with 80 % power at alpha 0.05, and
-    ``seeds_needed`` the seeds (per variant when unpaired) that would detect ``target_effect``.
-    """
-
-    model_config = _examples({
-        "reference": "grpo", "analysis": "paired", "n_variant": 3, "n_reference": 3, "diff": -0.008,
-        "diff_ci_low": -0.044, "diff_ci_high": 0.027, "diff_boot_ci_low": -0.025, "diff_boot_ci_high": 0.0,
-        "prob_improvement": 0.33, "prob_improvement_ci_low": 0.0, "prob_improvement_ci_high": 0.5,
-        "p_value": 0.42, "rank_p_value": 1.0, "welch_diff": -0.008, "welch_ci_low": -0.05, "welch_ci_high": 0.034,
-        "welch_p": 0.6, "mde": 0.051, "target_effect": 0.02, "seeds_needed": 8,
-        "sentence": "no detectable difference between krpo and grpo (paired by seed, 3 seeds: -0.8 points, ...)",
-    })
-
-    reference: str
-    analysis: Literal["paired", "unpaired"]
-    n_variant: int
-    n_reference: int
-    diff: float | None
-    diff_ci_low: float | None
-    diff_ci_high: float | None
-    diff_boot_ci_low: float | None
-    diff_boot_ci_high: float | None
-    prob_improvement: float | None
-    prob_improvement_ci_low: float | None
-    prob_improvement_ci_high: float | None
-    p_value: float | None
-    rank_p_value: float | None
-    welch_diff: float | None
-    welch_ci_low: float | None
-    welch_ci_high: float | None
-    welch_p: float | None
-    mde: float | None
-    target_effect: float
-    seeds_needed: int | None
-    sentence: str
-
-    @classmethod
-    def of(cls, row: dict[str, Any]) -> ComparisonStats:
-        return cls(**{k: _finite(v) if isinstance(v, float) else v for k, v in row.items()})
+_VARIANT_EXAMPLE = {
+    "variant": "krpo", "grid_point": [], "label": "krpo", "n": 3, "seeds": [0, 1, 2], "values": [0.75, 0.77, 0.775],
+    "mean": {"estimate": 0.765, "low": 0.731, "high": 0.799}, "iqm": {"estimate": 0.765, "low": 0.75, "high": 0.775},
+    "initial_mean": 0.48,
+}
 
 
-class VariantStats(BaseModel):
-    """Final held-out accuracy of a variant's succeeded trials: mean and 95 % t-interval over seeds
-    (null where undefined, e.g. fewer than two values), and in an ablation its comparison with the
-    reference variant (null for the reference itself)."""
+class VariantDetail(VariantResult):
+    """A variant group's job counts beside its results (its statistics are `VariantResult`'s)."""
 
-    model_config = _examples(
-        {"n": 3, "mean": 0.47, "ci_low": 0.41, "ci_high": 0.53, "values": [0.45, 0.47, 0.49], "seeds": [0, 1, 2],
-         "initial_mean": 0.39, "comparison": None}
-    )
-
-    n: int
-    mean: float | None
-    ci_low: float | None
-    ci_high: float | None
-    values: list[float]
-    seeds: list[int] = []
-    initial_mean: float | None = None
-    comparison: ComparisonStats | None = None
-
-    @classmethod
-    def of(cls, row: dict[str, Any]) -> VariantStats:
-        comparison = row.get("comparison")
-        return cls(
-            n=row["n"],
-            mean=_finite(row["mean"]),
-            ci_low=_finite(row["ci_low"]),
-            ci_high=_finite(row["ci_high"]),
-            values=row["values"],
-            seeds=row.get("seeds", []),
-            initial_mean=_finite(row.get("initial_mean", float("nan"))),
-            comparison=ComparisonStats.of(comparison) if comparison is not None else None,
-        )
-
-
-class VariantSummary(VariantStats):
-    """A variant's job counts and result statistics."""
+    model_config = _examples({**_VARIANT_EXAMPLE, "counts": _counts({"succeeded": 3})})
 
     counts: dict[str, int]
+
+    @classmethod
+    def of(cls, result: VariantResult, counts: dict[str, int]) -> VariantDetail:
+        """``result`` with the job counts of its group."""
+        return cls(**dict(result), counts=_counts(counts))
 
 
 class BestTrial(BaseModel):
@@ -216,28 +154,30 @@ class BestTrial(BaseModel):
 
 
 class StudyDetail(StudySummary):
-    """A study with its spec, best trial and per-variant summary."""
+    """A study with its spec, best trial, per-variant counts and results, and its comparisons."""
 
     model_config = _examples({
         **_SUMMARY_EXAMPLE,
         "spec": {"name": "krpo-vs-grpo", "kind": "ablation", "seeds": 2, "base": {"task": {"kind": "arithmetic"}}},
         "best_trial": {"job_id": _JOB_ID, "trial_key": "krpo|seed=0", "variant": "krpo", "seed": 0,
                        "optuna_trial_number": None, "metric": "final_accuracy", "value": 0.49},
-        "variants": {"krpo": {"counts": _counts({"succeeded": 1, "running": 1}), "n": 1, "mean": 0.49, "ci_low": None, "ci_high": None, "values": [0.49]}},
+        "variants": {"krpo": {**_VARIANT_EXAMPLE, "counts": _counts({"succeeded": 3})}},
+        "comparisons": [],
     })
 
     spec: dict[str, Any]
     best_trial: BestTrial | None
-    variants: dict[str, VariantSummary]
+    variants: dict[str, VariantDetail]
+    comparisons: list[ComparisonResult]
 
     @classmethod
-    def build(cls, info: StudyInfo, jobs: list[JobInfo], results: dict[str, dict[str, Any]]) -> StudyDetail:
+    def build(cls, info: StudyInfo, jobs: list[JobInfo], analysis: StudyAnalysis, workers: int) -> StudyDetail:
         objective = StudySpec.model_validate(info.spec).objective if info.kind != "probe" else Objective()
         metric = "final_" + objective.metric.split("/")[-1]
         sign = 1 if objective.direction == "maximize" else -1
         scored = [
             (job.result[metric], job) for job in jobs
-            if job.status == JobStatus.SUCCEEDED and job.result and _finite(job.result.get(metric)) is not None
+            if job.status == JobStatus.SUCCEEDED and job.result and finite_or_none(job.result.get(metric)) is not None
         ]
         best = None
         if scored:
@@ -247,25 +187,53 @@ class StudyDetail(StudySummary):
         per_variant: dict[str, Counter[str]] = {}
         for job in jobs:
             per_variant.setdefault(job.config["variant"], Counter())[job.status.value] += 1
-        no_results = {"n": 0, "mean": None, "ci_low": None, "ci_high": None, "values": []}
-        variants = {  # jobs and results are two reads: a search may have queued a trial in between
-            name: VariantSummary(counts=_counts(per_variant.get(name, {})), **VariantStats.of(results.get(name, no_results)).model_dump())
-            for name in sorted(per_variant.keys() | results.keys())
+        # jobs and results are two reads: a search may have queued a trial in between (its group: no results yet)
+        results = {r.label: r for r in analysis.variants} | {
+            label: VariantResult(variant=label, label=label, n=0, seeds=[], values=[], mean=_UNDEFINED,
+                                 iqm=_UNDEFINED, initial_mean=math.nan)
+            for label in per_variant.keys() - {r.label for r in analysis.variants}
         }
-        return cls(**_summary_fields(info), spec=info.spec, best_trial=best, variants=variants)
+        variants = {label: VariantDetail.of(results[label], per_variant.get(label, {})) for label in sorted(results)}
+        return cls(**_summary_fields(info, workers), spec=info.spec, best_trial=best, variants=variants,
+                   comparisons=analysis.comparisons)
 
 
-class StudyResults(BaseModel):
-    """Per variant: statistics of the final held-out accuracy."""
+_UNDEFINED = Estimate(estimate=math.nan, low=math.nan, high=math.nan)
 
-    model_config = _examples({"study_id": _STUDY_ID, "metric": "final_accuracy", "variants": {
-        "grpo": {"n": 2, "mean": 0.41, "ci_low": 0.2, "ci_high": 0.62, "values": [0.39, 0.43]},
-        "krpo": {"n": 2, "mean": 0.47, "ci_low": 0.34, "ci_high": 0.6, "values": [0.46, 0.48]},
-    }})
+
+class StudyResults(StudyAnalysis):
+    """The study's analysis (`krpo_bench.analysis.StudyAnalysis`): per variant and grid point the final
+    held-out accuracy by seed, its mean and IQM with 95 % intervals (null where undefined), and each
+    variant against the reference at its grid point: paired by seed when both ran the same seeds
+    (paired t-interval, bootstrap interval, paired t-test, exact Wilcoxon signed-rank, share of seeds
+    won), else unpaired (Welch, Wilcoxon rank-sum, P(X > Y)); ``welch_*`` is the unpaired analysis
+    either way; ``mde`` the smallest true difference these seeds detect with 80 % power, and
+    ``seeds_needed`` the seeds that would detect ``target_effect``."""
+
+    model_config = _examples({
+        "study_id": _STUDY_ID, "metric": "final/accuracy", "reference": "grpo", "confidence": 0.95, "power": 0.8,
+        "target_effect": 0.02, "n_bootstrap": 2000, "bootstrap_seed": 0, "reference_found": True,
+        "variants": [{**_VARIANT_EXAMPLE, "variant": "grpo", "label": "grpo", "values": [0.76, 0.775, 0.785],
+                      "mean": {"estimate": 0.773, "low": 0.742, "high": 0.805}}, _VARIANT_EXAMPLE],
+        "comparisons": [{
+            "variant": "krpo", "grid_point": [], "label": "krpo", "reference": "grpo", "reference_grid_point": [],
+            "reference_label": "grpo", "metric": "final/accuracy", "analysis": "paired", "n_variant": 3,
+            "n_reference": 3, "difference": {"estimate": -0.008, "low": -0.044, "high": 0.028},
+            "difference_bootstrap": {"estimate": -0.008, "low": -0.025, "high": 0.0},
+            "prob_improvement": {"estimate": 0.33, "low": 0.0, "high": 0.5}, "p_value": 0.42, "rank_p_value": 1.0,
+            "welch_difference": {"estimate": -0.008, "low": -0.034, "high": 0.017}, "welch_p": 0.6, "mde": 0.047,
+            "target_effect": 0.02, "seeds_needed": 7, "confidence": 0.95,
+            "sentence": "no detectable difference between krpo and grpo (paired by seed, 3 seeds: -0.8 points, ...)",
+        }],
+        "order_checks": [],
+    })
 
     study_id: str
-    metric: Literal["final_accuracy"] = "final_accuracy"
-    variants: dict[str, VariantStats]
+
+    @classmethod
+    def of(cls, study_id: str, analysis: StudyAnalysis) -> StudyResults:
+        """The analysis of study ``study_id`` as the API returns it."""
+        return cls(study_id=study_id, **dict(analysis))
 
 
 _JOB_EXAMPLE = {
@@ -396,6 +364,25 @@ class ExtendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"n_trials": 10}]})
 
     n_trials: int = Field(ge=1, le=MAX_TRIALS_PER_STUDY)
+
+
+class ConfirmRequest(BaseModel):
+    """Which variants of an ablation to confirm on fresh seeds, and on how many."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"variants": ["krpo"], "seeds": 5}]})
+
+    variants: list[Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]] | None = Field(
+        None, min_length=1, max_length=1000,
+        description="variants to re-run (default: all); the reference variant always runs")
+    seeds: int | None = Field(None, ge=2, le=1000, description="fresh seeds (default: as many as the study's first look)")
+
+
+class ReplicationResults(Replication):
+    """A confirmation's analysis (`krpo_bench.analysis.replication.Replication`): the confirmation alone (the
+    pre-declared test), its original alone, the two pooled over the arms the confirmation ran (seeds of both), and
+    per comparison the heterogeneity between the two studies' differences: each with its seed-level standard error
+    (the studies share the test items, so item noise cancels from their difference), Cochran's Q with 1 df, its
+    p-value and I², and the small-sample p (t with Welch-Satterthwaite df)."""
 
 
 class Health(BaseModel):

@@ -50,8 +50,8 @@ def serve(
     from krpo_bench.api.auth import TokenStore
     from krpo_bench.api.settings import ApiSettings
 
-    settings = ApiSettings.from_settings(db, mlflow)
-    refusal = bind_refusal(host, bool(TokenStore(settings.tokens_file).records()))
+    settings = ApiSettings.from_settings(db=db, mlflow_tracking_uri=mlflow)
+    refusal = bind_refusal(host, bool(TokenStore(settings.api_tokens_file).records()))
     if refusal:
         typer.echo(f"error: {refusal}", err=True)
         raise typer.Exit(2)
@@ -100,9 +100,9 @@ token_app = typer.Typer(help="API bearer tokens (the server keeps only their SHA
 
 def _store() -> TokenStore:
     from krpo_bench.api.auth import TokenStore
-    from krpo_bench.api.settings import ApiSettings
+    from krpo_bench.settings import get_settings
 
-    return TokenStore(ApiSettings.from_settings().tokens_file)
+    return TokenStore(get_settings().api_tokens_file)
 
 
 @token_app.command("create")

@@ -1,4 +1,5 @@
-"""What ``create_app`` needs, as a view of the process's :class:`krpo_bench.settings.Settings`."""
+"""What ``create_app`` needs: a view of the process's :class:`krpo_bench.settings.Settings`, each
+field the setting of the same name, with the same default."""
 
 from __future__ import annotations
 
@@ -14,22 +15,21 @@ from krpo_bench.settings import (
     DEFAULT_MAX_TRIAL_HOURS_PER_TOKEN,
     DEFAULT_MAX_TRIALS,
     DEFAULT_TIMEOUT_S,
-    default_db_url,
-    default_mlflow_uri,
+    Settings,
     get_settings,
+    settings_view,
 )
 
 
 @dataclass(frozen=True)
 class ApiSettings:
     """The server's share of the settings (tests build one directly; the server uses
-    :meth:`from_settings`). Each field is the :class:`~krpo_bench.settings.Settings` field of the
-    same meaning: ``db_url`` = ``db``, ``mlflow_uri`` = ``mlflow_tracking_uri``, ``tokens_file`` =
-    ``api_tokens_file``; the rest have the same names."""
+    :meth:`from_settings`). Every field is the :class:`~krpo_bench.settings.Settings` field of the
+    same name (``tests/test_settings.py`` checks names, types and defaults)."""
 
-    db_url: str
-    mlflow_uri: str
-    tokens_file: Path
+    db: str
+    mlflow_tracking_uri: str
+    api_tokens_file: Path
     data_roots: tuple[Path, ...]
     allow_remote_code: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -43,27 +43,21 @@ class ApiSettings:
     max_trial_hours_per_token: int = DEFAULT_MAX_TRIAL_HOURS_PER_TOKEN
 
     @classmethod
-    def from_settings(cls, db_url: str | None = None, mlflow_uri: str | None = None) -> ApiSettings:
-        """The server's view of this process's settings (environment over the ``KRPO_BENCH_CONFIG``
-        file over the defaults); ``db_url``/``mlflow_uri`` (command-line options) override theirs,
-        and an http(s) ``mlflow_uri`` is then the default base of run links, as the setting's is."""
-        s = get_settings()
-        ui = s.mlflow_ui_url
-        if mlflow_uri and s.sources.get("mlflow_ui_url") == "default":
-            ui = mlflow_uri.rstrip("/") if mlflow_uri.startswith(("http://", "https://")) else None
-        return cls(
-            db_url=db_url or default_db_url(),
-            mlflow_uri=mlflow_uri or default_mlflow_uri(),
-            tokens_file=s.api_tokens_file,
-            data_roots=s.data_roots,
-            allow_remote_code=s.allow_remote_code,
-            max_body_bytes=s.max_body_bytes,
-            max_trials=s.max_trials,
-            max_model_params=s.max_model_params,
-            max_stored_bytes=s.max_stored_bytes,
-            mlflow_ui_url=ui,
-            list_cache_s=s.list_cache_s,
-            default_timeout_s=s.default_timeout_s,
-            max_active_trials_per_token=s.max_active_trials_per_token,
-            max_trial_hours_per_token=s.max_trial_hours_per_token,
-        )
+    def from_settings(cls, settings: Settings | None = None, *, db: str | None = None,
+                      mlflow_tracking_uri: str | None = None) -> ApiSettings:
+        """The server's view of ``settings`` (default: this process's, read once); ``db`` and
+        ``mlflow_tracking_uri`` (command-line options) override theirs, and an http(s)
+        ``mlflow_tracking_uri`` is then the default base of run links, as the setting's is. The data
+        home is created when a store lives there by default."""
+        s = settings or get_settings()
+        overrides: dict[str, str | None] = {}
+        if db:
+            overrides["db"] = db
+        if mlflow_tracking_uri:
+            overrides["mlflow_tracking_uri"] = mlflow_tracking_uri
+            if s.sources.get("mlflow_ui_url") == "default":
+                is_http = mlflow_tracking_uri.startswith(("http://", "https://"))
+                overrides["mlflow_ui_url"] = mlflow_tracking_uri.rstrip("/") if is_http else None
+        if any(key not in overrides and s.sources.get(key) == "default" for key in ("db", "mlflow_tracking_uri")):
+            s.home.mkdir(parents=True, exist_ok=True)
+        return settings_view(cls, s, **overrides)

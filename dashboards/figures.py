@@ -16,14 +16,22 @@ import plotly.graph_objects as go
 from matplotlib.figure import Figure
 from plotly.subplots import make_subplots
 
+from krpo_bench.analysis.model import Estimate
 from krpo_bench.dashboards.curves import Curve
-from krpo_bench.spec.study import split_label
-from krpo_bench.stats import Interval
 
 PALETTE: tuple[str, ...] = tuple(plotly.colors.qualitative.Plotly)
 CONTOUR_PARAMS = ("estimator.Q", "estimator.R")
 SLICE_PARAM = "training.group_size"
 _LAYOUT = dict(template="plotly_white", height=380, margin=dict(l=60, r=20, t=50, b=50))
+
+
+Identity = Mapping[str, tuple[str, str]]
+"""Per display label: its variant's name and its grid point as text (``""`` without a grid)."""
+
+
+def _identities(labels: Sequence[str], identity: Identity | None) -> dict[str, tuple[str, str]]:
+    """Each label's (variant, grid point text); a label missing from ``identity`` is its own variant."""
+    return {label: (identity or {}).get(label, (label, "")) for label in labels}
 
 
 def palette(variants: Sequence[str]) -> dict[str, str]:
@@ -41,11 +49,14 @@ def _rgba(color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def _plotly_facets(labels: Sequence[str], colors: Mapping[str, str]) -> tuple[go.Figure, dict[str, dict[str, Any]]]:
+def _plotly_facets(
+    labels: Sequence[str], colors: Mapping[str, str], identity: Identity | None
+) -> tuple[go.Figure, dict[str, dict[str, Any]]]:
     """A figure with one panel per grid point (a single panel without a grid) and, per label, where
     its traces go: ``row``/``col``, the name shown, its colour and whether it enters the legend."""
-    facets = _facets(labels)
-    colors = _grid_colors(labels, colors)
+    ident = _identities(labels, identity)
+    facets = _facets(labels, ident)
+    colors = _grid_colors(labels, colors, ident)
     if len(facets) <= 1:
         return go.Figure(), {label: {"at": {}, "name": label, "color": colors[label], "legend": True} for label in labels}
     cols = min(3, len(facets))
@@ -56,15 +67,17 @@ def _plotly_facets(labels: Sequence[str], colors: Mapping[str, str]) -> tuple[go
     placed: dict[str, dict[str, Any]] = {}
     for i, (point, members) in enumerate(facets.items()):
         for label in members:
-            placed[label] = {"at": {"row": i // cols + 1, "col": i % cols + 1}, "name": split_label(label)[0],
+            placed[label] = {"at": {"row": i // cols + 1, "col": i % cols + 1}, "name": ident[label][0],
                              "color": colors[label], "legend": i == 0}
     return fig, placed
 
 
-def curve_figure(curves: Mapping[str, Curve], title: str, colors: Mapping[str, str]) -> go.Figure:
+def curve_figure(
+    curves: Mapping[str, Curve], title: str, colors: Mapping[str, str], identity: Identity | None = None
+) -> go.Figure:
     """Mean per step with its 95 % band per variant; each seed drawn faintly underneath (a grid study:
     one panel per grid point)."""
-    fig, placed = _plotly_facets(list(curves), colors)
+    fig, placed = _plotly_facets(list(curves), colors, identity)
     for variant, curve in curves.items():
         where = placed[variant]
         color, name, group = where["color"], _text(where["name"]), where["name"]
@@ -93,11 +106,12 @@ def curve_figure(curves: Mapping[str, Curve], title: str, colors: Mapping[str, s
 
 
 def final_figure(
-    values: Mapping[str, np.ndarray], means: Mapping[str, Interval], colors: Mapping[str, str], label: str
+    values: Mapping[str, np.ndarray], means: Mapping[str, Estimate], colors: Mapping[str, str], label: str,
+    identity: Identity | None = None,
 ) -> go.Figure:
     """Per-seed final scores (dots) and the mean with its 95 % CI (bar) for each variant (a grid study:
     one panel per grid point)."""
-    fig, placed = _plotly_facets(list(values), colors)
+    fig, placed = _plotly_facets(list(values), colors, identity)
     for variant, seeds in values.items():
         ci, where = means[variant], placed[variant]
         x = _text(where["name"])
@@ -177,11 +191,11 @@ def search_figures(study: optuna.Study) -> list[tuple[str, go.Figure | str]]:
     return views
 
 
-def _facets(labels: Sequence[str]) -> dict[str, list[str]]:
+def _facets(labels: Sequence[str], ident: Identity) -> dict[str, list[str]]:
     """Labels by grid point, in first-seen order (one entry, ``""``, in a study without a grid)."""
     points: dict[str, list[str]] = {}
     for label in labels:
-        points.setdefault(split_label(label)[1], []).append(label)
+        points.setdefault(ident[label][1], []).append(label)
     return points
 
 
@@ -197,18 +211,21 @@ def _panels(n: int, width: float, height: float) -> tuple[Figure, list[Any]]:
     return fig, axes[:n]
 
 
-def _grid_colors(labels: Sequence[str], colors: Mapping[str, str]) -> dict[str, str]:
+def _grid_colors(labels: Sequence[str], colors: Mapping[str, str], ident: Identity) -> dict[str, str]:
     """In a grid study, one colour per variant across every grid point; else the report's colours."""
-    if not any(split_label(label)[1] for label in labels):
+    if not any(ident[label][1] for label in labels):
         return dict(colors)
-    variants = palette(list(dict.fromkeys(split_label(label)[0] for label in labels)))
-    return {label: variants[split_label(label)[0]] for label in labels}
+    variants = palette(list(dict.fromkeys(ident[label][0] for label in labels)))
+    return {label: variants[ident[label][0]] for label in labels}
 
 
-def curves_png(curves: Mapping[str, Curve], path: Path, title: str, colors: Mapping[str, str]) -> Path:
+def curves_png(
+    curves: Mapping[str, Curve], path: Path, title: str, colors: Mapping[str, str], identity: Identity | None = None
+) -> Path:
     """Static version of `curve_figure`; a grid study gets one panel per grid point."""
-    facets = _facets(list(curves))
-    colors = _grid_colors(list(curves), colors)
+    ident = _identities(list(curves), identity)
+    facets = _facets(list(curves), ident)
+    colors = _grid_colors(list(curves), colors, ident)
     fig, axes = _panels(len(facets), 8.0 if len(facets) == 1 else 5.0, 4.5 if len(facets) == 1 else 3.4)
     for ax, (point, labels) in zip(axes, facets.items()):
         for label in labels:
@@ -217,7 +234,7 @@ def curves_png(curves: Mapping[str, Curve], path: Path, title: str, colors: Mapp
                 points = series.dropna()
                 ax.plot(points.index, points.to_numpy(), color=color, alpha=0.2, linewidth=0.8)
             ax.fill_between(curve.steps, curve.low, curve.high, color=color, alpha=0.2, linewidth=0)
-            name = split_label(label)[0] if point else label
+            name = ident[label][0] if point else label
             ax.plot(curve.steps, curve.mean, color=color, linewidth=2, label=f"{name} (n={curve.per_seed.shape[1]})")
         ax.set(title=point or None, xlabel="optimizer step")
         ax.grid(alpha=0.3)
@@ -233,12 +250,13 @@ def curves_png(curves: Mapping[str, Curve], path: Path, title: str, colors: Mapp
 
 
 def final_png(
-    values: Mapping[str, np.ndarray], means: Mapping[str, Interval], path: Path,
-    colors: Mapping[str, str], label: str,
+    values: Mapping[str, np.ndarray], means: Mapping[str, Estimate], path: Path,
+    colors: Mapping[str, str], label: str, identity: Identity | None = None,
 ) -> Path:
     """Static version of `final_figure`; a grid study gets one panel per grid point."""
-    facets = _facets(list(values))
-    colors = _grid_colors(list(values), colors)
+    ident = _identities(list(values), identity)
+    facets = _facets(list(values), ident)
+    colors = _grid_colors(list(values), colors, ident)
     widest = max((len(labels) for labels in facets.values()), default=1)
     fig, axes = _panels(len(facets), max(4.0, 1.4 * widest + 2) if len(facets) == 1 else max(4.0, 0.9 * widest + 1), 4.5)
     rng = np.random.default_rng(0)
@@ -248,7 +266,7 @@ def final_png(
             ax.scatter(i + rng.uniform(-0.12, 0.12, len(seeds)), seeds, color=colors[name], alpha=0.5, s=22)
             err = [[np.nan_to_num(ci.estimate - ci.low)], [np.nan_to_num(ci.high - ci.estimate)]]
             ax.errorbar([i + 0.3], [ci.estimate], yerr=err, fmt="D", color=colors[name], capsize=6, markersize=7)
-        ticks = [f"{split_label(n)[0] if point else n}\n(n={len(values[n])})" for n in labels]
+        ticks = [f"{ident[n][0] if point else n}\n(n={len(values[n])})" for n in labels]
         ax.set_xticks(range(len(labels)), ticks, rotation=30 if point and widest > 3 else 0)
         ax.set(title=point or None)
         ax.grid(axis="y", alpha=0.3)

@@ -17,23 +17,18 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
 from krpo_bench import stats
+from krpo_bench.analysis import format as fmt
+from krpo_bench.analysis.analyze import METRIC, AnalysisSettings, analyze
+from krpo_bench.analysis.model import ComparisonResult, Estimate, StudyAnalysis, VariantResult, json_ready
+from krpo_bench.analysis.records import records_from_runs
 from krpo_bench.dashboards import figures
 from krpo_bench.dashboards.curves import Curve, aggregate_curve
 from krpo_bench.dashboards.source import CURVE_METRICS, SHUFFLE_PARAM, RunData, StudyData
-from krpo_bench.spec.study import reference_for
 
-METRIC = "final/accuracy"
 COST_METRICS = ("cost/wall_time_s", "cost/gpu_seconds", "cost/tokens", "cost/mean_step_time_s")
 STEP_TIME = "cost/mean_step_time_s"
 PNG_CURVES = ("eval/accuracy", "train/reward")
 SCALE = 100.0
-CSV_COLUMNS = (
-    "variant", "n_seeds", "seeds", "values", "mean", "ci_low", "ci_high", "iqm", "iqm_ci_low", "iqm_ci_high",
-    "reference", "analysis", "n_variant", "n_reference", "diff", "diff_ci_low", "diff_ci_high", "diff_boot_ci_low",
-    "diff_boot_ci_high", "prob_improvement", "prob_improvement_ci_low", "prob_improvement_ci_high", "p_value",
-    "rank_p_value", "welch_diff", "welch_ci_low", "welch_ci_high", "welch_p", "mde", "target_effect",
-    "seeds_needed", "sentence",
-)
 RANK_TEST = {"paired": "Wilcoxon signed-rank", "unpaired": "Wilcoxon rank-sum"}
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1200px;color:#222;padding:0 1rem}
@@ -47,67 +42,32 @@ ul.verdicts li{margin:.3rem 0;font-size:1.05rem}
 
 
 @dataclass(frozen=True)
-class VariantSummary:
-    """One variant's final scores (seed by seed), their mean and IQM, and its comparison with the reference."""
-
-    variant: str
-    seeds: list[int | None]
-    values: list[float]
-    mean: stats.Interval
-    iqm: stats.Interval
-    comparison: stats.Comparison | None
-
-    def row(self) -> dict[str, Any]:
-        """The flat row of summary.csv / summary.json."""
-        row: dict[str, Any] = {
-            "variant": self.variant, "n_seeds": len(self.values), "seeds": self.seeds, "values": self.values,
-            "mean": self.mean.estimate, "ci_low": self.mean.low, "ci_high": self.mean.high,
-            "iqm": self.iqm.estimate, "iqm_ci_low": self.iqm.low, "iqm_ci_high": self.iqm.high,
-        }
-        return row | (self.comparison.flat() if self.comparison is not None else {})
-
-
-@dataclass(frozen=True)
-class OrderCheck:
-    """A variant run on shuffled groups against its unshuffled twin."""
-
-    variant: str
-    twin: str
-    comparison: stats.Comparison
-
-
-@dataclass(frozen=True)
 class Summary:
-    """Everything the report shows, computed once: statistics per variant, order checks and cost."""
+    """Everything the report shows, computed once: the study's analysis (krpo_bench.analysis) and cost."""
 
     study_id: str | None
     study_name: str | None
     experiment_ids: list[str]
     status_counts: dict[str, int]
-    metric: str
-    reference: str
-    reference_found: bool
-    confidence: float
-    n_bootstrap: int
-    bootstrap_seed: int
-    target_effect: float
-    variants: list[VariantSummary]
-    order_sensitivity: list[OrderCheck]
+    analysis: StudyAnalysis
     cost: list[dict[str, Any]]
     cost_trials: pd.DataFrame = field(repr=False)
 
+    @property
+    def labels(self) -> list[str]:
+        """The variant groups' display labels, in the analysis's order."""
+        return [v.label for v in self.analysis.variants]
+
+    @property
+    def identity(self) -> figures.Identity:
+        """Per label: its variant and grid point as text (the figures' panels and colours)."""
+        return {v.label: (v.variant, fmt.grid_point(v.grid_point)) for v in self.analysis.variants}
+
     def to_json(self) -> dict[str, Any]:
-        """The summary as summary.json holds it (non-finite numbers as null)."""
-        return _json_ready({
-            "study": {"study_id": self.study_id, "study_name": self.study_name,
-                      "experiment_ids": self.experiment_ids, "status_counts": self.status_counts},
-            "metric": self.metric, "reference": self.reference, "reference_found": self.reference_found,
-            "confidence": self.confidence, "power": stats.POWER, "target_effect": self.target_effect,
-            "n_bootstrap": self.n_bootstrap, "bootstrap_seed": self.bootstrap_seed,
-            "variants": [v.row() for v in self.variants], "cost": self.cost,
-            "order_sensitivity": [{"variant": o.variant, "twin": o.twin, **o.comparison.flat()}
-                                  for o in self.order_sensitivity],
-        })
+        """The summary as summary.json holds it: the study, the analysis's JSON dump and cost (NaN as null)."""
+        study = {"study_id": self.study_id, "study_name": self.study_name,
+                 "experiment_ids": self.experiment_ids, "status_counts": self.status_counts}
+        return {"study": study, **self.analysis.to_json(), "cost": json_ready(self.cost)}
 
 
 @dataclass(frozen=True)
@@ -120,16 +80,6 @@ class Report:
     json_path: Path
     figures: list[Path]
     summary: Summary
-
-
-def _values(runs: Sequence[RunData], metric: str) -> tuple[list[int | None], np.ndarray]:
-    kept = [r for r in runs if math.isfinite(r.final.get(metric, math.nan))]
-    return [r.seed for r in kept], np.array([r.final[metric] for r in kept], dtype=float)
-
-
-def _ordered_variants(study: StudyData, reference: str) -> list[str]:
-    variants = study.variants
-    return ([reference] if reference in variants else []) + [v for v in variants if v != reference]
 
 
 def _signature(runs: Sequence[RunData]) -> dict[str, str]:
@@ -166,15 +116,18 @@ def _step_time(run: RunData) -> float:
     return float(history.mean()) if history is not None and len(history) else math.nan
 
 
-def _cost_rows(study: StudyData, variants: Sequence[str], versus_of: dict[str, str]) -> tuple[pd.DataFrame, list[dict]]:
+def _cost_rows(study: StudyData, analysis: StudyAnalysis) -> tuple[pd.DataFrame, list[dict]]:
     """Per trial and per variant: wall time, step time and the step time against the variant's reference."""
+    labels = [v.label for v in analysis.variants]
+    versus_of = {v.label: v.label for v in analysis.variants if v.variant == analysis.reference}
+    versus_of |= {c.label: c.reference_label for c in analysis.comparisons}
     trials = pd.DataFrame([
         {"variant": r.variant, "seed": r.seed, "run_id": r.run_id,
          **{m: r.final.get(m, math.nan) for m in COST_METRICS}, STEP_TIME: _step_time(r)}
-        for v in variants for r in study.runs_of(v)
+        for v in labels for r in study.runs_of(v)
     ], columns=["variant", "seed", "run_id", *COST_METRICS])
     means = trials.groupby("variant", sort=False)[list(COST_METRICS)].mean()
-    ref_step = {v: means[STEP_TIME].get(versus_of[v], math.nan) for v in means.index}
+    ref_step = {v: means[STEP_TIME].get(versus_of.get(v), math.nan) for v in means.index}
     per_variant = [
         {"variant": v, "trials": int((trials["variant"] == v).sum()),
          **{m: float(means.loc[v, m]) for m in COST_METRICS},
@@ -186,41 +139,22 @@ def _cost_rows(study: StudyData, variants: Sequence[str], versus_of: dict[str, s
 
 def summarize(
     study: StudyData,
-    reference: str = "grpo",
+    reference: str | None = "grpo",
     metric: str = METRIC,
     target_effect: float = stats.TARGET_EFFECT,
     confidence: float = stats.CONFIDENCE,
     n_resamples: int = stats.N_BOOTSTRAP,
     seed: int = stats.SEED,
 ) -> Summary:
-    """Per-variant statistics of `metric`, each variant against `reference` (paired by seed where the
-    seed sets match), the detectable effect of each comparison, cost and order checks."""
-    variants = _ordered_variants(study, reference)
-    values = {v: _values(study.runs_of(v), metric) for v in variants}
-    versus_of = {v: reference_for(v, variants, reference) for v in variants}
-    found = any(versus_of[v] in values and versus_of[v] != v for v in variants) or reference in values
-
-    def versus(variant: str, other: str) -> stats.Comparison:
-        (seeds_x, x), (seeds_y, y) = values[variant], values[other]
-        return stats.compare(x, y, variant, other, seeds_x, seeds_y, target_effect, confidence, n_resamples,
-                             seed, SCALE)
-
-    rows = [
-        VariantSummary(
-            variant=variant, seeds=values[variant][0], values=values[variant][1].tolist(),
-            mean=stats.mean_ci(values[variant][1], confidence),
-            iqm=stats.iqm_ci(values[variant][1], confidence, n_resamples, seed),
-            comparison=versus(variant, versus_of[variant]) if versus_of[variant] in values and variant != versus_of[variant] else None,
-        )
-        for variant in variants
-    ]
-    order = [OrderCheck(shuffled, twin, versus(shuffled, twin)) for shuffled, twin in order_twins(study)]
-    trials, cost = _cost_rows(study, variants, versus_of)
+    """The analysis of the study's runs (each variant against `reference` at its grid point, paired by
+    seed where the seed sets match; shuffled variants against their unshuffled twins) and its cost."""
+    settings = AnalysisSettings(reference=reference, metric=metric, target_effect=target_effect,
+                                confidence=confidence, n_resamples=n_resamples, seed=seed)
+    analysis = analyze(records_from_runs(study), settings, order_twins(study))
+    trials, cost = _cost_rows(study, analysis)
     return Summary(
         study_id=study.study_id, study_name=study.study_name, experiment_ids=study.experiment_ids,
-        status_counts=study.status_counts, metric=metric, reference=reference, reference_found=found,
-        confidence=confidence, n_bootstrap=n_resamples, bootstrap_seed=seed, target_effect=target_effect,
-        variants=rows, order_sensitivity=order, cost=cost, cost_trials=trials,
+        status_counts=study.status_counts, analysis=analysis, cost=cost, cost_trials=trials,
     )
 
 
@@ -239,92 +173,57 @@ def study_curves(
     return curves
 
 
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def _points(value: float) -> str:
-    return f"{value * SCALE:.1f}" if math.isfinite(value) else "–"
-
-
-def _signed_points(value: float) -> str:
-    return f"{value * SCALE:+.1f}" if math.isfinite(value) else "–"
-
-
-def _probability(value: float) -> str:
-    return f"{value:.2f}" if math.isfinite(value) else "–"
-
-
-def _with_ci(interval: stats.Interval | None, fmt: Callable[[float], str] = _points, bounds_only: bool = False) -> str:
-    """An interval as `estimate [low, high]` (bounds left out when undefined; empty for None)."""
-    if interval is None:
-        return ""
-    bounds = f"[{fmt(interval.low)}, {fmt(interval.high)}]" if interval.defined else ""
-    return bounds if bounds_only else f"{fmt(interval.estimate)} {bounds}".strip()
-
-
 def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, escape=True, border=0, na_rep="–")
 
 
-def _p(value: float) -> str:
-    return f"{value:.3g}" if math.isfinite(value) else ""
-
-
-def _analysis(c: stats.Comparison) -> str:
+def _analysis(c: ComparisonResult) -> str:
     return "paired by seed" if c.analysis == "paired" else "unpaired (Welch)"
 
 
-def _comparison_cells(c: stats.Comparison | None, reference: str) -> dict[str, str]:
+def _comparison_cells(c: ComparisonResult | None, reference: str | None) -> dict[str, str]:
     """The table cells of one comparison (empty cells for the reference itself)."""
-    def cell(render: Callable[[stats.Comparison], str]) -> str:
+    def cell(render: Callable[[ComparisonResult], str]) -> str:
         return render(c) if c is not None else ""
 
     return {
         "analysis": cell(_analysis),
-        f"Δ vs {reference}, points [95 % CI]": cell(lambda c: _with_ci(c.difference, _signed_points)),
-        "Δ bootstrap 95 % CI": cell(lambda c: _with_ci(c.difference_bootstrap, _signed_points, bounds_only=True)),
-        "Δ unpaired (Welch) 95 % CI": cell(lambda c: _with_ci(c.welch_difference, _signed_points, bounds_only=True)),
-        f"P(> {reference}) [95 % CI]": cell(lambda c: _with_ci(c.prob_improvement, _probability)),
-        "t-test p": cell(lambda c: _p(c.p_value)),
-        "Wilcoxon p": cell(lambda c: _p(c.rank_p_value)),
-        "detectable, points": cell(lambda c: _points(c.mde)),
-        "seeds for target": cell(lambda c: str(c.seeds_needed) if c.seeds_needed is not None else "–"),
+        f"Δ vs {reference}, points [95 % CI]": cell(lambda c: fmt.with_interval(c.difference, fmt.signed_points)),
+        "Δ bootstrap 95 % CI": cell(lambda c: fmt.interval(c.difference_bootstrap, fmt.signed_points)),
+        "Δ unpaired (Welch) 95 % CI": cell(lambda c: fmt.interval(c.welch_difference, fmt.signed_points)),
+        f"P(> {reference}) [95 % CI]": cell(lambda c: fmt.with_interval(c.prob_improvement, fmt.probability)),
+        "t-test p": cell(lambda c: fmt.p_value(c.p_value)),
+        "Wilcoxon p": cell(lambda c: fmt.p_value(c.rank_p_value)),
+        "detectable, points": cell(lambda c: fmt.points(c.mde)),
+        "seeds for target": cell(lambda c: fmt.seeds(c.seeds_needed)),
     }
 
 
 def _final_table(summary: Summary) -> str:
+    analysis = summary.analysis
     frame = pd.DataFrame([
         {
-            "variant": v.variant, "seeds": len(v.values),
-            "mean % [95 % CI]": _with_ci(v.mean),
-            "IQM % [95 % CI]": _with_ci(v.iqm),
-            **_comparison_cells(v.comparison, summary.reference),
-            "verdict": v.comparison.sentence if v.comparison is not None else "reference",
+            "variant": v.label, "seeds": v.n,
+            "mean % [95 % CI]": fmt.with_interval(v.mean),
+            "IQM % [95 % CI]": fmt.with_interval(v.iqm),
+            **_comparison_cells(c := analysis.comparison(v.label), analysis.reference),
+            "verdict": c.sentence if c is not None else "reference",
         }
-        for v in summary.variants
+        for v in analysis.variants
     ])
     return _table(frame) + _note(
         f"Variants that ran the same seeds are compared seed by seed (paired t-interval and test, "
         f"{RANK_TEST['paired']} test, share of seeds won); otherwise as independent samples (Welch's "
         f"t-interval and test, {RANK_TEST['unpaired']} test, P(X > Y) over all pairs). 'detectable' is the "
-        f"difference a two-sided test at level {1 - summary.confidence:.2g} finds with "
-        f"{stats.POWER:.0%} power given the seeds run and their observed spread; 'seeds for target' is how many "
-        f"seeds (per variant when unpaired) would detect {summary.target_effect * SCALE:g} points."
+        f"difference a two-sided test at level {1 - analysis.confidence:.2g} finds with "
+        f"{analysis.power:.0%} power given the seeds run and their observed spread; 'seeds for target' is how many "
+        f"seeds (per variant when unpaired) would detect {analysis.target_effect * SCALE:g} points."
     )
 
 
-def _final_points(summary: Summary) -> tuple[dict[str, np.ndarray], dict[str, stats.Interval]]:
-    values = {v.variant: np.array(v.values, dtype=float) for v in summary.variants}
-    return values, {v.variant: v.mean for v in summary.variants}
+def _final_points(summary: Summary) -> tuple[dict[str, np.ndarray], dict[str, Estimate]]:
+    variants: list[VariantResult] = summary.analysis.variants
+    return {v.label: np.array(v.values, dtype=float) for v in variants}, {v.label: v.mean for v in variants}
 
 
 def _div(fig: go.Figure) -> str:
@@ -335,10 +234,12 @@ def _note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
 
-def _curves_section(curves: Mapping[str, Mapping[str, Curve]], colors: Mapping[str, str]) -> str:
+def _curves_section(
+    curves: Mapping[str, Mapping[str, Curve]], colors: Mapping[str, str], identity: figures.Identity
+) -> str:
     if not curves:
         return _note("no step-indexed metrics were logged by the finished runs")
-    return "".join(_div(figures.curve_figure(c, metric, colors)) for metric, c in curves.items())
+    return "".join(_div(figures.curve_figure(c, metric, colors, identity)) for metric, c in curves.items())
 
 
 def _cost_section(summary: Summary, colors: Mapping[str, str]) -> str:
@@ -348,7 +249,7 @@ def _cost_section(summary: Summary, colors: Mapping[str, str]) -> str:
         return _note("no finished trials")
     per_variant["step_time_ratio"] = per_variant["step_time_ratio"].map(
         lambda x: f"{x:.2f}×" if math.isfinite(x) else "–")
-    per_variant = per_variant.rename(columns={"step_time_ratio": f"step time vs {summary.reference}"})
+    per_variant = per_variant.rename(columns={"step_time_ratio": f"step time vs {summary.analysis.reference}"})
     present = [m for m in COST_METRICS if trials[m].notna().any()]
     plot = _div(figures.cost_figure(trials, present, colors)) if present else _note("no cost metrics logged")
     return (f"<h3>per variant (means)</h3>{_table(per_variant.round(3))}{plot}"
@@ -358,7 +259,7 @@ def _cost_section(summary: Summary, colors: Mapping[str, str]) -> str:
 def _diagnostics_section(study: StudyData, summary: Summary, colors: Mapping[str, str]) -> str:
     samples = {
         v: np.concatenate([r.advantages for r in study.runs_of(v) if r.advantages is not None])
-        for v in (row.variant for row in summary.variants)
+        for v in summary.labels
         if any(r.advantages is not None for r in study.runs_of(v))
     }
     if samples:
@@ -372,12 +273,12 @@ def _diagnostics_section(study: StudyData, summary: Summary, colors: Mapping[str
         parts = [_note("no run logged diagnostics/advantages.json")]
     parts.append(_scale_section(study, summary, colors))
     parts.append("<h3>order sensitivity</h3>")
-    order = summary.order_sensitivity
+    order = summary.analysis.order_checks
     if order:
         frame = pd.DataFrame([
-            {"shuffled variant": o.variant, "unshuffled twin": o.twin, "analysis": _analysis(o.comparison),
-             "Δ, points [95 % CI]": _with_ci(o.comparison.difference, _signed_points),
-             "t-test p": _p(o.comparison.p_value), "verdict": o.comparison.sentence}
+            {"shuffled variant": o.label, "unshuffled twin": o.reference_label, "analysis": _analysis(o),
+             "Δ, points [95 % CI]": fmt.with_interval(o.difference, fmt.signed_points),
+             "t-test p": fmt.p_value(o.p_value), "verdict": o.sentence}
             for o in order
         ])
         parts.append(_table(frame))
@@ -399,7 +300,7 @@ def _scale_section(study: StudyData, summary: Summary, colors: Mapping[str, str]
     rows = [
         {"variant": run.variant, "estimator": run.params.get("estimator.name", ""), "seed": run.seed,
          **{label: run.histories[m].mean() for m, label in SCALE_METRICS.items() if m in run.histories}}
-        for row in summary.variants for run in study.runs_of(row.variant)
+        for label in summary.labels for run in study.runs_of(label)
     ]
     frame = pd.DataFrame(rows)
     present = [label for label in SCALE_METRICS.values() if label in frame]
@@ -427,14 +328,15 @@ def _page(
 ) -> str:
     name = study.study_name or study.study_id or "study"
     counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(summary.status_counts.items()))
-    verdicts = [v.comparison.sentence for v in summary.variants if v.comparison is not None]
-    if not summary.reference_found:
-        verdicts = [f"reference variant {summary.reference!r} has no finished runs: no comparisons"]
+    analysis = summary.analysis
+    verdicts = [c.sentence for c in analysis.comparisons]
+    if analysis.reference is not None and not analysis.reference_found:
+        verdicts = [f"reference variant {analysis.reference!r} has no finished runs: no comparisons"]
     values, means = _final_points(summary)
     sections = [
-        ("curves", "Curves", _curves_section(curves, colors)),
+        ("curves", "Curves", _curves_section(curves, colors, summary.identity)),
         ("final", "Final table", _final_table(summary)
-         + _div(figures.final_figure(values, means, colors, summary.metric))),
+         + _div(figures.final_figure(values, means, colors, analysis.metric, summary.identity))),
         ("cost", "Cost", _cost_section(summary, colors)),
         ("diagnostics", "KRPO diagnostics", _diagnostics_section(study, summary, colors)),
     ]
@@ -447,7 +349,7 @@ def _page(
         f"<title>krpo-bench · {html.escape(name)}</title><style>{_CSS}</style>"
         f"<script>{get_plotlyjs()}</script></head><body>"
         f"<h1>{html.escape(name)}</h1>"
-        f'<p class="meta">metric {html.escape(summary.metric)} · reference {html.escape(summary.reference)}'
+        f'<p class="meta">metric {html.escape(analysis.metric)} · reference {html.escape(analysis.reference or fmt.MISSING)}'
         f" · trials: {html.escape(counts or 'none')} (only finished trials are analysed)</p>"
         f'<ul class="verdicts">{"".join(f"<li>{html.escape(s)}</li>" for s in verdicts)}</ul>'
         f'<nav>{"".join(f"<a href=#{sid}>{title}</a>" for sid, title, _ in sections)}</nav>'
@@ -456,17 +358,16 @@ def _page(
 
 
 def _analyse(
-    study: StudyData, reference: str, metric: str, target_effect: float
+    study: StudyData, reference: str | None, metric: str, target_effect: float
 ) -> tuple[Summary, dict[str, dict[str, Curve]], dict[str, str]]:
     summary = summarize(study, reference, metric, target_effect)
-    variants = [v.variant for v in summary.variants]
-    curves = {m: c for m in CURVE_METRICS if (c := study_curves(study, m, variants))}
-    return summary, curves, figures.palette(variants)
+    curves = {m: c for m in CURVE_METRICS if (c := study_curves(study, m, summary.labels))}
+    return summary, curves, figures.palette(summary.labels)
 
 
 def render_html(
     study: StudyData,
-    reference: str = "grpo",
+    reference: str | None = "grpo",
     optuna_study: optuna.Study | None = None,
     refresh_seconds: int | None = None,
     metric: str = METRIC,
@@ -485,17 +386,23 @@ def csv_cell(value: Any) -> Any:
     return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
 
 
+def _csv_value(value: Any) -> Any:
+    """A list of numbers as ``a;b;c``, other structures as JSON, scalars as they are."""
+    if isinstance(value, (list, tuple)):
+        scalar = all(not isinstance(v, (list, tuple, dict)) for v in value)
+        return ";".join(str(v) for v in value) if scalar else json.dumps(value)
+    return value
+
+
 def _csv(summary: Summary, path: Path) -> None:
-    frame = pd.DataFrame([v.row() for v in summary.variants], columns=list(CSV_COLUMNS))
-    for column in ("seeds", "values"):
-        frame[column] = frame[column].map(lambda xs: ";".join(str(x) for x in xs))
-    frame.map(csv_cell).to_csv(path, index=False)
+    frame = pd.DataFrame(summary.analysis.rows(), columns=StudyAnalysis.columns())
+    frame.map(_csv_value).map(csv_cell).to_csv(path, index=False)
 
 
 def build_report(
     study: StudyData,
     out_dir: str | Path,
-    reference: str = "grpo",
+    reference: str | None = "grpo",
     optuna_study: optuna.Study | None = None,
     refresh_seconds: int | None = None,
     metric: str = METRIC,
@@ -506,13 +413,13 @@ def build_report(
     (out / "figures").mkdir(parents=True, exist_ok=True)
     summary, curves, colors = _analyse(study, reference, metric, target_effect)
     pngs = [
-        figures.curves_png(curves[m], out / "figures" / f"{m.replace('/', '_')}_curves.png", m, colors)
+        figures.curves_png(curves[m], out / "figures" / f"{m.replace('/', '_')}_curves.png", m, colors, summary.identity)
         for m in PNG_CURVES if m in curves
     ]
     values, means = _final_points(summary)
     if values:
         pngs.append(figures.final_png(values, means, out / "figures" / f"{metric.replace('/', '_')}.png",
-                                      colors, metric))
+                                      colors, metric, summary.identity))
     html_path = out / "report.html"
     html_path.write_text(_page(study, summary, curves, colors, optuna_study, refresh_seconds), encoding="utf-8")
     csv_path, json_path = out / "summary.csv", out / "summary.json"

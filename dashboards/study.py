@@ -9,13 +9,13 @@ from typing import Any
 
 import optuna
 
+from krpo_bench.analysis.analyze import AnalysisSettings
 from krpo_bench.dashboards.report import Report, build_report, render_html
 from krpo_bench.dashboards.source import load_study
 from krpo_bench.probe.result import ProbeResult
 from krpo_bench.probe.spec import ProbeSpec
 from krpo_bench.settings import data_home
 from krpo_bench.spec.study import StudySpec
-from krpo_bench.stats import default_reference
 
 
 def _optuna_study(service: Any, info: Any) -> optuna.Study | None:
@@ -26,12 +26,9 @@ def _optuna_study(service: Any, info: Any) -> optuna.Study | None:
     return optuna.load_study(study_name=info.optuna_study_name, storage=optuna_storage(service.db_url))
 
 
-def _reference(info: Any) -> str:
-    return default_reference(list((info.spec.get("variants") or {}).keys())) or "grpo"
-
-
-def _target_effect(info: Any) -> float:
-    return StudySpec.model_validate(info.spec).analysis.target_effect
+def _settings(info: Any) -> AnalysisSettings:
+    """The study's analysis settings: its reference variant (none in a search) and target effect."""
+    return AnalysisSettings.of_spec(StudySpec.model_validate(info.spec))
 
 
 def probe_result(service: Any, study_id: str) -> tuple[ProbeSpec, ProbeResult]:
@@ -55,8 +52,9 @@ def report_study(service: Any, study_id: str, out_dir: Path | None = None) -> Pa
         spec, result = probe_result(service, study_id)
         return write_report(spec, dataclasses.replace(result, report_dir=str(out)), out)
     data = load_study(service.mlflow_uri, study_id=study_id)
-    report: Report = build_report(data, out, reference=_reference(info), optuna_study=_optuna_study(service, info),
-                                  target_effect=_target_effect(info))
+    settings = _settings(info)
+    report: Report = build_report(data, out, reference=settings.reference, optuna_study=_optuna_study(service, info),
+                                  target_effect=settings.target_effect)
     return report.html_path
 
 
@@ -68,12 +66,13 @@ def study_dashboard_html(service: Any, study_id: str, refresh_seconds: int | Non
         return _probe_page(service, info, refresh_seconds)
     data = load_study(service.mlflow_uri, study_id=study_id)
     running = info.status in ("running", "pending")
+    settings = _settings(info)
     return render_html(
         data,
-        reference=_reference(info),
+        reference=settings.reference,
         optuna_study=_optuna_study(service, info),
         refresh_seconds=refresh_seconds if running else None,
-        target_effect=_target_effect(info),
+        target_effect=settings.target_effect,
     )
 
 

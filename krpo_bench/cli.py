@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.measure import Measurement
@@ -86,7 +87,7 @@ def trial(
 DbOption = typer.Option(None, "--db", help="job database URL (default: the db setting, see 'krpo-bench config')")
 MlflowOption = typer.Option(None, "--mlflow", help="MLflow tracking URI (default: the mlflow_tracking_uri setting)")
 ApiOption = typer.Option(None, "--api", help="talk to this krpo-bench server instead of the database (default: the api_url setting)")
-StudyArgument = typer.Argument(..., help="study id, unique id prefix or unique study name")
+StudyArgument = typer.Argument(..., help="study id, unique id prefix, study name (its newest study) or name~N (the N-th older one)")
 
 
 def _is_study(data: object) -> bool:
@@ -128,7 +129,7 @@ def _study_id(service, ref: str) -> str:
     try:
         return service.resolve(ref)
     except StudyNotFound:
-        fail(f"no study {ref!r} (give a study id, a unique id prefix or a unique study name)")
+        fail(f"no study {ref!r} (give a study id, a unique id prefix, a study name or name~N for the N-th older one)")
     except AmbiguousStudy as exc:
         fail(str(exc))
 
@@ -160,10 +161,28 @@ def schema(kind: str = typer.Argument("study", help="study | trial")) -> None:
     print(json.dumps(models[kind].model_json_schema(), indent=2))
 
 
-def _print_study(info) -> None:
+def _print_study(info, workers: int | None = None, ref: str | None = None) -> None:
+    """One line per study: id, name (``ref``: how to name it when an older study of its name), kind,
+    state, progress and job counts. With ``workers`` (live workers) the state is the display state
+    (``queued``, ``waiting for a worker``), else the stored status."""
+    from krpo_bench.service.study_state import display_state
+
     counts = ", ".join(f"{k} {v}" for k, v in sorted(info.counts.items())) or "no jobs yet"
-    console.print("study", styled(info.id, "bold"), f"{info.name!r} ({info.kind}): {info.status}; {info.done}/{info.total} done; {counts}",
+    state = info.status if workers is None else display_state(info.status, info.counts, workers)
+    named = f"{info.name!r}" + (f" (older: {ref})" if ref is not None and ref != info.name else "")
+    console.print("study", styled(info.id, "bold"), f"{named} ({info.kind}): {state}; {info.done}/{info.total} done; {counts}",
                   soft_wrap=True)  # one line per study, the name whole, also in an 80-column log
+
+
+def _print_studies(service, infos) -> None:
+    """Studies with their display state and name reference, then how to start a worker when one waits for it."""
+    from krpo_bench.service.study_state import START_A_WORKER, WAITING_FOR_WORKER, display_state, live_workers_of
+
+    workers = live_workers_of(service)
+    for info in infos:
+        _print_study(info, workers, service.ref_of(info))
+    if any(display_state(i.status, i.counts, workers) == WAITING_FOR_WORKER for i in infos):
+        console.print(START_A_WORKER, soft_wrap=True)
 
 
 @app.command()
@@ -176,8 +195,10 @@ def submit(file: Path, db: Optional[str] = DbOption, mlflow: Optional[str] = Mlf
 
     api = api or get_settings().api_url
     if api:
-        import httpx
-
+        try:
+            import httpx
+        except ModuleNotFoundError:
+            fail("submit --api needs httpx: pip install -e \".[dashboards]\" or pip install httpx")
         from krpo_bench.client import ApiError, Client
 
         try:
@@ -185,24 +206,66 @@ def submit(file: Path, db: Optional[str] = DbOption, mlflow: Optional[str] = Mlf
         except (ApiError, httpx.HTTPError) as exc:
             fail(f"{api}: {exc}")
         return
-    _print_study(_service(db, mlflow).submit(spec))
+    service = _service(db, mlflow)
+    _print_studies(service, [service.submit(spec)])
 
 
 @app.command()
 def status(
-    study: Optional[str] = typer.Argument(None, help="study id, unique id prefix or unique study name (default: list them)"),
+    study: Optional[str] = typer.Argument(None, help="study id, unique id prefix, study name or name~N (default: list them)"),
     db: Optional[str] = DbOption,
     mlflow: Optional[str] = MlflowOption,
 ) -> None:
     """One study's progress and per-variant results, or the list of studies."""
     service = _service(db, mlflow)
     if study is None:
-        for info in service.list(limit=50):
-            _print_study(info)
+        _print_studies(service, service.list(limit=50))
         return
     info = service.get(_study_id(service, study))
-    _print_study(info)
+    _print_studies(service, [info])
+    original = _print_confirmed(service, info.id)
     _study_results(service, info)
+    if original is not None:
+        _replication_tables(service, info.id, alone=False)
+
+
+def _print_confirmed(service, study_id: str) -> str | None:
+    """For a confirmation: print the study it confirms and return its id (None for any other study)."""
+    from krpo_bench.service.replication import confirmed_study
+
+    original = confirmed_study(service, study_id)
+    if original is not None:
+        console.print("confirms study", styled(original, "bold"), f"{service.get(original).name!r} on fresh seeds",
+                      soft_wrap=True)
+    return original
+
+
+def _replication_tables(service, study_id: str, *, alone: bool = True) -> None:
+    """A confirmation's analysis: alone (the pre-declared test; left out when ``alone`` is False, where the
+    study's own table was printed), pooled with its original, and the heterogeneity between the two."""
+    from krpo_bench.analysis import format as fmt
+    from krpo_bench.service.replication import replication
+
+    result = replication(service, study_id)
+    if alone:
+        console.print(styled("the confirmation alone (the pre-declared test):", "bold"))
+        _analysis_table(result.confirmation)
+    console.print(styled("pooled with the original study ", "bold"), styled(result.original_id, "bold"),
+                  styled(" (seeds of both):", "bold"), sep="")
+    _analysis_table(result.pooled)
+    table = Table(title="heterogeneity: the difference vs the reference in the original and in the confirmation "
+                        "(points, ± its seed-level standard error); Cochran's Q (1 df), its p and I², and the "
+                        "small-sample p (t, Welch-Satterthwaite df)")
+    name_column(table, "variant")
+    for header in ("Δ original", "Δ confirmation", "Q", "p", "I²", "p small-sample"):
+        table.add_column(header)
+    for row in result.heterogeneity:
+        table.add_row(
+            row.label, f"{fmt.signed_points(row.original_difference)} ± {fmt.points(row.original_se)}",
+            f"{fmt.signed_points(row.confirmation_difference)} ± {fmt.points(row.confirmation_se)}",
+            fmt.fraction(row.q, 2), fmt.p_value(row.p_value), fmt.probability(row.i_squared), fmt.p_value(row.small_sample_p),
+        )
+    print_table(table)
 
 
 def _study_results(service, info) -> None:
@@ -218,40 +281,45 @@ def _study_results(service, info) -> None:
         console.print(str(exc))
 
 
-def _points(value: float, sign: str = "+") -> str:
-    return "n/a" if value != value else f"{value * 100:{sign}.1f}"
+def _result_columns(analysis) -> list[tuple[str, Callable[[Any, Any], str]]]:
+    """The results table's columns after the variant: (header, cell of a variant and its comparison)."""
+    from krpo_bench.analysis import format as fmt
 
+    def versus(render: Callable[[Any], str], reference: str = "") -> Callable[[Any, Any], str]:
+        return lambda row, compared: render(compared) if compared is not None else (
+            reference if row.variant == analysis.reference else "")
 
-def _comparison_cells(comparison: dict | None, is_reference: bool) -> tuple[str, str, str, str]:
-    """Δ vs the reference in points with its 95 % CI, the analysis, the detectable effect, the seeds for the target."""
-    if comparison is None:
-        return "reference" if is_reference else "", "", "", ""
-    low, high = comparison["diff_ci_low"], comparison["diff_ci_high"]
-    ci = "" if low != low else f" [{_points(low)}, {_points(high)}]"
-    needed = "n/a" if comparison["seeds_needed"] is None else str(comparison["seeds_needed"])
-    return _points(comparison["diff"]) + ci, comparison["analysis"], _points(comparison["mde"], ""), needed
+    target = f"{analysis.target_effect * 100:g} pts" if analysis.comparisons else "target"
+    return [
+        ("seeds", lambda row, _: str(row.n)),
+        ("before", lambda row, _: fmt.fraction(row.initial_mean)),
+        ("final [95 % CI]", lambda row, _: fmt.with_interval(row.mean, fmt.fraction)),
+        ("per seed", lambda row, _: " ".join(fmt.fraction(v) for v in row.values)),
+        ("Δ [95 % CI]", versus(lambda c: fmt.with_interval(c.difference, fmt.signed_points), "reference")),
+        ("analysis", versus(lambda c: c.analysis)),
+        ("detectable", versus(lambda c: fmt.points(c.mde))),
+        (f"seeds for {target}", versus(lambda c: fmt.seeds(c.seeds_needed))),
+    ]
 
 
 def _results_table(service, study_id: str) -> None:
-    results = service.results(study_id)
-    compared = [r["comparison"] for r in results.values() if r.get("comparison")]
-    reference = compared[0]["reference"] if compared else None
-    target = f"{compared[0]['target_effect'] * 100:g} pts" if compared else "target"
+    _analysis_table(service.results(study_id))
+
+
+def _analysis_table(analysis) -> None:
+    """The per-variant results table of an analysis (a study's, a confirmation's, a pooled one), then its verdicts."""
+    columns = _result_columns(analysis)
     table = Table(title="held-out accuracy before training and final (mean, 95 % t-interval across seeds); "
                         "Δ vs the reference and the detectable difference (80 % power, alpha 0.05) in points")
     name_column(table, "variant")
-    for column in ("seeds", "before", "final [95 % CI]", "per seed", "Δ [95 % CI]", "analysis", "detectable", f"seeds for {target}"):
-        table.add_column(column)
-    for variant, row in results.items():
-        ci = "" if row["ci_low"] != row["ci_low"] else f" [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
-        mean = "n/a" if row["mean"] != row["mean"] else f"{row['mean']:.3f}"
-        before = "n/a" if row["initial_mean"] != row["initial_mean"] else f"{row['initial_mean']:.3f}"
-        table.add_row(variant, str(row["n"]), before, mean + ci, " ".join(f"{v:.3f}" for v in row["values"]),
-                      *_comparison_cells(row.get("comparison"), variant == reference))
+    for header, _ in columns:
+        table.add_column(header)
+    for row in analysis.variants:
+        compared = analysis.comparison(row.label)
+        table.add_row(row.label, *(cell(row, compared) for _, cell in columns))
     print_table(table)
-    for row in results.values():
-        if row.get("comparison") is not None:
-            console.print(row["comparison"]["sentence"])
+    for compared in analysis.comparisons:
+        console.print(compared.sentence)
 
 
 @app.command()
@@ -381,6 +449,70 @@ def run(
     _print_study(info)
     _study_results(service, info)
     _write_report(service, info.id, out)
+
+
+@app.command()
+def confirm(
+    study: str = StudyArgument,
+    variants: Optional[str] = typer.Option(None, help="variants to re-run, comma-separated (default: all); the reference always runs"),
+    seeds: Optional[int] = typer.Option(None, min=2, help="fresh seeds (default: as many as the study's first look)"),
+    submit_only: bool = typer.Option(False, help="submit the confirmation only; workers run it ('krpo-bench status' shows it)"),
+    workers: int = typer.Option(0, help="local worker processes (0: one per GPU, or 2 on CPU)"),
+    db: Optional[str] = DbOption,
+    mlflow: Optional[str] = MlflowOption,
+) -> None:
+    """Confirm an ablation on fresh seeds: a linked study re-runs the chosen variants and the reference on seeds no
+    trial of it used; prints the confirmation alone (the pre-declared test), pooled with the original, and their
+    heterogeneity."""
+    from krpo_bench.service.studies import StudyError, stored_spec
+
+    service = _service(db, mlflow)
+    study_id = _study_id(service, study)
+    chosen = [name.strip() for name in variants.split(",") if name.strip()] if variants is not None else None
+    commands = None
+    if not submit_only:
+        from krpo_bench.service.local import NotEnoughGPUs, local_worker_commands
+
+        try:
+            commands = local_worker_commands(service, workers, stored_spec(service.get(study_id).spec).resources.gpus_per_trial)
+        except NotEnoughGPUs as exc:
+            fail(str(exc))
+    try:
+        info = service.confirm(study_id, chosen, seeds)
+    except (StudyError, SpecError) as exc:
+        fail(str(exc))
+    if commands is None:
+        _print_study(info)
+        _print_confirmed(service, info.id)
+        return
+    from krpo_bench.service.local import run_submitted_locally
+
+    info = run_submitted_locally(service, info, commands, console,
+                                 f"'krpo-bench resume {info.id}' and a worker ('krpo-bench worker --exit-when-idle') finish it")
+    _print_study(info)
+    _print_confirmed(service, info.id)
+    _replication_tables(service, info.id)
+
+
+@app.command()
+def compare(
+    studies: list[str] = typer.Argument(..., help="studies (id, unique id prefix, name or name~N) whose trials to pool"),
+    db: Optional[str] = DbOption,
+    mlflow: Optional[str] = MlflowOption,
+) -> None:
+    """Pool the trials of several studies that ran identical configs (seed and names aside) and print the results
+    table: an arm is labelled as in the first study that has it; a config and seed run twice count once."""
+    from krpo_bench.service.replication import compare as pooled_analysis
+    from krpo_bench.service.studies import StudyError
+
+    service = _service(db, mlflow)
+    ids = list(dict.fromkeys(_study_id(service, ref) for ref in studies))
+    try:
+        analysis = pooled_analysis(service, ids)
+    except StudyError as exc:
+        fail(str(exc))
+    console.print(f"pooled {sum(v.n for v in analysis.variants)} finished trials of {len(ids)} studies by config")
+    _analysis_table(analysis)
 
 
 @app.command()

@@ -15,10 +15,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 CONFIG_ENV = "KRPO_BENCH_CONFIG"
 DEFAULT_MAX_BODY_BYTES = 1_000_000
@@ -96,8 +96,10 @@ _FALSE = ("0", "false", "no", "off", "")
 
 @dataclass(frozen=True)
 class Settings:
-    """The effective settings; ``sources[key]`` says where each value came from
-    (``env KRPO_BENCH_DB``, ``file /etc/krpo-bench.toml``, ``default``)."""
+    """The effective settings, one field per row of :data:`VARS` (same name, in the same order);
+    ``sources[key]`` says where each value came from (``env KRPO_BENCH_DB``, ``file
+    /etc/krpo-bench.toml``, ``default``). Server components take views of it by field name
+    (:func:`settings_view`)."""
 
     home: Path
     db: str
@@ -142,32 +144,17 @@ class Settings:
             else:
                 sources[var.key] = "default"
         home = values.get("home") or Path.home() / ".krpo-bench"
-        db = values.get("db") or f"sqlite:///{home / 'krpo-bench.db'}"
         tracking = values.get("mlflow_tracking_uri") or f"sqlite:///{home / 'mlflow.db'}"
         ui = values.get("mlflow_ui_url") or (tracking if tracking.startswith(("http://", "https://")) else None)
-        return cls(
-            home=home,
-            db=db,
-            mlflow_tracking_uri=tracking,
-            cpu_threads=values.get("cpu_threads"),
-            mlflow_retry_s=values.get("mlflow_retry_s", DEFAULT_MLFLOW_RETRY_S),
-            api_url=values.get("api_url"),
-            api_token=values.get("api_token"),
-            api_tokens_file=values.get("api_tokens_file") or home / "api-tokens.json",
-            data_roots=values.get("data_roots") or (home / "data",),
-            allow_remote_code=values.get("allow_remote_code", False),
-            max_body_bytes=values.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES),
-            max_trials=values.get("max_trials", DEFAULT_MAX_TRIALS),
-            max_model_params=values.get("max_model_params", DEFAULT_MAX_MODEL_PARAMS),
-            max_stored_bytes=values.get("max_stored_bytes", DEFAULT_MAX_STORED_BYTES),
-            mlflow_ui_url=ui.rstrip("/") if ui else None,
-            list_cache_s=values.get("list_cache_s", DEFAULT_LIST_CACHE_S),
-            default_timeout_s=values.get("default_timeout_s", DEFAULT_TIMEOUT_S),
-            max_active_trials_per_token=values.get("max_active_trials_per_token", DEFAULT_MAX_ACTIVE_TRIALS_PER_TOKEN),
-            max_trial_hours_per_token=values.get("max_trial_hours_per_token", DEFAULT_MAX_TRIAL_HOURS_PER_TOKEN),
-            config_file=config_file,
-            sources=sources,
-        )
+        from_home = {
+            "home": home,
+            "db": values.get("db") or f"sqlite:///{home / 'krpo-bench.db'}",
+            "mlflow_tracking_uri": tracking,
+            "api_tokens_file": values.get("api_tokens_file") or home / "api-tokens.json",
+            "data_roots": values.get("data_roots") or (home / "data",),
+            "mlflow_ui_url": ui.rstrip("/") if ui else None,
+        }
+        return cls(**{**values, **from_home}, config_file=config_file, sources=sources)
 
     def describe(self) -> list[dict[str, str]]:
         """One row per setting: key, env var, shown value (secrets and URL passwords masked), source."""
@@ -176,6 +163,16 @@ class Settings:
         for var in VARS:
             rows.append({"key": var.key, "env": var.env, "value": _shown(var, getattr(self, var.key)), "source": self.sources.get(var.key, "default")})
         return rows
+
+
+View = TypeVar("View")
+
+
+def settings_view(cls: type[View], settings: Any, **overrides: Any) -> View:
+    """A ``cls`` (a dataclass whose fields are settings of the same names, such as the server's
+    ``ApiSettings`` or ``Policy``) holding those fields of ``settings`` (a :class:`Settings` or another
+    view), with ``overrides`` on top."""
+    return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)} | overrides)
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -336,5 +333,6 @@ def default_artifact_root() -> str:
 
 __all__ = [
     "CONFIG_ENV", "ENV_VARS", "Settings", "SettingsError", "VARS", "Var", "cache_dir", "data_home",
-    "default_artifact_root", "default_db_url", "default_mlflow_uri", "get_settings", "read_config_file", "trial_folder",
+    "default_artifact_root", "default_db_url", "default_mlflow_uri", "get_settings", "read_config_file", "settings_view",
+    "trial_folder",
 ]

@@ -58,6 +58,19 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 """The tag the MLflow 3 UI reads to open an experiment on its training runs rather than on the
 GenAI overview (value ``custom_model_development``)."""
 
+FINAL_STEP = 0
+"""The step a trial's final metrics (``final/*``, ``pruned/*``, ``cost/*``) are logged at. The MLflow
+UI draws a metric whose latest step is 0 as a bar chart (one value per run, averaged per group when
+runs are grouped, e.g. by ``krpo.variant``) and a later step as a line chart: a final accuracy is a
+value per run, not a curve."""
+
+
+def log_final_metrics(tracker: RunTracker | NullTracker, metrics: Mapping[str, float]) -> None:
+    """Log a trial's final metrics at :data:`FINAL_STEP`, so MLflow's own views compare them per run
+    and per variant (bar charts, the grouped runs table)."""
+    tracker.log_metrics(metrics, step=FINAL_STEP)
+
+
 _TRANSIENT_REQUEST_ERRORS = (
     requests.exceptions.ConnectionError,  # refused, reset, DNS; also urllib3 protocol errors
     requests.exceptions.Timeout,
@@ -436,3 +449,13 @@ class NullTracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         pass
+
+
+ITEM_OUTCOMES_ARTIFACT = "eval/item_outcomes.json"
+"""A trial's per-test-item outcomes, one entry per evaluation ("final", "initial")."""
+
+
+def log_item_outcomes(tracker: RunTracker | NullTracker, evaluations: Mapping[str, Mapping[str, Any]]) -> None:
+    """Upload the per-item records of a trial's evaluations (``EvalResult.item_record()``, keyed
+    by evaluation) to ``eval/item_outcomes.json``."""
+    tracker.log_dict(dict(evaluations), ITEM_OUTCOMES_ARTIFACT)

@@ -1,7 +1,9 @@
-"""Estimators: paper vectors, equality with the per-rollout definitions, NaN and order handling."""
+"""Estimators: paper vectors, equality with the per-rollout definitions, NaN and order handling,
+and the catalog every estimator is registered in (each of its rows is tested here as it is)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -12,9 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from krpo_bench.advantages import ESTIMATORS, get_estimator, reference
+from krpo_bench.advantages import CATALOG, EstimatorParams, Need, build_estimator, get_estimator, reference
+from krpo_bench.spec.trial import TrialSpec
+from tests.trial_specs import tiny_trial
 
-SELF_CONTAINED = sorted(n for n, c in ESTIMATORS.items() if not (c.needs_lengths or c.needs_baseline_rewards))
+SELF_CONTAINED = sorted(n for n, e in CATALOG.items() if not e.needs & {Need.LENGTHS, Need.BASELINE_REWARDS})
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "krpo_vectors.json"
 
 
@@ -141,7 +145,7 @@ def test_shuffle_order_permutes_within_groups(name):
     assert shuffled.shape == rewards.shape
     assert not torch.isnan(shuffled).any()
     correct = shuffled[rewards == 1.0]
-    if ESTIMATORS[name].order_dependent:
+    if CATALOG[name].estimator_class().order_dependent:
         assert correct.unique().numel() > 1, "the correct answer's advantage should depend on its position"
         assert not torch.equal(plain, shuffled)
     else:
@@ -204,3 +208,54 @@ def test_bad_parameters_are_named():
         get_estimator("ppo")
     with pytest.raises(ValueError, match="num_groups, group_size"):
         get_estimator("grpo")(torch.zeros(12))
+
+
+# --- every row of the catalog, as it is ---------------------------------------------------------
+
+
+def _reference(name: str, rewards: list[list[float]], offered: dict) -> list[list[float]]:
+    """The row's reference loop with the estimator's default parameters and whichever of
+    ``offered`` (lengths, baseline_rewards, prompt_ids, state) its signature names."""
+    entry = CATALOG[name]
+    params = get_estimator(name).params.model_dump(exclude={*EstimatorParams.model_fields, "name"})
+    accepted = inspect.signature(entry.reference).parameters
+    return entry.reference(rewards, **params, **{k: v for k, v in offered.items() if k in accepted})
+
+
+@pytest.mark.parametrize("name", list(CATALOG))
+@settings(max_examples=25, deadline=None)
+@given(batches=st.lists(reward_batches(), min_size=1, max_size=3), data=st.data())
+def test_every_estimator_equals_its_reference_loop_across_steps(name, batches, data):
+    est = get_estimator(name)
+    state: dict = {}
+    for rewards in batches:
+        ids = data.draw(st.lists(st.integers(0, 5), min_size=len(rewards), max_size=len(rewards)))
+        lengths = [[data.draw(st.integers(0, 30)) for _ in row] for row in rewards]
+        greedy = [data.draw(reward_values) for _ in rewards]
+        inputs = {"lengths": lengths, "baseline_rewards": greedy}
+        got = est(torch.tensor(rewards, dtype=torch.float64), ids,
+                  **{k: torch.tensor(v, dtype=torch.float64) for k, v in inputs.items()})
+        want = _reference(name, rewards, {**inputs, "prompt_ids": ids, "state": state})
+        want = torch.tensor(want, dtype=torch.float64)
+        assert torch.allclose(got, want, rtol=1e-6, atol=1e-6 * max(1.0, want.abs().max().item())), (got, want)
+
+
+@pytest.mark.parametrize("name", [n for n, e in CATALOG.items() if e.needs])
+def test_every_estimator_refuses_a_batch_without_what_it_needs(name):
+    rewards = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    supplied = {"prompt_ids": ["a", "b"], "lengths": torch.ones(2, 3), "baseline_rewards": torch.zeros(2)}
+    for need in CATALOG[name].needs:
+        inputs = {k: v for k, v in supplied.items() if k != need}
+        with pytest.raises(ValueError, match=f"{name} needs"):
+            get_estimator(name).estimate(rewards, inputs.pop("prompt_ids", None), **inputs)
+
+
+@pytest.mark.parametrize("name", list(CATALOG))
+def test_a_trial_builds_its_estimator_from_the_validated_block_itself(name):
+    """The spec's union is the catalog's, and the estimator keeps the validated block as its
+    parameters: no dump to keyword arguments, no second validation."""
+    block = TrialSpec.model_validate(tiny_trial(estimator={"name": name, "advantage_noise": 0.5})).estimator
+    assert type(block) is CATALOG[name].spec and isinstance(block, CATALOG[name].params)
+    est = build_estimator(block, seed=3)
+    assert type(est) is CATALOG[name].estimator_class() and est.params is block and est.seed == 3
+    assert est.name == name and est.needs == CATALOG[name].needs

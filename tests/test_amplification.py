@@ -28,8 +28,8 @@ from tests.test_api import BASE, SPEC
 
 def local_app(home: Path, **settings: Any) -> TestClient:
     (home / "data").mkdir(parents=True, exist_ok=True)
-    config = ApiSettings(db_url=f"sqlite:///{home / 'jobs.db'}", mlflow_uri=f"sqlite:///{home / 'mlflow.db'}",
-                         tokens_file=home / "tokens.json", data_roots=(home / "data",), list_cache_s=0, **settings)
+    config = ApiSettings(db=f"sqlite:///{home / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+                         api_tokens_file=home / "tokens.json", data_roots=(home / "data",), list_cache_s=0, **settings)
     return TestClient(create_app(config), base_url="http://localhost", raise_server_exceptions=False)
 
 
@@ -154,7 +154,7 @@ def test_study_reads_select_only_what_they_need(db_url: str, tmp_path: Path) -> 
         results = service.results(study.id)
         light = service.queue.list_jobs(study.id, config_keys=("variant", "seed"))
     assert not [s for s in statements if WHOLE_CONFIG.search(s)], statements
-    assert results["krpo"]["seeds"] == [3, 5] and results["krpo"]["values"] == [0.28, 0.3]
+    assert results.variant("krpo").seeds == [3, 5] and results.variant("krpo").values == [0.28, 0.3]
     assert sorted((j.config["variant"], j.config["seed"]) for j in light) == [("grpo", 3), ("grpo", 5), ("krpo", 3), ("krpo", 5)]
     assert all(set(j.config) == {"variant", "seed"} for j in light)
     service.engine.dispose()

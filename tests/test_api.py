@@ -47,7 +47,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def client(home: Path) -> Iterator[TestClient]:
     (home / "data").mkdir()
     settings = ApiSettings(
-        db_url=f"sqlite:///{home / 'jobs.db'}", mlflow_uri=f"sqlite:///{home / 'mlflow.db'}", tokens_file=home / "tokens.json",
+        db=f"sqlite:///{home / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", api_tokens_file=home / "tokens.json",
         data_roots=(home / "data",), mlflow_ui_url="http://mlflow.test:5000", list_cache_s=0, max_body_bytes=200_000,
     )
     with TestClient(create_app(settings), base_url="http://localhost") as test_client:
@@ -251,15 +251,16 @@ def test_job_detail_results_and_best_trial(client: TestClient) -> None:
     detail = client.get(f"/api/v1/studies/{study_id}").json()
     assert detail["best_trial"]["job_id"] == claimed.id and detail["best_trial"]["value"] == 0.75
     variant = detail["best_trial"]["variant"]
-    assert detail["variants"][variant]["counts"]["succeeded"] == 1 and detail["variants"][variant]["mean"] == 0.75
+    assert detail["variants"][variant]["counts"]["succeeded"] == 1 and detail["variants"][variant]["mean"]["estimate"] == 0.75
+    assert sum(v["counts"]["queued"] for v in detail["variants"].values()) == 3
     results = client.get(f"/api/v1/studies/{study_id}/results").json()
-    row = results["variants"][variant]
-    assert {k: row[k] for k in ("n", "mean", "ci_low", "ci_high", "values", "initial_mean", "seeds")} == {
-        "n": 1, "mean": 0.75, "ci_low": None, "ci_high": None, "values": [0.75], "initial_mean": None,
+    assert results["study_id"] == study_id and results["metric"] == "final/accuracy" and results["reference"] == "grpo"
+    row = next(r for r in results["variants"] if r["label"] == variant)
+    assert {k: row[k] for k in ("n", "mean", "values", "initial_mean", "seeds")} == {
+        "n": 1, "mean": {"estimate": 0.75, "low": None, "high": None}, "values": [0.75], "initial_mean": None,
         "seeds": [detail["best_trial"]["seed"]]}
-    others = [r["comparison"] for name, r in results["variants"].items() if name != variant and r["comparison"]]
-    assert row["comparison"] is None or row["comparison"]["sentence"].startswith("cannot compare"), row
-    assert all(c["sentence"].startswith("cannot compare") for c in others), others
+    assert results["comparisons"] and detail["comparisons"] == results["comparisons"]
+    assert all(c["sentence"].startswith("cannot compare") for c in results["comparisons"]), results["comparisons"]
 
 
 def test_cancel_resume_extend(client: TestClient) -> None:
@@ -356,7 +357,7 @@ def test_python_client(client: TestClient, study: dict[str, Any]) -> None:
     assert any(s["id"] == made["id"] for s in api.list_studies(limit=500)["items"])
     assert api.jobs(made["id"])["total"] == 4
     assert api.job(api.jobs(made["id"])["items"][0]["id"])["study_id"] == made["id"]
-    assert set(api.results(made["id"])["variants"]) == {"grpo", "krpo"}
+    assert {v["label"] for v in api.results(made["id"])["variants"]} == {"grpo", "krpo"}
     assert api.cancel(made["id"])["status"] == "cancelled" and api.resume(made["id"])["status"] == "running"
     assert isinstance(api.workers()["items"], list) and api.ready() == {"status": "ready"}
     with pytest.raises(ApiError) as err:

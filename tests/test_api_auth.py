@@ -50,8 +50,8 @@ def tokens(home: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def client(home: Path, tokens: dict[str, str]) -> Iterator[TestClient]:
-    settings = ApiSettings(db_url=f"sqlite:///{home / 'jobs.db'}", mlflow_uri=f"sqlite:///{home / 'mlflow.db'}",
-                           tokens_file=home / "tokens.json", data_roots=(home,))
+    settings = ApiSettings(db=f"sqlite:///{home / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+                           api_tokens_file=home / "tokens.json", data_roots=(home,))
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 

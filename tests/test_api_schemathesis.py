@@ -34,8 +34,8 @@ STRICT = [*CHECKS, negative_data_rejection]
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
     home = tmp_path_factory.mktemp("schemathesis")
-    settings = ApiSettings(db_url=f"sqlite:///{home / 'jobs.db'}", mlflow_uri=f"sqlite:///{home / 'mlflow.db'}",
-                           tokens_file=home / "tokens.json", data_roots=(home,), max_trials=50)
+    settings = ApiSettings(db=f"sqlite:///{home / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+                           api_tokens_file=home / "tokens.json", data_roots=(home,), max_trials=50)
     yield create_app(settings)
 
 

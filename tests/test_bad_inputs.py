@@ -106,7 +106,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, 
     home = tmp_path_factory.mktemp("bad-inputs-api")
     (home / "data").mkdir()
     settings = ApiSettings(
-        db_url=f"sqlite:///{home / 'jobs.db'}", mlflow_uri=f"sqlite:///{home / 'mlflow.db'}", tokens_file=home / "tokens.json",
+        db=f"sqlite:///{home / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", api_tokens_file=home / "tokens.json",
         data_roots=(home / "data",), list_cache_s=0,
     )
     with TestClient(create_app(settings), base_url="http://localhost", raise_server_exceptions=False) as client:

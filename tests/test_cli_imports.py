@@ -94,8 +94,10 @@ def test_the_packaged_head_is_alembics() -> None:
 
 
 def test_the_torch_free_parameter_models_are_the_estimators_own() -> None:
-    """Specs validate against ``PARAMS`` (no torch); the estimators are built with their ``Params``."""
-    from krpo_bench.advantages import ESTIMATORS, PARAMS
+    """Specs validate against the catalog's models (no torch); each row's class, imported by its
+    path, is built with that very model."""
+    from krpo_bench.advantages import CATALOG, Estimator, get_estimator
 
-    assert list(PARAMS) == list(ESTIMATORS)
-    assert {name: cls.Params for name, cls in ESTIMATORS.items()} == PARAMS
+    for name, entry in CATALOG.items():
+        assert issubclass(entry.estimator_class(), Estimator) and issubclass(entry.spec, entry.params), name
+        assert type(get_estimator(name).params) is entry.spec, name

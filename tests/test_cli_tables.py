@@ -5,19 +5,34 @@ from __future__ import annotations
 import pytest
 
 from krpo_bench import cli
+from krpo_bench.analysis.model import ComparisonResult, Estimate, StudyAnalysis, VariantResult
+
+
+def _variant(label: str, values: list[float], mean: tuple[float, float, float]) -> VariantResult:
+    interval = Estimate(estimate=mean[0], low=mean[1], high=mean[2])
+    return VariantResult(variant=label, label=label, n=len(values), seeds=list(range(len(values))), values=values,
+                         mean=interval, iqm=interval, initial_mean=0.48)
+
+
+def _analysis(variants: list[VariantResult], comparisons: list[ComparisonResult]) -> StudyAnalysis:
+    return StudyAnalysis(metric="final/accuracy", reference="grpo", confidence=0.95, power=0.8, target_effect=0.02,
+                         n_bootstrap=2000, bootstrap_seed=0, variants=variants, comparisons=comparisons)
 
 
 class _Service:
-    def results(self, study_id: str) -> dict:
-        comparison = {"reference": "grpo", "analysis": "paired", "diff": -0.322, "diff_ci_low": -0.506,
-                      "diff_ci_high": -0.138, "mde": 0.249, "seeds_needed": 434, "target_effect": 0.02,
-                      "sentence": "grpo_noise3 trails grpo"}
-        return {
-            "grpo": {"n": 5, "mean": 0.789, "ci_low": 0.760, "ci_high": 0.818, "initial_mean": 0.48,
-                     "values": [0.760, 0.775, 0.785, 0.815, 0.810]},
-            "grpo_noise3": {"n": 5, "mean": 0.467, "ci_low": 0.304, "ci_high": 0.630, "initial_mean": 0.48,
-                            "values": [0.510, 0.535, 0.615, 0.395, 0.280], "comparison": comparison},
-        }
+    def results(self, study_id: str) -> StudyAnalysis:
+        undefined = Estimate(estimate=float("nan"), low=float("nan"), high=float("nan"))
+        comparison = ComparisonResult(
+            variant="grpo_noise3", label="grpo_noise3", reference="grpo", reference_label="grpo",
+            metric="final/accuracy", analysis="paired", n_variant=5, n_reference=5,
+            difference=Estimate(estimate=-0.322, low=-0.506, high=-0.138), difference_bootstrap=undefined,
+            prob_improvement=undefined, p_value=0.01, rank_p_value=0.06, welch_difference=undefined, welch_p=0.01,
+            mde=0.249, target_effect=0.02, seeds_needed=434, confidence=0.95, sentence="grpo_noise3 trails grpo",
+        )
+        return _analysis([
+            _variant("grpo", [0.760, 0.775, 0.785, 0.815, 0.810], (0.789, 0.760, 0.818)),
+            _variant("grpo_noise3", [0.510, 0.535, 0.615, 0.395, 0.280], (0.467, 0.304, 0.630)),
+        ], [comparison])
 
 
 def test_results_table_is_not_truncated_on_an_80_column_log(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
@@ -25,7 +40,7 @@ def test_results_table_is_not_truncated_on_an_80_column_log(capsys: pytest.Captu
     cli._results_table(_Service(), "study")
     out = capsys.readouterr().out
     for whole in ("variant", "analysis", "detectable", "grpo_noise3", "[0.304, 0.630]", "-32.2 [-50.6, -13.8]",
-                  "0.510 0.535 0.615 0.395 0.280"):
+                  "0.510 0.535 0.615 0.395 0.280", "reference", "24.9", "434", "seeds for 2 pts"):
         assert whole in out, whole
     assert "…" not in out
 
@@ -37,9 +52,8 @@ class _LabelledService:
     def __init__(self, labels: list[str]) -> None:
         self.labels = labels
 
-    def results(self, study_id: str) -> dict:
-        return {label: {"n": 2, "mean": 0.5, "ci_low": 0.4, "ci_high": 0.6, "initial_mean": 0.3, "values": [0.45, 0.55]}
-                for label in self.labels}
+    def results(self, study_id: str) -> StudyAnalysis:
+        return _analysis([_variant(label, [0.45, 0.55], (0.5, 0.4, 0.6)) for label in self.labels], [])
 
 
 def _lines_holding(out: str, text: str) -> list[str]:
@@ -76,3 +90,30 @@ def test_probe_table_estimator_names_are_whole_in_a_log(capsys: pytest.CaptureFi
     for name in names:
         assert len(_lines_holding(out, f" {name} ")) == 2, name
     assert "…" not in out
+
+
+def test_the_quickstart_table_reads_as_the_readme_shows_it(capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    """The README's quickstart seeds, through `analyze` and the CLI table: the same figures to the last digit."""
+    from krpo_bench.analysis.analyze import AnalysisSettings, analyze
+    from krpo_bench.analysis.records import TrialRecord
+
+    finals = {"grpo": [0.760, 0.775, 0.785], "krpo": [0.760, 0.775, 0.760]}
+    records = [TrialRecord(variant, (), variant, seed, {"final/accuracy": value, "final/initial_accuracy": 0.48})
+               for variant, values in finals.items() for seed, value in enumerate(values)]
+    analysis = analyze(records, AnalysisSettings())
+
+    class _Quickstart:
+        def results(self, study_id: str) -> StudyAnalysis:
+            return analysis
+
+    monkeypatch.setenv("COLUMNS", "200")
+    cli._results_table(_Quickstart(), "study")
+    out = capsys.readouterr().out
+    grpo, krpo = _lines_holding(out, " grpo "), _lines_holding(out, " krpo ")
+    assert [c.strip() for c in grpo[0].split("│")[1:-1]] == [
+        "grpo", "3", "0.480", "0.773 [0.742, 0.805]", "0.760 0.775 0.785", "reference", "", "", ""]
+    assert [c.strip() for c in krpo[0].split("│")[1:-1]] == [
+        "krpo", "3", "0.480", "0.765 [0.743, 0.787]", "0.760 0.775 0.760", "-0.8 [-4.4, +2.8]", "paired", "4.7", "7"]
+    assert "seeds for 2 pts" in out
+    assert ("no detectable difference between krpo and grpo (paired by seed, 3 seeds: -0.8 points, 95 % CI "
+            "[-4.4, +2.8]); with 3 seeds this study can only detect differences above 4.7 points") in " ".join(out.split())

@@ -32,8 +32,8 @@ SIMPLE_BODIES = ["application/x-www-form-urlencoded", "text/plain", "multipart/f
 
 
 def settings(home: Path) -> ApiSettings:
-    return ApiSettings(db_url=f"sqlite:///{home / 'jobs.db'}", mlflow_uri=f"sqlite:///{home / 'mlflow.db'}",
-                       tokens_file=home / "tokens.json", data_roots=(home / "data",), list_cache_s=0)
+    return ApiSettings(db=f"sqlite:///{home / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+                       api_tokens_file=home / "tokens.json", data_roots=(home / "data",), list_cache_s=0)
 
 
 @pytest.fixture(scope="module")

@@ -254,3 +254,13 @@ def test_env_example_declares_every_substitution_without_secrets() -> None:
         if re.search(r"PASSWORD|SECRET|TOKEN", key):
             assert value == "", f".env.example must leave {key} empty"
     assert ".env" in (ROOT / ".dockerignore").read_text().split(), "the image must not pick up .env"
+
+
+def test_the_docs_name_only_variables_of_the_settings_table() -> None:
+    """Every ``KRPO_BENCH_*`` variable README and docs/ mention is a row of ``krpo_bench.settings.VARS``
+    (or ``KRPO_BENCH_CONFIG``), so no document keeps a name the settings do not read."""
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    named = {(doc.name, var) for doc in docs for var in re.findall(r"\bKRPO_BENCH_[A-Z0-9_]*[A-Z0-9]\b", doc.read_text())}
+    assert {"KRPO_BENCH_DB", "KRPO_BENCH_HOME"} <= {var for _, var in named}
+    unknown = sorted(f"{doc}: {var}" for doc, var in named if var not in ENV_VARS)
+    assert not unknown, f"documented but not a setting: {unknown}"

@@ -111,7 +111,7 @@ def test_a_plain_console_prints_markup_literally_and_escapes_control_characters(
 
 @pytest.fixture
 def api(db_url: str, tmp_path: Path) -> Iterator[TestClient]:
-    settings = ApiSettings(db_url=db_url, mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", tokens_file=tmp_path / "tokens.json",
+    settings = ApiSettings(db=db_url, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", api_tokens_file=tmp_path / "tokens.json",
                            data_roots=(tmp_path,), list_cache_s=0)
     with TestClient(create_app(settings), base_url="http://localhost") as http:
         yield http
@@ -119,8 +119,8 @@ def api(db_url: str, tmp_path: Path) -> Iterator[TestClient]:
 
 @pytest.mark.parametrize("bad", [CONTROLS["CR (erase and forge a line)"], CONTROLS["RLO"]], ids=["CR", "RLO"])
 def test_the_api_refuses_each_field_with_a_422_naming_its_path(tmp_path: Path, bad: str) -> None:
-    settings = ApiSettings(db_url=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                           tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path,), list_cache_s=0)
+    settings = ApiSettings(db=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                           api_tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path,), list_cache_s=0)
     with TestClient(create_app(settings), base_url="http://localhost") as http:
         for field, kind, data, path in hostile_fields(bad):
             if kind == "trial":

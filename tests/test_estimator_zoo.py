@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from krpo_bench.advantages import ESTIMATORS, get_estimator, reference
+from krpo_bench.advantages import CATALOG, Need, get_estimator, reference
 from krpo_bench.advantages.running import ema_before
 from krpo_bench.spec.loading import SpecError, validate
 from krpo_bench.spec.trial import TrialSpec
@@ -98,7 +98,7 @@ def test_rae_equals_definition_across_steps(batches, decay, per_prompt, data):
     for rewards in batches:
         ids = data.draw(st.lists(st.integers(0, 5), min_size=len(rewards), max_size=len(rewards)))
         got = est(_t(rewards), ids)
-        _close(got, reference.rae(rewards, state, decay, ids if per_prompt else None))
+        _close(got, reference.rae(rewards, state, decay, per_prompt, prompt_ids=ids))
 
 
 @settings(max_examples=60, deadline=None)
@@ -246,7 +246,7 @@ def test_quirks_not_copied():
 # --- NaN and order handling of the estimators that take extra inputs ----------------------------
 
 
-@pytest.mark.parametrize("name", [n for n, c in ESTIMATORS.items() if c.needs_lengths or c.needs_baseline_rewards])
+@pytest.mark.parametrize("name", [n for n, e in CATALOG.items() if e.needs & {Need.LENGTHS, Need.BASELINE_REWARDS}])
 def test_nan_and_order_with_extra_inputs(name):
     clean = _t([[1.0, 0.0, 1.0, 0.0], [0.5, 0.5, 1.0, 0.0]])
     with_nan = _t([[1.0, NAN, 0.0, 1.0, 0.0], [0.5, 0.5, 1.0, 0.0, NAN]])
@@ -288,7 +288,7 @@ def test_advantage_noise_is_seeded_by_trial_seed_and_step():
     assert get_estimator("grpo").estimate(rewards).extras["noise_std"] == 0.0
 
 
-@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+@pytest.mark.parametrize("name", sorted(CATALOG))
 def test_every_estimator_takes_advantage_noise(name):
     rewards = torch.randint(0, 2, (16, 4), generator=torch.Generator().manual_seed(1)).double()
     inputs = _inputs(rewards.tolist())
@@ -328,7 +328,7 @@ def test_resumed_estimator_equals_one_that_never_stopped(name, params):
 
 def test_stateless_estimators_have_no_state_and_stateful_ones_do():
     rewards = _t([[1, 0, 1, 0]])
-    for name, cls in ESTIMATORS.items():
+    for name in CATALOG:
         est = get_estimator(name)
         est.estimate(rewards, ["p"], **_inputs(rewards.tolist()))
         assert bool(est.state_dict()) == (name in (*STATEFUL, "krpo_persistent")), name

@@ -8,6 +8,7 @@ import math
 import optuna
 import pytest
 
+from krpo_bench.api.policy import estimated_stored_bytes, planned_configs
 from krpo_bench.service.optuna_store import distribution, make_sampler
 from krpo_bench.spec.loading import SpecError
 from krpo_bench.spec.study import MAX_GRID_POINTS, SearchParam, StudySpec, grid_size, grid_values, validate_study
@@ -70,3 +71,18 @@ def test_an_int_grid_step_below_one_is_an_error_naming_it():
     assert "space.training.group_size.step" in str(info.value)
     assert "whole numbers" in str(info.value)
     assert isinstance(StudySpec.model_validate(_search(space)), StudySpec)  # the schema alone accepts it
+
+
+def test_an_ablation_grid_has_one_count_that_its_plan_the_trial_cap_and_the_stored_estimate_share():
+    spec = StudySpec.model_validate({
+        "name": "grid", "kind": "ablation", "seeds": 2, "base": BASE,
+        "variants": {"a": {"estimator": {"name": "grpo"}}, "b": {}},
+        "grid": {"training.beta": [0.0, 0.1, 0.2], "training.group_size": [4, 8]}})
+    assert spec.grid_points() == 6
+    assert spec.trial_count() == len(spec.plan()) == 2 * 6 * 2
+    distinct = list(planned_configs(spec))
+    assert len(distinct) == 2 * spec.grid_points() and sum(c.trials for c in distinct) == spec.trial_count()
+    one_axis = spec.model_copy(update={"grid": {"training.beta": [0.0, 0.1, 0.2]}})
+    no_grid = spec.model_copy(update={"grid": None})
+    assert (one_axis.grid_points(), no_grid.grid_points()) == (3, 1)
+    assert estimated_stored_bytes(no_grid) < estimated_stored_bytes(one_axis) < estimated_stored_bytes(spec)

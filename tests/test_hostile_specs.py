@@ -32,6 +32,8 @@ from krpo_bench.api.settings import ApiSettings
 from krpo_bench.dashboards import build_report, load_study
 from krpo_bench.dashboards.figures import cost_figure, curve_figure, final_figure
 from krpo_bench.dashboards.report import csv_cell
+from krpo_bench import tracking
+from krpo_bench.service.studies import experiment_name
 from krpo_bench.service.worker import short_reason
 from krpo_bench.tasks import hf
 from krpo_bench.tasks.config import PACKAGED_BUILDERS, HFTask
@@ -96,10 +98,10 @@ def test_a_study_name_never_becomes_a_path(server: tuple[str, dict[str, str], Pa
             time.sleep(0.2)
             study = httpx.get(f"{url}/api/v1/studies/{study['id']}", headers={"Authorization": f"Bearer {tokens['read']}"}).json()
         experiment = mlflow.get_experiment(study["mlflow_experiment_id"])
-        assert experiment.name == f"krpo-study-{study['id']}"
+        assert experiment.name == experiment_name(study["id"], name)  # display text; its artifact folder is a hash
         assert experiment.tags["krpo.study_name"] == name  # still shown, as display text
         folder = Path(urlparse(experiment.artifact_location).path)
-        assert folder == home / "mlartifacts" / experiment.name
+        assert folder == home / "mlartifacts" / tracking.artifact_folder(experiment.name)
         assert list(folder.glob("*/artifacts/study.json")), "the study's artifacts lie in its id's folder"
     assert not list(Path("/tmp").glob(f"{marker}*")), "nothing was written outside the data home"
     assert not [p for p in home.rglob("*") if marker in p.name], "no file or folder is named after a study"
@@ -223,8 +225,8 @@ def test_out_of_range_numbers_are_refused_and_nothing_is_stored(server: tuple[st
 
 def local_app(home: Path, **settings: Any) -> TestClient:
     (home / "data").mkdir(parents=True, exist_ok=True)
-    config = ApiSettings(db_url=f"sqlite:///{home / 'jobs.db'}", mlflow_uri=f"sqlite:///{home / 'mlflow.db'}",
-                         tokens_file=home / "tokens.json", data_roots=(home / "data",), list_cache_s=0, **settings)
+    config = ApiSettings(db=f"sqlite:///{home / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+                         api_tokens_file=home / "tokens.json", data_roots=(home / "data",), list_cache_s=0, **settings)
     return TestClient(create_app(config), base_url="http://localhost", raise_server_exceptions=False)
 
 
@@ -360,8 +362,8 @@ def test_a_tokenless_server_checks_host_and_closes_when_a_token_is_created(tmp_p
 def test_a_tokenless_server_refuses_peers_that_are_not_loopback(tmp_path: Path) -> None:
     with local_app(tmp_path) as client:
         assert client.get("/api/v1/studies").status_code == 200
-    config = ApiSettings(db_url=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                         tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path / "data",))
+    config = ApiSettings(db=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                         api_tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path / "data",))
     with TestClient(create_app(config), base_url="http://localhost", client=("192.0.2.7", 4000)) as remote:
         for path in ("/api/v1/studies", "/optuna/api/studies"):
             assert remote.get(path).status_code == 403, path  # e.g. a public bind whose tokens were all revoked

@@ -22,13 +22,14 @@ LAYERS: list[list[str]] = [  # top first; a layer of several modules is an indep
     ["krpo_bench.api", "krpo_bench.client", "krpo_bench.slurm"],
     ["krpo_bench.dashboards"],
     ["krpo_bench.service"],
+    ["krpo_bench.analysis"],
     ["krpo_bench.probe"],
     ["krpo_bench.training"],
     ["krpo_bench.spec"],
     ["krpo_bench.models"],
     ["krpo_bench.tasks", "krpo_bench.tracking"],
     ["krpo_bench.data_roots"],
-    ["krpo_bench.advantages", "krpo_bench.stats", "krpo_bench.settings"],
+    ["krpo_bench.advantages", "krpo_bench.stats", "krpo_bench.sequential", "krpo_bench.settings"],
 ]
 UNLAYERED = {"krpo_bench"}  # the package's own __init__ (its version)
 

@@ -21,7 +21,7 @@ from krpo_bench import tracking
 from krpo_bench.api.app import create_app
 from krpo_bench.api.settings import ApiSettings
 from krpo_bench.service import worker as worker_module
-from krpo_bench.service.studies import StudyService
+from krpo_bench.service.studies import StudyService, experiment_name
 from krpo_bench.service.worker import Worker
 from tests.trial_specs import tiny_ablation
 
@@ -36,7 +36,7 @@ def parent_runs(mlflow_uri: str, study_id: str) -> list[Any]:
 
 
 def experiments_named(mlflow_uri: str, study_id: str) -> list[Any]:
-    return [e for e in MlflowClient(mlflow_uri).search_experiments() if e.name == f"krpo-study-{study_id}"]
+    return [e for e in MlflowClient(mlflow_uri).search_experiments() if e.name == experiment_name(study_id, "outbox")]
 
 
 def assert_created_once(service: StudyService, study_id: str) -> None:
@@ -50,7 +50,7 @@ def assert_created_once(service: StudyService, study_id: str) -> None:
 
 def api_settings(tmp_path: Path, mlflow_uri: str) -> ApiSettings:
     (tmp_path / "data").mkdir(exist_ok=True)
-    return ApiSettings(db_url=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_uri=mlflow_uri, tokens_file=tmp_path / "tokens.json",
+    return ApiSettings(db=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_tracking_uri=mlflow_uri, api_tokens_file=tmp_path / "tokens.json",
                        data_roots=(tmp_path / "data",), list_cache_s=0)
 
 

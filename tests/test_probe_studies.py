@@ -36,12 +36,13 @@ def test_a_probe_study_is_one_job_tagged_like_a_trial(tmp_path: Path) -> None:
     assert (info.kind, info.total, info.status) == ("probe", 1, "running")
     [job] = service.jobs(info.id)
     assert job.trial_key == "probe" and job.status == "queued" and job.max_attempts == 3
-    assert job.config["probe"] == {**info.spec, "experiment": experiment_name(info.id)}
+    assert job.config["probe"] == {**info.spec, "experiment": experiment_name(info.id, info.name)}
     assert job.config["tags"] == {"krpo.study_id": info.id, "krpo.study_name": "test-probe", "krpo.kind": "probe",
-                                  "krpo.trial_key": "probe", "krpo.variant": "probe", "krpo.seed": "0"}
+                                  "krpo.trial_key": "probe", "krpo.variant": "probe", "krpo.variant_name": "probe",
+                                  "krpo.grid_point": "[]", "krpo.seed": "0"}
     assert "trial" not in job.config
     assert service.resume(info.id).total == 1 and len(service.jobs(info.id)) == 1  # nothing re-planned
-    assert service.results(info.id)["probe"]["n"] == 0
+    assert service.results(info.id).variant("probe").n == 0
 
 
 def test_submit_takes_a_probe_file(tmp_path: Path) -> None:
@@ -51,7 +52,7 @@ def test_submit_takes_a_probe_file(tmp_path: Path) -> None:
                                       "--mlflow", f"sqlite:///{tmp_path}/mlflow.db"], terminal_width=200)
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
-    assert "(probe): running; 0/1 done" in said and "queued 1" in said
+    assert "(probe): waiting for a worker; 0/1 done" in said and "queued 1" in said
     db = ["--db", f"sqlite:///{tmp_path}/jobs.db", "--mlflow", f"sqlite:///{tmp_path}/mlflow.db"]
     status = CliRunner().invoke(app, ["status", "test-probe", *db], terminal_width=200)
     assert status.exit_code == 0 and "has no result yet" in status.output and "held-out accuracy" not in status.output
@@ -91,8 +92,8 @@ def test_a_stopped_probe_stops_between_batches_and_a_retry_reruns_it_in_the_same
 def client(tmp_path: Path):
     (tmp_path / "data").mkdir()
     settings = ApiSettings(
-        db_url=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path / "data",), list_cache_s=0, max_model_params=10_000_000,
+        db=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        api_tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path / "data",), list_cache_s=0, max_model_params=10_000_000,
     )
     with TestClient(create_app(settings), base_url="http://localhost") as test_client:
         yield test_client

@@ -6,6 +6,7 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import optuna
@@ -16,6 +17,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from krpo_bench import stats
+from krpo_bench.analysis.model import json_ready
 from krpo_bench.dashboards import StudyData, build_report, load_study, render_html
 from krpo_bench.dashboards.report import METRIC, order_twins
 
@@ -177,46 +179,48 @@ def test_summary_matches_direct_statistics(report) -> None:
     saved = json.loads(report.json_path.read_text())
     row = next(r for r in saved["variants"] if r["variant"] == "krpo")
     assert row["values"] == FINAL["krpo"] and row["seeds"] == [0, 1, 2]
-    assert row["mean"] == pytest.approx(mean.estimate)
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx((mean.low, mean.high))
-    assert (row["iqm"], row["iqm_ci_low"], row["iqm_ci_high"]) == pytest.approx((iqm.estimate, iqm.low, iqm.high))
-    assert (row["diff"], row["diff_ci_low"], row["diff_ci_high"]) == pytest.approx(
-        (expected.difference.estimate, expected.difference.low, expected.difference.high))
-    assert row["prob_improvement"] == pytest.approx(expected.prob_improvement.estimate)
-    assert row["prob_improvement_ci_low"] == pytest.approx(expected.prob_improvement.low)
-    assert row["welch_p"] == pytest.approx(scipy.stats.ttest_ind(krpo, grpo, equal_var=False).pvalue)
-    assert row["p_value"] == pytest.approx(scipy.stats.ttest_rel(krpo, grpo).pvalue)
-    assert row["analysis"] == "paired" and row["target_effect"] == 0.02
-    assert (row["welch_ci_low"], row["welch_ci_high"]) == pytest.approx(
+    assert (row["mean"]["estimate"], row["mean"]["low"], row["mean"]["high"]) == pytest.approx(
+        (mean.estimate, mean.low, mean.high))
+    assert (row["iqm"]["estimate"], row["iqm"]["low"], row["iqm"]["high"]) == pytest.approx(
+        (iqm.estimate, iqm.low, iqm.high))
+    compared = next(c for c in saved["comparisons"] if c["variant"] == "krpo")
+    assert compared["difference"] == pytest.approx(
+        {"estimate": expected.difference.estimate, "low": expected.difference.low, "high": expected.difference.high})
+    assert compared["prob_improvement"]["estimate"] == pytest.approx(expected.prob_improvement.estimate)
+    assert compared["prob_improvement"]["low"] == pytest.approx(expected.prob_improvement.low)
+    assert compared["welch_p"] == pytest.approx(scipy.stats.ttest_ind(krpo, grpo, equal_var=False).pvalue)
+    assert compared["p_value"] == pytest.approx(scipy.stats.ttest_rel(krpo, grpo).pvalue)
+    assert compared["analysis"] == "paired" and compared["target_effect"] == 0.02
+    assert (compared["welch_difference"]["low"], compared["welch_difference"]["high"]) == pytest.approx(
         (expected.welch_difference.low, expected.welch_difference.high))
-    assert row["mde"] == pytest.approx(expected.mde) and row["seeds_needed"] == expected.seeds_needed
-    assert row["sentence"] == expected.sentence
-    assert saved["variants"][0]["variant"] == "grpo" and "diff" not in saved["variants"][0]
+    assert compared["mde"] == pytest.approx(expected.mde) and compared["seeds_needed"] == expected.seeds_needed
+    assert compared["sentence"] == expected.sentence and compared["reference"] == "grpo"
+    assert saved["variants"][0]["variant"] == "grpo" and all(c["variant"] != "grpo" for c in saved["comparisons"])
     assert saved["study"]["status_counts"]["FAILED"] == 1
 
     cost = {c["variant"]: c for c in saved["cost"]}
     assert cost["krpo"]["step_time_ratio"] == pytest.approx(1.1)
     assert cost["krpo"]["cost/tokens"] == pytest.approx(2000.0)
-    order = saved["order_sensitivity"][0]
+    order = saved["order_checks"][0]
     assert order["sentence"] == stats.compare(FINAL["krpo shuffled"], krpo, "krpo shuffled", "krpo", seeds, seeds).sentence
 
     table = pd.read_csv(report.csv_path).set_index("variant")
     assert table.loc["krpo", "mean"] == pytest.approx(mean.estimate)
-    assert table.loc["krpo", "diff_ci_high"] == pytest.approx(expected.difference.high)
+    assert table.loc["krpo", "difference_high"] == pytest.approx(expected.difference.high)
     assert table.loc["krpo", "values"] == "0.49;0.53;0.5"
     assert table.loc["krpo", "analysis"] == "paired"
-    assert table.loc["krpo", "welch_ci_low"] == pytest.approx(expected.welch_difference.low)
-    assert np.isnan(table.loc["grpo", "diff"])
+    assert table.loc["krpo", "welch_difference_low"] == pytest.approx(expected.welch_difference.low)
+    assert np.isnan(table.loc["grpo", "difference"])
 
 
 def test_seed_sets_that_differ_are_compared_unpaired(study, tmp_path: Path) -> None:
     runs = [r for r in study.runs if not (r.variant == "krpo" and r.seed == 2)]
     partial = StudyData("s", None, ["0"], runs, {"FINISHED": len(runs)})
-    summary = build_report(partial, tmp_path / "partial", target_effect=0.05).summary
-    krpo = next(v for v in summary.variants if v.variant == "krpo").comparison
+    analysis = build_report(partial, tmp_path / "partial", target_effect=0.05).summary.analysis
+    krpo = analysis.comparison("krpo")
     assert krpo is not None and krpo.analysis == "unpaired" and (krpo.n_variant, krpo.n_reference) == (2, 3)
     assert "(unpaired, Welch, 2 and 3 seeds:" in krpo.sentence and "would detect 5 points" in krpo.sentence
-    shuffled = next(v for v in summary.variants if v.variant == "krpo shuffled").comparison
+    shuffled = analysis.comparison("krpo shuffled")
     assert shuffled is not None and shuffled.analysis == "paired"
 
 
@@ -235,20 +239,20 @@ def test_search_view_with_one_trial_skips_importances(study, tmp_path: Path) -> 
 
 def test_empty_and_single_seed_studies_still_render(study, tmp_path: Path) -> None:
     empty = build_report(StudyData("s", None, ["0"], [], {"RUNNING": 2}), tmp_path / "empty")
-    assert empty.summary.variants == [] and empty.html_path.exists()
+    assert empty.summary.analysis.variants == [] and empty.html_path.exists()
     assert pd.read_csv(empty.csv_path).empty
     single = StudyData("s", None, ["0"], [study.runs_of("grpo")[0], study.runs_of("krpo")[0]], {"FINISHED": 2})
-    row = build_report(single, tmp_path / "single").summary.variants[1].row()
+    row = build_report(single, tmp_path / "single").summary.analysis.rows()[1]
     assert row["sentence"].startswith("cannot tell whether krpo beats grpo: only one seed of krpo and grpo")
     saved = json.loads((tmp_path / "single" / "summary.json").read_text())
-    assert saved["variants"][1]["diff_ci_low"] is None
+    assert saved["comparisons"][0]["difference"]["low"] is None
 
 
 def test_service_results_api_and_cli_carry_the_paired_comparison(tmp_path: Path) -> None:
     """The service's results (which the API and `krpo-bench status` show) compare like the report does."""
     from typer.testing import CliRunner
 
-    from krpo_bench.api.schemas import StudyResults, VariantStats
+    from krpo_bench.api.schemas import StudyResults
     from krpo_bench.cli import app
     from krpo_bench.service.studies import StudyService
     from tests.trial_specs import tiny_trial
@@ -266,20 +270,30 @@ def test_service_results_api_and_cli_carry_the_paired_comparison(tmp_path: Path)
         assert service.queue.complete(job.id, job.attempt, {"status": "succeeded", "final_accuracy": value})
         service.job_finished(job.id)
     results = service.results(info.id)
-    assert results["grpo"]["comparison"] is None and results["krpo"]["seeds"] == [0, 1, 2]
+    assert results.comparison("grpo") is None and results.variant("krpo").seeds == [0, 1, 2]
     expected = stats.compare(FINAL["krpo"], FINAL["grpo"], "krpo", "grpo", [0, 1, 2], [0, 1, 2], 0.05)
-    assert results["krpo"]["comparison"] == pytest.approx(expected.flat())
+    assert _statistics(results.comparison("krpo")) == _statistics(expected)
     assert "would detect 5 points" in expected.sentence
 
-    api = StudyResults(study_id=info.id, variants={v: VariantStats.of(r) for v, r in results.items()})
-    krpo = api.model_dump(mode="json")["variants"]["krpo"]["comparison"]
-    assert krpo["analysis"] == "paired" and krpo["sentence"] == expected.sentence
-    assert krpo["welch_ci_low"] == pytest.approx(expected.welch_difference.low) and krpo["target_effect"] == 0.05
+    api = StudyResults.of(info.id, results).model_dump(mode="json")
+    krpo = next(c for c in api["comparisons"] if c["variant"] == "krpo")
+    assert krpo["analysis"] == "paired" and krpo["sentence"] == expected.sentence and api["study_id"] == info.id
+    assert krpo["welch_difference"]["low"] == pytest.approx(expected.welch_difference.low) and krpo["target_effect"] == 0.05
 
     shown = CliRunner().invoke(app, ["status", info.id, "--db", db, "--mlflow", mlflow], env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
     assert expected.sentence in " ".join(shown.output.split())
     assert "seeds for 5 pts" in shown.output and "paired" in shown.output
+
+
+def _statistics(comparison: Any) -> dict[str, Any]:
+    """A comparison's statistics (a `stats.Comparison` or an analysis `ComparisonResult`), NaN as None."""
+    values = {name: getattr(comparison, name) for name in ("analysis", "n_variant", "n_reference", "p_value",
+              "rank_p_value", "welch_p", "mde", "target_effect", "seeds_needed", "confidence", "sentence")}
+    for name in ("difference", "difference_bootstrap", "prob_improvement", "welch_difference"):
+        interval = getattr(comparison, name)
+        values |= {f"{name}.{part}": getattr(interval, part) for part in ("estimate", "low", "high")}
+    return json_ready(values)
 
 
 def _grpo_last_study(tmp_path: Path):
@@ -310,13 +324,12 @@ def test_service_results_pair_the_arms_by_seed_whatever_order_their_jobs_come_in
         service.job_finished(job.id)
     by_id = {j.id: j for j in service.jobs(info.id)}
     in_finish_order = [by_id[claimed[key].id] for key in finished]
-    expected = stats.compare(FINAL["krpo"], FINAL["grpo"], "filter", "grpo", [0, 1, 2], [0, 1, 2]).flat()
+    expected = stats.compare(FINAL["krpo"], FINAL["grpo"], "filter", "grpo", [0, 1, 2], [0, 1, 2])
     for results in (service.results(info.id), service.results(info.id, in_finish_order)):
-        assert results["grpo"]["comparison"] is None
-        comparison = results["filter"]["comparison"]
-        assert comparison["analysis"] == "paired"
-        assert (comparison["diff_ci_low"], comparison["diff_ci_high"]) == pytest.approx((expected["diff_ci_low"], expected["diff_ci_high"]))
-        assert comparison == pytest.approx(expected)
+        assert results.comparison("grpo") is None
+        comparison = results.comparison("filter")
+        assert comparison is not None and comparison.analysis == "paired"
+        assert _statistics(comparison) == _statistics(expected)
 
 
 def test_the_report_and_the_dashboard_compare_with_grpo_wherever_it_is_listed(tmp_path: Path) -> None:
@@ -334,9 +347,9 @@ def test_the_report_and_the_dashboard_compare_with_grpo_wherever_it_is_listed(tm
     expected = stats.compare(FINAL["krpo"], FINAL["grpo"], "filter", "grpo", [0, 1, 2], [0, 1, 2])
     summary = json.loads((report_study(service, info.id, tmp_path / "report").parent / "summary.json").read_text())
     assert summary["reference"] == "grpo" and summary["reference_found"]
-    rows = {row["variant"]: row for row in summary["variants"]}
-    assert "reference" not in rows["grpo"] and rows["filter"]["reference"] == "grpo"
-    assert rows["filter"]["diff"] == pytest.approx(expected.difference.estimate)
+    compared = {c["variant"]: c for c in summary["comparisons"]}
+    assert set(compared) == {"filter"} and compared["filter"]["reference"] == "grpo"
+    assert compared["filter"]["difference"]["estimate"] == pytest.approx(expected.difference.estimate)
     page = study_dashboard_html(service, info.id)
     assert "Δ vs grpo" in page and "Δ vs filter" not in page
 
@@ -351,8 +364,8 @@ def test_api_refuses_a_bad_target_effect_naming_the_field(tmp_path: Path) -> Non
     base = {k: v for k, v in tiny_trial(steps=5).items() if k != "name"}
     spec = {"name": "t", "kind": "ablation", "base": base, "variants": {"grpo": {"estimator": {"name": "grpo"}}}}
     (tmp_path / "data").mkdir()
-    settings = ApiSettings(db_url=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                           tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path / "data",))
+    settings = ApiSettings(db=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                           api_tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path / "data",))
     with TestClient(create_app(settings), base_url="http://localhost") as client:
         for bad, rule in ((0, "greater_than"), (1.5, "less_than_equal"), ("2 points", "float_type")):
             response = client.post("/api/v1/studies", json={**spec, "analysis": {"target_effect": bad}})
@@ -371,25 +384,15 @@ def test_a_grid_study_compares_each_cell_with_the_reference_at_the_same_point(st
             for r in study.runs if r.variant in ("grpo", "krpo") for point, shift in points.items()]
     grid = StudyData("s", None, ["0"], runs, {"FINISHED": len(runs)})
     summary = build_report(grid, tmp_path / "grid").summary
-    assert summary.reference_found
-    by_name = {v.variant: v.comparison for v in summary.variants}
+    assert summary.analysis.reference_found
     for point in points:
-        assert by_name["grpo" + point] is None
+        assert summary.analysis.comparison("grpo" + point) is None
         expected = stats.compare(FINAL["krpo"], FINAL["grpo"], "krpo" + point, "grpo" + point, [0, 1, 2], [0, 1, 2])
-        assert by_name["krpo" + point].reference == "grpo" + point
-        assert by_name["krpo" + point].difference.estimate == pytest.approx(expected.difference.estimate)
+        compared = summary.analysis.comparison("krpo" + point)
+        assert compared is not None and compared.reference_label == "grpo" + point and compared.reference == "grpo"
+        assert compared.difference.estimate == pytest.approx(expected.difference.estimate)
     cost = {row["variant"]: row["step_time_ratio"] for row in summary.cost}
     assert cost["grpo group_size=2 reward_noise=None"] == pytest.approx(1.0)
-
-
-def test_reference_for_grid_labels() -> None:
-    from krpo_bench.spec.study import reference_for
-
-    labels = ["grpo g=2 noise={'flip': 0.2}", "grpo g=12 noise={'flip': 0.2}", "krpo g=12 noise={'flip': 0.2}", "krpo g=2 noise={'flip': 0.2}"]
-    assert reference_for("krpo g=12 noise={'flip': 0.2}", labels, "grpo") == "grpo g=12 noise={'flip': 0.2}"
-    assert reference_for("krpo g=2 noise={'flip': 0.2}", labels, "grpo") == "grpo g=2 noise={'flip': 0.2}"
-    assert reference_for("krpo", ["grpo", "krpo"], "grpo") == "grpo"
-    assert reference_for("krpo g=3", labels, "grpo") == "grpo"  # no grpo at that point: nothing to pair with
 
 
 def test_service_results_of_a_grid_study_pair_each_cell_with_grpo_at_that_point(tmp_path: Path) -> None:
@@ -407,12 +410,14 @@ def test_service_results_of_a_grid_study_pair_each_cell_with_grpo_at_that_point(
         value = FINAL[variant.split()[0]][job.config["seed"]] + (0.2 if "group_size=4" in variant else 0.0)
         assert service.queue.complete(job.id, job.attempt, {"status": "succeeded", "final_accuracy": value})
     results = service.results(info.id)
-    assert set(results) == {"grpo group_size=2", "grpo group_size=4", "krpo group_size=2", "krpo group_size=4"}
+    assert {v.label for v in results.variants} == {"grpo group_size=2", "grpo group_size=4", "krpo group_size=2", "krpo group_size=4"}
     for g in (2, 4):
-        assert results[f"grpo group_size={g}"]["comparison"] is None
-        comparison = results[f"krpo group_size={g}"]["comparison"]
-        assert comparison["reference"] == f"grpo group_size={g}" and comparison["analysis"] == "paired"
-        assert comparison["diff"] == pytest.approx(np.mean(FINAL["krpo"]) - np.mean(FINAL["grpo"]))
+        assert results.comparison(f"grpo group_size={g}") is None
+        comparison = results.comparison(f"krpo group_size={g}")
+        assert comparison is not None and comparison.analysis == "paired"
+        assert (comparison.reference, comparison.reference_grid_point) == ("grpo", (("training.group_size", g),))
+        assert comparison.reference_label == f"grpo group_size={g}" and comparison.grid_point == (("training.group_size", g),)
+        assert comparison.difference.estimate == pytest.approx(np.mean(FINAL["krpo"]) - np.mean(FINAL["grpo"]))
     service.engine.dispose()
 
 
@@ -435,7 +440,7 @@ def test_grid_labels_split_and_grid_figures_get_one_panel_per_point(study, tmp_p
         height, width = imread(tmp_path / "grid" / "figures" / name).shape[:2]
         flat_height = imread(tmp_path / "flat" / "figures" / name).shape[0]
         assert width < 2500 and height > 1.3 * flat_height, (name, width, height)  # 3 panels a row, 2 rows
-    assert report.summary.reference_found and flat.summary.reference_found
+    assert report.summary.analysis.reference_found and flat.summary.analysis.reference_found
 
 
 def test_grid_plotly_figures_get_one_panel_per_point_and_one_legend_entry_per_variant(study) -> None:
@@ -450,13 +455,14 @@ def test_grid_plotly_figures_get_one_panel_per_point_and_one_legend_entry_per_va
     values = {label: np.array([r.final[METRIC] for r in rs]) for label, rs in runs.items()}
     means = {label: stats.mean_ci(v) for label, v in values.items()}
     colors = figures.palette(list(values))
-    final = figures.final_figure(values, means, colors, METRIC)
+    identity = {f"{v} {p}": (v, p) for v in ("grpo", "krpo") for p in points}
+    final = figures.final_figure(values, means, colors, METRIC, identity)
     assert sum(1 for key in final.layout.to_plotly_json() if key.startswith("xaxis")) == 6
     assert sorted(t.name for t in final.data if t.showlegend is not False) == ["grpo", "krpo"]
     assert {t.marker.color for t in final.data if t.legendgroup == "krpo"} == {figures.PALETTE[1]}, "one colour per variant"
     curves = {label: aggregate_curve({r.seed: r.histories["eval/accuracy"] for r in rs}, n_resamples=50)
               for label, rs in runs.items()}
-    curve = figures.curve_figure(curves, "eval/accuracy", colors)
+    curve = figures.curve_figure(curves, "eval/accuracy", colors, identity)
     assert sum(1 for key in curve.layout.to_plotly_json() if key.startswith("xaxis")) == 6
     assert sorted(t.name for t in curve.data if t.showlegend is not False and t.mode == "lines" and t.fill is None) == ["grpo", "krpo"]
     flat = figures.final_figure({"grpo": values[f"grpo {points[0]}"]}, {"grpo": means[f"grpo {points[0]}"]}, {"grpo": "#000000"}, METRIC)

@@ -72,7 +72,7 @@ def test_ablation_submission_queues_every_trial_once(service):
     final = service.get(info.id)
     assert final.status == "succeeded" and final.done == 6
     results = service.results(info.id)
-    assert set(results) == {"grpo", "krpo"} and all(r["n"] == 3 for r in results.values())
+    assert [v.label for v in results.variants] == ["grpo", "krpo"] and all(v.n == 3 for v in results.variants)
 
 
 def test_invalid_study_stores_nothing(service):

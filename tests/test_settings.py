@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,27 @@ def test_readme_settings_table_lists_every_variable() -> None:
         assert f"`{name}`" in section, f"README's Settings section does not list {name}"
 
 
+def test_readme_settings_table_is_the_settings_table() -> None:
+    """Each README row names the variable, file key and (for numbers and switches) default of ``VARS``,
+    and those defaults are the ones :class:`Settings` applies."""
+    section = (ROOT / "README.md").read_text().split("## Settings", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[0] in ENV_VARS:
+            rows[cells[0]] = (cells[1], cells[2])
+    assert set(rows) == set(ENV_VARS)
+    defaults = Settings.load({})
+    for var in ks.VARS:
+        key, default = rows[var.env]
+        assert key == var.key, f"README names {var.env}'s file key {key!r}, the settings {var.key!r}"
+        value = getattr(defaults, var.key)
+        if isinstance(value, bool):
+            assert default == var.default == str(value).lower(), var.env
+        elif isinstance(value, (int, float)):
+            assert float(default) == float(var.default) == value, var.env
+
+
 def test_api_settings_agree_with_settings(clean_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from krpo_bench.api.settings import ApiSettings
 
@@ -139,9 +161,33 @@ def test_api_settings_agree_with_settings(clean_env: Path, monkeypatch: pytest.M
                         "KRPO_BENCH_API_TOKENS_FILE": str(tmp_path / "t.json"), "KRPO_BENCH_LIST_CACHE_S": "0.5"}.items():
         monkeypatch.setenv(name, value)
     api, s = ApiSettings.from_settings(), Settings.load()
-    assert (api.db_url, api.mlflow_uri, api.tokens_file, api.data_roots) == (s.db, s.mlflow_tracking_uri, s.api_tokens_file, s.data_roots)
+    assert (api.db, api.mlflow_tracking_uri, api.api_tokens_file, api.data_roots) == (s.db, s.mlflow_tracking_uri, s.api_tokens_file, s.data_roots)
     assert (api.allow_remote_code, api.max_trials, api.max_body_bytes, api.list_cache_s, api.mlflow_ui_url) == (
         s.allow_remote_code, s.max_trials, s.max_body_bytes, s.list_cache_s, s.mlflow_ui_url)
+    assert all(getattr(api, f.name) == getattr(s, f.name) for f in fields(ApiSettings))
+    served = ApiSettings.from_settings(s, db="postgresql://u@h/db", mlflow_tracking_uri="http://tracking:5000/")
+    assert (served.db, served.mlflow_tracking_uri, served.max_trials) == ("postgresql://u@h/db", "http://tracking:5000/", 9)
+    assert served.mlflow_ui_url == "http://tracking:5000", "an http tracking URI given on the command line is the UI base"
+
+
+def test_server_views_have_the_settings_names_types_and_defaults() -> None:
+    """``ApiSettings``, ``Policy`` and ``Quotas`` are views of :class:`Settings`: each of their fields is
+    the setting of the same name, type and default, so ``settings_view`` fills them by name."""
+    from krpo_bench.api.policy import Policy
+    from krpo_bench.api.settings import ApiSettings
+    from krpo_bench.service.quotas import Quotas
+
+    own = {f.name: f for f in fields(Settings)}
+    assert [v.key for v in ks.VARS] == [name for name in own if name not in ("config_file", "sources")], "one field per row"
+    for view in (ApiSettings, Policy, Quotas):
+        for f in fields(view):
+            assert f.name in own, f"{view.__name__}.{f.name} is not a setting"
+            assert f.type == own[f.name].type, f"{view.__name__}.{f.name}: {f.type} != {own[f.name].type}"
+            if f.default is not MISSING:
+                assert f.default == own[f.name].default, f"{view.__name__}.{f.name} has its own default"
+    s = Settings.load({"KRPO_BENCH_MAX_TRIALS": "7", "KRPO_BENCH_DATA_ROOTS": "/srv/data"})
+    policy = ks.settings_view(Policy, ks.settings_view(ApiSettings, s))
+    assert (policy.max_trials, policy.data_roots, policy.max_model_params) == (7, (Path("/srv/data"),), s.max_model_params)
 
 
 def test_config_command_prints_values_and_sources(clean_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -81,38 +81,23 @@ def test_difference_and_welch_match_scipy() -> None:
     assert stats.welch_p_value(X, Y) == pytest.approx(0.01138, abs=1e-5)
 
 
-def test_verdict_win() -> None:
+def test_comparison_win_and_loss() -> None:
     c = stats.compare(X, Y, "krpo", "grpo")
-    d = c.difference
     assert c.analysis == "unpaired" and c.difference == stats.mean_difference_ci(X, Y)
-    assert c.sentence.startswith(
-        f"krpo beats grpo by 6.5 points (unpaired, Welch, 8 seeds: +6.5 points, "
-        f"95 % CI [{d.low * 100:+.1f}, {d.high * 100:+.1f}]); with 8 seeds this study can only detect differences above "
-    )
-    assert c.sentence == (
-        "krpo beats grpo by 6.5 points (unpaired, Welch, 8 seeds: +6.5 points, 95 % CI [+1.7, +11.3]); "
-        "with 8 seeds this study can only detect differences above 6.7 points; "
-        "about 78 seeds per variant would detect 2 points"
-    )
+    assert (c.difference.estimate, c.difference.low, c.difference.high) == pytest.approx((0.065, 0.017, 0.113), abs=5e-4)
+    assert round(c.mde * 100, 1) == 6.7 and c.seeds_needed == 78
+    loss = stats.compare(Y, X, "krpo", "grpo")
+    assert (loss.difference.low, loss.difference.high) == pytest.approx((-c.difference.high, -c.difference.low))
 
 
-def test_verdict_loss() -> None:
-    c = stats.compare(Y, X, "krpo", "grpo")
-    assert c.sentence.startswith("krpo trails grpo by 6.5 points (unpaired, Welch, 8 seeds: -6.5 points, 95 % CI [-11.3, -1.7]);")
-
-
-def test_verdict_no_difference() -> None:
+def test_comparison_without_a_difference() -> None:
     x, y = np.array([0.50, 0.47, 0.53, 0.49, 0.52]), np.array([0.49, 0.46, 0.50, 0.51, 0.48])
     c = stats.compare(x, y, "krpo", "grpo", [0, 1, 2, 3, 4], [0, 1, 2, 3, 4])
-    assert c.difference.low < 0 < c.difference.high
-    assert c.sentence == (
-        "no detectable difference between krpo and grpo (paired by seed, 5 seeds: +1.4 points, 95 % CI [-1.5, +4.3]); "
-        "with 5 seeds this study can only detect differences above 3.9 points; about 13 seeds would detect 2 points"
-    )
+    assert c.analysis == "paired" and c.difference.low < 0 < c.difference.high
+    assert round(c.mde * 100, 1) == 3.9 and c.seeds_needed == 13
     c = stats.compare(x[:4], y, "krpo", "grpo", [0, 1, 2, 3], [0, 1, 2, 3, 4])
-    assert c.analysis == "unpaired" and "(unpaired, Welch, 4 and 5 seeds:" in c.sentence
-    assert "about 21 seeds per variant would detect 2 points" in c.sentence
-    assert "would detect 5 points" in stats.compare(x, y, "krpo", "grpo", target_effect=0.05).sentence
+    assert c.analysis == "unpaired" and (c.n_variant, c.n_reference) == (4, 5) and c.seeds_needed == 21
+    assert stats.compare(x, y, "krpo", "grpo", target_effect=0.05).seeds_needed < 21
 
 
 def test_single_seed_has_no_interval() -> None:
@@ -120,27 +105,20 @@ def test_single_seed_has_no_interval() -> None:
     assert math.isnan(c.difference.low) and math.isnan(c.difference.high) and math.isnan(c.welch_p)
     assert math.isnan(c.mde) and c.seeds_needed is None
     assert c.difference.estimate == pytest.approx(0.52 - Y.mean())
-    assert c.sentence == (
-        "cannot tell whether krpo beats grpo: only one seed of krpo, so no confidence interval "
-        "(difference +7.0 points)"
-    )
     for ci in (stats.mean_ci([0.5]), stats.iqm_ci([0.5]), stats.mean_ci([0.5], method="bootstrap")):
         assert ci.estimate == 0.5 and math.isnan(ci.low) and math.isnan(ci.high)
-    assert stats.compare([], Y, "krpo", "grpo").sentence == "cannot compare krpo with grpo: no finished seeds of krpo"
+    assert stats.compare([], Y, "krpo", "grpo").n_variant == 0
     pair = stats.compare([0.52], [0.50], "krpo", "grpo", [3], [3])
     assert pair.analysis == "paired" and math.isnan(pair.p_value) and math.isnan(pair.rank_p_value)
-    assert pair.sentence.startswith("cannot tell whether krpo beats grpo: only one seed of krpo and grpo")
 
 
 def test_zero_variance() -> None:
     same = stats.compare([0.5, 0.5, 0.5], [0.4, 0.4, 0.4], "krpo", "grpo")
     assert (same.difference.low, same.difference.high) == pytest.approx((0.1, 0.1))
     assert same.welch_p == 0.0 and same.prob_improvement.estimate == 1.0
-    assert same.sentence.startswith("krpo beats grpo by 10.0 points (unpaired, Welch, 3 seeds: +10.0 points")
     assert same.mde == 0 and same.seeds_needed == 2
     tie = stats.compare([0.5, 0.5], [0.5, 0.5], "krpo", "grpo")
     assert tie.welch_p == 1.0 and tie.prob_improvement.estimate == 0.5
-    assert tie.sentence.startswith("no detectable difference")
     one_constant = stats.compare([0.5, 0.5, 0.5], [0.40, 0.45, 0.42], "krpo", "grpo")
     assert one_constant.difference.low < one_constant.difference.estimate < one_constant.difference.high
     assert stats.mean_ci([0.3, 0.3]) == stats.Interval(0.3, 0.3, 0.3)
@@ -159,6 +137,9 @@ def test_intervals_contain_their_estimate(x: list[float], y: list[float]) -> Non
     for ci in (stats.mean_ci(x), stats.mean_difference_ci(x, y), stats.probability_of_improvement(x, y, n_resamples=200),
                stats.difference_bootstrap_ci(x, y, n_resamples=200), paired.difference, paired.difference_bootstrap,
                paired.prob_improvement):
+        if np.isnan(ci.estimate):  # the exact win share has no estimate when every pair is tied
+            assert ci is paired.prob_improvement and not ci.defined
+            continue
         assert ci.low <= ci.estimate + 1e-9 and ci.estimate <= ci.high + 1e-9
 
 
@@ -200,7 +181,7 @@ def test_paired_comparison_matches_scipy_and_plain_loops() -> None:
     assert (c.difference.low, c.difference.high) == pytest.approx(tuple(expected.confidence_interval(0.95)))
     assert c.p_value == pytest.approx(expected.pvalue)
     assert c.rank_p_value == pytest.approx(_signed_rank_p_by_enumeration(np.round(d, 12)))
-    assert c.prob_improvement.estimate == pytest.approx(np.mean(d > 0) + 0.5 * np.mean(d == 0))
+    assert c.prob_improvement == stats.paired_win_share_exact(d).share  # exact interval, ties left out
     boot = scipy.stats.bootstrap((X, Y), lambda a, b, axis: np.mean(a - b, axis=axis), paired=True,
                                  n_resamples=stats.N_BOOTSTRAP, vectorized=True, method="percentile",
                                  rng=np.random.default_rng(stats.SEED)).confidence_interval
@@ -230,9 +211,10 @@ def test_exact_signed_rank_p_values() -> None:
 def test_constant_paired_differences() -> None:
     c = stats.compare([0.49, 0.52, 0.50], [0.40, 0.43, 0.41], "krpo", "grpo", [0, 1, 2], [0, 1, 2])
     assert c.difference == stats.Interval(pytest.approx(0.09), pytest.approx(0.09), pytest.approx(0.09))
-    assert c.p_value == 0.0 and c.prob_improvement == stats.Interval(1.0, 1.0, 1.0) and c.mde == 0.0
+    assert c.p_value == 0.0 and c.mde == 0.0
+    assert c.prob_improvement == stats.Interval(1.0, pytest.approx(0.025 ** (1 / 3)), 1.0)  # 3 of 3: exact
     tie = stats.compare([0.5, 0.6], [0.5, 0.6], "krpo", "grpo", [0, 1], [0, 1])
-    assert tie.p_value == 1.0 and tie.rank_p_value == 1.0 and tie.prob_improvement.estimate == 0.5
+    assert tie.p_value == 1.0 and tie.rank_p_value == 1.0 and np.isnan(tie.prob_improvement.estimate)  # no untied pair
 
 
 @pytest.mark.parametrize(("n", "effect_in_sds"), [(3, 3.264044), (5, 1.681997), (10, 0.996002)])
@@ -287,3 +269,187 @@ def test_target_effect_is_validated(bad: object) -> None:
         validate_study(spec)
     assert validate_study({**spec, "analysis": {"target_effect": 0.05}}).analysis.target_effect == 0.05
     assert validate_study({k: v for k, v in spec.items() if k != "analysis"}).analysis.target_effect == 0.02
+
+
+def _holm_by_hand(p: list[float]) -> list[float]:
+    """Holm's step-down adjustment written out: sort, multiply by (m - rank), running max, cap at 1."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    adjusted, running = [0.0] * len(p), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def test_holm_matches_the_step_down_rule_and_skips_nans() -> None:
+    p = [0.01, 0.04, 0.03, 0.005, 0.2]
+    assert stats.holm(p) == pytest.approx(_holm_by_hand(p))
+    assert stats.holm(p) == pytest.approx([0.04, 0.09, 0.09, 0.025, 0.2])
+    with_nan = stats.holm([0.01, np.nan, 0.04, 0.03])
+    assert np.isnan(with_nan[1]) and with_nan[[0, 2, 3]] == pytest.approx(_holm_by_hand([0.01, 0.04, 0.03]))
+    assert stats.holm([]).size == 0 and np.isnan(stats.holm([np.nan])).all()
+
+
+D = np.array([0.012, -0.004, 0.021, 0.003, 0.009, -0.001])
+
+
+def _bounds(ci: stats.Interval) -> tuple[float, float, float]:
+    return ci.estimate, ci.low, ci.high
+
+
+def test_paired_tost_is_two_one_sided_t_tests() -> None:
+    x = Y[:6] + D
+    result = stats.tost(x, Y[:6], 0.02, paired=True)
+    lower = scipy.stats.ttest_1samp(D + 0.02, 0.0, alternative="greater").pvalue
+    upper = scipy.stats.ttest_1samp(D - 0.02, 0.0, alternative="less").pvalue
+    assert result.p_value == pytest.approx(max(lower, upper))
+    assert _bounds(result.interval) == pytest.approx(_bounds(stats.mean_ci(D, 0.90)))
+    for margin in (0.005, 0.01, 0.015, 0.02, 0.03):  # rejects at 5 % exactly when the 90 % interval is inside
+        check = stats.tost(x, Y[:6], margin, paired=True)
+        assert (check.p_value < 0.05) == (-margin < check.interval.low and check.interval.high < margin)
+
+
+def test_unpaired_tost_is_two_welch_one_sided_tests() -> None:
+    result = stats.tost(X, Y, 0.1, paired=False)
+    lower = scipy.stats.ttest_ind(X + 0.1, Y, equal_var=False, alternative="greater").pvalue
+    upper = scipy.stats.ttest_ind(X - 0.1, Y, equal_var=False, alternative="less").pvalue
+    assert result.p_value == pytest.approx(max(lower, upper))
+    assert _bounds(result.interval) == pytest.approx(_bounds(stats.mean_difference_ci(X, Y, 0.90)))
+
+
+def test_tost_degenerate_cases() -> None:
+    assert math.isnan(stats.tost([0.5], [0.4], 0.02, paired=True).p_value)
+    assert math.isnan(stats.tost([0.5], Y, 0.02, paired=False).p_value)
+    assert stats.tost([0.51, 0.52], [0.50, 0.51], 0.02, paired=True).p_value == 0.0
+    assert stats.tost([0.55, 0.56], [0.50, 0.51], 0.02, paired=True).p_value == 1.0
+    assert stats.tost([0.5, 0.5], [0.49, 0.49], 0.02, paired=False).p_value == 0.0
+    assert stats.tost([0.5, np.nan, 0.52], [0.49, 0.3, 0.51], 0.02, paired=True).p_value == 0.0
+
+
+def test_decide() -> None:
+    ci = stats.Interval(0.01, -0.01, 0.03)
+    assert stats.decide(0.01, 0.5, 0.05, 0.03, ci, 0.02) == "better"
+    assert stats.decide(0.01, 0.01, 0.05, -0.005, ci, 0.02) == "worse"
+    assert stats.decide(0.3, 0.01, 0.05, 0.001, ci, 0.02) == "equivalent"
+    assert stats.decide(0.3, 0.2, 0.05, 0.01, ci, 0.02) == "undecided"
+    assert stats.decide(np.nan, np.nan, 0.05, 0.01, ci, 0.02) == "undecided"
+    assert stats.decide(0.0, 1.0, 0.05, 0.01, stats.Interval(0.01, np.nan, np.nan), 0.02) == "undecided"
+    with pytest.raises(ValueError, match="margin"):
+        stats.decide(0.3, 0.2, 0.05, 0.01, ci, 0.0)
+
+
+def test_decision_probability_matches_t_power_and_simulation() -> None:
+    assert stats.decision_probability(0.01, 0.01, 4, 0.0) == pytest.approx(stats.t_power(0.01, 0.01, 4), abs=1e-9)
+    rng = np.random.default_rng(8)
+    n, sd, effect, margin = 6, 0.02, 0.005, 0.02
+    d = effect + rng.normal(0.0, sd, (40_000, n))
+    mean, se = d.mean(axis=1), d.std(axis=1, ddof=1) / math.sqrt(n)
+    significant = np.abs(mean / se) > scipy.stats.t.ppf(0.975, n - 1)
+    equivalent = np.abs(mean) < margin - scipy.stats.t.ppf(0.95, n - 1) * se
+    expected = stats.decision_probability(effect, sd / math.sqrt(n), n - 1, margin)
+    assert np.mean(significant | equivalent) == pytest.approx(expected, abs=0.01)
+
+
+def test_seeds_to_decide_is_the_first_seed_count_reaching_the_power() -> None:
+    needed = stats.paired_seeds_to_decide(D, 0.01)
+    sd, mean = D.std(ddof=1), D.mean()
+    reach = [stats.decision_probability(mean, sd / math.sqrt(n), n - 1, 0.01) for n in (needed - 1, needed)]
+    assert reach[0] < stats.POWER <= reach[1]
+    assert stats.paired_seeds_to_decide([0.01], 0.02) is None
+    assert stats.paired_seeds_to_decide([0.5, -0.5], 1e-6) is None
+    n = stats.welch_seeds_to_decide(X, Y, 0.1)
+    assert n is not None and n >= 2
+    assert stats.welch_seeds_to_decide(X[:1], Y, 0.1) is None
+
+
+def test_exact_win_share() -> None:
+    five = stats.paired_win_share_exact([0.01, 0.02, 0.005, 0.03, 0.01])
+    assert _bounds(five.share) == pytest.approx((1.0, 0.4782, 1.0), abs=1e-4)
+    assert five.share.low == pytest.approx(scipy.stats.beta.ppf(0.025, 5, 1))  # Clopper-Pearson lower bound
+    mixed = stats.paired_win_share_exact([0.01, -0.02, 0.0, 0.03, 0.0, 0.02])
+    assert (mixed.wins, mixed.pairs, mixed.ties) == (3, 4, 2)
+    assert mixed.share.low == pytest.approx(scipy.stats.beta.ppf(0.025, 3, 2))
+    assert mixed.share.high == pytest.approx(scipy.stats.beta.ppf(0.975, 4, 1))
+    assert math.isnan(stats.paired_win_share_exact([0.0, 0.0]).share.estimate)
+
+
+def test_curve_auc_is_the_mean_over_the_step_span() -> None:
+    assert stats.curve_auc([0, 10, 30], [0.2, 0.4, 0.4]) == pytest.approx((10 * 0.3 + 20 * 0.4) / 30)
+    assert stats.curve_auc([30, 0, 10, 20], [0.4, 0.2, 0.4, np.nan]) == pytest.approx((10 * 0.3 + 20 * 0.4) / 30)
+    assert stats.curve_auc([5], [0.3]) == 0.3 and math.isnan(stats.curve_auc([], []))
+
+
+def _pitman_morgan_t(x: np.ndarray, y: np.ndarray, ratio: float) -> float:
+    r = np.corrcoef(x + ratio * y, x - ratio * y)[0, 1]
+    return float(r * math.sqrt((x.size - 2) / (1 - r**2)))
+
+
+def test_spread_ratio_intervals() -> None:
+    unpaired = stats.spread_ratio(X, Y, paired=False)
+    f = X.var(ddof=1) / Y.var(ddof=1)
+    assert unpaired.estimate == pytest.approx(math.sqrt(f))
+    assert unpaired.low**2 == pytest.approx(f / scipy.stats.f.ppf(0.975, 7, 7))
+    assert unpaired.high**2 == pytest.approx(f * scipy.stats.f.ppf(0.975, 7, 7))
+    paired = stats.spread_ratio(X, Y, paired=True)
+    critical = scipy.stats.t.ppf(0.975, X.size - 2)
+    for bound in (paired.low, paired.high):  # the bounds are where the Pitman-Morgan test is just significant
+        assert abs(_pitman_morgan_t(X, Y, bound)) == pytest.approx(critical, rel=1e-8)
+    assert abs(_pitman_morgan_t(X, Y, paired.estimate)) == pytest.approx(0.0, abs=1e-9)
+    assert math.isnan(stats.spread_ratio(X[:2], Y[:2], paired=True).low)
+    assert math.isnan(stats.spread_ratio([0.5, 0.5], Y, paired=False).low)
+
+
+def test_binomial_item_se() -> None:
+    assert stats.binomial_item_se(0.79, 200) == pytest.approx(0.0288, abs=1e-4)
+    assert math.isnan(stats.binomial_item_se(0.5, 0))
+
+
+def _mean_squares_by_loops(z: np.ndarray) -> tuple[float, float, float]:
+    rows, cols = z.shape
+    grand = sum(sum(r) for r in z) / (rows * cols)
+    row_means = [sum(z[i]) / cols for i in range(rows)]
+    col_means = [sum(z[i][j] for i in range(rows)) / rows for j in range(cols)]
+    ms_row = cols * sum((m - grand) ** 2 for m in row_means) / (rows - 1)
+    ms_col = rows * sum((m - grand) ** 2 for m in col_means) / (cols - 1)
+    ms_res = sum((z[i][j] - row_means[i] - col_means[j] + grand) ** 2 for i in range(rows) for j in range(cols))
+    return ms_row, ms_col, ms_res / ((rows - 1) * (cols - 1))
+
+
+def test_two_level_interval_paired_by_seed_and_item() -> None:
+    rng = np.random.default_rng(9)
+    p = rng.uniform(0.3, 0.9, 40)
+    x = (rng.random((5, 40)) < np.clip(p + rng.normal(0, 0.2, 40), 0, 1)).astype(float)
+    y = (rng.random((5, 40)) < p).astype(float)
+    result = stats.two_level_interval(x, y, paired=True)
+    ms_row, ms_col, ms_res = _mean_squares_by_loops(x - y)
+    assert ms_col > ms_res
+    variance = (ms_row + ms_col - ms_res) / 200
+    df = variance**2 / ((ms_row / 200) ** 2 / 4 + (ms_col / 200) ** 2 / 39 + (ms_res / 200) ** 2 / (4 * 39))
+    half = scipy.stats.t.ppf(0.975, df) * math.sqrt(variance)
+    assert _bounds(result.difference) == pytest.approx(((x - y).mean(), (x - y).mean() - half, (x - y).mean() + half))
+    assert result.df == pytest.approx(df) and result.item_share == pytest.approx((ms_col - ms_res) / 200 / variance)
+
+
+def test_two_level_interval_without_item_effect_is_the_seed_t_interval() -> None:
+    """When the item means vary no more than the seed x item noise explains, only seeds count:
+    the interval is the t-interval of the per-seed mean differences."""
+    x = np.array([[1, 0, 1, 1], [0, 1, 1, 1], [1, 1, 0, 1]], dtype=float)
+    y = np.array([[0, 1, 1, 0], [1, 1, 0, 1], [1, 0, 1, 1]], dtype=float)
+    assert _mean_squares_by_loops(x - y)[1] <= _mean_squares_by_loops(x - y)[2]
+    result = stats.two_level_interval(x, y, paired=True)
+    assert _bounds(result.difference) == pytest.approx(_bounds(stats.mean_ci((x - y).mean(axis=1))))
+    assert result.item_share == 0.0 and result.df == pytest.approx(2.0)
+
+
+def test_two_level_interval_unpaired_seeds() -> None:
+    rng = np.random.default_rng(10)
+    x, y = (rng.random((4, 30)) < 0.7).astype(float), (rng.random((6, 30)) < 0.6).astype(float)
+    result = stats.two_level_interval(x, y, paired=False)
+    (msx, _, rx), (msy, _, ry) = _mean_squares_by_loops(x), _mean_squares_by_loops(y)
+    item = max(0.0, np.var(x.mean(0) - y.mean(0), ddof=1) / 30 - rx / 120 - ry / 180)
+    variance = msx / 120 + msy / 180 + item
+    assert result.difference.estimate == pytest.approx(x.mean() - y.mean())
+    assert result.difference.width / 2 / math.sqrt(variance) == pytest.approx(scipy.stats.t.ppf(0.975, result.df))
+    assert math.isnan(stats.two_level_interval(x[:1], y, paired=False).difference.low)
+    with pytest.raises(ValueError, match="same items"):
+        stats.two_level_interval(x, y[:, :10], paired=False)

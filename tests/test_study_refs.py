@@ -1,5 +1,6 @@
-"""Study arguments: an id, a unique id prefix or a unique study name, resolved by the service for the
-CLI and the API alike; an ambiguous one is an error listing the candidates."""
+"""Study arguments: an id, a study name (its newest study), ``name~N`` (an older one) or a unique id
+prefix, resolved by the service for the CLI and the API alike; an ambiguous prefix is an error
+listing the candidates."""
 
 from __future__ import annotations
 
@@ -51,26 +52,33 @@ def test_the_service_resolves_ids_prefixes_and_names(rows: tuple[StudyService, d
         service.resolve("_" * 8)
 
 
-def test_an_ambiguous_name_lists_the_candidates(rows: tuple[StudyService, dict[str, str]]) -> None:
+def test_a_name_resolves_to_its_newest_study_and_name_n_to_older_ones(rows: tuple[StudyService, dict[str, str]]) -> None:
     service, ids = rows
+    assert service.resolve("twin") == ids["twin2"], "a resubmitted name keeps resolving: to the newest study"
+    assert service.resolve("twin~1") == ids["twin1"]
+    with pytest.raises(StudyNotFound):
+        service.resolve("twin~2")
+    assert [service.ref_of(service.get(ids[k])) for k in ("twin2", "twin1", "alone")] == ["twin", "twin~1", "alone"]
     with pytest.raises(AmbiguousStudy) as err:
-        service.resolve("twin")
-    assert ids["twin1"] in str(err.value) and ids["twin2"] in str(err.value) and ids["alone"] not in str(err.value)
+        service.resolve("")  # a prefix of every id
+    assert ids["twin1"] in str(err.value) and ids["alone"] in str(err.value)
 
 
 def test_cli_and_api_take_the_same_references(studies: tuple[StudyService, dict[str, str]], tmp_path: Path) -> None:
     service, ids = studies
     result = CliRunner().invoke(cli, ["status", "alone", "--db", service.db_url, "--mlflow", service.mlflow_uri])
     assert result.exit_code == 0 and ids["alone"] in result.output, result.output
-    result = CliRunner().invoke(cli, ["cancel", "twin", "--db", service.db_url, "--mlflow", service.mlflow_uri])
-    assert result.exit_code == 2 and ids["twin1"] in result.output and ids["twin2"] in result.output, result.output
-    assert all(service.get(i).status == "running" for i in ids.values()), "nothing was cancelled"
+    result = CliRunner().invoke(cli, ["status", "--db", service.db_url, "--mlflow", service.mlflow_uri])
+    assert result.exit_code == 0 and "(older: twin~1)" in result.output, result.output
+    result = CliRunner().invoke(cli, ["cancel", "twin~1", "--db", service.db_url, "--mlflow", service.mlflow_uri])
+    assert result.exit_code == 0 and ids["twin1"] in result.output, result.output
+    assert [service.get(ids[k]).status for k in ("twin1", "twin2")] == ["cancelled", "running"], "only the older twin was cancelled"
 
-    settings = ApiSettings(db_url=service.db_url, mlflow_uri=service.mlflow_uri, tokens_file=tmp_path / "tokens.json",
+    settings = ApiSettings(db=service.db_url, mlflow_tracking_uri=service.mlflow_uri, api_tokens_file=tmp_path / "tokens.json",
                            data_roots=(tmp_path,))
     with TestClient(create_app(settings), base_url="http://localhost") as http:
         assert http.get("/api/v1/studies/alone").json()["id"] == ids["alone"]
         assert http.get(f"/api/v1/studies/{ids['alone'][:8]}/results").json()["study_id"] == ids["alone"]
-        twin = http.get("/api/v1/studies/twin")
-        assert twin.status_code == 409 and ids["twin1"] in twin.json()["message"]
+        assert http.get("/api/v1/studies/twin").json()["id"] == ids["twin2"]
+        assert http.get("/api/v1/studies/twin~1").json()["id"] == ids["twin1"]
         assert http.get("/api/v1/studies/no-such-study").status_code == 404

@@ -124,7 +124,7 @@ def test_every_study_in_the_library_validates():
 
 def test_library_studies_answer_their_questions():
     """The library files set what their comments promise (the paper's setup, the zoo, the search)."""
-    from krpo_bench.advantages import ESTIMATORS
+    from krpo_bench.advantages import CATALOG
 
     def load(name):
         return validate_study(parse_yaml((STUDIES / f"{name}.yaml").read_bytes()))
@@ -138,7 +138,7 @@ def test_library_studies_answer_their_questions():
     assert [r.name for r in trial.task.rewards] == ["paper"] and paper.resources.gpus_per_trial == 1
     krpo = next(t.spec.estimator for t in paper.plan() if t.variant == "krpo")
     assert (krpo.Q, krpo.R) == (1e-5, 1e-2)
-    assert {t.spec.estimator.name for t in load("estimator_zoo").plan()} == set(ESTIMATORS)
+    assert {t.spec.estimator.name for t in load("estimator_zoo").plan()} == set(CATALOG)
     assert {t.spec.estimator.name for t in load("smollm2_gpu").plan()} == {"grpo", "krpo", "krpo_prior"}
     assert {t.spec.training.group_size for t in load("group_size_ablation").plan()} == {4, 8, 16}
     order = {(t.spec.estimator.name, t.spec.estimator.shuffle_order) for t in load("order_sensitivity").plan()}

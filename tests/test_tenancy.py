@@ -55,7 +55,7 @@ def tenants(db_url: str, tmp_path: Path) -> Iterator[Tenants]:
     store = TokenStore(tmp_path / "tokens.json")
     made = {name: store.create(name, [scope]) for name, scope in (("alice", "submit"), ("bob", "submit"), ("admin", "admin"))}
     (tmp_path / "data").mkdir()
-    settings = ApiSettings(db_url=db_url, mlflow_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", tokens_file=tmp_path / "tokens.json",
+    settings = ApiSettings(db=db_url, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", api_tokens_file=tmp_path / "tokens.json",
                            data_roots=(tmp_path / "data",), list_cache_s=0, default_timeout_s=600,
                            max_active_trials_per_token=1004, max_trial_hours_per_token=1000)
     with TestClient(create_app(settings)) as client:

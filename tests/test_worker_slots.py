@@ -21,7 +21,7 @@ BUDGET_MIB = 10_000
 class RecordedProcess:
     """Stands in for a trial's process: records how it would have been started, never exits."""
 
-    def __init__(self, args: list[str], env: dict[str, str], **_: object) -> None:
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.args, self.env = args, env
 
     def poll(self) -> None:
@@ -31,7 +31,7 @@ class RecordedProcess:
 @pytest.fixture
 def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StudyService:
     monkeypatch.setattr(worker_module, "gpu_budget_mib", lambda device: BUDGET_MIB)
-    monkeypatch.setattr(worker_module.subprocess, "Popen", RecordedProcess)
+    monkeypatch.setattr(worker_module, "SpawnedTrial", lambda job_file, env, log_file, processes: RecordedProcess(trial_command(job_file, processes), env))
     monkeypatch.setattr(worker_module, "ForkedTrial", lambda job_file, env, log_file: RecordedProcess(trial_command(job_file, 1), env))
     return StudyService(f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}")
 

@@ -1,5 +1,6 @@
 """Real worker processes running real tiny-arith trials against SQLite and PostgreSQL:
-crash recovery from checkpoints, cancellation within a heartbeat, graceful stop and restart."""
+crash recovery from checkpoints, cancellation within a heartbeat, graceful stop and restart, an
+idle ``--exit-when-idle`` worker taking up a trial handed back and resuming it bit-identically."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import pytest
 from mlflow import MlflowClient
 
 from krpo_bench.service.studies import StudyService
+from krpo_bench.spec.trial import TrialSpec
+from krpo_bench.training.trial import run_trial
 from tests.trial_specs import tiny_trial
 
 pytestmark = pytest.mark.slow
@@ -45,10 +48,10 @@ def service(db_url: str, tmp_path: Path) -> Iterator[StudyService]:
     service.engine.dispose()  # no PostgreSQL connection left for the garbage collector
 
 
-def start_worker(service: StudyService) -> subprocess.Popen:
+def start_worker(service: StudyService, *options: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "krpo_bench.cli", "worker", "--gpus", "cpu", "--slots-per-gpu", "1",
            "--db", service.db_url, "--mlflow", service.mlflow_uri,
-           "--lease-s", str(LEASE_S), "--heartbeat-s", str(HEARTBEAT_S)]
+           "--lease-s", str(LEASE_S), "--heartbeat-s", str(HEARTBEAT_S), *options]
     env = dict(os.environ, KRPO_BENCH_CPU_THREADS="1")
     return subprocess.Popen(cmd, env=env, start_new_session=True)
 
@@ -69,15 +72,36 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 120
     proc.wait(timeout=timeout)
 
 
-def test_killed_worker_is_reclaimed_and_the_trial_resumes_from_its_checkpoint(service: StudyService):
+def trial_processes(job_id: str) -> list[int]:
+    """Live processes holding one of the job's files open (a trial writes its log to one), however
+    the worker started them."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            files = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and any(job_id in name for name in files):
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.parametrize("trial_start", ["forked", "spawned"])
+def test_killed_worker_is_reclaimed_and_the_trial_resumes_from_its_checkpoint(service: StudyService, trial_start: str):
+    """SIGKILL to the worker's process group (its trial runs in a session of its own): the trial
+    dies with it, and the next worker resumes it from its checkpoint."""
     info = service.submit(study("crash", steps=24, seeds=1, checkpoint_every=4))
-    worker = start_worker(service)
+    worker = start_worker(service, *(["--no-fork-server"] if trial_start == "spawned" else []))
     try:
         job = wait_for(lambda: next(iter(service.jobs(info.id)), None) if service.jobs(info.id)[0].mlflow_run_id else None, 120, "the trial to start")
         run_dir = Path(os.environ["KRPO_BENCH_HOME"]) / "trials" / job.config["trial"]["trial_id"]
         wait_for(lambda: list(run_dir.glob("checkpoint-*/trainer_state.json")), 120, "a complete checkpoint")
+        trial = trial_processes(job.id)
+        assert trial, "the trial process is found"
     finally:
         stop(worker, signal.SIGKILL)
+    wait_for(lambda: not trial_processes(job.id), 20, f"the trial process {trial} to die with its worker")
     second = start_worker(service)
     try:
         done = wait_for(lambda: service.get(info.id).status == "succeeded" and service.jobs(info.id)[0], 240, "the study to finish elsewhere")
@@ -93,6 +117,54 @@ def test_killed_worker_is_reclaimed_and_the_trial_resumes_from_its_checkpoint(se
     assert run.info.status == "FINISHED" and run.data.metrics["final/accuracy"] == done.result["final_accuracy"]
     logged = sorted(m.step for m in client.get_metric_history(done.mlflow_run_id, "train/reward"))
     assert logged == list(range(1, 25)), "each step is logged once, also the ones the retry re-ran"
+
+
+def rewards(client: MlflowClient, run_id: str) -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run_id, "train/reward")}
+
+
+def test_an_idle_worker_takes_up_a_hand_back_and_resumes_it_as_if_never_stopped(service: StudyService, tmp_path: Path):
+    """A worker trains a trial (forked from its server) past its first epoch (32 prompts, 4 steps)
+    and is SIGTERMed; a second one (a fresh interpreter per trial), idle with ``--exit-when-idle``
+    meanwhile, stays while that trial runs elsewhere, takes up the hand-back, resumes it from the
+    stop checkpoint and exits once nothing is left. The trial ends as an uninterrupted run of it
+    does: the same reward at every step, the same final accuracy."""
+    spec = study("hand-back", steps=60, seeds=1, checkpoint_every=4)
+    spec["base"]["task"]["train_size"] = 32
+    info = service.submit(spec)
+    first = start_worker(service)
+    idle = None
+    try:
+        job = wait_for(lambda: service.jobs(info.id)[0].mlflow_run_id and service.jobs(info.id)[0], 120, "the trial to start")
+        run_dir = Path(os.environ["KRPO_BENCH_HOME"]) / "trials" / job.config["trial"]["trial_id"]
+        idle = start_worker(service, "--exit-when-idle", "--no-fork-server")
+        wait_for(lambda: len(service.queue.list_workers()) == 2, 60, "the idle worker to register")
+        wait_for(lambda: list(run_dir.glob("checkpoint-*/trainer_state.json")), 120, "the first epoch's checkpoint")
+        time.sleep(2 * HEARTBEAT_S)
+        assert idle.poll() is None, "the idle worker stays while a trial runs elsewhere"
+        stop(first)
+        done = wait_for(lambda: service.get(info.id).status == "succeeded" and service.jobs(info.id)[0], 240, "the hand-back to finish")
+        assert idle.wait(timeout=60) == 0, "the idle worker exits once nothing is queued or running"
+    finally:
+        stop(first)
+        if idle is not None:
+            stop(idle)
+    attempts = service.queue.list_attempts(done.id)
+    assert [a.outcome for a in attempts] == ["released", "succeeded"]
+    assert f"-{idle.pid}-" in attempts[1].worker, "the idle worker resumed it"
+    assert done.result["resumed_from"] > 4, "it resumed past the first epoch"
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers' trials (KRPO_BENCH_CPU_THREADS=1)
+    try:
+        reference_uri = f"sqlite:///{tmp_path / 'reference.db'}"
+        reference = run_trial(TrialSpec.model_validate(done.config["trial"]), run_dir=tmp_path / "reference", tracking_uri=reference_uri)
+    finally:
+        torch.set_num_threads(threads)
+    assert rewards(MlflowClient(service.mlflow_uri), done.mlflow_run_id) == rewards(MlflowClient(reference_uri), reference.mlflow_run_id)
+    assert done.result["final_accuracy"] == reference.final_accuracy
 
 
 def test_cancellation_lands_within_a_heartbeat(service: StudyService):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
@@ -15,10 +16,14 @@ from sqlalchemy.exc import IntegrityError
 from krpo_bench.api.auth import TokenRecord, may_control, require
 from krpo_bench.api.policy import Policy, admit, stored_cap_errors, trial_cap_errors
 from krpo_bench.api.routers import AUTH_ERRORS, errors, get_service, path_ref
-from krpo_bench.api.schemas import ExtendRequest, JobPage, JobSummary, StudyDetail, StudyPage, StudyResults, StudySummary, VariantStats
+from krpo_bench.api.schemas import (
+    ConfirmRequest, ExtendRequest, JobPage, JobSummary, ReplicationResults, StudyDetail, StudyPage, StudyResults, StudySummary,
+)
 from krpo_bench.service.db import JobStatus, StudyStatus
 from krpo_bench.service.quotas import QuotaExceeded, QuotaGuard, owner_of, with_default_timeout
+from krpo_bench.service.replication import replication
 from krpo_bench.service.studies import StudyInfo, StudyService
+from krpo_bench.service.study_state import live_workers_of
 from krpo_bench.probe.spec import ProbeSpec
 from krpo_bench.spec.loading import SpecError, parse_yaml
 from krpo_bench.spec.study import StudySpec
@@ -168,7 +173,7 @@ def _detail(service: StudyService, study_id: str, info: StudyInfo | None = None)
     """The study's detail; ``info``: its summary, when the caller has just read it."""
     info = info or service.get(study_id)
     jobs = service.queue.list_jobs(study_id, config_keys=("variant", "seed"))  # not every trial's config
-    return StudyDetail.build(info, jobs, service.results(study_id, jobs))
+    return StudyDetail.build(info, jobs, service.results(study_id, jobs), live_workers_of(service))
 
 
 @router.post(
@@ -222,7 +227,8 @@ async def list_studies(
 ) -> Response:
     def page() -> bytes:
         infos = service.list(status=status.value if status else None, limit=limit + 1, offset=offset)
-        return StudyPage(items=[StudySummary.of(i) for i in infos[:limit]], limit=limit, offset=offset,
+        workers = live_workers_of(service)
+        return StudyPage(items=[StudySummary.of(i, workers) for i in infos[:limit]], limit=limit, offset=offset,
                          next_offset=offset + limit if len(infos) > limit else None).model_dump_json().encode()
 
     body = await request.app.state.list_cache.get((status, limit, offset), page)
@@ -254,7 +260,7 @@ def list_jobs(
 @router.get("/studies/{study_id}/results", response_model=StudyResults, responses=errors(404, 409, 422),
             summary="Final accuracy statistics per variant (scope: read)", dependencies=[Depends(require("read"))])
 def study_results(study_id: StudyId, service: Service) -> StudyResults:
-    return StudyResults(study_id=study_id, variants={v: VariantStats.of(r) for v, r in service.results(study_id).items()})
+    return StudyResults.of(study_id, service.results(study_id))
 
 
 @router.post("/studies/{study_id}/cancel", response_model=StudySummary, responses=errors(404, 409, 422),
@@ -262,7 +268,7 @@ def study_results(study_id: StudyId, service: Service) -> StudyResults:
 async def cancel_study(study_id: ControlledId, request: Request, service: Service) -> StudySummary:
     info = await run_in_threadpool(service.cancel, study_id)
     request.app.state.list_cache.clear()  # on the event loop, like every use of the cache
-    return StudySummary.of(info)
+    return StudySummary.of(info, await run_in_threadpool(live_workers_of, service))
 
 
 @router.post("/studies/{study_id}/resume", response_model=StudySummary, responses=errors(404, 409, 422, 429),
@@ -271,7 +277,7 @@ async def cancel_study(study_id: ControlledId, request: Request, service: Servic
 async def resume_study(study_id: ControlledId, request: Request, service: Service, token: Submitter) -> StudySummary:
     info = await run_in_threadpool(_resume, service, study_id, _quota_owner(token), request.app.state.quotas)
     request.app.state.list_cache.clear()
-    return StudySummary.of(info)
+    return StudySummary.of(info, await run_in_threadpool(live_workers_of, service))
 
 
 @router.post("/studies/{study_id}/extend", response_model=StudySummary, responses=errors(400, 404, 409, 422, 429),
@@ -280,7 +286,7 @@ async def extend_study(study_id: ControlledId, body: ExtendRequest, request: Req
     info = await run_in_threadpool(_extend, service, study_id, body.n_trials, request.app.state.policy, _quota_owner(token),
                                    request.app.state.quotas)
     request.app.state.list_cache.clear()
-    return StudySummary.of(info)
+    return StudySummary.of(info, await run_in_threadpool(live_workers_of, service))
 
 
 def _extend(service: StudyService, study_id: str, n_trials: int, policy: Policy, owner: str | None, quotas: QuotaGuard) -> StudyInfo:
@@ -298,6 +304,58 @@ def _extend(service: StudyService, study_id: str, n_trials: int, policy: Policy,
             return service.extend(study_id, n_trials)
     except QuotaExceeded as exc:
         raise _too_many(exc) from None
+
+
+@router.post(
+    "/studies/{study_id}/confirm",
+    status_code=201,
+    response_model=StudyDetail,
+    summary="Confirm an ablation on fresh seeds: a linked study (scope: submit)",
+    description="Submits a study that re-runs the chosen variants (default: all) and the reference of the ablation at "
+    "the same grid on seeds none of its trials, nor an earlier confirmation's, used; its `confirms` is the original. "
+    "Checked as a submission is (the server's policy, admin-only priorities, the token's quotas: 429 above); owned by "
+    "the token. `GET .../replication` of the new study analyses it alone, pooled with the original, and their "
+    "heterogeneity.",
+    responses={201: {"description": "the confirmation",
+                     "headers": {"Location": {"description": "URL of the study", "schema": {"type": "string"}}}},
+               **errors(404, 409, 422, 429)},
+)
+async def confirm_study(study_id: StudyId, body: ConfirmRequest, request: Request, response: Response, service: Service,
+                        token: Submitter) -> StudyDetail:
+    async with request.app.state.submit_slots:
+        detail = await run_in_threadpool(_confirm, service, study_id, body, token, request.app.state.policy,
+                                         request.app.state.quotas)
+    request.app.state.mlflow_wake.set()
+    request.app.state.list_cache.clear()
+    response.headers["Location"] = f"/api/v1/studies/{detail.id}"
+    return detail
+
+
+def _confirm(service: StudyService, study_id: str, body: ConfirmRequest, token: TokenRecord | None, policy: Policy,
+             quotas: QuotaGuard) -> StudyDetail:
+    """Confirm within the checks a submission passes: policy, priority and the token's quotas."""
+
+    @contextlib.contextmanager
+    def admitted(spec: StudySpec) -> Iterator[None]:
+        admit(spec.model_dump(mode="json"), policy)
+        if spec.priority > 0 and token is not None and not token.grants("admin"):
+            raise HTTPException(403, f"priority: only admin tokens may set a priority above the default (0); the "
+                                     f"confirmation keeps the study's {spec.priority}")
+        try:
+            with quotas.admit(_quota_owner(token), spec.trial_count(), spec.resources.timeout_s):
+                yield
+        except QuotaExceeded as exc:
+            raise _too_many(exc) from None
+
+    info = service.confirm(study_id, body.variants, body.seeds, owner=token.id if token else None, admitted=admitted)
+    return _detail(service, info.id, info)
+
+
+@router.get("/studies/{study_id}/replication", response_model=ReplicationResults, responses=errors(404, 409, 422),
+            summary="A confirmation's analysis: alone, pooled with its original, heterogeneity (scope: read)",
+            dependencies=[Depends(require("read"))])
+def study_replication(study_id: StudyId, service: Service) -> ReplicationResults:
+    return ReplicationResults.model_validate(replication(service, study_id), from_attributes=True)
 
 
 def _resume(service: StudyService, study_id: str, owner: str | None, quotas: QuotaGuard) -> StudyInfo:

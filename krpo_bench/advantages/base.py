@@ -8,7 +8,9 @@ from typing import ClassVar, Hashable, Sequence
 import numpy as np
 import torch
 
+from krpo_bench.advantages.catalog import CATALOG, Need
 from krpo_bench.advantages.params import EstimatorParams
+
 
 @dataclass
 class Estimate:
@@ -26,26 +28,25 @@ def noise_seed(seed: int, step: int) -> int:
 
 
 class Estimator:
-    """A named advantage estimator over a ``(num_groups, group_size)`` reward tensor.
+    """An advantage estimator over a ``(num_groups, group_size)`` reward tensor, built by the catalog
+    (:mod:`krpo_bench.advantages.catalog`) from its validated ``estimator:`` block.
 
     NaN rewards (unscorable completions) are left out of every baseline and statistic and get
     advantage 0. Calling the estimator returns the advantages; :meth:`estimate` returns them with
-    the baseline and scale that produced them. Estimators that set ``needs_lengths`` take the
-    completion lengths ``(num_groups, group_size)``; those that set ``needs_baseline_rewards`` take one
-    reward per group ``(num_groups,)`` (a greedy completion's). ``order_dependent`` estimators give a
-    rollout an advantage that depends on where it sits in its group. ``seed`` seeds the advantage
-    noise, drawn afresh for every ``step``.
+    the baseline and scale that produced them. The catalog names the inputs it ``needs`` besides
+    the rewards: completion ``lengths`` ``(num_groups, group_size)``, ``baseline_rewards`` (one per
+    group, a greedy completion's) or ``prompt_ids``. ``order_dependent`` estimators give a rollout
+    an advantage that depends on where it sits in its group. ``seed`` seeds the advantage noise,
+    drawn afresh for every ``step``.
     """
 
-    name: ClassVar[str]
-    Params: ClassVar[type[EstimatorParams]] = EstimatorParams
-    needs_lengths: ClassVar[bool] = False
-    needs_baseline_rewards: ClassVar[bool] = False
     order_dependent: ClassVar[bool] = False
 
     def __init__(self, params: EstimatorParams, seed: int = 0) -> None:
         self.params = params
         self.seed = seed
+        self.name: str = params.name
+        self.needs: frozenset[Need] = CATALOG[self.name].needs
 
     def __call__(self, rewards: torch.Tensor, prompt_ids: Sequence[Hashable] | None = None, **inputs) -> torch.Tensor:
         """The advantages of :meth:`estimate` (same arguments)."""
@@ -89,8 +90,10 @@ class Estimator:
             raise ValueError(f"rewards must be (num_groups, group_size), got shape {tuple(rewards.shape)}")
         if prompt_ids is not None and len(prompt_ids) != rewards.shape[0]:
             raise ValueError(f"got {len(prompt_ids)} prompt ids for {rewards.shape[0]} groups")
+        if Need.PROMPT_IDS in self.needs and prompt_ids is None:
+            raise ValueError(f"{self.name} needs one prompt id per group")
         inputs = {}
-        if self.needs_lengths:
+        if Need.LENGTHS in self.needs:
             if lengths is None or lengths.shape != rewards.shape:
                 got = None if lengths is None else tuple(lengths.shape)
                 raise ValueError(
@@ -99,7 +102,7 @@ class Estimator:
             if bool((lengths < 0).any()):
                 raise ValueError(f"{self.name}: completion lengths must be >= 0")
             inputs["lengths"] = lengths.to(rewards.dtype)
-        if self.needs_baseline_rewards:
+        if Need.BASELINE_REWARDS in self.needs:
             if baseline_rewards is None or baseline_rewards.shape != rewards.shape[:1]:
                 got = None if baseline_rewards is None else tuple(baseline_rewards.shape)
                 raise ValueError(f"{self.name} needs one baseline reward per group ({rewards.shape[0]},), got {got}")

@@ -11,8 +11,6 @@ from krpo_bench.advantages.params import GRPOParams, ReinforcePPParams
 class GRPO(Estimator):
     """(r - mean_g) / (std + eps); std is the group's (Bessel), the batch's, or 1 (``scale``)."""
 
-    name = "grpo"
-    Params = GRPOParams
     params: GRPOParams
 
     def _estimate(self, rewards, prompt_ids=None):
@@ -31,8 +29,6 @@ class GRPO(Estimator):
 class DrGRPO(Estimator):
     """r - mean_g (no std scaling)."""
 
-    name = "dr_grpo"
-
     def _estimate(self, rewards, prompt_ids=None):
         valid = ~rewards.isnan()
         baseline = group_mean(rewards, valid).expand_as(rewards)
@@ -42,8 +38,6 @@ class DrGRPO(Estimator):
 
 class RLOO(Estimator):
     """r - mean of the other valid rewards of the group (0 when it is alone)."""
-
-    name = "rloo"
 
     def _estimate(self, rewards, prompt_ids=None):
         valid = ~rewards.isnan()
@@ -58,8 +52,6 @@ class RLOO(Estimator):
 class ReinforcePPBaseline(Estimator):
     """r - mean_g, then whitened (zero mean, unit std) over every valid rollout of the batch."""
 
-    name = "reinforce_pp_baseline"
-    Params = ReinforcePPParams
     params: ReinforcePPParams
 
     def _estimate(self, rewards, prompt_ids=None):
@@ -81,8 +73,6 @@ class MaxRL(Estimator):
     ``1/G`` and adds 1e-6 to the mean; we leave the 1/G out so the advantage scale, hence the
     learning rate, is comparable with GRPO's).
     """
-
-    name = "maxrl"
 
     def _estimate(self, rewards, prompt_ids=None):
         valid = ~rewards.isnan()

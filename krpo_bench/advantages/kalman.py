@@ -5,22 +5,21 @@ A scalar Kalman filter runs over each group's rewards in generation order:
     P_pred = P + Q;  K = P_pred / (P_pred + R);  x = x + K (z - x);  P = (1 - K) P_pred
 
 Its gains do not depend on the rewards, so for a shared start (x0, P0) the posterior estimates are
-one matrix product ``x = z @ W.T + x0 * c`` with a lower-triangular ``W`` built once per
-``(G, Q, R, P0)``. NaN rewards are skipped by the filter (no predict, no update): valid rewards are
-moved to the front of their group, filtered, and moved back.
+one matrix product ``x = z @ W.T + x0 * c`` with a lower-triangular ``W`` that each estimator builds
+once per group size from its parameters. NaN rewards are skipped by the filter (no predict, no
+update): valid rewards are moved to the front of their group, filtered, and moved back.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Hashable
 
 import numpy as np
 import torch
 
 from krpo_bench.advantages.base import Estimate, Estimator, group_std
-from krpo_bench.advantages.params import GRPO_EPS, KRPOPriorParams, KalmanParams, NormalizeKind
+from krpo_bench.advantages.params import GRPO_EPS, KalmanParams, NormalizeKind
 
 @dataclass(frozen=True)
 class KalmanSchedule:
@@ -35,13 +34,15 @@ class KalmanSchedule:
     prior_x0: torch.Tensor
 
 
-@lru_cache(maxsize=64)
-def kalman_schedule(
-    group_size: int, Q: float, R: float, P0: float, dtype: torch.dtype, device: str
-) -> KalmanSchedule:
-    """Gains, variances and the linear maps from rewards to estimates (computed in float64)."""
+ScheduleKey = tuple[int, torch.dtype, str]  # group size, dtype, device
+
+
+def kalman_schedule(params: KalmanParams, group_size: int, dtype: torch.dtype, device: str) -> KalmanSchedule:
+    """Gains, variances and the linear maps from rewards to estimates of ``params``' filter
+    (computed in float64)."""
+    Q, R = params.Q, params.R
     gain, p_pred, p_post = [], [], []
-    p = P0
+    p = params.P0
     for _ in range(group_size):
         pp = p + Q
         k = pp / (pp + R)
@@ -77,14 +78,14 @@ def kalman_schedule(
     )
 
 
-@lru_cache(maxsize=64)
 def _riccati_powers(
-    group_size: int, Q: float, R: float, dtype: torch.dtype, device: str
+    params: KalmanParams, group_size: int, dtype: torch.dtype, device: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(a, b, c, d)`` by position such that the posterior variance after ``i + 1`` updates from a
     start ``P`` is ``(a_i P + b_i) / (c_i P + d_i)``: one update ``P <- R (P + Q) / (P + Q + R)`` is
     the Moebius map of ``[[R, R Q], [1, Q + R]]``, so ``i`` updates are its matrix power (each power
     rescaled, which leaves the ratio unchanged)."""
+    Q, R = params.Q, params.R
     step = np.array([[R, R * Q], [1.0, Q + R]])
     power = np.eye(2)
     rows = []
@@ -115,12 +116,15 @@ def _scale(
 
 
 class KRPO(Estimator):
-    """Paper-faithful KRPO: a fresh filter per group, posterior baseline, posterior-std scale."""
+    """Paper-faithful KRPO: a fresh filter per group, posterior baseline, posterior-std scale
+    (``krpo_prior`` is this class with the prior estimate and the innovation std as defaults)."""
 
-    name = "krpo"
-    Params = KalmanParams
     params: KalmanParams
     order_dependent = True
+
+    def __init__(self, params: KalmanParams, seed: int = 0) -> None:
+        super().__init__(params, seed)
+        self.schedules: dict[ScheduleKey, KalmanSchedule] = {}
 
     def _estimate(self, rewards, prompt_ids=None):
         p = self.params
@@ -132,7 +136,10 @@ class KRPO(Estimator):
         else:
             rewards_c, valid_c = rewards, valid
         z = torch.where(valid_c, rewards_c, 0.0)
-        s = kalman_schedule(rewards.shape[1], p.Q, p.R, p.P0, rewards.dtype, str(rewards.device))
+        key = (rewards.shape[1], rewards.dtype, str(rewards.device))
+        if key not in self.schedules:
+            self.schedules[key] = kalman_schedule(p, *key)
+        s = self.schedules[key]
         if p.estimate == "posterior":
             baseline = torch.addmm(s.post_x0 * p.x0, z, s.post_weights.T) if p.x0 else z @ s.post_weights.T
         else:
@@ -146,13 +153,6 @@ class KRPO(Estimator):
         return Estimate(advantages, baseline, scale, extras)
 
 
-class KRPOPrior(KRPO):
-    """KRPO with the prior estimate (before z_i) as baseline and the innovation std as scale."""
-
-    name = "krpo_prior"
-    Params = KRPOPriorParams
-
-
 class KRPOPersistent(Estimator):
     """One filter per prompt id that persists across training steps.
 
@@ -161,18 +161,15 @@ class KRPOPersistent(Estimator):
     one batch all start from the stored state; the last of them writes the state back.
     """
 
-    name = "krpo_persistent"
-    Params = KalmanParams
     params: KalmanParams
     order_dependent = True
 
     def __init__(self, params: KalmanParams, seed: int = 0) -> None:
         super().__init__(params, seed)
         self.states: dict[Hashable, tuple[float, float]] = {}
+        self.powers: dict[ScheduleKey, tuple[torch.Tensor, ...]] = {}
 
     def _estimate(self, rewards, prompt_ids=None):
-        if prompt_ids is None:
-            raise ValueError("krpo_persistent needs one prompt id per group")
         p = self.params
         default = (p.x0, p.P0)
         start = np.array([self.states.get(pid, default) for pid in prompt_ids], dtype=np.float64)
@@ -198,7 +195,10 @@ class KRPOPersistent(Estimator):
         """Every group through its filter when no reward is NaN: the variances of all positions at
         once from the closed form, then one vector update per position for the estimates."""
         p = self.params
-        a, b, c, d = _riccati_powers(z.shape[1], p.Q, p.R, z.dtype, str(z.device))
+        key = (z.shape[1], z.dtype, str(z.device))
+        if key not in self.powers:
+            self.powers[key] = _riccati_powers(p, *key)
+        a, b, c, d = self.powers[key]
         p_post = (a * var[:, None] + b) / (c * var[:, None] + d)
         p_pred = torch.cat([var[:, None], p_post[:, :-1]], dim=1) + p.Q
         gains = p_pred / (p_pred + p.R)

@@ -1,13 +1,11 @@
-"""The estimators' parameter models, and which estimator takes which: torch-free, so validating a
-spec (every command that reads one, ``krpo-bench status`` included) never imports torch.
-
-An estimator's class in its own module names its model here as ``Params``; ``PARAMS`` maps each
-registered name to it (tests check it agrees with ``ESTIMATORS``).
+"""The estimators' parameter models: torch-free, so validating a spec (every command that reads one,
+``krpo-bench status`` included) never imports torch. Which estimator takes which model is said once,
+in :data:`krpo_bench.advantages.catalog.CATALOG`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -80,35 +78,3 @@ class GPGParams(EstimatorParams):
 class GRPOPassKParams(EstimatorParams):
     norm_by_std: bool = Field(True, description="divide by the group std + eps (verl's norm_adv_by_std_in_grpo)")
     eps: float = Field(1e-6, gt=0, le=1.0)
-
-
-PARAMS: dict[str, type[EstimatorParams]] = {
-    "grpo": GRPOParams,
-    "dr_grpo": EstimatorParams,
-    "rloo": EstimatorParams,
-    "reinforce_pp_baseline": ReinforcePPParams,
-    "krpo": KalmanParams,
-    "krpo_prior": KRPOPriorParams,
-    "krpo_persistent": KalmanParams,
-    "opo": EstimatorParams,
-    "gpg": GPGParams,
-    "grpo_passk": GRPOPassKParams,
-    "remax": EstimatorParams,
-    "maxrl": EstimatorParams,
-    "js_shrinkage": EstimatorParams,
-    "rae": RAEParams,
-    "running_norm": RunningNormParams,
-    "ebpo": EBPOParams,
-}
-"""Each registered estimator's parameter model, by name (the order of ``ESTIMATORS``)."""
-
-
-NEEDS_GREEDY_COMPLETION: frozenset[str] = frozenset({"remax"})
-"""Estimators whose baseline is the reward of one greedy completion per prompt (the trainer draws it)."""
-
-
-def estimator_params(name: str, params: dict[str, Any]) -> EstimatorParams:
-    """Validate ``params`` for estimator ``name`` (raises ValueError / pydantic ValidationError)."""
-    if name not in PARAMS:
-        raise ValueError(f"unknown estimator {name!r}; allowed: {', '.join(sorted(PARAMS))}")
-    return PARAMS[name](**params)

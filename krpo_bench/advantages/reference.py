@@ -2,7 +2,9 @@
 
 These are the oracle the vectorised estimators are tested against and the baseline the speed
 benchmark measures; they are deliberately literal and slow. NaN rewards are skipped as in the
-vectorised code.
+vectorised code. Each is named in its estimator's catalog row and called as that row describes
+(:class:`krpo_bench.advantages.catalog.Entry`): the rewards, the parameters by field name, and by
+keyword the ``lengths``, ``baseline_rewards``, ``prompt_ids`` or cross-step ``state`` it uses.
 """
 
 from __future__ import annotations
@@ -107,18 +109,18 @@ def krpo_prior(rewards: list[list[float]], **params) -> list[list[float]]:
 def krpo_persistent(
     rewards: list[list[float]],
     prompt_ids: Sequence[Hashable],
-    states: dict[Hashable, tuple[float, float]],
+    state: dict[Hashable, tuple[float, float]],
     **params,
 ) -> list[list[float]]:
-    """Filters each group from its prompt's stored (x, P) and updates ``states`` in place."""
+    """Filters each group from its prompt's stored (x, P) and updates ``state`` in place."""
     x0, P0 = params.pop("x0", 0.0), params.pop("P0", 1.0)
     out, new_states = [], {}
     for group, pid in zip(rewards, prompt_ids):
-        sx, sP = states.get(pid, (x0, P0))
+        sx, sP = state.get(pid, (x0, P0))
         adv, x, P = kalman_group(group, x0=sx, P0=sP, **params)
         out.append(adv)
         new_states[pid] = (x, P)
-    states.update(new_states)
+    state.update(new_states)
     return out
 
 
@@ -166,8 +168,8 @@ def grpo_passk(rewards: list[list[float]], norm_by_std: bool = True, eps: float 
     return out
 
 
-def remax(rewards: list[list[float]], greedy: list[float]) -> list[list[float]]:
-    return [[0.0 if math.isnan(r) or math.isnan(b) else r - b for r in g] for g, b in zip(rewards, greedy)]
+def remax(rewards: list[list[float]], baseline_rewards: list[float]) -> list[list[float]]:
+    return [[0.0 if math.isnan(r) or math.isnan(b) else r - b for r in g] for g, b in zip(rewards, baseline_rewards)]
 
 
 def maxrl(rewards: list[list[float]]) -> list[list[float]]:
@@ -209,14 +211,17 @@ def js_shrinkage(rewards: list[list[float]]) -> list[list[float]]:
 
 
 def rae(
-    rewards: list[list[float]], state: dict, decay: float = 0.95, prompt_ids: Sequence[Hashable] | None = None
+    rewards: list[list[float]],
+    state: dict,
+    decay: float = 0.95,
+    per_prompt: bool = False,
+    prompt_ids: Sequence[Hashable] | None = None,
 ) -> list[list[float]]:
     """One rollout at a time in row-major order; ``state`` holds ``baseline`` (global) or
-    ``baselines`` (per prompt id, when ``prompt_ids`` is given) and is updated in place."""
+    ``baselines`` (by ``prompt_ids``, when ``per_prompt``) and is updated in place."""
     out = []
     written = {}
     for g, group in enumerate(rewards):
-        per_prompt = prompt_ids is not None
         b = state.setdefault("baselines", {}).get(prompt_ids[g], 0.0) if per_prompt else state.get("baseline", 0.0)
         row = []
         for r in group:
@@ -230,7 +235,7 @@ def rae(
         else:
             state["baseline"] = b
         out.append(row)
-    if prompt_ids is not None:
+    if per_prompt:
         state["baselines"].update(written)
     return out
 

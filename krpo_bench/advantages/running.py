@@ -72,8 +72,6 @@ class RAE(Estimator):
     it back). NaN rewards neither get an advantage nor update the EMA.
     """
 
-    name = "rae"
-    Params = RAEParams
     params: RAEParams
     order_dependent = True
 
@@ -137,8 +135,6 @@ class RunningNorm(Estimator):
     task. ``center: group`` uses the group mean instead; ``scale: none`` skips the division.
     """
 
-    name = "running_norm"
-    Params = RunningNormParams
     params: RunningNormParams
 
     def __init__(self, params: RunningNormParams, seed: int = 0) -> None:

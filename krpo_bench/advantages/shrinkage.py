@@ -31,8 +31,6 @@ class JSShrinkage(Estimator):
     ``v + s <= 1e-12`` (no spread beyond rounding), ``lam = 0`` (the leave-one-out mean, RLOO).
     """
 
-    name = "js_shrinkage"
-
     def _estimate(self, rewards, prompt_ids=None):
         valid = ~rewards.isnan()
         m = valid.sum(dim=1).to(rewards.dtype)
@@ -89,8 +87,6 @@ class EBPO(Estimator):
     all-fail group with ``mu_glob > 0`` gets the advertised negative signal ``-(1 - S) mu_glob``.
     """
 
-    name = "ebpo"
-    Params = EBPOParams
     params: EBPOParams
 
     def __init__(self, params: EBPOParams, seed: int = 0) -> None:

@@ -20,9 +20,6 @@ class OPO(Estimator):
     Equal lengths make it ``dr_grpo``.
     """
 
-    name = "opo"
-    needs_lengths = True
-
     def _estimate(self, rewards, prompt_ids=None, *, lengths):
         valid = ~rewards.isnan()
         weights = torch.where(valid, lengths, 0.0)
@@ -43,8 +40,6 @@ class GPG(Estimator):
     *reward* instead (``B / #correct`` for 0/1 rewards). ``F_norm`` is 1, as verl fixes it.
     """
 
-    name = "gpg"
-    Params = GPGParams
     params: GPGParams
 
     def _estimate(self, rewards, prompt_ids=None):
@@ -73,8 +68,6 @@ class GRPOPassK(Estimator):
     with fewer than two scored rollouts gets 0 (verl raises for group size < 2, as we do).
     """
 
-    name = "grpo_passk"
-    Params = GRPOPassKParams
     params: GRPOPassKParams
 
     def _estimate(self, rewards, prompt_ids=None):
@@ -100,9 +93,6 @@ class ReMax(Estimator):
     The trainer generates and scores the greedy completion. A group whose greedy reward is NaN
     (unscorable) gets advantage 0: it has no baseline.
     """
-
-    name = "remax"
-    needs_baseline_rewards = True
 
     def _estimate(self, rewards, prompt_ids=None, *, baseline_rewards):
         baseline = baseline_rewards.unsqueeze(1).expand_as(rewards)

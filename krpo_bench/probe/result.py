@@ -17,6 +17,7 @@ class ProbeResult:
     mlflow_run_id: str
     report_dir: str
     length_normalisation: str
+    reference_blocks: int = 0  # K blocks whose jackknife puts the reference's noise in the intervals; 0: older release
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -24,8 +25,19 @@ class ProbeResult:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProbeResult:
         """The result from ``to_json`` output, also where stored JSON holds null for a nan statistic."""
-        fields = {name: data[name] for name in cls.__dataclass_fields__}
+        fields = {name: data[name] for name in cls.__dataclass_fields__ if name in data or name != "reference_blocks"}
         for name in ("reference_split_cosine", "reference_reward_mean", "wall_time_s"):
             fields[name] = math.nan if fields[name] is None else fields[name]
-        fields["rows"] = [{k: math.nan if v is None else v for k, v in row.items()} for row in fields["rows"]]
+        fields["rows"] = [_current_row({k: math.nan if v is None else v for k, v in row.items()}) for row in fields["rows"]]
         return cls(**fields)
+
+
+def _current_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row in today's keys: a row stored before the intervals covered the reference's noise
+    held the batches-only intervals under ``cos_ci_*`` / ``cos_diff_ci_*``; they move to the
+    ``*_batch_ci_*`` keys and the intervals over batches and reference read NaN (not measured)."""
+    if "cos_batch_ci_low" in row:
+        return row
+    moved = {f"{name}_batch_ci_{side}": row[f"{name}_ci_{side}"] for name in ("cos", "cos_diff") for side in ("low", "high")}
+    unmeasured = {f"{name}_ci_{side}": math.nan for name in ("cos", "cos_diff") for side in ("low", "high")}
+    return {**row, **moved, **unmeasured}

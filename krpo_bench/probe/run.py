@@ -6,29 +6,29 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
 from transformers import set_seed
 
-from krpo_bench.advantages import get_estimator
+from krpo_bench.advantages import Need, get_estimator
 from krpo_bench.data_roots import data_folder
 from krpo_bench.models import load_model
 from krpo_bench.models.hf import load_pretrained, resolve_dtype
 from krpo_bench.probe.gradients import (
     length_weights,
-    loss_gradient,
     loss_gradients,
     rollout_weights,
     sequence_logprobs,
 )
 from krpo_bench.probe.rollouts import draw_rollouts
 from krpo_bench.probe.result import ProbeResult
-from krpo_bench.probe.spec import ProbeSpec
-from krpo_bench.probe.stats import GradientTally, cosine, paired_difference
+from krpo_bench.probe.spec import MAX_REFERENCE_BLOCKS, ProbeSpec
+from krpo_bench.probe.stats import GradientTally, ReferenceGradient, cosine, paired_difference, with_holm
 from krpo_bench.settings import data_home
 from krpo_bench.spec.estimator import build_estimator
 from krpo_bench.tasks import build_task
@@ -69,39 +69,66 @@ def _load(spec: ProbeSpec, device: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _reference(spec: ProbeSpec, model: Any, tokenizer: Any, task: Any, prompts: np.ndarray) -> tuple[torch.Tensor, float, float]:
-    """The rloo (no std) gradient of the loss over all reference rollouts, the cosine between the
-    gradients of its two halves, and the mean reference reward."""
+def _reference(
+    spec: ProbeSpec, model: Any, tokenizer: Any, task: Any, prompts: np.ndarray
+) -> tuple[ReferenceGradient, float, float]:
+    """The rloo (no std) gradient of the loss over all reference rollouts with its leave-one-block-out
+    versions (the k-th reference prompt's rollouts in block k mod K, K = min(prompts,
+    MAX_REFERENCE_BLOCKS); one batched backward pass per chunk gives its blocks' gradients), the
+    cosine between the gradients of its two halves (even and odd chunks), and the mean reference reward."""
     ref = spec.reference
     rloo = get_estimator("rloo")
-    halves: list[torch.Tensor | None] = [None, None]
-    normalisers = [0.0, 0.0]
+    starts = range(0, len(prompts), ref.chunk_prompts)
+    if len(starts) < 2:
+        raise ValueError("reference: needs at least two chunks (prompts > chunk_prompts) to check its own noise")
+    blocks = min(len(prompts), MAX_REFERENCE_BLOCKS)
+    sums: torch.Tensor | None = None
+    halves: torch.Tensor | None = None
+    normalisers = [0.0] * blocks
     rewards = []
-    for number, start in enumerate(range(0, len(prompts), ref.chunk_prompts)):
+    for number, start in enumerate(starts):
+        chosen = prompts[start : start + ref.chunk_prompts]
         batch = draw_rollouts(
-            model, tokenizer, task, prompts[start : start + ref.chunk_prompts].tolist(), ref.group_size,
+            model, tokenizer, task, chosen.tolist(), ref.group_size,
             temperature=spec.temperature, max_completion_length=spec.max_completion_length,
         )
         advantages = rloo(batch.rewards.view(-1, ref.group_size)).reshape(-1)
         # Unnormalised weights: the whole reference set is normalised once all chunks are summed.
-        weights, normaliser = length_weights(batch.completion_mask, spec.loss_type, spec.max_completion_length)
+        weights, _ = length_weights(batch.completion_mask, spec.loss_type, spec.max_completion_length)
         logprobs = sequence_logprobs(model, batch, torch.arange(len(batch.rewards)), spec.temperature)
-        gradient = loss_gradient(logprobs, advantages, weights, model, retain_graph=False).double()
-        half = number % 2
-        halves[half] = gradient if halves[half] is None else halves[half] + gradient
-        normalisers[half] += normaliser
+        row_blocks = ((start + torch.arange(len(chosen))) % blocks).repeat_interleave(ref.group_size)
+        present = row_blocks.unique().tolist()
+        coefficients = -(advantages.to(torch.float64) * weights)
+        rows = torch.stack([torch.where(row_blocks == k, coefficients, 0.0) for k in present])
+        for k, gradient in zip(present, loss_gradients(model, logprobs, rows)):
+            if sums is None:
+                sums = torch.zeros(blocks, gradient.numel(), dtype=torch.float64, device=gradient.device)
+                halves = torch.zeros(2, gradient.numel(), dtype=torch.float64, device=gradient.device)
+            sums[k] += gradient.double()
+            halves[number % 2] += gradient.double()
+            normalisers[k] += length_weights(batch.completion_mask[row_blocks == k], spec.loss_type,
+                                             spec.max_completion_length)[1]
+        del logprobs
         rewards.append(batch.rewards)
-    if halves[1] is None:
-        raise ValueError("reference: needs at least two chunks (prompts > chunk_prompts) to check its own noise")
     split = cosine(halves[0], halves[1])
-    reference = (halves[0] + halves[1]) / sum(normalisers)
+    reference = ReferenceGradient.from_blocks(sums, normalisers)
     return reference, split, torch.cat(rewards).nanmean().item()
+
+
+class Measurement(NamedTuple):
+    """What a probe measures: its table rows and what they say about the reference."""
+
+    rows: list[dict[str, Any]]
+    reference_split_cosine: float
+    reference_reward_mean: float
+    reference_blocks: int
 
 
 def measure(
     spec: ProbeSpec, model: Any, tokenizer: Any, on_batch: Callable[[int], None] | None = None
-) -> tuple[list[dict[str, Any]], float, float]:
-    """The probe's table rows, the reference's split-half cosine and its mean reward."""
+) -> Measurement:
+    """The probe's table rows (Δcos p-values Holm-adjusted over the table), the reference's
+    split-half cosine, its mean reward and the number of its blocks."""
     estimators = {(e.name, g): build_estimator(e, seed=spec.seed) for e in spec.estimators for g in spec.group_sizes}
     task = build_task(spec.task)
     model.train()
@@ -130,7 +157,7 @@ def measure(
             weights = rollout_weights(batch.completion_mask[rows], spec.loss_type, spec.max_completion_length)
             for e in spec.estimators:
                 estimator = estimators[(e.name, g)]
-                extra = {"lengths": lengths} if estimator.needs_lengths else {}
+                extra = {"lengths": lengths} if Need.LENGTHS in estimator.needs else {}
                 advantages = estimator.estimate(groups, batch.prompt_keys, **extra, step=b).advantages.reshape(-1)
                 row = torch.zeros(len(rewards), dtype=torch.float64)
                 row[rows] = -advantages.to(torch.float64) * weights
@@ -143,7 +170,8 @@ def measure(
         del logprobs
         if on_batch is not None:
             on_batch(b + 1)
-    return [_row(tallies, name, g, comparison_estimator(spec)) for name, g in tallies], split, reward_mean
+    rows = with_holm([_row(tallies, name, g, comparison_estimator(spec)) for name, g in tallies])
+    return Measurement(rows, split, reward_mean, reference.blocks)
 
 
 def comparison_estimator(spec: ProbeSpec) -> str:
@@ -153,10 +181,12 @@ def comparison_estimator(spec: ProbeSpec) -> str:
 
 
 def _row(tallies: dict[tuple[str, int], GradientTally], name: str, g: int, versus: str) -> dict[str, Any]:
-    """One table row; the one-batch cosine's difference from ``versus`` is paired over the shared batches."""
-    diff, low, high = paired_difference(tallies[(name, g)].cosines, tallies[(versus, g)].cosines)
-    return {"estimator": name, "group_size": g, **tallies[(name, g)].summary(),
-            "versus": versus, "cos_diff": diff, "cos_diff_ci_low": low, "cos_diff_ci_high": high}
+    """One table row; the one-batch cosine's difference from ``versus`` is paired over the shared
+    batches (a row compared with itself has no test: its p-value is NaN)."""
+    difference = paired_difference(tallies[(name, g)], tallies[(versus, g)])
+    if name == versus:
+        difference["cos_diff_p"] = math.nan
+    return {"estimator": name, "group_size": g, **tallies[(name, g)].summary(), "versus": versus, **difference}
 
 
 def run_probe(
@@ -194,7 +224,7 @@ def run_probe(
         tracker.log_params(flatten(spec.model_dump(mode="json")))
         tracker.log_dict(spec.model_dump(mode="json"), "config/probe.json")
         model, tokenizer = _load(spec, device)
-        rows, split, reward_mean = measure(spec, model, tokenizer, on_batch)
+        rows, split, reward_mean, blocks = measure(spec, model, tokenizer, on_batch)
         for row in rows:
             metrics = {f"probe/{row['estimator']}/{key}": value for key, value in row.items()
                        if key not in ("estimator", "group_size", "versus") and value == value}
@@ -205,6 +235,7 @@ def run_probe(
             probe_id=identifier, rows=rows, reference_split_cosine=split, reference_reward_mean=reward_mean,
             wall_time_s=wall, mlflow_run_id=tracker.run_id or run_id,
             report_dir=str(out or data_home() / "reports" / identifier), length_normalisation=LENGTH_NOTE[spec.loss_type],
+            reference_blocks=blocks,
         )
         write_report(spec, result, Path(result.report_dir))
         tracker.log_dict(result.to_json(), "probe/result.json")

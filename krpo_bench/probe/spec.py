@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from krpo_bench.models.config import ModelSpec
-from krpo_bench.advantages.params import NEEDS_GREEDY_COMPLETION
+from krpo_bench.advantages.catalog import NEEDS_GREEDY_COMPLETION
+from krpo_bench.spec.base import Strict
 from krpo_bench.spec.estimator import EstimatorSpec
 from krpo_bench.spec.loading import SpecError, validate
 from krpo_bench.spec.names import DisplayName
@@ -22,15 +23,17 @@ MAX_PROBE_TOKENS = 100_000_000
 """Most completion tokens one probe may generate: its rollouts x max_completion_length."""
 MAX_PROBE_ROWS = 128
 """Most table rows (estimators x group sizes): each keeps a parameter-sized gradient sum."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+MAX_REFERENCE_BLOCKS = 8
+"""Disjoint blocks of reference rollouts (the k-th reference prompt's rollouts in block k mod K,
+K = min(reference prompts, this)) whose leave-one-out references measure the reference's own noise:
+each keeps a parameter-sized float64 vector, and each chunk's backward pass is batched over its blocks."""
 
 
 class ReferenceSpec(Strict):
     """The reference gradient: the same loss with the leave-one-out (rloo) baseline and no std
-    scaling, averaged over ``prompts`` x ``group_size`` fresh rollouts."""
+    scaling, averaged over ``prompts`` x ``group_size`` fresh rollouts. Its prompts also form
+    ``MAX_REFERENCE_BLOCKS`` disjoint blocks, whose jackknife puts the reference's own noise into
+    every interval of the probe."""
 
     prompts: int = Field(256, ge=2, le=8192, description="prompts of the reference rollouts")
     group_size: int = Field(16, ge=2, le=256, description="rollouts per reference prompt")

@@ -167,6 +167,11 @@ class Study(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     owner: Mapped[str | None] = mapped_column(String(255))
     """Id of the API token that submitted the study (None: the CLI, or a server without tokens)."""
+    looks: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
+    """A sequential study's looks (``analysis.until_decided``), in order: the seeds each comparison had
+    and what the look decided for it (None: no look yet, or not sequential)."""
+    confirms: Mapped[str | None] = mapped_column(String(36))
+    """The id of the study this one confirms on fresh seeds (``krpo-bench confirm``), else None."""
 
 
 class Job(Base):

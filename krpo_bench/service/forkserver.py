@@ -8,7 +8,8 @@ fresh interpreter: it skips seconds of imports and reaches its first training st
 The forked trial behaves as the ``python -m krpo_bench.service.child`` process it replaces: its own
 session, the worker's environment for this job, stdout and stderr appended to its log file, SIGTERM
 for a checkpoint-and-stop, a non-zero exit code (or a signal) for a crash or OOM kill. It dies with
-the worker: it SIGKILLs itself when the worker's end of its sentinel pipe closes.
+the worker as every trial process does (``krpo_bench.service.launch.die_with_worker``): its stdin is
+multiprocessing's parent sentinel, a pipe whose write end only the worker holds.
 
 The server never sees SIGTERM (it starts with the signal blocked): stopping a worker's process group
 must let the trials checkpoint, not kill the server under them. It exits once the worker and every
@@ -18,15 +19,14 @@ trial it forked are gone (multiprocessing's "alive" pipe).
 from __future__ import annotations
 
 import multiprocessing
-import multiprocessing.connection
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
 import signal
-import threading
+from collections.abc import Mapping
 from pathlib import Path
 
-from krpo_bench.service.launch import PARENT_PID_ENV, die_with_parent
+from krpo_bench.service.launch import WORKER_PIPE_FD, TrialProcess, die_with_worker
 
 PRELOAD = [
     "torch",
@@ -67,16 +67,6 @@ def warm_up() -> None:
     probe.join()
 
 
-def _kill_self_when_worker_dies() -> None:
-    sentinel = multiprocessing.parent_process().sentinel
-
-    def watch() -> None:
-        multiprocessing.connection.wait([sentinel])
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    threading.Thread(target=watch, name="die-with-worker", daemon=True).start()
-
-
 def _become_trial_process(env: dict[str, str], log_file: str) -> None:
     """In a process forked from the server: become what ``python -m krpo_bench.service.child`` would
     be (its own session, dying with the worker, output to the log file, the job's environment).
@@ -85,14 +75,14 @@ def _become_trial_process(env: dict[str, str], log_file: str) -> None:
     meanwhile (by the worker, or to the worker's process group before ``setsid``) is then a stop
     request, not lost and not a crash."""
     os.setsid()
-    die_with_parent()  # the server: it outlives the worker only while trials hold its pipe
-    _kill_self_when_worker_dies()
+    os.dup2(multiprocessing.parent_process().sentinel, WORKER_PIPE_FD)
+    die_with_worker()
     log = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
     os.environ.clear()
-    os.environ.update({k: v for k, v in env.items() if k != PARENT_PID_ENV})
+    os.environ.update(env)
 
 
 def _run_forked(job_file: str, env: dict[str, str], log_file: str) -> None:
@@ -100,29 +90,30 @@ def _run_forked(job_file: str, env: dict[str, str], log_file: str) -> None:
     _become_trial_process(env, log_file)
     from krpo_bench.service import child
 
-    raise SystemExit(child.main(job_file, worker_alive=multiprocessing.parent_process().is_alive))
+    raise SystemExit(child.main(job_file))
 
 
-class ForkedTrial:
-    """A one-process trial forked from the warm server, with the ``subprocess.Popen`` methods the
-    worker uses (``pid``, ``poll``, ``wait``, ``send_signal``, ``kill``)."""
+class ForkedTrial(TrialProcess):
+    """A one-process trial forked from the warm server."""
 
-    def __init__(self, job_file: Path, env: dict[str, str], log_file: Path) -> None:
-        self._process = _context().Process(target=_run_forked, args=(str(job_file), env, str(log_file)))
+    def __init__(self, job_file: Path, env: Mapping[str, str], log_file: Path) -> None:
+        self._process = _context().Process(target=_run_forked, args=(str(job_file), dict(env), str(log_file)))
         self._process.start()
         self.pid = self._process.pid
 
     def poll(self) -> int | None:
-        """The exit code (negative: killed by that signal), or None while it runs."""
         return self._process.exitcode
 
     def wait(self, timeout: float | None = None) -> int | None:
         self._process.join(timeout)
         return self._process.exitcode
 
-    def send_signal(self, signum: int) -> None:
-        if self._process.exitcode is None:
-            os.kill(self.pid, signum)
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
 
     def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: int) -> None:
+        if self._process.exitcode is None:
+            os.kill(self.pid, signum)

@@ -7,10 +7,12 @@ child of the launcher. On CPU (no visible GPU, ``ACCELERATE_USE_CPU``) the same 
 gloo ranks: accelerate's ``--cpu`` flag would start one process unless MPI is set up.
 
 Process tree and signals:
-- worker -> launcher -> ranks. Each process gets SIGKILL when its parent dies (PR_SET_PDEATHSIG:
-  set by the worker for its child, by each rank for itself), so a killed worker takes the whole
-  tree down. ``PARENT_PID_ENV`` names the pid a process's parent must have; a process whose
-  parent died before it could arm the signal sees a different parent and exits.
+- worker -> launcher -> ranks (or worker -> fork server -> forked trial). Every trial process dies
+  with the worker the one same way (:func:`die_with_worker`): its stdin is the read end of a pipe
+  whose only write end the worker holds, and a thread SIGKILLs the process when that pipe reaches
+  end of file. Why this one: the pipe closes however the worker dies (SIGKILL, OOM, SLURM's kill),
+  whoever the process's parent is (the fork server, the launcher: PR_SET_PDEATHSIG follows the parent
+  thread, not the worker) and with no start-up race; torchrun's ranks inherit stdin, not other fds.
 - SIGTERM to the launcher: torchrun sends it to every rank, waits up to ``SHUTDOWN_TIMEOUT_S``
   (``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` if set), then SIGKILLs. The ranks agree on the step to stop
   at (``krpo_bench.training.distributed.any_rank``), checkpoint together and exit.
@@ -18,27 +20,93 @@ Process tree and signals:
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
+import subprocess
 import sys
+import threading
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
-PARENT_PID_ENV = "KRPO_TRIAL_PARENT_PID"
 SHUTDOWN_TIMEOUT_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
 SHUTDOWN_TIMEOUT_S = 180  # time the ranks get to finish their step and checkpoint after SIGTERM
-PR_SET_PDEATHSIG = 1
+WORKER_PIPE_FD = 0  # a trial process's stdin: the worker's pipe, never written
 
 
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies (the flag survives exec)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+class TrialProcess(Protocol):
+    """The process(es) of one running trial, as the worker drives them; started when made."""
+
+    pid: int
+
+    def poll(self) -> int | None:
+        """The exit code (negative: killed by that signal), or None while it runs."""
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait up to ``timeout`` seconds (None: until it exits); the exit code, or None."""
+
+    def terminate(self) -> None:
+        """SIGTERM: checkpoint and stop (nothing once it has exited)."""
+
+    def kill(self) -> None:
+        """SIGKILL (nothing once it has exited)."""
 
 
-def expected_parent() -> int:
-    """The pid this process's parent must have: ``PARENT_PID_ENV``, else the parent it has now."""
-    return int(os.environ.get(PARENT_PID_ENV) or os.getppid())
+def die_with_worker() -> None:
+    """SIGKILL this process once the worker's pipe (:data:`WORKER_PIPE_FD`) reaches end of file:
+    the worker has died. Armed first thing by every trial process; a worker already gone is seen at once."""
+
+    def watch() -> None:
+        while os.read(WORKER_PIPE_FD, 1):
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-worker", daemon=True).start()
+
+
+class SpawnedTrial(TrialProcess):
+    """A trial run as a fresh interpreter (``trial_command``): its own session, output appended to
+    its log file, stdin the worker's pipe (:func:`die_with_worker`)."""
+
+    def __init__(self, job_file: Path, env: Mapping[str, str], log_file: Path, processes: int = 1) -> None:
+        read_end, self._worker_end = os.pipe()
+        try:
+            with open(log_file, "ab") as log:
+                self._process = subprocess.Popen(trial_command(job_file, processes), env=dict(env), stdin=read_end,
+                                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        except BaseException:
+            os.close(self._worker_end)
+            raise
+        finally:
+            os.close(read_end)
+        self.pid = self._process.pid
+
+    def poll(self) -> int | None:
+        return self._ended(self._process.poll())
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        try:
+            return self._ended(self._process.wait(timeout))
+        except subprocess.TimeoutExpired:
+            return None
+
+    def terminate(self) -> None:
+        self._process.terminate()
+
+    def kill(self) -> None:
+        """SIGKILL the launcher, and close the pipe: each of its ranks kills itself."""
+        self._process.kill()
+        self._close_pipe()
+
+    def _ended(self, code: int | None) -> int | None:
+        if code is not None:
+            self._close_pipe()  # ranks a launcher left behind go with it
+        return code
+
+    def _close_pipe(self) -> None:
+        if self._worker_end >= 0:
+            os.close(self._worker_end)
+            self._worker_end = -1
 
 
 def visible_devices(devices: list[str], parent_visible: str | None) -> str:
@@ -80,11 +148,7 @@ def accelerate_arguments(processes: int, job_file: str) -> list[str]:
 
 
 def main(processes: int, job_file: str) -> int:
-    """The launcher (started by the worker, which armed its PR_SET_PDEATHSIG): runs the ranks
-    through accelerate and returns when they have all exited."""
-    if os.getppid() != expected_parent():
-        return 1  # the worker died while we started: its lease will be reclaimed, do not race that
-    os.environ[PARENT_PID_ENV] = str(os.getpid())
+    """The launcher: runs the ranks through accelerate and returns when they have all exited."""
     os.environ.setdefault(SHUTDOWN_TIMEOUT_ENV, str(SHUTDOWN_TIMEOUT_S))
     from accelerate.commands.launch import launch_command, launch_command_parser
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -97,4 +161,5 @@ def main(processes: int, job_file: str) -> int:
 
 
 if __name__ == "__main__":
+    die_with_worker()
     sys.exit(main(int(sys.argv[1]), sys.argv[2]))

@@ -105,6 +105,15 @@ def run_study_locally(
     info = service.submit(spec, idempotency_key=key)
     if info.status != "succeeded":
         info = service.resume(info.id)
+    return run_submitted_locally(service, info, commands, console, f"run the same command again to resume {info.id}")
+
+
+def run_submitted_locally(
+    service: StudyService, info: StudyInfo, commands: list[tuple[list[str], dict[str, str]]], console: Console,
+    to_resume: str,
+) -> StudyInfo:
+    """Run a submitted study to the end on local workers (``commands``: `local_worker_commands`),
+    showing its progress; on an interrupt its trials requeue and ``to_resume`` says how to go on."""
     records = service.ensure_mlflow(info.id)
     console.print(f"study {info.id}: {info.total} trials; MLflow experiment {records.experiment_id}")
     procs = [
@@ -119,7 +128,7 @@ def run_study_locally(
         else:
             info = _wait(service, info, procs, _progress_log(console, started))
     except KeyboardInterrupt:
-        console.print(f"interrupted: trials checkpoint and requeue; run the same command again to resume {info.id}")
+        console.print(f"interrupted: trials checkpoint and requeue; {to_resume}")
         raise
     finally:
         for p in procs:

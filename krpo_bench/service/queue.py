@@ -717,6 +717,19 @@ class JobQueue:
 
         self._run(txn)
 
+    def close_study(self, study_id: str, looks: list[dict[str, Any]]) -> None:
+        """A sequential study's last look: store its looks, shrink its total to the jobs it holds
+        (fewer than its most when comparisons were decided early) and settle it."""
+
+        def txn(conn: Connection) -> None:
+            conn.execute(
+                studies.update().where(studies.c.id == study_id)
+                .values(looks=looks, total_jobs=studies.c.enqueued_jobs, updated_at=utcnow())
+            )
+            self._settle_study(conn, study_id)
+
+        self._run(txn)
+
     def discard_study(self, study_id: str) -> None:
         """Delete a study and its jobs (a submission that failed after it was stored)."""
 
@@ -1037,6 +1050,25 @@ class JobQueue:
             ]
 
         return self._run(txn, read_only=True)
+
+    def has_active_jobs(self, max_gpus: int | None = None) -> bool:
+        """Whether a job may still come to a worker: one queued or running (a running one may be
+        handed back) in a running study, neither being cancelled; with ``max_gpus``, only jobs
+        needing at most that many GPUs count."""
+        query = (
+            select(jobs.c.id)
+            .join(studies, studies.c.id == jobs.c.study_id)
+            .where(
+                jobs.c.status.in_(_ACTIVE),
+                jobs.c.cancel_requested.is_(False),
+                studies.c.status == StudyStatus.RUNNING,
+                studies.c.cancel_requested.is_(False),
+            )
+            .limit(1)
+        )
+        if max_gpus is not None:
+            query = query.where(jobs.c.gpus <= max_gpus)
+        return self._run(lambda conn: conn.execute(query).first() is not None, read_only=True)
 
     def counts(self, study_id: str) -> dict[JobStatus, int]:
         """Number of the study's jobs in each status (every status present, zeros included)."""

@@ -18,25 +18,33 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
-import math
+import re
 from dataclasses import dataclass
 from types import SimpleNamespace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Collection, Iterator, Sequence
+from typing import Any, Callable, Collection, Iterator, Sequence
 
 import optuna
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import DBAPIError
 
+from krpo_bench.analysis.analyze import AnalysisSettings, analyze
+from krpo_bench.analysis.looks import decide, seeds_asked
+from krpo_bench.analysis.model import GridPoint, StudyAnalysis
+from krpo_bench.analysis.records import (
+    CONFIG_GRID_POINT, CONFIG_VARIANT_NAME, TAG_GRID_POINT, TAG_VARIANT_NAME, records_from_jobs,
+)
 from krpo_bench.models.memory import WHOLE_DEVICE_MIB, trial_memory_mib
 from krpo_bench.probe.spec import ProbeSpec, validate_probe
 from krpo_bench.service.db import ALEMBIC_LOCK, Job, JobStatus, Study, StudyStatus, make_engine, new_id, read_connection, upgrade, utcnow
 from krpo_bench.service.optuna_store import distribution, make_pruner, make_sampler, optuna_storage
 from krpo_bench.service.queue import JobInfo, JobQueue, NewJob, Reclaimed, is_database_outage
 from krpo_bench.settings import default_db_url, default_mlflow_uri
-from krpo_bench.spec.study import StudySpec, reference_for, validate_study
+from krpo_bench.spec.confirm import NotConfirmable, confirmation_spec
+from krpo_bench.spec.study import StudySpec, validate_study
 
 log = logging.getLogger(__name__)
 PARENT_RUN_STATUS = {StudyStatus.SUCCEEDED: "FINISHED", StudyStatus.FAILED: "FAILED", StudyStatus.CANCELLED: "KILLED"}
@@ -45,6 +53,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 AMBIGUOUS_LISTED = 20  # candidates an ambiguous study reference lists
+OLDER_REF = re.compile(r"(.+)~([1-9][0-9]{0,8})")
+"""``name~N``: the N-th older study of a name (``name~0`` is not a form: the name alone is the newest)."""
 STUDY_RUN_ROLE = "study"
 """``krpo.role`` tag of a study's MLflow parent run (how a restarted creator finds it)."""
 PROBE_KEY = "probe"
@@ -99,6 +109,7 @@ class StudyInfo:
     optuna_study_name: str | None
     mlflow_experiment_id: str | None
     mlflow_parent_run_id: str | None
+    looks: list[dict[str, Any]] | None = None
 
     @property
     def done(self) -> int:
@@ -122,10 +133,19 @@ def trial_verdict(
     return optuna.trial.TrialState.FAIL, None
 
 
-def experiment_name(study_id: str) -> str:
-    """The MLflow experiment of a study: named by its id, never by its display name (which can be
-    any text; local artifact folders are named after experiments)."""
-    return f"krpo-study-{study_id}"
+EXPERIMENT_ID_CHARS = 13
+"""Characters of the study id an experiment's name shows: the first 12 hex digits of the UUID (all
+random in a version-4 UUID: 48 bits), so two studies of one name never share an experiment in
+practice, and the shown part is an id prefix the CLI and the API accept."""
+
+
+def experiment_name(study_id: str, study_name: str) -> str:
+    """The MLflow experiment of a study: its display name and a short id, ``quickstart (0b8c2f6e-5b1a)``,
+    so a person recognises it in the MLflow UI. Local artifact folders are never named after it
+    (``tracking.artifact_folder`` hashes any name that is not a plain identifier). Studies stored by
+    an older release keep their ``krpo-study-<id>`` experiment (the study row holds its id, every
+    run its ``krpo.study_id`` tag)."""
+    return f"{study_name} ({study_id[:EXPERIMENT_ID_CHARS]})"
 
 
 def optuna_study_name(study_id: str) -> str:
@@ -133,13 +153,18 @@ def optuna_study_name(study_id: str) -> str:
     return f"krpo-{study_id}"
 
 
-def _trial_tags(study_id: str, study: AnyStudy, key: str, variant: str, seed: int) -> dict[str, str]:
+def _trial_tags(study_id: str, study: AnyStudy, key: str, label: str, seed: int, variant: str,
+                grid_point: GridPoint) -> dict[str, str]:
+    """A trial run's MLflow tags: its study, key, display label (``krpo.variant``), seed, and its variant
+    name and grid point as data (``krpo.variant_name``; ``krpo.grid_point``: JSON (path, value) pairs)."""
     return {
         "krpo.study_id": study_id,
         "krpo.study_name": study.name,
         "krpo.kind": study.kind,
         "krpo.trial_key": key,
-        "krpo.variant": variant,
+        "krpo.variant": label,
+        TAG_VARIANT_NAME: variant,
+        TAG_GRID_POINT: json.dumps([list(pair) for pair in grid_point]),
         "krpo.seed": str(seed),
     }
 
@@ -158,9 +183,11 @@ class StudyService:
 
     # -- submission -------------------------------------------------------------------------
 
-    def submit(self, spec: AnyStudy | dict[str, Any], *, idempotency_key: str | None = None, owner: str | None = None) -> StudyInfo:
+    def submit(self, spec: AnyStudy | dict[str, Any], *, idempotency_key: str | None = None, owner: str | None = None,
+               confirms: str | None = None) -> StudyInfo:
         """Store a validated study and queue its trials (one transaction); MLflow is not touched:
-        the study is marked ``mlflow_pending`` for :meth:`ensure_mlflow`.
+        the study is marked ``mlflow_pending`` for :meth:`ensure_mlflow`. ``confirms``: the id of
+        the study this one confirms on fresh seeds (:meth:`confirm`).
 
         All or nothing: when a later step fails (a search's Optuna study or first trials), what the
         earlier steps created is removed before the error propagates, so no broken study is left
@@ -172,10 +199,11 @@ class StudyService:
         study = spec if isinstance(spec, (StudySpec, ProbeSpec)) else validate_submission(spec)
         planned = study.plan() if study.kind == "ablation" else []
         study_id = new_id()
-        experiment = experiment_name(study_id)
+        experiment = experiment_name(study_id, study.name)
         optuna_name = optuna_study_name(study_id)
         try:
-            jobs = [self._job(study_id, study, p.key, p.variant, p.seed, p.spec, experiment) for p in planned]
+            jobs = [self._job(study_id, study, p.key, p.label, p.seed, p.spec, experiment, None, p.variant, p.grid_point)
+                    for p in planned]
             if isinstance(study, ProbeSpec):
                 jobs = [self._probe_job(study_id, study, experiment)]
             values = {
@@ -188,6 +216,7 @@ class StudyService:
                 "priority": study.priority,
                 "idempotency_key": idempotency_key,
                 "owner": owner,
+                "confirms": confirms,
                 "optuna_study_name": optuna_name,
                 "mlflow_pending": True,
                 "created_at": utcnow(),
@@ -204,6 +233,28 @@ class StudyService:
             return self.get(study_id)
         counts = {status.value: 0 for status in JobStatus} | {JobStatus.QUEUED.value: len(jobs)}
         return self._info(SimpleNamespace(**values, mlflow_experiment_id=None, mlflow_parent_run_id=None), counts)
+
+    def confirm(self, study_ref: str, variants: Collection[str] | None = None, seeds: int | None = None, *,
+                owner: str | None = None,
+                admitted: Callable[[StudySpec], contextlib.AbstractContextManager[Any]] | None = None) -> StudyInfo:
+        """Submit a confirmation of ablation ``study_ref`` (:func:`confirmation_spec`): ``variants``
+        (default: all) and the reference re-run at the same grid on ``seeds`` seeds (default: as many
+        as its first look) above every seed of its jobs and of its earlier confirmations' jobs; the
+        new study's ``confirms`` holds its id. ``admitted``: wraps the submission, given the spec (a
+        server's policy and quota checks). StudyError when the study cannot be confirmed so."""
+        study_id = self.resolve(study_ref)
+        original = stored_spec(self._row(study_id).spec)
+        with self._study_lock(study_id):  # two confirmations at once cannot take the same seeds
+            with read_connection(self.engine) as conn:
+                linked = conn.execute(select(Study.id).where(Study.confirms == study_id)).scalars().all()
+            used = [job.config.get("seed") for sid in (study_id, *linked)
+                    for job in self.queue.list_jobs(sid, config_keys=("seed",))]
+            try:
+                spec = confirmation_spec(original, AnalysisSettings.of_spec(original).reference, used, variants, seeds)
+            except NotConfirmable as exc:
+                raise StudyError(str(exc)) from None
+            with admitted(spec) if admitted is not None else contextlib.nullcontext():
+                return self.submit(spec, owner=owner, confirms=study_id)
 
     def _discard(self, study_id: str, optuna_name: str) -> None:
         """Remove what a failed submission created (the Optuna study best effort)."""
@@ -226,7 +277,7 @@ class StudyService:
             ).scalars())
 
     def ensure_mlflow(self, study_id: str) -> MlflowRecords:
-        """The study's MLflow experiment (``krpo-study-<id>``) and parent run, created exactly once.
+        """The study's MLflow experiment (:func:`experiment_name`) and parent run, created exactly once.
 
         Idempotent and safe against a creator that died half-way: under the study lock, the
         experiment is looked up by name and the parent run by its ``krpo.role``/``krpo.study_id``
@@ -241,7 +292,7 @@ class StudyService:
             if not row.mlflow_pending:
                 return MlflowRecords(row.mlflow_experiment_id, row.mlflow_parent_run_id)
             study = stored_spec(row.spec)
-            experiment = experiment_name(study_id)
+            experiment = experiment_name(study_id, study.name)
             with ALEMBIC_LOCK:  # the first call may set up a new MLflow store (an alembic migration)
                 tracker = RunTracker(self.mlflow_uri)
                 experiment_id = get_or_create_experiment(tracker.client, experiment, self.mlflow_uri)
@@ -265,9 +316,12 @@ class StudyService:
             row = conn.execute(select(Study.id).where(Study.idempotency_key == key)).first()
         return self.get(row.id) if row else None
 
-    def _job(self, study_id: str, study: StudySpec, key: str, variant: str, seed: int, trial: Any, experiment: str,
-             optuna_number: int | None = None) -> NewJob:
-        """A job of the study; its MLflow parent run is the study's (the worker supplies it)."""
+    def _job(self, study_id: str, study: StudySpec, key: str, label: str, seed: int, trial: Any, experiment: str,
+             optuna_number: int | None = None, variant: str | None = None, grid_point: GridPoint = ()) -> NewJob:
+        """A job of the study; its MLflow parent run is the study's (the worker supplies it). ``label``
+        is the trial group's display label, ``variant`` its variant's name (default: the label) and
+        ``grid_point`` its grid point, kept as data in the config (``variant_name``, ``grid_point``)."""
+        variant = label if variant is None else variant
         config = trial.model_dump(mode="json")
         config["experiment"] = experiment
         config["trial_id"] = f"{study_id[:8]}-{hashlib.sha1(key.encode()).hexdigest()[:16]}"
@@ -275,9 +329,11 @@ class StudyService:
             trial_key=key,
             config={
                 "trial": config,
-                "variant": variant,
+                "variant": label,
+                CONFIG_VARIANT_NAME: variant,
+                CONFIG_GRID_POINT: [list(pair) for pair in grid_point],
                 "seed": seed,
-                "tags": _trial_tags(study_id, study, key, variant, seed),
+                "tags": _trial_tags(study_id, study, key, label, seed, variant, grid_point),
                 "optuna_study_name": optuna_study_name(study_id) if optuna_number is not None else None,
                 "report_intermediate": optuna_number is not None and seed == study.search_seeds()[0],
             },
@@ -292,10 +348,11 @@ class StudyService:
     def _probe_job(self, study_id: str, probe: ProbeSpec, experiment: str) -> NewJob:
         """A probe study's one job: the probe, logging under the study's experiment. Its memory is
         not estimated (one parameter-sized gradient sum per table row), so it takes a GPU alone."""
-        tags = _trial_tags(study_id, probe, PROBE_KEY, PROBE_KEY, probe.seed)
+        tags = _trial_tags(study_id, probe, PROBE_KEY, PROBE_KEY, probe.seed, PROBE_KEY, ())
         return NewJob(
             trial_key=PROBE_KEY,
             config={"probe": probe.model_dump(mode="json") | {"experiment": experiment}, "variant": PROBE_KEY,
+                    CONFIG_VARIANT_NAME: PROBE_KEY, CONFIG_GRID_POINT: [],
                     "seed": probe.seed, "tags": tags, "optuna_study_name": None, "report_intermediate": False},
             priority=probe.priority,
             max_attempts=probe.resources.max_attempts,
@@ -305,8 +362,9 @@ class StudyService:
         )
 
     def _enqueue_planned(self, study_id: str, study: StudySpec, planned: list) -> None:
-        experiment = experiment_name(study_id)
-        jobs = [self._job(study_id, study, p.key, p.variant, p.seed, p.spec, experiment) for p in planned]
+        experiment = experiment_name(study_id, study.name)
+        jobs = [self._job(study_id, study, p.key, p.label, p.seed, p.spec, experiment, None, p.variant, p.grid_point)
+                for p in planned]
         for start in range(0, len(jobs), 500):
             self.queue.enqueue_many(study_id, jobs[start : start + 500])
 
@@ -378,7 +436,7 @@ class StudyService:
             ostudy = self._optuna_study(row.optuna_study_name, study)
             ostudy.sampler = make_sampler(study, seed_offset=asked)  # see make_sampler: a fresh seed per batch
             dists = {path: distribution(p) for path, p in (study.space or {}).items()}
-            experiment = experiment_name(study_id)
+            experiment = experiment_name(study_id, study.name)
             jobs = []
             for _ in range(room):
                 trial = ostudy.ask(dists)
@@ -418,6 +476,7 @@ class StudyService:
             return
         self._settle_parent_run(job.study_id)
         if job.optuna_trial_number is None:
+            self.take_look(job.study_id)
             return
         with read_connection(self.engine) as conn:
             siblings = conn.execute(
@@ -427,6 +486,52 @@ class StudyService:
             return
         self._tell_ended_trials(job.study_id, [job.optuna_trial_number])
         self.top_up(job.study_id)
+
+    def take_look(self, study_id: str) -> dict[str, Any] | None:
+        """A sequential ablation (``analysis.until_decided``) whose batch of seeds has ended (none of
+        its jobs active): analyse the family at this look (krpo_bench.analysis.looks), store the look,
+        and queue the next seeds of the comparisons still open, or close the study when none is.
+        Idempotent and safe to repeat (under the study lock; the seeds a stored look asked for are
+        queued again if a crash lost them). Returns the look taken, else None."""
+        if self._row(study_id).kind != "ablation":
+            return None
+        with self._study_lock(study_id):
+            row = self._row(study_id)
+            study = stored_spec(row.spec)
+            if study.analysis.until_decided is None or row.cancel_requested:
+                return None
+            jobs = self.queue.list_jobs(study_id, config_keys=("variant", "seed", CONFIG_VARIANT_NAME, CONFIG_GRID_POINT))
+            if any(job.status.value in ACTIVE for job in jobs):
+                return None
+            looks, sizes = list(row.looks or []), study.look_sizes()
+            asked = seeds_asked(looks[-1], sizes) if looks else {}
+            if asked and self._queue_seeds(study_id, study, asked, jobs):
+                return None
+            if looks and (not asked or len(looks) >= len(sizes)):
+                if row.total_jobs != row.enqueued_jobs:
+                    self.queue.close_study(study_id, looks)
+                return None
+            look = decide(analyze(records_from_jobs(jobs), AnalysisSettings.of_spec(study, looks=looks)), looks, sizes)
+            looks.append(look)
+            asked = seeds_asked(look, sizes)
+            if not asked:
+                self.queue.close_study(study_id, looks)
+                return look
+            self.queue.update_study(study_id, {"looks": looks})
+            self._queue_seeds(study_id, study, asked, jobs)
+            return look
+
+    def _queue_seeds(self, study_id: str, study: StudySpec, asked: dict[str, int], jobs: list[JobInfo]) -> bool:
+        """Queue the trials a look asked for (each label's first ``asked[label]`` seeds of the
+        sequential order) that the study does not hold yet; whether any was missing."""
+        held = {(job.config["variant"], job.config["seed"]) for job in jobs}
+        seeds_of = {
+            label: [seed for seed in study.seeds_through(n) if (label, seed) not in held] for label, n in asked.items()
+        }
+        missing = {label: seeds for label, seeds in seeds_of.items() if seeds}
+        if missing:
+            self._enqueue_planned(study_id, study, study.plan(missing))
+        return bool(missing)
 
     def reclaim_expired(self) -> list[Reclaimed]:
         """Take back the jobs of workers whose lease expired (:meth:`JobQueue.reclaim_expired`), and
@@ -506,7 +611,7 @@ class StudyService:
         failed, and running ones whose cancellation was pending), re-plan missing ones, and top up
         a search. A search trial that Optuna already holds as finished runs again as a new Optuna
         trial with the same parameters, so its value reaches the sampler. Succeeded and pruned
-        trials are never repeated."""
+        trials are never repeated. A sequential ablation takes a look its batch is owed."""
         row = self._row(study_id)
         study = stored_spec(row.spec)
         self.reclaim_expired()
@@ -518,6 +623,7 @@ class StudyService:
         self._settle_parent_run(study_id, reopen=True)
         if study.kind == "ablation":
             self._enqueue_planned(study_id, study, study.plan())
+            self.take_look(study_id)  # a sequential study's look lost to a crash
         elif study.kind == "search":
             self.top_up(study_id)
         return self.get(study_id)
@@ -573,14 +679,24 @@ class StudyService:
     # -- reading ----------------------------------------------------------------------------
 
     def resolve(self, ref: str) -> str:
-        """The id of the study ``ref`` names: its id, a unique prefix of it, or a unique study name.
-        Raises StudyNotFound, or AmbiguousStudy listing the candidates (newest first)."""
+        """The id of the study ``ref`` names, by the first rule that matches: its id; a study name
+        (the newest study of that name); ``name~N`` (the N-th older study of that name, as
+        :meth:`ref_of` writes it); a unique prefix of its id. Raises StudyNotFound, or
+        AmbiguousStudy listing the candidates of a prefix (newest first)."""
         with read_connection(self.engine) as conn:
             if conn.execute(select(Study.id).where(Study.id == ref)).first() is not None:
                 return ref
+            older = OLDER_REF.fullmatch(ref)
+            for name, back in ((ref, 0), *(((older[1], int(older[2])),) if older else ())):
+                row = conn.execute(
+                    select(Study.id).where(Study.name == name)
+                    .order_by(Study.created_at.desc(), Study.id).offset(back).limit(1)
+                ).first()
+                if row is not None:
+                    return row.id
             rows = conn.execute(
                 select(Study.id, Study.name, Study.created_at)
-                .where(or_(Study.name == ref, Study.id.startswith(ref, autoescape=True)))
+                .where(Study.id.startswith(ref, autoescape=True))
                 .order_by(Study.created_at.desc(), Study.id)
                 .limit(AMBIGUOUS_LISTED + 1)
             ).all()
@@ -591,6 +707,17 @@ class StudyService:
         listed = "".join(f"\n  {r.id}  {r.name!r}  created {r.created_at:%Y-%m-%d %H:%M}" for r in rows[:AMBIGUOUS_LISTED])
         more = "\n  ... and more" if len(rows) > AMBIGUOUS_LISTED else ""
         raise AmbiguousStudy(f"{ref!r} names several studies; give the id of one:{listed}{more}")
+
+    def ref_of(self, info: StudyInfo) -> str:
+        """The shortest name reference to ``info``'s study: its name when it is the newest study of
+        that name, else ``name~N`` with N the studies of that name submitted after it."""
+        with read_connection(self.engine) as conn:
+            newer = conn.execute(
+                select(func.count()).select_from(Study)
+                .where(Study.name == info.name, or_(Study.created_at > info.created_at,
+                                                    (Study.created_at == info.created_at) & (Study.id < info.id)))
+            ).scalar_one()
+        return info.name if newer == 0 else f"{info.name}~{newer}"
 
     def _row(self, study_id: str) -> Any:
         with read_connection(self.engine) as conn:
@@ -613,6 +740,7 @@ class StudyService:
             optuna_study_name=row.optuna_study_name,
             mlflow_experiment_id=row.mlflow_experiment_id,
             mlflow_parent_run_id=row.mlflow_parent_run_id,
+            looks=getattr(row, "looks", None),
         )
 
     def get(self, study_id: str) -> StudyInfo:
@@ -641,49 +769,14 @@ class StudyService:
         self._row(study_id)
         return self.queue.list_jobs(study_id)
 
-    def results(self, study_id: str, jobs: list[JobInfo] | None = None) -> dict[str, dict[str, Any]]:
-        """Per variant: final accuracies and seeds of succeeded trials, their mean with a 95 %
-        t-interval, the mean held-out accuracy before training (``initial_mean``, over the trials
-        that measured it) and, in an ablation, the comparison with the reference variant
-        (``comparison``: paired by seed when the seed sets match, with its minimum detectable effect
-        and the seeds that would detect ``analysis.target_effect``; None for the reference).
-        ``jobs``: the study's jobs, when the caller has just read them."""
-        from krpo_bench import stats
-
-        spec = stored_spec(self._row(study_id).spec)
-        seeds: dict[str, list[int]] = {}
-        per_variant: dict[str, list[float]] = {}
-        initial: dict[str, list[float]] = {}
-        for job in self.queue.list_jobs(study_id, config_keys=("variant", "seed")) if jobs is None else jobs:
-            variant = job.config["variant"]
-            per_variant.setdefault(variant, [])
-            seeds.setdefault(variant, [])
-            initial.setdefault(variant, [])
-            if job.status == JobStatus.SUCCEEDED and job.result and job.result.get("final_accuracy") is not None:
-                per_variant[variant].append(job.result["final_accuracy"])
-                seeds[variant].append(job.config["seed"])
-                if job.result.get("initial_accuracy") is not None:
-                    initial[variant].append(job.result["initial_accuracy"])
-        reference = stats.default_reference(list((spec.variants or {}).keys()) if spec.kind == "ablation" else [])
-        out = {}
-        for variant, values in per_variant.items():
-            before = initial[variant]
-            mean = stats.mean_ci(values)
-            comparison = None
-            versus = reference_for(variant, list(per_variant), reference) if reference else None
-            if spec.kind == "ablation" and versus in per_variant and variant != versus:
-                comparison = stats.compare(
-                    values, per_variant[versus], variant, versus, seeds[variant], seeds[versus],
-                    spec.analysis.target_effect,
-                ).flat()
-            out[variant] = {
-                "n": len(values),
-                "mean": mean.estimate,
-                "ci_low": mean.low,
-                "ci_high": mean.high,
-                "values": values,
-                "seeds": seeds[variant],
-                "initial_mean": sum(before) / len(before) if before else math.nan,
-                "comparison": comparison,
-            }
-        return out
+    def results(self, study_id: str, jobs: list[JobInfo] | None = None) -> StudyAnalysis:
+        """The analysis of the study's final held-out accuracy (krpo_bench.analysis): per variant and
+        grid point the succeeded trials' values by seed, mean and IQM with 95 % intervals and the
+        accuracy before training; in an ablation each against the reference variant at its grid
+        point (paired by seed when the seed sets match, with the seeds that would detect
+        ``analysis.target_effect``). ``jobs``: the study's jobs, when the caller has just read them."""
+        row = self._row(study_id)
+        settings = AnalysisSettings.of_spec(stored_spec(row.spec), looks=row.looks)
+        if jobs is None:
+            jobs = self.queue.list_jobs(study_id, config_keys=("variant", "seed", CONFIG_VARIANT_NAME, CONFIG_GRID_POINT))
+        return analyze(records_from_jobs(jobs), settings)

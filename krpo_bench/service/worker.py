@@ -28,22 +28,22 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
 from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import DBAPIError
 
+from krpo_bench.service.child import TrialPayload
 from krpo_bench.service.forkserver import ForkedTrial, warm_up
-from krpo_bench.service.launch import PARENT_PID_ENV, die_with_parent, trial_command, visible_devices
+from krpo_bench.service.launch import SpawnedTrial, TrialProcess, visible_devices
 from krpo_bench.service.queue import UNESTIMATED_GPU_MEMORY_MIB, ClaimedJob, Heartbeat, is_database_outage
 from krpo_bench.service.studies import StudyService
 from krpo_bench.settings import data_home, get_settings
@@ -140,7 +140,7 @@ class Running:
     job: ClaimedJob
     devices: list[str]
     memory_mib: int  # reserved on each of ``devices``
-    process: subprocess.Popen | ForkedTrial
+    process: TrialProcess
     result_file: Path
     log_file: Path
     started: float = field(default_factory=time.monotonic)
@@ -148,7 +148,8 @@ class Running:
 
 
 class Worker:
-    """Runs jobs from the queue until stopped (or, with ``exit_when_idle``, until none are left)."""
+    """Runs jobs from the queue until stopped (or, with ``exit_when_idle``, once it runs none and
+    none it could run is queued or running anywhere)."""
 
     def __init__(
         self,
@@ -222,7 +223,7 @@ class Worker:
                             break
                     else:
                         claimed = self._fill_slots()
-                        if self.exit_when_idle and not self.running and not claimed:
+                        if self.exit_when_idle and not self.running and not claimed and not self._work_left():
                             break
                 except (DBAPIError, StorageInternalError) as err:
                     if not is_database_outage(err):
@@ -239,6 +240,12 @@ class Worker:
                 self.queue.deregister_worker(self.id)
             except DBAPIError as err:
                 self.say(f"could not deregister worker {self.id}: {err}", "yellow")
+
+    def _work_left(self) -> bool:
+        """Whether a job this worker could run is queued or running anywhere: an idle worker with
+        ``exit_when_idle`` stays while another worker may still hand a trial back."""
+        gpus = sum(d != "cpu" for d in self.devices)
+        return self.queue.has_active_jobs(max_gpus=gpus if gpus else None)
 
     def _reclaim(self) -> list[str]:
         if self.service.reclaim_expired():
@@ -302,31 +309,23 @@ class Worker:
         log_file = self.workdir / f"{job.id}-{job.attempt}.log"
         cpu = devices == ["cpu"]
         processes = max(1, job.gpus)
-        payload = {
-            "job": {k: v for k, v in asdict(job).items() if k != "lease_expires_at"} | {"config": {**job.config, "parent_run_id": parent_run}},
-            "db_url": self.service.db_url,
-            "mlflow_uri": self.service.mlflow_uri,
-            "result_file": str(result_file),
-            "cpu_threads": max(1, cpu_threads_per_trial(self.slots.get("cpu", 0)) // processes) if cpu else None,
-        }
-        job_file.write_text(json.dumps(payload, default=str))
+        payload = TrialPayload(
+            job=replace(job, config={**job.config, "parent_run_id": parent_run}),
+            db_url=self.service.db_url,
+            mlflow_uri=self.service.mlflow_uri,
+            result_file=result_file,
+            cpu_threads=max(1, cpu_threads_per_trial(self.slots.get("cpu", 0)) // processes) if cpu else None,
+        )
+        job_file.write_text(payload.to_json())
         env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if cpu else visible_devices(devices, os.environ.get("CUDA_VISIBLE_DEVICES")))
-        env[PARENT_PID_ENV] = str(os.getpid())
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         if cpu and processes > 1:
             env["ACCELERATE_USE_CPU"] = "true"  # the ranks train on CPU (gloo)
+        process: TrialProcess
         if processes == 1 and self.fork_server:
             process = ForkedTrial(job_file, env, log_file)
         else:
-            with open(log_file, "ab") as log:
-                process = subprocess.Popen(
-                    trial_command(job_file, processes),
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=die_with_parent,
-                )
+            process = SpawnedTrial(job_file, env, log_file, processes)
         memory = job.gpu_memory_mib or UNESTIMATED_GPU_MEMORY_MIB
         self.running[job.id] = Running(job, devices, memory, process, result_file, log_file)
         where = ",".join(devices) + (f" ({processes} processes)" if processes > 1 else "")
@@ -363,7 +362,7 @@ class Worker:
     def _stop(self, run: Running, reason: str) -> None:
         if run.stop_reason is None:
             run.stop_reason = reason
-            run.process.send_signal(signal.SIGTERM)
+            run.process.terminate()
 
     def _stop_all(self, reason: str) -> None:
         for run in self.running.values():

@@ -1,31 +1,19 @@
-"""The ``estimator:`` block of a trial: a name plus that estimator's own typed parameters.
+"""The ``estimator:`` block of a trial: one of the catalog's estimators, told apart by ``name``.
 
-Built from the registry, so ``estimator: {name: krpo, Q: 1e-4}`` is validated against KRPO's
-parameters and a typo in a parameter name is an error naming it.
+The union is built from :data:`krpo_bench.advantages.catalog.CATALOG`, so ``estimator: {name: krpo,
+Q: 1e-4}`` is validated against KRPO's parameter model and a typo in a parameter name is an error
+naming it. The validated block is the estimator's parameters: :func:`build_estimator` hands it to
+the estimator as it is.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal, Union
+from typing import Annotated, Union
 
-from pydantic import Field, create_model
+from pydantic import Field
 
-from krpo_bench.advantages import PARAMS, EstimatorParams
+from krpo_bench.advantages.catalog import CATALOG, build_estimator
 
-if TYPE_CHECKING:
-    from krpo_bench.advantages import Estimator
+EstimatorSpec = Annotated[Union[tuple(entry.spec for entry in CATALOG.values())], Field(discriminator="name")]
 
-
-def _spec_model(name: str, params: type[EstimatorParams]) -> type[EstimatorParams]:
-    return create_model(f"{params.__name__}_{name}", __base__=params, name=(Literal[name], ...))
-
-
-ESTIMATOR_SPECS = tuple(_spec_model(name, params) for name, params in PARAMS.items())
-EstimatorSpec = Annotated[Union[ESTIMATOR_SPECS], Field(discriminator="name")]
-
-
-def build_estimator(spec: EstimatorParams, seed: int = 0) -> Estimator:
-    """The estimator a validated ``estimator:`` block describes; ``seed`` (the trial's) seeds its noise."""
-    from krpo_bench.advantages import get_estimator
-
-    return get_estimator(spec.name, seed=seed, **spec.model_dump(exclude={"name"}))
+__all__ = ["EstimatorSpec", "build_estimator"]

@@ -12,13 +12,14 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
+from krpo_bench.spec.base import Strict
 from krpo_bench.spec.loading import SpecError, validation_errors
 from krpo_bench.spec.names import MAX_NAME_CHARS, DisplayName, check_display_name, shown
 from krpo_bench.spec.trial import MAX_SEED, TrialSpec
@@ -33,9 +34,6 @@ MAX_SAMPLER_SEED = 2**31 - 1
 MAX_GRID_POINTS = 100_000  # the grid sampler enumerates every point of its space up front
 MAX_GRID_VALUES = 1000
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Resources(Strict):
@@ -117,6 +115,11 @@ class Objective(Strict):
     direction: Literal["maximize", "minimize"] = "maximize"
 
 
+class UntilDecided(Strict):
+    max_seeds: int = Field(..., ge=2, le=1000, description="seeds a comparison may take at most (the last look)")
+    step: int = Field(..., ge=1, le=1000, description="seeds added to each undecided comparison after a look")
+
+
 class Analysis(Strict):
     target_effect: float = Field(
         0.02,
@@ -127,6 +130,32 @@ class Analysis(Strict):
             "each verdict says about how many seeds would detect it at 80 % power, alpha 0.05"
         ),
     )
+    equivalence_margin: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description=(
+            "a comparison whose difference lies within +-margin by a TOST is called equivalent "
+            "(a fraction, 0.02 = 2 points; default: target_effect)"
+        ),
+    )
+    primary: Literal["final/accuracy", "final/pass_at_k"] = Field(
+        "final/accuracy",
+        description="the primary endpoint: verdicts and the multiplicity family use it; other endpoints are exploratory",
+    )
+    until_decided: UntilDecided | None = Field(
+        None,
+        description=(
+            "add seeds until every comparison with the reference is decided: after each batch of seeds the "
+            "family is analysed with group-sequential (O'Brien-Fleming) boundaries and `step` seeds are added "
+            "to the undecided comparisons, up to `max_seeds`"
+        ),
+    )
+
+    @property
+    def margin(self) -> float:
+        """The equivalence margin in effect (``equivalence_margin``, else ``target_effect``)."""
+        return self.equivalence_margin if self.equivalence_margin is not None else self.target_effect
 
 
 def set_path(config: dict, path: str, value: Any) -> None:
@@ -168,10 +197,13 @@ GridValues = Annotated[list[Any], Field(max_length=MAX_GRID_VALUES), AfterValida
 
 @dataclass(frozen=True)
 class PlannedTrial:
-    """One trial of an ablation: its stable key, variant, seed and full validated config."""
+    """One trial of an ablation: its stable key, variant name, grid point ((dotted path, value) pairs,
+    empty without a grid), display label (``"krpo group_size=2"``), seed and full validated config."""
 
     key: str
     variant: str
+    grid_point: tuple[tuple[str, Any], ...]
+    label: str
     seed: int
     overrides: dict[str, Any]
     spec: TrialSpec
@@ -225,10 +257,37 @@ class StudySpec(Strict):
                 raise ValueError("a search needs 'n_trials'")
             if self.variants or self.grid:
                 raise ValueError("'variants' and 'grid' belong to kind: ablation, not search")
+        until = self.analysis.until_decided
+        if until is not None:
+            if self.kind != "ablation":
+                raise ValueError("'analysis.until_decided' belongs to kind: ablation, not search")
+            if until.max_seeds <= len(self.seed_list()):
+                raise ValueError(
+                    f"analysis.until_decided.max_seeds ({until.max_seeds}) must exceed the seeds of the first "
+                    f"look ({len(self.seed_list())})"
+                )
+            if max(self.seed_list()) + until.max_seeds - len(self.seed_list()) > MAX_SEED:
+                raise ValueError(f"analysis.until_decided would run seeds above {MAX_SEED}")
         return self
 
     def seed_list(self) -> list[int]:
+        """The seeds of the first (or only) look."""
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    def look_sizes(self) -> list[int]:
+        """Seeds per comparison at each planned look: the first look's seeds, then ``step`` more each
+        look up to ``max_seeds`` (``seeds: 5, step 5, max 20`` -> 5, 10, 15, 20); one look without
+        ``analysis.until_decided``."""
+        first, until = len(self.seed_list()), self.analysis.until_decided
+        if until is None:
+            return [first]
+        return [*range(first, until.max_seeds, until.step), until.max_seeds]
+
+    def seeds_through(self, n: int) -> list[int]:
+        """The first ``n`` seeds of the sequential design: the first look's, then the integers above
+        their maximum, in order."""
+        first = self.seed_list()
+        return (first + list(range(max(first) + 1, max(first) + 1 + n - len(first))))[:n]
 
     def search_seeds(self) -> list[int]:
         """The seeds every search trial runs with: ``seeds_per_trial`` of them."""
@@ -236,12 +295,15 @@ class StudySpec(Strict):
             return self.seeds[: self.seeds_per_trial]
         return list(range(self.seeds_per_trial))
 
+    def grid_points(self) -> int:
+        """How many points the ablation grid holds: the product of its axes' lengths (1 without a grid)."""
+        return math.prod(len(values) for values in (self.grid or {}).values())
+
     def trial_count(self) -> int:
         """How many trials the study holds (for a search: its budget)."""
         if self.kind == "search":
             return (self.n_trials or 0) * self.seeds_per_trial
-        grid = math.prod(len(v) for v in (self.grid or {}).values())
-        return len(self.variants or {"base": {}}) * grid * len(self.seed_list())
+        return len(self.variants or {"base": {}}) * self.grid_points() * self.look_sizes()[-1]
 
     def trial_config(self, overrides: dict[str, Any], seed: int, name: str) -> TrialSpec:
         """The base config with ``overrides`` (dotted paths or nested mappings) and ``seed`` applied."""
@@ -256,8 +318,10 @@ class StudySpec(Strict):
         config["name"] = name
         return TrialSpec.model_validate(config)
 
-    def plan(self) -> list[PlannedTrial]:
-        """Every ablation trial: variants x grid x seeds, each validated, in a stable order."""
+    def plan(self, seeds_of: Mapping[str, Sequence[int]] | None = None) -> list[PlannedTrial]:
+        """Every ablation trial: variants x grid x seeds, each validated, in a stable order.
+        ``seeds_of`` (by label) plans only those labels, each with its own seeds (a sequential look's
+        added seeds); by default every label runs the first look's seeds."""
         variants = self.variants or {"base": {}}
         grid_keys = list((self.grid or {}).keys())
         grid_values = list(itertools.product(*[(self.grid or {})[k] for k in grid_keys]))
@@ -266,11 +330,13 @@ class StudySpec(Strict):
             for combo in grid_values:
                 point = dict(zip(grid_keys, combo))
                 label = variant + "".join(f" {k.split('.')[-1]}={v}" for k, v in point.items())
-                for seed in self.seed_list():
+                if seeds_of is not None and label not in seeds_of:
+                    continue
+                for seed in self.seed_list() if seeds_of is None else seeds_of[label]:
                     overrides = {**override, **point}
                     spec = self.trial_config(overrides, seed, f"{label} seed={seed}")
                     key = f"{label}|seed={seed}"
-                    trials.append(PlannedTrial(key, label, seed, overrides, spec))
+                    trials.append(PlannedTrial(key, variant, tuple(point.items()), label, seed, overrides, spec))
         return trials
 
 
@@ -283,15 +349,6 @@ def split_label(label: str) -> tuple[str, str]:
     the point is ``""`` in a study without a grid."""
     found = _GRID_POINT.search(label)
     return (label[: found.start()], label[found.start() + 1 :]) if found else (label, "")
-
-
-def reference_for(label: str, labels: Sequence[str], reference: str) -> str:
-    """The run group ``label`` is compared with: ``reference`` itself, or in a study with a grid the
-    reference variant at the same grid point (``"krpo group_size=2"`` -> ``"grpo group_size=2"``), so
-    that only the estimator differs; ``reference`` when ``labels`` has no such group."""
-    point = split_label(label)[1]
-    paired = f"{reference} {point}" if point and reference not in labels else reference
-    return paired if paired in labels else reference
 
 
 def validate_study(data: Any, source: str = "<study>") -> StudySpec:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from krpo_bench.models.config import ModelSpec
+from krpo_bench.spec.base import Strict
 from krpo_bench.spec.estimator import EstimatorSpec
 from krpo_bench.spec.identity import identity_hash
 from krpo_bench.spec.names import DisplayName
@@ -16,9 +17,6 @@ from krpo_bench.tasks.config import TaskSpec
 
 MAX_SEED = 2**31 - 1
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class TrainingSpec(Strict):

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from krpo_bench.training.evaluation import EvalResult, evaluate
+from krpo_bench.training.evaluation import EvalResult, evaluate, item_ids_hash
 
 WORLD_SIZE_ENV = "WORLD_SIZE"  # set for every rank by torchrun (accelerate's multi-process launcher)
 TIMEOUT_S = 1800  # collectives wait this long for a slow rank (transformers' ddp_timeout default)
@@ -82,18 +82,44 @@ def sum_over_ranks(values: Sequence[float]) -> list[float]:
     return total.tolist()
 
 
+def contiguous_share(size: int, world_size: int, rank: int) -> range:
+    """The positions of ``rank``'s contiguous share of ``size`` items (datasets' ``shard(contiguous=True)``
+    split: the first ``size % world_size`` ranks take one item more)."""
+    div, mod = divmod(size, world_size)
+    start = div * rank + min(rank, mod)
+    return range(start, start + div + (1 if rank < mod else 0))
+
+
+def place_share(values: Sequence[int], share: range, size: int) -> list[float]:
+    """``values`` at the positions of ``share`` in a vector of ``size`` zeros (summed over ranks,
+    the shares' vectors give every item's value in test-set order)."""
+    placed = [0.0] * size
+    placed[share.start : share.stop] = [float(v) for v in values]
+    return placed
+
+
 def evaluate_sharded(model: Any, tokenizer: Any, task: Any, *, limit: int | None = None, **kwargs: Any) -> EvalResult:
     """:func:`evaluate` with the test set (its first ``limit`` prompts) split into contiguous shares,
-    one per rank; hit counts are summed, so every rank gets the result over the whole set."""
+    one per rank; the per-item outcomes are gathered in test-set order, so every rank gets the
+    result over the whole set."""
     rank = this_rank()
     if rank.world_size == 1:
         return evaluate(model, tokenizer, task, limit=limit, **kwargs)
     test = task.test if limit is None else task.test.select(range(min(limit, len(task.test))))
-    share = test.shard(num_shards=rank.world_size, index=rank.rank, contiguous=True)
-    hits = [0.0, 0.0, 0.0]
+    size = len(test)
+    share = contiguous_share(size, rank.world_size, rank.rank)
+    outcomes, hits = [0] * len(share), [0] * len(share)
     if len(share):
-        local = evaluate(model, tokenizer, dataclasses.replace(task, test=share), **kwargs)
-        n = local.num_prompts
-        hits = [round(local.accuracy * n), round(local.pass_at_k * n), n]
-    correct, passed, total = sum_over_ranks(hits)
-    return EvalResult(accuracy=correct / total, pass_at_k=passed / total, k=kwargs["k"], num_prompts=int(total))
+        local = evaluate(model, tokenizer, dataclasses.replace(task, test=test.select(share)), **kwargs)
+        outcomes, hits = local.item_outcomes, local.item_pass_at_k
+    gathered = [int(v) for v in sum_over_ranks(place_share(outcomes, share, size) + place_share(hits, share, size))]
+    all_outcomes, all_hits = tuple(gathered[:size]), tuple(gathered[size:])
+    return EvalResult(
+        accuracy=sum(all_outcomes) / size,
+        pass_at_k=sum(all_hits) / size,
+        k=kwargs["k"],
+        num_prompts=size,
+        item_outcomes=all_outcomes,
+        item_pass_at_k=all_hits,
+        item_ids_hash=item_ids_hash(test["prompt"], test["answer"]),
+    )

@@ -1,19 +1,52 @@
-"""Held-out evaluation: greedy accuracy and sampled pass@k on a task's test split."""
+"""Held-out evaluation: greedy accuracy and sampled pass@k on a task's test split, item by item."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
+
+ITEM_IDS_HASH_CHARS = 16
 
 
 @dataclass(frozen=True)
 class EvalResult:
+    """Scores over ``num_prompts`` test items; ``item_outcomes`` (greedy correct, 0/1) and
+    ``item_pass_at_k`` (any of the k samples correct, 0/1) are per item in test-set order, so
+    ``accuracy == mean(item_outcomes)`` and ``pass_at_k == mean(item_pass_at_k)`` exactly."""
+
     accuracy: float
     pass_at_k: float
     k: int
     num_prompts: int
+    item_outcomes: tuple[int, ...]
+    item_pass_at_k: tuple[int, ...]
+    item_ids_hash: str
+
+    def item_record(self) -> dict[str, Any]:
+        """The per-item outcomes in compact form (one "0"/"1" character per item, test-set order)."""
+        return {
+            "num_items": self.num_prompts,
+            "item_ids_hash": self.item_ids_hash,
+            "outcomes": outcome_string(self.item_outcomes),
+            "pass_at_k": outcome_string(self.item_pass_at_k),
+            "k": self.k,
+        }
+
+
+def item_ids_hash(prompts: Sequence[Any], answers: Sequence[str]) -> str:
+    """A short hash of the test items (prompt and gold answer, in order): two evaluations with the
+    same hash scored the same items in the same order."""
+    items = json.dumps([[p, a] for p, a in zip(prompts, answers, strict=True)], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(items.encode()).hexdigest()[:ITEM_IDS_HASH_CHARS]
+
+
+def outcome_string(outcomes: Iterable[int]) -> str:
+    """0/1 outcomes as one "0"/"1" character per item (``[int(c) for c in s]`` reads them back)."""
+    return "".join("1" if o else "0" for o in outcomes)
 
 
 def render_prompts(tokenizer: Any, prompts: Sequence[str | list[dict[str, str]]]) -> list[str]:
@@ -71,7 +104,7 @@ def evaluate(
     batch_size: int = 64,
     seed: int = 0,
 ) -> EvalResult:
-    """Greedy accuracy and pass@k (k samples at ``temperature``) on ``task.test``.
+    """Greedy accuracy and pass@k (k samples at ``temperature``) on ``task.test``, with each item's outcomes.
 
     Sampling uses its own seeded RNG stream, so evaluating never perturbs training randomness.
     """
@@ -82,7 +115,7 @@ def evaluate(
     model.eval()
     try:
         greedy = generate_completions(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        accuracy = sum(task.is_correct(c, a) for c, a in zip(greedy, answers)) / len(answers)
+        outcomes = tuple(int(task.is_correct(c, a)) for c, a in zip(greedy, answers))
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
@@ -95,10 +128,17 @@ def evaluate(
                 temperature=temperature,
                 batch_size=max(1, batch_size // k),
             )
-        hits = [
-            any(task.is_correct(c, a) for c in sampled[i * k : (i + 1) * k]) for i, a in enumerate(answers)
-        ]
-        pass_at_k = sum(hits) / len(answers)
+        hits = tuple(
+            int(any(task.is_correct(c, a) for c in sampled[i * k : (i + 1) * k])) for i, a in enumerate(answers)
+        )
     finally:
         model.train(was_training)
-    return EvalResult(accuracy=accuracy, pass_at_k=pass_at_k, k=k, num_prompts=len(answers))
+    return EvalResult(
+        accuracy=sum(outcomes) / len(answers),
+        pass_at_k=sum(hits) / len(answers),
+        k=k,
+        num_prompts=len(answers),
+        item_outcomes=outcomes,
+        item_pass_at_k=hits,
+        item_ids_hash=item_ids_hash(test["prompt"], answers),
+    )

@@ -26,8 +26,9 @@ from transformers.trainer_callback import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput, rotate_checkpoints
 from trl import GRPOTrainer
 from trl.data_utils import is_conversational
+from trl.trainer.utils import RepeatSampler
 
-from krpo_bench.advantages import Estimate, Estimator
+from krpo_bench.advantages import Estimate, Estimator, Need
 from krpo_bench.tasks.noise import RewardNoise, noisy_rewards
 
 ESTIMATOR_STATE_FILE = "estimator_state.json"
@@ -77,6 +78,19 @@ def _describe_write_error(err: BaseException, folder: str) -> str:
     return f"{type(err).__name__}: {err}" + (f" ({'; '.join(hints)})" if hints else "")
 
 
+class ResumableRepeatSampler(RepeatSampler):
+    """TRL's prompt sampler with ``set_epoch`` (the trainer calls it at every epoch's start): its
+    generator is put where an uninterrupted run has it then (seeded, one permutation drawn per
+    earlier epoch), so a trial resumed in a later epoch sees the prompts in the same order. TRL's
+    own sampler restarts from its seed, giving a resumed epoch the first epoch's order."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.shuffle and self.seed is not None:
+            self.generator.manual_seed(self.seed)
+            for _ in range(epoch):
+                torch.randperm(self.num_samples, generator=self.generator)
+
+
 class BaselineGRPOTrainer(GRPOTrainer):
     """GRPO whose advantages come from ``estimator`` (any registered baseline); ``reward_noise``
     perturbs the rewards the estimator sees (training only), seeded by the trial seed and step."""
@@ -89,6 +103,20 @@ class BaselineGRPOTrainer(GRPOTrainer):
         self.reward_noise = reward_noise
         self.advantage_sample: deque[float] = deque(maxlen=ADVANTAGE_SAMPLE_SIZE)
         self._last_rewards_per_func: torch.Tensor | None = None
+
+    def _get_train_sampler(self, dataset: Any = None) -> Any:
+        """TRL's train sampler, as a :class:`ResumableRepeatSampler` (the same order, resumable)."""
+        sampler = super()._get_train_sampler(dataset)
+        if type(sampler) is not RepeatSampler:
+            return sampler
+        return ResumableRepeatSampler(
+            data_source=sampler.data_source,
+            mini_repeat_count=sampler.mini_repeat_count,
+            batch_size=sampler.batch_size,
+            repeat_count=sampler.repeat_count,
+            shuffle=sampler.shuffle,
+            seed=sampler.seed,
+        )
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -103,9 +131,9 @@ class BaselineGRPOTrainer(GRPOTrainer):
         groups = rewards.view(-1, self.num_generations)
         prompt_ids = gather_object([x.get("prompt_id") for x in inputs])[:: self.num_generations]
         extra = {}
-        if self.estimator.needs_lengths:
+        if Need.LENGTHS in self.estimator.needs:
             extra["lengths"] = self.accelerator.gather(output["completion_mask"].sum(dim=1)).view_as(groups)
-        if self.estimator.needs_baseline_rewards:
+        if Need.BASELINE_REWARDS in self.estimator.needs:
             extra["baseline_rewards"] = self._greedy_rewards(inputs)
         estimate = self.estimator.estimate(groups, prompt_ids, **extra, step=self.state.global_step)
         flat = estimate.advantages.reshape(-1)

@@ -26,9 +26,9 @@ from krpo_bench.settings import trial_folder
 from krpo_bench.spec.estimator import build_estimator
 from krpo_bench.spec.trial import TrialSpec
 from krpo_bench.tasks import build_task
-from krpo_bench.tracking import NullTracker, RunTracker, flatten
+from krpo_bench.tracking import NullTracker, RunTracker, flatten, log_final_metrics, log_item_outcomes
 from krpo_bench.training.callbacks import EvalCallback, MetricsCallback, ProgressCallback, StopCallback
-from krpo_bench.training.evaluation import EvalResult
+from krpo_bench.training.evaluation import EvalResult, outcome_string
 from krpo_bench.training.trainer import BaselineGRPOTrainer
 
 RESULT_FILE = "result.json"
@@ -38,6 +38,18 @@ ADVANTAGES_ARTIFACT = "diagnostics/advantages.json"  # read by the report's diag
 
 @dataclass(frozen=True)
 class TrialResult:
+    """What a trial reports (``result.json``, the job's result).
+
+    ``final_item_outcomes`` is the final evaluation's greedy correctness of each test item, in
+    test-set order, as one "0"/"1" character per item (``[int(c) for c in s]`` reads it back): a
+    test set may hold up to 100,000 items, and a string is the compact JSON form of that many.
+    ``final_item_ids_hash`` identifies those items (prompts and answers, in order): two results
+    with equal hashes were scored on the same items. ``initial_item_outcomes`` is the same for the
+    evaluation before training (the first ``eval_size`` items of the test set), when this attempt
+    ran it. All three are None where there is no such evaluation (and in results written before
+    they existed).
+    """
+
     trial_id: str
     status: str  # succeeded | pruned | stopped
     steps: int
@@ -50,6 +62,9 @@ class TrialResult:
     tokens: float
     mlflow_run_id: str
     run_dir: str
+    final_item_outcomes: str | None = None
+    final_item_ids_hash: str | None = None
+    initial_item_outcomes: str | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -192,7 +207,7 @@ def _train(
         tracker.log_metrics({"eval/accuracy": result.accuracy, "eval/pass_at_k": result.pass_at_k}, step=step)
         return result
 
-    initial = run_eval(0).accuracy if checkpoint is None else None
+    initial = run_eval(0) if checkpoint is None else None
     trainer = BaselineGRPOTrainer(
         model=model,
         reward_funcs=task.reward_funcs,
@@ -221,6 +236,8 @@ def _train(
     else:
         status = "pruned" if eval_cb.pruned else "succeeded"
         final = run_eval(steps, limit=None)
+        evaluations = {"final": final, "initial": initial}
+        log_item_outcomes(tracker, {name: r.item_record() for name, r in evaluations.items() if r is not None})
     wall = time.perf_counter() - started
     step_times = metrics_cb.step_times
     mean_step = sum(step_times) / len(step_times) if step_times else None
@@ -232,8 +249,8 @@ def _train(
         prefix = "pruned" if status == "pruned" else "final"
         summary.update({f"{prefix}/accuracy": final.accuracy, f"{prefix}/pass_at_k": final.pass_at_k})
     if initial is not None:
-        summary["final/initial_accuracy"] = initial
-    tracker.log_metrics(summary, step=steps)
+        summary["final/initial_accuracy"] = initial.accuracy
+    log_final_metrics(tracker, summary)
     return TrialResult(
         trial_id=trial_id,
         status=status,
@@ -241,10 +258,13 @@ def _train(
         resumed_from=int(Path(checkpoint).name.split("-")[-1]) if checkpoint else None,
         final_accuracy=final.accuracy if final else None,
         final_pass_at_k=final.pass_at_k if final else None,
-        initial_accuracy=initial,
+        initial_accuracy=initial.accuracy if initial else None,
         wall_time_s=wall,
         mean_step_time_s=mean_step,
         tokens=metrics_cb.last_tokens,
         mlflow_run_id=tracker.run_id,
         run_dir=str(run_dir),
+        final_item_outcomes=outcome_string(final.item_outcomes) if final else None,
+        final_item_ids_hash=final.item_ids_hash if final else None,
+        initial_item_outcomes=outcome_string(initial.item_outcomes) if initial else None,
     )
