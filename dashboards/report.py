@@ -192,10 +192,16 @@ def _comparison_cells(c: ComparisonResult | None, reference: str | None) -> dict
         "Δ bootstrap 95 % CI": cell(lambda c: fmt.interval(c.difference_bootstrap, fmt.signed_points)),
         "Δ unpaired (Welch) 95 % CI": cell(lambda c: fmt.interval(c.welch_difference, fmt.signed_points)),
         f"P(> {reference}) [95 % CI]": cell(lambda c: fmt.with_interval(c.prob_improvement, fmt.probability)),
+        "Δ seeds + test items 95 % CI": cell(lambda c: fmt.interval(c.item_difference, fmt.signed_points)),
         "t-test p": cell(lambda c: fmt.p_value(c.p_value)),
+        "Holm p": cell(lambda c: fmt.p_value(c.p_holm)),
         "Wilcoxon p": cell(lambda c: fmt.p_value(c.rank_p_value)),
+        "TOST p (Holm)": cell(lambda c: f"{fmt.p_value(c.tost_p)} ({fmt.p_value(c.tost_p_holm)})"),
+        "sd ratio [95 % CI]": cell(lambda c: fmt.with_interval(c.spread_ratio, fmt.probability)),
         "detectable, points": cell(lambda c: fmt.points(c.mde)),
         "seeds for target": cell(lambda c: fmt.seeds(c.seeds_needed)),
+        "verdict": cell(lambda c: c.verdict + (f" (look {c.look})" if c.look is not None else "")),
+        "seeds to decide": cell(lambda c: fmt.seeds(c.seeds_to_decide)),
     }
 
 
@@ -207,7 +213,7 @@ def _final_table(summary: Summary) -> str:
             "mean % [95 % CI]": fmt.with_interval(v.mean),
             "IQM % [95 % CI]": fmt.with_interval(v.iqm),
             **_comparison_cells(c := analysis.comparison(v.label), analysis.reference),
-            "verdict": c.sentence if c is not None else "reference",
+            "in words": c.sentence if c is not None else "reference",
         }
         for v in analysis.variants
     ])
@@ -217,8 +223,41 @@ def _final_table(summary: Summary) -> str:
         f"t-interval and test, {RANK_TEST['unpaired']} test, P(X > Y) over all pairs). 'detectable' is the "
         f"difference a two-sided test at level {1 - analysis.confidence:.2g} finds with "
         f"{analysis.power:.0%} power given the seeds run and their observed spread; 'seeds for target' is how many "
-        f"seeds (per variant when unpaired) would detect {analysis.target_effect * SCALE:g} points."
-    )
+        f"seeds (per variant when unpaired) would detect {analysis.target_effect * SCALE:g} points. "
+        f"Verdicts: better / worse when the difference test's p, Holm-adjusted over the "
+        f"{len(analysis.comparisons)} comparisons with the reference on {analysis.metric} (the family), is below "
+        f"the level; equivalent when the TOST within ±{analysis.margin * SCALE:g} points (Holm-adjusted) is; "
+        f"otherwise undecided, with about how many seeds would decide it. The Δ interval covers the seeds' noise on "
+        f"the test items these trials shared; 'seeds + test items' (where trials stored per-item outcomes) also "
+        f"covers the test items' sampling noise, so it speaks for the task rather than these items. 'sd ratio' is "
+        f"the spread of the variant's seeds over the reference's (stability)."
+    ) + _looks_section(analysis) + _secondary_section(analysis)
+
+
+def _looks_section(analysis: StudyAnalysis) -> str:
+    """A sequential study's looks: seeds at each and what each decided."""
+    if not analysis.looks:
+        return ""
+    frame = pd.DataFrame([
+        {"look": look["look"], "seeds": look["seeds"], "comparison": d["label"], "verdict": d["verdict"],
+         "Holm p": fmt.p_value(d["p_holm"]), "TOST Holm p": fmt.p_value(d["tost_p_holm"]),
+         "level (difference)": fmt.p_value(d["difference_level"]), "level (TOST)": fmt.p_value(d["tost_level"])}
+        for look in analysis.looks for d in look["decisions"]
+    ])
+    return "<h3>looks (seeds until decided, O'Brien-Fleming boundaries)</h3>" + _table(frame)
+
+
+def _secondary_section(analysis: StudyAnalysis) -> str:
+    """Secondary endpoints, each comparison labelled exploratory (raw p-values, no multiplicity control)."""
+    if not analysis.secondary:
+        return ""
+    frame = pd.DataFrame([
+        {"endpoint": c.metric, "variant": c.label, "versus": c.reference_label,
+         "Δ, points [95 % CI]": fmt.with_interval(c.difference, fmt.signed_points), "p (raw)": fmt.p_value(c.p_value),
+         "verdict (exploratory)": c.verdict}
+        for c in analysis.secondary
+    ])
+    return "<h3>secondary endpoints (exploratory)</h3>" + _table(frame)
 
 
 def _final_points(summary: Summary) -> tuple[dict[str, np.ndarray], dict[str, Estimate]]:

@@ -297,8 +297,12 @@ def _result_columns(analysis) -> list[tuple[str, Callable[[Any, Any], str]]]:
         ("per seed", lambda row, _: " ".join(fmt.fraction(v) for v in row.values)),
         ("Δ [95 % CI]", versus(lambda c: fmt.with_interval(c.difference, fmt.signed_points), "reference")),
         ("analysis", versus(lambda c: c.analysis)),
+        ("verdict", versus(lambda c: c.verdict)),
+        ("p Holm", versus(lambda c: fmt.p_value(c.p_holm))),
+        (f"TOST ±{fmt.points(analysis.margin)} p Holm", versus(lambda c: fmt.p_value(c.tost_p_holm))),
         ("detectable", versus(lambda c: fmt.points(c.mde))),
         (f"seeds for {target}", versus(lambda c: fmt.seeds(c.seeds_needed))),
+        ("seeds to decide", versus(lambda c: fmt.seeds(c.seeds_to_decide))),
     ]
 
 
@@ -310,7 +314,9 @@ def _analysis_table(analysis) -> None:
     """The per-variant results table of an analysis (a study's, a confirmation's, a pooled one), then its verdicts."""
     columns = _result_columns(analysis)
     table = Table(title="held-out accuracy before training and final (mean, 95 % t-interval across seeds); "
-                        "Δ vs the reference and the detectable difference (80 % power, alpha 0.05) in points")
+                        "Δ vs the reference in points (its interval covers the seeds, on these test items); "
+                        "p Holm-adjusted over the comparisons shown; TOST: equivalence within the margin; "
+                        "detectable difference at 80 % power, alpha 0.05")
     name_column(table, "variant")
     for header, _ in columns:
         table.add_column(header)
@@ -318,7 +324,10 @@ def _analysis_table(analysis) -> None:
         compared = analysis.comparison(row.label)
         table.add_row(row.label, *(cell(row, compared) for _, cell in columns))
     print_table(table)
-    for compared in analysis.comparisons:
+    for look in analysis.looks:
+        console.print(f"look {look['look']} ({look['seeds']} seeds): "
+                      + ", ".join(f"{d['label']} {d['verdict']}" for d in look["decisions"]))
+    for compared in analysis.comparisons + analysis.secondary:
         console.print(compared.sentence)
 
 

@@ -16,7 +16,7 @@ def _variant(label: str, values: list[float], mean: tuple[float, float, float]) 
 
 def _analysis(variants: list[VariantResult], comparisons: list[ComparisonResult]) -> StudyAnalysis:
     return StudyAnalysis(metric="final/accuracy", reference="grpo", confidence=0.95, power=0.8, target_effect=0.02,
-                         n_bootstrap=2000, bootstrap_seed=0, variants=variants, comparisons=comparisons)
+                         margin=0.02, n_bootstrap=2000, bootstrap_seed=0, variants=variants, comparisons=comparisons)
 
 
 class _Service:
@@ -27,7 +27,11 @@ class _Service:
             metric="final/accuracy", analysis="paired", n_variant=5, n_reference=5,
             difference=Estimate(estimate=-0.322, low=-0.506, high=-0.138), difference_bootstrap=undefined,
             prob_improvement=undefined, p_value=0.01, rank_p_value=0.06, welch_difference=undefined, welch_p=0.01,
-            mde=0.249, target_effect=0.02, seeds_needed=434, confidence=0.95, sentence="grpo_noise3 trails grpo",
+            mde=0.249, target_effect=0.02, seeds_needed=434, confidence=0.95, margin=0.02, tost_p=0.99,
+            tost_interval=Estimate(estimate=-0.322, low=-0.47, high=-0.17), exploratory=False, family_size=1,
+            p_holm=0.01, tost_p_holm=0.99, look=None, difference_level=0.05, tost_level=0.05, verdict="worse",
+            seeds_to_decide=None, item_difference=undefined, item_share=float("nan"), spread_ratio=undefined,
+            sentence="grpo_noise3 trails grpo",
         )
         return _analysis([
             _variant("grpo", [0.760, 0.775, 0.785, 0.815, 0.810], (0.789, 0.760, 0.818)),
@@ -40,7 +44,8 @@ def test_results_table_is_not_truncated_on_an_80_column_log(capsys: pytest.Captu
     cli._results_table(_Service(), "study")
     out = capsys.readouterr().out
     for whole in ("variant", "analysis", "detectable", "grpo_noise3", "[0.304, 0.630]", "-32.2 [-50.6, -13.8]",
-                  "0.510 0.535 0.615 0.395 0.280", "reference", "24.9", "434", "seeds for 2 pts"):
+                  "0.510 0.535 0.615 0.395 0.280", "reference", "24.9", "434", "seeds for 2 pts", "worse",
+                  "TOST ±2.0 p Holm"):
         assert whole in out, whole
     assert "…" not in out
 
@@ -111,9 +116,11 @@ def test_the_quickstart_table_reads_as_the_readme_shows_it(capsys: pytest.Captur
     out = capsys.readouterr().out
     grpo, krpo = _lines_holding(out, " grpo "), _lines_holding(out, " krpo ")
     assert [c.strip() for c in grpo[0].split("│")[1:-1]] == [
-        "grpo", "3", "0.480", "0.773 [0.742, 0.805]", "0.760 0.775 0.785", "reference", "", "", ""]
+        "grpo", "3", "0.480", "0.773 [0.742, 0.805]", "0.760 0.775 0.785", "reference", "", "", "", "", "", "", ""]
     assert [c.strip() for c in krpo[0].split("│")[1:-1]] == [
-        "krpo", "3", "0.480", "0.765 [0.743, 0.787]", "0.760 0.775 0.760", "-0.8 [-4.4, +2.8]", "paired", "4.7", "7"]
-    assert "seeds for 2 pts" in out
-    assert ("no detectable difference between krpo and grpo (paired by seed, 3 seeds: -0.8 points, 95 % CI "
-            "[-4.4, +2.8]); with 3 seeds this study can only detect differences above 4.7 points") in " ".join(out.split())
+        "krpo", "3", "0.480", "0.765 [0.743, 0.787]", "0.760 0.775 0.760", "-0.8 [-4.4, +2.8]", "paired", "undecided",
+        "0.423", "0.148", "4.7", "7", "8"]
+    assert "seeds for 2 pts" in out and "TOST ±2.0 p Holm" in out
+    assert ("undecided between krpo and grpo: -0.8 points, 95 % CI [-4.4, +2.8] (paired by seed, 3 seeds); neither a "
+            "difference nor equivalence within ±2.0 points (p 0.423, TOST p 0.148, Holm over 1 comparison); these seeds "
+            "detect differences above 4.7 points; about 8 seeds would decide it") in " ".join(out.split())

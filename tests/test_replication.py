@@ -22,9 +22,11 @@ from krpo_bench.analysis.analyze import AnalysisSettings, analyze
 from krpo_bench.analysis.records import records_from_jobs
 from krpo_bench.analysis.replication import SeedEstimate, heterogeneity_test
 from krpo_bench.api.app import create_app
+from krpo_bench.api.auth import TokenStore
 from krpo_bench.api.settings import ApiSettings
 from krpo_bench.cli import app as cli
 from krpo_bench.service.db import Study, read_connection
+from krpo_bench.service.quotas import owner_of
 from krpo_bench.service.replication import compare, confirmed_study, replication
 from krpo_bench.service.studies import StudyError, StudyService
 from krpo_bench.spec.confirm import confirmation_name
@@ -226,3 +228,28 @@ def test_the_api_confirms_and_answers_the_replication(client: TestClient) -> Non
     assert data["original_id"] == created.json()["id"] and data["confirmation_id"] == body["id"]
     assert data == replication(service, body["id"]).model_dump(mode="json")
     assert [row["label"] for row in data["heterogeneity"]] == ["krpo"] and 0 <= data["heterogeneity"][0]["p_value"] <= 1
+
+
+def test_confirming_over_the_api_takes_a_submit_token_and_its_quota(tmp_path: Path) -> None:
+    store = TokenStore(tmp_path / "tokens.json")
+    (reader, _), (submitter, record) = store.create("reader", ["read"]), store.create("submitter", ["submit"])
+    settings = ApiSettings(db=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                           api_tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path,), max_active_trials_per_token=5)
+    with TestClient(create_app(settings)) as client:
+        service: StudyService = client.app.state.service
+        original = service.submit(ABLATION)  # owned by nobody: any submit token may confirm it, owning the confirmation
+        finish(service, effect=0.04)
+        path = f"/api/v1/studies/{original.id}/confirm"
+        assert client.post(path, json={"variants": ["krpo"]}).status_code == 401
+        assert client.post(path, json={"variants": ["krpo"]}, headers={"Authorization": f"Bearer {reader}"}).status_code == 403
+        as_submitter = {"Authorization": f"Bearer {submitter}"}
+        over = client.post(path, json={"variants": ["krpo"], "seeds": 3}, headers=as_submitter)  # 6 trials, 5 allowed
+        assert over.status_code == 429, over.text
+        confirmed = client.post(path, json={"variants": ["krpo"], "seeds": 2}, headers=as_submitter)
+        assert confirmed.status_code == 201, confirmed.text
+        assert owner_of(service.engine, confirmed.json()["id"]) == record.id
+        assert confirmed.json()["spec"]["seeds"] == [4, 5]  # the refused request took no seeds
+        answer = client.get(f"/api/v1/studies/{confirmed.json()['id']}/replication", headers={"Authorization": f"Bearer {reader}"})
+        (row,) = answer.json()["heterogeneity"]
+        assert answer.status_code == 200 and row["original_difference"] is not None
+        assert row["confirmation_difference"] is None and row["p_value"] is None  # nothing finished yet: null, not NaN
