@@ -130,10 +130,10 @@ def test_a_creator_that_died_half_way_is_finished_without_a_second_run(tmp_path:
 
 
 class FakeProcess:
-    """Stands in for a trial process (nothing trains)."""
+    """Stands in for a spawned trial process (nothing trains)."""
 
-    def __init__(self, command: list[str], **_: Any) -> None:
-        self.command = command
+    def __init__(self, job_file: Path, *_: Any, **__: Any) -> None:
+        self.job_file = job_file
 
     def poll(self) -> int | None:
         return None
@@ -143,9 +143,9 @@ def test_a_worker_creates_the_records_before_the_first_trial(tmp_path: Path, mon
     service = StudyService(f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}")
     study_id = service.submit(SPEC).id
     started: list[FakeProcess] = []
-    monkeypatch.setattr(worker_module.subprocess, "Popen", lambda cmd, **kw: started.append(FakeProcess(cmd, **kw)) or started[-1])
+    monkeypatch.setattr(worker_module, "SpawnedTrial", lambda *a, **kw: started.append(FakeProcess(*a, **kw)) or started[-1])
     worker = Worker(service, devices=["cpu"], slots_per_device=2)
-    worker.fork_server = False  # trial processes through subprocess.Popen (faked here), not a fork server
+    worker.fork_server = False  # spawned trial processes (faked here), not a fork server
     assert worker._fill_slots() == 2
     assert_created_once(service, study_id)
     parent = service.get(study_id).mlflow_parent_run_id

@@ -89,3 +89,23 @@ def test_estimator_state_is_saved_in_checkpoints_and_restored(tmp_path, name: st
     assert json.loads(json.dumps(other.estimator.state_dict())) == state
     if name == "krpo_persistent":
         assert len(other.estimator.states) == PROMPTS and other.estimator.states == trainer.estimator.states
+
+
+def test_every_private_trl_member_the_trainer_relies_on_exists_in_the_pinned_trl() -> None:
+    """The list in training/trainer.py is the whole reliance on private TRL/transformers members: each
+    one is there (an attribute of an instance for the two state holders), and no other private name of
+    GRPOTrainer is overridden by our subclass."""
+    import inspect
+
+    from trl import GRPOTrainer
+
+    from krpo_bench.training.trainer import PRIVATE_MEMBERS, BaselineGRPOTrainer
+
+    state = {"_metrics", "_logs"}  # set in GRPOTrainer.__init__
+    for name in PRIVATE_MEMBERS.keys() - state:
+        assert hasattr(GRPOTrainer, name), name
+    source = inspect.getsource(GRPOTrainer.__init__)
+    assert all(f"self.{name} =" in source for name in state)
+    overridden = {n for n in vars(BaselineGRPOTrainer) if n.startswith("_") and not n.startswith("__")
+                  and hasattr(GRPOTrainer, n)}
+    assert overridden <= PRIVATE_MEMBERS.keys(), overridden - PRIVATE_MEMBERS.keys()

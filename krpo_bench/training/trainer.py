@@ -31,6 +31,22 @@ from trl.trainer.utils import RepeatSampler
 from krpo_bench.advantages import Estimate, Estimator, Need
 from krpo_bench.tasks.noise import RewardNoise, noisy_rewards
 
+PRIVATE_MEMBERS: dict[str, str] = {
+    "_generate_and_score_completions": "overridden: its output's 'advantages' replaced (TRL issue #4525)",
+    "_calculate_rewards": "overridden: keeps the per-function rewards it gathers",
+    "_get_train_sampler": "overridden: a sampler whose epoch shuffle a resume rebuilds",
+    "_tokenize_prompts": "called: the greedy completion of remax",
+    "_generate_single_turn": "called: the greedy completion of remax",
+    "_metrics": "read and appended: the trainer's logged metrics",
+    "_logs": "read: the logged advantages, replaced by the estimator's",
+    "_get_output_dir": "called and shadowed: checkpoints are staged, then renamed",
+    "_save_checkpoint": "overridden: atomic checkpoints with the estimator's state",
+    "_load_from_checkpoint": "called: resuming inside train()",
+    "_load_optimizer_and_scheduler": "overridden: restores the estimator's state with the optimizer's",
+}
+"""Every private member of trl's GRPOTrainer (trl==1.16.0, pinned in pyproject.toml for this reason)
+and of transformers' Trainer this trainer overrides, calls or reads; an upgrade checks each one
+(tests/test_trainer.py checks they all exist)."""
 ESTIMATOR_STATE_FILE = "estimator_state.json"
 ADVANTAGE_SAMPLE_SIZE = 20_000  # the most recent scored advantages kept for the report's histogram
 CHECKPOINT_STAGING_PREFIX = ".checkpoint-staging-"  # + pid of the writer
