@@ -5,18 +5,20 @@ from __future__ import annotations
 import math
 from collections import Counter
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from krpo_bench.analysis.model import ComparisonResult, Estimate, StudyAnalysis, VariantResult, finite_or_none
 from krpo_bench.analysis.replication import Replication
 from krpo_bench.service.db import JobStatus, StudyStatus, WorkerStatus
-from krpo_bench.service.queue import AttemptInfo, JobInfo, WorkerInfo
 from krpo_bench.service.studies import StudyInfo
 from krpo_bench.service.study_state import WAITING_FOR_WORKER, display_state
 from krpo_bench.spec.names import MAX_NAME_CHARS
 from krpo_bench.spec.study import MAX_TRIALS_PER_STUDY, Objective, StudySpec
+
+if TYPE_CHECKING:
+    from krpo_bench.service.queue import AttemptInfo, JobInfo, WorkerInfo
 
 _TIME = "2026-01-01T12:00:00Z"
 _STUDY_ID = "0b8c2f6e-5b1a-4a52-9d0e-3f3f9a1c2d4e"

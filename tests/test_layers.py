@@ -32,6 +32,8 @@ LAYERS: list[list[str]] = [  # top first; a layer of several modules is an indep
     ["krpo_bench.advantages", "krpo_bench.stats", "krpo_bench.sequential", "krpo_bench.settings"],
 ]
 UNLAYERED = {"krpo_bench"}  # the package's own __init__ (its version)
+SERVICE_INTERNALS = ("krpo_bench.service.queue",)
+"""Modules of the service layer the API may not use: it calls `StudyService` (routers only translate HTTP)."""
 
 
 def modules() -> dict[str, Path]:
@@ -99,6 +101,9 @@ def violations() -> list[str]:
             if not target.startswith("krpo_bench"):
                 continue
             where = f"{path.relative_to(ROOT)}:{line}"
+            if module.startswith("krpo_bench.api") and target.startswith(SERVICE_INTERNALS):
+                out.append(f"{module} -> {target} ({where}): the API goes through the service facade (StudyService)")
+                continue
             if module.startswith("krpo_bench.advantages") and not target.startswith("krpo_bench.advantages"):
                 out.append(f"{module} -> {target} ({where}): the estimators import nothing of the project")
                 continue
@@ -120,6 +125,17 @@ def test_every_module_is_in_a_layer() -> None:
 def test_layers_import_downwards_only() -> None:
     found = violations()
     assert not found, "layer contract broken:\n  " + "\n  ".join(found)
+
+
+def test_the_api_reaches_the_queue_only_through_the_service_facade() -> None:
+    """No router or schema reads ``service.queue``: the study service owns every use of the job queue."""
+    found = []
+    for module, path in modules().items():
+        if module.startswith("krpo_bench.api"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Attribute) and node.attr == "queue":
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not found, f"the API uses the job queue directly: {found}"
 
 
 def test_the_check_sees_function_local_and_relative_imports(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ router = APIRouter(prefix="/api/v1", tags=["jobs"], responses=AUTH_ERRORS, depen
 
 @router.get("/jobs/{job_id}", response_model=JobDetail, responses=errors(404, 422), summary="Get a job (scope: read)")
 def get_job(request: Request, job_id: str = Path(max_length=64), service: StudyService = Depends(get_service)) -> JobDetail:
-    job = service.queue.get_job(path_ref(job_id, "job"))
+    job = service.job(path_ref(job_id, "job"))
     if job is None:
         raise HTTPException(404, f"no job {job_id!r}")
     ui = request.app.state.settings.mlflow_ui_url
@@ -22,4 +22,4 @@ def get_job(request: Request, job_id: str = Path(max_length=64), service: StudyS
     if ui and job.mlflow_run_id:
         experiment = service.get(job.study_id).mlflow_experiment_id
         url = f"{ui}/#/experiments/{experiment}/runs/{job.mlflow_run_id}"
-    return JobDetail.build(job, service.queue.list_attempts(job_id), url)
+    return JobDetail.build(job, service.attempts(job_id), url)

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from krpo_bench.api.auth import TokenRecord, may_control, require
 from krpo_bench.api.policy import Policy, admit, stored_cap_errors, trial_cap_errors
 from krpo_bench.api.routers import AUTH_ERRORS, errors, get_service, path_ref
+from krpo_bench.analysis.records import RECORD_CONFIG_KEYS
 from krpo_bench.api.schemas import (
     ConfirmRequest, ExtendRequest, JobPage, JobSummary, ReplicationResults, StudyDetail, StudyPage, StudyResults, StudySummary,
 )
@@ -172,7 +173,7 @@ def _submit(service: StudyService, study: StudySpec | ProbeSpec, key: str | None
 def _detail(service: StudyService, study_id: str, info: StudyInfo | None = None) -> StudyDetail:
     """The study's detail; ``info``: its summary, when the caller has just read it."""
     info = info or service.get(study_id)
-    jobs = service.queue.list_jobs(study_id, config_keys=("variant", "seed"))  # not every trial's config
+    jobs = service.jobs(study_id, config_keys=RECORD_CONFIG_KEYS)  # not every trial's config
     return StudyDetail.build(info, jobs, service.results(study_id, jobs), live_workers_of(service))
 
 
@@ -252,7 +253,7 @@ def list_jobs(
 ) -> JobPage:
     counts = service.get(study_id).counts
     total = counts.get(status.value, 0) if status else sum(counts.values())
-    jobs = service.queue.list_jobs(study_id, statuses=[status] if status else None, limit=limit, offset=offset)
+    jobs = service.jobs(study_id, statuses=[status] if status else None, limit=limit, offset=offset)
     return JobPage(items=[JobSummary.of(j) for j in jobs], total=total, limit=limit, offset=offset,
                    next_offset=offset + limit if offset + limit < total else None)
 
@@ -318,7 +319,7 @@ def _extend(service: StudyService, study_id: str, n_trials: int, policy: Policy,
     "heterogeneity.",
     responses={201: {"description": "the confirmation",
                      "headers": {"Location": {"description": "URL of the study", "schema": {"type": "string"}}}},
-               **errors(404, 409, 422, 429)},
+               **errors(400, 404, 409, 422, 429)},
 )
 async def confirm_study(study_id: StudyId, body: ConfirmRequest, request: Request, response: Response, service: Service,
                         token: Submitter) -> StudyDetail:

@@ -14,4 +14,4 @@ router = APIRouter(prefix="/api/v1", tags=["workers"], responses=AUTH_ERRORS, de
 
 @router.get("/workers", response_model=WorkerList, summary="List workers (scope: read)")
 def list_workers(service: StudyService = Depends(get_service)) -> WorkerList:
-    return WorkerList(items=[WorkerOut.of(w) for w in service.queue.list_workers()])
+    return WorkerList(items=[WorkerOut.of(w) for w in service.workers()])

@@ -27,6 +27,8 @@ TAG_VARIANT_NAME = "krpo.variant_name"
 TAG_GRID_POINT = "krpo.grid_point"
 CONFIG_VARIANT_NAME = "variant_name"
 CONFIG_GRID_POINT = "grid_point"
+RECORD_CONFIG_KEYS = ("variant", "seed", CONFIG_VARIANT_NAME, CONFIG_GRID_POINT)
+"""The keys of a job's config a record reads (a read of the jobs table may select only these)."""
 ITEM_OUTCOMES = "final_item_outcomes"
 SUCCEEDED = "succeeded"
 _LEGACY_PART = re.compile(r" (?=[A-Za-z_]\w*=)")
@@ -86,7 +88,7 @@ def records_from_jobs(jobs: Iterable[JobInfo]) -> list[TrialRecord]:
         metrics = {name: float(result[key]) for key, name in JOB_METRICS.items() if result.get(key) is not None}
         outcomes = result.get(ITEM_OUTCOMES)
         records.append(TrialRecord(variant, point, config["variant"], config.get("seed"), metrics,
-                                   tuple(outcomes) if outcomes is not None else None))
+                                   tuple(int(c) for c in outcomes) if outcomes is not None else None))
     return records
 
 

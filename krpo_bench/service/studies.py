@@ -35,13 +35,13 @@ from krpo_bench.analysis.analyze import AnalysisSettings, analyze
 from krpo_bench.analysis.looks import decide, seeds_asked
 from krpo_bench.analysis.model import GridPoint, StudyAnalysis
 from krpo_bench.analysis.records import (
-    CONFIG_GRID_POINT, CONFIG_VARIANT_NAME, TAG_GRID_POINT, TAG_VARIANT_NAME, records_from_jobs,
+    CONFIG_GRID_POINT, CONFIG_VARIANT_NAME, RECORD_CONFIG_KEYS, TAG_GRID_POINT, TAG_VARIANT_NAME, records_from_jobs,
 )
 from krpo_bench.models.memory import WHOLE_DEVICE_MIB, trial_memory_mib
 from krpo_bench.probe.spec import ProbeSpec, validate_probe
 from krpo_bench.service.db import ALEMBIC_LOCK, Job, JobStatus, Study, StudyStatus, make_engine, new_id, read_connection, upgrade, utcnow
 from krpo_bench.service.optuna_store import distribution, make_pruner, make_sampler, optuna_storage
-from krpo_bench.service.queue import JobInfo, JobQueue, NewJob, Reclaimed, is_database_outage
+from krpo_bench.service.queue import AttemptInfo, JobInfo, JobQueue, NewJob, Reclaimed, WorkerInfo, is_database_outage
 from krpo_bench.settings import default_db_url, default_mlflow_uri
 from krpo_bench.spec.confirm import NotConfirmable, confirmation_spec
 from krpo_bench.spec.study import StudySpec, validate_study
@@ -500,7 +500,7 @@ class StudyService:
             study = stored_spec(row.spec)
             if study.analysis.until_decided is None or row.cancel_requested:
                 return None
-            jobs = self.queue.list_jobs(study_id, config_keys=("variant", "seed", CONFIG_VARIANT_NAME, CONFIG_GRID_POINT))
+            jobs = self.queue.list_jobs(study_id, config_keys=RECORD_CONFIG_KEYS)
             if any(job.status.value in ACTIVE for job in jobs):
                 return None
             looks, sizes = list(row.looks or []), study.look_sizes()
@@ -765,9 +765,31 @@ class StudyService:
                     counts[sid][st] = n
         return [self._info(r, counts[r.id]) for r in rows]
 
-    def jobs(self, study_id: str) -> list[JobInfo]:
+    def jobs(
+        self,
+        study_id: str,
+        *,
+        statuses: Collection[JobStatus] | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        config_keys: Sequence[str] | None = None,
+    ) -> list[JobInfo]:
+        """The study's jobs (those in ``statuses``), in queue order, a page of them with ``limit``;
+        ``config_keys``: read only those keys of each job's config."""
         self._row(study_id)
-        return self.queue.list_jobs(study_id)
+        return self.queue.list_jobs(study_id, statuses=statuses, limit=limit, offset=offset, config_keys=config_keys)
+
+    def job(self, job_id: str) -> JobInfo | None:
+        """One job, or None."""
+        return self.queue.get_job(job_id)
+
+    def attempts(self, job_id: str) -> list[AttemptInfo]:
+        """A job's attempts, oldest first."""
+        return self.queue.list_attempts(job_id)
+
+    def workers(self) -> list[WorkerInfo]:
+        """The registered workers."""
+        return self.queue.list_workers()
 
     def results(self, study_id: str, jobs: list[JobInfo] | None = None) -> StudyAnalysis:
         """The analysis of the study's final held-out accuracy (krpo_bench.analysis): per variant and
@@ -778,5 +800,5 @@ class StudyService:
         row = self._row(study_id)
         settings = AnalysisSettings.of_spec(stored_spec(row.spec), looks=row.looks)
         if jobs is None:
-            jobs = self.queue.list_jobs(study_id, config_keys=("variant", "seed", CONFIG_VARIANT_NAME, CONFIG_GRID_POINT))
+            jobs = self.queue.list_jobs(study_id, config_keys=RECORD_CONFIG_KEYS)
         return analyze(records_from_jobs(jobs), settings)
