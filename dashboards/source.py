@@ -16,14 +16,10 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
 
+from krpo_bench import tags as krpo_tags
+
 FINISHED = "FINISHED"
-TAG_STUDY_ID = "krpo.study_id"
-TAG_STUDY_NAME = "krpo.study_name"
-TAG_VARIANT = "krpo.variant"
-TAG_SEED = "krpo.seed"
-TAG_KIND = "krpo.kind"
 SHUFFLE_PARAM = "estimator.shuffle_order"
-ADVANTAGES_ARTIFACT = "diagnostics/advantages.json"
 FINAL_PREFIXES = ("final/", "cost/")
 CURVE_METRICS: tuple[str, ...] = (
     "eval/accuracy",
@@ -103,7 +99,7 @@ class StudyData:
 
 
 def _seed(run: Run) -> int | None:
-    raw = run.data.tags.get(TAG_SEED, run.data.params.get("training.seed"))
+    raw = run.data.tags.get(krpo_tags.SEED, run.data.params.get("training.seed"))
     try:
         return int(raw) if raw is not None else None
     except ValueError:
@@ -117,11 +113,11 @@ def _history(client: MlflowClient, run_id: str, key: str) -> pd.Series:
 
 
 def _advantages(client: MlflowClient, run_id: str) -> np.ndarray | None:
-    folder, _, name = ADVANTAGES_ARTIFACT.rpartition("/")
+    folder, _, name = krpo_tags.ADVANTAGES_ARTIFACT.rpartition("/")
     if not any(Path(f.path).name == name for f in client.list_artifacts(run_id, folder)):
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run_id, ADVANTAGES_ARTIFACT, tmp)
+        path = client.download_artifacts(run_id, krpo_tags.ADVANTAGES_ARTIFACT, tmp)
         values = json.loads(Path(path).read_text()).get("values", [])
     return np.asarray(values, dtype=float)
 
@@ -142,14 +138,14 @@ def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
 def _search(client: MlflowClient, experiment_ids: list[str], study_id: str | None) -> list[Run]:
     if study_id is not None and "'" in study_id:
         raise ValueError(f"study id may not contain a quote: {study_id!r}")
-    query = f"tags.`{TAG_STUDY_ID}` = '{study_id}'" if study_id is not None else ""
+    query = f"tags.`{krpo_tags.STUDY_ID}` = '{study_id}'" if study_id is not None else ""
     runs, token = [], None
     while True:
         page = client.search_runs(experiment_ids, query, max_results=_PAGE, page_token=token)
         runs += page
         token = page.token
         if not token:
-            return [r for r in runs if TAG_VARIANT in r.data.tags]
+            return [r for r in runs if krpo_tags.VARIANT in r.data.tags]
 
 
 def load_study(
@@ -182,7 +178,7 @@ def load_study(
     runs = [
         RunData(
             run_id=r.info.run_id,
-            variant=r.data.tags[TAG_VARIANT],
+            variant=r.data.tags[krpo_tags.VARIANT],
             seed=_seed(r),
             status=r.info.status,
             params=dict(r.data.params),
@@ -195,8 +191,8 @@ def load_study(
     ]
     first = found[0].data.tags if found else {}
     return StudyData(
-        study_id=study_id if study_id is not None else first.get(TAG_STUDY_ID),
-        study_name=first.get(TAG_STUDY_NAME),
+        study_id=study_id if study_id is not None else first.get(krpo_tags.STUDY_ID),
+        study_name=first.get(krpo_tags.STUDY_NAME),
         experiment_ids=experiment_ids,
         runs=sorted(runs, key=lambda r: (r.variant, r.seed is None, r.seed)),
         status_counts=dict(Counter(r.info.status for r in found)),

@@ -37,6 +37,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
+from krpo_bench import tags as krpo_tags
 from krpo_bench.settings import data_home, default_artifact_root, default_mlflow_uri, get_settings
 
 MAX_BATCH = 1000  # MLflow's log_batch limit on metrics (and on all entries together)
@@ -451,11 +452,10 @@ class NullTracker:
         pass
 
 
-ITEM_OUTCOMES_ARTIFACT = "eval/item_outcomes.json"
 """A trial's per-test-item outcomes, one entry per evaluation ("final", "initial")."""
 
 
 def log_item_outcomes(tracker: RunTracker | NullTracker, evaluations: Mapping[str, Mapping[str, Any]]) -> None:
     """Upload the per-item records of a trial's evaluations (``EvalResult.item_record()``, keyed
     by evaluation) to ``eval/item_outcomes.json``."""
-    tracker.log_dict(dict(evaluations), ITEM_OUTCOMES_ARTIFACT)
+    tracker.log_dict(dict(evaluations), krpo_tags.ITEM_OUTCOMES_ARTIFACT)

@@ -21,7 +21,7 @@ from krpo_bench.service.studies import StudyService
 from krpo_bench.spec.study import validate_study
 from krpo_bench.spec.trial import TrialSpec
 from krpo_bench.tasks import build_task
-from krpo_bench.tracking import ITEM_OUTCOMES_ARTIFACT
+from krpo_bench.tags import ITEM_OUTCOMES_ARTIFACT
 from krpo_bench.training.distributed import contiguous_share, place_share
 from krpo_bench.training.evaluation import evaluate, item_ids_hash, outcome_string
 from krpo_bench.training.trial import run_trial

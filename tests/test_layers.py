@@ -29,7 +29,7 @@ LAYERS: list[list[str]] = [  # top first; a layer of several modules is an indep
     ["krpo_bench.models"],
     ["krpo_bench.tasks", "krpo_bench.tracking"],
     ["krpo_bench.data_roots"],
-    ["krpo_bench.advantages", "krpo_bench.stats", "krpo_bench.sequential", "krpo_bench.settings"],
+    ["krpo_bench.advantages", "krpo_bench.stats", "krpo_bench.sequential", "krpo_bench.settings", "krpo_bench.tags"],
 ]
 UNLAYERED = {"krpo_bench"}  # the package's own __init__ (its version)
 SERVICE_INTERNALS = ("krpo_bench.service.queue",)

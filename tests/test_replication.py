@@ -19,8 +19,8 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from krpo_bench.analysis.analyze import AnalysisSettings, analyze
-from krpo_bench.analysis.records import records_from_jobs
-from krpo_bench.analysis.replication import SeedEstimate, heterogeneity_test
+from krpo_bench.analysis.records import TrialRecord, records_from_jobs
+from krpo_bench.analysis.replication import SeedEstimate, heterogeneity_test, seed_estimate
 from krpo_bench.api.app import create_app
 from krpo_bench.api.auth import TokenStore
 from krpo_bench.api.settings import ApiSettings
@@ -78,7 +78,8 @@ def test_a_confirmation_reruns_the_chosen_variants_and_the_reference_on_fresh_se
     confirmation = service.confirm("lead", variants=["krpo"], seeds=3)
     spec = confirmation.spec
     assert confirmation.name == "lead confirm" and list(spec["variants"]) == ["grpo", "krpo"]
-    assert spec["seeds"] == [max(used) + 1, max(used) + 2, max(used) + 3] and spec["analysis"]["until_decided"] is None
+    first = max(7, *used) + 1  # above the seeds run and those the sequential design may still add (0-7)
+    assert spec["seeds"] == [first, first + 1, first + 2] and spec["analysis"]["until_decided"] is None
     assert confirmation.total == 6 and spec["base"] == original.spec["base"]
     with read_connection(service.engine) as conn:
         assert conn.execute(select(Study.confirms).where(Study.id == confirmation.id)).scalar_one() == original.id
@@ -253,3 +254,18 @@ def test_confirming_over_the_api_takes_a_submit_token_and_its_quota(tmp_path: Pa
         (row,) = answer.json()["heterogeneity"]
         assert answer.status_code == 200 and row["original_difference"] is not None
         assert row["confirmation_difference"] is None and row["p_value"] is None  # nothing finished yet: null, not NaN
+
+
+def test_an_unpaired_comparison_gets_welchs_standard_error_and_df() -> None:
+    x, y = [0.50, 0.55, 0.47, 0.52], [0.41, 0.46, 0.40]
+    records = [TrialRecord("krpo", (), "krpo", s, {"final/accuracy": v}) for s, v in zip([0, 1, 2, 3], x)]
+    records += [TrialRecord("grpo", (), "grpo", s, {"final/accuracy": v}) for s, v in zip([0, 1, 2], y)]
+    analysis = analyze(records, AnalysisSettings(reference="grpo"))
+    compared = analysis.comparison("krpo")
+    assert compared is not None and compared.analysis == "unpaired"
+    estimate = seed_estimate(analysis, compared)
+    vx, vy = np.var(x, ddof=1) / 4, np.var(y, ddof=1) / 3
+    assert estimate.difference == pytest.approx(np.mean(x) - np.mean(y), rel=1e-12)
+    assert estimate.se == pytest.approx(math.sqrt(vx + vy), rel=1e-12)
+    assert estimate.df == pytest.approx((vx + vy) ** 2 / (vx**2 / 3 + vy**2 / 2), rel=1e-12)
+    assert estimate.difference == pytest.approx(compared.difference.estimate, rel=1e-12)

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from krpo_bench import tags as krpo_tags
 from krpo_bench.analysis.model import GridPoint
 from krpo_bench.spec.study import split_label
 
@@ -23,8 +24,6 @@ if TYPE_CHECKING:
     from krpo_bench.dashboards.source import StudyData
     from krpo_bench.service.queue import JobInfo
 
-TAG_VARIANT_NAME = "krpo.variant_name"
-TAG_GRID_POINT = "krpo.grid_point"
 CONFIG_VARIANT_NAME = "variant_name"
 CONFIG_GRID_POINT = "grid_point"
 RECORD_CONFIG_KEYS = ("variant", "seed", CONFIG_VARIANT_NAME, CONFIG_GRID_POINT)
@@ -96,8 +95,8 @@ def records_from_runs(study: StudyData) -> list[TrialRecord]:
     """One record per finished MLflow run of the study (dashboards/source.py), in its run order."""
     records = []
     for run in study.runs:
-        if TAG_VARIANT_NAME in run.tags:
-            variant, point = run.tags[TAG_VARIANT_NAME], grid_point_of(json.loads(run.tags.get(TAG_GRID_POINT, "[]")))
+        if krpo_tags.VARIANT_NAME in run.tags:
+            variant, point = run.tags[krpo_tags.VARIANT_NAME], grid_point_of(json.loads(run.tags.get(krpo_tags.GRID_POINT, "[]")))
         else:
             variant, point = legacy_identity(run.variant)
         records.append(TrialRecord(variant, point, run.variant, run.seed, dict(run.final), None, run.histories))

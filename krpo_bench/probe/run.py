@@ -34,6 +34,7 @@ from krpo_bench.spec.estimator import build_estimator
 from krpo_bench.tasks import build_task
 from krpo_bench.tasks.noise import noisy_rewards
 from krpo_bench.tracking import NullTracker, RunTracker, flatten
+from krpo_bench import tags as krpo_tags
 
 LENGTH_NOTE = {
     "grpo": "each rollout's log-probability gradient is divided by its own length |o_i| and by the batch size B "
@@ -216,7 +217,7 @@ def run_probe(
     tracker = RunTracker(tracking_uri) if track else NullTracker()
     run_id = tracker.start(
         spec.experiment, spec.name, run_id=mlflow_run_id, parent_run_id=parent_run_id,
-        tags={**(tags or {}), "krpo.kind": "probe", "krpo.probe_id": identifier, "krpo.trial_id": identifier},
+        tags={**(tags or {}), krpo_tags.KIND: "probe", krpo_tags.PROBE_ID: identifier, krpo_tags.TRIAL_ID: identifier},
     )
     if on_run_created is not None and tracker.run_id:
         on_run_created(tracker.run_id)

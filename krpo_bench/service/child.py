@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 
 from krpo_bench.service.launch import die_with_worker
 from krpo_bench.service.queue import ClaimedJob
+from krpo_bench import tags as krpo_tags
 
 
 class TrialPayload(BaseModel):
@@ -98,7 +99,7 @@ def main(job_file: str) -> int:
             run_dir=run_dir,
             tracking_uri=payload.mlflow_uri,
             parent_run_id=config.get("parent_run_id"),
-            tags={**config.get("tags", {}), "krpo.job_id": job.id, "krpo.processes": str(rank.world_size)},
+            tags={**config.get("tags", {}), krpo_tags.JOB_ID: job.id, krpo_tags.PROCESSES: str(rank.world_size)},
             should_stop=should_stop,
             on_eval=on_eval,
             on_run_created=lambda run_id: service.queue.set_mlflow_run(job.id, job.attempt, run_id),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from krpo_bench.settings import data_home
+from krpo_bench import tags as krpo_tags
 
 
 class ProbeStopped(Exception):
@@ -54,7 +55,7 @@ def run_probe_job(job: Any, service: Any, payload: dict[str, Any], should_stop: 
             out=data_home() / "reports" / job.study_id,
             on_batch=on_batch,
             parent_run_id=job.config.get("parent_run_id"),
-            tags={**job.config.get("tags", {}), "krpo.job_id": job.id},
+            tags={**job.config.get("tags", {}), krpo_tags.JOB_ID: job.id},
             mlflow_run_id=job.mlflow_run_id,
             on_run_created=lambda run_id: service.queue.set_mlflow_run(job.id, job.attempt, run_id),
         )

@@ -35,7 +35,7 @@ from krpo_bench.analysis.analyze import AnalysisSettings, analyze
 from krpo_bench.analysis.looks import decide, seeds_asked
 from krpo_bench.analysis.model import GridPoint, StudyAnalysis
 from krpo_bench.analysis.records import (
-    CONFIG_GRID_POINT, CONFIG_VARIANT_NAME, RECORD_CONFIG_KEYS, TAG_GRID_POINT, TAG_VARIANT_NAME, records_from_jobs,
+    CONFIG_GRID_POINT, CONFIG_VARIANT_NAME, RECORD_CONFIG_KEYS, records_from_jobs,
 )
 from krpo_bench.models.memory import WHOLE_DEVICE_MIB, trial_memory_mib
 from krpo_bench.probe.spec import ProbeSpec, validate_probe
@@ -45,6 +45,7 @@ from krpo_bench.service.queue import AttemptInfo, JobInfo, JobQueue, NewJob, Rec
 from krpo_bench.settings import default_db_url, default_mlflow_uri
 from krpo_bench.spec.confirm import NotConfirmable, confirmation_spec
 from krpo_bench.spec.study import StudySpec, validate_study
+from krpo_bench import tags as krpo_tags
 
 log = logging.getLogger(__name__)
 PARENT_RUN_STATUS = {StudyStatus.SUCCEEDED: "FINISHED", StudyStatus.FAILED: "FAILED", StudyStatus.CANCELLED: "KILLED"}
@@ -158,14 +159,14 @@ def _trial_tags(study_id: str, study: AnyStudy, key: str, label: str, seed: int,
     """A trial run's MLflow tags: its study, key, display label (``krpo.variant``), seed, and its variant
     name and grid point as data (``krpo.variant_name``; ``krpo.grid_point``: JSON (path, value) pairs)."""
     return {
-        "krpo.study_id": study_id,
-        "krpo.study_name": study.name,
-        "krpo.kind": study.kind,
-        "krpo.trial_key": key,
-        "krpo.variant": label,
-        TAG_VARIANT_NAME: variant,
-        TAG_GRID_POINT: json.dumps([list(pair) for pair in grid_point]),
-        "krpo.seed": str(seed),
+        krpo_tags.STUDY_ID: study_id,
+        krpo_tags.STUDY_NAME: study.name,
+        krpo_tags.KIND: study.kind,
+        krpo_tags.TRIAL_KEY: key,
+        krpo_tags.VARIANT: label,
+        krpo_tags.VARIANT_NAME: variant,
+        krpo_tags.GRID_POINT: json.dumps([list(pair) for pair in grid_point]),
+        krpo_tags.SEED: str(seed),
     }
 
 
@@ -296,13 +297,13 @@ class StudyService:
             with ALEMBIC_LOCK:  # the first call may set up a new MLflow store (an alembic migration)
                 tracker = RunTracker(self.mlflow_uri)
                 experiment_id = get_or_create_experiment(tracker.client, experiment, self.mlflow_uri)
-            tracker.client.set_experiment_tag(experiment_id, "krpo.study_name", study.name)
+            tracker.client.set_experiment_tag(experiment_id, krpo_tags.STUDY_NAME, study.name)
             found = tracker.client.search_runs(
                 [experiment_id],
                 f"tags.`krpo.role` = '{STUDY_RUN_ROLE}' and tags.`krpo.study_id` = '{study_id}'",
                 max_results=1,
             )
-            tags = {"krpo.study_id": study_id, "krpo.study_name": study.name, "krpo.kind": study.kind, "krpo.role": STUDY_RUN_ROLE}
+            tags = {krpo_tags.STUDY_ID: study_id, krpo_tags.STUDY_NAME: study.name, krpo_tags.KIND: study.kind, krpo_tags.ROLE: STUDY_RUN_ROLE}
             run_id = tracker.start(experiment, study.name, run_id=found[0].info.run_id if found else None, tags=tags)
             tracker.log_params(flatten({"study": study.model_dump(mode="json", exclude={"base", "variants", "grid", "space"})}))
             tracker.log_dict(study.model_dump(mode="json"), "study.json")

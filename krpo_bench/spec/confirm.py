@@ -38,8 +38,9 @@ def confirmation_spec(
 ) -> StudySpec:
     """The confirmation of ablation ``original``: ``variants`` (default: all) and ``reference`` at the
     same grid on ``seeds`` fresh seeds (default: as many as the original's first look) above
-    ``used_seeds``. NotConfirmable when the original is no ablation or the choice is unusable;
-    SpecError when the confirmation's spec is invalid (e.g. its trial names grow too long)."""
+    ``used_seeds`` (those of its jobs) and every seed its design may still run (``until_decided``).
+    NotConfirmable when the original is no ablation or the choice is unusable; SpecError when the
+    confirmation's spec is invalid (e.g. its trial names grow too long)."""
     if original.kind != "ablation":
         raise NotConfirmable(f"only an ablation can be confirmed; {original.name!r} is a {original.kind}")
     names = list(original.variants or {"base": {}})
@@ -57,6 +58,7 @@ def confirmation_spec(
     if original.variants is not None:
         data["variants"] = {name: o for name, o in original.variants.items() if name in chosen or name == reference}
     data["name"] = confirmation_name(original.name)
-    data["seeds"] = fresh_seeds(used_seeds, count)
+    planned = original.seeds_through(original.look_sizes()[-1])  # a sequential original may add seeds later
+    data["seeds"] = fresh_seeds([*used_seeds, *planned], count)
     data["analysis"]["until_decided"] = None
     return validate_study(data, "<confirmation>")

@@ -30,10 +30,10 @@ from krpo_bench.tracking import NullTracker, RunTracker, flatten, log_final_metr
 from krpo_bench.training.callbacks import EvalCallback, MetricsCallback, ProgressCallback, StopCallback
 from krpo_bench.training.evaluation import EvalResult, outcome_string
 from krpo_bench.training.trainer import BaselineGRPOTrainer
+from krpo_bench import tags as krpo_tags
 
 RESULT_FILE = "result.json"
 RUN_ID_FILE = "mlflow_run_id"
-ADVANTAGES_ARTIFACT = "diagnostics/advantages.json"  # read by the report's diagnostics
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def run_trial(
     tracker = RunTracker(tracking_uri) if main else NullTracker()
     run_id_path = run_dir / RUN_ID_FILE
     previous_run = mlflow_run_id or (run_id_path.read_text().strip() if run_id_path.exists() else None)
-    run_tags = {"krpo.trial_id": trial_id, "krpo.estimator": spec.estimator.name, **(tags or {})}
+    run_tags = {krpo_tags.TRIAL_ID: trial_id, krpo_tags.ESTIMATOR: spec.estimator.name, **(tags or {})}
     run_id = tracker.start(
         spec.experiment, spec.name, run_id=previous_run, parent_run_id=parent_run_id, tags=run_tags
     )
@@ -228,7 +228,7 @@ def _train(
     trainer.train(resume_from_checkpoint=checkpoint)
     steps = trainer.state.global_step
     if trainer.advantage_sample:
-        tracker.log_dict({"values": list(trainer.advantage_sample)}, ADVANTAGES_ARTIFACT)
+        tracker.log_dict({"values": list(trainer.advantage_sample)}, krpo_tags.ADVANTAGES_ARTIFACT)
 
     if stop_cb.stopped and not eval_cb.pruned:
         status = "stopped"
