@@ -17,11 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-import krpo_bench
-from krpo_bench.api.auth import AuthError, Authenticator, TokenStore
+from krpo_bench.api.auth import Authenticator, AuthError, TokenStore
 from krpo_bench.api.origin import CrossSiteGuard
 from krpo_bench.api.policy import Policy
 from krpo_bench.api.routers import dashboard, error_response, health, home, jobs, request_id, studies, workers
@@ -29,6 +25,10 @@ from krpo_bench.api.routers.optuna import ReadOnlyOptunaDashboard
 from krpo_bench.api.routers.studies import PageCache
 from krpo_bench.api.schemas import ErrorResponse
 from krpo_bench.api.settings import ApiSettings
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import krpo_bench
 from krpo_bench.service.quotas import QuotaGuard, Quotas
 from krpo_bench.service.studies import StudyError, StudyNotFound, StudyService
 from krpo_bench.settings import settings_view
@@ -118,7 +118,9 @@ class RequestGuard:
         except Exception:
             log.exception("unhandled error in %s %s [request_id=%s]", scope["method"], scope["path"], rid)
             if not started:
-                await error_response(500, "internal error; quote the request id to the operator")(scope, receive, send_with_id)
+                await error_response(500, "internal error; quote the request id to the operator")(
+                    scope, receive, send_with_id
+                )
         finally:
             request_id.reset(token)
 
@@ -139,7 +141,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     bearer security is declared only when this server requires tokens."""
     required = app.state.auth.required  # tokens may be created (or all revoked) while serving
     if app.openapi_schema is None or app.state.schema_requires_tokens != required:
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes, tags=app.openapi_tags)
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes, tags=app.openapi_tags
+        )
         components = schema.setdefault("components", {})
         for model in (StudySpec, ErrorResponse):
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -175,7 +179,9 @@ async def drain_mlflow_outbox(service: StudyService, wake: asyncio.Event) -> Non
                     await run_in_threadpool(service.ensure_mlflow, study_id)
                 except Exception:
                     failed = True
-                    log.warning("could not create the MLflow records of study %s (retried later)", study_id, exc_info=True)
+                    log.warning(
+                        "could not create the MLflow records of study %s (retried later)", study_id, exc_info=True
+                    )
         except Exception:
             failed = True
             log.warning("could not read the MLflow outbox (retried later)", exc_info=True)
@@ -199,8 +205,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
     """The API for ``settings`` (default: from the environment)."""
     settings = settings or ApiSettings.from_settings()
-    app = FastAPI(title="krpo-bench", version=krpo_bench.__version__, description=DESCRIPTION, lifespan=_lifespan,
-                  docs_url=None, redoc_url=None)  # /docs: routers.home, with the assets of the installed package
+    app = FastAPI(
+        title="krpo-bench",
+        version=krpo_bench.__version__,
+        description=DESCRIPTION,
+        lifespan=_lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )  # /docs: routers.home, with the assets of the installed package
     app.state.settings = settings
     app.state.service = StudyService(settings.db, settings.mlflow_tracking_uri)
     app.state.auth = Authenticator(TokenStore(settings.api_tokens_file))
@@ -223,7 +235,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"path": ".".join(str(p) for p in e["loc"]), "value": _clipped(e.get("input")), "message": e["msg"], "type": e["type"]}
+            {
+                "path": ".".join(str(p) for p in e["loc"]),
+                "value": _clipped(e.get("input")),
+                "message": e["msg"],
+                "type": e["type"],
+            }
             for e in exc.errors()
         ]
         return error_response(422, "invalid request", errors)
@@ -231,7 +248,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @app.exception_handler(SpecError)
     async def _spec(_: Request, exc: SpecError) -> JSONResponse:
         errors = [{**e, "type": e.get("type") or "parse_error"} for e in exc.errors]
-        return error_response(422, "the study spec is invalid or not allowed on this server", errors, code="invalid_spec")
+        return error_response(
+            422, "the study spec is invalid or not allowed on this server", errors, code="invalid_spec"
+        )
 
     @app.exception_handler(StudyNotFound)
     async def _not_found(_: Request, exc: StudyNotFound) -> JSONResponse:

@@ -188,8 +188,12 @@ class Authenticator:
         publicly whose tokens were all revoked stays closed); raises AuthError otherwise."""
         if not self.required:
             if not (is_loopback_host(host) and is_loopback_peer(peer)):
-                raise AuthError(403, "this server has no API tokens and only answers requests addressed to a "
-                                "loopback name (Host: localhost or 127.0.0.1); create a token to serve other names", scope)
+                raise AuthError(
+                    403,
+                    "this server has no API tokens and only answers requests addressed to a "
+                    "loopback name (Host: localhost or 127.0.0.1); create a token to serve other names",
+                    scope,
+                )
             return None
         if not token:
             raise AuthError(401, "a bearer token is required (Authorization: Bearer <token>)", scope)
@@ -216,13 +220,17 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip() or None if kind.lower() == "bearer" else None
 
 
-_bearer = HTTPBearer(auto_error=False, description="a token from `krpo-bench token create`; scopes: read < submit < admin")
+_bearer = HTTPBearer(
+    auto_error=False, description="a token from `krpo-bench token create`; scopes: read < submit < admin"
+)
 
 
 def require(scope: Scope) -> Callable[..., TokenRecord | None]:
     """A dependency admitting requests whose token grants ``scope``."""
 
-    async def dependency(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> TokenRecord | None:
+    async def dependency(
+        request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)
+    ) -> TokenRecord | None:
         token = credentials.credentials if credentials else None
         peer = request.client.host if request.client else None
         return request.app.state.auth.check(token, scope, request.headers.get("host", ""), peer)

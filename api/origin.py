@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from starlette.types import ASGIApp, Receive, Scope, Send
-
 from krpo_bench.api.routers import error_response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 FOREIGN_FETCH_SITES = frozenset({"cross-site", "same-site"})
@@ -50,7 +49,9 @@ def cross_site_refusal(method: str, host: str, origin: str | None, fetch_site: s
     if origin is not None:
         parsed = urlsplit(origin.strip())
         scheme = parsed.scheme.lower()
-        theirs = _host_and_port(parsed.netloc, scheme) if scheme in DEFAULT_PORTS and not parsed.path.strip("/") else None
+        theirs = (
+            _host_and_port(parsed.netloc, scheme) if scheme in DEFAULT_PORTS and not parsed.path.strip("/") else None
+        )
         if theirs is None or theirs != _host_and_port(host, scheme):
             return f"Origin {_shown(origin)} is not this server's origin (Host {_shown(host)})"
     if (fetch_site or "").strip().lower() in FOREIGN_FETCH_SITES:
@@ -63,8 +64,10 @@ def simple_body_refusal(method: str, content_type: str | None) -> str | None:
     media = (content_type or "").split(";")[0].strip().lower()
     if method.upper() in READ_METHODS or media not in SIMPLE_BODY_TYPES:
         return None
-    return (f"a request that changes anything may not carry a form or plain-text body (Content-Type {_shown(media)}), "
-            "which a page of any site can send; send application/json (or a study spec as application/yaml)")
+    return (
+        f"a request that changes anything may not carry a form or plain-text body (Content-Type {_shown(media)}), "
+        "which a page of any site can send; send application/json (or a study spec as application/yaml)"
+    )
 
 
 class CrossSiteGuard:
@@ -78,10 +81,14 @@ class CrossSiteGuard:
         if scope["type"] == "http":
             headers = {k.lower(): v.decode("latin-1") for k, v in scope["headers"]}
             method = scope["method"]
-            reason = cross_site_refusal(method, headers.get(b"host", ""), headers.get(b"origin"), headers.get(b"sec-fetch-site"))
+            reason = cross_site_refusal(
+                method, headers.get(b"host", ""), headers.get(b"origin"), headers.get(b"sec-fetch-site")
+            )
             if reason is not None:
-                message = (f"cross-site request refused: {reason}. Requests that change anything are answered only from "
-                           "this server's own pages or from clients that send no Origin (the CLI, scripts)")
+                message = (
+                    f"cross-site request refused: {reason}. Requests that change anything are answered only from "
+                    "this server's own pages or from clients that send no Origin (the CLI, scripts)"
+                )
                 await error_response(403, message, code="cross_site_request")(scope, receive, send)
                 return
             body_type = simple_body_refusal(method, headers.get(b"content-type"))

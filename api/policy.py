@@ -45,8 +45,13 @@ class Policy:
 MAX_ITEMS = 1_000  # entries of any list, keys of any mapping, anywhere in a submitted spec
 FREE_LISTS = {"task.templates": (100, 1_000), "model.lora.target_modules": (100, 200)}
 """Free lists of a trial config: (most items, most characters per item)."""
-FREE_TEXT = {"task.path": 4_096, "task.test_path": 4_096, "task.question_field": 200, "task.answer_field": 200,
-             "task.id_field": 200}
+FREE_TEXT = {
+    "task.path": 4_096,
+    "task.test_path": 4_096,
+    "task.question_field": 200,
+    "task.answer_field": 200,
+    "task.id_field": 200,
+}
 """Free text fields of a trial config: most characters."""
 JOB_OVERHEAD_BYTES = 1_000  # what a job stores beside its trial config: ids, tags, labels (names are <= 200 characters)
 
@@ -67,23 +72,40 @@ def trial_violations(trial: TrialSpec | ProbeSpec, policy: Policy) -> Iterator[t
     model, task = trial.model, trial.task
     yield from size_violations(trial)
     if model.trust_remote_code and not policy.allow_remote_code:
-        yield "model.trust_remote_code", True, "this server does not run remote code from model repositories", "remote_code_refused"
+        yield (
+            "model.trust_remote_code",
+            True,
+            "this server does not run remote code from model repositories",
+            "remote_code_refused",
+        )
     local: list[tuple[str, str, str]] = []  # (field, its value, the path it names)
     if model.hf_source and looks_local(model.hf_source):
         local.append(("model.name", model.name, model.hf_source))
     if task.kind == "jsonl":
-        local += [("task.path", task.path, task.path)] + ([("task.test_path", task.test_path, task.test_path)] if task.test_path else [])
+        local += [("task.path", task.path, task.path)] + (
+            [("task.test_path", task.test_path, task.test_path)] if task.test_path else []
+        )
     if task.kind == "hf" and looks_local(task.dataset):
         local.append(("task.dataset", task.dataset, task.dataset))
     roots = ", ".join(str(r) for r in policy.data_roots)
     outside = [(field, value) for field, value, path in local if not under_roots(path, policy.data_roots)]
     for field, value in outside:
-        yield field, value, f"local paths must be absolute and lie under the data roots ({roots})", "path_outside_data_roots"
+        yield (
+            field,
+            value,
+            f"local paths must be absolute and lie under the data roots ({roots})",
+            "path_outside_data_roots",
+        )
     shape = None if any(field == "model.name" for field, _ in outside) else model_shape(model)
     if shape is not None and shape.parameters > policy.max_model_params:
         field = "model.tiny" if model.name == TINY_ARITH else "model.name"
-        yield (field, shape.parameters, f"the model has about {shape.parameters:,} parameters; this server allows at most "
-               f"{policy.max_model_params:,} (KRPO_BENCH_MAX_MODEL_PARAMS)", "model_too_large")
+        yield (
+            field,
+            shape.parameters,
+            f"the model has about {shape.parameters:,} parameters; this server allows at most "
+            f"{policy.max_model_params:,} (KRPO_BENCH_MAX_MODEL_PARAMS)",
+            "model_too_large",
+        )
 
 
 def _field(obj: Any, dotted: str) -> Any:
@@ -103,7 +125,12 @@ def size_violations(trial: TrialSpec | ProbeSpec) -> Iterator[tuple[str, Any, st
             yield field, f"{len(values)} entries", f"at most {most} entries are allowed here", "too_many_items"
         longest = max((len(v) for v in values), default=0)
         if longest > chars:
-            yield field, f"an entry of {longest} characters", f"entries of at most {chars} characters are allowed here", "item_too_long"
+            yield (
+                field,
+                f"an entry of {longest} characters",
+                f"entries of at most {chars} characters are allowed here",
+                "item_too_long",
+            )
     for field, chars in FREE_TEXT.items():
         text = _field(trial, field)
         if isinstance(text, str) and len(text) > chars:
@@ -146,7 +173,9 @@ def planned_configs(study: StudySpec) -> Iterator[PlannedConfig]:
             if numbers:
                 largest[path] = max(numbers)
         if len(largest) > 1:
-            yield PlannedConfig("search", largest, 0, tuple((f"space.{path} (largest values)", path) for path in largest))
+            yield PlannedConfig(
+                "search", largest, 0, tuple((f"space.{path} (largest values)", path) for path in largest)
+            )
         return
     variants = study.variants or {"base": {}}
     grid = study.grid or {}
@@ -200,10 +229,14 @@ def stored_cap_errors(study: StudySpec, policy: Policy, path: str = "") -> list[
 
 def _stored_error(stored: int, study: StudySpec, policy: Policy, qualifier: str, path: str = "") -> dict[str, Any]:
     trials = study.trial_count()
-    return _error(path, f"{stored:,} bytes",
-                  f"the study's {trials:,} trial configs would store {qualifier} {stored:,} bytes; "
-                  f"this server stores at most {policy.max_stored_bytes:,} bytes per study (KRPO_BENCH_MAX_STORED_BYTES): "
-                  "use fewer seeds, variants or grid values, or a smaller base", "too_much_stored")
+    return _error(
+        path,
+        f"{stored:,} bytes",
+        f"the study's {trials:,} trial configs would store {qualifier} {stored:,} bytes; "
+        f"this server stores at most {policy.max_stored_bytes:,} bytes per study (KRPO_BENCH_MAX_STORED_BYTES): "
+        "use fewer seeds, variants or grid values, or a smaller base",
+        "too_much_stored",
+    )
 
 
 def check_planned(study: StudySpec, policy: Policy) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -262,7 +295,13 @@ def check_plain_data(data: Any) -> list[dict[str, Any]]:
                 continue
             items = value.items() if isinstance(value, dict) else enumerate(value)
             for key, item in items:
-                child = f"{path}[{key}]" if isinstance(key, int) and isinstance(value, list) else f"{path}.{key}" if path else str(key)
+                child = (
+                    f"{path}[{key}]"
+                    if isinstance(key, int) and isinstance(value, list)
+                    else f"{path}.{key}"
+                    if path
+                    else str(key)
+                )
                 stack.append((child, item, depth + 1))
     return errors
 
@@ -272,8 +311,14 @@ def probe_errors(probe: ProbeSpec, policy: Policy) -> list[dict[str, Any]]:
     errors = [_error(field, value, message, rule) for field, value, message, rule in trial_violations(probe, policy)]
     if probe.checkpoint is not None and not under_roots(probe.checkpoint, policy.data_roots):
         roots = ", ".join(str(r) for r in policy.data_roots)
-        errors.append(_error("checkpoint", probe.checkpoint, f"local paths must be absolute and lie under the data roots ({roots})",
-                             "path_outside_data_roots"))
+        errors.append(
+            _error(
+                "checkpoint",
+                probe.checkpoint,
+                f"local paths must be absolute and lie under the data roots ({roots})",
+                "path_outside_data_roots",
+            )
+        )
     return errors
 
 
@@ -317,4 +362,11 @@ def trial_cap_errors(trials: int, policy: Policy, path: str = "") -> list[dict[s
     """An error when a study would hold more than the server's ``max_trials``."""
     if trials <= policy.max_trials:
         return []
-    return [_error(path, trials, f"the study holds {trials} trials; this server allows at most {policy.max_trials}", "too_many_trials")]
+    return [
+        _error(
+            path,
+            trials,
+            f"the study holds {trials} trials; this server allows at most {policy.max_trials}",
+            "too_many_trials",
+        )
+    ]

@@ -45,12 +45,21 @@ class ErrorDetail(BaseModel):
 class ErrorResponse(BaseModel):
     """Every error the API answers (never a stack trace); quote ``request_id`` to the operator."""
 
-    model_config = _examples({
-        "error": "invalid_spec",
-        "message": "the study spec is invalid",
-        "request_id": "5f0c8d2a9b7e4c1d",
-        "errors": [{"path": "base.training.max_steps", "value": 0, "message": "Input should be greater than or equal to 1", "type": "greater_than_equal"}],
-    })
+    model_config = _examples(
+        {
+            "error": "invalid_spec",
+            "message": "the study spec is invalid",
+            "request_id": "5f0c8d2a9b7e4c1d",
+            "errors": [
+                {
+                    "path": "base.training.max_steps",
+                    "value": 0,
+                    "message": "Input should be greater than or equal to 1",
+                    "type": "greater_than_equal",
+                }
+            ],
+        }
+    )
 
     error: str
     message: str
@@ -84,9 +93,11 @@ class StudySummary(BaseModel):
     name: str
     kind: Literal["ablation", "search", "probe"]
     status: StudyStatus
-    state: str = Field(description="the status as shown to people: while a running study has queued trials and none "
-                       f"running, `queued` (a worker is live) or `{WAITING_FOR_WORKER}` (none is: start `krpo-bench worker`); "
-                       "else the status")
+    state: str = Field(
+        description="the status as shown to people: while a running study has queued trials and none "
+        f"running, `queued` (a worker is live) or `{WAITING_FOR_WORKER}` (none is: start `krpo-bench worker`); "
+        "else the status"
+    )
     priority: int
     total: int = Field(description="trials the study holds (a search: its budget x seeds per trial)")
     done: int = Field(description="trials in a final state")
@@ -104,10 +115,18 @@ class StudySummary(BaseModel):
 
 def _summary_fields(info: StudyInfo, workers: int) -> dict[str, Any]:
     return {
-        "id": info.id, "name": info.name, "kind": info.kind, "status": info.status,
-        "state": display_state(info.status, info.counts, workers), "priority": info.priority,
-        "total": info.total, "done": info.done, "counts": _counts(info.counts), "created_at": info.created_at,
-        "optuna_study_name": info.optuna_study_name, "mlflow_experiment_id": info.mlflow_experiment_id,
+        "id": info.id,
+        "name": info.name,
+        "kind": info.kind,
+        "status": info.status,
+        "state": display_state(info.status, info.counts, workers),
+        "priority": info.priority,
+        "total": info.total,
+        "done": info.done,
+        "counts": _counts(info.counts),
+        "created_at": info.created_at,
+        "optuna_study_name": info.optuna_study_name,
+        "mlflow_experiment_id": info.mlflow_experiment_id,
         "mlflow_parent_run_id": info.mlflow_parent_run_id,
     }
 
@@ -124,8 +143,14 @@ class StudyPage(BaseModel):
 
 
 _VARIANT_EXAMPLE = {
-    "variant": "krpo", "grid_point": [], "label": "krpo", "n": 3, "seeds": [0, 1, 2], "values": [0.75, 0.77, 0.775],
-    "mean": {"estimate": 0.765, "low": 0.731, "high": 0.799}, "iqm": {"estimate": 0.765, "low": 0.75, "high": 0.775},
+    "variant": "krpo",
+    "grid_point": [],
+    "label": "krpo",
+    "n": 3,
+    "seeds": [0, 1, 2],
+    "values": [0.75, 0.77, 0.775],
+    "mean": {"estimate": 0.765, "low": 0.731, "high": 0.799},
+    "iqm": {"estimate": 0.765, "low": 0.75, "high": 0.775},
     "initial_mean": 0.48,
 }
 
@@ -158,14 +183,23 @@ class BestTrial(BaseModel):
 class StudyDetail(StudySummary):
     """A study with its spec, best trial, per-variant counts and results, and its comparisons."""
 
-    model_config = _examples({
-        **_SUMMARY_EXAMPLE,
-        "spec": {"name": "krpo-vs-grpo", "kind": "ablation", "seeds": 2, "base": {"task": {"kind": "arithmetic"}}},
-        "best_trial": {"job_id": _JOB_ID, "trial_key": "krpo|seed=0", "variant": "krpo", "seed": 0,
-                       "optuna_trial_number": None, "metric": "final_accuracy", "value": 0.49},
-        "variants": {"krpo": {**_VARIANT_EXAMPLE, "counts": _counts({"succeeded": 3})}},
-        "comparisons": [],
-    })
+    model_config = _examples(
+        {
+            **_SUMMARY_EXAMPLE,
+            "spec": {"name": "krpo-vs-grpo", "kind": "ablation", "seeds": 2, "base": {"task": {"kind": "arithmetic"}}},
+            "best_trial": {
+                "job_id": _JOB_ID,
+                "trial_key": "krpo|seed=0",
+                "variant": "krpo",
+                "seed": 0,
+                "optuna_trial_number": None,
+                "metric": "final_accuracy",
+                "value": 0.49,
+            },
+            "variants": {"krpo": {**_VARIANT_EXAMPLE, "counts": _counts({"succeeded": 3})}},
+            "comparisons": [],
+        }
+    )
 
     spec: dict[str, Any]
     best_trial: BestTrial | None
@@ -178,26 +212,47 @@ class StudyDetail(StudySummary):
         metric = "final_" + objective.metric.split("/")[-1]
         sign = 1 if objective.direction == "maximize" else -1
         scored = [
-            (job.result[metric], job) for job in jobs
+            (job.result[metric], job)
+            for job in jobs
             if job.status == JobStatus.SUCCEEDED and job.result and finite_or_none(job.result.get(metric)) is not None
         ]
         best = None
         if scored:
             value, job = max(scored, key=lambda vj: sign * vj[0])
-            best = BestTrial(job_id=job.id, trial_key=job.trial_key, variant=job.config["variant"], seed=job.config["seed"],
-                             optuna_trial_number=job.optuna_trial_number, metric=metric, value=value)
+            best = BestTrial(
+                job_id=job.id,
+                trial_key=job.trial_key,
+                variant=job.config["variant"],
+                seed=job.config["seed"],
+                optuna_trial_number=job.optuna_trial_number,
+                metric=metric,
+                value=value,
+            )
         per_variant: dict[str, Counter[str]] = {}
         for job in jobs:
             per_variant.setdefault(job.config["variant"], Counter())[job.status.value] += 1
         # jobs and results are two reads: a search may have queued a trial in between (its group: no results yet)
         results = {r.label: r for r in analysis.variants} | {
-            label: VariantResult(variant=label, label=label, n=0, seeds=[], values=[], mean=_UNDEFINED,
-                                 iqm=_UNDEFINED, initial_mean=math.nan)
+            label: VariantResult(
+                variant=label,
+                label=label,
+                n=0,
+                seeds=[],
+                values=[],
+                mean=_UNDEFINED,
+                iqm=_UNDEFINED,
+                initial_mean=math.nan,
+            )
             for label in per_variant.keys() - {r.label for r in analysis.variants}
         }
         variants = {label: VariantDetail.of(results[label], per_variant.get(label, {})) for label in sorted(results)}
-        return cls(**_summary_fields(info, workers), spec=info.spec, best_trial=best, variants=variants,
-                   comparisons=analysis.comparisons)
+        return cls(
+            **_summary_fields(info, workers),
+            spec=info.spec,
+            best_trial=best,
+            variants=variants,
+            comparisons=analysis.comparisons,
+        )
 
 
 _UNDEFINED = Estimate(estimate=math.nan, low=math.nan, high=math.nan)
@@ -212,23 +267,56 @@ class StudyResults(StudyAnalysis):
     either way; ``mde`` the smallest true difference these seeds detect with 80 % power, and
     ``seeds_needed`` the seeds that would detect ``target_effect``."""
 
-    model_config = _examples({
-        "study_id": _STUDY_ID, "metric": "final/accuracy", "reference": "grpo", "confidence": 0.95, "power": 0.8,
-        "target_effect": 0.02, "n_bootstrap": 2000, "bootstrap_seed": 0, "reference_found": True,
-        "variants": [{**_VARIANT_EXAMPLE, "variant": "grpo", "label": "grpo", "values": [0.76, 0.775, 0.785],
-                      "mean": {"estimate": 0.773, "low": 0.742, "high": 0.805}}, _VARIANT_EXAMPLE],
-        "comparisons": [{
-            "variant": "krpo", "grid_point": [], "label": "krpo", "reference": "grpo", "reference_grid_point": [],
-            "reference_label": "grpo", "metric": "final/accuracy", "analysis": "paired", "n_variant": 3,
-            "n_reference": 3, "difference": {"estimate": -0.008, "low": -0.044, "high": 0.028},
-            "difference_bootstrap": {"estimate": -0.008, "low": -0.025, "high": 0.0},
-            "prob_improvement": {"estimate": 0.33, "low": 0.0, "high": 0.5}, "p_value": 0.42, "rank_p_value": 1.0,
-            "welch_difference": {"estimate": -0.008, "low": -0.034, "high": 0.017}, "welch_p": 0.6, "mde": 0.047,
-            "target_effect": 0.02, "seeds_needed": 7, "confidence": 0.95,
-            "sentence": "no detectable difference between krpo and grpo (paired by seed, 3 seeds: -0.8 points, ...)",
-        }],
-        "order_checks": [],
-    })
+    model_config = _examples(
+        {
+            "study_id": _STUDY_ID,
+            "metric": "final/accuracy",
+            "reference": "grpo",
+            "confidence": 0.95,
+            "power": 0.8,
+            "target_effect": 0.02,
+            "n_bootstrap": 2000,
+            "bootstrap_seed": 0,
+            "reference_found": True,
+            "variants": [
+                {
+                    **_VARIANT_EXAMPLE,
+                    "variant": "grpo",
+                    "label": "grpo",
+                    "values": [0.76, 0.775, 0.785],
+                    "mean": {"estimate": 0.773, "low": 0.742, "high": 0.805},
+                },
+                _VARIANT_EXAMPLE,
+            ],
+            "comparisons": [
+                {
+                    "variant": "krpo",
+                    "grid_point": [],
+                    "label": "krpo",
+                    "reference": "grpo",
+                    "reference_grid_point": [],
+                    "reference_label": "grpo",
+                    "metric": "final/accuracy",
+                    "analysis": "paired",
+                    "n_variant": 3,
+                    "n_reference": 3,
+                    "difference": {"estimate": -0.008, "low": -0.044, "high": 0.028},
+                    "difference_bootstrap": {"estimate": -0.008, "low": -0.025, "high": 0.0},
+                    "prob_improvement": {"estimate": 0.33, "low": 0.0, "high": 0.5},
+                    "p_value": 0.42,
+                    "rank_p_value": 1.0,
+                    "welch_difference": {"estimate": -0.008, "low": -0.034, "high": 0.017},
+                    "welch_p": 0.6,
+                    "mde": 0.047,
+                    "target_effect": 0.02,
+                    "seeds_needed": 7,
+                    "confidence": 0.95,
+                    "sentence": "no detectable difference between krpo and grpo (paired by seed, 3 seeds: -0.8 points, ...)",
+                }
+            ],
+            "order_checks": [],
+        }
+    )
 
     study_id: str
 
@@ -239,10 +327,24 @@ class StudyResults(StudyAnalysis):
 
 
 _JOB_EXAMPLE = {
-    "id": _JOB_ID, "study_id": _STUDY_ID, "trial_key": "krpo|seed=0", "variant": "krpo", "seed": 0,
-    "optuna_trial_number": None, "status": "succeeded", "priority": 0, "attempt": 1, "failures": 0,
-    "max_attempts": 3, "owner": None, "result": {"final_accuracy": 0.49, "steps": 100}, "last_error": None,
-    "mlflow_run_id": "f0e1d2c3b4a5968778695a4b3c2d1e0f", "created_at": _TIME, "started_at": _TIME, "finished_at": _TIME,
+    "id": _JOB_ID,
+    "study_id": _STUDY_ID,
+    "trial_key": "krpo|seed=0",
+    "variant": "krpo",
+    "seed": 0,
+    "optuna_trial_number": None,
+    "status": "succeeded",
+    "priority": 0,
+    "attempt": 1,
+    "failures": 0,
+    "max_attempts": 3,
+    "owner": None,
+    "result": {"final_accuracy": 0.49, "steps": 100},
+    "last_error": None,
+    "mlflow_run_id": "f0e1d2c3b4a5968778695a4b3c2d1e0f",
+    "created_at": _TIME,
+    "started_at": _TIME,
+    "finished_at": _TIME,
 }
 
 
@@ -304,19 +406,40 @@ class Attempt(BaseModel):
 
     @classmethod
     def of(cls, info: AttemptInfo) -> Attempt:
-        return cls(attempt=info.attempt, worker=info.worker, started_at=info.started_at, ended_at=info.ended_at,
-                   outcome=info.outcome.value if info.outcome else None, error=info.error)
+        return cls(
+            attempt=info.attempt,
+            worker=info.worker,
+            started_at=info.started_at,
+            ended_at=info.ended_at,
+            outcome=info.outcome.value if info.outcome else None,
+            error=info.error,
+        )
 
 
 class JobDetail(JobSummary):
     """A job with its full trial config, lease, attempts (errors included) and MLflow run link."""
 
-    model_config = _examples({
-        **_JOB_EXAMPLE, "config": {"variant": "krpo", "seed": 0, "trial": {"name": "krpo seed=0"}},
-        "lease_expires_at": None, "cancel_requested": False, "timeout_s": None, "gpus": 1,
-        "attempts": [{"attempt": 1, "worker": "gpu-box-1234-ab12cd", "started_at": _TIME, "ended_at": _TIME, "outcome": "succeeded", "error": None}],
-        "mlflow_run_url": "http://mlflow:5000/#/experiments/3/runs/f0e1d2c3b4a5968778695a4b3c2d1e0f",
-    })
+    model_config = _examples(
+        {
+            **_JOB_EXAMPLE,
+            "config": {"variant": "krpo", "seed": 0, "trial": {"name": "krpo seed=0"}},
+            "lease_expires_at": None,
+            "cancel_requested": False,
+            "timeout_s": None,
+            "gpus": 1,
+            "attempts": [
+                {
+                    "attempt": 1,
+                    "worker": "gpu-box-1234-ab12cd",
+                    "started_at": _TIME,
+                    "ended_at": _TIME,
+                    "outcome": "succeeded",
+                    "error": None,
+                }
+            ],
+            "mlflow_run_url": "http://mlflow:5000/#/experiments/3/runs/f0e1d2c3b4a5968778695a4b3c2d1e0f",
+        }
+    )
 
     config: dict[str, Any]
     lease_expires_at: datetime | None
@@ -324,22 +447,40 @@ class JobDetail(JobSummary):
     timeout_s: float | None
     gpus: int
     attempts: list[Attempt]
-    mlflow_run_url: str | None = Field(description="link to the run in the MLflow UI (when the server knows the UI's URL)")
+    mlflow_run_url: str | None = Field(
+        description="link to the run in the MLflow UI (when the server knows the UI's URL)"
+    )
 
     @classmethod
     def build(cls, job: JobInfo, attempts: list[AttemptInfo], run_url: str | None) -> JobDetail:
-        return cls(**_job_fields(job), config=job.config, lease_expires_at=job.lease_expires_at,
-                   cancel_requested=job.cancel_requested, timeout_s=job.timeout_s, gpus=job.gpus,
-                   attempts=[Attempt.of(a) for a in attempts], mlflow_run_url=run_url)
+        return cls(
+            **_job_fields(job),
+            config=job.config,
+            lease_expires_at=job.lease_expires_at,
+            cancel_requested=job.cancel_requested,
+            timeout_s=job.timeout_s,
+            gpus=job.gpus,
+            attempts=[Attempt.of(a) for a in attempts],
+            mlflow_run_url=run_url,
+        )
 
 
 class WorkerOut(BaseModel):
     """A registered worker: last heartbeat, devices and the jobs it runs."""
 
-    model_config = _examples({
-        "id": "gpu-box-1234-ab12cd", "hostname": "gpu-box", "pid": 1234, "gpus": [0], "slots": 1,
-        "started_at": _TIME, "heartbeat_at": _TIME, "status": "active", "current_jobs": [_JOB_ID],
-    })
+    model_config = _examples(
+        {
+            "id": "gpu-box-1234-ab12cd",
+            "hostname": "gpu-box",
+            "pid": 1234,
+            "gpus": [0],
+            "slots": 1,
+            "started_at": _TIME,
+            "heartbeat_at": _TIME,
+            "status": "active",
+            "current_jobs": [_JOB_ID],
+        }
+    )
 
     id: str
     hostname: str
@@ -374,9 +515,14 @@ class ConfirmRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"variants": ["krpo"], "seeds": 5}]})
 
     variants: list[Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS)]] | None = Field(
-        None, min_length=1, max_length=1000,
-        description="variants to re-run (default: all); the reference variant always runs")
-    seeds: int | None = Field(None, ge=2, le=1000, description="fresh seeds (default: as many as the study's first look)")
+        None,
+        min_length=1,
+        max_length=1000,
+        description="variants to re-run (default: all); the reference variant always runs",
+    )
+    seeds: int | None = Field(
+        None, ge=2, le=1000, description="fresh seeds (default: as many as the study's first look)"
+    )
 
 
 class ReplicationResults(Replication):

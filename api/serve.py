@@ -16,6 +16,7 @@ import typer
 
 if TYPE_CHECKING:
     from krpo_bench.api.auth import TokenStore
+
     from krpo_bench.service.studies import StudyService
 
 WORKER_STOP_TIMEOUT_S = 120
@@ -35,16 +36,22 @@ def bind_refusal(host: str, has_tokens: bool) -> str | None:
     """Why binding ``host`` is refused (a public address without tokens), else None."""
     if has_tokens or is_loopback(host):
         return None
-    return (f"refusing to listen on {host!r} without API tokens: anyone who can reach it could submit studies; "
-            "create one with 'krpo-bench token create NAME --scope admin' or bind 127.0.0.1")
+    return (
+        f"refusing to listen on {host!r} without API tokens: anyone who can reach it could submit studies; "
+        "create one with 'krpo-bench token create NAME --scope admin' or bind 127.0.0.1"
+    )
 
 
 def serve(
     host: str = typer.Option("127.0.0.1", help="address to listen on (a public one needs API tokens)"),
     port: int = typer.Option(8000, help="port to listen on"),
     workers: int = typer.Option(0, help="embedded worker processes to run beside the API (0: none)"),
-    db: Optional[str] = typer.Option(None, "--db", help="job database URL (default: the db setting, see 'krpo-bench config')"),
-    mlflow: Optional[str] = typer.Option(None, "--mlflow", help="MLflow tracking URI (default: the mlflow_tracking_uri setting)"),
+    db: Optional[str] = typer.Option(
+        None, "--db", help="job database URL (default: the db setting, see 'krpo-bench config')"
+    ),
+    mlflow: Optional[str] = typer.Option(
+        None, "--mlflow", help="MLflow tracking URI (default: the mlflow_tracking_uri setting)"
+    ),
 ) -> None:
     """Run the REST API (docs at /docs, read-only Optuna dashboard at /optuna)."""
     from krpo_bench.api.auth import TokenStore
@@ -57,7 +64,6 @@ def serve(
         raise typer.Exit(2)
 
     import uvicorn
-
     from krpo_bench.api.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -100,6 +106,7 @@ token_app = typer.Typer(help="API bearer tokens (the server keeps only their SHA
 
 def _store() -> TokenStore:
     from krpo_bench.api.auth import TokenStore
+
     from krpo_bench.settings import get_settings
 
     return TokenStore(get_settings().api_tokens_file)
@@ -108,7 +115,9 @@ def _store() -> TokenStore:
 @token_app.command("create")
 def token_create(
     name: str = typer.Argument(..., help="who or what uses the token"),
-    scope: list[str] = typer.Option(["read"], "--scope", help="read | submit | admin (repeatable; admin > submit > read)"),
+    scope: list[str] = typer.Option(
+        ["read"], "--scope", help="read | submit | admin (repeatable; admin > submit > read)"
+    ),
 ) -> None:
     """Create a token and print it once (it cannot be shown again)."""
     try:

@@ -43,8 +43,9 @@ class ApiSettings:
     max_trial_hours_per_token: int = DEFAULT_MAX_TRIAL_HOURS_PER_TOKEN
 
     @classmethod
-    def from_settings(cls, settings: Settings | None = None, *, db: str | None = None,
-                      mlflow_tracking_uri: str | None = None) -> ApiSettings:
+    def from_settings(
+        cls, settings: Settings | None = None, *, db: str | None = None, mlflow_tracking_uri: str | None = None
+    ) -> ApiSettings:
         """The server's view of ``settings`` (default: this process's, read once); ``db`` and
         ``mlflow_tracking_uri`` (command-line options) override theirs, and an http(s)
         ``mlflow_tracking_uri`` is then the default base of run links, as the setting's is. The data

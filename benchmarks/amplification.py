@@ -24,16 +24,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from krpo_bench.api.policy import Policy, check_planned
 
 from benchmarks.api import start_server, stop
-from krpo_bench.api.policy import Policy, check_planned
 from krpo_bench.spec.study import StudySpec
 
 BASE = {
     "model": {"name": "tiny-arith"},
-    "task": {"kind": "arithmetic", "num_terms": [2, 2], "num_digits": [1, 2], "operators": ["+"],
-             "parentheses": False, "unary_minus": False, "templates": ["{expr}="], "compact": True,
-             "rewards": [{"name": "exact"}]},
+    "task": {
+        "kind": "arithmetic",
+        "num_terms": [2, 2],
+        "num_digits": [1, 2],
+        "operators": ["+"],
+        "parentheses": False,
+        "unary_minus": False,
+        "templates": ["{expr}="],
+        "compact": True,
+        "rewards": [{"name": "exact"}],
+    },
     "training": {"max_steps": 1},
 }
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -48,8 +56,17 @@ def templates_body(count: int, seeds: int) -> bytes:
 
 def yaml_comment_body() -> bytes:
     """980 KB of YAML whose comment holds ``&`` and ``*`` (a reason to look for aliases)."""
-    lines = ["# R&D *draft*", "name: comment", "kind: ablation", "seeds: 2", "base:", "  model: {name: tiny-arith}",
-             "  task:", "    kind: arithmetic", "    templates:"]
+    lines = [
+        "# R&D *draft*",
+        "name: comment",
+        "kind: ablation",
+        "seeds: 2",
+        "base:",
+        "  model: {name: tiny-arith}",
+        "  task:",
+        "    kind: arithmetic",
+        "    templates:",
+    ]
     size = sum(len(line) + 1 for line in lines)
     i = 0
     while size < 980_000:
@@ -75,7 +92,9 @@ def late_refusal_body() -> bytes:
     return largest_accepted_body(50, 10, grid={"training.temperature": [1.0, 1.0]})
 
 
-def largest_accepted_body(trials_per_variant: int = 100, variants: int = 10, key_chars: int = 3, grid: dict | None = None) -> bytes:
+def largest_accepted_body(
+    trials_per_variant: int = 100, variants: int = 10, key_chars: int = 3, grid: dict | None = None
+) -> bytes:
     """``variants`` (keys of ``key_chars`` characters) x ``trials_per_variant`` seeds (1,000 trials,
     the default trial cap) whose templates fill each config as far as the default stored-bytes cap
     lets the server accept it (the policy's own check decides, so this follows the policy)."""
@@ -83,9 +102,17 @@ def largest_accepted_body(trials_per_variant: int = 100, variants: int = 10, key
     body: dict | None = None
     for count in range(100, 0, -1):  # at most 100 templates of at most 1,000 characters (FREE_LISTS)
         task = {**BASE["task"], "templates": [f"{{expr}} {i:03d} " + "x" * 980 for i in range(count)]}
-        body = {"name": "largest", "kind": "ablation", "seeds": trials_per_variant, "base": {**BASE, "task": task},
-                "variants": {f"v{i:0{key_chars - 1}d}": {"training": {"learning_rate": 10.0 ** -(1 + i % 5)}} for i in range(variants)},
-                **({"grid": grid} if grid else {})}
+        body = {
+            "name": "largest",
+            "kind": "ablation",
+            "seeds": trials_per_variant,
+            "base": {**BASE, "task": task},
+            "variants": {
+                f"v{i:0{key_chars - 1}d}": {"training": {"learning_rate": 10.0 ** -(1 + i % 5)}}
+                for i in range(variants)
+            },
+            **({"grid": grid} if grid else {}),
+        }
         if not check_planned(StudySpec.model_validate(body), policy)[0]:
             break
     return json.dumps(body).encode()
@@ -129,18 +156,26 @@ def measure(label: str, body: bytes, content_type: str) -> dict[str, object]:
             time.sleep(1)  # let start-up work settle before the CPU baseline
             db_before, wal_before = db_bytes(folder), db_bytes(folder, "*.db-wal")
             cpu_before, started = cpu_seconds(proc.pid), time.monotonic()
-            response = httpx.post(f"{url}/api/v1/studies", content=body, headers={"Content-Type": content_type}, timeout=600)
+            response = httpx.post(
+                f"{url}/api/v1/studies", content=body, headers={"Content-Type": content_type}, timeout=600
+            )
             out: dict[str, object] = {
-                "body": label, "body_kb": round(len(body) / 1024), "status": response.status_code,
-                "wall_s": round(time.monotonic() - started, 2), "cpu_s": round(cpu_seconds(proc.pid) - cpu_before, 2),
-                "peak_rss_mb": round(peak_rss_mb(proc.pid)), "response_kb": round(len(response.content) / 1024, 1),
+                "body": label,
+                "body_kb": round(len(body) / 1024),
+                "status": response.status_code,
+                "wall_s": round(time.monotonic() - started, 2),
+                "cpu_s": round(cpu_seconds(proc.pid) - cpu_before, 2),
+                "peak_rss_mb": round(peak_rss_mb(proc.pid)),
+                "response_kb": round(len(response.content) / 1024, 1),
             }
             if response.status_code == 201:
                 study = response.json()["id"]
                 for path in (f"/api/v1/studies/{study}", f"/api/v1/studies/{study}/results"):
                     t = time.monotonic()
                     httpx.get(url + path, timeout=600).raise_for_status()
-                    out[f"get_{path.rsplit('/', 1)[-1] if path.endswith('results') else 'study'}_s"] = round(time.monotonic() - t, 2)
+                    out[f"get_{path.rsplit('/', 1)[-1] if path.endswith('results') else 'study'}_s"] = round(
+                        time.monotonic() - t, 2
+                    )
             else:
                 out["error"] = response.text[:160]
             time.sleep(2)  # the study's MLflow records follow in the background

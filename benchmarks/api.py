@@ -33,13 +33,26 @@ from krpo_bench.spec.study import validate_study
 
 BASE = {
     "model": {"name": "tiny-arith"},
-    "task": {"kind": "arithmetic", "num_terms": [2, 2], "num_digits": [1, 2], "operators": ["+"],
-             "parentheses": False, "unary_minus": False, "templates": ["{expr}="], "compact": True,
-             "rewards": [{"name": "exact"}]},
+    "task": {
+        "kind": "arithmetic",
+        "num_terms": [2, 2],
+        "num_digits": [1, 2],
+        "operators": ["+"],
+        "parentheses": False,
+        "unary_minus": False,
+        "templates": ["{expr}="],
+        "compact": True,
+        "rewards": [{"name": "exact"}],
+    },
     "training": {"max_steps": 5},
 }
-SPEC = {"name": "bench", "kind": "ablation", "seeds": 2, "base": BASE,
-        "variants": {"grpo": {"estimator": {"name": "grpo"}}, "krpo": {"estimator": {"name": "krpo"}}}}
+SPEC = {
+    "name": "bench",
+    "kind": "ablation",
+    "seeds": 2,
+    "base": BASE,
+    "variants": {"grpo": {"estimator": {"name": "grpo"}}, "krpo": {"estimator": {"name": "krpo"}}},
+}
 SMALL_SPEC = {"name": "bench-post", "kind": "ablation", "seeds": 1, "base": BASE}
 
 
@@ -49,14 +62,27 @@ def seed(db_url: str, n_studies: int) -> None:
     upgrade(engine)
     spec = validate_study(SPEC).model_dump(mode="json")
     ids = [new_id() for _ in range(n_studies)]
-    rows = [dict(id=i, name=f"bench-{n}", kind="ablation", spec=spec, status="running", total_jobs=4, mlflow_pending=False,
-                 created_at=utcnow(), updated_at=utcnow())
-            for n, i in enumerate(ids)]
+    rows = [
+        dict(
+            id=i,
+            name=f"bench-{n}",
+            kind="ablation",
+            spec=spec,
+            status="running",
+            total_jobs=4,
+            mlflow_pending=False,
+            created_at=utcnow(),
+            updated_at=utcnow(),
+        )
+        for n, i in enumerate(ids)
+    ]
     with engine.begin() as conn:
         conn.execute(insert(Study), rows)
     queue = JobQueue(engine)
     for study_id in ids:
-        queue.enqueue_many(study_id, [NewJob(f"{v}|seed={s}", {"variant": v, "seed": s}) for v in ("grpo", "krpo") for s in (0, 1)])
+        queue.enqueue_many(
+            study_id, [NewJob(f"{v}|seed={s}", {"variant": v, "seed": s}) for v in ("grpo", "krpo") for s in (0, 1)]
+        )
     engine.dispose()
 
 
@@ -69,8 +95,21 @@ def free_port() -> int:
 def start_server(folder: Path, db_url: str, **env_vars: str) -> tuple[subprocess.Popen, str]:
     """A ``krpo-bench serve`` process on a free loopback port, once it is ready."""
     port = free_port()
-    env = dict(os.environ, KRPO_BENCH_HOME=str(folder), KRPO_BENCH_API_TOKENS_FILE=str(folder / "no-tokens.json"), **env_vars)
-    cmd = [sys.executable, "-m", "krpo_bench.cli", "serve", "--port", str(port), "--db", db_url, "--mlflow", f"sqlite:///{folder / 'mlflow.db'}"]
+    env = dict(
+        os.environ, KRPO_BENCH_HOME=str(folder), KRPO_BENCH_API_TOKENS_FILE=str(folder / "no-tokens.json"), **env_vars
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "krpo_bench.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--db",
+        db_url,
+        "--mlflow",
+        f"sqlite:///{folder / 'mlflow.db'}",
+    ]
     with open(folder / "server.log", "ab") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
@@ -113,7 +152,9 @@ def percentile(values: list[float], q: float) -> float:
 
 def report(label: str, latencies: list[float], seconds: float) -> float:
     p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
-    print(f"{label:30s} n={len(latencies):5d}  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  {len(latencies) / seconds:7.1f} req/s")
+    print(
+        f"{label:30s} n={len(latencies):5d}  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  {len(latencies) / seconds:7.1f} req/s"
+    )
     return p99
 
 
@@ -132,7 +173,10 @@ def main() -> None:
         print(f"seeded {args.studies} studies (4 jobs each) in {time.perf_counter() - started:.1f} s")
         proc, url = start_server(folder, db_url, KRPO_BENCH_LIST_CACHE_S="0")
         try:
-            report("GET /api/v1/studies, no cache", *measure(url, "GET", "/api/v1/studies", args.requests // 4, args.clients))
+            report(
+                "GET /api/v1/studies, no cache",
+                *measure(url, "GET", "/api/v1/studies", args.requests // 4, args.clients),
+            )
         finally:
             stop(proc)
         proc, url = start_server(folder, db_url)
@@ -140,14 +184,18 @@ def main() -> None:
             httpx.post(f"{url}/api/v1/studies", json=SMALL_SPEC, timeout=120).raise_for_status()
             outbox_lag(db_url)  # its MLflow records create the MLflow store
             p99 = report("GET /api/v1/studies", *measure(url, "GET", "/api/v1/studies", args.requests, args.clients))
-            report("POST /api/v1/studies", *measure(url, "POST", "/api/v1/studies", args.posts, args.clients, SMALL_SPEC))
+            report(
+                "POST /api/v1/studies", *measure(url, "POST", "/api/v1/studies", args.posts, args.clients, SMALL_SPEC)
+            )
             print(f"MLflow records of every posted study {outbox_lag(db_url):.1f} s after the last POST")
         finally:
             stop(proc)
         print(f"get_studies_p99_ms {p99:.1f}")
 
 
-def measure(url: str, method: str, path: str, requests: int, clients: int, body: dict | None = None) -> tuple[list[float], float]:
+def measure(
+    url: str, method: str, path: str, requests: int, clients: int, body: dict | None = None
+) -> tuple[list[float], float]:
     """Latencies of a timed run after a short warm-up, and the run's wall time."""
     asyncio.run(load(url, method, path, clients, clients, body))
     started = time.perf_counter()

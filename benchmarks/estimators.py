@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -84,8 +84,10 @@ def main() -> None:
         "lengths": torch.randint(1, 200, rewards.shape, device=device).float(),
         "baseline_rewards": torch.randint(0, 2, rewards.shape[:1], device=device).float(),
     }
-    print(f"device {device}, {args.threads} CPU thread(s), rewards {args.groups} x {args.group_size}, "
-          f"torch {torch.__version__}")
+    print(
+        f"device {device}, {args.threads} CPU thread(s), rewards {args.groups} x {args.group_size}, "
+        f"torch {torch.__version__}"
+    )
 
     estimators = {name: get_estimator(name) for name in ESTIMATORS}
     estimators["rae (per_prompt)"] = get_estimator("rae", per_prompt=True)

@@ -64,12 +64,12 @@ def run(backend: str, url: str, n_jobs: int, n_workers: int) -> Result:
     upgrade(engine)
     study_id = str(uuid.uuid4())
     with engine.begin() as conn:
-        conn.execute(
-            insert(Study).values(id=study_id, name="bench", kind=StudyKind.ABLATION, spec={})
-        )
+        conn.execute(insert(Study).values(id=study_id, name="bench", kind=StudyKind.ABLATION, spec={}))
     queue = JobQueue(engine)
     for start in range(0, n_jobs, ENQUEUE_BATCH):
-        queue.enqueue_many(study_id, [NewJob(f"t{i}", {"i": i}) for i in range(start, min(n_jobs, start + ENQUEUE_BATCH))])
+        queue.enqueue_many(
+            study_id, [NewJob(f"t{i}", {"i": i}) for i in range(start, min(n_jobs, start + ENQUEUE_BATCH))]
+        )
 
     ctx = mp.get_context("spawn")
     start = ctx.Barrier(n_workers + 1)
@@ -137,7 +137,9 @@ def summary(results: list[Result]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, nargs="+", default=[3000], help="jobs in the study (one run per size and backend)")
+    parser.add_argument(
+        "--jobs", type=int, nargs="+", default=[3000], help="jobs in the study (one run per size and backend)"
+    )
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument(
         "--pg-admin-url",

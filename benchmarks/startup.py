@@ -35,7 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -44,28 +44,65 @@ from krpo_bench.service.studies import StudyService
 from krpo_bench.spec.study import StudySpec
 
 TASK = {
-    "kind": "arithmetic", "num_terms": [2, 2], "num_digits": [1, 2], "operators": ["+"], "parentheses": False,
-    "unary_minus": False, "templates": ["{expr}="], "compact": True, "rewards": [{"name": "exact"}],
-    "train_size": 512, "test_size": 64,
+    "kind": "arithmetic",
+    "num_terms": [2, 2],
+    "num_digits": [1, 2],
+    "operators": ["+"],
+    "parentheses": False,
+    "unary_minus": False,
+    "templates": ["{expr}="],
+    "compact": True,
+    "rewards": [{"name": "exact"}],
+    "train_size": 512,
+    "test_size": 64,
 }
 
 
 def study(name: str, trials: int, steps: int) -> StudySpec:
-    training = {"group_size": 8, "prompts_per_step": 8, "max_completion_length": 5, "max_steps": steps,
-                "eval_every": 0, "checkpoint_every": steps}
-    return StudySpec.model_validate({
-        "name": name, "kind": "ablation", "seeds": trials,
-        "base": {"model": {"name": "tiny-arith"}, "task": TASK, "training": training},
-        "variants": {"grpo": {"estimator": {"name": "grpo"}}},
-    })
+    training = {
+        "group_size": 8,
+        "prompts_per_step": 8,
+        "max_completion_length": 5,
+        "max_steps": steps,
+        "eval_every": 0,
+        "checkpoint_every": steps,
+    }
+    return StudySpec.model_validate(
+        {
+            "name": name,
+            "kind": "ablation",
+            "seeds": trials,
+            "base": {"model": {"name": "tiny-arith"}, "task": TASK, "training": training},
+            "variants": {"grpo": {"estimator": {"name": "grpo"}}},
+        }
+    )
 
 
 def run_worker(service: StudyService, fork_server: bool) -> None:
     flag = "--fork-server" if fork_server else "--no-fork-server"
-    cmd = [sys.executable, "-m", "krpo_bench.cli", "worker", "--gpus", "cpu", "--slots-per-gpu", "1",
-           "--exit-when-idle", flag, "--db", service.db_url, "--mlflow", service.mlflow_uri]
-    subprocess.run(cmd, check=True, env=dict(os.environ, KRPO_BENCH_CPU_THREADS="1"),
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "krpo_bench.cli",
+        "worker",
+        "--gpus",
+        "cpu",
+        "--slots-per-gpu",
+        "1",
+        "--exit-when-idle",
+        flag,
+        "--db",
+        service.db_url,
+        "--mlflow",
+        service.mlflow_uri,
+    ]
+    subprocess.run(
+        cmd,
+        check=True,
+        env=dict(os.environ, KRPO_BENCH_CPU_THREADS="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def measure(service: StudyService, study_id: str) -> tuple[list[float], float, float]:
@@ -74,8 +111,8 @@ def measure(service: StudyService, study_id: str) -> tuple[list[float], float, f
     latencies, training, claims, ends = [], 0.0, [], []
     for job in service.jobs(study_id):
         attempt = service.queue.list_attempts(job.id)[-1]
-        claimed = attempt.started_at.replace(tzinfo=attempt.started_at.tzinfo or timezone.utc).timestamp()
-        ended = attempt.ended_at.replace(tzinfo=attempt.ended_at.tzinfo or timezone.utc).timestamp()
+        claimed = attempt.started_at.replace(tzinfo=attempt.started_at.tzinfo or UTC).timestamp()
+        ended = attempt.ended_at.replace(tzinfo=attempt.ended_at.tzinfo or UTC).timestamp()
         rewards = sorted(client.get_metric_history(job.mlflow_run_id, "train/reward"), key=lambda m: m.step)
         step_times = {m.step: m.value for m in client.get_metric_history(job.mlflow_run_id, "train/step_time_s")}
         first = rewards[0].timestamp / 1000 - step_times.get(rewards[0].step, 0.0)
@@ -101,19 +138,24 @@ def main() -> None:
     build_tiny_arith()  # not part of any trial's start
     latencies: dict[bool, list[float]] = {True: [], False: []}
     for round_ in range(args.rounds):
-        for fork_server in ([True, False] if round_ % 2 == 0 else [False, True]):
+        for fork_server in [True, False] if round_ % 2 == 0 else [False, True]:
             name = f"startup-{'fork' if fork_server else 'fresh'}-{round_}"
             info = service.submit(study(name, args.trials, args.steps))
             run_worker(service, fork_server)
             found, wall, training = measure(service, info.id)
             latencies[fork_server] += found
-            print(f"round {round_} {'fork server' if fork_server else 'fresh process'}: start latency "
-                  f"{', '.join(f'{x:.1f}' for x in found)} s; study wall {wall:.1f} s over summed training "
-                  f"{training:.1f} s = {wall / training:.2f}x", flush=True)
+            print(
+                f"round {round_} {'fork server' if fork_server else 'fresh process'}: start latency "
+                f"{', '.join(f'{x:.1f}' for x in found)} s; study wall {wall:.1f} s over summed training "
+                f"{training:.1f} s = {wall / training:.2f}x",
+                flush=True,
+            )
     forked, fresh = statistics.median(latencies[True]), statistics.median(latencies[False])
-    print(f"median trial start latency (claim -> first step): fork server {forked:.1f} s, fresh process "
-          f"{fresh:.1f} s ({fresh / forked:.1f}x faster; {len(latencies[True])} trials each, "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    print(
+        f"median trial start latency (claim -> first step): fork server {forked:.1f} s, fresh process "
+        f"{fresh:.1f} s ({fresh / forked:.1f}x faster; {len(latencies[True])} trials each, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+    )
 
 
 if __name__ == "__main__":

@@ -37,12 +37,23 @@ TINY_STUDY_TRIAL = {
     "name": "overhead",
     "model": {"name": "tiny-arith"},
     "task": {
-        "kind": "arithmetic", "num_terms": [2, 2], "num_digits": [1, 2], "operators": ["+"],
-        "parentheses": False, "unary_minus": False, "templates": ["{expr}="], "compact": True,
-        "rewards": [{"name": "exact"}], "train_size": 1000, "test_size": 16,
+        "kind": "arithmetic",
+        "num_terms": [2, 2],
+        "num_digits": [1, 2],
+        "operators": ["+"],
+        "parentheses": False,
+        "unary_minus": False,
+        "templates": ["{expr}="],
+        "compact": True,
+        "rewards": [{"name": "exact"}],
+        "train_size": 1000,
+        "test_size": 16,
     },
     "training": {
-        "group_size": 8, "prompts_per_step": 8, "max_completion_length": 5, "checkpoint_every": 100000,
+        "group_size": 8,
+        "prompts_per_step": 8,
+        "max_completion_length": 5,
+        "checkpoint_every": 100000,
         "learning_rate": 1e-12,
     },
 }
@@ -77,15 +88,25 @@ def build_trainer(ours: bool, spec: TrialSpec, task, loaded, initial_state: dict
     set_seed(spec.training.seed)
     model = copy.deepcopy(loaded.model)
     model.load_state_dict(initial_state)
-    args = grpo_config(spec, out, use_cuda=torch.cuda.is_available(), bf16=False, reward_weights=list(task.reward_weights))
+    args = grpo_config(
+        spec, out, use_cuda=torch.cuda.is_available(), bf16=False, reward_weights=list(task.reward_weights)
+    )
     args.save_strategy = "no"
-    kwargs = dict(model=model, reward_funcs=task.reward_funcs, args=args, train_dataset=task.train, processing_class=loaded.tokenizer)
+    kwargs = dict(
+        model=model,
+        reward_funcs=task.reward_funcs,
+        args=args,
+        train_dataset=task.train,
+        processing_class=loaded.tokenizer,
+    )
     trainer = BaselineGRPOTrainer(**kwargs, estimator=get_estimator("krpo")) if ours else GRPOTrainer(**kwargs)
     trainer.remove_callback(PrinterCallback)  # both quiet: printing logs is not what is measured
     return trainer
 
 
-def paired_round(first_is_ours: bool, spec: TrialSpec, task, loaded, initial: dict, out: Path) -> tuple[list[float], list[float]]:
+def paired_round(
+    first_is_ours: bool, spec: TrialSpec, task, loaded, initial: dict, out: Path
+) -> tuple[list[float], list[float]]:
     """Step times (stock, ours) of one round in which the two trainers alternate steps."""
     trainers = {ours: build_trainer(ours, spec, task, loaded, initial, out / str(ours)) for ours in (False, True)}
     turns = {False: threading.Event(), True: threading.Event()}

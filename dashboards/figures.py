@@ -13,11 +13,11 @@ import optuna
 import pandas as pd
 import plotly.colors
 import plotly.graph_objects as go
+from krpo_bench.dashboards.curves import Curve
 from matplotlib.figure import Figure
 from plotly.subplots import make_subplots
 
 from krpo_bench.analysis.model import Estimate
-from krpo_bench.dashboards.curves import Curve
 
 PALETTE: tuple[str, ...] = tuple(plotly.colors.qualitative.Plotly)
 CONTOUR_PARAMS = ("estimator.Q", "estimator.R")
@@ -58,17 +58,29 @@ def _plotly_facets(
     facets = _facets(labels, ident)
     colors = _grid_colors(labels, colors, ident)
     if len(facets) <= 1:
-        return go.Figure(), {label: {"at": {}, "name": label, "color": colors[label], "legend": True} for label in labels}
+        return go.Figure(), {
+            label: {"at": {}, "name": label, "color": colors[label], "legend": True} for label in labels
+        }
     cols = min(3, len(facets))
     rows = math.ceil(len(facets) / cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[_text(p) for p in facets], shared_yaxes=True,
-                        horizontal_spacing=0.04, vertical_spacing=0.12)
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=[_text(p) for p in facets],
+        shared_yaxes=True,
+        horizontal_spacing=0.04,
+        vertical_spacing=0.12,
+    )
     fig.update_layout(height=_LAYOUT["height"] * rows)
     placed: dict[str, dict[str, Any]] = {}
     for i, (point, members) in enumerate(facets.items()):
         for label in members:
-            placed[label] = {"at": {"row": i // cols + 1, "col": i % cols + 1}, "name": ident[label][0],
-                             "color": colors[label], "legend": i == 0}
+            placed[label] = {
+                "at": {"row": i // cols + 1, "col": i % cols + 1},
+                "name": ident[label][0],
+                "color": colors[label],
+                "legend": i == 0,
+            }
     return fig, placed
 
 
@@ -83,22 +95,48 @@ def curve_figure(
         color, name, group = where["color"], _text(where["name"]), where["name"]
         for seed, series in curve.per_seed.items():
             points = series.dropna()
-            fig.add_trace(go.Scatter(
-                x=points.index, y=points.to_numpy(), mode="lines", line=dict(color=color, width=1),
-                opacity=0.25, legendgroup=group, showlegend=False, name=f"{_text(variant)} seed {seed}",
-            ), **where["at"])
+            fig.add_trace(
+                go.Scatter(
+                    x=points.index,
+                    y=points.to_numpy(),
+                    mode="lines",
+                    line=dict(color=color, width=1),
+                    opacity=0.25,
+                    legendgroup=group,
+                    showlegend=False,
+                    name=f"{_text(variant)} seed {seed}",
+                ),
+                **where["at"],
+            )
         banded = np.isfinite(curve.low) & np.isfinite(curve.high)
         steps = curve.steps[banded]
-        fig.add_trace(go.Scatter(
-            x=np.concatenate([steps, steps[::-1]]),
-            y=np.concatenate([curve.high[banded], curve.low[banded][::-1]]),
-            mode="lines", fill="toself", fillcolor=_rgba(color, 0.2), line=dict(width=0), hoverinfo="skip",
-            legendgroup=group, showlegend=False, name=f"{_text(variant)} 95 % band",
-        ), **where["at"])
-        fig.add_trace(go.Scatter(
-            x=curve.steps, y=curve.mean, mode="lines", line=dict(color=color, width=2.5),
-            legendgroup=group, showlegend=where["legend"], name=name,
-        ), **where["at"])
+        fig.add_trace(
+            go.Scatter(
+                x=np.concatenate([steps, steps[::-1]]),
+                y=np.concatenate([curve.high[banded], curve.low[banded][::-1]]),
+                mode="lines",
+                fill="toself",
+                fillcolor=_rgba(color, 0.2),
+                line=dict(width=0),
+                hoverinfo="skip",
+                legendgroup=group,
+                showlegend=False,
+                name=f"{_text(variant)} 95 % band",
+            ),
+            **where["at"],
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=curve.steps,
+                y=curve.mean,
+                mode="lines",
+                line=dict(color=color, width=2.5),
+                legendgroup=group,
+                showlegend=where["legend"],
+                name=name,
+            ),
+            **where["at"],
+        )
     fig.update_layout(title=title, **{**_LAYOUT, "height": fig.layout.height or _LAYOUT["height"]})
     if not any(where["at"] for where in placed.values()):
         fig.update_layout(xaxis_title="optimizer step", yaxis_title=title)
@@ -106,7 +144,10 @@ def curve_figure(
 
 
 def final_figure(
-    values: Mapping[str, np.ndarray], means: Mapping[str, Estimate], colors: Mapping[str, str], label: str,
+    values: Mapping[str, np.ndarray],
+    means: Mapping[str, Estimate],
+    colors: Mapping[str, str],
+    label: str,
     identity: Identity | None = None,
 ) -> go.Figure:
     """Per-seed final scores (dots) and the mean with its 95 % CI (bar) for each variant (a grid study:
@@ -115,18 +156,40 @@ def final_figure(
     for variant, seeds in values.items():
         ci, where = means[variant], placed[variant]
         x = _text(where["name"])
-        fig.add_trace(go.Scatter(
-            x=[x] * len(seeds), y=seeds, mode="markers", opacity=0.5, legendgroup=where["name"],
-            marker=dict(color=where["color"], size=8), showlegend=False, name=f"{_text(variant)} seeds",
-        ), **where["at"])
-        fig.add_trace(go.Scatter(
-            x=[x], y=[ci.estimate], mode="markers", name=x, legendgroup=where["name"], showlegend=where["legend"],
-            marker=dict(color=where["color"], size=14, symbol="diamond"),
-            error_y=dict(type="data", symmetric=False,
-                         array=[np.nan_to_num(ci.high - ci.estimate)],
-                         arrayminus=[np.nan_to_num(ci.estimate - ci.low)]),
-        ), **where["at"])
-    fig.update_layout(title=f"{label}: mean and 95 % CI over seeds", **{**_LAYOUT, "height": fig.layout.height or _LAYOUT["height"]})
+        fig.add_trace(
+            go.Scatter(
+                x=[x] * len(seeds),
+                y=seeds,
+                mode="markers",
+                opacity=0.5,
+                legendgroup=where["name"],
+                marker=dict(color=where["color"], size=8),
+                showlegend=False,
+                name=f"{_text(variant)} seeds",
+            ),
+            **where["at"],
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[x],
+                y=[ci.estimate],
+                mode="markers",
+                name=x,
+                legendgroup=where["name"],
+                showlegend=where["legend"],
+                marker=dict(color=where["color"], size=14, symbol="diamond"),
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=[np.nan_to_num(ci.high - ci.estimate)],
+                    arrayminus=[np.nan_to_num(ci.estimate - ci.low)],
+                ),
+            ),
+            **where["at"],
+        )
+    fig.update_layout(
+        title=f"{label}: mean and 95 % CI over seeds", **{**_LAYOUT, "height": fig.layout.height or _LAYOUT["height"]}
+    )
     if not any(where["at"] for where in placed.values()):
         fig.update_layout(yaxis_title=label)
     return fig
@@ -137,10 +200,20 @@ def cost_figure(frame: pd.DataFrame, columns: Sequence[str], colors: Mapping[str
     fig = make_subplots(rows=1, cols=len(columns), subplot_titles=list(columns))
     for col, metric in enumerate(columns, start=1):
         for variant, group in frame.groupby("variant", sort=False):
-            fig.add_trace(go.Box(
-                x=group["variant"].map(_text), y=group[metric], name=_text(variant), boxpoints="all", jitter=0.3,
-                marker_color=colors[variant], legendgroup=variant, showlegend=col == 1,
-            ), row=1, col=col)
+            fig.add_trace(
+                go.Box(
+                    x=group["variant"].map(_text),
+                    y=group[metric],
+                    name=_text(variant),
+                    boxpoints="all",
+                    jitter=0.3,
+                    marker_color=colors[variant],
+                    legendgroup=variant,
+                    showlegend=col == 1,
+                ),
+                row=1,
+                col=col,
+            )
     fig.update_layout(title="cost per trial", **_LAYOUT)
     return fig
 
@@ -156,12 +229,19 @@ def advantage_figure(samples: Mapping[str, np.ndarray], colors: Mapping[str, str
     """Overlaid normalised histograms of each variant's advantage sample."""
     fig = go.Figure()
     for variant, values in samples.items():
-        fig.add_trace(go.Histogram(
-            x=values, name=_text(variant), histnorm="probability density", opacity=0.55,
-            marker_color=colors[variant], nbinsx=60,
-        ))
-    fig.update_layout(barmode="overlay", title="advantage distribution", xaxis_title="advantage",
-                      yaxis_title="density", **_LAYOUT)
+        fig.add_trace(
+            go.Histogram(
+                x=values,
+                name=_text(variant),
+                histnorm="probability density",
+                opacity=0.55,
+                marker_color=colors[variant],
+                nbinsx=60,
+            )
+        )
+    fig.update_layout(
+        barmode="overlay", title="advantage distribution", xaxis_title="advantage", yaxis_title="density", **_LAYOUT
+    )
     return fig
 
 
@@ -181,8 +261,9 @@ def search_figures(study: optuna.Study) -> list[tuple[str, go.Figure | str]]:
     else:
         views.append(("parameter importances", optuna.visualization.plot_param_importances(study)))
     if set(CONTOUR_PARAMS) <= params:
-        views.append((" x ".join(CONTOUR_PARAMS),
-                      optuna.visualization.plot_contour(study, params=list(CONTOUR_PARAMS))))
+        views.append(
+            (" x ".join(CONTOUR_PARAMS), optuna.visualization.plot_contour(study, params=list(CONTOUR_PARAMS)))
+        )
     if SLICE_PARAM in params:
         views.append((SLICE_PARAM, optuna.visualization.plot_slice(study, params=[SLICE_PARAM])))
     for _, view in views:
@@ -250,15 +331,21 @@ def curves_png(
 
 
 def final_png(
-    values: Mapping[str, np.ndarray], means: Mapping[str, Estimate], path: Path,
-    colors: Mapping[str, str], label: str, identity: Identity | None = None,
+    values: Mapping[str, np.ndarray],
+    means: Mapping[str, Estimate],
+    path: Path,
+    colors: Mapping[str, str],
+    label: str,
+    identity: Identity | None = None,
 ) -> Path:
     """Static version of `final_figure`; a grid study gets one panel per grid point."""
     ident = _identities(list(values), identity)
     facets = _facets(list(values), ident)
     colors = _grid_colors(list(values), colors, ident)
     widest = max((len(labels) for labels in facets.values()), default=1)
-    fig, axes = _panels(len(facets), max(4.0, 1.4 * widest + 2) if len(facets) == 1 else max(4.0, 0.9 * widest + 1), 4.5)
+    fig, axes = _panels(
+        len(facets), max(4.0, 1.4 * widest + 2) if len(facets) == 1 else max(4.0, 0.9 * widest + 1), 4.5
+    )
     rng = np.random.default_rng(0)
     for ax, (point, labels) in zip(axes, facets.items()):
         for i, name in enumerate(labels):

@@ -14,6 +14,9 @@ import numpy as np
 import optuna
 import pandas as pd
 import plotly.graph_objects as go
+from krpo_bench.dashboards import figures
+from krpo_bench.dashboards.curves import Curve, aggregate_curve
+from krpo_bench.dashboards.source import CURVE_METRICS, SHUFFLE_PARAM, RunData, StudyData
 from plotly.offline import get_plotlyjs
 
 from krpo_bench import stats
@@ -21,9 +24,6 @@ from krpo_bench.analysis import format as fmt
 from krpo_bench.analysis.analyze import METRIC, AnalysisSettings, analyze
 from krpo_bench.analysis.model import ComparisonResult, Estimate, StudyAnalysis, VariantResult, json_ready
 from krpo_bench.analysis.records import records_from_runs
-from krpo_bench.dashboards import figures
-from krpo_bench.dashboards.curves import Curve, aggregate_curve
-from krpo_bench.dashboards.source import CURVE_METRICS, SHUFFLE_PARAM, RunData, StudyData
 
 COST_METRICS = ("cost/wall_time_s", "cost/gpu_seconds", "cost/tokens", "cost/mean_step_time_s")
 STEP_TIME = "cost/mean_step_time_s"
@@ -65,8 +65,12 @@ class Summary:
 
     def to_json(self) -> dict[str, Any]:
         """The summary as summary.json holds it: the study, the analysis's JSON dump and cost (NaN as null)."""
-        study = {"study_id": self.study_id, "study_name": self.study_name,
-                 "experiment_ids": self.experiment_ids, "status_counts": self.status_counts}
+        study = {
+            "study_id": self.study_id,
+            "study_name": self.study_name,
+            "experiment_ids": self.experiment_ids,
+            "status_counts": self.status_counts,
+        }
         return {"study": study, **self.analysis.to_json(), "cost": json_ready(self.cost)}
 
 
@@ -99,12 +103,15 @@ def order_twins(study: StudyData) -> list[tuple[str, str]]:
     for variant in shuffled:
         own = signatures[variant]
         candidates = [
-            v for v in study.variants
+            v
+            for v in study.variants
             if v not in shuffled and signatures[v].get("estimator.name") == own.get("estimator.name")
         ]
         if candidates:
-            distance = {v: sum(own.get(k) != signatures[v].get(k) for k in own.keys() | signatures[v].keys())
-                        for v in candidates}
+            distance = {
+                v: sum(own.get(k) != signatures[v].get(k) for k in own.keys() | signatures[v].keys())
+                for v in candidates
+            }
             pairs.append((variant, min(candidates, key=distance.__getitem__)))
     return pairs
 
@@ -121,17 +128,29 @@ def _cost_rows(study: StudyData, analysis: StudyAnalysis) -> tuple[pd.DataFrame,
     labels = [v.label for v in analysis.variants]
     versus_of = {v.label: v.label for v in analysis.variants if v.variant == analysis.reference}
     versus_of |= {c.label: c.reference_label for c in analysis.comparisons}
-    trials = pd.DataFrame([
-        {"variant": r.variant, "seed": r.seed, "run_id": r.run_id,
-         **{m: r.final.get(m, math.nan) for m in COST_METRICS}, STEP_TIME: _step_time(r)}
-        for v in labels for r in study.runs_of(v)
-    ], columns=["variant", "seed", "run_id", *COST_METRICS])
+    trials = pd.DataFrame(
+        [
+            {
+                "variant": r.variant,
+                "seed": r.seed,
+                "run_id": r.run_id,
+                **{m: r.final.get(m, math.nan) for m in COST_METRICS},
+                STEP_TIME: _step_time(r),
+            }
+            for v in labels
+            for r in study.runs_of(v)
+        ],
+        columns=["variant", "seed", "run_id", *COST_METRICS],
+    )
     means = trials.groupby("variant", sort=False)[list(COST_METRICS)].mean()
     ref_step = {v: means[STEP_TIME].get(versus_of.get(v), math.nan) for v in means.index}
     per_variant = [
-        {"variant": v, "trials": int((trials["variant"] == v).sum()),
-         **{m: float(means.loc[v, m]) for m in COST_METRICS},
-         "step_time_ratio": float(means.loc[v, STEP_TIME] / ref_step[v]) if ref_step[v] > 0 else math.nan}
+        {
+            "variant": v,
+            "trials": int((trials["variant"] == v).sum()),
+            **{m: float(means.loc[v, m]) for m in COST_METRICS},
+            "step_time_ratio": float(means.loc[v, STEP_TIME] / ref_step[v]) if ref_step[v] > 0 else math.nan,
+        }
         for v in means.index
     ]
     return trials, per_variant
@@ -148,13 +167,24 @@ def summarize(
 ) -> Summary:
     """The analysis of the study's runs (each variant against `reference` at its grid point, paired by
     seed where the seed sets match; shuffled variants against their unshuffled twins) and its cost."""
-    settings = AnalysisSettings(reference=reference, metric=metric, target_effect=target_effect,
-                                confidence=confidence, n_resamples=n_resamples, seed=seed)
+    settings = AnalysisSettings(
+        reference=reference,
+        metric=metric,
+        target_effect=target_effect,
+        confidence=confidence,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
     analysis = analyze(records_from_runs(study), settings, order_twins(study))
     trials, cost = _cost_rows(study, analysis)
     return Summary(
-        study_id=study.study_id, study_name=study.study_name, experiment_ids=study.experiment_ids,
-        status_counts=study.status_counts, analysis=analysis, cost=cost, cost_trials=trials,
+        study_id=study.study_id,
+        study_name=study.study_name,
+        experiment_ids=study.experiment_ids,
+        status_counts=study.status_counts,
+        analysis=analysis,
+        cost=cost,
+        cost_trials=trials,
     )
 
 
@@ -183,6 +213,7 @@ def _analysis(c: ComparisonResult) -> str:
 
 def _comparison_cells(c: ComparisonResult | None, reference: str | None) -> dict[str, str]:
     """The table cells of one comparison (empty cells for the reference itself)."""
+
     def cell(render: Callable[[ComparisonResult], str]) -> str:
         return render(c) if c is not None else ""
 
@@ -207,43 +238,61 @@ def _comparison_cells(c: ComparisonResult | None, reference: str | None) -> dict
 
 def _final_table(summary: Summary) -> str:
     analysis = summary.analysis
-    frame = pd.DataFrame([
-        {
-            "variant": v.label, "seeds": v.n,
-            "mean % [95 % CI]": fmt.with_interval(v.mean),
-            "IQM % [95 % CI]": fmt.with_interval(v.iqm),
-            **_comparison_cells(c := analysis.comparison(v.label), analysis.reference),
-            "in words": c.sentence if c is not None else "reference",
-        }
-        for v in analysis.variants
-    ])
-    return _table(frame) + _note(
-        f"Variants that ran the same seeds are compared seed by seed (paired t-interval and test, "
-        f"{RANK_TEST['paired']} test, share of seeds won); otherwise as independent samples (Welch's "
-        f"t-interval and test, {RANK_TEST['unpaired']} test, P(X > Y) over all pairs). 'detectable' is the "
-        f"difference a two-sided test at level {1 - analysis.confidence:.2g} finds with "
-        f"{analysis.power:.0%} power given the seeds run and their observed spread; 'seeds for target' is how many "
-        f"seeds (per variant when unpaired) would detect {analysis.target_effect * SCALE:g} points. "
-        f"Verdicts: better / worse when the difference test's p, Holm-adjusted over the "
-        f"{len(analysis.comparisons)} comparisons with the reference on {analysis.metric} (the family), is below "
-        f"the level; equivalent when the TOST within ±{analysis.margin * SCALE:g} points (Holm-adjusted) is; "
-        f"otherwise undecided, with about how many seeds would decide it. The Δ interval covers the seeds' noise on "
-        f"the test items these trials shared; 'seeds + test items' (where trials stored per-item outcomes) also "
-        f"covers the test items' sampling noise, so it speaks for the task rather than these items. 'sd ratio' is "
-        f"the spread of the variant's seeds over the reference's (stability)."
-    ) + _looks_section(analysis) + _secondary_section(analysis)
+    frame = pd.DataFrame(
+        [
+            {
+                "variant": v.label,
+                "seeds": v.n,
+                "mean % [95 % CI]": fmt.with_interval(v.mean),
+                "IQM % [95 % CI]": fmt.with_interval(v.iqm),
+                **_comparison_cells(c := analysis.comparison(v.label), analysis.reference),
+                "in words": c.sentence if c is not None else "reference",
+            }
+            for v in analysis.variants
+        ]
+    )
+    return (
+        _table(frame)
+        + _note(
+            f"Variants that ran the same seeds are compared seed by seed (paired t-interval and test, "
+            f"{RANK_TEST['paired']} test, share of seeds won); otherwise as independent samples (Welch's "
+            f"t-interval and test, {RANK_TEST['unpaired']} test, P(X > Y) over all pairs). 'detectable' is the "
+            f"difference a two-sided test at level {1 - analysis.confidence:.2g} finds with "
+            f"{analysis.power:.0%} power given the seeds run and their observed spread; 'seeds for target' is how many "
+            f"seeds (per variant when unpaired) would detect {analysis.target_effect * SCALE:g} points. "
+            f"Verdicts: better / worse when the difference test's p, Holm-adjusted over the "
+            f"{len(analysis.comparisons)} comparisons with the reference on {analysis.metric} (the family), is below "
+            f"the level; equivalent when the TOST within ±{analysis.margin * SCALE:g} points (Holm-adjusted) is; "
+            f"otherwise undecided, with about how many seeds would decide it. The Δ interval covers the seeds' noise on "
+            f"the test items these trials shared; 'seeds + test items' (where trials stored per-item outcomes) also "
+            f"covers the test items' sampling noise, so it speaks for the task rather than these items. 'sd ratio' is "
+            f"the spread of the variant's seeds over the reference's (stability)."
+        )
+        + _looks_section(analysis)
+        + _secondary_section(analysis)
+    )
 
 
 def _looks_section(analysis: StudyAnalysis) -> str:
     """A sequential study's looks: seeds at each and what each decided."""
     if not analysis.looks:
         return ""
-    frame = pd.DataFrame([
-        {"look": look["look"], "seeds": look["seeds"], "comparison": d["label"], "verdict": d["verdict"],
-         "Holm p": fmt.p_value(d["p_holm"]), "TOST Holm p": fmt.p_value(d["tost_p_holm"]),
-         "level (difference)": fmt.p_value(d["difference_level"]), "level (TOST)": fmt.p_value(d["tost_level"])}
-        for look in analysis.looks for d in look["decisions"]
-    ])
+    frame = pd.DataFrame(
+        [
+            {
+                "look": look["look"],
+                "seeds": look["seeds"],
+                "comparison": d["label"],
+                "verdict": d["verdict"],
+                "Holm p": fmt.p_value(d["p_holm"]),
+                "TOST Holm p": fmt.p_value(d["tost_p_holm"]),
+                "level (difference)": fmt.p_value(d["difference_level"]),
+                "level (TOST)": fmt.p_value(d["tost_level"]),
+            }
+            for look in analysis.looks
+            for d in look["decisions"]
+        ]
+    )
     return "<h3>looks (seeds until decided, O'Brien-Fleming boundaries)</h3>" + _table(frame)
 
 
@@ -251,12 +300,19 @@ def _secondary_section(analysis: StudyAnalysis) -> str:
     """Secondary endpoints, each comparison labelled exploratory (raw p-values, no multiplicity control)."""
     if not analysis.secondary:
         return ""
-    frame = pd.DataFrame([
-        {"endpoint": c.metric, "variant": c.label, "versus": c.reference_label,
-         "Δ, points [95 % CI]": fmt.with_interval(c.difference, fmt.signed_points), "p (raw)": fmt.p_value(c.p_value),
-         "verdict (exploratory)": c.verdict}
-        for c in analysis.secondary
-    ])
+    frame = pd.DataFrame(
+        [
+            {
+                "endpoint": c.metric,
+                "variant": c.label,
+                "versus": c.reference_label,
+                "Δ, points [95 % CI]": fmt.with_interval(c.difference, fmt.signed_points),
+                "p (raw)": fmt.p_value(c.p_value),
+                "verdict (exploratory)": c.verdict,
+            }
+            for c in analysis.secondary
+        ]
+    )
     return "<h3>secondary endpoints (exploratory)</h3>" + _table(frame)
 
 
@@ -287,12 +343,14 @@ def _cost_section(summary: Summary, colors: Mapping[str, str]) -> str:
     if per_variant.empty:
         return _note("no finished trials")
     per_variant["step_time_ratio"] = per_variant["step_time_ratio"].map(
-        lambda x: f"{x:.2f}×" if math.isfinite(x) else "–")
+        lambda x: f"{x:.2f}×" if math.isfinite(x) else "–"
+    )
     per_variant = per_variant.rename(columns={"step_time_ratio": f"step time vs {summary.analysis.reference}"})
     present = [m for m in COST_METRICS if trials[m].notna().any()]
     plot = _div(figures.cost_figure(trials, present, colors)) if present else _note("no cost metrics logged")
-    return (f"<h3>per variant (means)</h3>{_table(per_variant.round(3))}{plot}"
-            f"<h3>per trial</h3>{_table(trials.round(3))}")
+    return (
+        f"<h3>per variant (means)</h3>{_table(per_variant.round(3))}{plot}<h3>per trial</h3>{_table(trials.round(3))}"
+    )
 
 
 def _diagnostics_section(study: StudyData, summary: Summary, colors: Mapping[str, str]) -> str:
@@ -302,11 +360,20 @@ def _diagnostics_section(study: StudyData, summary: Summary, colors: Mapping[str
         if any(r.advantages is not None for r in study.runs_of(v))
     }
     if samples:
-        described = pd.DataFrame([
-            {"variant": v, "n": len(a), "mean": a.mean(), "std": a.std(), "|max|": np.abs(a).max(),
-             "fraction zero": float(np.mean(a == 0))}
-            for v, a in samples.items() if len(a)
-        ])
+        described = pd.DataFrame(
+            [
+                {
+                    "variant": v,
+                    "n": len(a),
+                    "mean": a.mean(),
+                    "std": a.std(),
+                    "|max|": np.abs(a).max(),
+                    "fraction zero": float(np.mean(a == 0)),
+                }
+                for v, a in samples.items()
+                if len(a)
+            ]
+        )
         parts = [_div(figures.advantage_figure(samples, colors)), _table(described.round(4))]
     else:
         parts = [_note("no run logged diagnostics/advantages.json")]
@@ -314,12 +381,19 @@ def _diagnostics_section(study: StudyData, summary: Summary, colors: Mapping[str
     parts.append("<h3>order sensitivity</h3>")
     order = summary.analysis.order_checks
     if order:
-        frame = pd.DataFrame([
-            {"shuffled variant": o.label, "unshuffled twin": o.reference_label, "analysis": _analysis(o),
-             "Δ, points [95 % CI]": fmt.with_interval(o.difference, fmt.signed_points),
-             "t-test p": fmt.p_value(o.p_value), "verdict": o.sentence}
-            for o in order
-        ])
+        frame = pd.DataFrame(
+            [
+                {
+                    "shuffled variant": o.label,
+                    "unshuffled twin": o.reference_label,
+                    "analysis": _analysis(o),
+                    "Δ, points [95 % CI]": fmt.with_interval(o.difference, fmt.signed_points),
+                    "t-test p": fmt.p_value(o.p_value),
+                    "verdict": o.sentence,
+                }
+                for o in order
+            ]
+        )
         parts.append(_table(frame))
     else:
         parts.append(_note(f"no variant with {SHUFFLE_PARAM}=True and an unshuffled twin"))
@@ -337,9 +411,14 @@ SCALE_METRICS = {
 def _scale_section(study: StudyData, summary: Summary, colors: Mapping[str, str]) -> str:
     """Each variant's advantage scale and baseline: per-trial means over the logged steps."""
     rows = [
-        {"variant": run.variant, "estimator": run.params.get("estimator.name", ""), "seed": run.seed,
-         **{label: run.histories[m].mean() for m, label in SCALE_METRICS.items() if m in run.histories}}
-        for label in summary.labels for run in study.runs_of(label)
+        {
+            "variant": run.variant,
+            "estimator": run.params.get("estimator.name", ""),
+            "seed": run.seed,
+            **{label: run.histories[m].mean() for m, label in SCALE_METRICS.items() if m in run.histories},
+        }
+        for label in summary.labels
+        for run in study.runs_of(label)
     ]
     frame = pd.DataFrame(rows)
     present = [label for label in SCALE_METRICS.values() if label in frame]
@@ -374,8 +453,12 @@ def _page(
     values, means = _final_points(summary)
     sections = [
         ("curves", "Curves", _curves_section(curves, colors, summary.identity)),
-        ("final", "Final table", _final_table(summary)
-         + _div(figures.final_figure(values, means, colors, analysis.metric, summary.identity))),
+        (
+            "final",
+            "Final table",
+            _final_table(summary)
+            + _div(figures.final_figure(values, means, colors, analysis.metric, summary.identity)),
+        ),
         ("cost", "Cost", _cost_section(summary, colors)),
         ("diagnostics", "KRPO diagnostics", _diagnostics_section(study, summary, colors)),
     ]
@@ -391,7 +474,7 @@ def _page(
         f'<p class="meta">metric {html.escape(analysis.metric)} · reference {html.escape(analysis.reference or fmt.MISSING)}'
         f" · trials: {html.escape(counts or 'none')} (only finished trials are analysed)</p>"
         f'<ul class="verdicts">{"".join(f"<li>{html.escape(s)}</li>" for s in verdicts)}</ul>'
-        f'<nav>{"".join(f"<a href=#{sid}>{title}</a>" for sid, title, _ in sections)}</nav>'
+        f"<nav>{''.join(f'<a href=#{sid}>{title}</a>' for sid, title, _ in sections)}</nav>"
         f"{body}</body></html>"
     )
 
@@ -452,13 +535,19 @@ def build_report(
     (out / "figures").mkdir(parents=True, exist_ok=True)
     summary, curves, colors = _analyse(study, reference, metric, target_effect)
     pngs = [
-        figures.curves_png(curves[m], out / "figures" / f"{m.replace('/', '_')}_curves.png", m, colors, summary.identity)
-        for m in PNG_CURVES if m in curves
+        figures.curves_png(
+            curves[m], out / "figures" / f"{m.replace('/', '_')}_curves.png", m, colors, summary.identity
+        )
+        for m in PNG_CURVES
+        if m in curves
     ]
     values, means = _final_points(summary)
     if values:
-        pngs.append(figures.final_png(values, means, out / "figures" / f"{metric.replace('/', '_')}.png",
-                                      colors, metric, summary.identity))
+        pngs.append(
+            figures.final_png(
+                values, means, out / "figures" / f"{metric.replace('/', '_')}.png", colors, metric, summary.identity
+            )
+        )
     html_path = out / "report.html"
     html_path.write_text(_page(study, summary, curves, colors, optuna_study, refresh_seconds), encoding="utf-8")
     csv_path, json_path = out / "summary.csv", out / "summary.json"

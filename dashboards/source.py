@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -56,6 +57,8 @@ class RunData:
     final: dict[str, float]
     histories: dict[str, pd.Series] = field(default_factory=dict)
     advantages: np.ndarray | None = None
+    item_outcomes: str | None = None
+    """The final evaluation's 0/1 outcome per test item ("0"/"1" characters, test-set order), where logged."""
 
     @property
     def shuffled(self) -> bool:
@@ -112,14 +115,23 @@ def _history(client: MlflowClient, run_id: str, key: str) -> pd.Series:
     return series[~series.index.duplicated(keep="last")]
 
 
-def _advantages(client: MlflowClient, run_id: str) -> np.ndarray | None:
-    folder, _, name = krpo_tags.ADVANTAGES_ARTIFACT.rpartition("/")
+def _artifact_json(client: MlflowClient, run_id: str, artifact: str) -> Any:
+    """A run's JSON artifact, or None when the run has none by that name."""
+    folder, _, name = artifact.rpartition("/")
     if not any(Path(f.path).name == name for f in client.list_artifacts(run_id, folder)):
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run_id, krpo_tags.ADVANTAGES_ARTIFACT, tmp)
-        values = json.loads(Path(path).read_text()).get("values", [])
-    return np.asarray(values, dtype=float)
+        return json.loads(Path(client.download_artifacts(run_id, artifact, tmp)).read_text())
+
+
+def _advantages(client: MlflowClient, run_id: str) -> np.ndarray | None:
+    sample = _artifact_json(client, run_id, krpo_tags.ADVANTAGES_ARTIFACT)
+    return None if sample is None else np.asarray(sample.get("values", []), dtype=float)
+
+
+def _item_outcomes(client: MlflowClient, run_id: str) -> str | None:
+    evaluations = _artifact_json(client, run_id, krpo_tags.ITEM_OUTCOMES_ARTIFACT)
+    return ((evaluations or {}).get("final") or {}).get("outcomes")
 
 
 def _experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
@@ -172,6 +184,7 @@ def load_study(
     with ThreadPoolExecutor(_HISTORY_WORKERS) as pool:
         series = list(pool.map(lambda job: _history(client, *job), jobs))
         samples = list(pool.map(lambda r: _advantages(client, r.info.run_id), finished if advantages else []))
+        outcomes = list(pool.map(lambda r: _item_outcomes(client, r.info.run_id), finished))
     histories: dict[str, dict[str, pd.Series]] = {}
     for (run_id, key), s in zip(jobs, series):
         histories.setdefault(run_id, {})[key] = s
@@ -186,6 +199,7 @@ def load_study(
             final={k: v for k, v in r.data.metrics.items() if k.startswith(FINAL_PREFIXES)},
             histories=histories.get(r.info.run_id, {}),
             advantages=samples[i] if advantages else None,
+            item_outcomes=outcomes[i],
         )
         for i, r in enumerate(finished)
     ]

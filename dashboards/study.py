@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-
-from krpo_bench.analysis.analyze import AnalysisSettings
 from krpo_bench.dashboards.report import Report, build_report, render_html
 from krpo_bench.dashboards.source import load_study
+
+from krpo_bench.analysis.analyze import AnalysisSettings
 from krpo_bench.probe.result import ProbeResult
 from krpo_bench.probe.spec import ProbeSpec
 from krpo_bench.settings import data_home
@@ -53,8 +53,13 @@ def report_study(service: Any, study_id: str, out_dir: Path | None = None) -> Pa
         return write_report(spec, dataclasses.replace(result, report_dir=str(out)), out)
     data = load_study(service.mlflow_uri, study_id=study_id)
     settings = _settings(info)
-    report: Report = build_report(data, out, reference=settings.reference, optuna_study=_optuna_study(service, info),
-                                  target_effect=settings.target_effect)
+    report: Report = build_report(
+        data,
+        out,
+        reference=settings.reference,
+        optuna_study=_optuna_study(service, info),
+        target_effect=settings.target_effect,
+    )
     return report.html_path
 
 
@@ -82,7 +87,13 @@ def _probe_page(service: Any, info: Any, refresh_seconds: int | None) -> str:
     try:
         return report_html(*probe_result(service, info.id))
     except ValueError as waiting:
-        refresh = f'<meta http-equiv="refresh" content="{refresh_seconds}">' if refresh_seconds and info.status == "running" else ""
-        return (f'<!doctype html><html><head><meta charset="utf-8">{refresh}<title>krpo-bench probe · {html.escape(info.name)}'
-                f"</title></head><body><h1>Gradient-quality probe: {html.escape(info.name)}</h1>"
-                f"<p>{html.escape(str(waiting))}</p></body></html>")
+        refresh = (
+            f'<meta http-equiv="refresh" content="{refresh_seconds}">'
+            if refresh_seconds and info.status == "running"
+            else ""
+        )
+        return (
+            f'<!doctype html><html><head><meta charset="utf-8">{refresh}<title>krpo-bench probe · {html.escape(info.name)}'
+            f"</title></head><body><h1>Gradient-quality probe: {html.escape(info.name)}</h1>"
+            f"<p>{html.escape(str(waiting))}</p></body></html>"
+        )

@@ -1,9 +1,9 @@
 """Container health checks for docker-compose.yml (the slim image has no curl).
 
-    python docker/healthcheck.py http URL        exit 0 when GET URL answers 2xx/3xx within 5 s
-    python docker/healthcheck.py worker [AGE_S]  exit 0 when a worker on this host (container) is
-                                                 registered active in KRPO_BENCH_DB and heartbeated
-                                                 within AGE_S seconds (default 120)
+python docker/healthcheck.py http URL        exit 0 when GET URL answers 2xx/3xx within 5 s
+python docker/healthcheck.py worker [AGE_S]  exit 0 when a worker on this host (container) is
+                                             registered active in KRPO_BENCH_DB and heartbeated
+                                             within AGE_S seconds (default 120)
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 import sys
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 
 def http(url: str) -> int:
@@ -30,11 +30,17 @@ def worker(max_age_s: float) -> int:
 
     engine = make_engine(default_db_url())
     try:
-        mine = [w for w in JobQueue(engine).list_workers() if w.hostname == socket.gethostname() and w.status.value == "active"]
+        mine = [
+            w
+            for w in JobQueue(engine).list_workers()
+            if w.hostname == socket.gethostname() and w.status.value == "active"
+        ]
     finally:
         engine.dispose()
-    cutoff = datetime.now(timezone.utc) - timedelta(seconds=max_age_s)
-    fresh = [w for w in mine if (w.heartbeat_at if w.heartbeat_at.tzinfo else w.heartbeat_at.replace(tzinfo=timezone.utc)) >= cutoff]
+    cutoff = datetime.now(UTC) - timedelta(seconds=max_age_s)
+    fresh = [
+        w for w in mine if (w.heartbeat_at if w.heartbeat_at.tzinfo else w.heartbeat_at.replace(tzinfo=UTC)) >= cutoff
+    ]
     if not fresh:
         print(f"no active worker on {socket.gethostname()} heartbeated in the last {max_age_s:.0f} s", file=sys.stderr)
     return 0 if fresh else 1

@@ -78,7 +78,16 @@ def trial(
     console.print("trial", styled(spec.resolved_id(), "bold"), f"-> {folder}")
     result = run_trial(spec, run_dir=folder, tracking_uri=mlflow, progress=True)
     table = Table(title=f"{spec.name} ({spec.estimator.name})")
-    for key in ("status", "steps", "initial_accuracy", "final_accuracy", "final_pass_at_k", "wall_time_s", "mean_step_time_s", "mlflow_run_id"):
+    for key in (
+        "status",
+        "steps",
+        "initial_accuracy",
+        "final_accuracy",
+        "final_pass_at_k",
+        "wall_time_s",
+        "mean_step_time_s",
+        "mlflow_run_id",
+    ):
         value = getattr(result, key)
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     print_table(table)
@@ -86,8 +95,12 @@ def trial(
 
 DbOption = typer.Option(None, "--db", help="job database URL (default: the db setting, see 'krpo-bench config')")
 MlflowOption = typer.Option(None, "--mlflow", help="MLflow tracking URI (default: the mlflow_tracking_uri setting)")
-ApiOption = typer.Option(None, "--api", help="talk to this krpo-bench server instead of the database (default: the api_url setting)")
-StudyArgument = typer.Argument(..., help="study id, unique id prefix, study name (its newest study) or name~N (the N-th older one)")
+ApiOption = typer.Option(
+    None, "--api", help="talk to this krpo-bench server instead of the database (default: the api_url setting)"
+)
+StudyArgument = typer.Argument(
+    ..., help="study id, unique id prefix, study name (its newest study) or name~N (the N-th older one)"
+)
 
 
 def _is_study(data: object) -> bool:
@@ -98,7 +111,8 @@ def _is_study(data: object) -> bool:
 def load_any(file: Path):
     """A validated StudySpec, ProbeSpec or TrialSpec, whichever the file is."""
     from krpo_bench.probe.spec import ProbeSpec
-    from krpo_bench.spec.loading import parse_yaml, validate as validate_model
+    from krpo_bench.spec.loading import parse_yaml
+    from krpo_bench.spec.loading import validate as validate_model
     from krpo_bench.spec.study import validate_study
     from krpo_bench.spec.trial import TrialSpec
 
@@ -140,8 +154,9 @@ def validate(file: Path = typer.Argument(..., help="trial or study YAML")) -> No
     spec = load_any(file)
     if getattr(spec, "kind", None) == "probe":
         console.print(
-            styled("ok", "green"), f"probe {spec.name!r}: {len(spec.estimators)} estimators x "
-            f"{len(spec.group_sizes)} group sizes x {spec.batches} batches"
+            styled("ok", "green"),
+            f"probe {spec.name!r}: {len(spec.estimators)} estimators x "
+            f"{len(spec.group_sizes)} group sizes x {spec.batches} batches",
         )
     elif hasattr(spec, "plan"):
         console.print(styled("ok", "green"), f"{spec.kind} study {spec.name!r}: {spec.trial_count()} trials")
@@ -170,8 +185,12 @@ def _print_study(info, workers: int | None = None, ref: str | None = None) -> No
     counts = ", ".join(f"{k} {v}" for k, v in sorted(info.counts.items())) or "no jobs yet"
     state = info.status if workers is None else display_state(info.status, info.counts, workers)
     named = f"{info.name!r}" + (f" (older: {ref})" if ref is not None and ref != info.name else "")
-    console.print("study", styled(info.id, "bold"), f"{named} ({info.kind}): {state}; {info.done}/{info.total} done; {counts}",
-                  soft_wrap=True)  # one line per study, the name whole, also in an 80-column log
+    console.print(
+        "study",
+        styled(info.id, "bold"),
+        f"{named} ({info.kind}): {state}; {info.done}/{info.total} done; {counts}",
+        soft_wrap=True,
+    )  # one line per study, the name whole, also in an 80-column log
 
 
 def _print_studies(service, infos) -> None:
@@ -186,7 +205,9 @@ def _print_studies(service, infos) -> None:
 
 
 @app.command()
-def submit(file: Path, db: Optional[str] = DbOption, mlflow: Optional[str] = MlflowOption, api: Optional[str] = ApiOption) -> None:
+def submit(
+    file: Path, db: Optional[str] = DbOption, mlflow: Optional[str] = MlflowOption, api: Optional[str] = ApiOption
+) -> None:
     """Submit a study (a probe: one job); workers pick up its trials."""
     spec = load_any(file)
     if not hasattr(spec, "trial_count"):
@@ -198,7 +219,7 @@ def submit(file: Path, db: Optional[str] = DbOption, mlflow: Optional[str] = Mlf
         try:
             import httpx
         except ModuleNotFoundError:
-            fail("submit --api needs httpx: pip install -e \".[dashboards]\" or pip install httpx")
+            fail('submit --api needs httpx: pip install -e ".[dashboards]" or pip install httpx')
         from krpo_bench.client import ApiError, Client
 
         try:
@@ -212,7 +233,9 @@ def submit(file: Path, db: Optional[str] = DbOption, mlflow: Optional[str] = Mlf
 
 @app.command()
 def status(
-    study: Optional[str] = typer.Argument(None, help="study id, unique id prefix, study name or name~N (default: list them)"),
+    study: Optional[str] = typer.Argument(
+        None, help="study id, unique id prefix, study name or name~N (default: list them)"
+    ),
     db: Optional[str] = DbOption,
     mlflow: Optional[str] = MlflowOption,
 ) -> None:
@@ -235,8 +258,9 @@ def _print_confirmed(service, study_id: str) -> str | None:
 
     original = confirmed_study(service, study_id)
     if original is not None:
-        console.print("confirms study", styled(original, "bold"), f"{service.get(original).name!r} on fresh seeds",
-                      soft_wrap=True)
+        console.print(
+            "confirms study", styled(original, "bold"), f"{service.get(original).name!r} on fresh seeds", soft_wrap=True
+        )
     return original
 
 
@@ -250,20 +274,30 @@ def _replication_tables(service, study_id: str, *, alone: bool = True) -> None:
     if alone:
         console.print(styled("the confirmation alone (the pre-declared test):", "bold"))
         _analysis_table(result.confirmation)
-    console.print(styled("pooled with the original study ", "bold"), styled(result.original_id, "bold"),
-                  styled(" (seeds of both):", "bold"), sep="")
+    console.print(
+        styled("pooled with the original study ", "bold"),
+        styled(result.original_id, "bold"),
+        styled(" (seeds of both):", "bold"),
+        sep="",
+    )
     _analysis_table(result.pooled)
-    table = Table(title="heterogeneity: the difference vs the reference in the original and in the confirmation "
-                        "(points, ± its seed-level standard error); Cochran's Q (1 df), its p and I², and the "
-                        "small-sample p (t, Welch-Satterthwaite df)")
+    table = Table(
+        title="heterogeneity: the difference vs the reference in the original and in the confirmation "
+        "(points, ± its seed-level standard error); Cochran's Q (1 df), its p and I², and the "
+        "small-sample p (t, Welch-Satterthwaite df)"
+    )
     name_column(table, "variant")
     for header in ("Δ original", "Δ confirmation", "Q", "p", "I²", "p small-sample"):
         table.add_column(header)
     for row in result.heterogeneity:
         table.add_row(
-            row.label, f"{fmt.signed_points(row.original_difference)} ± {fmt.points(row.original_se)}",
+            row.label,
+            f"{fmt.signed_points(row.original_difference)} ± {fmt.points(row.original_se)}",
             f"{fmt.signed_points(row.confirmation_difference)} ± {fmt.points(row.confirmation_se)}",
-            fmt.fraction(row.q, 2), fmt.p_value(row.p_value), fmt.probability(row.i_squared), fmt.p_value(row.small_sample_p),
+            fmt.fraction(row.q, 2),
+            fmt.p_value(row.p_value),
+            fmt.probability(row.i_squared),
+            fmt.p_value(row.small_sample_p),
         )
     print_table(table)
 
@@ -286,8 +320,9 @@ def _result_columns(analysis) -> list[tuple[str, Callable[[Any, Any], str]]]:
     from krpo_bench.analysis import format as fmt
 
     def versus(render: Callable[[Any], str], reference: str = "") -> Callable[[Any, Any], str]:
-        return lambda row, compared: render(compared) if compared is not None else (
-            reference if row.variant == analysis.reference else "")
+        return lambda row, compared: (
+            render(compared) if compared is not None else (reference if row.variant == analysis.reference else "")
+        )
 
     target = f"{analysis.target_effect * 100:g} pts" if analysis.comparisons else "target"
     return [
@@ -313,10 +348,12 @@ def _results_table(service, study_id: str) -> None:
 def _analysis_table(analysis) -> None:
     """The per-variant results table of an analysis (a study's, a confirmation's, a pooled one), then its verdicts."""
     columns = _result_columns(analysis)
-    table = Table(title="held-out accuracy before training and final (mean, 95 % t-interval across seeds); "
-                        "Δ vs the reference in points (its interval covers the seeds, on these test items); "
-                        "p Holm-adjusted over the comparisons shown; TOST: equivalence within the margin; "
-                        "detectable difference at 80 % power, alpha 0.05")
+    table = Table(
+        title="held-out accuracy before training and final (mean, 95 % t-interval across seeds); "
+        "Δ vs the reference in points (its interval covers the seeds, on these test items); "
+        "p Holm-adjusted over the comparisons shown; TOST: equivalence within the margin; "
+        "detectable difference at 80 % power, alpha 0.05"
+    )
     name_column(table, "variant")
     for header, _ in columns:
         table.add_column(header)
@@ -325,8 +362,10 @@ def _analysis_table(analysis) -> None:
         table.add_row(row.label, *(cell(row, compared) for _, cell in columns))
     print_table(table)
     for look in analysis.looks:
-        console.print(f"look {look['look']} ({look['seeds']} seeds): "
-                      + ", ".join(f"{d['label']} {d['verdict']}" for d in look["decisions"]))
+        console.print(
+            f"look {look['look']} ({look['seeds']} seeds): "
+            + ", ".join(f"{d['label']} {d['verdict']}" for d in look["decisions"])
+        )
     for compared in analysis.comparisons + analysis.secondary:
         console.print(compared.sentence)
 
@@ -346,8 +385,12 @@ def resume(study: str = StudyArgument, db: Optional[str] = DbOption, mlflow: Opt
 
 
 @app.command()
-def extend(study: str = StudyArgument, n: int = typer.Argument(..., help="trials to add"), db: Optional[str] = DbOption,
-           mlflow: Optional[str] = MlflowOption) -> None:
+def extend(
+    study: str = StudyArgument,
+    n: int = typer.Argument(..., help="trials to add"),
+    db: Optional[str] = DbOption,
+    mlflow: Optional[str] = MlflowOption,
+) -> None:
     """Add N trials to a search study (also a finished one)."""
     from krpo_bench.service.studies import StudyError
 
@@ -368,7 +411,9 @@ def worker(
     lease_s: float = typer.Option(60.0, help="lease length; heartbeats renew it"),
     heartbeat_s: float = typer.Option(5.0, help="seconds between heartbeats"),
     exit_when_idle: bool = typer.Option(False, help="exit once no job is queued or running here"),
-    fork_server: bool = typer.Option(True, help="fork one-process trials from a server with torch/TRL imported (else a fresh interpreter each)"),
+    fork_server: bool = typer.Option(
+        True, help="fork one-process trials from a server with torch/TRL imported (else a fresh interpreter each)"
+    ),
 ) -> None:
     """Claim and run trials until stopped (SIGTERM checkpoints and requeues running trials)."""
     from krpo_bench.service.worker import Worker, detect_devices
@@ -393,12 +438,18 @@ def worker(
 
 @app.command()
 def slurm(
-    file: Optional[Path] = typer.Argument(None, help="a study YAML to submit first (default: the workers serve the queue as it is)"),
+    file: Optional[Path] = typer.Argument(
+        None, help="a study YAML to submit first (default: the workers serve the queue as it is)"
+    ),
     workers: int = typer.Option(1, help="array tasks, one worker each"),
     gpus_per_worker: int = typer.Option(0, help="GPUs per task (--gres=gpu:N); 0: CPU workers"),
     cpus_per_worker: int = typer.Option(4, help="CPUs per task; the worker's trials share them"),
-    time: str = typer.Option("24:00:00", "--time", help="time limit per task (SLURM format: minutes, HH:MM:SS, D-HH:MM)"),
-    grace: int = typer.Option(180, help="seconds before the time limit that the worker gets SIGTERM to checkpoint and hand back"),
+    time: str = typer.Option(
+        "24:00:00", "--time", help="time limit per task (SLURM format: minutes, HH:MM:SS, D-HH:MM)"
+    ),
+    grace: int = typer.Option(
+        180, help="seconds before the time limit that the worker gets SIGTERM to checkpoint and hand back"
+    ),
     partition: Optional[str] = typer.Option(None, help="SLURM partition"),
     account: Optional[str] = typer.Option(None, help="SLURM account (passed through)"),
     qos: Optional[str] = typer.Option(None, help="SLURM QoS (passed through)"),
@@ -410,11 +461,22 @@ def slurm(
     mlflow: Optional[str] = MlflowOption,
 ) -> None:
     """Start a SLURM array of workers (sbatch); prints the script. Run it where sbatch works."""
-    from krpo_bench.slurm import SlurmError, SlurmOptions, exported_settings, submit as sbatch, worker_script
+    from krpo_bench.slurm import SlurmError, SlurmOptions, exported_settings, worker_script
+    from krpo_bench.slurm import submit as sbatch
 
-    options = SlurmOptions(workers=workers, time=time, grace_s=grace, gpus_per_worker=gpus_per_worker,
-                           cpus_per_worker=cpus_per_worker, slots_per_gpu=slots_per_gpu, partition=partition,
-                           account=account, qos=qos, job_name=job_name, output=output)
+    options = SlurmOptions(
+        workers=workers,
+        time=time,
+        grace_s=grace,
+        gpus_per_worker=gpus_per_worker,
+        cpus_per_worker=cpus_per_worker,
+        slots_per_gpu=slots_per_gpu,
+        partition=partition,
+        account=account,
+        qos=qos,
+        job_name=job_name,
+        output=output,
+    )
     try:
         script = worker_script(options, exported_settings(db, mlflow))
     except SlurmError as exc:
@@ -463,9 +525,13 @@ def run(
 @app.command()
 def confirm(
     study: str = StudyArgument,
-    variants: Optional[str] = typer.Option(None, help="variants to re-run, comma-separated (default: all); the reference always runs"),
+    variants: Optional[str] = typer.Option(
+        None, help="variants to re-run, comma-separated (default: all); the reference always runs"
+    ),
     seeds: Optional[int] = typer.Option(None, min=2, help="fresh seeds (default: as many as the study's first look)"),
-    submit_only: bool = typer.Option(False, help="submit the confirmation only; workers run it ('krpo-bench status' shows it)"),
+    submit_only: bool = typer.Option(
+        False, help="submit the confirmation only; workers run it ('krpo-bench status' shows it)"
+    ),
     workers: int = typer.Option(0, help="local worker processes (0: one per GPU, or 2 on CPU)"),
     db: Optional[str] = DbOption,
     mlflow: Optional[str] = MlflowOption,
@@ -483,7 +549,9 @@ def confirm(
         from krpo_bench.service.local import NotEnoughGPUs, local_worker_commands
 
         try:
-            commands = local_worker_commands(service, workers, stored_spec(service.get(study_id).spec).resources.gpus_per_trial)
+            commands = local_worker_commands(
+                service, workers, stored_spec(service.get(study_id).spec).resources.gpus_per_trial
+            )
         except NotEnoughGPUs as exc:
             fail(str(exc))
     try:
@@ -496,8 +564,13 @@ def confirm(
         return
     from krpo_bench.service.local import run_submitted_locally
 
-    info = run_submitted_locally(service, info, commands, console,
-                                 f"'krpo-bench resume {info.id}' and a worker ('krpo-bench worker --exit-when-idle') finish it")
+    info = run_submitted_locally(
+        service,
+        info,
+        commands,
+        console,
+        f"'krpo-bench resume {info.id}' and a worker ('krpo-bench worker --exit-when-idle') finish it",
+    )
     _print_study(info)
     _print_confirmed(service, info.id)
     _replication_tables(service, info.id)
@@ -505,7 +578,9 @@ def confirm(
 
 @app.command()
 def compare(
-    studies: list[str] = typer.Argument(..., help="studies (id, unique id prefix, name or name~N) whose trials to pool"),
+    studies: list[str] = typer.Argument(
+        ..., help="studies (id, unique id prefix, name or name~N) whose trials to pool"
+    ),
     db: Optional[str] = DbOption,
     mlflow: Optional[str] = MlflowOption,
 ) -> None:
@@ -540,10 +615,16 @@ def probe(
 def _run_probe(spec, mlflow: Optional[str], out: Optional[Path]) -> None:
     from krpo_bench.probe.run import run_probe
 
-    console.print("probe ", styled(spec.name, "bold"), f": {spec.batches} batches, reference {spec.reference.prompts} x "
-                  f"{spec.reference.group_size} rollouts", sep="")
+    console.print(
+        "probe ",
+        styled(spec.name, "bold"),
+        f": {spec.batches} batches, reference {spec.reference.prompts} x {spec.reference.group_size} rollouts",
+        sep="",
+    )
     try:
-        result = run_probe(spec, tracking_uri=mlflow, out=out, on_batch=lambda b: console.print(f"  batch {b}/{spec.batches}"))
+        result = run_probe(
+            spec, tracking_uri=mlflow, out=out, on_batch=lambda b: console.print(f"  batch {b}/{spec.batches}")
+        )
     except ValueError as exc:
         fail(str(exc))
     _probe_table(spec, result)
@@ -553,7 +634,9 @@ def _probe_table(spec, result) -> None:
     """Print a probe's table, its loss normalisation, wall time, MLflow run and report folder."""
     from krpo_bench.probe.report import COLUMNS, NAME_COLUMNS, table_cells
 
-    table = Table(title=f"gradient quality against the reference (rloo, no std; split-half cosine {result.reference_split_cosine:.3f})")
+    table = Table(
+        title=f"gradient quality against the reference (rloo, no std; split-half cosine {result.reference_split_cosine:.3f})"
+    )
     for key, label, _ in COLUMNS:
         if key in NAME_COLUMNS:
             name_column(table, label)
@@ -563,8 +646,10 @@ def _probe_table(spec, result) -> None:
         table.add_row(*table_cells(row))
     print_table(table)
     console.print(f"loss {spec.loss_type}: {result.length_normalisation}")
-    console.print(f"wall time {result.wall_time_s:.1f} s; MLflow run {result.mlflow_run_id}; report:",
-                  styled(f"{result.report_dir}/index.html", "bold"))
+    console.print(
+        f"wall time {result.wall_time_s:.1f} s; MLflow run {result.mlflow_run_id}; report:",
+        styled(f"{result.report_dir}/index.html", "bold"),
+    )
 
 
 def _write_report(service, study_id: str, out: Optional[Path]) -> None:
@@ -604,7 +689,8 @@ def config(as_json: bool = typer.Option(False, "--json", help="print the setting
         console.print(f"{line:<{width}} # {row['key']}: {row['source']}", soft_wrap=True)
 
 
-from krpo_bench.api.serve import serve as _serve, token_app as _token_app  # noqa: E402
+from krpo_bench.api.serve import serve as _serve  # noqa: E402
+from krpo_bench.api.serve import token_app as _token_app  # noqa: E402
 
 app.command(name="serve")(_serve)
 app.add_typer(_token_app, name="token")

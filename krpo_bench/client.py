@@ -1,8 +1,8 @@
 """A small typed client of the krpo-bench REST API (``krpo-bench serve``).
 
-    client = Client("http://127.0.0.1:8000", token="kb_...")   # defaults: the api_url and api_token settings
-    study = client.submit(spec_dict_or_yaml_text, idempotency_key="my-run-1")
-    client.get_study(study["id"])["counts"]
+client = Client("http://127.0.0.1:8000", token="kb_...")   # defaults: the api_url and api_token settings
+study = client.submit(spec_dict_or_yaml_text, idempotency_key="my-run-1")
+client.get_study(study["id"])["counts"]
 """
 
 from __future__ import annotations
@@ -31,8 +31,14 @@ class ApiError(RuntimeError):
 class Client:
     """Calls of the API's v1 routes; every method returns the decoded JSON answer or raises ApiError."""
 
-    def __init__(self, base_url: str | None = None, token: str | None = None, *, timeout: float = 30.0,
-                 http: httpx.Client | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        http: httpx.Client | None = None,
+    ) -> None:
         """``base_url`` and ``token`` default to the ``api_url`` and ``api_token`` settings
         (``KRPO_BENCH_API``, ``KRPO_BENCH_API_TOKEN`` or the ``KRPO_BENCH_CONFIG`` file)."""
         settings = get_settings()
@@ -58,7 +64,12 @@ class Client:
         """Submit a study spec (a mapping, or YAML text); the study as stored."""
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         if isinstance(spec, str):
-            return self._call("POST", "/api/v1/studies", content=spec.encode(), headers={**headers, "Content-Type": "application/yaml"})
+            return self._call(
+                "POST",
+                "/api/v1/studies",
+                content=spec.encode(),
+                headers={**headers, "Content-Type": "application/yaml"},
+            )
         return self._call("POST", "/api/v1/studies", json=spec, headers=headers)
 
     def list_studies(self, *, status: str | None = None, limit: int = 50, offset: int = 0) -> JSON:

@@ -46,8 +46,10 @@ def under_roots(path: str | Path, roots: Sequence[Path]) -> bool:
 
 def _refusal(field: str, path: str, roots: Sequence[Path], why: str = "") -> OutsideDataRoots:
     shown = ", ".join(str(r) for r in roots)
-    return OutsideDataRoots(f"{field}: {path[:200]!r} is not under the data roots ({shown}; KRPO_BENCH_DATA_ROOTS){why}; "
-                            "local paths must be absolute and resolve, links included, under a data root")
+    return OutsideDataRoots(
+        f"{field}: {path[:200]!r} is not under the data roots ({shown}; KRPO_BENCH_DATA_ROOTS){why}; "
+        "local paths must be absolute and resolve, links included, under a data root"
+    )
 
 
 def _is_link(name: str, parent: int) -> bool:
@@ -106,7 +108,9 @@ def data_folder(path: str, field: str, roots: Sequence[Path] | None = None) -> I
             for name in folders + files:
                 entry = Path(parent, name)
                 if entry.is_symlink() and not under_roots(os.path.realpath(entry), roots):
-                    raise _refusal(field, path, roots, f": its link {str(entry.relative_to(pinned))[:200]!r} leads out of them")
+                    raise _refusal(
+                        field, path, roots, f": its link {str(entry.relative_to(pinned))[:200]!r} leads out of them"
+                    )
         yield pinned
     finally:
         os.close(fd)

@@ -127,9 +127,7 @@ def _nominal_levels(fractions: tuple[float, ...], alpha: float, two_sided: bool)
     return tuple(float(tails * scipy.stats.norm.sf(c)) for c in boundaries(fractions, alpha, two_sided))
 
 
-def look_decision(
-    look: int, planned: Sequence[int], p_difference: float, p_tost: float, alpha: float
-) -> LookOutcome:
+def look_decision(look: int, planned: Sequence[int], p_difference: float, p_tost: float, alpha: float) -> LookOutcome:
     """Whether a comparison is settled at look number `look` (1-based) of the `planned` seed counts.
 
     "decided" when the two-sided difference p-value is at most the look's two-sided nominal level or

@@ -50,41 +50,130 @@ class Var:
 
 
 VARS: tuple[Var, ...] = (
-    Var("home", "KRPO_BENCH_HOME", "path", "~/.krpo-bench",
-        "data home: SQLite files, MLflow store and artifacts, trial run folders, model cache, reports"),
-    Var("db", "KRPO_BENCH_DB", "str", "sqlite:///<home>/krpo-bench.db",
-        "job database (postgresql://... for scale-out; Optuna's storage lives beside it)"),
-    Var("mlflow_tracking_uri", "MLFLOW_TRACKING_URI", "str", "sqlite:///<home>/mlflow.db",
-        "MLflow tracking store (http://host:5000 for an mlflow server)"),
+    Var(
+        "home",
+        "KRPO_BENCH_HOME",
+        "path",
+        "~/.krpo-bench",
+        "data home: SQLite files, MLflow store and artifacts, trial run folders, model cache, reports",
+    ),
+    Var(
+        "db",
+        "KRPO_BENCH_DB",
+        "str",
+        "sqlite:///<home>/krpo-bench.db",
+        "job database (postgresql://... for scale-out; Optuna's storage lives beside it)",
+    ),
+    Var(
+        "mlflow_tracking_uri",
+        "MLFLOW_TRACKING_URI",
+        "str",
+        "sqlite:///<home>/mlflow.db",
+        "MLflow tracking store (http://host:5000 for an mlflow server)",
+    ),
     Var("cpu_threads", "KRPO_BENCH_CPU_THREADS", "int", "cores / CPU slots", "torch threads per CPU trial"),
-    Var("mlflow_retry_s", "KRPO_BENCH_MLFLOW_RETRY_S", "float", str(DEFAULT_MLFLOW_RETRY_S),
-        "seconds a trial keeps retrying an unreachable MLflow server before it fails"),
-    Var("api_url", "KRPO_BENCH_API", "str", "unset",
-        "CLI: talk to this krpo-bench server (submit --api) instead of the database"),
-    Var("api_token", "KRPO_BENCH_API_TOKEN", "str", "unset", "CLI/client: bearer token sent to the server", secret=True),
-    Var("api_tokens_file", "KRPO_BENCH_API_TOKENS_FILE", "path", "<home>/api-tokens.json",
-        "server: hashed API tokens ('krpo-bench token create')"),
-    Var("data_roots", "KRPO_BENCH_DATA_ROOTS", "paths", "<home>/data",
+    Var(
+        "mlflow_retry_s",
+        "KRPO_BENCH_MLFLOW_RETRY_S",
+        "float",
+        str(DEFAULT_MLFLOW_RETRY_S),
+        "seconds a trial keeps retrying an unreachable MLflow server before it fails",
+    ),
+    Var(
+        "api_url",
+        "KRPO_BENCH_API",
+        "str",
+        "unset",
+        "CLI: talk to this krpo-bench server (submit --api) instead of the database",
+    ),
+    Var(
+        "api_token", "KRPO_BENCH_API_TOKEN", "str", "unset", "CLI/client: bearer token sent to the server", secret=True
+    ),
+    Var(
+        "api_tokens_file",
+        "KRPO_BENCH_API_TOKENS_FILE",
+        "path",
+        "<home>/api-tokens.json",
+        "server: hashed API tokens ('krpo-bench token create')",
+    ),
+    Var(
+        "data_roots",
+        "KRPO_BENCH_DATA_ROOTS",
+        "paths",
+        "<home>/data",
         "server and workers: folders specs may read local files from, checked at submission and again where "
-        "a worker opens them (os.pathsep-separated; a list in the file)"),
-    Var("allow_remote_code", "KRPO_BENCH_ALLOW_REMOTE_CODE", "bool", "false",
-        "server: accept model.trust_remote_code: true"),
-    Var("max_body_bytes", "KRPO_BENCH_MAX_BODY_BYTES", "int", str(DEFAULT_MAX_BODY_BYTES), "server: request body cap (413 above)"),
-    Var("max_trials", "KRPO_BENCH_MAX_TRIALS", "int", str(DEFAULT_MAX_TRIALS), "server: most trials one submitted study may hold"),
-    Var("max_model_params", "KRPO_BENCH_MAX_MODEL_PARAMS", "int", str(DEFAULT_MAX_MODEL_PARAMS),
-        "server: largest model (parameters) a submitted trial may build or load, where its size is known"),
-    Var("max_stored_bytes", "KRPO_BENCH_MAX_STORED_BYTES", "int", str(DEFAULT_MAX_STORED_BYTES),
-        "server: most bytes of trial configs one submitted study may store (its trials' configs together)"),
-    Var("mlflow_ui_url", "KRPO_BENCH_MLFLOW_UI_URL", "str", "the tracking URI when it is http(s)",
-        "server: base URL of the MLflow UI for run links"),
-    Var("list_cache_s", "KRPO_BENCH_LIST_CACHE_S", "float", str(DEFAULT_LIST_CACHE_S),
-        "server: seconds a study-list page is reused (0: never)"),
-    Var("default_timeout_s", "KRPO_BENCH_DEFAULT_TIMEOUT_S", "int", str(DEFAULT_TIMEOUT_S),
-        "server: wall-clock limit of a submitted trial or probe whose spec sets no resources.timeout_s"),
-    Var("max_active_trials_per_token", "KRPO_BENCH_MAX_ACTIVE_TRIALS_PER_TOKEN", "int", str(DEFAULT_MAX_ACTIVE_TRIALS_PER_TOKEN),
-        "server: most queued + running trials the studies of one submit token may hold"),
-    Var("max_trial_hours_per_token", "KRPO_BENCH_MAX_TRIAL_HOURS_PER_TOKEN", "int", str(DEFAULT_MAX_TRIAL_HOURS_PER_TOKEN),
-        "server: most trial-hours (queued + running trials x their timeout) one submit token may hold"),
+        "a worker opens them (os.pathsep-separated; a list in the file)",
+    ),
+    Var(
+        "allow_remote_code",
+        "KRPO_BENCH_ALLOW_REMOTE_CODE",
+        "bool",
+        "false",
+        "server: accept model.trust_remote_code: true",
+    ),
+    Var(
+        "max_body_bytes",
+        "KRPO_BENCH_MAX_BODY_BYTES",
+        "int",
+        str(DEFAULT_MAX_BODY_BYTES),
+        "server: request body cap (413 above)",
+    ),
+    Var(
+        "max_trials",
+        "KRPO_BENCH_MAX_TRIALS",
+        "int",
+        str(DEFAULT_MAX_TRIALS),
+        "server: most trials one submitted study may hold",
+    ),
+    Var(
+        "max_model_params",
+        "KRPO_BENCH_MAX_MODEL_PARAMS",
+        "int",
+        str(DEFAULT_MAX_MODEL_PARAMS),
+        "server: largest model (parameters) a submitted trial may build or load, where its size is known",
+    ),
+    Var(
+        "max_stored_bytes",
+        "KRPO_BENCH_MAX_STORED_BYTES",
+        "int",
+        str(DEFAULT_MAX_STORED_BYTES),
+        "server: most bytes of trial configs one submitted study may store (its trials' configs together)",
+    ),
+    Var(
+        "mlflow_ui_url",
+        "KRPO_BENCH_MLFLOW_UI_URL",
+        "str",
+        "the tracking URI when it is http(s)",
+        "server: base URL of the MLflow UI for run links",
+    ),
+    Var(
+        "list_cache_s",
+        "KRPO_BENCH_LIST_CACHE_S",
+        "float",
+        str(DEFAULT_LIST_CACHE_S),
+        "server: seconds a study-list page is reused (0: never)",
+    ),
+    Var(
+        "default_timeout_s",
+        "KRPO_BENCH_DEFAULT_TIMEOUT_S",
+        "int",
+        str(DEFAULT_TIMEOUT_S),
+        "server: wall-clock limit of a submitted trial or probe whose spec sets no resources.timeout_s",
+    ),
+    Var(
+        "max_active_trials_per_token",
+        "KRPO_BENCH_MAX_ACTIVE_TRIALS_PER_TOKEN",
+        "int",
+        str(DEFAULT_MAX_ACTIVE_TRIALS_PER_TOKEN),
+        "server: most queued + running trials the studies of one submit token may hold",
+    ),
+    Var(
+        "max_trial_hours_per_token",
+        "KRPO_BENCH_MAX_TRIAL_HOURS_PER_TOKEN",
+        "int",
+        str(DEFAULT_MAX_TRIAL_HOURS_PER_TOKEN),
+        "server: most trial-hours (queued + running trials x their timeout) one submit token may hold",
+    ),
 )
 VARS_BY_KEY = {v.key: v for v in VARS}
 ENV_VARS: tuple[str, ...] = (CONFIG_ENV, *(v.env for v in VARS))
@@ -158,10 +247,23 @@ class Settings:
 
     def describe(self) -> list[dict[str, str]]:
         """One row per setting: key, env var, shown value (secrets and URL passwords masked), source."""
-        rows = [{"key": "config_file", "env": CONFIG_ENV, "value": str(self.config_file or "none"),
-                 "source": f"env {CONFIG_ENV}" if self.config_file else "default"}]
+        rows = [
+            {
+                "key": "config_file",
+                "env": CONFIG_ENV,
+                "value": str(self.config_file or "none"),
+                "source": f"env {CONFIG_ENV}" if self.config_file else "default",
+            }
+        ]
         for var in VARS:
-            rows.append({"key": var.key, "env": var.env, "value": _shown(var, getattr(self, var.key)), "source": self.sources.get(var.key, "default")})
+            rows.append(
+                {
+                    "key": var.key,
+                    "env": var.env,
+                    "value": _shown(var, getattr(self, var.key)),
+                    "source": self.sources.get(var.key, "default"),
+                }
+            )
         return rows
 
 
@@ -332,7 +434,19 @@ def default_artifact_root() -> str:
 
 
 __all__ = [
-    "CONFIG_ENV", "ENV_VARS", "Settings", "SettingsError", "VARS", "Var", "cache_dir", "data_home",
-    "default_artifact_root", "default_db_url", "default_mlflow_uri", "get_settings", "read_config_file", "settings_view",
+    "CONFIG_ENV",
+    "ENV_VARS",
+    "Settings",
+    "SettingsError",
+    "VARS",
+    "Var",
+    "cache_dir",
+    "data_home",
+    "default_artifact_root",
+    "default_db_url",
+    "default_mlflow_uri",
+    "get_settings",
+    "read_config_file",
+    "settings_view",
     "trial_folder",
 ]

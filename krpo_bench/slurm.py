@@ -77,16 +77,22 @@ def check(options: SlurmOptions) -> None:
         raise SlurmError(f"--workers must be 1 to {MAX_WORKERS}, got {options.workers}")
     limit = time_limit_s(options.time)
     if not 1 <= options.grace_s <= MAX_SIGNAL_LEAD_S or options.grace_s >= limit:
-        raise SlurmError(f"--grace must be 1 to {MAX_SIGNAL_LEAD_S} seconds and below the time limit "
-                         f"({limit} s), got {options.grace_s}")
+        raise SlurmError(
+            f"--grace must be 1 to {MAX_SIGNAL_LEAD_S} seconds and below the time limit "
+            f"({limit} s), got {options.grace_s}"
+        )
     if options.gpus_per_worker < 0:
         raise SlurmError(f"--gpus-per-worker must be 0 (a CPU worker) or more, got {options.gpus_per_worker}")
     if options.cpus_per_worker < 1:
         raise SlurmError(f"--cpus-per-worker must be 1 or more, got {options.cpus_per_worker}")
     if options.slots_per_gpu != "auto" and not (options.slots_per_gpu.isdigit() and int(options.slots_per_gpu) > 0):
         raise SlurmError(f"--slots-per-gpu must be a positive integer or auto, got {options.slots_per_gpu!r}")
-    for flag, value in (("--partition", options.partition), ("--account", options.account), ("--qos", options.qos),
-                        ("--job-name", options.job_name)):
+    for flag, value in (
+        ("--partition", options.partition),
+        ("--account", options.account),
+        ("--qos", options.qos),
+        ("--job-name", options.job_name),
+    ):
         if value is not None and not _NAME.match(value):
             raise SlurmError(f"{flag} {value!r} may hold only letters, digits and _ . + -")
     if not options.output or any(c in options.output for c in "\n\r\"'"):
@@ -106,8 +112,10 @@ def exported_settings(db: str | None = None, mlflow: str | None = None) -> dict[
             env[VARS_BY_KEY[key].env] = str(given.get(key) or getattr(settings, key))
     for name, value in env.items():
         if _URL_PASSWORD.search(value):
-            raise SlurmError(f"{name} holds a password, which would be written into the job script: keep it in "
-                             "~/.pgpass (PostgreSQL) or in the KRPO_BENCH_CONFIG file instead")
+            raise SlurmError(
+                f"{name} holds a password, which would be written into the job script: keep it in "
+                "~/.pgpass (PostgreSQL) or in the KRPO_BENCH_CONFIG file instead"
+            )
     return env
 
 
@@ -144,13 +152,13 @@ def worker_script(options: SlurmOptions, env: Mapping[str, str]) -> str:
         f"{python} -m krpo_bench.cli worker --gpus {gpus} --slots-per-gpu {options.slots_per_gpu} --exit-when-idle &",
         "worker=$!",
         "trap 'kill -TERM \"$worker\" 2>/dev/null' TERM  # bash runs it during 'wait', not a foreground command",
-        "wait \"$worker\"",
+        'wait "$worker"',
         "status=$?",
         "while kill -0 \"$worker\" 2>/dev/null; do  # a forwarded SIGTERM ended 'wait': the worker is handing back",
-        "  wait \"$worker\"",
+        '  wait "$worker"',
         "  status=$?",
         "done",
-        "exit \"$status\"",
+        'exit "$status"',
         "",
     ]
     return "\n".join(lines)

@@ -395,7 +395,9 @@ def welch_mde(x: ArrayLike, y: ArrayLike, confidence: float = CONFIDENCE, power:
     return minimum_detectable_effect(*design, confidence, power)
 
 
-def _fewest_seeds(design: Callable[[int], tuple[float, float]], target: float, confidence: float, power: float) -> int | None:
+def _fewest_seeds(
+    design: Callable[[int], tuple[float, float]], target: float, confidence: float, power: float
+) -> int | None:
     """Smallest n in [2, MAX_SEEDS] whose (standard error, df) `design` gives `power` against `target`."""
 
     def detects(n: int) -> bool:
@@ -480,10 +482,22 @@ def compare(
         p_value, rank_p = welch_p, rank_sum_p_value(x, y)
         mde, needed = welch_mde(x, y, confidence), welch_seeds_needed(x, y, target_effect, confidence)
     return Comparison(
-        variant=variant, reference=reference, analysis=analysis, n_variant=n_x, n_reference=n_y,
-        difference=difference, difference_bootstrap=bootstrap, prob_improvement=poi, p_value=p_value,
-        rank_p_value=rank_p, welch_difference=welch, welch_p=welch_p, mde=mde, target_effect=target_effect,
-        seeds_needed=needed, confidence=confidence,
+        variant=variant,
+        reference=reference,
+        analysis=analysis,
+        n_variant=n_x,
+        n_reference=n_y,
+        difference=difference,
+        difference_bootstrap=bootstrap,
+        prob_improvement=poi,
+        p_value=p_value,
+        rank_p_value=rank_p,
+        welch_difference=welch,
+        welch_p=welch_p,
+        mde=mde,
+        target_effect=target_effect,
+        seeds_needed=needed,
+        confidence=confidence,
     )
 
 

@@ -28,8 +28,9 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import requests
 from mlflow import MlflowClient
@@ -117,8 +118,9 @@ def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str)
     if tracking_uri.startswith("sqlite:") or "://" not in tracking_uri:
         location = f"{default_artifact_root()}/{artifact_folder(name)}"
     try:
-        return client.create_experiment(name, artifact_location=location,
-                                        tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
+        return client.create_experiment(
+            name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: "custom_model_development"}
+        )
     except MlflowException:
         found = client.get_experiment_by_name(name)
         if found is None:
@@ -348,7 +350,9 @@ class RunTracker:
             self._failures = 0
             log.warning(
                 "MLflow tracking store %s unreachable (%s); buffering writes and retrying for up to %.0f s",
-                self.tracking_uri, _short(err), self.retry_s,
+                self.tracking_uri,
+                _short(err),
+                self.retry_s,
             )
         self._failures += 1
         self._last_error = err
@@ -358,7 +362,8 @@ class RunTracker:
     def _recovered(self) -> None:
         if self._down_since is not None:
             log.warning(
-                "MLflow tracking store %s reachable again after %.1f s", self.tracking_uri,
+                "MLflow tracking store %s reachable again after %.1f s",
+                self.tracking_uri,
                 time.monotonic() - self._down_since,
             )
         self._down_since = None

@@ -20,17 +20,20 @@ from krpo_bench.service.db import Study, StudyKind, make_engine, upgrade
 from krpo_bench.service.optuna_store import dispose_optuna_storage
 from krpo_bench.service.queue import JobQueue
 
-PG_ADMIN_URL = os.environ.get(
-    "KRPO_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
+PG_ADMIN_URL = os.environ.get("KRPO_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def _admin_connect() -> psycopg.Connection:
     url = make_url(PG_ADMIN_URL)
     try:
         return psycopg.connect(
-            host=url.host, port=url.port, user=url.username, password=url.password,
-            dbname=url.database, autocommit=True, connect_timeout=5,
+            host=url.host,
+            port=url.port,
+            user=url.username,
+            password=url.password,
+            dbname=url.database,
+            autocommit=True,
+            connect_timeout=5,
         )
     except psycopg.OperationalError as err:
         pytest.fail(f"PostgreSQL server not reachable at {PG_ADMIN_URL}: {err}", pytrace=False)
@@ -98,8 +101,13 @@ def add_study(engine: Engine, name: str = "study") -> str:
     with engine.begin() as conn:
         conn.execute(
             insert(Study).values(
-                id=study_id, name=name, kind=StudyKind.ABLATION.value, spec={},
-                mlflow_experiment_id="0", mlflow_parent_run_id="", mlflow_pending=False,
+                id=study_id,
+                name=name,
+                kind=StudyKind.ABLATION.value,
+                spec={},
+                mlflow_experiment_id="0",
+                mlflow_parent_run_id="",
+                mlflow_pending=False,
             )
         )
     return study_id

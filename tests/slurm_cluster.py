@@ -40,40 +40,43 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def slurm_conf(root: Path, *, node: str, cpus: int, memory_mib: int, munge_socket: Path,
-               ctld_port: int, slurmd_port: int) -> str:
+def slurm_conf(
+    root: Path, *, node: str, cpus: int, memory_mib: int, munge_socket: Path, ctld_port: int, slurmd_port: int
+) -> str:
     """slurm.conf of a one-node cluster whose every file lives under ``root``."""
-    return "\n".join([
-        "ClusterName=krpotest",
-        f"SlurmctldHost={node}(127.0.0.1)",
-        f"SlurmctldPort={ctld_port}",
-        f"SlurmdPort={slurmd_port}",
-        "SlurmUser=root",
-        "SlurmdUser=root",
-        "AuthType=auth/munge",
-        "CredType=cred/munge",
-        f"AuthInfo=socket={munge_socket}",
-        f"StateSaveLocation={root / 'state'}",
-        f"SlurmdSpoolDir={root / 'spool'}",
-        f"SlurmctldPidFile={root / 'slurmctld.pid'}",
-        f"SlurmdPidFile={root / 'slurmd.pid'}",
-        f"SlurmctldLogFile={root / 'slurmctld.log'}",
-        f"SlurmdLogFile={root / 'slurmd.log'}",
-        "ProctrackType=proctrack/linuxproc",
-        "TaskPlugin=task/none",
-        "JobAcctGatherType=jobacct_gather/none",
-        "AccountingStorageType=accounting_storage/none",
-        "SchedulerType=sched/builtin",
-        "SelectType=select/cons_tres",
-        "SelectTypeParameters=CR_Core",
-        "ReturnToService=2",
-        "MinJobAge=300",
-        "KillWait=30",
-        "SlurmctldDebug=debug2",  # logs each time-limit sweep (TIME_LIMIT_SWEEP), which the tests time themselves by
-        f"NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mib} State=UNKNOWN",
-        f"PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP",
-        "",
-    ])
+    return "\n".join(
+        [
+            "ClusterName=krpotest",
+            f"SlurmctldHost={node}(127.0.0.1)",
+            f"SlurmctldPort={ctld_port}",
+            f"SlurmdPort={slurmd_port}",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            f"AuthInfo=socket={munge_socket}",
+            f"StateSaveLocation={root / 'state'}",
+            f"SlurmdSpoolDir={root / 'spool'}",
+            f"SlurmctldPidFile={root / 'slurmctld.pid'}",
+            f"SlurmdPidFile={root / 'slurmd.pid'}",
+            f"SlurmctldLogFile={root / 'slurmctld.log'}",
+            f"SlurmdLogFile={root / 'slurmd.log'}",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            "SchedulerType=sched/builtin",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core",
+            "ReturnToService=2",
+            "MinJobAge=300",
+            "KillWait=30",
+            "SlurmctldDebug=debug2",  # logs each time-limit sweep (TIME_LIMIT_SWEEP), which the tests time themselves by
+            f"NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mib} State=UNKNOWN",
+            f"PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP",
+            "",
+        ]
+    )
 
 
 class SlurmCluster:
@@ -103,13 +106,34 @@ class SlurmCluster:
         os.chown(self.munge_dir, munge.pw_uid, munge.pw_gid)
         self.munge_dir.chmod(0o755)  # munged wants its socket's folder searchable by all
         socket_path = self.munge_dir / "munge.socket"
-        self._spawn("munged", ["runuser", "-u", "munge", "--", "munged", "--foreground", f"--socket={socket_path}",
-                               f"--pid-file={self.munge_dir / 'munged.pid'}", f"--log-file={self.munge_dir / 'munged.log'}",
-                               f"--seed-file={self.munge_dir / 'munged.seed'}"])
+        self._spawn(
+            "munged",
+            [
+                "runuser",
+                "-u",
+                "munge",
+                "--",
+                "munged",
+                "--foreground",
+                f"--socket={socket_path}",
+                f"--pid-file={self.munge_dir / 'munged.pid'}",
+                f"--log-file={self.munge_dir / 'munged.log'}",
+                f"--seed-file={self.munge_dir / 'munged.seed'}",
+            ],
+        )
         self._wait(socket_path.exists, "munged's socket")
         memory_mib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
-        self.conf.write_text(slurm_conf(self.root, node=self.node, cpus=os.cpu_count() or 1, memory_mib=memory_mib // 2,
-                                        munge_socket=socket_path, ctld_port=_free_port(), slurmd_port=_free_port()))
+        self.conf.write_text(
+            slurm_conf(
+                self.root,
+                node=self.node,
+                cpus=os.cpu_count() or 1,
+                memory_mib=memory_mib // 2,
+                munge_socket=socket_path,
+                ctld_port=_free_port(),
+                slurmd_port=_free_port(),
+            )
+        )
         self._spawn("slurmctld", ["slurmctld", "-D", "-i", "-f", str(self.conf)])
         self._spawn("slurmd", ["slurmd", "-D", "-N", self.node, "-f", str(self.conf)])
         self._wait(self._node_idle, "the node to be idle")
@@ -119,7 +143,7 @@ class SlurmCluster:
         times = []
         for line in (self.root / "slurmctld.log").read_text(errors="replace").splitlines():
             if TIME_LIMIT_SWEEP in line and line.startswith("["):
-                times.append(datetime.fromisoformat(line[1:line.index("]")]).timestamp())
+                times.append(datetime.fromisoformat(line[1 : line.index("]")]).timestamp())
         return times
 
     def after_sweep(self, timeout: float = 2 * SWEEP_S) -> float:
@@ -136,12 +160,16 @@ class SlurmCluster:
 
     def squeue(self, job: str) -> list[str]:
         """``JOBID STATE`` of each task of ``job`` still known to the queue (running or pending)."""
-        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%i %T"], env=self.env(), capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%i %T"], env=self.env(), capture_output=True, text=True, check=False
+        )
         return out.stdout.splitlines() if out.returncode == 0 else []
 
     def job_state(self, job: str) -> dict[str, str]:
         """``scontrol show job`` of one job (or array task) as a mapping (JobState, RunTime, ...)."""
-        out = subprocess.run(["scontrol", "show", "job", "-o", job], env=self.env(), capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["scontrol", "show", "job", "-o", job], env=self.env(), capture_output=True, text=True, check=True
+        )
         return dict(item.split("=", 1) for item in out.stdout.split() if "=" in item)
 
     def _spawn(self, name: str, command: list[str]) -> None:
@@ -150,7 +178,9 @@ class SlurmCluster:
         self.processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env()))
 
     def _node_idle(self) -> bool:
-        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=self.env(), capture_output=True, text=True, check=False)
+        out = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%T"], env=self.env(), capture_output=True, text=True, check=False
+        )
         return out.returncode == 0 and out.stdout.strip() == "idle"
 
     def _wait(self, ready, what: str) -> None:
@@ -162,17 +192,36 @@ class SlurmCluster:
             if ready():
                 return
             time.sleep(0.2)
-        logs = "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-2000:]}" for p in sorted(self.root.glob("*.out")) + sorted(self.root.glob("*.log")))
+        logs = "\n".join(
+            f"--- {p.name} ---\n{p.read_text(errors='replace')[-2000:]}"
+            for p in sorted(self.root.glob("*.out")) + sorted(self.root.glob("*.log"))
+        )
         self.stop()
-        pytest.fail(f"the test SLURM cluster did not come up (waiting for {what}; exited: {dead}):\n{logs}", pytrace=False)
+        pytest.fail(
+            f"the test SLURM cluster did not come up (waiting for {what}; exited: {dead}):\n{logs}", pytrace=False
+        )
 
     def stop(self) -> None:
         """Stop the daemons in reverse order (their jobs are killed with slurmd)."""
         if self.conf.exists() and self.processes and self.processes[-1].poll() is None:
-            subprocess.run(["scancel", "--full", "--signal=KILL", "--user", "root"], env=self.env(), capture_output=True, timeout=30, check=False)
+            subprocess.run(
+                ["scancel", "--full", "--signal=KILL", "--user", "root"],
+                env=self.env(),
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
             deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and subprocess.run(
-                    ["squeue", "-h", "-t", "running,completing"], env=self.env(), capture_output=True, text=True, check=False).stdout.strip():
+            while (
+                time.monotonic() < deadline
+                and subprocess.run(
+                    ["squeue", "-h", "-t", "running,completing"],
+                    env=self.env(),
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                ).stdout.strip()
+            ):
                 time.sleep(0.2)
         for process in reversed(self.processes):
             if process.poll() is None:

@@ -75,7 +75,9 @@ def _close(got: torch.Tensor, want: list[list[float]]) -> None:
 @settings(max_examples=150, deadline=None)
 @given(reward_batches(), st.sampled_from(["group", "batch", "none"]))
 def test_grpo_equals_definition(rewards, scale):
-    _close(get_estimator("grpo", scale=scale)(torch.tensor(rewards, dtype=torch.float64)), reference.grpo(rewards, scale))
+    _close(
+        get_estimator("grpo", scale=scale)(torch.tensor(rewards, dtype=torch.float64)), reference.grpo(rewards, scale)
+    )
 
 
 @settings(max_examples=100, deadline=None)
@@ -233,8 +235,11 @@ def test_every_estimator_equals_its_reference_loop_across_steps(name, batches, d
         lengths = [[data.draw(st.integers(0, 30)) for _ in row] for row in rewards]
         greedy = [data.draw(reward_values) for _ in rewards]
         inputs = {"lengths": lengths, "baseline_rewards": greedy}
-        got = est(torch.tensor(rewards, dtype=torch.float64), ids,
-                  **{k: torch.tensor(v, dtype=torch.float64) for k, v in inputs.items()})
+        got = est(
+            torch.tensor(rewards, dtype=torch.float64),
+            ids,
+            **{k: torch.tensor(v, dtype=torch.float64) for k, v in inputs.items()},
+        )
         want = _reference(name, rewards, {**inputs, "prompt_ids": ids, "state": state})
         want = torch.tensor(want, dtype=torch.float64)
         assert torch.allclose(got, want, rtol=1e-6, atol=1e-6 * max(1.0, want.abs().max().item())), (got, want)

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, event
-
 from krpo_bench.api.app import create_app
 from krpo_bench.api.settings import ApiSettings
+from sqlalchemy import Engine, event
+
 from krpo_bench.service.studies import StudyService
 from krpo_bench.spec.loading import SpecError, parse_yaml
 from tests.test_api import BASE, SPEC
@@ -28,8 +28,14 @@ from tests.test_api import BASE, SPEC
 
 def local_app(home: Path, **settings: Any) -> TestClient:
     (home / "data").mkdir(parents=True, exist_ok=True)
-    config = ApiSettings(db=f"sqlite:///{home / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
-                         api_tokens_file=home / "tokens.json", data_roots=(home / "data",), list_cache_s=0, **settings)
+    config = ApiSettings(
+        db=f"sqlite:///{home / 'jobs.db'}",
+        mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+        api_tokens_file=home / "tokens.json",
+        data_roots=(home / "data",),
+        list_cache_s=0,
+        **settings,
+    )
     return TestClient(create_app(config), base_url="http://localhost", raise_server_exceptions=False)
 
 
@@ -105,7 +111,9 @@ def test_an_accepted_study_stores_about_what_the_cap_allows(tmp_path: Path) -> N
     templates = [f"{{expr}} {i} " + "x" * 900 for i in range(100)]
     with local_app(tmp_path, max_stored_bytes=2_000_000) as client:
         before = sum(p.stat().st_size for p in tmp_path.glob("jobs.db*"))
-        assert client.post("/api/v1/studies", json=with_templates(templates, seeds=10)).status_code == 201  # 20 trials, ~1.85 MB
+        assert (
+            client.post("/api/v1/studies", json=with_templates(templates, seeds=10)).status_code == 201
+        )  # 20 trials, ~1.85 MB
         grown = sum(p.stat().st_size for p in tmp_path.glob("jobs.db*")) - before
         assert grown < 4_000_000, grown
         errors = errors_of(client.post("/api/v1/studies", json=with_templates(templates, seeds=11)))
@@ -114,8 +122,15 @@ def test_an_accepted_study_stores_about_what_the_cap_allows(tmp_path: Path) -> N
 
 def test_a_search_cannot_be_extended_past_the_stored_bytes_cap(tmp_path: Path) -> None:
     base = {**BASE, "task": {**BASE["task"], "templates": [f"{{expr}} {i} " + "x" * 900 for i in range(100)]}}
-    search = {"name": "s", "kind": "search", "base": base, "n_trials": 2, "parallelism": 1, "sampler": "random",
-              "space": {"training.learning_rate": {"type": "log_uniform", "low": 1e-5, "high": 1e-3}}}
+    search = {
+        "name": "s",
+        "kind": "search",
+        "base": base,
+        "n_trials": 2,
+        "parallelism": 1,
+        "sampler": "random",
+        "space": {"training.learning_rate": {"type": "log_uniform", "low": 1e-5, "high": 1e-3}},
+    }
     with local_app(tmp_path, max_stored_bytes=1_000_000) as client:
         study = client.post("/api/v1/studies", json=search)
         assert study.status_code == 201, study.text
@@ -155,7 +170,12 @@ def test_study_reads_select_only_what_they_need(db_url: str, tmp_path: Path) -> 
         light = service.queue.list_jobs(study.id, config_keys=("variant", "seed"))
     assert not [s for s in statements if WHOLE_CONFIG.search(s)], statements
     assert results.variant("krpo").seeds == [3, 5] and results.variant("krpo").values == [0.28, 0.3]
-    assert sorted((j.config["variant"], j.config["seed"]) for j in light) == [("grpo", 3), ("grpo", 5), ("krpo", 3), ("krpo", 5)]
+    assert sorted((j.config["variant"], j.config["seed"]) for j in light) == [
+        ("grpo", 3),
+        ("grpo", 5),
+        ("krpo", 3),
+        ("krpo", 5),
+    ]
     assert all(set(j.config) == {"variant", "seed"} for j in light)
     service.engine.dispose()
 
@@ -175,7 +195,15 @@ def test_get_study_does_not_load_every_config(client: TestClient) -> None:
 
 
 def yaml_with_comment(size: int) -> bytes:
-    lines = ["# R&D *draft*", "name: comment", "kind: ablation", "base:", "  task:", "    kind: arithmetic", "    templates:"]
+    lines = [
+        "# R&D *draft*",
+        "name: comment",
+        "kind: ablation",
+        "base:",
+        "  task:",
+        "    kind: arithmetic",
+        "    templates:",
+    ]
     lines += [f"      - '{{expr}} {i:07d}'" for i in range(size // 25)]
     return ("\n".join(lines) + "\n").encode()
 
@@ -207,17 +235,30 @@ def test_yaml_node_count_and_aliases_are_refused_from_the_parsers_events() -> No
 
 
 def test_the_model_size_cap_applies_to_a_variant_meeting_a_grid_value(client: TestClient) -> None:
-    body = spec(variants={"big": {"model": {"name": "tiny-arith", "tiny": {"hidden_size": 8192, "num_heads": 64}}}},
-                grid={"model.tiny.num_layers": [1024]})
+    body = spec(
+        variants={"big": {"model": {"name": "tiny-arith", "tiny": {"hidden_size": 8192, "num_heads": 64}}}},
+        grid={"model.tiny.num_layers": [1024]},
+    )
     errors = errors_of(client.post("/api/v1/studies", json=body))
-    assert [(e["path"], e["type"]) for e in errors] == [("grid.model.tiny.num_layers[0] (variant big) (model.tiny)", "model_too_large")]
+    assert [(e["path"], e["type"]) for e in errors] == [
+        ("grid.model.tiny.num_layers[0] (variant big) (model.tiny)", "model_too_large")
+    ]
     assert "KRPO_BENCH_MAX_MODEL_PARAMS" in errors[0]["message"]
 
 
 def test_the_model_size_cap_applies_to_a_searchs_largest_values(client: TestClient) -> None:
-    search = {"name": "s", "kind": "search", "base": BASE, "n_trials": 2, "parallelism": 1, "sampler": "random",
-              "space": {"model.tiny.hidden_size": {"type": "choice", "choices": [128, 8192]},
-                        "model.tiny.num_layers": {"type": "int", "low": 1, "high": 1024}}}
+    search = {
+        "name": "s",
+        "kind": "search",
+        "base": BASE,
+        "n_trials": 2,
+        "parallelism": 1,
+        "sampler": "random",
+        "space": {
+            "model.tiny.hidden_size": {"type": "choice", "choices": [128, 8192]},
+            "model.tiny.num_layers": {"type": "int", "low": 1, "high": 1024},
+        },
+    }
     errors = errors_of(client.post("/api/v1/studies", json=search))
     assert [e["type"] for e in errors] == ["model_too_large"]
     assert errors[0]["path"].startswith("space.model.tiny.") and "largest values" in errors[0]["path"]
@@ -245,14 +286,24 @@ def test_long_values_are_cut_to_200_characters_in_every_error(client: TestClient
     assert len(errors[0]["value"]) < 230
     outside = "/" + "b" * 300 + "/train.jsonl"  # a policy error (outside the data roots)
     errors = errors_of(client.post("/api/v1/studies", json=spec({**BASE, "task": {"kind": "jsonl", "path": outside}})))
-    assert errors[0]["type"] == "path_outside_data_roots" and errors[0]["value"] == outside[:200] + f"... ({len(outside)} characters)"
+    assert (
+        errors[0]["type"] == "path_outside_data_roots"
+        and errors[0]["value"] == outside[:200] + f"... ({len(outside)} characters)"
+    )
 
 
 def test_big_mappings_are_refused_unwalked_and_errors_are_counted_past_100(client: TestClient) -> None:
     wide = spec({**BASE, "wide": {f"k{i}": i for i in range(50_000)}})
     errors = errors_of(client.post("/api/v1/studies", json=wide))
-    assert [(e["path"], e["value"], e["message"]) for e in errors] == [("base.wide", "50000 entries", "mappings hold at most 1000 keys")]
+    assert [(e["path"], e["value"], e["message"]) for e in errors] == [
+        ("base.wide", "50000 entries", "mappings hold at most 1000 keys")
+    ]
     many = spec(variants={f"v{i}": {"training": {f"typo{j}": 1 for j in range(3)}} for i in range(50)})
     response = client.post("/api/v1/studies", json=many)
     errors = errors_of(response)
-    assert len(errors) == 101 and errors[-1] == {"path": "", "value": 50, "message": "and 50 more problems", "type": "too_many_errors"}
+    assert len(errors) == 101 and errors[-1] == {
+        "path": "",
+        "value": 50,
+        "message": "and 50 more problems",
+        "type": "too_many_errors",
+    }

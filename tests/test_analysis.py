@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from krpo_bench.dashboards.source import load_study
 from mlflow import MlflowClient
 from mlflow.entities import Metric, RunTag
 
@@ -18,7 +19,6 @@ from krpo_bench.analysis import format as fmt
 from krpo_bench.analysis.analyze import AnalysisSettings, analyze
 from krpo_bench.analysis.model import ComparisonResult, Estimate, StudyAnalysis, VariantResult, json_ready
 from krpo_bench.analysis.records import TrialRecord, legacy_identity, records_from_jobs, records_from_runs
-from krpo_bench.dashboards.source import load_study
 from tests.trial_specs import tiny_trial
 
 GRPO = [0.40, 0.43, 0.41]
@@ -36,9 +36,13 @@ def _statistics(comparison: Any) -> dict[str, Any]:
     return json_ready(values)
 
 
-def _records(variant: str, values: list[float], seeds: list[int], grid_point: tuple = (), label: str | None = None) -> list[TrialRecord]:
-    return [TrialRecord(variant, grid_point, label or variant, seed, {"final/accuracy": value})
-            for seed, value in zip(seeds, values)]
+def _records(
+    variant: str, values: list[float], seeds: list[int], grid_point: tuple = (), label: str | None = None
+) -> list[TrialRecord]:
+    return [
+        TrialRecord(variant, grid_point, label or variant, seed, {"final/accuracy": value})
+        for seed, value in zip(seeds, values)
+    ]
 
 
 def test_analyze_reproduces_stats_compare_exactly_paired_and_unpaired() -> None:
@@ -50,7 +54,11 @@ def test_analyze_reproduces_stats_compare_exactly_paired_and_unpaired() -> None:
     expected = stats.compare(KRPO, GRPO, "krpo", "grpo", [0, 1, 2], [0, 1, 2], 0.05)
     assert paired.analysis == "paired" and _statistics(paired) == _statistics(expected)
     krpo = analysis.variant("krpo")
-    assert krpo.seeds == [0, 1, 2] and krpo.values == KRPO and krpo.mean == Estimate.model_validate(stats.mean_ci(krpo.values))
+    assert (
+        krpo.seeds == [0, 1, 2]
+        and krpo.values == KRPO
+        and krpo.mean == Estimate.model_validate(stats.mean_ci(krpo.values))
+    )
     assert krpo.iqm == Estimate.model_validate(stats.iqm_ci(krpo.values))
 
     unpaired = analyze(_records("krpo", KRPO[:2], [0, 1]) + _records("grpo", GRPO, [0, 1, 2]), AnalysisSettings())
@@ -62,9 +70,13 @@ def test_analyze_reproduces_stats_compare_exactly_paired_and_unpaired() -> None:
 def test_the_reference_is_the_reference_variant_at_the_same_grid_point_from_data() -> None:
     """Labels that say nothing (as a user's custom names might): the pairing comes from variant and grid point."""
     low, high = (("training.group_size", 2),), (("training.group_size", 4),)
-    records = (_records("krpo", KRPO, [0, 1, 2], high, "A") + _records("grpo", GRPO, [0, 1, 2], low, "B")
-               + _records("grpo", [v + 0.1 for v in GRPO], [0, 1, 2], high, "C")
-               + _records("krpo", KRPO, [0, 1, 2], low, "D") + _records("krpo", KRPO, [0, 1, 2], (("x", 1),), "E"))
+    records = (
+        _records("krpo", KRPO, [0, 1, 2], high, "A")
+        + _records("grpo", GRPO, [0, 1, 2], low, "B")
+        + _records("grpo", [v + 0.1 for v in GRPO], [0, 1, 2], high, "C")
+        + _records("krpo", KRPO, [0, 1, 2], low, "D")
+        + _records("krpo", KRPO, [0, 1, 2], (("x", 1),), "E")
+    )
     analysis = analyze(records, AnalysisSettings())
     assert [v.label for v in analysis.variants] == ["B", "C", "A", "D", "E"]
     pairs = {c.label: (c.reference_label, c.reference, c.reference_grid_point) for c in analysis.comparisons}
@@ -75,15 +87,27 @@ def test_the_reference_is_the_reference_variant_at_the_same_grid_point_from_data
 
 def test_legacy_rows_fall_back_to_the_label() -> None:
     assert legacy_identity("krpo_prior group_size=2 reward_noise={'flip': 0.2}") == (
-        "krpo_prior", (("group_size", "2"), ("reward_noise", "{'flip': 0.2}")))
+        "krpo_prior",
+        (("group_size", "2"), ("reward_noise", "{'flip': 0.2}")),
+    )
     assert legacy_identity("krpo shuffled") == ("krpo shuffled", ())
-    old = SimpleNamespace(config={"variant": "krpo group_size=2", "seed": 1}, status="succeeded",
-                          result={"final_accuracy": 0.5, "initial_accuracy": 0.25, "final_item_outcomes": [1, 0, 1]})
-    new = SimpleNamespace(config={"variant": "krpo g2", "variant_name": "krpo", "grid_point": [["training.group_size", 2]],
-                                  "seed": 1}, status="failed", result={"final_accuracy": 0.9})
+    old = SimpleNamespace(
+        config={"variant": "krpo group_size=2", "seed": 1},
+        status="succeeded",
+        result={"final_accuracy": 0.5, "initial_accuracy": 0.25, "final_item_outcomes": [1, 0, 1]},
+    )
+    new = SimpleNamespace(
+        config={"variant": "krpo g2", "variant_name": "krpo", "grid_point": [["training.group_size", 2]], "seed": 1},
+        status="failed",
+        result={"final_accuracy": 0.9},
+    )
     legacy, current = records_from_jobs([old, new])
     assert (legacy.variant, legacy.grid_point, legacy.label) == ("krpo", (("group_size", "2"),), "krpo group_size=2")
-    assert legacy.metrics == {"final/accuracy": 0.5, "final/initial_accuracy": 0.25} and legacy.item_outcomes == (1, 0, 1)
+    assert legacy.metrics == {"final/accuracy": 0.5, "final/initial_accuracy": 0.25} and legacy.item_outcomes == (
+        1,
+        0,
+        1,
+    )
     assert (current.variant, current.grid_point, current.metrics) == ("krpo", (("training.group_size", 2),), {})
 
 
@@ -102,7 +126,9 @@ def test_nan_is_none_in_json_a_dash_in_text_and_nan_again_when_read_back() -> No
     assert fmt.points(compared.mde) == fmt.fraction(krpo.initial_mean) == fmt.p_value(math.nan) == fmt.MISSING
     assert fmt.seeds(None) == fmt.MISSING and fmt.with_interval(compared.difference, fmt.signed_points) == "+10.0"
     assert fmt.with_interval(Estimate(estimate=0.773, low=0.742, high=0.805), fmt.fraction) == "0.773 [0.742, 0.805]"
-    assert fmt.with_interval(Estimate(estimate=-0.008, low=-0.044, high=0.028), fmt.signed_points) == "-0.8 [-4.4, +2.8]"
+    assert (
+        fmt.with_interval(Estimate(estimate=-0.008, low=-0.044, high=0.028), fmt.signed_points) == "-0.8 [-4.4, +2.8]"
+    )
 
 
 def test_columns_json_keys_and_api_schema_all_come_from_the_model_fields() -> None:
@@ -142,9 +168,13 @@ def _log_runs(service: Any, study_id: str) -> None:
     records = service.ensure_mlflow(study_id)
     client = MlflowClient(service.mlflow_uri)
     for job in service.jobs(study_id):
-        run_id = client.create_run(records.experiment_id, tags={"mlflow.parentRunId": records.parent_run_id}).info.run_id
-        metrics = [Metric("final/accuracy", job.result["final_accuracy"], 0, 0),
-                   Metric("final/initial_accuracy", job.result["initial_accuracy"], 0, 0)]
+        run_id = client.create_run(
+            records.experiment_id, tags={"mlflow.parentRunId": records.parent_run_id}
+        ).info.run_id
+        metrics = [
+            Metric("final/accuracy", job.result["final_accuracy"], 0, 0),
+            Metric("final/initial_accuracy", job.result["initial_accuracy"], 0, 0),
+        ]
         client.log_batch(run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in job.config["tags"].items()])
         client.set_terminated(run_id)
 
@@ -154,21 +184,31 @@ def test_the_jobs_table_and_mlflow_give_the_same_analysis(tmp_path: Path) -> Non
 
     service = StudyService(f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}")
     base = {k: v for k, v in tiny_trial(steps=5).items() if k != "name"}
-    info = service.submit({
-        "name": "grid", "kind": "ablation", "base": base, "seeds": 3, "grid": {"training.group_size": [2, 4]},
-        "variants": {"grpo": {"estimator": {"name": "grpo"}}, "krpo": {"estimator": {"name": "krpo"}}},
-    })
+    info = service.submit(
+        {
+            "name": "grid",
+            "kind": "ablation",
+            "base": base,
+            "seeds": 3,
+            "grid": {"training.group_size": [2, 4]},
+            "variants": {"grpo": {"estimator": {"name": "grpo"}}, "krpo": {"estimator": {"name": "krpo"}}},
+        }
+    )
     job = service.jobs(info.id)[-1]
     assert (job.config["variant"], job.config["variant_name"], job.config["grid_point"]) == (
-        "krpo group_size=4", "krpo", [["training.group_size", 4]])
+        "krpo group_size=4",
+        "krpo",
+        [["training.group_size", 4]],
+    )
     assert job.config["tags"]["krpo.variant_name"] == "krpo"
     assert json.loads(job.config["tags"]["krpo.grid_point"]) == [["training.group_size", 4]]
     _finish(service, info.id)
     _log_runs(service, info.id)
 
     from_jobs = service.results(info.id)
-    from_runs = analyze(records_from_runs(load_study(service.mlflow_uri, study_id=info.id)),
-                        AnalysisSettings(reference="grpo"))
+    from_runs = analyze(
+        records_from_runs(load_study(service.mlflow_uri, study_id=info.id)), AnalysisSettings(reference="grpo")
+    )
     assert from_jobs.to_json() == from_runs.to_json()
     assert from_jobs == analyze(records_from_jobs(service.jobs(info.id)), AnalysisSettings(reference="grpo"))
     krpo = from_jobs.comparison("krpo group_size=4")
@@ -182,18 +222,25 @@ Y8 = [0.45, 0.50, 0.44, 0.49, 0.52, 0.43, 0.47, 0.46]
 
 
 def test_verdicts_read_better_worse_equivalent_or_undecided_with_their_tests() -> None:
-    better = analyze(_records("krpo", X8, list(range(8))) + _records("grpo", Y8, list(range(10, 18))), AnalysisSettings())
+    better = analyze(
+        _records("krpo", X8, list(range(8))) + _records("grpo", Y8, list(range(10, 18))), AnalysisSettings()
+    )
     [c] = better.comparisons
     assert c.verdict == "better" and c.family_size == 1 and c.p_holm == pytest.approx(c.p_value)
-    assert c.sentence == (f"krpo beats grpo by {abs(c.difference.estimate) * 100:.1f} points (unpaired, Welch, 8 seeds: "
-                          f"95 % CI [{c.difference.low * 100:+.1f}, {c.difference.high * 100:+.1f}]; "
-                          f"p {c.p_value:.3g}, Holm over 1 comparison)")
-    worse = analyze(_records("krpo", Y8, list(range(8))) + _records("grpo", X8, list(range(10, 18))), AnalysisSettings())
+    assert c.sentence == (
+        f"krpo beats grpo by {abs(c.difference.estimate) * 100:.1f} points (unpaired, Welch, 8 seeds: "
+        f"95 % CI [{c.difference.low * 100:+.1f}, {c.difference.high * 100:+.1f}]; "
+        f"p {c.p_value:.3g}, Holm over 1 comparison)"
+    )
+    worse = analyze(
+        _records("krpo", Y8, list(range(8))) + _records("grpo", X8, list(range(10, 18))), AnalysisSettings()
+    )
     assert worse.comparisons[0].verdict == "worse" and " trails grpo by " in worse.comparisons[0].sentence
 
     close = [v + d for v, d in zip(GRPO * 3, [0.001, -0.002, 0.0015, -0.001, 0.002, 0.0005, -0.0015, 0.001, 0.0])]
-    equivalent = analyze(_records("krpo", close, list(range(9))) + _records("grpo", GRPO * 3, list(range(9))),
-                         AnalysisSettings())
+    equivalent = analyze(
+        _records("krpo", close, list(range(9))) + _records("grpo", GRPO * 3, list(range(9))), AnalysisSettings()
+    )
     [e] = equivalent.comparisons
     expected = stats.tost(close, GRPO * 3, 0.02, paired=True)
     assert e.verdict == "equivalent" and e.tost_p == pytest.approx(expected.p_value) and e.tost_p < 0.05
@@ -201,8 +248,9 @@ def test_verdicts_read_better_worse_equivalent_or_undecided_with_their_tests() -
     assert e.sentence.startswith("krpo is equivalent to grpo within ±2.0 points (paired by seed, 9 seeds: ")
     assert "90 % CI [" in e.sentence and e.seeds_to_decide is None
 
-    [u] = analyze(_records("krpo", KRPO, [0, 1, 2]) + _records("grpo", [0.52, 0.40, 0.47], [0, 1, 2]),
-                  AnalysisSettings()).comparisons
+    [u] = analyze(
+        _records("krpo", KRPO, [0, 1, 2]) + _records("grpo", [0.52, 0.40, 0.47], [0, 1, 2]), AnalysisSettings()
+    ).comparisons
     assert u.verdict == "undecided" and u.seeds_to_decide is not None and u.seeds_to_decide > 3
     assert u.sentence.startswith("undecided between krpo and grpo: ")
     assert f"about {u.seeds_to_decide} seeds would decide it" in u.sentence
@@ -212,15 +260,28 @@ def test_verdicts_read_better_worse_equivalent_or_undecided_with_their_tests() -
 def test_the_family_is_holm_adjusted_and_secondary_endpoints_are_exploratory() -> None:
     records = _records("grpo", Y8, list(range(8)))
     for i, shift in enumerate((0.0, 0.01, 0.03, 0.08)):
-        records += [TrialRecord(f"v{i}", (), f"v{i}", s, {"final/accuracy": y + shift + 0.01 * ((s * (i + 3)) % 3 - 1),
-                                                          "final/pass_at_k": y + shift})
-                    for s, y in enumerate(Y8)]
-    records = [r if r.variant != "grpo" else TrialRecord(r.variant, (), r.label, r.seed, r.metrics | {"final/pass_at_k": r.metrics["final/accuracy"]})
-               for r in records]
+        records += [
+            TrialRecord(
+                f"v{i}",
+                (),
+                f"v{i}",
+                s,
+                {"final/accuracy": y + shift + 0.01 * ((s * (i + 3)) % 3 - 1), "final/pass_at_k": y + shift},
+            )
+            for s, y in enumerate(Y8)
+        ]
+    records = [
+        r
+        if r.variant != "grpo"
+        else TrialRecord(r.variant, (), r.label, r.seed, r.metrics | {"final/pass_at_k": r.metrics["final/accuracy"]})
+        for r in records
+    ]
     analysis = analyze(records, AnalysisSettings())
     raw = [c.p_value for c in analysis.comparisons]
     assert [c.p_holm for c in analysis.comparisons] == pytest.approx(list(stats.holm(raw)))
-    assert [c.tost_p_holm for c in analysis.comparisons] == pytest.approx(list(stats.holm([c.tost_p for c in analysis.comparisons])))
+    assert [c.tost_p_holm for c in analysis.comparisons] == pytest.approx(
+        list(stats.holm([c.tost_p for c in analysis.comparisons]))
+    )
     assert all(c.family_size == 4 and not c.exploratory for c in analysis.comparisons)
     assert [c.metric for c in analysis.secondary] == ["final/pass_at_k"] * 4
     assert all(c.exploratory and c.family_size == 0 and math.isnan(c.p_holm) for c in analysis.secondary)
@@ -245,5 +306,7 @@ def test_an_interval_over_items_as_well_as_seeds_where_trials_stored_their_outco
     assert c.item_difference.estimate == pytest.approx(c.difference.estimate)
     assert c.item_difference.high - c.item_difference.low > c.difference.high - c.difference.low
     assert 0 < c.item_share < 1
-    [no_items] = analyze(_records("krpo", KRPO, [0, 1, 2]) + _records("grpo", GRPO, [0, 1, 2]), AnalysisSettings()).comparisons
+    [no_items] = analyze(
+        _records("krpo", KRPO, [0, 1, 2]) + _records("grpo", GRPO, [0, 1, 2]), AnalysisSettings()
+    ).comparisons
     assert math.isnan(no_items.item_difference.estimate) and math.isnan(no_items.item_share)

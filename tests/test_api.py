@@ -13,23 +13,44 @@ from typing import Any
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-
 from krpo_bench.api.app import create_app
 from krpo_bench.api.policy import Policy, admit, looks_local, under_roots
 from krpo_bench.api.settings import ApiSettings
+
 from krpo_bench.client import ApiError, Client
 from krpo_bench.spec.loading import SpecError
 
 BASE = {
     "model": {"name": "tiny-arith"},
-    "task": {"kind": "arithmetic", "num_terms": [2, 2], "num_digits": [1, 2], "operators": ["+"], "parentheses": False,
-             "unary_minus": False, "templates": ["{expr}="], "compact": True, "rewards": [{"name": "exact"}]},
+    "task": {
+        "kind": "arithmetic",
+        "num_terms": [2, 2],
+        "num_digits": [1, 2],
+        "operators": ["+"],
+        "parentheses": False,
+        "unary_minus": False,
+        "templates": ["{expr}="],
+        "compact": True,
+        "rewards": [{"name": "exact"}],
+    },
     "training": {"max_steps": 5},
 }
-SPEC = {"name": "t", "kind": "ablation", "seeds": 2, "base": BASE,
-        "variants": {"grpo": {"estimator": {"name": "grpo"}}, "krpo": {"estimator": {"name": "krpo"}}}}
-SEARCH = {"name": "s", "kind": "search", "base": BASE, "n_trials": 2, "parallelism": 1, "sampler": "random",
-          "space": {"training.learning_rate": {"type": "log_uniform", "low": 1e-5, "high": 1e-3}}}
+SPEC = {
+    "name": "t",
+    "kind": "ablation",
+    "seeds": 2,
+    "base": BASE,
+    "variants": {"grpo": {"estimator": {"name": "grpo"}}, "krpo": {"estimator": {"name": "krpo"}}},
+}
+SEARCH = {
+    "name": "s",
+    "kind": "search",
+    "base": BASE,
+    "n_trials": 2,
+    "parallelism": 1,
+    "sampler": "random",
+    "space": {"training.learning_rate": {"type": "log_uniform", "low": 1e-5, "high": 1e-3}},
+}
 
 
 def spec(**changes: Any) -> dict[str, Any]:
@@ -47,8 +68,13 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def client(home: Path) -> Iterator[TestClient]:
     (home / "data").mkdir()
     settings = ApiSettings(
-        db=f"sqlite:///{home / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", api_tokens_file=home / "tokens.json",
-        data_roots=(home / "data",), mlflow_ui_url="http://mlflow.test:5000", list_cache_s=0, max_body_bytes=200_000,
+        db=f"sqlite:///{home / 'jobs.db'}",
+        mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+        api_tokens_file=home / "tokens.json",
+        data_roots=(home / "data",),
+        mlflow_ui_url="http://mlflow.test:5000",
+        list_cache_s=0,
+        max_body_bytes=200_000,
     )
     with TestClient(create_app(settings), base_url="http://localhost") as test_client:
         yield test_client
@@ -117,12 +143,19 @@ def test_invalid_spec_lists_every_error_with_path_value_and_rule(client: TestCli
         (b'{"name": NaN}', "application/json", 422, "json_invalid"),
         (b"[1, 2]", "application/json", 422, "type_error"),
         (b"[" * 5000 + b"]" * 5000, "application/json", 422, "json_invalid"),
-        (b'{"name": "x", "kind": "ablation", "base": {"a": ' + b"[" * 40 + b"]" * 40 + b"}}", "application/json", 422, "too_deep"),
+        (
+            b'{"name": "x", "kind": "ablation", "base": {"a": ' + b"[" * 40 + b"]" * 40 + b"}}",
+            "application/json",
+            422,
+            "too_deep",
+        ),
         (b"name: t\nkind: ablation\nseeds: .nan\nbase: {}", "application/yaml", 422, "finite_number"),
         (b"{}", "text/plain", 415, None),
     ],
 )
-def test_malformed_bodies_are_client_errors(client: TestClient, content: bytes, content_type: str, status: int, rule: str | None) -> None:
+def test_malformed_bodies_are_client_errors(
+    client: TestClient, content: bytes, content_type: str, status: int, rule: str | None
+) -> None:
     response = client.post("/api/v1/studies", content=content, headers={"Content-Type": content_type})
     assert response.status_code == status, response.text
     if rule:
@@ -153,7 +186,12 @@ def test_remote_code_is_refused(client: TestClient) -> None:
 
 
 def _jsonl_base(path: str, test_path: str | None = None) -> dict[str, Any]:
-    task = {"kind": "jsonl", "path": path, **({"test_path": test_path} if test_path else {}), "rewards": [{"name": "exact"}]}
+    task = {
+        "kind": "jsonl",
+        "path": path,
+        **({"test_path": test_path} if test_path else {}),
+        "rewards": [{"name": "exact"}],
+    }
     return {**BASE, "task": task}
 
 
@@ -168,13 +206,21 @@ def test_local_paths_must_lie_under_the_data_roots(client: TestClient, home: Pat
         response = submit(client, spec(base=_jsonl_base(path)))
         assert response.status_code == 422, path
         assert response.json()["errors"] == [
-            {"path": "base.task.path", "value": path, "message": response.json()["errors"][0]["message"], "type": "path_outside_data_roots"}
+            {
+                "path": "base.task.path",
+                "value": path,
+                "message": response.json()["errors"][0]["message"],
+                "type": "path_outside_data_roots",
+            }
         ]
 
 
 def test_paths_set_by_variants_models_and_datasets_are_checked(client: TestClient, home: Path) -> None:
     outside = str(home / "secret.jsonl")
-    variants = {"a": {"estimator": {"name": "grpo"}}, "b": {"task": {"kind": "jsonl", "path": outside, "rewards": [{"name": "exact"}]}}}
+    variants = {
+        "a": {"estimator": {"name": "grpo"}},
+        "b": {"task": {"kind": "jsonl", "path": outside, "rewards": [{"name": "exact"}]}},
+    }
     errors = submit(client, spec(variants=variants)).json()["errors"]
     assert [(e["path"], e["type"]) for e in errors] == [("variants.b (task.path)", "path_outside_data_roots")]
     model = submit(client, spec(base={**BASE, "model": {"name": f"hf:{home}"}})).json()["errors"]
@@ -183,7 +229,11 @@ def test_paths_set_by_variants_models_and_datasets_are_checked(client: TestClien
     assert inside.status_code == 201, inside.text
     dataset = {**BASE, "task": {"kind": "hf", "dataset": str(home), "rewards": [{"name": "exact"}]}}
     assert submit(client, spec(base=dataset)).json()["errors"][0]["path"] == "base.task.dataset"
-    hub = {**BASE, "model": {"name": "hf:HuggingFaceTB/SmolLM2-135M-Instruct"}, "task": {"kind": "hf", "dataset": "openai/gsm8k", "rewards": [{"name": "exact"}]}}
+    hub = {
+        **BASE,
+        "model": {"name": "hf:HuggingFaceTB/SmolLM2-135M-Instruct"},
+        "task": {"kind": "hf", "dataset": "openai/gsm8k", "rewards": [{"name": "exact"}]},
+    }
     assert submit(client, spec(name="hub-ids", base=hub)).status_code == 201
 
 
@@ -243,7 +293,9 @@ def test_job_detail_results_and_best_trial(client: TestClient) -> None:
     job = client.get(f"/api/v1/jobs/{claimed.id}").json()
     assert job["status"] == "succeeded" and job["result"] == {"final_accuracy": 0.75}
     assert [(a["worker"], a["outcome"], a["error"]) for a in job["attempts"]] == [
-        ("worker-a", "failed", "CUDA out of memory"), ("worker-b", "succeeded", None)]
+        ("worker-a", "failed", "CUDA out of memory"),
+        ("worker-b", "succeeded", None),
+    ]
     experiment = client.get(f"/api/v1/studies/{study_id}").json()["mlflow_experiment_id"]
     assert job["mlflow_run_url"] == f"http://mlflow.test:5000/#/experiments/{experiment}/runs/run123"
     assert job["config"]["trial"]["training"]["max_steps"] == 5
@@ -251,14 +303,21 @@ def test_job_detail_results_and_best_trial(client: TestClient) -> None:
     detail = client.get(f"/api/v1/studies/{study_id}").json()
     assert detail["best_trial"]["job_id"] == claimed.id and detail["best_trial"]["value"] == 0.75
     variant = detail["best_trial"]["variant"]
-    assert detail["variants"][variant]["counts"]["succeeded"] == 1 and detail["variants"][variant]["mean"]["estimate"] == 0.75
+    assert (
+        detail["variants"][variant]["counts"]["succeeded"] == 1
+        and detail["variants"][variant]["mean"]["estimate"] == 0.75
+    )
     assert sum(v["counts"]["queued"] for v in detail["variants"].values()) == 3
     results = client.get(f"/api/v1/studies/{study_id}/results").json()
     assert results["study_id"] == study_id and results["metric"] == "final/accuracy" and results["reference"] == "grpo"
     row = next(r for r in results["variants"] if r["label"] == variant)
     assert {k: row[k] for k in ("n", "mean", "values", "initial_mean", "seeds")} == {
-        "n": 1, "mean": {"estimate": 0.75, "low": None, "high": None}, "values": [0.75], "initial_mean": None,
-        "seeds": [detail["best_trial"]["seed"]]}
+        "n": 1,
+        "mean": {"estimate": 0.75, "low": None, "high": None},
+        "values": [0.75],
+        "initial_mean": None,
+        "seeds": [detail["best_trial"]["seed"]],
+    }
     assert results["comparisons"] and detail["comparisons"] == results["comparisons"]
     assert all(c["sentence"].startswith("cannot compare") for c in results["comparisons"]), results["comparisons"]
 
@@ -291,15 +350,22 @@ def test_workers(client: TestClient) -> None:
 def test_probes_and_not_found(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
-    for path in ["/api/v1/studies/nope", "/api/v1/studies/nope/jobs", "/api/v1/studies/nope/results", "/api/v1/jobs/nope", "/nowhere"]:
+    for path in [
+        "/api/v1/studies/nope",
+        "/api/v1/studies/nope/jobs",
+        "/api/v1/studies/nope/results",
+        "/api/v1/jobs/nope",
+        "/nowhere",
+    ]:
         response = client.get(path)
         assert response.status_code == 404 and response.json()["error"] == "not_found", path
     assert client.post("/api/v1/studies/nope/cancel").status_code == 404
     assert client.delete("/api/v1/studies").status_code == 405
 
 
-def test_unexpected_errors_hide_the_traceback(client: TestClient, study: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_unexpected_errors_hide_the_traceback(
+    client: TestClient, study: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     def explode(study_id: str) -> None:
         raise RuntimeError("secret internals")
 
@@ -307,8 +373,12 @@ def test_unexpected_errors_hide_the_traceback(client: TestClient, study: dict[st
     with caplog.at_level(logging.ERROR, logger="krpo_bench.api"):
         response = client.get(f"/api/v1/studies/{study['id']}/results", headers={"X-Request-ID": "req-123"})
     assert response.status_code == 500
-    assert response.json() == {"error": "internal_error", "message": "internal error; quote the request id to the operator",
-                               "request_id": "req-123", "errors": []}
+    assert response.json() == {
+        "error": "internal_error",
+        "message": "internal error; quote the request id to the operator",
+        "request_id": "req-123",
+        "errors": [],
+    }
     assert "secret" not in response.text and "Traceback" not in response.text
     assert response.headers["x-request-id"] == "req-123"
     assert "req-123" in caplog.text and "secret internals" in caplog.text
@@ -340,7 +410,10 @@ def test_openapi_schema_is_complete(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     assert "StudySpec" in schema["components"]["schemas"]
     body = schema["paths"]["/api/v1/studies"]["post"]["requestBody"]["content"]
-    assert set(body) == {"application/json", "application/yaml"} and body["application/json"]["example"]["kind"] == "ablation"
+    assert (
+        set(body) == {"application/json", "application/yaml"}
+        and body["application/json"]["example"]["kind"] == "ablation"
+    )
     for name in ("StudySummary", "StudyDetail", "StudyPage", "JobDetail", "WorkerOut", "ErrorResponse", "StudyResults"):
         assert schema["components"]["schemas"][name]["examples"], name
     for path, operations in schema["paths"].items():

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from typer.testing import CliRunner
-
 from krpo_bench.api.app import create_app
 from krpo_bench.api.auth import TokenStore, hash_token
 from krpo_bench.api.serve import bind_refusal, is_loopback
 from krpo_bench.api.settings import ApiSettings
+from typer.testing import CliRunner
+
 from krpo_bench.cli import app as cli
 
 STUDY = {"name": "a", "kind": "ablation", "base": {"task": {"kind": "arithmetic"}, "training": {"max_steps": 5}}}
@@ -50,8 +50,12 @@ def tokens(home: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def client(home: Path, tokens: dict[str, str]) -> Iterator[TestClient]:
-    settings = ApiSettings(db=f"sqlite:///{home / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
-                           api_tokens_file=home / "tokens.json", data_roots=(home,))
+    settings = ApiSettings(
+        db=f"sqlite:///{home / 'jobs.db'}",
+        mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+        api_tokens_file=home / "tokens.json",
+        data_roots=(home,),
+    )
     with TestClient(create_app(settings)) as test_client:
         yield test_client
 
@@ -64,8 +68,11 @@ def call(client: TestClient, method: str, path: str, token: str | None = None, s
 
 @pytest.mark.parametrize(("method", "path", "scope"), ROUTES)
 def test_missing_or_invalid_token_gets_401(client: TestClient, method: str, path: str, scope: str) -> None:
-    for response in (call(client, method, path), call(client, method, path, "kb_not-a-token"),
-                     call(client, method, path, "user:password", scheme="Basic")):
+    for response in (
+        call(client, method, path),
+        call(client, method, path, "kb_not-a-token"),
+        call(client, method, path, "user:password", scheme="Basic"),
+    ):
         assert response.status_code == 401, response.text
         assert response.headers["www-authenticate"].startswith("Bearer")
         assert response.json()["error"] == "unauthorized"

@@ -11,6 +11,8 @@ import pytest
 import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
+from krpo_bench.api.app import create_app
+from krpo_bench.api.settings import ApiSettings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -20,12 +22,14 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from krpo_bench.api.app import create_app
-from krpo_bench.api.settings import ApiSettings
-
 EXAMPLES_PER_OPERATION = 12
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-          response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 # Schema-violating requests must be refused too, the study body included (the spec models are strict:
 # ``priority: false`` or ``"2"`` for a number is an error, as the JSON Schema says).
 STRICT = [*CHECKS, negative_data_rejection]
@@ -34,8 +38,13 @@ STRICT = [*CHECKS, negative_data_rejection]
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
     home = tmp_path_factory.mktemp("schemathesis")
-    settings = ApiSettings(db=f"sqlite:///{home / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
-                           api_tokens_file=home / "tokens.json", data_roots=(home,), max_trials=50)
+    settings = ApiSettings(
+        db=f"sqlite:///{home / 'jobs.db'}",
+        mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+        api_tokens_file=home / "tokens.json",
+        data_roots=(home,),
+        max_trials=50,
+    )
     yield create_app(settings)
 
 
@@ -62,4 +71,6 @@ def sent() -> Iterator[list[str]]:
 @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 def test_every_operation_conforms(case: schemathesis.Case, sent: list[str]) -> None:
     sent.append(case.operation.label)
-    case.call_and_validate(checks=STRICT, headers={**(case.headers or {}), "Host": "localhost"})  # a token-less server answers loopback names only
+    case.call_and_validate(
+        checks=STRICT, headers={**(case.headers or {}), "Host": "localhost"}
+    )  # a token-less server answers loopback names only

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-
 from krpo_bench.api.auth import TokenStore
+
 from krpo_bench.client import ApiError, Client
 from tests.test_api import SPEC
 
@@ -30,8 +30,19 @@ def free_port() -> int:
 def start(home: Path, *args: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = dict(os.environ, KRPO_BENCH_HOME=str(home), KRPO_BENCH_API_TOKENS_FILE=str(home / "tokens.json"))
-    cmd = [sys.executable, "-m", "krpo_bench.cli", "serve", "--port", str(port), "--db", f"sqlite:///{home / 'jobs.db'}",
-           "--mlflow", f"sqlite:///{home / 'mlflow.db'}", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "krpo_bench.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--db",
+        f"sqlite:///{home / 'jobs.db'}",
+        "--mlflow",
+        f"sqlite:///{home / 'mlflow.db'}",
+        *args,
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -79,8 +90,13 @@ def test_cli_submit_through_the_api(server: tuple[str, str, Path], tmp_path: Pat
     file = tmp_path / "study.yaml"
     file.write_text(yaml.safe_dump({**SPEC, "name": "from-cli"}))
     env = dict(os.environ, KRPO_BENCH_HOME=str(home), KRPO_BENCH_API_TOKEN=token)
-    result = subprocess.run([sys.executable, "-m", "krpo_bench.cli", "submit", str(file), "--api", url],
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "krpo_bench.cli", "submit", str(file), "--api", url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert '"name": "from-cli"' in result.stdout
     assert Client(url, token).list_studies()["items"][0]["name"] == "from-cli"

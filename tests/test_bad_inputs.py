@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from typer.testing import CliRunner
-
 from krpo_bench.api.app import create_app
 from krpo_bench.api.settings import ApiSettings
+from typer.testing import CliRunner
+
 from krpo_bench import cli
 
 CORPUS = Path(__file__).resolve().parent / "bad_inputs"
@@ -84,8 +84,18 @@ def test_cli_validate_refuses(runner: CliRunner, name: str) -> None:
 def test_cli_submit_refuses_and_stores_nothing(runner: CliRunner, tmp_path: Path) -> None:
     db = tmp_path / "jobs.db"
     for name in CLI_REFUSED:
-        check_cli_error(name, invoke(runner, "submit", str(CORPUS / name), "--db", f"sqlite:///{db}",
-                                     "--mlflow", f"sqlite:///{tmp_path / 'mlflow.db'}"))
+        check_cli_error(
+            name,
+            invoke(
+                runner,
+                "submit",
+                str(CORPUS / name),
+                "--db",
+                f"sqlite:///{db}",
+                "--mlflow",
+                f"sqlite:///{tmp_path / 'mlflow.db'}",
+            ),
+        )
     if db.exists():  # refusals happen before the database is opened; if it was, it must be empty
         from krpo_bench.service.studies import StudyService
 
@@ -106,8 +116,11 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, 
     home = tmp_path_factory.mktemp("bad-inputs-api")
     (home / "data").mkdir()
     settings = ApiSettings(
-        db=f"sqlite:///{home / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}", api_tokens_file=home / "tokens.json",
-        data_roots=(home / "data",), list_cache_s=0,
+        db=f"sqlite:///{home / 'jobs.db'}",
+        mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+        api_tokens_file=home / "tokens.json",
+        data_roots=(home / "data",),
+        list_cache_s=0,
     )
     with TestClient(create_app(settings), base_url="http://localhost", raise_server_exceptions=False) as client:
         yield client, home / "data"
@@ -135,7 +148,10 @@ def test_api_stored_nothing(api: tuple[TestClient, Path]) -> None:
     client, data_root = api
     for name in FILES:  # (again, so this test holds on its own too)
         body = (CORPUS / name).read_bytes().replace(b"{DATA}", str(data_root).encode())
-        assert client.post("/api/v1/studies", content=body, headers={"Content-Type": "application/yaml"}).status_code >= 400
+        assert (
+            client.post("/api/v1/studies", content=body, headers={"Content-Type": "application/yaml"}).status_code
+            >= 400
+        )
     listing = client.get("/api/v1/studies", params={"limit": 500})
     assert listing.status_code == 200 and listing.json()["items"] == []
     assert client.app.state.service.list(limit=500) == []

@@ -50,7 +50,9 @@ def rank_sum_size(n_x: int, n_y: int) -> float:
     return float(np.mean(p <= ALPHA))
 
 
-def seeded_pairs(rng: np.random.Generator, draws: int, n: int, shift: float, noise: float) -> tuple[np.ndarray, np.ndarray]:
+def seeded_pairs(
+    rng: np.random.Generator, draws: int, n: int, shift: float, noise: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Two variants on the same seeds: a large per-seed effect both share, plus independent noise."""
     seed_effect = rng.normal(0.5, 0.05, (draws, n))
     return seed_effect + shift + rng.normal(0, noise, (draws, n)), seed_effect + rng.normal(0, noise, (draws, n))
@@ -214,9 +216,11 @@ def test_two_level_interval_covers_when_seeds_and_items_both_vary(n_seeds: int) 
         two_level.append(result.difference.low <= effect <= result.difference.high)
         seed_only.append(seeds.low <= effect <= seeds.high)
         item_share.append(result.item_share)
-    print(f"\ncoverage of nominal 95 % intervals, {n_seeds} seeds x {n_items} items: two-level "
-          f"{np.mean(two_level):.3f}, seeds only {np.mean(seed_only):.3f}; items' share of the variance "
-          f"{np.mean(item_share):.2f}")
+    print(
+        f"\ncoverage of nominal 95 % intervals, {n_seeds} seeds x {n_items} items: two-level "
+        f"{np.mean(two_level):.3f}, seeds only {np.mean(seed_only):.3f}; items' share of the variance "
+        f"{np.mean(item_share):.2f}"
+    )
     assert_rate(np.array(two_level), 0.95)
     if n_seeds == 20:
         assert np.mean(seed_only) < scipy.stats.binom.ppf(0.001, draws, 0.95) / draws
@@ -263,10 +267,12 @@ def test_sequential_design_error_power_and_expected_seeds() -> None:
     found, _, seeds_target = _sequential_run(rng.normal(target, sd, (POWER_DRAWS, 20)), looks, target)
     power = float(np.mean(found))
     fixed = next(n for n in range(2, 100) if stats.t_power(target, sd / math.sqrt(n), n - 1) >= power)
-    print(f"\nsequential design (looks {looks}, sd of differences {sd * 100:.2f} points): type-I error "
-          f"{np.mean(different):.3f}, TOST error at the margin {np.mean(equivalent_margin):.3f}, power at "
-          f"{target * 100:g} points {power:.3f}; expected seeds {seeds_target.mean():.1f} at the target and "
-          f"{seeds_null.mean():.1f} (equivalent {np.mean(equivalent_null):.2f}) at no difference, against "
-          f"{fixed} for the fixed design with the same power")
+    print(
+        f"\nsequential design (looks {looks}, sd of differences {sd * 100:.2f} points): type-I error "
+        f"{np.mean(different):.3f}, TOST error at the margin {np.mean(equivalent_margin):.3f}, power at "
+        f"{target * 100:g} points {power:.3f}; expected seeds {seeds_target.mean():.1f} at the target and "
+        f"{seeds_null.mean():.1f} (equivalent {np.mean(equivalent_null):.2f}) at no difference, against "
+        f"{fixed} for the fixed design with the same power"
+    )
     assert power >= 0.75
     assert seeds_target.mean() < fixed

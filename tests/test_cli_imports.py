@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -27,8 +27,15 @@ WRAPPER = textwrap.dedent(f"""
     app()
 """)
 ABLATION = tiny_ablation("imports-ablation")
-SEARCH = {"name": "imports-search", "kind": "search", "base": ABLATION["base"], "n_trials": 1, "parallelism": 1,
-          "sampler": "random", "space": {"training.learning_rate": {"type": "log_uniform", "low": 1e-5, "high": 1e-3}}}
+SEARCH = {
+    "name": "imports-search",
+    "kind": "search",
+    "base": ABLATION["base"],
+    "n_trials": 1,
+    "parallelism": 1,
+    "sampler": "random",
+    "space": {"training.learning_rate": {"type": "log_uniform", "low": 1e-5, "high": 1e-3}},
+}
 
 COMMANDS = {
     "help": ["--help"],
@@ -65,11 +72,13 @@ def _env(home: Path) -> dict[str, str]:
     return {**env, "KRPO_BENCH_HOME": str(home), "HF_HUB_OFFLINE": "1"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def loaded_by(name: str, home: Path) -> list[str]:
     """The watched modules the command ``name`` imported (it must succeed)."""
     args = [a.format(study_file=home / "study.json", home=home) for a in COMMANDS[name]]
-    result = subprocess.run([sys.executable, "-c", WRAPPER, *args], env=_env(home), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", WRAPPER, *args], env=_env(home), capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, f"krpo-bench {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     line = [x for x in result.stdout.splitlines() if x.startswith("LOADED=")][-1]
     return json.loads(line.removeprefix("LOADED="))

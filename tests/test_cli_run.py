@@ -31,9 +31,12 @@ def tiny(steps: int = 4) -> dict:
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, KRPO_BENCH_CPU_THREADS="1", COLUMNS="200")
-    done = subprocess.run([sys.executable, "-m", "krpo_bench.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    assert done.returncode == 0, f"krpo-bench {' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    done = subprocess.run(
+        [sys.executable, "-m", "krpo_bench.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, (
+        f"krpo-bench {' '.join(args)} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
     return done
 
 
@@ -44,10 +47,17 @@ def report_files(folder: Path) -> set[str]:
 def test_run_twice_resumes_the_same_study_and_report_writes_it_again(tmp_path: Path):
     base = {k: v for k, v in tiny().items() if k != "name"}
     study_file = tmp_path / "study.yaml"
-    study_file.write_text(yaml.safe_dump({
-        "name": "cli-run", "kind": "ablation", "base": base,
-        "variants": {"grpo": {"estimator": {"name": "grpo"}}, "krpo": {"estimator": {"name": "krpo"}}}, "seeds": 1,
-    }))
+    study_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "cli-run",
+                "kind": "ablation",
+                "base": base,
+                "variants": {"grpo": {"estimator": {"name": "grpo"}}, "krpo": {"estimator": {"name": "krpo"}}},
+                "seeds": 1,
+            }
+        )
+    )
     db, mlflow = f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
     stores = ["--db", db, "--mlflow", mlflow]
 
@@ -92,7 +102,12 @@ def test_trial_command_on_a_finished_trial_trains_nothing_and_keeps_its_run(tmp_
     second = json.loads((run_dir / "result.json").read_text())
     assert second["mlflow_run_id"] == first["mlflow_run_id"] and first["mlflow_run_id"] in again.stdout
     assert second["steps"] == 4 and second["final_accuracy"] == first["final_accuracy"]
-    assert checkpoint.stat().st_mtime_ns == written and sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-4"]
-    assert sorted((m.step, m.timestamp) for m in client.get_metric_history(first["mlflow_run_id"], "train/reward")) == history
+    assert checkpoint.stat().st_mtime_ns == written and sorted(p.name for p in run_dir.glob("checkpoint-*")) == [
+        "checkpoint-4"
+    ]
+    assert (
+        sorted((m.step, m.timestamp) for m in client.get_metric_history(first["mlflow_run_id"], "train/reward"))
+        == history
+    )
     runs = client.search_runs([client.get_run(first["mlflow_run_id"]).info.experiment_id])
     assert [r.info.run_id for r in runs] == [first["mlflow_run_id"]] and runs[0].info.status == "FINISHED"

@@ -9,15 +9,19 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-
 from krpo_bench.api.app import create_app
 from krpo_bench.api.auth import TokenStore
 from krpo_bench.api.origin import cross_site_refusal, simple_body_refusal
 from krpo_bench.api.settings import ApiSettings
+
 from tests.test_api import SPEC
 
 SERVER = "http://127.0.0.1:8000"
-EVIL = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site", "Content-Type": "application/x-www-form-urlencoded"}
+EVIL = {
+    "Origin": "https://evil.example",
+    "Sec-Fetch-Site": "cross-site",
+    "Content-Type": "application/x-www-form-urlencoded",
+}
 FOREIGN = [
     EVIL,
     {"Origin": "https://evil.example"},
@@ -32,8 +36,13 @@ SIMPLE_BODIES = ["application/x-www-form-urlencoded", "text/plain", "multipart/f
 
 
 def settings(home: Path) -> ApiSettings:
-    return ApiSettings(db=f"sqlite:///{home / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
-                       api_tokens_file=home / "tokens.json", data_roots=(home / "data",), list_cache_s=0)
+    return ApiSettings(
+        db=f"sqlite:///{home / 'jobs.db'}",
+        mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+        api_tokens_file=home / "tokens.json",
+        data_roots=(home / "data",),
+        list_cache_s=0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +68,12 @@ def test_state_changing_requests_from_another_site_are_refused(tokenless: TestCl
     study = submitted(tokenless)
     reason = "Origin" if headers.get("Origin", SERVER) != SERVER else "Sec-Fetch-Site"
     for action in ("cancel", "resume", "extend"):
-        assert_refused(tokenless.post(f"/api/v1/studies/{study['id']}/{action}", headers=headers, content=b"n_trials=5"), reason)
-    assert_refused(tokenless.post(f"/api/v1/studies/{study['name'][0]}/cancel", headers=headers), reason)  # a 1-character prefix
+        assert_refused(
+            tokenless.post(f"/api/v1/studies/{study['id']}/{action}", headers=headers, content=b"n_trials=5"), reason
+        )
+    assert_refused(
+        tokenless.post(f"/api/v1/studies/{study['name'][0]}/cancel", headers=headers), reason
+    )  # a 1-character prefix
     for method in ("PUT", "PATCH", "DELETE"):
         assert_refused(tokenless.request(method, f"/api/v1/studies/{study['id']}", headers=headers), reason)
     assert_refused(tokenless.post("/api/v1/studies", headers=headers, content=b"name=x"), reason)
@@ -71,9 +84,15 @@ def test_state_changing_requests_from_another_site_are_refused(tokenless: TestCl
 def test_form_and_plain_text_bodies_are_refused_even_without_browser_headers(tokenless: TestClient) -> None:
     study = submitted(tokenless)
     for content_type in SIMPLE_BODIES:  # what a page may send anywhere, e.g. from a browser sending neither header
-        for path in (f"/api/v1/studies/{study['id']}/cancel", f"/api/v1/studies/{study['id']}/extend", "/api/v1/studies"):
+        for path in (
+            f"/api/v1/studies/{study['id']}/cancel",
+            f"/api/v1/studies/{study['id']}/extend",
+            "/api/v1/studies",
+        ):
             response = tokenless.post(path, headers={"Content-Type": content_type}, content=b"n_trials=5")
-            assert response.status_code == 415 and content_type.split(";")[0] in response.json()["message"], response.text
+            assert response.status_code == 415 and content_type.split(";")[0] in response.json()["message"], (
+                response.text
+            )
     assert tokenless.get(f"/api/v1/studies/{study['id']}").json()["status"] == "running"
 
 
@@ -98,20 +117,23 @@ def test_a_token_does_not_make_a_cross_site_request_acceptable(tmp_path: Path) -
         assert same.status_code == 200, same.text
 
 
-@pytest.mark.parametrize(("origin", "host", "same"), [
-    ("http://127.0.0.1:8000", "127.0.0.1:8000", True),
-    ("https://bench.example", "bench.example", True),  # default port of the Origin's scheme
-    ("https://bench.example", "bench.example:443", True),
-    ("https://BENCH.example.", "bench.example", True),
-    ("http://[::1]:8000", "[::1]:8000", True),
-    ("http://localhost:8000", "127.0.0.1:8000", False),  # another name is another origin
-    ("http://bench.example", "bench.example:8000", False),
-    ("http://bench.example:80/path", "bench.example", False),
-    ("http://user@bench.example", "bench.example", False),
-    ("ftp://bench.example", "bench.example", False),
-    ("http://bench.example:99999", "bench.example:99999", False),
-    ("bench.example", "bench.example", False),
-])
+@pytest.mark.parametrize(
+    ("origin", "host", "same"),
+    [
+        ("http://127.0.0.1:8000", "127.0.0.1:8000", True),
+        ("https://bench.example", "bench.example", True),  # default port of the Origin's scheme
+        ("https://bench.example", "bench.example:443", True),
+        ("https://BENCH.example.", "bench.example", True),
+        ("http://[::1]:8000", "[::1]:8000", True),
+        ("http://localhost:8000", "127.0.0.1:8000", False),  # another name is another origin
+        ("http://bench.example", "bench.example:8000", False),
+        ("http://bench.example:80/path", "bench.example", False),
+        ("http://user@bench.example", "bench.example", False),
+        ("ftp://bench.example", "bench.example", False),
+        ("http://bench.example:99999", "bench.example:99999", False),
+        ("bench.example", "bench.example", False),
+    ],
+)
 def test_an_origin_is_the_servers_own_only_when_host_and_port_match(origin: str, host: str, same: bool) -> None:
     reason = cross_site_refusal("POST", host, origin, None)
     assert (reason is None) == same, reason

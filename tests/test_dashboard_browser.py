@@ -16,16 +16,24 @@ import httpx
 import pytest
 
 from krpo_bench.service.studies import StudyService
-from tests.test_api_server import start as start_server, stop as stop_server
-from tests.test_workers import start_worker, stop as stop_worker, wait_for
+from tests.test_api_server import start as start_server
+from tests.test_api_server import stop as stop_server
+from tests.test_workers import start_worker, wait_for
+from tests.test_workers import stop as stop_worker
 from tests.trial_specs import TINY_TASK, tiny_trial
 
 pytestmark = pytest.mark.slow
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 FAVICON = "/favicon.ico"
 """Chromium asks every site for its icon; the page itself loads nothing (plotly.js is inlined)."""
@@ -55,7 +63,9 @@ def finished_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[StudyServi
     info = service.submit(tiny_study())
     workers = [start_worker(service) for _ in range(2)]
     try:
-        wait_for(lambda: service.get(info.id).status in ("succeeded", "failed", "cancelled"), 240, "the study to finish")
+        wait_for(
+            lambda: service.get(info.id).status in ("succeeded", "failed", "cancelled"), 240, "the study to finish"
+        )
     finally:
         for worker in workers:
             stop_worker(worker)
@@ -81,7 +91,9 @@ def launch_chromium(playwright):
         return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=60_000)
     except Exception as exc:  # noqa: BLE001 - any launch failure is this test's failure, with the reason
         version = subprocess.run([CHROMIUM, "--version"], capture_output=True, text=True).stdout.strip()
-        pytest.fail(f"headless Chromium ({CHROMIUM}, {version or 'version unknown'}) did not start: {exc}", pytrace=False)
+        pytest.fail(
+            f"headless Chromium ({CHROMIUM}, {version or 'version unknown'}) did not start: {exc}", pytrace=False
+        )
 
 
 def png_size(path: Path) -> tuple[int, int]:

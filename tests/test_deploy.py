@@ -93,7 +93,9 @@ def test_services_run_the_right_programs() -> None:
     assert "--backend-store-uri=postgresql" in joined and "@postgres:5432/" in joined, "MLflow keeps runs in PostgreSQL"
     assert "--serve-artifacts" in mlflow and "--artifacts-destination=/mlartifacts" in mlflow
     dashboard = argv(SERVICES["optuna-dashboard"]["command"])
-    assert dashboard[0] == "optuna-dashboard" and "search_path%3Doptuna" in dashboard[1], "Optuna lives in schema optuna"
+    assert dashboard[0] == "optuna-dashboard" and "search_path%3Doptuna" in dashboard[1], (
+        "Optuna lives in schema optuna"
+    )
 
 
 def test_every_krpo_bench_command_exists_in_the_cli() -> None:
@@ -105,7 +107,11 @@ def test_every_krpo_bench_command_exists_in_the_cli() -> None:
                 check_krpo_bench_argv(args[1:], f"docker-compose.yml {name}.{key}")
                 used += 1
     readme = (ROOT / "README.md").read_text().split("## Deployment", 1)[1].split("\n## ", 1)[0]
-    code = [c for doc in (DEPLOY_DOC, readme) for c in re.findall(r"```[a-z]*\n(.*?)```", doc, re.S) + re.findall(r"`([^`\n]+)`", doc)]
+    code = [
+        c
+        for doc in (DEPLOY_DOC, readme)
+        for c in re.findall(r"```[a-z]*\n(.*?)```", doc, re.S) + re.findall(r"`([^`\n]+)`", doc)
+    ]
     code += [line for line in (ROOT / "Dockerfile").read_text().splitlines() if not line.startswith("#")]
     for line in re.findall(r"\bkrpo-bench [a-z][^\n`|\"\]#)]*", "\n".join(code)):
         args = [a for a in shlex.split(line.replace("\\", "")) if not a.startswith("$")][1:]
@@ -141,7 +147,9 @@ def test_every_krpo_and_mlflow_variable_set_is_one_we_read() -> None:
 
 
 def test_k8s_and_slurm_examples_use_only_our_variables() -> None:
-    manifests = [d for block in re.findall(r"```yaml\n(.*?)```", DEPLOY_DOC, re.S) for d in yaml.safe_load_all(block) if d]
+    manifests = [
+        d for block in re.findall(r"```yaml\n(.*?)```", DEPLOY_DOC, re.S) for d in yaml.safe_load_all(block) if d
+    ]
     kinds = {m["kind"]: m for m in manifests}
     assert {"Deployment", "Job"} <= set(kinds)
     for manifest in manifests:
@@ -190,11 +198,14 @@ def test_every_service_has_a_healthcheck_and_waits_for_healthy_backends() -> Non
         if "/app/docker/healthcheck.py" in test:
             assert (ROOT / "docker" / "healthcheck.py").is_file()
         depends = service.get("depends_on") or {}
-        for dependency, condition in (depends.items() if isinstance(depends, dict) else []):
+        for dependency, condition in depends.items() if isinstance(depends, dict) else []:
             assert dependency in SERVICES and condition["condition"] == "service_healthy"
     for name in ("api", "worker"):
         assert set(SERVICES[name]["depends_on"]) == {"postgres", "mlflow"}
-    assert "COPY docker ./docker" in (ROOT / "Dockerfile").read_text() and "WORKDIR /app" in (ROOT / "Dockerfile").read_text()
+    assert (
+        "COPY docker ./docker" in (ROOT / "Dockerfile").read_text()
+        and "WORKDIR /app" in (ROOT / "Dockerfile").read_text()
+    )
 
 
 def test_worker_reserves_gpus() -> None:
@@ -260,7 +271,9 @@ def test_the_docs_name_only_variables_of_the_settings_table() -> None:
     """Every ``KRPO_BENCH_*`` variable README and docs/ mention is a row of ``krpo_bench.settings.VARS``
     (or ``KRPO_BENCH_CONFIG``), so no document keeps a name the settings do not read."""
     docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-    named = {(doc.name, var) for doc in docs for var in re.findall(r"\bKRPO_BENCH_[A-Z0-9_]*[A-Z0-9]\b", doc.read_text())}
+    named = {
+        (doc.name, var) for doc in docs for var in re.findall(r"\bKRPO_BENCH_[A-Z0-9_]*[A-Z0-9]\b", doc.read_text())
+    }
     assert {"KRPO_BENCH_DB", "KRPO_BENCH_HOME"} <= {var for _, var in named}
     unknown = sorted(f"{doc}: {var}" for doc, var in named if var not in ENV_VARS)
     assert not unknown, f"documented but not a setting: {unknown}"

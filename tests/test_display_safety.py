@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from rich.table import Table
-
 from krpo_bench.api.app import create_app
 from krpo_bench.api.settings import ApiSettings
+from rich.table import Table
+
 from krpo_bench.probe.spec import validate_probe
 from krpo_bench.service.studies import StudyService
 from krpo_bench.service.worker import Worker
@@ -54,9 +54,24 @@ def hostile_fields(bad: str) -> list[tuple[str, str, dict[str, Any], str]]:
     """(field, kind of spec, spec holding ``bad`` in that field, the error path that must name it)."""
     return [
         ("study name", "study", _study(name=bad), "name"),
-        ("variant key", "study", _study(variants={bad: {"estimator": {"name": "grpo"}}}), f"variants.{shown(bad, keep_lines=False)}"),
-        ("grid value (a label)", "study", _study(grid={"training.lr_scheduler": ["linear", bad]}), "grid.training.lr_scheduler[1]"),
-        ("grid path (a label)", "study", _study(grid={f"training.{bad}": [1]}), f"grid.training.{shown(bad, keep_lines=False)}"),
+        (
+            "variant key",
+            "study",
+            _study(variants={bad: {"estimator": {"name": "grpo"}}}),
+            f"variants.{shown(bad, keep_lines=False)}",
+        ),
+        (
+            "grid value (a label)",
+            "study",
+            _study(grid={"training.lr_scheduler": ["linear", bad]}),
+            "grid.training.lr_scheduler[1]",
+        ),
+        (
+            "grid path (a label)",
+            "study",
+            _study(grid={f"training.{bad}": [1]}),
+            f"grid.training.{shown(bad, keep_lines=False)}",
+        ),
         ("MLflow experiment", "study", _study(base={**BASE, "experiment": bad}), "base.experiment"),
         ("probe name", "probe", {**PROBE, "name": bad}, "name"),
         ("probe experiment", "probe", {**PROBE, "experiment": bad}, "experiment"),
@@ -99,8 +114,14 @@ def test_a_plain_console_prints_markup_literally_and_escapes_control_characters(
     table.add_row("[link=https://evil.example]x[/link] \x1b]52;c;aGk=\x07 \u202e")
     console.print("started [/] :smile: x\x1b[2K\rforged", table, styled("[bold]", "bold"))
     text = out.getvalue()
-    for literal in ("started [/] :smile: x\\x1b[2K\\rforged", "[/]", "[/bold]", "[link=https://evil.example]x[/link]",
-                    "\\x1b]52;c;aGk=\\x07 \\u202e", "[bold]"):
+    for literal in (
+        "started [/] :smile: x\\x1b[2K\\rforged",
+        "[/]",
+        "[/bold]",
+        "[link=https://evil.example]x[/link]",
+        "\\x1b]52;c;aGk=\\x07 \\u202e",
+        "[bold]",
+    ):
         assert literal in text, literal
     assert "\x1b]" not in text and "\r" not in text and "\u202e" not in text, "no OSC sequence, CR or bidi control"
     assert shown("a\tb\nc\x1b") == "a\tb\nc\\x1b", "free text keeps its lines and tabs"
@@ -111,16 +132,26 @@ def test_a_plain_console_prints_markup_literally_and_escapes_control_characters(
 
 @pytest.fixture
 def api(db_url: str, tmp_path: Path) -> Iterator[TestClient]:
-    settings = ApiSettings(db=db_url, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", api_tokens_file=tmp_path / "tokens.json",
-                           data_roots=(tmp_path,), list_cache_s=0)
+    settings = ApiSettings(
+        db=db_url,
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        api_tokens_file=tmp_path / "tokens.json",
+        data_roots=(tmp_path,),
+        list_cache_s=0,
+    )
     with TestClient(create_app(settings), base_url="http://localhost") as http:
         yield http
 
 
 @pytest.mark.parametrize("bad", [CONTROLS["CR (erase and forge a line)"], CONTROLS["RLO"]], ids=["CR", "RLO"])
 def test_the_api_refuses_each_field_with_a_422_naming_its_path(tmp_path: Path, bad: str) -> None:
-    settings = ApiSettings(db=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                           api_tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path,), list_cache_s=0)
+    settings = ApiSettings(
+        db=f"sqlite:///{tmp_path / 'jobs.db'}",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        api_tokens_file=tmp_path / "tokens.json",
+        data_roots=(tmp_path,),
+        list_cache_s=0,
+    )
     with TestClient(create_app(settings), base_url="http://localhost") as http:
         for field, kind, data, path in hostile_fields(bad):
             if kind == "trial":
@@ -133,8 +164,15 @@ def test_the_api_refuses_each_field_with_a_422_naming_its_path(tmp_path: Path, b
 
 def test_a_path_no_id_or_name_can_hold_is_404_on_every_database(api: TestClient) -> None:
     study = api.post("/api/v1/studies", json=SPEC).json()
-    paths = ["/api/v1/studies/%00", "/api/v1/jobs/%00", "/api/v1/studies/a%00b/jobs", "/studies/%00/dashboard",
-             "/api/v1/studies/%00/results", f"/api/v1/studies/{study['id'][:8]}%00", "/api/v1/studies/t%1B[2K"]
+    paths = [
+        "/api/v1/studies/%00",
+        "/api/v1/jobs/%00",
+        "/api/v1/studies/a%00b/jobs",
+        "/studies/%00/dashboard",
+        "/api/v1/studies/%00/results",
+        f"/api/v1/studies/{study['id'][:8]}%00",
+        "/api/v1/studies/t%1B[2K",
+    ]
     for path in paths:
         response = api.get(path)
         assert response.status_code == 404 and response.json()["error"] == "not_found", (path, response.text)
@@ -151,8 +189,13 @@ def test_status_lists_markup_names_as_text_without_terminal_hyperlinks(tmp_path:
         service.submit(validate_study(_study(name=name)))
     service.engine.dispose()
     env = dict(os.environ, FORCE_COLOR="1", COLUMNS="80")  # rich treats the pipe as a terminal, links and all
-    done = subprocess.run([sys.executable, "-m", "krpo_bench.cli", "status", "--db", service.db_url, "--mlflow", service.mlflow_uri],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "krpo_bench.cli", "status", "--db", service.db_url, "--mlflow", service.mlflow_uri],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     for name in MARKUP:
         assert repr(name) in done.stdout, name
@@ -164,7 +207,9 @@ class _ClosedPipe(io.StringIO):
         raise BrokenPipeError("the reader went away")
 
 
-def test_a_line_the_worker_cannot_print_is_logged_and_never_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_line_the_worker_cannot_print_is_logged_and_never_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     service = StudyService(f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}")
     worker = Worker(service, devices=["cpu"], fork_server=False)
     worker.console.file = _ClosedPipe()  # e.g. the log shipper reading its stderr went away
@@ -176,14 +221,44 @@ def test_a_line_the_worker_cannot_print_is_logged_and_never_raised(tmp_path: Pat
 def test_a_worker_survives_a_markup_named_job_and_finishes_its_other_trial(tmp_path: Path) -> None:
     service = StudyService(f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}")
     base = {k: v for k, v in tiny_trial(steps=1).items() if k != "name"}
-    info = service.submit(validate_study({"name": "[/] poison", "kind": "ablation", "base": base, "seeds": 1,
-                                          "variants": {"[/]": {}, "plain": {}}, "resources": {"max_attempts": 1}}))
-    cmd = [sys.executable, "-m", "krpo_bench.cli", "worker", "--gpus", "cpu", "--slots-per-gpu", "2", "--exit-when-idle",
-           "--db", service.db_url, "--mlflow", service.mlflow_uri, "--heartbeat-s", "1"]
-    done = subprocess.run(cmd, env=dict(os.environ, KRPO_BENCH_CPU_THREADS="1"), capture_output=True, text=True, timeout=300)
+    info = service.submit(
+        validate_study(
+            {
+                "name": "[/] poison",
+                "kind": "ablation",
+                "base": base,
+                "seeds": 1,
+                "variants": {"[/]": {}, "plain": {}},
+                "resources": {"max_attempts": 1},
+            }
+        )
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "krpo_bench.cli",
+        "worker",
+        "--gpus",
+        "cpu",
+        "--slots-per-gpu",
+        "2",
+        "--exit-when-idle",
+        "--db",
+        service.db_url,
+        "--mlflow",
+        service.mlflow_uri,
+        "--heartbeat-s",
+        "1",
+    ]
+    done = subprocess.run(
+        cmd, env=dict(os.environ, KRPO_BENCH_CPU_THREADS="1"), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "MarkupError" not in done.stderr
     assert "started [/]|seed=0 (attempt 1)" in done.stderr and "started plain|seed=0 (attempt 1)" in done.stderr
     jobs = service.jobs(info.id)
-    assert sorted((j.trial_key, j.status, j.attempt) for j in jobs) == [("[/]|seed=0", "succeeded", 1), ("plain|seed=0", "succeeded", 1)]
+    assert sorted((j.trial_key, j.status, j.attempt) for j in jobs) == [
+        ("[/]|seed=0", "succeeded", 1),
+        ("plain|seed=0", "succeeded", 1),
+    ]
     assert service.get(info.id).status == "succeeded"

@@ -282,8 +282,10 @@ def test_advantage_noise_is_seeded_by_trial_seed_and_step():
     assert noisy.extras["noise_std"] == pytest.approx(noise[~rewards.isnan()].std().item())
     assert noisy.extras["noise_std"] == pytest.approx(2.0, rel=0.05)
     assert abs(noise[~rewards.isnan()].mean().item()) < 0.1
-    for other in (get_estimator("grpo", advantage_noise=2.0, seed=8)(rewards, step=3),
-                  get_estimator("grpo", advantage_noise=2.0, seed=7)(rewards, step=4)):
+    for other in (
+        get_estimator("grpo", advantage_noise=2.0, seed=8)(rewards, step=3),
+        get_estimator("grpo", advantage_noise=2.0, seed=7)(rewards, step=4),
+    ):
         assert not torch.allclose(other, noisy.advantages)
     assert get_estimator("grpo").estimate(rewards).extras["noise_std"] == 0.0
 
@@ -353,7 +355,7 @@ def test_trainer_passes_completion_lengths_to_opo(tmp_path):
 def test_trainer_generates_scores_and_counts_the_greedy_baseline_of_remax(tmp_path):
     from krpo_bench.tasks import build_task
     from krpo_bench.training.evaluation import generate_completions
-    from tests.test_trainer import G, PROMPTS, make_trainer
+    from tests.test_trainer import PROMPTS, G, make_trainer
 
     trainer, inputs = make_trainer(tmp_path, "remax")
     torch.manual_seed(4)
@@ -391,15 +393,19 @@ def test_trainer_adds_seeded_advantage_noise_and_logs_it(tmp_path):
 
 def test_report_diagnostics_show_each_estimators_advantage_scale_and_baseline():
     import pandas as pd
-
     from krpo_bench.dashboards.report import render_html
     from krpo_bench.dashboards.source import RunData, StudyData
 
     def run(variant: str, seed: int, scale: float, baseline: float) -> RunData:
         steps = [1, 2, 3]
         return RunData(
-            run_id=f"{variant}-{seed}", variant=variant, seed=seed, status="FINISHED",
-            params={"estimator.name": variant}, tags={}, final={"final/accuracy": 0.5 + 0.01 * seed},
+            run_id=f"{variant}-{seed}",
+            variant=variant,
+            seed=seed,
+            status="FINISHED",
+            params={"estimator.name": variant},
+            tags={},
+            final={"final/accuracy": 0.5 + 0.01 * seed},
             histories={
                 "adv/std": pd.Series([scale] * 3, index=steps),
                 "adv/scale_mean": pd.Series([scale / 2] * 3, index=steps),
@@ -410,6 +416,5 @@ def test_report_diagnostics_show_each_estimators_advantage_scale_and_baseline():
     runs = [run("grpo", s, 0.9, 0.5) for s in (0, 1)] + [run("rae", s, 0.42, 0.31) for s in (0, 1)]
     study = StudyData("zoo", "estimator-zoo", ["1"], runs, {"FINISHED": 4})
     page = render_html(study)
-    section = page[page.index("advantage scale and baseline (means over steps and seeds)"):]
+    section = page[page.index("advantage scale and baseline (means over steps and seeds)") :]
     assert "<td>rae</td>" in section and "0.42" in section and "0.31" in section and "0.21" in section
-

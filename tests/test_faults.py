@@ -23,9 +23,9 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from collections.abc import Iterator
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 import psycopg
 import pytest
@@ -98,14 +98,36 @@ def pg_service(pg_url: str, tmp_path: Path) -> Iterator[StudyService]:
     service.engine.dispose()  # no PostgreSQL connection left for the garbage collector
 
 
-def start_worker(service: StudyService, log: IO[bytes], *, lease_s: float, heartbeat_s: float = 1.0,
-                 preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "krpo_bench.cli", "worker", "--gpus", "cpu", "--slots-per-gpu", "1",
-           "--db", service.db_url, "--mlflow", service.mlflow_uri,
-           "--lease-s", str(lease_s), "--heartbeat-s", str(heartbeat_s)]
+def start_worker(
+    service: StudyService,
+    log: IO[bytes],
+    *,
+    lease_s: float,
+    heartbeat_s: float = 1.0,
+    preexec_fn: Callable[[], None] | None = None,
+) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "krpo_bench.cli",
+        "worker",
+        "--gpus",
+        "cpu",
+        "--slots-per-gpu",
+        "1",
+        "--db",
+        service.db_url,
+        "--mlflow",
+        service.mlflow_uri,
+        "--lease-s",
+        str(lease_s),
+        "--heartbeat-s",
+        str(heartbeat_s),
+    ]
     env = dict(os.environ, KRPO_BENCH_CPU_THREADS="1")
-    return subprocess.Popen(cmd, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
-                            preexec_fn=preexec_fn)
+    return subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec_fn
+    )
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 120) -> None:
@@ -157,7 +179,9 @@ def worker_pid(owner: str | None) -> int | None:
 
 def trial_runs(service: StudyService, info: StudyInfo) -> list:
     client = MlflowClient(service.mlflow_uri)
-    runs = client.search_runs([service.get(info.id).mlflow_experiment_id], f"tags.`krpo.study_id` = '{info.id}'", max_results=5000)
+    runs = client.search_runs(
+        [service.get(info.id).mlflow_experiment_id], f"tags.`krpo.study_id` = '{info.id}'", max_results=5000
+    )
     return [r for r in runs if "krpo.trial_key" in r.data.tags]
 
 
@@ -201,8 +225,9 @@ def assert_each_job_finished_once(service: StudyService, info: StudyInfo, steps:
 def _pg_query(sql: str) -> Any:
     """One value from the tests' PostgreSQL server."""
     url = make_url(PG_ADMIN_URL)
-    with psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password,
-                         dbname=url.database, connect_timeout=5) as conn:
+    with psycopg.connect(
+        host=url.host, port=url.port, user=url.username, password=url.password, dbname=url.database, connect_timeout=5
+    ) as conn:
         return conn.execute(sql).fetchone()[0]
 
 
@@ -211,16 +236,22 @@ def _pg_cluster() -> list[str]:
     directory and port are those the server reports (pg_lsclusters lists them)."""
     missing = [tool for tool in ("pg_lsclusters", "pg_ctlcluster") if shutil.which(tool) is None]
     if missing:
-        pytest.fail(f"the restart test needs {' and '.join(missing)} (postgresql-common) to find and restart the "
-                    f"server at {PG_ADMIN_URL}", pytrace=False)
+        pytest.fail(
+            f"the restart test needs {' and '.join(missing)} (postgresql-common) to find and restart the "
+            f"server at {PG_ADMIN_URL}",
+            pytrace=False,
+        )
     data_directory, port = _pg_query("SHOW data_directory"), _pg_query("SHOW port")
     listing = subprocess.run(["pg_lsclusters", "--no-header"], check=True, capture_output=True, text=True).stdout
     for line in listing.splitlines():
         version, name, cluster_port, _status, _owner, cluster_data = line.split()[:6]
         if cluster_port == port and os.path.realpath(cluster_data) == os.path.realpath(data_directory):
             return [version, name]
-    pytest.fail(f"no local cluster serves {PG_ADMIN_URL} (data directory {data_directory}, port {port}); "
-                f"pg_lsclusters:\n{listing}", pytrace=False)
+    pytest.fail(
+        f"no local cluster serves {PG_ADMIN_URL} (data directory {data_directory}, port {port}); "
+        f"pg_lsclusters:\n{listing}",
+        pytrace=False,
+    )
 
 
 def restart_postgres(down_s: float) -> float:
@@ -246,8 +277,14 @@ def restart_postgres(down_s: float) -> float:
 def _pg_accepts_connections() -> bool:
     url = make_url(PG_ADMIN_URL)
     try:
-        with psycopg.connect(host=url.host, port=url.port, user=url.username, password=url.password,
-                             dbname=url.database, connect_timeout=2):
+        with psycopg.connect(
+            host=url.host,
+            port=url.port,
+            user=url.username,
+            password=url.password,
+            dbname=url.database,
+            connect_timeout=2,
+        ):
             return True
     except psycopg.OperationalError:
         return False
@@ -264,13 +301,18 @@ def test_workers_ride_out_a_database_restart(pg_service: StudyService, tmp_path:
     logs = [open(tmp_path / f"worker-{i}.log", "wb") for i in range(2)]
     workers = [start_worker(service, log, lease_s=20) for log in logs]
     try:
-        wait_for(lambda: sum(j.status == "running" and j.mlflow_run_id is not None for j in service.jobs(info.id)) == 2,
-                 240, "both workers to be training")
+        wait_for(
+            lambda: sum(j.status == "running" and j.mlflow_run_id is not None for j in service.jobs(info.id)) == 2,
+            240,
+            "both workers to be training",
+        )
         outage = restart_postgres(down_s=7.0)  # longer than the queue's whole retry backoff (at most ~4.5 s)
 
         def finished() -> bool:
             for i, w in enumerate(workers):  # "the workers keep running"
-                assert w.poll() is None, f"worker {i} died: " + (tmp_path / f"worker-{i}.log").read_text(errors="replace")[-2000:]
+                assert w.poll() is None, (
+                    f"worker {i} died: " + (tmp_path / f"worker-{i}.log").read_text(errors="replace")[-2000:]
+                )
             return service.get(info.id).status in ("succeeded", "failed")
 
         wait_for(finished, 400, "the study to finish")
@@ -294,12 +336,17 @@ def test_optuna_reports_ride_out_a_database_outage(pg_url: str, pg_service: Stud
     service = pg_service
     base = {k: v for k, v in tiny(8, eval_every=2).items() if k != "name"}
     base["estimator"] = {"name": "krpo"}
-    info = service.submit({
-        "name": "outage-search", "kind": "search", "base": base,
-        "space": {"estimator.Q": {"type": "log_uniform", "low": 1e-6, "high": 1e-3}},
-        "pruner": {"type": "median", "startup_trials": 0, "warmup_steps": 0},
-        "n_trials": 2, "parallelism": 1,
-    })
+    info = service.submit(
+        {
+            "name": "outage-search",
+            "kind": "search",
+            "base": base,
+            "space": {"estimator.Q": {"type": "log_uniform", "low": 1e-6, "high": 1e-3}},
+            "pruner": {"type": "median", "startup_trials": 0, "warmup_steps": 0},
+            "n_trials": 2,
+            "parallelism": 1,
+        }
+    )
     job = service.jobs(info.id)[0]
     assert service.report_intermediate(job, 2, 0.4) is False
     name = make_url(pg_url).database
@@ -327,15 +374,20 @@ def test_optuna_reports_ride_out_a_database_outage(pg_url: str, pg_service: Stud
 def test_randomly_killed_workers_finish_every_job_exactly_once(pg_service: StudyService, tmp_path: Path):
     steps = 16
     service = pg_service
-    info = service.submit(ablation("kills", seeds=KILL_JOBS, steps=steps, checkpoint_every=4, group_size=4,
-                                   prompts_per_step=4, max_attempts=10))
+    info = service.submit(
+        ablation(
+            "kills", seeds=KILL_JOBS, steps=steps, checkpoint_every=4, group_size=4, prompts_per_step=4, max_attempts=10
+        )
+    )
     rng = random.Random(KILL_SEED)
     # Kill points spread over the study: after a random number of jobs has finished, a random delay
     # (the victim's trial is then at a random phase: starting up, training, checkpointing, ending);
     # every other kill instead lands at a random moment after a training trial wrote a checkpoint.
     max_kills = max(3, KILL_JOBS // 5)
-    kill_points = sorted((rng.randrange(KILL_JOBS), i % 2 == 0, rng.uniform(0.0, 15.0), rng.random(),
-                          rng.random() < 0.75) for i in range(max_kills))
+    kill_points = sorted(
+        (rng.randrange(KILL_JOBS), i % 2 == 0, rng.uniform(0.0, 15.0), rng.random(), rng.random() < 0.75)
+        for i in range(max_kills)
+    )
     lease_s = 4.0
     logs: list[IO[bytes]] = []
 
@@ -362,8 +414,12 @@ def test_randomly_killed_workers_finish_every_job_exactly_once(pg_service: Study
         for after_jobs, in_training, delay, pick, with_trials in kill_points:
             wait_for(lambda: finished() >= after_jobs, budget, f"{after_jobs} finished jobs", every=1)
             if in_training:
-                wait_for(lambda: finished() == KILL_JOBS or any(map(checkpointed, running_jobs())),
-                         budget, "a trial with a checkpoint", every=0.25)
+                wait_for(
+                    lambda: finished() == KILL_JOBS or any(map(checkpointed, running_jobs())),
+                    budget,
+                    "a trial with a checkpoint",
+                    every=0.25,
+                )
                 delay /= 30  # 0-0.5 s later
             time.sleep(delay)
             if finished() == KILL_JOBS:
@@ -374,8 +430,14 @@ def test_randomly_killed_workers_finish_every_job_exactly_once(pg_service: Study
             holders = {worker_pid(j.owner): j.trial_key for j in jobs}
             busy = [i for i, w in enumerate(workers) if w.pid in holders] or list(range(len(workers)))
             victim = busy[int(pick * len(busy))]
-            kills.append((round(time.monotonic() - started), holders.get(workers[victim].pid, "nothing"),
-                          "worker+trial" if with_trials else "worker only", "after a checkpoint" if in_training else "any"))
+            kills.append(
+                (
+                    round(time.monotonic() - started),
+                    holders.get(workers[victim].pid, "nothing"),
+                    "worker+trial" if with_trials else "worker only",
+                    "after a checkpoint" if in_training else "any",
+                )
+            )
             kill_worker(workers[victim], with_trials=with_trials)
             workers[victim] = spawn()
         wait_for(lambda: finished() == KILL_JOBS, budget, "the study to finish", every=2)
@@ -389,9 +451,11 @@ def test_randomly_killed_workers_finish_every_job_exactly_once(pg_service: Study
     expired = sum(o.count("expired") for o in outcomes.values())
     assert expired >= 1, f"no kill hit a running trial: {kills}"
     resumed = sum(1 for j in service.jobs(info.id) if j.result["resumed_from"] is not None)
-    print(f"\n{KILL_JOBS} jobs, {len(kills)} kills in {took:.0f} s (seed {KILL_SEED}): {kills}; "
-          f"{expired} attempts expired, {resumed} trials resumed from a checkpoint; "
-          f"outcomes of jobs retried: {_plain({k: o for k, o in outcomes.items() if len(o) > 1})}")
+    print(
+        f"\n{KILL_JOBS} jobs, {len(kills)} kills in {took:.0f} s (seed {KILL_SEED}): {kills}; "
+        f"{expired} attempts expired, {resumed} trials resumed from a checkpoint; "
+        f"outcomes of jobs retried: {_plain({k: o for k, o in outcomes.items() if len(o) > 1})}"
+    )
 
 
 @pytest.mark.slow
@@ -429,13 +493,27 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 240) -> None:
-        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-               "--artifacts-destination", (self.root / "artifacts").as_uri(),
-               "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination",
+            (self.root / "artifacts").as_uri(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
         with open(self.root / "server.log", "ab") as log:
-            self.proc = subprocess.Popen(cmd, env=env, cwd=self.root, start_new_session=True, stdout=log,
-                                         stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                cmd, env=env, cwd=self.root, start_new_session=True, stdout=log, stderr=subprocess.STDOUT
+            )
         proc = self.proc
         wait_for(lambda: self.healthy() or proc.poll() is not None, timeout, "the MLflow server to start")
         assert proc.poll() is None, (self.root / "server.log").read_text()[-3000:]
@@ -630,8 +708,11 @@ def test_a_full_disk_fails_the_job_naming_the_checkpoint_folder(pg_service: Stud
     with open(tmp_path / "worker.log", "wb") as log:
         worker = start_worker(service, log, lease_s=20, preexec_fn=_limit_file_size(2 * 2**20))
         try:
-            job = wait_for(lambda: next((j for j in service.jobs(info.id) if j.status in ("failed", "succeeded")), None),
-                           300, "the job to end")
+            job = wait_for(
+                lambda: next((j for j in service.jobs(info.id) if j.status in ("failed", "succeeded")), None),
+                300,
+                "the job to end",
+            )
         finally:
             stop(worker)
     run_dir = data_home() / "trials" / job.config["trial"]["trial_id"]
@@ -639,7 +720,8 @@ def test_a_full_disk_fails_the_job_naming_the_checkpoint_folder(pg_service: Stud
     first_line = job.last_error.splitlines()[0]
     assert first_line.startswith(f"RuntimeError: could not write checkpoint {run_dir / 'checkpoint-2'}: "), first_line
     assert "File too large" in first_line, first_line
-    assert not list(run_dir.glob("checkpoint-*")) and not list(run_dir.glob(".checkpoint-staging-*")), \
+    assert not list(run_dir.glob("checkpoint-*")) and not list(run_dir.glob(".checkpoint-staging-*")), (
         "a failed save leaves no torn checkpoint behind"
+    )
     assert MlflowClient(service.mlflow_uri).get_run(job.mlflow_run_id).info.status == "FAILED"
     print(f"\nlast_error: {first_line}")

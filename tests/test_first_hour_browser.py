@@ -24,7 +24,9 @@ import pytest
 
 from krpo_bench.service.studies import StudyService
 from krpo_bench.tracking import RunTracker, log_final_metrics
-from tests.test_api_server import free_port, start as start_server, stop as stop_server
+from tests.test_api_server import free_port
+from tests.test_api_server import start as start_server
+from tests.test_api_server import stop as stop_server
 from tests.test_dashboard_browser import launch_chromium
 from tests.trial_specs import TINY_TASK
 
@@ -36,8 +38,16 @@ NAME = "first-hour"
 
 def quickstart_like() -> dict:
     base = {"model": {"name": "tiny-arith"}, "task": dict(TINY_TASK), "training": {"max_steps": 150, "eval_every": 50}}
-    return {"name": NAME, "kind": "ablation", "seeds": 3, "base": base,
-            "variants": {"grpo": {"estimator": {"name": "grpo"}}, "krpo": {"estimator": {"name": "krpo", "Q": 1e-5, "R": 1e-2}}}}
+    return {
+        "name": NAME,
+        "kind": "ablation",
+        "seeds": 3,
+        "base": base,
+        "variants": {
+            "grpo": {"estimator": {"name": "grpo"}},
+            "krpo": {"estimator": {"name": "krpo", "Q": 1e-5, "R": 1e-2}},
+        },
+    }
 
 
 def finish_without_training(service: StudyService, study_id: str) -> None:
@@ -58,8 +68,20 @@ def finish_without_training(service: StudyService, study_id: str) -> None:
 
 def start_mlflow_ui(home: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # one process: 4 by default
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        f"sqlite:///{home / 'mlflow.db'}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]  # one process: 4 by default
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -109,14 +131,19 @@ def test_home_page_mlflow_runs_and_offline_docs_in_a_browser(servers: tuple[str,
         browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/])"), lambda route: (outside.append(route.request.url), route.abort()))
+            page.route(
+                re.compile(r"^https?://(?!127\.0\.0\.1[:/])"),
+                lambda route: (outside.append(route.request.url), route.abort()),
+            )
 
             page.goto(url + "/", wait_until="load")
             row = page.locator("#studies tbody tr", has_text=study_id)
             assert row.locator("td.state").inner_text() == "succeeded"
             assert "6/6" in row.inner_text()
             verdict = row.locator("td.verdict").inner_text()
-            assert "between krpo and grpo" in verdict and "-0.8 points" in verdict, verdict  # the quickstart's difference
+            assert "between krpo and grpo" in verdict and "-0.8 points" in verdict, (
+                verdict
+            )  # the quickstart's difference
             assert row.get_by_role("link", name="dashboard").get_attribute("href") == f"/studies/{study_id}/dashboard"
             nav = [a.inner_text() for a in page.locator("nav a").all()]
             assert {"API docs (Swagger UI)", "Optuna dashboard", "MLflow UI"} <= set(nav), nav

@@ -16,14 +16,15 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
-
 from krpo_bench.api.app import create_app
 from krpo_bench.api.routers import home
 from krpo_bench.api.settings import ApiSettings
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 from krpo_bench.service.study_state import WAITING_FOR_WORKER, display_state
-from tests.test_api_server import start as start_server, stop as stop_server
+from tests.test_api_server import start as start_server
+from tests.test_api_server import stop as stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKING_CLI = """
@@ -61,7 +62,9 @@ def test_the_readme_rest_example_runs_against_a_real_server(server: str) -> None
     assert lines[0].startswith("API="), lines[0]
     answers = []
     for line in lines[1:]:
-        done = subprocess.run(["bash", "-c", f"API={server}\n{line}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["bash", "-c", f"API={server}\n{line}"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, (line, done.stdout, done.stderr)
         answers.append(json.loads(done.stdout))
     submitted, status, results, cancelled = answers
@@ -100,13 +103,21 @@ def installed_by_readme() -> set[str]:
 def not_installed_by_readme() -> set[str]:
     """Top-level modules of this environment that the README's install would not provide."""
     wanted = installed_by_readme()
-    return {module for module, dists in packages_distributions().items()
-            if not any(canonicalize_name(d) in wanted for d in dists) and module.isidentifier()}
+    return {
+        module
+        for module, dists in packages_distributions().items()
+        if not any(canonicalize_name(d) in wanted for d in dists) and module.isidentifier()
+    }
 
 
 def run_cli(blocked: set[str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCKING_CLI, ",".join(sorted(blocked)), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", BLOCKING_CLI, ",".join(sorted(blocked)), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_submit_api_works_after_the_readme_install(server: str) -> None:
@@ -134,8 +145,12 @@ def test_the_display_state_says_queued_or_waiting_only_while_nothing_runs() -> N
 
 
 def test_the_docs_page_names_its_package_when_it_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    settings = ApiSettings(db=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                           api_tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path,))
+    settings = ApiSettings(
+        db=f"sqlite:///{tmp_path / 'jobs.db'}",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        api_tokens_file=tmp_path / "tokens.json",
+        data_roots=(tmp_path,),
+    )
     with TestClient(create_app(settings), base_url="http://localhost") as http:
         page = http.get("/docs")
         assert page.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in page.text

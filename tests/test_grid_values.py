@@ -7,8 +7,8 @@ import math
 
 import optuna
 import pytest
-
 from krpo_bench.api.policy import estimated_stored_bytes, planned_configs
+
 from krpo_bench.service.optuna_store import distribution, make_sampler
 from krpo_bench.spec.loading import SpecError
 from krpo_bench.spec.study import MAX_GRID_POINTS, SearchParam, StudySpec, grid_size, grid_values, validate_study
@@ -23,8 +23,10 @@ BASE = {**{k: v for k, v in tiny_trial(steps=5).items() if k != "name"}, "estima
         ({"type": "uniform", "low": 0.0, "high": 0.3, "step": 0.1}, [0.0, 0.1, 0.2, 0.3]),
         ({"type": "uniform", "low": 0.1, "high": 0.7, "step": 0.2}, [0.1, 0.3, 0.5, 0.7]),
         ({"type": "uniform", "low": 0.0, "high": 0.35, "step": 0.1}, [0.0, 0.1, 0.2, 0.3]),  # stops below high
-        ({"type": "log_uniform", "low": 1e-5, "high": 1e-4, "step": 1e-5},
-         [1e-5, 2e-5, 3e-5, 4e-5, 5e-5, 6e-5, 7e-5, 8e-5, 9e-5, 1e-4]),
+        (
+            {"type": "log_uniform", "low": 1e-5, "high": 1e-4, "step": 1e-5},
+            [1e-5, 2e-5, 3e-5, 4e-5, 5e-5, 6e-5, 7e-5, 8e-5, 9e-5, 1e-4],
+        ),
         ({"type": "int", "low": 2, "high": 9, "step": 3}, [2, 5, 8]),
         ({"type": "int", "low": 1, "high": 3}, [1, 2, 3]),
         ({"type": "choice", "choices": ["a", 0.5]}, ["a", 0.5]),
@@ -42,8 +44,10 @@ def _search(space: dict) -> dict:
 
 
 def test_the_grid_sampler_visits_exactly_the_points_validation_counted():
-    space = {"training.beta": {"type": "uniform", "low": 0.0, "high": 0.3, "step": 0.1},
-             "training.group_size": {"type": "int", "low": 4, "high": 8, "step": 2}}
+    space = {
+        "training.beta": {"type": "uniform", "low": 0.0, "high": 0.3, "step": 0.1},
+        "training.group_size": {"type": "int", "low": 4, "high": 8, "step": 2},
+    }
     spec = validate_study(_search(space))
     expected = math.prod(grid_size(p) for p in spec.space.values())
     assert expected == 12
@@ -74,10 +78,16 @@ def test_an_int_grid_step_below_one_is_an_error_naming_it():
 
 
 def test_an_ablation_grid_has_one_count_that_its_plan_the_trial_cap_and_the_stored_estimate_share():
-    spec = StudySpec.model_validate({
-        "name": "grid", "kind": "ablation", "seeds": 2, "base": BASE,
-        "variants": {"a": {"estimator": {"name": "grpo"}}, "b": {}},
-        "grid": {"training.beta": [0.0, 0.1, 0.2], "training.group_size": [4, 8]}})
+    spec = StudySpec.model_validate(
+        {
+            "name": "grid",
+            "kind": "ablation",
+            "seeds": 2,
+            "base": BASE,
+            "variants": {"a": {"estimator": {"name": "grpo"}}, "b": {}},
+            "grid": {"training.beta": [0.0, 0.1, 0.2], "training.group_size": [4, 8]},
+        }
+    )
     assert spec.grid_points() == 6
     assert spec.trial_count() == len(spec.plan()) == 2 * 6 * 2
     distinct = list(planned_configs(spec))

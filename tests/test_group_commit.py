@@ -65,6 +65,7 @@ def test_waiting_writers_share_one_commit_and_each_gets_its_result(engine: Engin
         def fn(conn):
             conn.execute(insert(Study).values(id=f"id-{name}", name=name, kind="ablation", spec={}))
             return name
+
         return fn
 
     outcomes = _run_together(group, lock, [add(f"s{i}") for i in range(8)])
@@ -103,7 +104,9 @@ def test_a_failing_writer_rolls_back_alone(engine: Engine) -> None:
 def test_concurrent_submissions_store_every_study_and_job(tmp_path: Path) -> None:
     service = StudyService(f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}")
     spec = {
-        "name": "many", "kind": "ablation", "seeds": 2,
+        "name": "many",
+        "kind": "ablation",
+        "seeds": 2,
         "base": {"task": {"kind": "arithmetic"}, "training": {"max_steps": 1}},
         "variants": {"grpo": {"estimator": {"name": "grpo"}}, "rloo": {"estimator": {"name": "rloo"}}},
     }

@@ -23,15 +23,15 @@ import numpy as np
 import pytest
 from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 from fastapi.testclient import TestClient
-from mlflow import MlflowClient
-from mlflow.entities import Metric, RunTag
-
 from krpo_bench.api.app import create_app
 from krpo_bench.api.auth import TokenStore, is_loopback_host
 from krpo_bench.api.settings import ApiSettings
 from krpo_bench.dashboards import build_report, load_study
 from krpo_bench.dashboards.figures import cost_figure, curve_figure, final_figure
 from krpo_bench.dashboards.report import csv_cell
+from mlflow import MlflowClient
+from mlflow.entities import Metric, RunTag
+
 from krpo_bench import tracking
 from krpo_bench.service.studies import experiment_name
 from krpo_bench.service.worker import short_reason
@@ -63,12 +63,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict
     assert "Traceback" not in output, output
 
 
-def post(url: str, token: str | None, body: dict[str, Any] | bytes, content_type: str = "application/json",
-         **headers: str) -> httpx.Response:
+def post(
+    url: str, token: str | None, body: dict[str, Any] | bytes, content_type: str = "application/json", **headers: str
+) -> httpx.Response:
     if token:
         headers["Authorization"] = f"Bearer {token}"
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(f"{url}/api/v1/studies", content=content, headers={"Content-Type": content_type, **headers}, timeout=600)
+    return httpx.post(
+        f"{url}/api/v1/studies", content=content, headers={"Content-Type": content_type, **headers}, timeout=600
+    )
 
 
 def error_paths(response: httpx.Response) -> list[str]:
@@ -96,7 +99,9 @@ def test_a_study_name_never_becomes_a_path(server: tuple[str, dict[str, str], Pa
         deadline = time.monotonic() + 60
         while study["mlflow_experiment_id"] is None and time.monotonic() < deadline:  # MLflow records follow the POST
             time.sleep(0.2)
-            study = httpx.get(f"{url}/api/v1/studies/{study['id']}", headers={"Authorization": f"Bearer {tokens['read']}"}).json()
+            study = httpx.get(
+                f"{url}/api/v1/studies/{study['id']}", headers={"Authorization": f"Bearer {tokens['read']}"}
+            ).json()
         experiment = mlflow.get_experiment(study["mlflow_experiment_id"])
         assert experiment.name == experiment_name(study["id"], name)  # display text; its artifact folder is a hash
         assert experiment.tags["krpo.study_name"] == name  # still shown, as display text
@@ -113,21 +118,35 @@ def test_a_study_name_never_becomes_a_path(server: tuple[str, dict[str, str], Pa
 def test_experiment_artifact_folders_are_one_plain_path_component() -> None:
     from krpo_bench.tracking import artifact_folder
 
-    assert artifact_folder("krpo-study-0b8c2f6e-5b1a-4a52-9d0e-3f3f9a1c2d4e") == "krpo-study-0b8c2f6e-5b1a-4a52-9d0e-3f3f9a1c2d4e"
+    assert (
+        artifact_folder("krpo-study-0b8c2f6e-5b1a-4a52-9d0e-3f3f9a1c2d4e")
+        == "krpo-study-0b8c2f6e-5b1a-4a52-9d0e-3f3f9a1c2d4e"
+    )
     for name in ("../../../../tmp/evil", "a/b", "..", "x\\..\\y", "evil [1234]", "", "-rf", "a" * 200):
         folder = artifact_folder(name)
-        assert folder.startswith("experiment-") and "/" not in folder and "\\" not in folder and ".." not in folder, name
+        assert folder.startswith("experiment-") and "/" not in folder and "\\" not in folder and ".." not in folder, (
+            name
+        )
     assert artifact_folder("a/b") != artifact_folder("a/c")
 
 
 # -- 2. a dataset is a hub id or a saved folder under the data roots, checked again on the worker -
 
 
-@pytest.mark.parametrize("dataset", ["text", "json", "csv", "parquet", "imagefolder", "json/credentials", "./secrets",
-                                     "org/../name", "data"])
-def test_packaged_builders_and_relative_paths_are_refused_at_submit(server: tuple[str, dict[str, str], Path], dataset: str) -> None:
+@pytest.mark.parametrize(
+    "dataset", ["text", "json", "csv", "parquet", "imagefolder", "json/credentials", "./secrets", "org/../name", "data"]
+)
+def test_packaged_builders_and_relative_paths_are_refused_at_submit(
+    server: tuple[str, dict[str, str], Path], dataset: str
+) -> None:
     url, tokens, _ = server
-    task = {"kind": "hf", "dataset": dataset, "question_field": "text", "answer_field": "text", "answer_extract": "gsm8k"}
+    task = {
+        "kind": "hf",
+        "dataset": dataset,
+        "question_field": "text",
+        "answer_field": "text",
+        "answer_extract": "gsm8k",
+    }
     response = post(url, tokens["submit"], with_task(task))
     assert response.status_code == 422, response.text
     assert any(p.endswith("task.hf.dataset") for p in error_paths(response)), response.text
@@ -142,13 +161,19 @@ def forged(dataset: str, **fields: Any) -> HFTask:
     return HFTask.model_construct(kind="hf", dataset=dataset, **fields)
 
 
-def test_the_worker_refuses_builders_folders_here_and_folders_outside_the_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_worker_refuses_builders_folders_here_and_folders_outside_the_roots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "credentials").write_text("password=hunter2\n")
     (tmp_path / "org" / "name").mkdir(parents=True)
     roots = (tmp_path / "data",)
-    for source, reason in [("text", "expected a hub id"), ("json/x", "packaged file builders"),
-                           ("org/name", "working directory"), (str(tmp_path / "outside"), "not under the data roots")]:
+    for source, reason in [
+        ("text", "expected a hub id"),
+        ("json/x", "packaged file builders"),
+        ("org/name", "working directory"),
+        (str(tmp_path / "outside"), "not under the data roots"),
+    ]:
         with pytest.raises(hf.DatasetRefused, match=reason) as refused:
             hf.load(forged(source), roots)
         assert str(refused.value).startswith("task.dataset: ") and "hunter2" not in str(refused.value)
@@ -159,8 +184,17 @@ def test_the_worker_refuses_builders_folders_here_and_folders_outside_the_roots(
         hf.load(forged(str(tmp_path / "data" / "link")), roots)
     with pytest.raises(hf.DatasetRefused, match="its link 'link' leads out of them"):  # a folder holding that link
         hf.load(forged(str(tmp_path / "data")), roots)
-    train, test = hf.load(forged(str(tmp_path / "data" / "link"), question_field="question", answer_field="answer",
-                                 answer_extract="none", split="train", test_split=None), (tmp_path,))
+    train, test = hf.load(
+        forged(
+            str(tmp_path / "data" / "link"),
+            question_field="question",
+            answer_field="answer",
+            answer_extract="none",
+            split="train",
+            test_split=None,
+        ),
+        (tmp_path,),
+    )
     assert train == [{"question": "1+1", "answer": "2", "prompt_id": 0}] and test is None
 
 
@@ -168,8 +202,17 @@ def test_row_errors_name_the_row_not_its_value(tmp_path: Path) -> None:
     folder = tmp_path / "leaky"
     datasets.Dataset.from_dict({"question": ["q"], "answer": ["aws_secret=AKIA-LEAK"]}).save_to_disk(str(folder))
     with pytest.raises(ValueError) as err:
-        hf.load(forged(str(folder), question_field="question", answer_field="answer", answer_extract="gsm8k",
-                       split="train", test_split=None), (tmp_path,))
+        hf.load(
+            forged(
+                str(folder),
+                question_field="question",
+                answer_field="answer",
+                answer_extract="gsm8k",
+                split="train",
+                test_split=None,
+            ),
+            (tmp_path,),
+        )
     assert "row 0" in str(err.value) and "AKIA" not in str(err.value)
 
 
@@ -178,8 +221,10 @@ def test_row_errors_name_the_row_not_its_value(tmp_path: Path) -> None:
 
 def test_an_empty_grid_axis_is_refused_before_any_expansion(server: tuple[str, dict[str, str], Path]) -> None:
     url, tokens, _ = server
-    body = spec(variants={f"v{i}": {"estimator": {"name": "grpo"}} for i in range(1000)},
-                grid={"training.group_size": [], "training.max_steps": list(range(1, 1001))})
+    body = spec(
+        variants={f"v{i}": {"estimator": {"name": "grpo"}} for i in range(1000)},
+        grid={"training.group_size": [], "training.max_steps": list(range(1, 1001))},
+    )
     started = time.perf_counter()
     response = post(url, tokens["submit"], body)
     elapsed = time.perf_counter() - started
@@ -190,7 +235,9 @@ def test_an_empty_grid_axis_is_refused_before_any_expansion(server: tuple[str, d
 # -- 4. search parallelism is capped and trials are asked outside the request ---------------------
 
 
-def test_search_parallelism_is_capped_and_the_post_asks_only_that_many(server: tuple[str, dict[str, str], Path]) -> None:
+def test_search_parallelism_is_capped_and_the_post_asks_only_that_many(
+    server: tuple[str, dict[str, str], Path],
+) -> None:
     url, tokens, _ = server
     search = {**SEARCH, "n_trials": 1000, "parallelism": 1024, "sampler": "tpe"}
     response = post(url, tokens["submit"], search)
@@ -206,15 +253,22 @@ def test_search_parallelism_is_capped_and_the_post_asks_only_that_many(server: t
 # -- 5. submission is all or nothing; every number has a bound its storage accepts ----------------
 
 
-@pytest.mark.parametrize(("change", "path"), [
-    ({"sampler_seed": 2**40}, "sampler_seed"),
-    ({"base": {**BASE, "model": {"name": "tiny-arith", "tiny": {"hidden_size": 2**40}}}}, "base.model.tiny.hidden_size"),
-    ({"seeds": [0, 2**63]}, "seeds"),
-    ({"base": {**BASE, "training": {"max_steps": 5, "seed": 2**70}}}, "base.training.seed"),
-    ({"pruner": {"type": "median", "warmup_steps": 2**63}}, "pruner.warmup_steps"),
-])
-def test_out_of_range_numbers_are_refused_and_nothing_is_stored(server: tuple[str, dict[str, str], Path],
-                                                                change: dict[str, Any], path: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        ({"sampler_seed": 2**40}, "sampler_seed"),
+        (
+            {"base": {**BASE, "model": {"name": "tiny-arith", "tiny": {"hidden_size": 2**40}}}},
+            "base.model.tiny.hidden_size",
+        ),
+        ({"seeds": [0, 2**63]}, "seeds"),
+        ({"base": {**BASE, "training": {"max_steps": 5, "seed": 2**70}}}, "base.training.seed"),
+        ({"pruner": {"type": "median", "warmup_steps": 2**63}}, "pruner.warmup_steps"),
+    ],
+)
+def test_out_of_range_numbers_are_refused_and_nothing_is_stored(
+    server: tuple[str, dict[str, str], Path], change: dict[str, Any], path: str
+) -> None:
     url, tokens, _ = server
     before = study_count(url, tokens["read"])
     body = {**SEARCH, **change} if "sampler_seed" in change or "pruner" in change else spec(**change)
@@ -225,21 +279,35 @@ def test_out_of_range_numbers_are_refused_and_nothing_is_stored(server: tuple[st
 
 def local_app(home: Path, **settings: Any) -> TestClient:
     (home / "data").mkdir(parents=True, exist_ok=True)
-    config = ApiSettings(db=f"sqlite:///{home / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
-                         api_tokens_file=home / "tokens.json", data_roots=(home / "data",), list_cache_s=0, **settings)
+    config = ApiSettings(
+        db=f"sqlite:///{home / 'jobs.db'}",
+        mlflow_tracking_uri=f"sqlite:///{home / 'mlflow.db'}",
+        api_tokens_file=home / "tokens.json",
+        data_roots=(home / "data",),
+        list_cache_s=0,
+        **settings,
+    )
     return TestClient(create_app(config), base_url="http://localhost", raise_server_exceptions=False)
 
 
-def test_a_submission_that_fails_late_leaves_nothing_and_a_retry_succeeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_submission_that_fails_late_leaves_nothing_and_a_retry_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with local_app(tmp_path) as client:
         service = client.app.state.service
         enqueue = service.queue.create_study
-        monkeypatch.setattr(service.queue, "create_study", lambda *a, **k: (_ for _ in ()).throw(OverflowError("int too big")))
+        monkeypatch.setattr(
+            service.queue, "create_study", lambda *a, **k: (_ for _ in ()).throw(OverflowError("int too big"))
+        )
         failed = client.post("/api/v1/studies", json=SPEC, headers={"Idempotency-Key": "k1"})
         assert failed.status_code == 500 and "int too big" not in failed.text
         assert service.list() == [], "no study row is left behind"
         mlflow = MlflowClient(service.mlflow_uri)
-        assert all(e.lifecycle_stage == "deleted" for e in mlflow.search_experiments(view_type=3) if e.name.startswith("krpo-study-"))
+        assert all(
+            e.lifecycle_stage == "deleted"
+            for e in mlflow.search_experiments(view_type=3)
+            if e.name.startswith("krpo-study-")
+        )
         monkeypatch.setattr(service.queue, "create_study", enqueue)
         retried = client.post("/api/v1/studies", json=SPEC, headers={"Idempotency-Key": "k1"})
         assert retried.status_code == 201, retried.text
@@ -272,14 +340,31 @@ def test_only_admin_tokens_raise_priority(server: tuple[str, dict[str, str], Pat
 # -- 7. NUL bytes and huge integers are client errors ---------------------------------------------
 
 
-@pytest.mark.parametrize(("body", "content_type", "path"), [
-    (json.dumps(spec(name="a\x00b")).encode(), "application/json", "name"),
-    (json.dumps(with_task({"kind": "jsonl", "path": "/data/q\x00.jsonl"})).encode(), "application/json", "base.task.path"),
-    (json.dumps(spec(variants={"gr\x00po": {"estimator": {"name": "grpo"}}})).encode(), "application/json", "variants"),
-    (b"name: t\nkind: ablation\nbase: {task: {kind: arithmetic}}\npriority: " + b"9" * 5000 + b"\n", "application/yaml", ""),
-    (b'{"name": "t", "kind": "ablation", "base": {}, "priority": ' + b"9" * 5000 + b"}", "application/json", ""),
-])
-def test_nul_bytes_and_huge_integers_are_422(server: tuple[str, dict[str, str], Path], body: bytes, content_type: str, path: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "content_type", "path"),
+    [
+        (json.dumps(spec(name="a\x00b")).encode(), "application/json", "name"),
+        (
+            json.dumps(with_task({"kind": "jsonl", "path": "/data/q\x00.jsonl"})).encode(),
+            "application/json",
+            "base.task.path",
+        ),
+        (
+            json.dumps(spec(variants={"gr\x00po": {"estimator": {"name": "grpo"}}})).encode(),
+            "application/json",
+            "variants",
+        ),
+        (
+            b"name: t\nkind: ablation\nbase: {task: {kind: arithmetic}}\npriority: " + b"9" * 5000 + b"\n",
+            "application/yaml",
+            "",
+        ),
+        (b'{"name": "t", "kind": "ablation", "base": {}, "priority": ' + b"9" * 5000 + b"}", "application/json", ""),
+    ],
+)
+def test_nul_bytes_and_huge_integers_are_422(
+    server: tuple[str, dict[str, str], Path], body: bytes, content_type: str, path: str
+) -> None:
     url, tokens, _ = server
     response = post(url, tokens["submit"], body, content_type)
     assert response.status_code == 422, response.text
@@ -297,7 +382,13 @@ def test_a_failed_job_shows_a_short_reason_without_data_or_traceback(tmp_path: P
     datasets.Dataset.from_dict(rows).save_to_disk(str(folder))
     proc, url = start(tmp_path, "--workers", "1")
     try:
-        task = {"kind": "hf", "dataset": str(folder), "test_split": None, "answer_extract": "gsm8k", "rewards": [{"name": "exact"}]}
+        task = {
+            "kind": "hf",
+            "dataset": str(folder),
+            "test_split": None,
+            "answer_extract": "gsm8k",
+            "rewards": [{"name": "exact"}],
+        }
         body = with_task(task, seeds=1, variants=None, resources={"max_attempts": 1})
         study = post(url, None, body).json()
         deadline = time.monotonic() + 240
@@ -320,7 +411,7 @@ def test_a_failed_job_shows_a_short_reason_without_data_or_traceback(tmp_path: P
 
 
 def test_short_reason_keeps_the_first_line_only() -> None:
-    assert short_reason("ValueError: bad\nTraceback (most recent call last):\n  File \"/srv/x.py\"") == "ValueError: bad"
+    assert short_reason('ValueError: bad\nTraceback (most recent call last):\n  File "/srv/x.py"') == "ValueError: bad"
     assert len(short_reason("x" * 10_000)) == 500 and short_reason("") == "unknown error"
 
 
@@ -331,10 +422,15 @@ def test_the_data_homes_own_files_are_outside_the_default_data_root(server: tupl
     url, tokens, home = server
     for name in ("tokens.json", "mlflow.db", "jobs.db"):
         response = post(url, tokens["submit"], with_task({"kind": "jsonl", "path": str(home / name)}))
-        assert response.status_code == 422 and response.json()["errors"][0]["type"] == "path_outside_data_roots", response.text
+        assert response.status_code == 422 and response.json()["errors"][0]["type"] == "path_outside_data_roots", (
+            response.text
+        )
     (home / "data").mkdir(exist_ok=True)
     (home / "data" / "q.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
-    assert post(url, tokens["submit"], with_task({"kind": "jsonl", "path": str(home / "data" / "q.jsonl")})).status_code == 201
+    assert (
+        post(url, tokens["submit"], with_task({"kind": "jsonl", "path": str(home / "data" / "q.jsonl")})).status_code
+        == 201
+    )
 
 
 # -- 10. a token-less server: closed once a token exists, and only for loopback Host names ---------
@@ -362,15 +458,28 @@ def test_a_tokenless_server_checks_host_and_closes_when_a_token_is_created(tmp_p
 def test_a_tokenless_server_refuses_peers_that_are_not_loopback(tmp_path: Path) -> None:
     with local_app(tmp_path) as client:
         assert client.get("/api/v1/studies").status_code == 200
-    config = ApiSettings(db=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                         api_tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path / "data",))
+    config = ApiSettings(
+        db=f"sqlite:///{tmp_path / 'jobs.db'}",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        api_tokens_file=tmp_path / "tokens.json",
+        data_roots=(tmp_path / "data",),
+    )
     with TestClient(create_app(config), base_url="http://localhost", client=("192.0.2.7", 4000)) as remote:
         for path in ("/api/v1/studies", "/optuna/api/studies"):
             assert remote.get(path).status_code == 403, path  # e.g. a public bind whose tokens were all revoked
 
 
 def test_loopback_host_names() -> None:
-    for host in ("localhost", "LOCALHOST:8000", "127.0.0.1", "127.1.2.3:80", "[::1]", "[::1]:8000", "a.localhost", "localhost."):
+    for host in (
+        "localhost",
+        "LOCALHOST:8000",
+        "127.0.0.1",
+        "127.1.2.3:80",
+        "[::1]",
+        "[::1]:8000",
+        "a.localhost",
+        "localhost.",
+    ):
         assert is_loopback_host(host), host
     for host in ("", "evil.example", "localhost.evil.example", "10.0.0.1", "[::2]:80", "0.0.0.0", "127.0.0.1.nip.io"):
         assert not is_loopback_host(host), host
@@ -396,9 +505,15 @@ def test_reports_neutralise_hostile_variant_names(tmp_path: Path) -> None:
         for seed in range(2):
             run = client.create_run(experiment).info.run_id
             tags = {"krpo.study_id": "s1", "krpo.variant": variant, "krpo.seed": str(seed), "krpo.kind": "ablation"}
-            client.log_batch(run, metrics=[Metric("final/accuracy", 0.4 + 0.1 * seed, 0, 10),
-                                           Metric("eval/accuracy", 0.3, 0, 5), Metric("train/reward", 0.2, 0, 5)],
-                             tags=[RunTag(k, v) for k, v in tags.items()])
+            client.log_batch(
+                run,
+                metrics=[
+                    Metric("final/accuracy", 0.4 + 0.1 * seed, 0, 10),
+                    Metric("eval/accuracy", 0.3, 0, 5),
+                    Metric("train/reward", 0.2, 0, 5),
+                ],
+                tags=[RunTag(k, v) for k, v in tags.items()],
+            )
             client.set_terminated(run)
     report = build_report(load_study(uri, study_id="s1"), tmp_path / "report")
     cells = [line.split(",")[0] for line in report.csv_path.read_text().splitlines()[1:]]
@@ -411,16 +526,19 @@ def test_reports_neutralise_hostile_variant_names(tmp_path: Path) -> None:
 
 def test_plotly_labels_are_escaped() -> None:
     import pandas as pd
-
     from krpo_bench.dashboards.curves import aggregate_curve
+
     from krpo_bench.stats import Interval
 
     colors = {MARKUP: "#636efa"}
     curve = aggregate_curve({0: pd.Series([0.1, 0.2], index=[0, 1]), 1: pd.Series([0.2, 0.3], index=[0, 1])})
     interval = Interval(0.5, 0.4, 0.6)
     frame = pd.DataFrame({"variant": [MARKUP], "cost/wall_time_s": [1.0]})
-    for figure in (curve_figure({MARKUP: curve}, "t", colors), final_figure({MARKUP: np.array([0.5])}, {MARKUP: interval}, colors, "m"),
-                   cost_figure(frame, ["cost/wall_time_s"], colors)):
+    for figure in (
+        curve_figure({MARKUP: curve}, "t", colors),
+        final_figure({MARKUP: np.array([0.5])}, {MARKUP: interval}, colors, "m"),
+        cost_figure(frame, ["cost/wall_time_s"], colors),
+    ):
         labels = [t.name for t in figure.data] + [str(x) for t in figure.data for x in (t.x if t.x is not None else [])]
         assert not any("<a" in label for label in labels), labels
         assert any("&lt;a href" in label for label in labels), labels
@@ -438,8 +556,12 @@ def test_optuna_without_optuna_dashboard_is_503(tmp_path: Path, monkeypatch: pyt
 
 def test_optuna_redirects_ignore_host_and_forwarded_host(server: tuple[str, dict[str, str], Path]) -> None:
     url, tokens, _ = server
-    headers = {"Authorization": f"Bearer {tokens['read']}", "Host": "evil.example", "X-Forwarded-Host": "evil.example",
-               "X-Forwarded-Proto": "https"}
+    headers = {
+        "Authorization": f"Bearer {tokens['read']}",
+        "Host": "evil.example",
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Proto": "https",
+    }
     response = httpx.get(f"{url}/optuna/", headers=headers, follow_redirects=False)
     assert response.status_code in (301, 302, 303, 307, 308), response.text
     assert response.headers["location"] == "/optuna/dashboard"
@@ -462,7 +584,9 @@ def test_long_idempotency_keys_are_refused_without_being_echoed(server: tuple[st
             continue
         assert 400 <= response.status_code < 500, response.status_code
         assert "SECRET" not in response.text and len(response.text) < 2000, response.text[:300]
-    assert post(url, tokens["submit"], SPEC, **{"Idempotency-Key": "k" * 200}).status_code == 201, "the server is still up"
+    assert post(url, tokens["submit"], SPEC, **{"Idempotency-Key": "k" * 200}).status_code == 201, (
+        "the server is still up"
+    )
 
 
 def test_idempotency_keys_are_scoped_per_token(server: tuple[str, dict[str, str], Path]) -> None:
@@ -482,7 +606,9 @@ def test_markup_names_are_stored_as_text_and_control_characters_are_refused_in_e
     server: tuple[str, dict[str, str], Path],
 ) -> None:
     url, tokens, _ = server
-    poison = post(url, tokens["submit"], spec(name="[/]", variants={"[/]": {}, "[link=https://evil.example]x[/link]": {}}))
+    poison = post(
+        url, tokens["submit"], spec(name="[/]", variants={"[/]": {}, "[link=https://evil.example]x[/link]": {}})
+    )
     assert poison.status_code == 201, poison.text
     assert poison.json()["name"] == "[/]"
     forged = "x\x1b[2K\rworker: all trials succeeded"
@@ -500,8 +626,13 @@ def test_markup_names_are_stored_as_text_and_control_characters_are_refused_in_e
 def test_paths_holding_nul_or_control_characters_are_404(server: tuple[str, dict[str, str], Path]) -> None:
     url, tokens, _ = server
     headers = {"Authorization": f"Bearer {tokens['admin']}"}
-    for path in ("/api/v1/studies/%00", "/api/v1/jobs/%00", "/api/v1/studies/a%00b/jobs", "/studies/%00/dashboard",
-                 "/api/v1/studies/%1B%5B2K"):
+    for path in (
+        "/api/v1/studies/%00",
+        "/api/v1/jobs/%00",
+        "/api/v1/studies/a%00b/jobs",
+        "/studies/%00/dashboard",
+        "/api/v1/studies/%1B%5B2K",
+    ):
         response = httpx.get(f"{url}{path}", headers=headers)
         assert response.status_code == 404, (path, response.text)
     assert httpx.post(f"{url}/api/v1/studies/%00/cancel", headers=headers).status_code == 404
@@ -514,23 +645,35 @@ def test_a_page_of_another_origin_cannot_cancel_or_resume_on_a_tokenless_server(
     proc, url = start(tmp_path)
     try:
         study = post(url, None, spec(name="victim")).json()
-        evil = {"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site", "Content-Type": "application/x-www-form-urlencoded"}
+        evil = {
+            "Origin": "https://evil.example",
+            "Sec-Fetch-Site": "cross-site",
+            "Content-Type": "application/x-www-form-urlencoded",
+        }
         for ref in (study["id"], "victim", "v"):
             for action in ("cancel", "resume"):
-                refused = httpx.post(f"{url}/api/v1/studies/{ref}/{action}", headers=evil, content=b"confirm=1", timeout=60)
+                refused = httpx.post(
+                    f"{url}/api/v1/studies/{ref}/{action}", headers=evil, content=b"confirm=1", timeout=60
+                )
                 assert refused.status_code == 403 and refused.json()["error"] == "cross_site_request", refused.text
                 assert "https://evil.example" in refused.json()["message"]
         assert httpx.get(f"{url}/api/v1/studies/{study['id']}", timeout=60).json()["status"] == "running"
-        own = httpx.post(f"{url}/api/v1/studies/{study['id']}/cancel", headers={"Origin": url, "Sec-Fetch-Site": "same-origin"},
-                         timeout=60)
+        own = httpx.post(
+            f"{url}/api/v1/studies/{study['id']}/cancel",
+            headers={"Origin": url, "Sec-Fetch-Site": "same-origin"},
+            timeout=60,
+        )
         assert own.status_code == 200 and own.json()["status"] == "cancelled", own.text
-        assert httpx.post(f"{url}/api/v1/studies/{study['id']}/resume", timeout=60).status_code == 200  # the CLI sends no Origin
+        assert (
+            httpx.post(f"{url}/api/v1/studies/{study['id']}/resume", timeout=60).status_code == 200
+        )  # the CLI sends no Origin
     finally:
         stop(proc)
 
 
 def test_a_jsonl_link_repointed_after_submission_is_refused_by_the_worker(
-    server: tuple[str, dict[str, str], Path], monkeypatch: pytest.MonkeyPatch,
+    server: tuple[str, dict[str, str], Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url, tokens, home = server
     (home / "data").mkdir(exist_ok=True)
@@ -538,7 +681,9 @@ def test_a_jsonl_link_repointed_after_submission_is_refused_by_the_worker(
     (home / "secret.jsonl").write_text('{"aws_secret_access_key": "AKIA-LEAK"}\n')
     link = home / "data" / "repointed.jsonl"
     link.symlink_to(home / "data" / "good.jsonl")
-    accepted = post(url, tokens["submit"], with_task({"kind": "jsonl", "path": str(link), "rewards": [{"name": "exact"}]}))
+    accepted = post(
+        url, tokens["submit"], with_task({"kind": "jsonl", "path": str(link), "rewards": [{"name": "exact"}]})
+    )
     assert accepted.status_code == 201, accepted.text
     link.unlink()
     link.symlink_to(home / "secret.jsonl")

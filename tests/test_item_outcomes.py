@@ -20,8 +20,8 @@ from krpo_bench.service.queue import JobQueue
 from krpo_bench.service.studies import StudyService
 from krpo_bench.spec.study import validate_study
 from krpo_bench.spec.trial import TrialSpec
-from krpo_bench.tasks import build_task
 from krpo_bench.tags import ITEM_OUTCOMES_ARTIFACT
+from krpo_bench.tasks import build_task
 from krpo_bench.training.distributed import contiguous_share, place_share
 from krpo_bench.training.evaluation import evaluate, item_ids_hash, outcome_string
 from krpo_bench.training.trial import run_trial
@@ -67,8 +67,13 @@ def test_evaluate_scores_each_item_in_test_set_order() -> None:
     loaded = load_model(spec.model)
     task = build_task(spec.task)
     t = spec.training
-    kwargs = {"max_new_tokens": t.max_completion_length, "k": t.pass_at_k, "temperature": t.temperature,
-              "batch_size": 64, "seed": 0}
+    kwargs = {
+        "max_new_tokens": t.max_completion_length,
+        "k": t.pass_at_k,
+        "temperature": t.temperature,
+        "batch_size": 64,
+        "seed": 0,
+    }
     result = evaluate(loaded.model, loaded.tokenizer, task, **kwargs)
     assert len(result.item_outcomes) == len(result.item_pass_at_k) == result.num_prompts == len(task.test) == 64
     assert set(result.item_outcomes) | set(result.item_pass_at_k) <= {0, 1}
@@ -114,11 +119,31 @@ def test_a_trial_result_and_its_mlflow_run_carry_the_item_outcomes(tmp_path: Pat
 def test_a_worker_stores_the_item_outcomes_in_the_job_row(tmp_path: Path) -> None:
     service = StudyService(f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}")
     base = {k: v for k, v in tiny_trial(steps=1).items() if k != "name"}
-    info = service.submit(validate_study({"name": "items", "kind": "ablation", "base": base, "seeds": 2,
-                                          "resources": {"max_attempts": 1}}))
-    cmd = [sys.executable, "-m", "krpo_bench.cli", "worker", "--gpus", "cpu", "--slots-per-gpu", "1", "--exit-when-idle",
-           "--db", service.db_url, "--mlflow", service.mlflow_uri, "--heartbeat-s", "1"]
-    done = subprocess.run(cmd, env=dict(os.environ, KRPO_BENCH_CPU_THREADS="1"), capture_output=True, text=True, timeout=300)
+    info = service.submit(
+        validate_study(
+            {"name": "items", "kind": "ablation", "base": base, "seeds": 2, "resources": {"max_attempts": 1}}
+        )
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "krpo_bench.cli",
+        "worker",
+        "--gpus",
+        "cpu",
+        "--slots-per-gpu",
+        "1",
+        "--exit-when-idle",
+        "--db",
+        service.db_url,
+        "--mlflow",
+        service.mlflow_uri,
+        "--heartbeat-s",
+        "1",
+    ]
+    done = subprocess.run(
+        cmd, env=dict(os.environ, KRPO_BENCH_CPU_THREADS="1"), capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = service.jobs(info.id)
     assert [j.status for j in jobs] == ["succeeded", "succeeded"], [j.last_error for j in jobs]
@@ -133,12 +158,15 @@ def test_a_worker_stores_the_item_outcomes_in_the_job_row(tmp_path: Path) -> Non
 
 def test_the_jobs_table_keeps_the_outcomes_of_the_largest_test_set(queue: JobQueue, study_id: str) -> None:
     outcomes = outcome_string(i % 7 == 0 for i in range(LARGEST_TEST_SIZE))
-    result = {"status": "succeeded", "final_accuracy": 0.5, "final_item_outcomes": outcomes,
-              "final_item_ids_hash": "0123456789abcdef"}
+    result = {
+        "status": "succeeded",
+        "final_accuracy": 0.5,
+        "final_item_outcomes": outcomes,
+        "final_item_ids_hash": "0123456789abcdef",
+    }
     job_id = queue.enqueue(study_id, "t", {"variant": "grpo", "seed": 0})
     claimed = queue.claim("w", lease_s=30)
     assert queue.complete(job_id, claimed.attempt, result)
     stored = queue.get_job(job_id)
     assert stored.result == result
     assert JobSummary.of(stored).result["final_item_outcomes"] == outcomes
-

@@ -15,7 +15,11 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"krpo_bench": ROOT / "krpo_bench", "krpo_bench.api": ROOT / "api", "krpo_bench.dashboards": ROOT / "dashboards"}
+FOLDERS = {
+    "krpo_bench": ROOT / "krpo_bench",
+    "krpo_bench.api": ROOT / "api",
+    "krpo_bench.dashboards": ROOT / "dashboards",
+}
 
 LAYERS: list[list[str]] = [  # top first; a layer of several modules is an independent group
     ["krpo_bench.cli"],
@@ -140,8 +144,10 @@ def test_the_api_reaches_the_queue_only_through_the_service_facade() -> None:
 
 def test_the_check_sees_function_local_and_relative_imports(tmp_path: Path) -> None:
     source = tmp_path / "m.py"
-    source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import krpo_bench.cli\n"
-                      "def f():\n    from krpo_bench.service import studies\n    from ..spec import trial\n")
+    source.write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import krpo_bench.cli\n"
+        "def f():\n    from krpo_bench.service import studies\n    from ..spec import trial\n"
+    )
     found = {name for name, _ in imports("krpo_bench.models.m", source)}
     assert {"krpo_bench.service.studies", "krpo_bench.spec.trial"} <= found and "krpo_bench.cli" not in found
 

@@ -58,10 +58,18 @@ def test_progress_in_a_log_is_one_line_per_change_at_most_every_interval(monkeyp
     show = local._progress_log(Console(file=out, width=60), started=0.0, every_s=30)
 
     def info(done: int, status: str = "running") -> SimpleNamespace:
-        return SimpleNamespace(name="s", total=4, done=done, status=status,
-                               counts={"succeeded": done, "running": 4 - done, "queued": 0})
+        return SimpleNamespace(
+            name="s", total=4, done=done, status=status, counts={"succeeded": done, "running": 4 - done, "queued": 0}
+        )
 
-    for t, state in [(0, info(0)), (10, info(1)), (31, info(1)), (40, info(2)), (61, info(3)), (62, info(4, "succeeded"))]:
+    for t, state in [
+        (0, info(0)),
+        (10, info(1)),
+        (31, info(1)),
+        (40, info(2)),
+        (61, info(3)),
+        (62, info(4, "succeeded")),
+    ]:
         clock[0] = t
         show(state)
     lines = out.getvalue().splitlines()

@@ -23,8 +23,14 @@ H100_BUDGET = 79 * GIB * 0.9  # what a worker budgets on an idle 80 GB H100
 SMOLLM2 = ModelSpec(name="smollm2-135m")
 
 SMOLLM2_135M_CONFIG = {  # HuggingFaceTB/SmolLM2-135M-Instruct config.json, the sizes
-    "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
-    "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True,
+    "model_type": "llama",
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
 }
 
 

@@ -111,17 +111,38 @@ def test_upgrade_from_0001_keeps_queued_jobs_which_then_count_as_unestimated(db_
         study_id = "old-study"
         with engine.begin() as conn:
             studies = Table("studies", MetaData(), autoload_with=conn)  # as revision 0001 made it
-            conn.execute(studies.insert().values(
-                id=study_id, name="before estimates", kind="ablation", spec={}, status="running", priority=0,
-                cancel_requested=False, created_at=utcnow(), updated_at=utcnow(),
-            ))
+            conn.execute(
+                studies.insert().values(
+                    id=study_id,
+                    name="before estimates",
+                    kind="ablation",
+                    spec={},
+                    status="running",
+                    priority=0,
+                    cancel_requested=False,
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+            )
             jobs = Table("jobs", MetaData(), autoload_with=conn)  # the table as revision 0001 made it
             assert "gpu_memory_mib" not in jobs.c
-            conn.execute(jobs.insert().values(
-                id="old-job", seq=1, study_id=study_id, trial_key="t", config={"lr": 1e-4}, status="queued",
-                priority=0, attempt=0, failures=0, max_attempts=3, cancel_requested=False, gpus=2,
-                created_at=utcnow(),
-            ))
+            conn.execute(
+                jobs.insert().values(
+                    id="old-job",
+                    seq=1,
+                    study_id=study_id,
+                    trial_key="t",
+                    config={"lr": 1e-4},
+                    status="queued",
+                    priority=0,
+                    attempt=0,
+                    failures=0,
+                    max_attempts=3,
+                    cancel_requested=False,
+                    gpus=2,
+                    created_at=utcnow(),
+                )
+            )
         upgrade(engine)
         assert _version(db_url) == _head()
         queue = JobQueue(engine)

@@ -94,7 +94,13 @@ def test_char_tokenizer_round_trips_and_pads_left() -> None:
 
 
 def test_dropped_carry_demonstrations() -> None:
-    assert [dropped_carry_answer(a, b) for a, b in ((47, 55), (7, 5), (99, 1), (23, 45), (0, 0))] == ["92", "2", "90", "68", "0"]
+    assert [dropped_carry_answer(a, b) for a, b in ((47, 55), (7, 5), (99, 1), (23, 45), (0, 0))] == [
+        "92",
+        "2",
+        "90",
+        "68",
+        "0",
+    ]
     assert has_carry(47, 55) and has_carry(7, 5) and not has_carry(23, 45) and not has_carry(30, 9)
     carrying = sum(has_carry(a, b) for a in range(100) for b in range(100))
     assert carrying == 10_000 - 55 * 55, "a pair carries unless neither column reaches 10"
@@ -123,7 +129,9 @@ def test_tiny_arith_is_built_once(default_build: Path) -> None:
     assert marker.stat().st_mtime_ns == stamp
 
 
-def test_tiny_arith_is_deterministic_by_seed(quick_build: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tiny_arith_is_deterministic_by_seed(
+    quick_build: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("KRPO_BENCH_HOME", str(tmp_path))
     again = build_tiny_arith(QUICK)
     other_seed = build_tiny_arith(QUICK.model_copy(update={"seed": 1}))

@@ -43,9 +43,25 @@ def two_process_study(name: str, **training) -> dict:
 
 
 def start_worker(service: StudyService, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "krpo_bench.cli", "worker", "--gpus", "cpu", "--slots-per-gpu", "1",
-           "--db", service.db_url, "--mlflow", service.mlflow_uri,
-           "--lease-s", str(LEASE_S), "--heartbeat-s", "1", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "krpo_bench.cli",
+        "worker",
+        "--gpus",
+        "cpu",
+        "--slots-per-gpu",
+        "1",
+        "--db",
+        service.db_url,
+        "--mlflow",
+        service.mlflow_uri,
+        "--lease-s",
+        str(LEASE_S),
+        "--heartbeat-s",
+        "1",
+        *extra,
+    ]
     return subprocess.Popen(cmd, env=dict(os.environ, KRPO_BENCH_CPU_THREADS="2"), start_new_session=True)
 
 
@@ -98,8 +114,16 @@ def test_two_process_trial_trains_on_both_ranks_and_reports_once(service: StudyS
     spec = TrialSpec.model_validate(job.config["trial"])
     model, tokenizer = load_pretrained(checkpoint, name="tiny-arith", dtype=torch.float32, device="cpu")
     t = spec.training
-    single = evaluate(model, tokenizer, build_task(spec.task), max_new_tokens=t.max_completion_length,
-                      k=t.pass_at_k, temperature=t.temperature, batch_size=t.eval_batch_size, seed=t.seed + 6)
+    single = evaluate(
+        model,
+        tokenizer,
+        build_task(spec.task),
+        max_new_tokens=t.max_completion_length,
+        k=t.pass_at_k,
+        temperature=t.temperature,
+        batch_size=t.eval_batch_size,
+        seed=t.seed + 6,
+    )
     assert single.num_prompts == spec.task.test_size
     assert single.accuracy == job.result["final_accuracy"]
 
@@ -130,8 +154,11 @@ def test_sigterm_stops_every_rank_at_one_checkpoint_a_killed_worker_takes_its_tr
 
     second = start_worker(service)
     try:
-        wait_for(lambda: service.jobs(info.id)[0].attempt == 2 and len(trial_processes(job.id)) == 3, 120,
-                 "the launcher and both ranks of the second attempt")
+        wait_for(
+            lambda: service.jobs(info.id)[0].attempt == 2 and len(trial_processes(job.id)) == 3,
+            120,
+            "the launcher and both ranks of the second attempt",
+        )
         tree = trial_processes(job.id)
     finally:
         os.killpg(second.pid, signal.SIGKILL)

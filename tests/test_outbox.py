@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from krpo_bench.api.app import create_app
+from krpo_bench.api.settings import ApiSettings
 from mlflow import MlflowClient
 
 from krpo_bench import tracking
-from krpo_bench.api.app import create_app
-from krpo_bench.api.settings import ApiSettings
 from krpo_bench.service import worker as worker_module
 from krpo_bench.service.studies import StudyService, experiment_name
 from krpo_bench.service.worker import Worker
@@ -50,8 +50,13 @@ def assert_created_once(service: StudyService, study_id: str) -> None:
 
 def api_settings(tmp_path: Path, mlflow_uri: str) -> ApiSettings:
     (tmp_path / "data").mkdir(exist_ok=True)
-    return ApiSettings(db=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_tracking_uri=mlflow_uri, api_tokens_file=tmp_path / "tokens.json",
-                       data_roots=(tmp_path / "data",), list_cache_s=0)
+    return ApiSettings(
+        db=f"sqlite:///{tmp_path / 'jobs.db'}",
+        mlflow_tracking_uri=mlflow_uri,
+        api_tokens_file=tmp_path / "tokens.json",
+        data_roots=(tmp_path / "data",),
+        list_cache_s=0,
+    )
 
 
 def test_the_post_does_not_touch_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,13 +98,17 @@ os.kill(os.getpid(), 9)  # dies after the commit, before anything reaches MLflow
 def test_a_submitter_killed_after_the_commit_leaves_records_a_restart_creates_once(tmp_path: Path) -> None:
     db_url, mlflow_uri = f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
     script = SUBMIT_AND_DIE.replace("{spec}", repr(SPEC))
-    done = subprocess.run([sys.executable, "-c", script, db_url, mlflow_uri], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script, db_url, mlflow_uri], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == -9, done.stderr
     study_id = done.stdout.strip()
     restarted = StudyService(db_url, mlflow_uri)
     assert restarted.pending_mlflow() == [study_id] and restarted.get(study_id).counts["queued"] == 2
     assert not experiments_named(mlflow_uri, study_id)
-    creators = [threading.Thread(target=StudyService(db_url, mlflow_uri).ensure_mlflow, args=(study_id,)) for _ in range(3)]
+    creators = [
+        threading.Thread(target=StudyService(db_url, mlflow_uri).ensure_mlflow, args=(study_id,)) for _ in range(3)
+    ]
     for creator in creators:
         creator.start()
     for creator in creators:
@@ -108,7 +117,9 @@ def test_a_submitter_killed_after_the_commit_leaves_records_a_restart_creates_on
     assert restarted.ensure_mlflow(study_id).parent_run_id == restarted.get(study_id).mlflow_parent_run_id
 
 
-def test_a_creator_that_died_half_way_is_finished_without_a_second_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_creator_that_died_half_way_is_finished_without_a_second_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db_url, mlflow_uri = f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
     service = StudyService(db_url, mlflow_uri)
     study_id = service.submit(SPEC).id
@@ -143,7 +154,9 @@ def test_a_worker_creates_the_records_before_the_first_trial(tmp_path: Path, mon
     service = StudyService(f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}")
     study_id = service.submit(SPEC).id
     started: list[FakeProcess] = []
-    monkeypatch.setattr(worker_module, "SpawnedTrial", lambda *a, **kw: started.append(FakeProcess(*a, **kw)) or started[-1])
+    monkeypatch.setattr(
+        worker_module, "SpawnedTrial", lambda *a, **kw: started.append(FakeProcess(*a, **kw)) or started[-1]
+    )
     worker = Worker(service, devices=["cpu"], slots_per_device=2)
     worker.fork_server = False  # spawned trial processes (faked here), not a fork server
     assert worker._fill_slots() == 2

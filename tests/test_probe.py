@@ -23,8 +23,8 @@ from krpo_bench.probe.stats import (
     paired_difference,
     with_holm,
 )
-from krpo_bench.spec.loading import SpecError, validate
 from krpo_bench.spec.estimator import build_estimator
+from krpo_bench.spec.loading import SpecError, validate
 from krpo_bench.spec.trial import TrialSpec
 from krpo_bench.tasks import build_task
 from krpo_bench.training.trainer import BaselineGRPOTrainer
@@ -51,8 +51,14 @@ class GradientGrab(TrainerCallback):
 )
 def test_probe_gradient_is_trls_first_step_gradient(tmp_path, loss_type, accumulation, estimator) -> None:
     config = tiny_trial(
-        estimator=estimator, steps=1, group_size=G, prompts_per_step=PROMPTS, loss_type=loss_type,
-        gradient_accumulation_steps=accumulation, temperature=0.7, max_completion_length=4,
+        estimator=estimator,
+        steps=1,
+        group_size=G,
+        prompts_per_step=PROMPTS,
+        loss_type=loss_type,
+        gradient_accumulation_steps=accumulation,
+        temperature=0.7,
+        max_completion_length=4,
     )
     spec = TrialSpec.model_validate(config)
     task = build_task(spec.task)
@@ -61,8 +67,12 @@ def test_probe_gradient_is_trls_first_step_gradient(tmp_path, loss_type, accumul
     args = grpo_config(spec, tmp_path, use_cuda=False, bf16=False, reward_weights=list(task.reward_weights))
     args.max_grad_norm = 0.0  # no clipping, so the captured gradient is the loss's own
     trainer = BaselineGRPOTrainer(
-        model=loaded.model, reward_funcs=task.reward_funcs, args=args, train_dataset=task.train,
-        processing_class=loaded.tokenizer, estimator=build_estimator(spec.estimator),
+        model=loaded.model,
+        reward_funcs=task.reward_funcs,
+        args=args,
+        train_dataset=task.train,
+        processing_class=loaded.tokenizer,
+        estimator=build_estimator(spec.estimator),
     )
     seen: dict = {}
     generate = trainer._generate_and_score_completions
@@ -81,8 +91,13 @@ def test_probe_gradient_is_trls_first_step_gradient(tmp_path, loss_type, accumul
 
     out = seen["out"]
     batch = RolloutBatch(
-        out["prompt_ids"], out["prompt_mask"], out["completion_ids"], out["completion_mask"],
-        seen["rewards"], seen["keys"], G,
+        out["prompt_ids"],
+        out["prompt_mask"],
+        out["completion_ids"],
+        out["completion_mask"],
+        seen["rewards"],
+        seen["keys"],
+        G,
     )
     assert len(batch.rewards) == G * PROMPTS and (seen["rewards"].view(-1, G).std(dim=1) > 0).any()
     advantages = build_estimator(spec.estimator).estimate(batch.rewards.view(-1, G), batch.prompt_keys).advantages
@@ -110,7 +125,9 @@ def test_tally_matches_a_plain_numpy_computation() -> None:
     signal = 0.5 * reference + 0.3 * torch.randn(50, generator=generator, dtype=torch.float64)
     gradients = [signal + torch.randn(50, generator=generator, dtype=torch.float64) for _ in range(40)]
     gradients[3] = torch.zeros(50, dtype=torch.float64)
-    blocks = torch.stack([reference / 4 + 0.2 * torch.randn(50, generator=generator, dtype=torch.float64) for _ in range(4)])
+    blocks = torch.stack(
+        [reference / 4 + 0.2 * torch.randn(50, generator=generator, dtype=torch.float64) for _ in range(4)]
+    )
     blocks[3] = 4 * reference - blocks[:3].sum(dim=0)  # the blocks sum to 4 x reference: the reference is their mean
     tally = GradientTally(_reference(blocks))
     for g in gradients:
@@ -128,7 +145,9 @@ def test_tally_matches_a_plain_numpy_computation() -> None:
     assert batches == pytest.approx((np.mean(cosines) - half, np.mean(cosines) + half), rel=1e-12)
     # the interval over batches and reference: the jackknife over the 4 leave-one-out references, by hand
     left_out = [(4 * ref - b) / 3 for b in blocks.numpy()]
-    jack = np.array([np.mean([0.0 if not g.any() else g @ r / np.linalg.norm(g) / np.linalg.norm(r) for g in G]) for r in left_out])
+    jack = np.array(
+        [np.mean([0.0 if not g.any() else g @ r / np.linalg.norm(g) / np.linalg.norm(r) for g in G]) for r in left_out]
+    )
     var_batches, var_reference = np.var(cosines, ddof=1) / len(G), 3 / 4 * np.sum((jack - jack.mean()) ** 2)
     df = min((var_batches + var_reference) ** 2 / (var_batches**2 / (len(G) - 1) + var_reference**2 / 3), len(G) - 1)
     low, high = stats.t.interval(0.95, df, loc=np.mean(cosines), scale=np.sqrt(var_batches + var_reference))
@@ -178,7 +197,9 @@ def test_paired_difference_is_a_t_interval_over_batches_when_the_reference_is_ex
     diff = np.subtract(a, b)
     low, high = stats.t.interval(0.95, 4, loc=diff.mean(), scale=stats.sem(diff))
     paired = paired_difference(*tallies)
-    assert (paired["cos_diff"], paired["cos_diff_ci_low"], paired["cos_diff_ci_high"]) == pytest.approx((diff.mean(), low, high))
+    assert (paired["cos_diff"], paired["cos_diff_ci_low"], paired["cos_diff_ci_high"]) == pytest.approx(
+        (diff.mean(), low, high)
+    )
     assert (paired["cos_diff_batch_ci_low"], paired["cos_diff_batch_ci_high"]) == pytest.approx((low, high))
     assert paired["cos_diff_p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
 
@@ -326,9 +347,15 @@ def test_probe_command_prints_the_table_tracks_and_reports(tmp_path, command) ->
     for row in data["rows"]:
         assert row["cos_ci_low"] <= row["cos_batch_ci_low"] and row["cos_batch_ci_high"] <= row["cos_ci_high"]
     compared = [r for r in data["rows"] if r["estimator"] != "grpo"]
-    assert all(math.isnan(r["cos_diff_p"]) and math.isnan(r["cos_diff_p_holm"]) for r in data["rows"] if r["estimator"] == "grpo")
+    assert all(
+        math.isnan(r["cos_diff_p"]) and math.isnan(r["cos_diff_p_holm"])
+        for r in data["rows"]
+        if r["estimator"] == "grpo"
+    )
     assert all(r["cos_diff_p"] <= r["cos_diff_p_holm"] <= 1 for r in compared)
-    assert min(r["cos_diff_p_holm"] for r in compared) == pytest.approx(min(6 * min(r["cos_diff_p"] for r in compared), 1))
+    assert min(r["cos_diff_p_holm"] for r in compared) == pytest.approx(
+        min(6 * min(r["cos_diff_p"] for r in compared), 1)
+    )
     assert data["reference_blocks"] == 8 and "p Holm" in result.output
     page = (out / "index.html").read_text()
     assert "8 leave-one-block-out references" in page and "Holm over the 6" in page

@@ -13,11 +13,11 @@ from types import SimpleNamespace
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from krpo_bench.api.app import create_app
+from krpo_bench.api.settings import ApiSettings
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from krpo_bench.api.app import create_app
-from krpo_bench.api.settings import ApiSettings
 from krpo_bench.cli import app
 from krpo_bench.service.probe_job import run_probe_job
 from krpo_bench.service.studies import StudyService, experiment_name
@@ -37,9 +37,16 @@ def test_a_probe_study_is_one_job_tagged_like_a_trial(tmp_path: Path) -> None:
     [job] = service.jobs(info.id)
     assert job.trial_key == "probe" and job.status == "queued" and job.max_attempts == 3
     assert job.config["probe"] == {**info.spec, "experiment": experiment_name(info.id, info.name)}
-    assert job.config["tags"] == {"krpo.study_id": info.id, "krpo.study_name": "test-probe", "krpo.kind": "probe",
-                                  "krpo.trial_key": "probe", "krpo.variant": "probe", "krpo.variant_name": "probe",
-                                  "krpo.grid_point": "[]", "krpo.seed": "0"}
+    assert job.config["tags"] == {
+        "krpo.study_id": info.id,
+        "krpo.study_name": "test-probe",
+        "krpo.kind": "probe",
+        "krpo.trial_key": "probe",
+        "krpo.variant": "probe",
+        "krpo.variant_name": "probe",
+        "krpo.grid_point": "[]",
+        "krpo.seed": "0",
+    }
     assert "trial" not in job.config
     assert service.resume(info.id).total == 1 and len(service.jobs(info.id)) == 1  # nothing re-planned
     assert service.results(info.id).variant("probe").n == 0
@@ -48,8 +55,11 @@ def test_a_probe_study_is_one_job_tagged_like_a_trial(tmp_path: Path) -> None:
 def test_submit_takes_a_probe_file(tmp_path: Path) -> None:
     path = tmp_path / "probe.yaml"
     path.write_text(yaml.safe_dump(SMALL))
-    result = CliRunner().invoke(app, ["submit", str(path), "--db", f"sqlite:///{tmp_path}/jobs.db",
-                                      "--mlflow", f"sqlite:///{tmp_path}/mlflow.db"], terminal_width=200)
+    result = CliRunner().invoke(
+        app,
+        ["submit", str(path), "--db", f"sqlite:///{tmp_path}/jobs.db", "--mlflow", f"sqlite:///{tmp_path}/mlflow.db"],
+        terminal_width=200,
+    )
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     assert "(probe): waiting for a worker; 0/1 done" in said and "queued 1" in said
@@ -82,7 +92,9 @@ def test_a_stopped_probe_stops_between_batches_and_a_retry_reruns_it_in_the_same
     assert run_probe_job(job(second), service, payload, should_stop=lambda: False) == 0
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "succeeded" and result["mlflow_run_id"] == run_id
-    assert {(r["estimator"], r["group_size"]) for r in result["rows"]} == {(e, g) for e in ("grpo", "krpo") for g in (2, 4)}
+    assert {(r["estimator"], r["group_size"]) for r in result["rows"]} == {
+        (e, g) for e in ("grpo", "krpo") for g in (2, 4)
+    }
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent
     assert run.data.tags["krpo.job_id"] == first.id and run.data.tags["krpo.study_id"] == study.id
@@ -92,8 +104,12 @@ def test_a_stopped_probe_stops_between_batches_and_a_retry_reruns_it_in_the_same
 def client(tmp_path: Path):
     (tmp_path / "data").mkdir()
     settings = ApiSettings(
-        db=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-        api_tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path / "data",), list_cache_s=0, max_model_params=10_000_000,
+        db=f"sqlite:///{tmp_path / 'jobs.db'}",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        api_tokens_file=tmp_path / "tokens.json",
+        data_roots=(tmp_path / "data",),
+        list_cache_s=0,
+        max_model_params=10_000_000,
     )
     with TestClient(create_app(settings), base_url="http://localhost") as test_client:
         yield test_client
@@ -128,7 +144,9 @@ def test_run_puts_a_probe_through_a_local_worker_into_mlflow_and_the_report(tmp_
     env = dict(os.environ, KRPO_BENCH_CPU_THREADS="1", COLUMNS="200")
 
     def cli(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "krpo_bench.cli", *args], env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-m", "krpo_bench.cli", *args], env=env, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, f"{args}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         return done.stdout
 
@@ -138,7 +156,9 @@ def test_run_puts_a_probe_through_a_local_worker_into_mlflow_and_the_report(tmp_
     [info] = service.list()
     [job] = service.jobs(info.id)
     assert job.status == "succeeded" and job.attempt == 1
-    assert {(r["estimator"], r["group_size"]) for r in job.result["rows"]} == {(e, g) for e in ("grpo", "krpo") for g in (2, 4)}
+    assert {(r["estimator"], r["group_size"]) for r in job.result["rows"]} == {
+        (e, g) for e in ("grpo", "krpo") for g in (2, 4)
+    }
     run = MlflowClient(uri).get_run(job.mlflow_run_id)
     assert run.info.experiment_id == info.mlflow_experiment_id and run.info.status == "FINISHED"
     assert run.data.tags["mlflow.parentRunId"] == info.mlflow_parent_run_id
@@ -152,24 +172,30 @@ def test_run_puts_a_probe_through_a_local_worker_into_mlflow_and_the_report(tmp_
     assert "<table>" in page and "data:image/png;base64," in page and "krpo" in page
     for folder in (tmp_path / "report", tmp_path / "again"):
         assert {"index.html", "probe.png", "probe.csv", "probe.json"} <= {p.name for p in folder.iterdir()}
-        assert json.loads((folder / "probe.json").read_text())["rows"] == json.loads((tmp_path / "report" / "probe.json").read_text())["rows"]
+        assert (
+            json.loads((folder / "probe.json").read_text())["rows"]
+            == json.loads((tmp_path / "report" / "probe.json").read_text())["rows"]
+        )
 
 
 def test_upgrading_to_probe_kinds_keeps_every_job_and_downgrading_removes_the_probes(tmp_path: Path) -> None:
+    from alembic import command
     from sqlalchemy import text
     from sqlalchemy.exc import IntegrityError
-
-    from alembic import command
 
     from krpo_bench.service.db import alembic_config, make_engine, upgrade
 
     url = f"sqlite:///{tmp_path}/jobs.db"
     upgrade(url, "0003")
     engine = make_engine(url)
-    study = ("INSERT INTO studies (id, name, kind, spec, status, priority, cancel_requested, created_at, updated_at, "
-             "total_jobs, mlflow_pending) VALUES (:id, 'n', :kind, '{}', 'running', 0, 0, '2026-01-01', '2026-01-01', 1, 0)")
-    job = ("INSERT INTO jobs (id, seq, study_id, trial_key, config, status, priority, attempt, failures, max_attempts, "
-           "cancel_requested, gpus, created_at) VALUES (:id, :seq, :study, 'k', '{}', 'queued', 0, 0, 0, 3, 0, 1, '2026-01-01')")
+    study = (
+        "INSERT INTO studies (id, name, kind, spec, status, priority, cancel_requested, created_at, updated_at, "
+        "total_jobs, mlflow_pending) VALUES (:id, 'n', :kind, '{}', 'running', 0, 0, '2026-01-01', '2026-01-01', 1, 0)"
+    )
+    job = (
+        "INSERT INTO jobs (id, seq, study_id, trial_key, config, status, priority, attempt, failures, max_attempts, "
+        "cancel_requested, gpus, created_at) VALUES (:id, :seq, :study, 'k', '{}', 'queued', 0, 0, 0, 3, 0, 1, '2026-01-01')"
+    )
     with engine.begin() as conn:
         conn.execute(text(study), {"id": "old", "kind": "ablation"})
         conn.execute(text(job), {"id": "old-job", "seq": 1, "study": "old"})

@@ -5,12 +5,11 @@ from __future__ import annotations
 import multiprocessing as mp
 import queue as stdlib_queue
 import sqlite3
+import threading
 import time
 from collections import Counter
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
-
-import threading
 
 import pytest
 from sqlalchemy import Engine, MetaData, Table, select, update
@@ -39,9 +38,7 @@ def _drain(url: str, worker_id: str, start: Barrier, out: mp.Queue) -> None:
     queue.engine.dispose()
 
 
-def test_eight_processes_complete_each_job_exactly_once(
-    db_url: str, queue: JobQueue, study_id: str
-) -> None:
+def test_eight_processes_complete_each_job_exactly_once(db_url: str, queue: JobQueue, study_id: str) -> None:
     ids = queue.enqueue_many(study_id, [NewJob(f"t{i}", {"i": i}) for i in range(200)])
     ctx = mp.get_context("spawn")
     start, out = ctx.Barrier(8), ctx.Queue()
@@ -208,7 +205,9 @@ def _study_status(engine: Engine, study_id: str) -> str:
         return conn.execute(select(Study.status).where(Study.id == study_id)).scalar_one()
 
 
-def test_a_study_with_a_cancelled_job_ends_cancelled_not_succeeded(engine: Engine, queue: JobQueue, study_id: str) -> None:
+def test_a_study_with_a_cancelled_job_ends_cancelled_not_succeeded(
+    engine: Engine, queue: JobQueue, study_id: str
+) -> None:
     ids = queue.enqueue_many(study_id, [NewJob("a", {}), NewJob("b", {})])
     job = queue.claim("w1", 30)
     assert queue.cancel_job(ids[1]) is JobStatus.CANCELLED
@@ -257,7 +256,9 @@ def test_reclaim_settles_a_study_whose_last_finisher_died_before_settling_it(
     queue.enqueue(study_id, "a", {})
     job = queue.claim("w1", 30)
     with engine.begin() as conn:  # the job's end committed, and its process died there
-        conn.execute(update(Table("jobs", MetaData(), autoload_with=conn)).values(status="succeeded", finished_at=utcnow()))
+        conn.execute(
+            update(Table("jobs", MetaData(), autoload_with=conn)).values(status="succeeded", finished_at=utcnow())
+        )
     assert _study_status(engine, study_id) == "running"
     assert queue.reclaim_expired() == []
     assert _study_status(engine, study_id) == "succeeded"
@@ -276,16 +277,41 @@ def test_upgrade_counts_existing_jobs_and_corrects_wrong_successes(db_url: str) 
                 ("wrong", "succeeded", ["succeeded", "cancelled"]),
                 ("busy", "running", ["succeeded", "queued", "running"]),
             ]:
-                conn.execute(studies.insert().values(
-                    id=sid, name=sid, kind="ablation", spec={}, status=status, priority=0, total_jobs=len(job_statuses),
-                    cancel_requested=False, created_at=utcnow(), updated_at=utcnow(),
-                ))
-                conn.execute(jobs.insert(), [
-                    {"id": f"{sid}-{i}", "seq": hash((sid, i)) % 10**9, "study_id": sid, "trial_key": str(i), "config": {},
-                     "status": st, "priority": 0, "attempt": 0, "failures": 0, "max_attempts": 3,
-                     "cancel_requested": False, "gpus": 1, "created_at": utcnow()}
-                    for i, st in enumerate(job_statuses)
-                ])
+                conn.execute(
+                    studies.insert().values(
+                        id=sid,
+                        name=sid,
+                        kind="ablation",
+                        spec={},
+                        status=status,
+                        priority=0,
+                        total_jobs=len(job_statuses),
+                        cancel_requested=False,
+                        created_at=utcnow(),
+                        updated_at=utcnow(),
+                    )
+                )
+                conn.execute(
+                    jobs.insert(),
+                    [
+                        {
+                            "id": f"{sid}-{i}",
+                            "seq": hash((sid, i)) % 10**9,
+                            "study_id": sid,
+                            "trial_key": str(i),
+                            "config": {},
+                            "status": st,
+                            "priority": 0,
+                            "attempt": 0,
+                            "failures": 0,
+                            "max_attempts": 3,
+                            "cancel_requested": False,
+                            "gpus": 1,
+                            "created_at": utcnow(),
+                        }
+                        for i, st in enumerate(job_statuses)
+                    ],
+                )
         upgrade(engine)
         with engine.connect() as conn:
             rows = dict(conn.execute(select(Study.id, Study.enqueued_jobs)).tuples().all())

@@ -14,6 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from krpo_bench.api.app import create_app
+from krpo_bench.api.auth import TokenStore
+from krpo_bench.api.settings import ApiSettings
 from scipy import stats as scipy_stats
 from sqlalchemy import select
 from typer.testing import CliRunner
@@ -21,9 +24,6 @@ from typer.testing import CliRunner
 from krpo_bench.analysis.analyze import AnalysisSettings, analyze
 from krpo_bench.analysis.records import TrialRecord, records_from_jobs
 from krpo_bench.analysis.replication import SeedEstimate, heterogeneity_test, seed_estimate
-from krpo_bench.api.app import create_app
-from krpo_bench.api.auth import TokenStore
-from krpo_bench.api.settings import ApiSettings
 from krpo_bench.cli import app as cli
 from krpo_bench.service.db import Study, read_connection
 from krpo_bench.service.quotas import owner_of
@@ -36,9 +36,15 @@ from tests.trial_specs import tiny_trial
 
 BASE = {k: v for k, v in tiny_trial(steps=5).items() if k != "name"}
 ABLATION = {
-    "name": "lead", "kind": "ablation", "base": BASE, "seeds": 4,
-    "variants": {"grpo": {"estimator": {"name": "grpo"}}, "krpo": {"estimator": {"name": "krpo"}},
-                 "rloo": {"estimator": {"name": "rloo"}}},
+    "name": "lead",
+    "kind": "ablation",
+    "base": BASE,
+    "seeds": 4,
+    "variants": {
+        "grpo": {"estimator": {"name": "grpo"}},
+        "krpo": {"estimator": {"name": "krpo"}},
+        "rloo": {"estimator": {"name": "rloo"}},
+    },
 }
 SEQUENTIAL = ABLATION | {"analysis": {"until_decided": {"max_seeds": 8, "step": 2}}}
 
@@ -57,8 +63,7 @@ def finish(service: StudyService, effect: float) -> list[int]:
     while (job := service.queue.claim("test-worker", 60)) is not None:
         seed = job.config["seed"]
         estimator = job.config["trial"]["estimator"]["name"]
-        result = {"status": "succeeded", "final_accuracy": accuracy(estimator, seed, effect),
-                  "initial_accuracy": 0.3}
+        result = {"status": "succeeded", "final_accuracy": accuracy(estimator, seed, effect), "initial_accuracy": 0.3}
         assert service.queue.complete(job.id, job.attempt, result)
         service.job_finished(job.id)
         seeds.append(seed)
@@ -89,7 +94,9 @@ def test_a_confirmation_reruns_the_chosen_variants_and_the_reference_on_fresh_se
     assert set(confirmed) == set(spec["seeds"]) and not set(confirmed) & set(used)
     again = service.confirm(original.id)  # every variant, as many seeds as the first look
     assert list(again.spec["variants"]) == ["grpo", "krpo", "rloo"]
-    assert again.spec["seeds"] == list(range(max(confirmed) + 1, max(confirmed) + 5))  # above the earlier confirmation's
+    assert again.spec["seeds"] == list(
+        range(max(confirmed) + 1, max(confirmed) + 5)
+    )  # above the earlier confirmation's
 
 
 def test_what_cannot_be_confirmed_is_refused_with_the_reason(service: StudyService) -> None:
@@ -98,8 +105,17 @@ def test_what_cannot_be_confirmed_is_refused_with_the_reason(service: StudyServi
         service.confirm("lead", variants=["ppo"])
     with pytest.raises(StudyError, match="besides the reference 'grpo'"):
         service.confirm("lead", variants=["grpo"])
-    search = service.submit({"name": "s", "kind": "search", "base": BASE, "n_trials": 1, "parallelism": 1,
-                             "sampler": "random", "space": {"training.learning_rate": {"type": "log_uniform", "low": 1e-5, "high": 1e-3}}})
+    search = service.submit(
+        {
+            "name": "s",
+            "kind": "search",
+            "base": BASE,
+            "n_trials": 1,
+            "parallelism": 1,
+            "sampler": "random",
+            "space": {"training.learning_rate": {"type": "log_uniform", "low": 1e-5, "high": 1e-3}},
+        }
+    )
     with pytest.raises(StudyError, match="only an ablation can be confirmed"):
         service.confirm(search.id)
     long_name = service.submit(ABLATION | {"name": "x" * MAX_NAME_CHARS})
@@ -158,14 +174,28 @@ def test_heterogeneity_of_equal_estimates_is_none_and_undefined_errors_give_nan(
 
 def test_compare_pools_identical_configs_and_keeps_distinct_ones_apart(tmp_path: Path) -> None:
     service = StudyService(f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    two = {"name": "first", "kind": "ablation", "base": BASE, "seeds": [0, 1, 2],
-           "variants": {"grpo": {"estimator": {"name": "grpo"}}, "krpo": {"estimator": {"name": "krpo"}}}}
+    two = {
+        "name": "first",
+        "kind": "ablation",
+        "base": BASE,
+        "seeds": [0, 1, 2],
+        "variants": {"grpo": {"estimator": {"name": "grpo"}}, "krpo": {"estimator": {"name": "krpo"}}},
+    }
     first = service.submit(two)
     finish(service, effect=0.04)
     # the same configs under other variant names and seeds 1..4 (1 and 2 repeat), and krpo with another Q
-    second = service.submit(two | {"name": "second", "seeds": [1, 2, 3, 4], "variants": {
-        "baseline": {"estimator": {"name": "grpo"}}, "kalman": {"estimator": {"name": "krpo"}},
-        "krpo": {"estimator": {"name": "krpo", "Q": 0.5}}}})
+    second = service.submit(
+        two
+        | {
+            "name": "second",
+            "seeds": [1, 2, 3, 4],
+            "variants": {
+                "baseline": {"estimator": {"name": "grpo"}},
+                "kalman": {"estimator": {"name": "krpo"}},
+                "krpo": {"estimator": {"name": "krpo", "Q": 0.5}},
+            },
+        }
+    )
     finish(service, effect=0.04)
     pooled = compare(service, [first.id, second.id])
     labels = [v.label for v in pooled.variants]
@@ -177,7 +207,9 @@ def test_compare_pools_identical_configs_and_keeps_distinct_ones_apart(tmp_path:
     assert pooled.variant("krpo").values == [accuracy("krpo", s, 0.04) for s in range(5)]
     assert pooled.comparison(f"krpo ({second.id[:8]})").analysis == "unpaired"  # seeds 1-4 against 0-4
 
-    result = CliRunner().invoke(cli, ["compare", "first", "second", "--db", service.db_url, "--mlflow", service.mlflow_uri])
+    result = CliRunner().invoke(
+        cli, ["compare", "first", "second", "--db", service.db_url, "--mlflow", service.mlflow_uri]
+    )
     assert result.exit_code == 0, result.output
     assert "pooled 14 finished trials of 2 studies" in result.output and f"krpo ({second.id[:8]})" in result.output
 
@@ -187,7 +219,9 @@ def test_status_of_a_confirmation_names_its_original_and_prints_the_replication(
     original = service.submit(ABLATION)
     finish(service, effect=0.04)
     options = ["--db", service.db_url, "--mlflow", service.mlflow_uri]
-    submitted = CliRunner().invoke(cli, ["confirm", "lead", "--variants", "krpo", "--seeds", "3", "--submit-only", *options])
+    submitted = CliRunner().invoke(
+        cli, ["confirm", "lead", "--variants", "krpo", "--seeds", "3", "--submit-only", *options]
+    )
     assert submitted.exit_code == 0, submitted.output
     assert f"confirms study {original.id} 'lead' on fresh seeds" in submitted.output
     finish(service, effect=0.0)
@@ -201,8 +235,13 @@ def test_status_of_a_confirmation_names_its_original_and_prints_the_replication(
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    settings = ApiSettings(db=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                           api_tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path,), list_cache_s=0)
+    settings = ApiSettings(
+        db=f"sqlite:///{tmp_path / 'jobs.db'}",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        api_tokens_file=tmp_path / "tokens.json",
+        data_roots=(tmp_path,),
+        list_cache_s=0,
+    )
     with TestClient(create_app(settings), base_url="http://localhost") as test_client:
         yield test_client
 
@@ -234,15 +273,23 @@ def test_the_api_confirms_and_answers_the_replication(client: TestClient) -> Non
 def test_confirming_over_the_api_takes_a_submit_token_and_its_quota(tmp_path: Path) -> None:
     store = TokenStore(tmp_path / "tokens.json")
     (reader, _), (submitter, record) = store.create("reader", ["read"]), store.create("submitter", ["submit"])
-    settings = ApiSettings(db=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                           api_tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path,), max_active_trials_per_token=5)
+    settings = ApiSettings(
+        db=f"sqlite:///{tmp_path / 'jobs.db'}",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        api_tokens_file=tmp_path / "tokens.json",
+        data_roots=(tmp_path,),
+        max_active_trials_per_token=5,
+    )
     with TestClient(create_app(settings)) as client:
         service: StudyService = client.app.state.service
         original = service.submit(ABLATION)  # owned by nobody: any submit token may confirm it, owning the confirmation
         finish(service, effect=0.04)
         path = f"/api/v1/studies/{original.id}/confirm"
         assert client.post(path, json={"variants": ["krpo"]}).status_code == 401
-        assert client.post(path, json={"variants": ["krpo"]}, headers={"Authorization": f"Bearer {reader}"}).status_code == 403
+        assert (
+            client.post(path, json={"variants": ["krpo"]}, headers={"Authorization": f"Bearer {reader}"}).status_code
+            == 403
+        )
         as_submitter = {"Authorization": f"Bearer {submitter}"}
         over = client.post(path, json={"variants": ["krpo"], "seeds": 3}, headers=as_submitter)  # 6 trials, 5 allowed
         assert over.status_code == 429, over.text
@@ -250,7 +297,9 @@ def test_confirming_over_the_api_takes_a_submit_token_and_its_quota(tmp_path: Pa
         assert confirmed.status_code == 201, confirmed.text
         assert owner_of(service.engine, confirmed.json()["id"]) == record.id
         assert confirmed.json()["spec"]["seeds"] == [4, 5]  # the refused request took no seeds
-        answer = client.get(f"/api/v1/studies/{confirmed.json()['id']}/replication", headers={"Authorization": f"Bearer {reader}"})
+        answer = client.get(
+            f"/api/v1/studies/{confirmed.json()['id']}/replication", headers={"Authorization": f"Bearer {reader}"}
+        )
         (row,) = answer.json()["heterogeneity"]
         assert answer.status_code == 200 and row["original_difference"] is not None
         assert row["confirmation_difference"] is None and row["p_value"] is None  # nothing finished yet: null, not NaN

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-
 import json
 import re
 import time
@@ -15,13 +14,13 @@ import optuna
 import pandas as pd
 import pytest
 import scipy.stats
+from krpo_bench.dashboards import StudyData, build_report, load_study, render_html
+from krpo_bench.dashboards.report import METRIC, order_twins
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from krpo_bench import stats
 from krpo_bench.analysis.model import json_ready
-from krpo_bench.dashboards import StudyData, build_report, load_study, render_html
-from krpo_bench.dashboards.report import METRIC, order_twins
 
 STUDY_ID = "study-7"
 FINAL = {
@@ -34,22 +33,40 @@ STEPS = range(0, 41, 5)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _log_trial(client: MlflowClient, experiment_id: str, parent_id: str, variant: str, seed: int,
-               status: str = "FINISHED", study_id: str = STUDY_ID, label: str | None = None) -> str:
+def _log_trial(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_id: str,
+    variant: str,
+    seed: int,
+    status: str = "FINISHED",
+    study_id: str = STUDY_ID,
+    label: str | None = None,
+) -> str:
     """One trial run with ``variant``'s numbers, tagged as the variant ``label`` (default: ``variant``)."""
     label = label or variant
     run = client.create_run(experiment_id, run_name=f"{label}-{seed}")
     run_id = run.info.run_id
     estimator = "kalman" if variant.startswith("krpo") else "group_mean"
     tags = {
-        "mlflow.parentRunId": parent_id, "krpo.study_id": study_id, "krpo.study_name": "quickstart",
-        "krpo.variant": label, "krpo.seed": str(seed), "krpo.estimator": estimator,
-        "krpo.trial_key": f"{label}/{seed}", "krpo.kind": "ablation",
+        "mlflow.parentRunId": parent_id,
+        "krpo.study_id": study_id,
+        "krpo.study_name": "quickstart",
+        "krpo.variant": label,
+        "krpo.seed": str(seed),
+        "krpo.estimator": estimator,
+        "krpo.trial_key": f"{label}/{seed}",
+        "krpo.kind": "ablation",
     }
     params = {
-        "estimator.name": estimator, "estimator.Q": "0.0001", "estimator.R": "1.0",
-        "estimator.shuffle_order": str(variant.endswith("shuffled")), "training.group_size": "8",
-        "training.seed": str(seed), "model.name": "tiny-arith", "training.output_dir": f"/out/{run_id}",
+        "estimator.name": estimator,
+        "estimator.Q": "0.0001",
+        "estimator.R": "1.0",
+        "estimator.shuffle_order": str(variant.endswith("shuffled")),
+        "training.group_size": "8",
+        "training.seed": str(seed),
+        "model.name": "tiny-arith",
+        "training.output_dir": f"/out/{run_id}",
     }
     final = FINAL[variant][seed]
     now = int(time.time() * 1000)
@@ -71,8 +88,12 @@ def _log_trial(client: MlflowClient, experiment_id: str, parent_id: str, variant
         Metric("cost/tokens", 1000.0 * (seed + 1), now, 0),
         Metric("cost/mean_step_time_s", STEP_TIME[variant], now, 0),
     ]
-    client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()],
-                     tags=[RunTag(k, v) for k, v in tags.items()])
+    client.log_batch(
+        run_id,
+        metrics=metrics,
+        params=[Param(k, v) for k, v in params.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
     if variant == "krpo" and seed == 0:
         client.log_dict(run_id, {"values": np.linspace(-2, 2, 101).tolist()}, "diagnostics/advantages.json")
     if status != "RUNNING":
@@ -184,19 +205,23 @@ def test_summary_matches_direct_statistics(report) -> None:
     row = next(r for r in saved["variants"] if r["variant"] == "krpo")
     assert row["values"] == FINAL["krpo"] and row["seeds"] == [0, 1, 2]
     assert (row["mean"]["estimate"], row["mean"]["low"], row["mean"]["high"]) == pytest.approx(
-        (mean.estimate, mean.low, mean.high))
+        (mean.estimate, mean.low, mean.high)
+    )
     assert (row["iqm"]["estimate"], row["iqm"]["low"], row["iqm"]["high"]) == pytest.approx(
-        (iqm.estimate, iqm.low, iqm.high))
+        (iqm.estimate, iqm.low, iqm.high)
+    )
     compared = next(c for c in saved["comparisons"] if c["variant"] == "krpo")
     assert compared["difference"] == pytest.approx(
-        {"estimate": expected.difference.estimate, "low": expected.difference.low, "high": expected.difference.high})
+        {"estimate": expected.difference.estimate, "low": expected.difference.low, "high": expected.difference.high}
+    )
     assert compared["prob_improvement"]["estimate"] == pytest.approx(expected.prob_improvement.estimate)
     assert compared["prob_improvement"]["low"] == pytest.approx(expected.prob_improvement.low)
     assert compared["welch_p"] == pytest.approx(scipy.stats.ttest_ind(krpo, grpo, equal_var=False).pvalue)
     assert compared["p_value"] == pytest.approx(scipy.stats.ttest_rel(krpo, grpo).pvalue)
     assert compared["analysis"] == "paired" and compared["target_effect"] == 0.02
     assert (compared["welch_difference"]["low"], compared["welch_difference"]["high"]) == pytest.approx(
-        (expected.welch_difference.low, expected.welch_difference.high))
+        (expected.welch_difference.low, expected.welch_difference.high)
+    )
     assert compared["mde"] == pytest.approx(expected.mde) and compared["seeds_needed"] == expected.seeds_needed
     assert compared["sentence"] == sentence and compared["reference"] == "grpo" and compared["verdict"] == "better"
     family = saved["comparisons"]
@@ -211,7 +236,8 @@ def test_summary_matches_direct_statistics(report) -> None:
     order = saved["order_checks"][0]
     assert order["exploratory"] and order["sentence"].startswith("exploratory (final/accuracy): ")
     assert order["p_value"] == pytest.approx(
-        stats.compare(FINAL["krpo shuffled"], krpo, "krpo shuffled", "krpo", seeds, seeds).p_value)
+        stats.compare(FINAL["krpo shuffled"], krpo, "krpo shuffled", "krpo", seeds, seeds).p_value
+    )
 
     table = pd.read_csv(report.csv_path).set_index("variant")
     assert table.loc["krpo", "mean"] == pytest.approx(mean.estimate)
@@ -259,9 +285,9 @@ def test_empty_and_single_seed_studies_still_render(study, tmp_path: Path) -> No
 
 def test_service_results_api_and_cli_carry_the_paired_comparison(tmp_path: Path) -> None:
     """The service's results (which the API and `krpo-bench status` show) compare like the report does."""
+    from krpo_bench.api.schemas import StudyResults
     from typer.testing import CliRunner
 
-    from krpo_bench.api.schemas import StudyResults
     from krpo_bench.cli import app
     from krpo_bench.service.studies import StudyService
     from tests.trial_specs import tiny_trial
@@ -269,10 +295,16 @@ def test_service_results_api_and_cli_carry_the_paired_comparison(tmp_path: Path)
     db, mlflow = f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
     service = StudyService(db, mlflow)
     base = {k: v for k, v in tiny_trial(steps=5).items() if k != "name"}
-    info = service.submit({
-        "name": "paired", "kind": "ablation", "base": base, "seeds": 3, "analysis": {"target_effect": 0.05},
-        "variants": {"krpo": {"estimator": {"name": "krpo"}}, "grpo": {"estimator": {"name": "grpo"}}},
-    })
+    info = service.submit(
+        {
+            "name": "paired",
+            "kind": "ablation",
+            "base": base,
+            "seeds": 3,
+            "analysis": {"target_effect": 0.05},
+            "variants": {"krpo": {"estimator": {"name": "krpo"}}, "grpo": {"estimator": {"name": "grpo"}}},
+        }
+    )
     accuracy = {"grpo": FINAL["grpo"], "krpo": FINAL["krpo"]}
     while (job := service.queue.claim("test-worker", 60)) is not None:
         value = accuracy[job.config["variant"]][job.config["seed"]]
@@ -287,7 +319,10 @@ def test_service_results_api_and_cli_carry_the_paired_comparison(tmp_path: Path)
     api = StudyResults.of(info.id, results).model_dump(mode="json")
     krpo = next(c for c in api["comparisons"] if c["variant"] == "krpo")
     assert krpo["analysis"] == "paired" and krpo["sentence"] == sentence and api["study_id"] == info.id
-    assert krpo["welch_difference"]["low"] == pytest.approx(expected.welch_difference.low) and krpo["target_effect"] == 0.05
+    assert (
+        krpo["welch_difference"]["low"] == pytest.approx(expected.welch_difference.low)
+        and krpo["target_effect"] == 0.05
+    )
 
     shown = CliRunner().invoke(app, ["status", info.id, "--db", db, "--mlflow", mlflow], env={"COLUMNS": "200"})
     assert shown.exit_code == 0, shown.output
@@ -297,8 +332,21 @@ def test_service_results_api_and_cli_carry_the_paired_comparison(tmp_path: Path)
 
 def _statistics(comparison: Any) -> dict[str, Any]:
     """A comparison's statistics (a `stats.Comparison` or an analysis `ComparisonResult`), NaN as None."""
-    values = {name: getattr(comparison, name) for name in ("analysis", "n_variant", "n_reference", "p_value",
-              "rank_p_value", "welch_p", "mde", "target_effect", "seeds_needed", "confidence")}
+    values = {
+        name: getattr(comparison, name)
+        for name in (
+            "analysis",
+            "n_variant",
+            "n_reference",
+            "p_value",
+            "rank_p_value",
+            "welch_p",
+            "mde",
+            "target_effect",
+            "seeds_needed",
+            "confidence",
+        )
+    }
     for name in ("difference", "difference_bootstrap", "prob_improvement", "welch_difference"):
         interval = getattr(comparison, name)
         values |= {f"{name}.{part}": getattr(interval, part) for part in ("estimate", "low", "high")}
@@ -313,10 +361,15 @@ def _grpo_last_study(tmp_path: Path):
 
     service = StudyService(f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}")
     base = {k: v for k, v in tiny_trial(steps=5).items() if k != "name"}
-    info = service.submit({
-        "name": "grpo-last", "kind": "ablation", "base": base, "seeds": 3,
-        "variants": {"filter": {"estimator": {"name": "krpo"}}, "grpo": {"estimator": {"name": "grpo"}}},
-    })
+    info = service.submit(
+        {
+            "name": "grpo-last",
+            "kind": "ablation",
+            "base": base,
+            "seeds": 3,
+            "variants": {"filter": {"estimator": {"name": "krpo"}}, "grpo": {"estimator": {"name": "grpo"}}},
+        }
+    )
     return service, info
 
 
@@ -329,7 +382,9 @@ def test_service_results_pair_the_arms_by_seed_whatever_order_their_jobs_come_in
     numbers = {"grpo": FINAL["grpo"], "filter": FINAL["krpo"]}
     for variant, seed in finished:
         job = claimed[(variant, seed)]
-        assert service.queue.complete(job.id, job.attempt, {"status": "succeeded", "final_accuracy": numbers[variant][seed]})
+        assert service.queue.complete(
+            job.id, job.attempt, {"status": "succeeded", "final_accuracy": numbers[variant][seed]}
+        )
         service.job_finished(job.id)
     by_id = {j.id: j for j in service.jobs(info.id)}
     in_finish_order = [by_id[claimed[key].id] for key in finished]
@@ -350,7 +405,9 @@ def test_the_report_and_the_dashboard_compare_with_grpo_wherever_it_is_listed(tm
     client = MlflowClient(service.mlflow_uri)
     for variant, label in (("krpo", "filter"), ("grpo", "grpo")):
         for seed in range(3):
-            _log_trial(client, records.experiment_id, records.parent_run_id, variant, seed, study_id=info.id, label=label)
+            _log_trial(
+                client, records.experiment_id, records.parent_run_id, variant, seed, study_id=info.id, label=label
+            )
     data = load_study(service.mlflow_uri, study_id=info.id)
     assert data.variants == ["filter", "grpo"]
     expected = stats.compare(FINAL["krpo"], FINAL["grpo"], "filter", "grpo", [0, 1, 2], [0, 1, 2])
@@ -365,16 +422,20 @@ def test_the_report_and_the_dashboard_compare_with_grpo_wherever_it_is_listed(tm
 
 def test_api_refuses_a_bad_target_effect_naming_the_field(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
-
     from krpo_bench.api.app import create_app
     from krpo_bench.api.settings import ApiSettings
+
     from tests.trial_specs import tiny_trial
 
     base = {k: v for k, v in tiny_trial(steps=5).items() if k != "name"}
     spec = {"name": "t", "kind": "ablation", "base": base, "variants": {"grpo": {"estimator": {"name": "grpo"}}}}
     (tmp_path / "data").mkdir()
-    settings = ApiSettings(db=f"sqlite:///{tmp_path / 'jobs.db'}", mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
-                           api_tokens_file=tmp_path / "tokens.json", data_roots=(tmp_path / "data",))
+    settings = ApiSettings(
+        db=f"sqlite:///{tmp_path / 'jobs.db'}",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        api_tokens_file=tmp_path / "tokens.json",
+        data_roots=(tmp_path / "data",),
+    )
     with TestClient(create_app(settings), base_url="http://localhost") as client:
         for bad, rule in ((0, "greater_than"), (1.5, "less_than_equal"), ("2 points", "float_type")):
             response = client.post("/api/v1/studies", json={**spec, "analysis": {"target_effect": bad}})
@@ -389,8 +450,12 @@ def test_a_grid_study_compares_each_cell_with_the_reference_at_the_same_point(st
     import dataclasses
 
     points = {" group_size=2 reward_noise=None": 0.0, " group_size=2 reward_noise={'flip': 0.2}": -0.1}
-    runs = [dataclasses.replace(r, variant=r.variant + point, final={**r.final, METRIC: r.final[METRIC] + shift})
-            for r in study.runs if r.variant in ("grpo", "krpo") for point, shift in points.items()]
+    runs = [
+        dataclasses.replace(r, variant=r.variant + point, final={**r.final, METRIC: r.final[METRIC] + shift})
+        for r in study.runs
+        if r.variant in ("grpo", "krpo")
+        for point, shift in points.items()
+    ]
     grid = StudyData("s", None, ["0"], runs, {"FINISHED": len(runs)})
     summary = build_report(grid, tmp_path / "grid").summary
     assert summary.analysis.reference_found
@@ -410,22 +475,35 @@ def test_service_results_of_a_grid_study_pair_each_cell_with_grpo_at_that_point(
 
     service = StudyService(f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}")
     base = {k: v for k, v in tiny_trial(steps=5).items() if k != "name"}
-    info = service.submit({
-        "name": "grid", "kind": "ablation", "base": base, "seeds": 3, "grid": {"training.group_size": [2, 4]},
-        "variants": {"grpo": {"estimator": {"name": "grpo"}}, "krpo": {"estimator": {"name": "krpo"}}},
-    })
+    info = service.submit(
+        {
+            "name": "grid",
+            "kind": "ablation",
+            "base": base,
+            "seeds": 3,
+            "grid": {"training.group_size": [2, 4]},
+            "variants": {"grpo": {"estimator": {"name": "grpo"}}, "krpo": {"estimator": {"name": "krpo"}}},
+        }
+    )
     while (job := service.queue.claim("test-worker", 60)) is not None:
         variant = job.config["variant"]
         value = FINAL[variant.split()[0]][job.config["seed"]] + (0.2 if "group_size=4" in variant else 0.0)
         assert service.queue.complete(job.id, job.attempt, {"status": "succeeded", "final_accuracy": value})
     results = service.results(info.id)
-    assert {v.label for v in results.variants} == {"grpo group_size=2", "grpo group_size=4", "krpo group_size=2", "krpo group_size=4"}
+    assert {v.label for v in results.variants} == {
+        "grpo group_size=2",
+        "grpo group_size=4",
+        "krpo group_size=2",
+        "krpo group_size=4",
+    }
     for g in (2, 4):
         assert results.comparison(f"grpo group_size={g}") is None
         comparison = results.comparison(f"krpo group_size={g}")
         assert comparison is not None and comparison.analysis == "paired"
         assert (comparison.reference, comparison.reference_grid_point) == ("grpo", (("training.group_size", g),))
-        assert comparison.reference_label == f"grpo group_size={g}" and comparison.grid_point == (("training.group_size", g),)
+        assert comparison.reference_label == f"grpo group_size={g}" and comparison.grid_point == (
+            ("training.group_size", g),
+        )
         assert comparison.difference.estimate == pytest.approx(np.mean(FINAL["krpo"]) - np.mean(FINAL["grpo"]))
     service.engine.dispose()
 
@@ -439,7 +517,10 @@ def test_grid_labels_split_and_grid_figures_get_one_panel_per_point(study, tmp_p
 
     from krpo_bench.spec.study import split_label
 
-    assert split_label("krpo_prior group_size=2 reward_noise={'flip': 0.2}") == ("krpo_prior", "group_size=2 reward_noise={'flip': 0.2}")
+    assert split_label("krpo_prior group_size=2 reward_noise={'flip': 0.2}") == (
+        "krpo_prior",
+        "group_size=2 reward_noise={'flip': 0.2}",
+    )
     assert split_label("krpo shuffled") == ("krpo shuffled", "")
     points = [f"group_size={g} reward_noise={n}" for g in (2, 4, 8) for n in ("None", "{'flip': 0.2}")]
     runs = [dataclasses.replace(r, variant=f"{r.variant} {point}") for r in study.runs for point in points]
@@ -459,8 +540,11 @@ def test_grid_plotly_figures_get_one_panel_per_point_and_one_legend_entry_per_va
     from krpo_bench.dashboards.curves import aggregate_curve
 
     points = [f"group_size={g} reward_noise={n}" for g in (2, 4, 8) for n in ("None", "{'flip': 0.2}")]
-    runs = {f"{v} {p}": [dataclasses.replace(r, variant=f"{v} {p}") for r in study.runs_of(v)]
-            for v in ("grpo", "krpo") for p in points}
+    runs = {
+        f"{v} {p}": [dataclasses.replace(r, variant=f"{v} {p}") for r in study.runs_of(v)]
+        for v in ("grpo", "krpo")
+        for p in points
+    }
     values = {label: np.array([r.final[METRIC] for r in rs]) for label, rs in runs.items()}
     means = {label: stats.mean_ci(v) for label, v in values.items()}
     colors = figures.palette(list(values))
@@ -468,11 +552,22 @@ def test_grid_plotly_figures_get_one_panel_per_point_and_one_legend_entry_per_va
     final = figures.final_figure(values, means, colors, METRIC, identity)
     assert sum(1 for key in final.layout.to_plotly_json() if key.startswith("xaxis")) == 6
     assert sorted(t.name for t in final.data if t.showlegend is not False) == ["grpo", "krpo"]
-    assert {t.marker.color for t in final.data if t.legendgroup == "krpo"} == {figures.PALETTE[1]}, "one colour per variant"
-    curves = {label: aggregate_curve({r.seed: r.histories["eval/accuracy"] for r in rs}, n_resamples=50)
-              for label, rs in runs.items()}
+    assert {t.marker.color for t in final.data if t.legendgroup == "krpo"} == {figures.PALETTE[1]}, (
+        "one colour per variant"
+    )
+    curves = {
+        label: aggregate_curve({r.seed: r.histories["eval/accuracy"] for r in rs}, n_resamples=50)
+        for label, rs in runs.items()
+    }
     curve = figures.curve_figure(curves, "eval/accuracy", colors, identity)
     assert sum(1 for key in curve.layout.to_plotly_json() if key.startswith("xaxis")) == 6
-    assert sorted(t.name for t in curve.data if t.showlegend is not False and t.mode == "lines" and t.fill is None) == ["grpo", "krpo"]
-    flat = figures.final_figure({"grpo": values[f"grpo {points[0]}"]}, {"grpo": means[f"grpo {points[0]}"]}, {"grpo": "#000000"}, METRIC)
-    assert flat.layout.yaxis.title.text == METRIC and [t.name for t in flat.data if t.showlegend is not False] == ["grpo"]
+    assert sorted(t.name for t in curve.data if t.showlegend is not False and t.mode == "lines" and t.fill is None) == [
+        "grpo",
+        "krpo",
+    ]
+    flat = figures.final_figure(
+        {"grpo": values[f"grpo {points[0]}"]}, {"grpo": means[f"grpo {points[0]}"]}, {"grpo": "#000000"}, METRIC
+    )
+    assert flat.layout.yaxis.title.text == METRIC and [t.name for t in flat.data if t.showlegend is not False] == [
+        "grpo"
+    ]

@@ -36,11 +36,33 @@ SEARCH = {
 
 
 def start_worker(service: StudyService, log: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "krpo_bench.cli", "worker", "--gpus", "cpu", "--slots-per-gpu", "1",
-           "--db", service.db_url, "--mlflow", service.mlflow_uri, "--lease-s", str(LEASE_S), "--heartbeat-s", "1", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "krpo_bench.cli",
+        "worker",
+        "--gpus",
+        "cpu",
+        "--slots-per-gpu",
+        "1",
+        "--db",
+        service.db_url,
+        "--mlflow",
+        service.mlflow_uri,
+        "--lease-s",
+        str(LEASE_S),
+        "--heartbeat-s",
+        "1",
+        *extra,
+    ]
     with open(log, "ab") as out:
-        return subprocess.Popen(cmd, env=dict(os.environ, KRPO_BENCH_CPU_THREADS="1"), start_new_session=True,
-                                stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            cmd,
+            env=dict(os.environ, KRPO_BENCH_CPU_THREADS="1"),
+            start_new_session=True,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def run_to_idle(service: StudyService, log: Path) -> None:
@@ -81,6 +103,7 @@ def test_crash_cancel_resume_extend_keeps_jobs_and_optuna_in_agreement(db_url: s
         info = service.submit(SEARCH)
         first = start_worker(service, tmp_path / "worker-0.log")
         try:
+
             def a_trial_runs_after_one_succeeded() -> bool:
                 assert first.poll() is None, (tmp_path / "worker-0.log").read_text(errors="replace")[-3000:]
                 counts = service.get(info.id).counts

@@ -85,7 +85,9 @@ def test_bad_noise_values_name_the_field(noise: dict, path: str, value: object) 
 
 def test_flip_needs_reward_weights_summing_to_at_most_one() -> None:
     task = {**TINY_TASK, "rewards": [{"name": "exact"}, {"name": "format"}], "reward_noise": {"flip": 0.2}}
-    with pytest.raises(SpecError, match=r"reward_noise.flip \(0.2\) needs rewards in \[0, 1\].*sum to at most 1, got 2.0"):
+    with pytest.raises(
+        SpecError, match=r"reward_noise.flip \(0.2\) needs rewards in \[0, 1\].*sum to at most 1, got 2.0"
+    ):
         validate_study(_study(task))
     halves = [{"name": "exact", "weight": 0.5}, {"name": "format", "weight": 0.5}]
     validate_study(_study({**task, "rewards": halves}))
@@ -127,7 +129,14 @@ def test_trial_passes_the_task_noise_to_the_trainer_and_evaluates_clean(tmp_path
     assert seen == [RewardNoise(flip=1.0, gaussian=0.5)]
     loaded = load_model(spec.model)
     t = spec.training
-    clean = evaluate(loaded.model, loaded.tokenizer, build_task(spec.task.model_copy(update={"reward_noise": None})),
-                     max_new_tokens=t.max_completion_length, k=t.pass_at_k, temperature=t.temperature, limit=t.eval_size)
+    clean = evaluate(
+        loaded.model,
+        loaded.tokenizer,
+        build_task(spec.task.model_copy(update={"reward_noise": None})),
+        max_new_tokens=t.max_completion_length,
+        k=t.pass_at_k,
+        temperature=t.temperature,
+        limit=t.eval_size,
+    )
     assert clean.accuracy != 0.5, "a clean accuracy of 1/2 would hide a flip"
     assert result.initial_accuracy == clean.accuracy

@@ -85,7 +85,9 @@ def test_paper_reward_is_the_released_script(completion: str, gold: str, expecte
 def test_paper_lenient_reward_table(completion: str, expected: float) -> None:
     assert paper_lenient_reward(completion, "42") == expected
     assert paper_lenient_reward(chat(completion), " 42 ") == expected
-    assert reward_function("paper_lenient", "chat_r1")(prompts=[None], completions=[completion], answer=["42"]) == [expected]
+    assert reward_function("paper_lenient", "chat_r1")(prompts=[None], completions=[completion], answer=["42"]) == [
+        expected
+    ]
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import optuna
 import pytest
@@ -118,8 +118,9 @@ def test_median_pruner_prunes_after_its_startup_trials(service: StudyService):
 
 
 def test_median_pruner_waits_for_its_warmup_steps(service: StudyService):
-    info = service.submit(search("random", 4, parallelism=1,
-                                 pruner={"type": "median", "startup_trials": 1, "warmup_steps": 3}))
+    info = service.submit(
+        search("random", 4, parallelism=1, pruner={"type": "median", "startup_trials": 1, "warmup_steps": 3})
+    )
     run_like_a_worker(service, lambda number: [0.9] * 6 if number == 0 else [0.1] * 6)
     trials = optuna_trials(service, service.get(info.id))
     assert [t.state for t in trials][1:] == [optuna.trial.TrialState.PRUNED] * 3
@@ -138,7 +139,9 @@ def test_hyperband_pruner_prunes_the_worse_trials_at_its_rung(service: StudyServ
     assert len(trials) == 10
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials if t.number < 4 or t.number % 2), summary
     low = [t for t in trials[4:] if t.number % 2 == 0]
-    assert all(t.state == optuna.trial.TrialState.PRUNED and sorted(t.intermediate_values) == [1, 2, 3] for t in low), summary
+    assert all(t.state == optuna.trial.TrialState.PRUNED and sorted(t.intermediate_values) == [1, 2, 3] for t in low), (
+        summary
+    )
 
 
 def test_no_pruner_never_prunes(service: StudyService):

@@ -49,7 +49,9 @@ def finish_all(service: StudyService, accuracy: float = 0.5) -> int:
     """Claim and complete every queued job the way a worker would, without training."""
     done = 0
     while (job := service.queue.claim("test-worker", 60)) is not None:
-        assert service.queue.complete(job.id, job.attempt, {"status": "succeeded", "final_accuracy": accuracy + 0.01 * done})
+        assert service.queue.complete(
+            job.id, job.attempt, {"status": "succeeded", "final_accuracy": accuracy + 0.01 * done}
+        )
         service.job_finished(job.id)
         done += 1
     return done
@@ -63,7 +65,9 @@ def test_ablation_submission_queues_every_trial_once(service):
     jobs = service.jobs(info.id)
     assert {j.config["variant"] for j in jobs} == {"grpo", "krpo"}
     assert {j.config["tags"]["krpo.seed"] for j in jobs} == {"0", "1", "2"}
-    assert info.mlflow_parent_run_id is None and "parent_run_id" not in jobs[0].config, "MLflow records follow the submission"
+    assert info.mlflow_parent_run_id is None and "parent_run_id" not in jobs[0].config, (
+        "MLflow records follow the submission"
+    )
     records = service.ensure_mlflow(info.id)
     assert service.get(info.id).mlflow_parent_run_id == records.parent_run_id
     service.resume(info.id)

@@ -35,7 +35,13 @@ def test_defaults_make_the_embedded_mode_work(tmp_path: Path) -> None:
     assert s.home == home and s.config_file is None
     assert s.db == f"sqlite:///{home / 'krpo-bench.db'}" and s.mlflow_tracking_uri == f"sqlite:///{home / 'mlflow.db'}"
     assert s.data_roots == (home / "data",) and s.api_tokens_file == home / "api-tokens.json"
-    assert (s.allow_remote_code, s.max_trials, s.max_body_bytes, s.cpu_threads, s.mlflow_ui_url) == (False, 1000, 1_000_000, None, None)
+    assert (s.allow_remote_code, s.max_trials, s.max_body_bytes, s.cpu_threads, s.mlflow_ui_url) == (
+        False,
+        1000,
+        1_000_000,
+        None,
+        None,
+    )
     assert set(s.sources.values()) == {"default"}
     moved = Settings.load({"KRPO_BENCH_HOME": str(tmp_path)})
     assert moved.db == f"sqlite:///{tmp_path / 'krpo-bench.db'}" and moved.data_roots == (tmp_path / "data",)
@@ -54,8 +60,10 @@ def test_legacy_functions_read_the_settings(clean_env: Path, monkeypatch: pytest
 def test_config_file_under_the_environment(clean_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     config = tmp_path / "etc" / "krpo-bench.toml"
     config.parent.mkdir()
-    config.write_text('db = "postgresql://krpo@db/krpo"\nmax_trials = 50\nallow_remote_code = true\n'
-                      'data_roots = ["datasets", "/srv/models"]\nmlflow_tracking_uri = "http://mlflow:5000/"\n')
+    config.write_text(
+        'db = "postgresql://krpo@db/krpo"\nmax_trials = 50\nallow_remote_code = true\n'
+        'data_roots = ["datasets", "/srv/models"]\nmlflow_tracking_uri = "http://mlflow:5000/"\n'
+    )
     monkeypatch.setenv("KRPO_BENCH_CONFIG", str(config))
     monkeypatch.setenv("KRPO_BENCH_MAX_TRIALS", "7")
     s = ks.get_settings()
@@ -119,8 +127,13 @@ def test_every_krpo_bench_variable_is_a_setting() -> None:
 
 def test_only_the_settings_module_reads_setting_variables() -> None:
     """Everything else asks ``get_settings()``, so a value from the config file is honoured too."""
-    readers = {f"{path.relative_to(ROOT)}: {name}" for path in SOURCES if path != ROOT / "krpo_bench" / "settings.py"
-               for name in READ.findall(path.read_text()) if name in ENV_VARS}
+    readers = {
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in SOURCES
+        if path != ROOT / "krpo_bench" / "settings.py"
+        for name in READ.findall(path.read_text())
+        if name in ENV_VARS
+    }
     assert not readers, f"read from the environment behind the settings' back: {sorted(readers)}"
 
 
@@ -155,19 +168,41 @@ def test_readme_settings_table_is_the_settings_table() -> None:
 def test_api_settings_agree_with_settings(clean_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from krpo_bench.api.settings import ApiSettings
 
-    for name, value in {"KRPO_BENCH_DB": "sqlite:///x.db", "MLFLOW_TRACKING_URI": "http://mlflow:5000",
-                        "KRPO_BENCH_DATA_ROOTS": f"{tmp_path}/a:{tmp_path}/b", "KRPO_BENCH_MAX_TRIALS": "9",
-                        "KRPO_BENCH_ALLOW_REMOTE_CODE": "yes", "KRPO_BENCH_MAX_BODY_BYTES": "1234",
-                        "KRPO_BENCH_API_TOKENS_FILE": str(tmp_path / "t.json"), "KRPO_BENCH_LIST_CACHE_S": "0.5"}.items():
+    for name, value in {
+        "KRPO_BENCH_DB": "sqlite:///x.db",
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        "KRPO_BENCH_DATA_ROOTS": f"{tmp_path}/a:{tmp_path}/b",
+        "KRPO_BENCH_MAX_TRIALS": "9",
+        "KRPO_BENCH_ALLOW_REMOTE_CODE": "yes",
+        "KRPO_BENCH_MAX_BODY_BYTES": "1234",
+        "KRPO_BENCH_API_TOKENS_FILE": str(tmp_path / "t.json"),
+        "KRPO_BENCH_LIST_CACHE_S": "0.5",
+    }.items():
         monkeypatch.setenv(name, value)
     api, s = ApiSettings.from_settings(), Settings.load()
-    assert (api.db, api.mlflow_tracking_uri, api.api_tokens_file, api.data_roots) == (s.db, s.mlflow_tracking_uri, s.api_tokens_file, s.data_roots)
+    assert (api.db, api.mlflow_tracking_uri, api.api_tokens_file, api.data_roots) == (
+        s.db,
+        s.mlflow_tracking_uri,
+        s.api_tokens_file,
+        s.data_roots,
+    )
     assert (api.allow_remote_code, api.max_trials, api.max_body_bytes, api.list_cache_s, api.mlflow_ui_url) == (
-        s.allow_remote_code, s.max_trials, s.max_body_bytes, s.list_cache_s, s.mlflow_ui_url)
+        s.allow_remote_code,
+        s.max_trials,
+        s.max_body_bytes,
+        s.list_cache_s,
+        s.mlflow_ui_url,
+    )
     assert all(getattr(api, f.name) == getattr(s, f.name) for f in fields(ApiSettings))
     served = ApiSettings.from_settings(s, db="postgresql://u@h/db", mlflow_tracking_uri="http://tracking:5000/")
-    assert (served.db, served.mlflow_tracking_uri, served.max_trials) == ("postgresql://u@h/db", "http://tracking:5000/", 9)
-    assert served.mlflow_ui_url == "http://tracking:5000", "an http tracking URI given on the command line is the UI base"
+    assert (served.db, served.mlflow_tracking_uri, served.max_trials) == (
+        "postgresql://u@h/db",
+        "http://tracking:5000/",
+        9,
+    )
+    assert served.mlflow_ui_url == "http://tracking:5000", (
+        "an http tracking URI given on the command line is the UI base"
+    )
 
 
 def test_server_views_have_the_settings_names_types_and_defaults() -> None:
@@ -175,10 +210,13 @@ def test_server_views_have_the_settings_names_types_and_defaults() -> None:
     the setting of the same name, type and default, so ``settings_view`` fills them by name."""
     from krpo_bench.api.policy import Policy
     from krpo_bench.api.settings import ApiSettings
+
     from krpo_bench.service.quotas import Quotas
 
     own = {f.name: f for f in fields(Settings)}
-    assert [v.key for v in ks.VARS] == [name for name in own if name not in ("config_file", "sources")], "one field per row"
+    assert [v.key for v in ks.VARS] == [name for name in own if name not in ("config_file", "sources")], (
+        "one field per row"
+    )
     for view in (ApiSettings, Policy, Quotas):
         for f in fields(view):
             assert f.name in own, f"{view.__name__}.{f.name} is not a setting"
@@ -187,10 +225,16 @@ def test_server_views_have_the_settings_names_types_and_defaults() -> None:
                 assert f.default == own[f.name].default, f"{view.__name__}.{f.name} has its own default"
     s = Settings.load({"KRPO_BENCH_MAX_TRIALS": "7", "KRPO_BENCH_DATA_ROOTS": "/srv/data"})
     policy = ks.settings_view(Policy, ks.settings_view(ApiSettings, s))
-    assert (policy.max_trials, policy.data_roots, policy.max_model_params) == (7, (Path("/srv/data"),), s.max_model_params)
+    assert (policy.max_trials, policy.data_roots, policy.max_model_params) == (
+        7,
+        (Path("/srv/data"),),
+        s.max_model_params,
+    )
 
 
-def test_config_command_prints_values_and_sources(clean_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_config_command_prints_values_and_sources(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from krpo_bench.cli import app
 
     config = tmp_path / "c.toml"
@@ -213,6 +257,7 @@ def test_config_command_prints_values_and_sources(clean_env: Path, monkeypatch: 
 
 
 # -- every setting in a config file alone takes effect where it is used -----------------------------
+
 
 @pytest.fixture()
 def file_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[dict, str]:
@@ -246,7 +291,9 @@ def file_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[dict, st
         "max_trial_hours_per_token": 1,
     }
     config = tmp_path / "krpo-bench.toml"
-    config.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items() if key in ks.VARS_BY_KEY))
+    config.write_text(
+        "".join(f"{key} = {json.dumps(value)}\n" for key, value in values.items() if key in ks.VARS_BY_KEY)
+    )
     monkeypatch.setenv("KRPO_BENCH_CONFIG", str(config))
     return values, token
 
@@ -259,9 +306,9 @@ def test_the_readme_table_is_the_file_fixture(file_only: tuple[dict, str]) -> No
 
 def test_every_setting_in_the_config_file_takes_effect(file_only: tuple[dict, str], tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
-
     from krpo_bench.api.app import create_app
     from krpo_bench.api.auth import TokenStore
+
     from krpo_bench.cli import app as cli
     from krpo_bench.client import Client
     from krpo_bench.service.studies import StudyService
@@ -283,32 +330,53 @@ def test_every_setting_in_the_config_file_takes_effect(file_only: tuple[dict, st
         api = Client(http=http)  # base URL from the test client; the token from the file
         made = api.submit(tiny_ablation("from-file", model={"name": "tiny-arith", "trust_remote_code": True}))
         assert made["total"] == 1, "allow_remote_code: trust_remote_code accepted"
-        assert Path(values["mlflow_tracking_uri"].removeprefix("sqlite:///")).exists(), "the study's experiment went there"
+        assert Path(values["mlflow_tracking_uri"].removeprefix("sqlite:///")).exists(), (
+            "the study's experiment went there"
+        )
 
         headers = {"Authorization": f"Bearer {token}"}
         outside = tmp_path / "elsewhere.jsonl"
         outside.write_text('{"prompt": "1+1=", "answer": "2"}\n')
         jsonl = {"kind": "jsonl", "path": str(outside), "rewards": [{"name": "exact"}]}
         refused = http.post("/api/v1/studies", json=tiny_ablation("outside", task=jsonl), headers=headers)
-        assert refused.status_code == 422 and refused.json()["errors"][0]["type"] == "path_outside_data_roots", refused.text
+        assert refused.status_code == 422 and refused.json()["errors"][0]["type"] == "path_outside_data_roots", (
+            refused.text
+        )
         assert values["data_roots"][0] in refused.json()["errors"][0]["message"]
 
         big = http.post("/api/v1/studies", json=tiny_ablation("big", seeds=3), headers=headers)
         assert big.status_code == 422 and "2" in big.text, "max_trials: 3 trials refused"
         assert http.post("/api/v1/studies", content=b"x" * 4001, headers=headers).status_code == 413, "max_body_bytes"
-        large = http.post("/api/v1/studies", json=tiny_ablation("large", model={"name": "smollm2-135m"}), headers=headers)
-        assert large.status_code == 422 and "model_too_large" in large.text, "max_model_params: 135 M parameters refused"
-        stored = http.post("/api/v1/studies", json=tiny_ablation("stored", 2, task={**TINY_TASK, "templates": ["{expr}" + "x" * 800] * 4}),
-                           headers=headers)
-        assert stored.status_code == 422 and "too_much_stored" in stored.text, "max_stored_bytes: ~9 KB of configs refused"
+        large = http.post(
+            "/api/v1/studies", json=tiny_ablation("large", model={"name": "smollm2-135m"}), headers=headers
+        )
+        assert large.status_code == 422 and "model_too_large" in large.text, (
+            "max_model_params: 135 M parameters refused"
+        )
+        stored = http.post(
+            "/api/v1/studies",
+            json=tiny_ablation("stored", 2, task={**TINY_TASK, "templates": ["{expr}" + "x" * 800] * 4}),
+            headers=headers,
+        )
+        assert stored.status_code == 422 and "too_much_stored" in stored.text, (
+            "max_stored_bytes: ~9 KB of configs refused"
+        )
 
         assert [j.timeout_s for j in service.queue.list_jobs(made["id"])] == [900], "default_timeout_s"
-        submitter = {"Authorization": f"Bearer {TokenStore(Path(values['api_tokens_file'])).create('submitter', ['submit'])[0]}"}
+        submitter = {
+            "Authorization": f"Bearer {TokenStore(Path(values['api_tokens_file'])).create('submitter', ['submit'])[0]}"
+        }
         assert http.post("/api/v1/studies", json=tiny_ablation("two", seeds=2), headers=submitter).status_code == 201
         more = http.post("/api/v1/studies", json=tiny_ablation("two-more", seeds=2), headers=submitter)
-        assert more.status_code == 429 and "MAX_ACTIVE_TRIALS_PER_TOKEN" in more.text, "max_active_trials_per_token: 4 > 3"
-        hour = http.post("/api/v1/studies", json={**tiny_ablation("hour"), "resources": {"timeout_s": 3600}}, headers=submitter)
-        assert hour.status_code == 429 and "MAX_TRIAL_HOURS_PER_TOKEN" in hour.text, "max_trial_hours_per_token: 1.5 h > 1 h"
+        assert more.status_code == 429 and "MAX_ACTIVE_TRIALS_PER_TOKEN" in more.text, (
+            "max_active_trials_per_token: 4 > 3"
+        )
+        hour = http.post(
+            "/api/v1/studies", json={**tiny_ablation("hour"), "resources": {"timeout_s": 3600}}, headers=submitter
+        )
+        assert hour.status_code == 429 and "MAX_TRIAL_HOURS_PER_TOKEN" in hour.text, (
+            "max_trial_hours_per_token: 1.5 h > 1 h"
+        )
 
         listed = api.list_studies()["items"]
         StudyService().submit(tiny_ablation("behind-the-cache"))  # not through the API: the cache is not cleared

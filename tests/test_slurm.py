@@ -46,7 +46,11 @@ from tests.test_cli_imports import HEAVY, WRAPPER
 from tests.trial_specs import tiny_trial
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {"KRPO_BENCH_HOME": "/shared/krpo", "KRPO_BENCH_DB": "postgresql://krpo@db:5432/krpo", "MLFLOW_TRACKING_URI": "http://ml:5000"}
+ENV = {
+    "KRPO_BENCH_HOME": "/shared/krpo",
+    "KRPO_BENCH_DB": "postgresql://krpo@db:5432/krpo",
+    "MLFLOW_TRACKING_URI": "http://ml:5000",
+}
 
 
 def directives(script: str) -> list[str]:
@@ -57,14 +61,33 @@ def directives(script: str) -> list[str]:
 
 
 def test_the_script_asks_for_the_array_and_hands_signals_to_the_worker():
-    options = SlurmOptions(workers=4, time="2-00:00:00", grace_s=240, gpus_per_worker=2, cpus_per_worker=16,
-                           partition="gpu", account="proj-7", qos="normal", python="/venv/bin/python")
+    options = SlurmOptions(
+        workers=4,
+        time="2-00:00:00",
+        grace_s=240,
+        gpus_per_worker=2,
+        cpus_per_worker=16,
+        partition="gpu",
+        account="proj-7",
+        qos="normal",
+        python="/venv/bin/python",
+    )
     script = worker_script(options, ENV)
     assert script.startswith("#!/bin/bash\n")
     assert directives(script) == [
-        "--job-name=krpo-bench", "--array=0-3", "--ntasks=1", "--cpus-per-task=16", "--gres=gpu:2",
-        "--time=2-00:00:00", "--partition=gpu", "--account=proj-7", "--qos=normal",
-        "--signal=B:TERM@240", "--requeue", "--open-mode=append", "--output=krpo-bench-%A_%a.out",
+        "--job-name=krpo-bench",
+        "--array=0-3",
+        "--ntasks=1",
+        "--cpus-per-task=16",
+        "--gres=gpu:2",
+        "--time=2-00:00:00",
+        "--partition=gpu",
+        "--account=proj-7",
+        "--qos=normal",
+        "--signal=B:TERM@240",
+        "--requeue",
+        "--open-mode=append",
+        "--output=krpo-bench-%A_%a.out",
     ]
     for name, value in ENV.items():
         assert f"export {name}={value}\n" in script
@@ -73,33 +96,57 @@ def test_the_script_asks_for_the_array_and_hands_signals_to_the_worker():
 
 
 def test_a_cpu_array_asks_for_no_gpu_and_names_only_what_was_given():
-    script = worker_script(SlurmOptions(workers=1, time="30", grace_s=60, cpus_per_worker=2), {"KRPO_BENCH_DB": "postgresql://h/d b"})
-    assert directives(script) == ["--job-name=krpo-bench", "--array=0-0", "--ntasks=1", "--cpus-per-task=2", "--time=30",
-                                  "--signal=B:TERM@60", "--requeue", "--open-mode=append", "--output=krpo-bench-%A_%a.out"]
+    script = worker_script(
+        SlurmOptions(workers=1, time="30", grace_s=60, cpus_per_worker=2), {"KRPO_BENCH_DB": "postgresql://h/d b"}
+    )
+    assert directives(script) == [
+        "--job-name=krpo-bench",
+        "--array=0-0",
+        "--ntasks=1",
+        "--cpus-per-task=2",
+        "--time=30",
+        "--signal=B:TERM@60",
+        "--requeue",
+        "--open-mode=append",
+        "--output=krpo-bench-%A_%a.out",
+    ]
     assert "export KRPO_BENCH_DB='postgresql://h/d b'\n" in script, "values are shell-quoted"
     assert "worker --gpus cpu " in script
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("1", 60), ("90", 5400), ("5:30", 330), ("1:00:00", 3600),
-                                               ("2-0", 172800), ("1-2:03", 93780), ("1-02:03:04", 93784)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("1", 60),
+        ("90", 5400),
+        ("5:30", 330),
+        ("1:00:00", 3600),
+        ("2-0", 172800),
+        ("1-2:03", 93780),
+        ("1-02:03:04", 93784),
+    ],
+)
 def test_slurm_time_limits(text: str, seconds: int):
     assert time_limit_s(text) == seconds
 
 
-@pytest.mark.parametrize(("options", "names"), [
-    (SlurmOptions(time="0:30"), "--time"),
-    (SlurmOptions(time="one hour"), "--time"),
-    (SlurmOptions(time="1", grace_s=60), "--grace"),
-    (SlurmOptions(grace_s=0), "--grace"),
-    (SlurmOptions(workers=0), "--workers"),
-    (SlurmOptions(workers=1001), "--workers"),
-    (SlurmOptions(gpus_per_worker=-1), "--gpus-per-worker"),
-    (SlurmOptions(cpus_per_worker=0), "--cpus-per-worker"),
-    (SlurmOptions(slots_per_gpu="two"), "--slots-per-gpu"),
-    (SlurmOptions(partition="gpu; rm -rf ~"), "--partition"),
-    (SlurmOptions(account="a\nb"), "--account"),
-    (SlurmOptions(output="log'%A"), "--output"),
-])
+@pytest.mark.parametrize(
+    ("options", "names"),
+    [
+        (SlurmOptions(time="0:30"), "--time"),
+        (SlurmOptions(time="one hour"), "--time"),
+        (SlurmOptions(time="1", grace_s=60), "--grace"),
+        (SlurmOptions(grace_s=0), "--grace"),
+        (SlurmOptions(workers=0), "--workers"),
+        (SlurmOptions(workers=1001), "--workers"),
+        (SlurmOptions(gpus_per_worker=-1), "--gpus-per-worker"),
+        (SlurmOptions(cpus_per_worker=0), "--cpus-per-worker"),
+        (SlurmOptions(slots_per_gpu="two"), "--slots-per-gpu"),
+        (SlurmOptions(partition="gpu; rm -rf ~"), "--partition"),
+        (SlurmOptions(account="a\nb"), "--account"),
+        (SlurmOptions(output="log'%A"), "--output"),
+    ],
+)
 def test_options_slurm_would_refuse_are_errors_naming_the_option(options: SlurmOptions, names: str):
     with pytest.raises(SlurmError, match=names):
         worker_script(options, ENV)
@@ -110,16 +157,20 @@ def test_the_exported_settings_are_the_settings_and_never_a_password(monkeypatch
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KRPO_BENCH_HOME", str(tmp_path))
     assert exported_settings("postgresql://krpo@db/krpo") == {
-        "KRPO_BENCH_HOME": str(tmp_path), "KRPO_BENCH_DB": "postgresql://krpo@db/krpo",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+        "KRPO_BENCH_HOME": str(tmp_path),
+        "KRPO_BENCH_DB": "postgresql://krpo@db/krpo",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
     with pytest.raises(SlurmError, match="KRPO_BENCH_DB holds a password"):
         exported_settings("postgresql://krpo:secret@db/krpo")
     config = tmp_path / "krpo.toml"
     config.write_text('db = "postgresql://krpo:secret@db/krpo"\n')
     monkeypatch.setenv("KRPO_BENCH_CONFIG", str(config))
-    assert exported_settings() == {"KRPO_BENCH_CONFIG": str(config), "KRPO_BENCH_HOME": str(tmp_path),
-                                   "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}, \
-        "a setting from the config file is read there by the workers, not copied into the script"
+    assert exported_settings() == {
+        "KRPO_BENCH_CONFIG": str(config),
+        "KRPO_BENCH_HOME": str(tmp_path),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }, "a setting from the config file is read there by the workers, not copied into the script"
 
 
 FAKE_PYTHON = """#!/bin/bash
@@ -147,14 +198,23 @@ def test_the_script_forwards_sigterm_and_waits_for_the_worker_to_hand_back(tmp_p
     shell.send_signal(signal.SIGTERM)
     assert shell.wait(timeout=10) == 0
     assert events.read_text().splitlines() == [
-        "worker -m krpo_bench.cli worker --gpus cpu --slots-per-gpu 1 --exit-when-idle", "worker got TERM", "worker handed back"]
+        "worker -m krpo_bench.cli worker --gpus cpu --slots-per-gpu 1 --exit-when-idle",
+        "worker got TERM",
+        "worker handed back",
+    ]
 
 
 def test_slurm_dry_run_prints_the_script_without_the_training_stack(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KRPO_BENCH_", "MLFLOW_"))}
     env.update(KRPO_BENCH_HOME=str(tmp_path), KRPO_BENCH_DB="postgresql://krpo@db/krpo")
-    done = subprocess.run([sys.executable, "-c", WRAPPER, "slurm", "--dry-run", "--workers", "3", "--time", "4:00:00"],
-                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", WRAPPER, "slurm", "--dry-run", "--workers", "3", "--time", "4:00:00"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     script, loaded = done.stdout.rsplit("LOADED=", 1)
     assert "#SBATCH --array=0-2\n" in script and "export KRPO_BENCH_DB=postgresql://krpo@db/krpo\n" in script
@@ -222,11 +282,18 @@ STARTING_S = 1.5  # from running 'krpo-bench slurm' to the task's start
 
 
 def study() -> dict[str, Any]:
-    base = {k: v for k, v in tiny_trial(steps=STEPS, checkpoint_every=CHECKPOINT_EVERY, pass_at_k=1).items() if k != "name"}
+    base = {
+        k: v for k, v in tiny_trial(steps=STEPS, checkpoint_every=CHECKPOINT_EVERY, pass_at_k=1).items() if k != "name"
+    }
     base["task"]["test_size"] = 16
     base["task"]["train_size"] = 32  # 4 steps an epoch: a hand-back past a checkpoint resumes in a later epoch
-    return {"name": "slurm-array", "kind": "ablation", "base": base, "seeds": TRIALS,
-            "variants": {"grpo": {"estimator": {"name": "grpo"}}}}
+    return {
+        "name": "slurm-array",
+        "kind": "ablation",
+        "base": base,
+        "seeds": TRIALS,
+        "variants": {"grpo": {"estimator": {"name": "grpo"}}},
+    }
 
 
 def signal_plan(signal_at_s: float) -> tuple[int, int, float, float]:
@@ -295,8 +362,10 @@ class EventLog:
             self.holders[job.id] = holder
         for job, (attempt, owner) in starts:  # after the ends seen in the same poll
             start = self.resumed[(job.id, attempt)]
-            self.note(f"{job.trial_key}: attempt {attempt} started on {owner} "
-                      + (f"resuming from checkpoint {start}" if start else "from step 0"))
+            self.note(
+                f"{job.trial_key}: attempt {attempt} started on {owner} "
+                + (f"resuming from checkpoint {start}" if start else "from step 0")
+            )
 
     def stop(self) -> None:
         self.done.set()
@@ -317,8 +386,21 @@ def wait_until(predicate, timeout: float, what: str) -> Any:
 def slurm_cli(cluster: SlurmCluster, service: StudyService, tmp_path: Path, *args: str) -> tuple[str, str]:
     """``krpo-bench slurm`` submitting a CPU array on the test cluster; returns the array's job id
     and what the command said on stderr."""
-    command = [sys.executable, "-m", "krpo_bench.cli", "slurm", "--db", service.db_url, "--mlflow", service.mlflow_uri,
-               "--cpus-per-worker", "1", "--output", str(tmp_path / "slurm-%A_%a.out"), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "krpo_bench.cli",
+        "slurm",
+        "--db",
+        service.db_url,
+        "--mlflow",
+        service.mlflow_uri,
+        "--cpus-per-worker",
+        "1",
+        "--output",
+        str(tmp_path / "slurm-%A_%a.out"),
+        *args,
+    ]
     done = subprocess.run(command, env=cluster.env(), capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("#!/bin/bash") and "--signal=B:TERM@" in done.stdout, "it prints the script"
@@ -354,34 +436,61 @@ def test_a_worker_array_survives_scancel_and_a_time_limit(slurm_cluster: SlurmCl
     service = StudyService(url, f"sqlite:///{tmp_path / 'mlflow.db'}")
     try:
         (tmp_path / "study.yaml").write_text(json.dumps(study()))  # JSON is YAML
-        array, submitted = slurm_cli(slurm_cluster, service, tmp_path, str(tmp_path / "study.yaml"),
-                                     "--workers", "2", "--time", "10", "--grace", "10")
+        array, submitted = slurm_cli(
+            slurm_cluster,
+            service,
+            tmp_path,
+            str(tmp_path / "study.yaml"),
+            "--workers",
+            "2",
+            "--time",
+            "10",
+            "--grace",
+            "10",
+        )
         info = service.get(submitted.split("submitted study ")[1].split()[0])
         log = EventLog(service, info.id)
         try:
             log.note(f"array {array}: 2 tasks, --time 10, submitted with the study")
             # (a) scancel a task while its trial trains, past a checkpoint
-            victim = wait_until(lambda: held_by(service, info.id, f"{array}_0", checkpointed=True), 300,
-                                f"task {array}_0 to train a trial past a checkpoint")
+            victim = wait_until(
+                lambda: held_by(service, info.id, f"{array}_0", checkpointed=True),
+                300,
+                f"task {array}_0 to train a trial past a checkpoint",
+            )
             subprocess.run(["scancel", f"{array}_0"], env=slurm_cluster.env(), check=True)
             log.note(f"scancel {array}_0 while it trains {victim.trial_key}")
-            warm_up = seconds(victim.started_at) - datetime.fromisoformat(slurm_cluster.job_state(f"{array}_0")["StartTime"]).timestamp()
+            warm_up = (
+                seconds(victim.started_at)
+                - datetime.fromisoformat(slurm_cluster.job_state(f"{array}_0")["StartTime"]).timestamp()
+            )
             # (b) a task with a short time limit, started so that its early SIGTERM comes mid-trial:
             # once started, the worker claims a trial within about its warm-up, and trials last trial_s
             minutes, grace, offset, signal_at = signal_plan(warm_up + trial_s / 2)
             sweeps = slurm_cluster.sweeps()
-            sweep = sweeps[-1] if sweeps and time.time() < sweeps[-1] + offset - STARTING_S else slurm_cluster.after_sweep()
+            sweep = (
+                sweeps[-1] if sweeps and time.time() < sweeps[-1] + offset - STARTING_S else slurm_cluster.after_sweep()
+            )
             time.sleep(max(0.0, sweep + offset - time.time() - STARTING_S))
-            limited, _ = slurm_cli(slurm_cluster, service, tmp_path, "--workers", "1", "--time", str(minutes), "--grace", str(grace))
-            log.note(f"array {limited}: 1 task, --time {minutes} --grace {grace}, submitted to start {offset:.0f} s after a "
-                     f"time-limit sweep: its SIGTERM is due {signal_at:.0f} s in (warm-up {warm_up:.0f} s, trial {trial_s:.0f} s)")
+            limited, _ = slurm_cli(
+                slurm_cluster, service, tmp_path, "--workers", "1", "--time", str(minutes), "--grace", str(grace)
+            )
+            log.note(
+                f"array {limited}: 1 task, --time {minutes} --grace {grace}, submitted to start {offset:.0f} s after a "
+                f"time-limit sweep: its SIGTERM is due {signal_at:.0f} s in (warm-up {warm_up:.0f} s, trial {trial_s:.0f} s)"
+            )
             wait_until(lambda: not slurm_cluster.squeue(limited), 300, f"task {limited}_0 to end")
             ended = slurm_cluster.job_state(f"{limited}_0")
-            log.note(f"task {limited}_0 ended {ended['JobState']} after {ended['RunTime']} (started {ended['StartTime']})")
+            log.note(
+                f"task {limited}_0 ended {ended['JobState']} after {ended['RunTime']} (started {ended['StartTime']})"
+            )
             # an idle worker (--exit-when-idle) stays while a trial runs elsewhere, so the array's
             # other task takes up every hand-back, then ends with nothing left
-            wait_until(lambda: service.get(info.id).status == "succeeded" or not slurm_cluster.squeue(array), 600,
-                       "the study to succeed or its workers to end")
+            wait_until(
+                lambda: service.get(info.id).status == "succeeded" or not slurm_cluster.squeue(array),
+                600,
+                "the study to succeed or its workers to end",
+            )
             assert service.get(info.id).status == "succeeded", "the array's workers ended before the study"
             log.note("study succeeded")
             wait_until(lambda: not slurm_cluster.squeue(array), 60, "the idle workers to end their tasks")
@@ -394,7 +503,9 @@ def test_a_worker_array_survives_scancel_and_a_time_limit(slurm_cluster: SlurmCl
         # every trial ended once: one succeeded attempt, the last
         for job in jobs:
             outcomes = [a.outcome for a in trails[job.id]]
-            assert job.status == "succeeded" and outcomes.count("succeeded") == 1 and outcomes[-1] == "succeeded", outcomes
+            assert job.status == "succeeded" and outcomes.count("succeeded") == 1 and outcomes[-1] == "succeeded", (
+                outcomes
+            )
         # the scancelled task and the time-limited one each handed a trial back, and the attempt after
         # each hand-back resumed from the newest checkpoint it left
         released = {(job.id, a.attempt): a.worker for job in jobs for a in trails[job.id] if a.outcome == "released"}
@@ -419,7 +530,9 @@ def test_a_worker_array_survives_scancel_and_a_time_limit(slurm_cluster: SlurmCl
         local_client = MlflowClient(local.mlflow_uri)
         for job in jobs:
             here = {m.step: m.value for m in client.get_metric_history(job.mlflow_run_id, "train/reward")}
-            there = {m.step: m.value for m in local_client.get_metric_history(local_runs[job.trial_key], "train/reward")}
+            there = {
+                m.step: m.value for m in local_client.get_metric_history(local_runs[job.trial_key], "train/reward")
+            }
             assert here == there, job.trial_key
             assert job.result["final_accuracy"] == expected[job.trial_key], job.trial_key
     finally:

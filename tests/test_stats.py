@@ -12,10 +12,10 @@ import pytest
 import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from krpo_bench.dashboards.curves import aggregate_curve
 from rliable import metrics as rly
 
 from krpo_bench import stats
-from krpo_bench.dashboards.curves import aggregate_curve
 
 X = np.array([0.52, 0.47, 0.55, 0.50, 0.49, 0.61, 0.45, 0.53])
 Y = np.array([0.44, 0.48, 0.41, 0.51, 0.43, 0.46, 0.40, 0.47])
@@ -29,8 +29,15 @@ def _no_warnings():
 
 
 def _bootstrap(samples, statistic, seed=stats.SEED):
-    return scipy.stats.bootstrap(samples, statistic, n_resamples=stats.N_BOOTSTRAP, axis=-1, vectorized=True,
-                                 method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+    return scipy.stats.bootstrap(
+        samples,
+        statistic,
+        n_resamples=stats.N_BOOTSTRAP,
+        axis=-1,
+        vectorized=True,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
 
 
 def test_mean_t_interval() -> None:
@@ -84,7 +91,9 @@ def test_difference_and_welch_match_scipy() -> None:
 def test_comparison_win_and_loss() -> None:
     c = stats.compare(X, Y, "krpo", "grpo")
     assert c.analysis == "unpaired" and c.difference == stats.mean_difference_ci(X, Y)
-    assert (c.difference.estimate, c.difference.low, c.difference.high) == pytest.approx((0.065, 0.017, 0.113), abs=5e-4)
+    assert (c.difference.estimate, c.difference.low, c.difference.high) == pytest.approx(
+        (0.065, 0.017, 0.113), abs=5e-4
+    )
     assert round(c.mde * 100, 1) == 6.7 and c.seeds_needed == 78
     loss = stats.compare(Y, X, "krpo", "grpo")
     assert (loss.difference.low, loss.difference.high) == pytest.approx((-c.difference.high, -c.difference.low))
@@ -134,9 +143,15 @@ def test_nans_are_dropped() -> None:
 def test_intervals_contain_their_estimate(x: list[float], y: list[float]) -> None:
     seeds = list(range(min(len(x), len(y))))
     paired = stats.compare(x[: len(seeds)], y[: len(seeds)], "x", "y", seeds, seeds, n_resamples=200)
-    for ci in (stats.mean_ci(x), stats.mean_difference_ci(x, y), stats.probability_of_improvement(x, y, n_resamples=200),
-               stats.difference_bootstrap_ci(x, y, n_resamples=200), paired.difference, paired.difference_bootstrap,
-               paired.prob_improvement):
+    for ci in (
+        stats.mean_ci(x),
+        stats.mean_difference_ci(x, y),
+        stats.probability_of_improvement(x, y, n_resamples=200),
+        stats.difference_bootstrap_ci(x, y, n_resamples=200),
+        paired.difference,
+        paired.difference_bootstrap,
+        paired.prob_improvement,
+    ):
         if np.isnan(ci.estimate):  # the exact win share has no estimate when every pair is tied
             assert ci is paired.prob_improvement and not ci.defined
             continue
@@ -182,9 +197,15 @@ def test_paired_comparison_matches_scipy_and_plain_loops() -> None:
     assert c.p_value == pytest.approx(expected.pvalue)
     assert c.rank_p_value == pytest.approx(_signed_rank_p_by_enumeration(np.round(d, 12)))
     assert c.prob_improvement == stats.paired_win_share_exact(d).share  # exact interval, ties left out
-    boot = scipy.stats.bootstrap((X, Y), lambda a, b, axis: np.mean(a - b, axis=axis), paired=True,
-                                 n_resamples=stats.N_BOOTSTRAP, vectorized=True, method="percentile",
-                                 rng=np.random.default_rng(stats.SEED)).confidence_interval
+    boot = scipy.stats.bootstrap(
+        (X, Y),
+        lambda a, b, axis: np.mean(a - b, axis=axis),
+        paired=True,
+        n_resamples=stats.N_BOOTSTRAP,
+        vectorized=True,
+        method="percentile",
+        rng=np.random.default_rng(stats.SEED),
+    ).confidence_interval
     assert (c.difference_bootstrap.low, c.difference_bootstrap.high) == pytest.approx((boot.low, boot.high))
     assert c.welch_difference == stats.mean_difference_ci(X, Y) and c.welch_p == stats.welch_p_value(X, Y)
 
@@ -263,8 +284,12 @@ def test_target_effect_is_validated(bad: object) -> None:
     from krpo_bench.spec.loading import SpecError
     from krpo_bench.spec.study import validate_study
 
-    spec = {"name": "s", "kind": "ablation", "base": {"model": {"name": "tiny-arith"}, "task": {"kind": "arithmetic"}},
-            "analysis": {"target_effect": bad}}
+    spec = {
+        "name": "s",
+        "kind": "ablation",
+        "base": {"model": {"name": "tiny-arith"}, "task": {"kind": "arithmetic"}},
+        "analysis": {"target_effect": bad},
+    }
     with pytest.raises(SpecError, match=r"analysis\.target_effect"):
         validate_study(spec)
     assert validate_study({**spec, "analysis": {"target_effect": 0.05}}).analysis.target_effect == 0.05

@@ -27,8 +27,13 @@ def errors_of(data) -> list[dict]:
 
 
 def test_ablation_expands_variants_grid_seeds():
-    spec = validate_study(study(grid={"training.group_size": [4, 8], "estimator.scale": ["group", "batch"]},
-                                variants={"grpo": {"estimator": {"name": "grpo"}}}, seeds=[3, 5]))
+    spec = validate_study(
+        study(
+            grid={"training.group_size": [4, 8], "estimator.scale": ["group", "batch"]},
+            variants={"grpo": {"estimator": {"name": "grpo"}}},
+            seeds=[3, 5],
+        )
+    )
     plan = spec.plan()
     assert len(plan) == spec.trial_count() == 8
     assert len({t.key for t in plan}) == 8
@@ -49,8 +54,16 @@ def test_variant_with_another_estimator_replaces_the_base_block():
 @pytest.mark.parametrize(
     ("changes", "path", "needle"),
     [
-        ({"variants": {"krpo": {"estimator": {"name": "krpo", "Qq": 1e-5}}}}, "variants.krpo.estimator.krpo.Qq", "Extra inputs"),
-        ({"variants": {"krpo": {"estimator": {"name": "krpo", "R": -1}}}}, "variants.krpo.estimator.krpo.R", "greater than 0"),
+        (
+            {"variants": {"krpo": {"estimator": {"name": "krpo", "Qq": 1e-5}}}},
+            "variants.krpo.estimator.krpo.Qq",
+            "Extra inputs",
+        ),
+        (
+            {"variants": {"krpo": {"estimator": {"name": "krpo", "R": -1}}}},
+            "variants.krpo.estimator.krpo.R",
+            "greater than 0",
+        ),
         ({"variants": {"x": {"estimator": {"name": "ppo"}}}}, "variants.x.estimator", "does not match"),
         ({"grid": {"training.group_size": [1, 8]}}, "grid.training.group_size[0]", "greater than or equal to 2"),
         ({"grid": {"training.groupsize": [4]}}, "grid.training.groupsize[0]", "Extra inputs"),
@@ -67,8 +80,10 @@ def test_errors_name_the_path(changes, path, needle):
 
 def test_multi_gpu_trials_up_to_one_machine_whose_rollouts_split_evenly():
     assert validate_study(study(resources={"gpus_per_trial": 4})).resources.gpus_per_trial == 4
-    assert any(e["path"] == "resources.gpus_per_trial" and "less than or equal to 16" in e["message"]
-               for e in errors_of(study(resources={"gpus_per_trial": 17})))
+    assert any(
+        e["path"] == "resources.gpus_per_trial" and "less than or equal to 16" in e["message"]
+        for e in errors_of(study(resources={"gpus_per_trial": 17}))
+    )
     uneven = errors_of(study(resources={"gpus_per_trial": 3}))
     assert [e["path"] for e in uneven] == ["resources.gpus_per_trial"]
     assert "x 3 processes must divide prompts_per_step x group_size (64)" in uneven[0]["message"]
@@ -81,8 +96,13 @@ def test_base_errors_are_prefixed():
 
 
 def test_search_spec_checks_space_paths_and_bounds():
-    base = study(kind="search", variants=None, seeds=1, n_trials=4,
-                 space={"estimator.Q": {"type": "log_uniform", "low": 1e-6, "high": 1e-3}})
+    base = study(
+        kind="search",
+        variants=None,
+        seeds=1,
+        n_trials=4,
+        space={"estimator.Q": {"type": "log_uniform", "low": 1e-6, "high": 1e-3}},
+    )
     base["base"]["estimator"] = {"name": "krpo"}
     assert validate_study(base).trial_count() == 4
     bad = copy.deepcopy(base)
@@ -110,7 +130,15 @@ def test_every_study_in_the_library_validates():
     from krpo_bench.spec.trial import TrialSpec
 
     files = sorted(STUDIES.glob("*.yaml"))
-    library = {"quickstart", "paper_llama32_1b", "smollm2_gpu", "qr_search", "group_size_ablation", "estimator_zoo", "order_sensitivity"}
+    library = {
+        "quickstart",
+        "paper_llama32_1b",
+        "smollm2_gpu",
+        "qr_search",
+        "group_size_ablation",
+        "estimator_zoo",
+        "order_sensitivity",
+    }
     assert library <= {p.stem for p in files}
     for path in files:
         data = parse_yaml(path.read_bytes(), str(path))
@@ -134,7 +162,11 @@ def test_library_studies_answer_their_questions():
     assert trial.model.name == "hf:meta-llama/Llama-3.2-1B-Instruct" and trial.task.prompt_style == "chat_r1"
     assert (trial.training.group_size, trial.training.prompts_per_step, trial.training.learning_rate) == (12, 32, 5e-6)
     assert (trial.training.beta, trial.training.max_completion_length, trial.training.temperature) == (0.01, 1024, 1.0)
-    assert tuple(trial.task.num_terms) == (2, 5) and tuple(trial.task.num_digits) == (1, 5) and len(trial.task.templates) == 5
+    assert (
+        tuple(trial.task.num_terms) == (2, 5)
+        and tuple(trial.task.num_digits) == (1, 5)
+        and len(trial.task.templates) == 5
+    )
     assert [r.name for r in trial.task.rewards] == ["paper"] and paper.resources.gpus_per_trial == 1
     krpo = next(t.spec.estimator for t in paper.plan() if t.variant == "krpo")
     assert (krpo.Q, krpo.R) == (1e-5, 1e-2)
@@ -144,7 +176,15 @@ def test_library_studies_answer_their_questions():
     order = {(t.spec.estimator.name, t.spec.estimator.shuffle_order) for t in load("order_sensitivity").plan()}
     assert order == {(n, s) for n in ("krpo", "krpo_prior") for s in (False, True)}
     search = load("qr_search")
-    assert search.kind == "search" and search.sampler == "tpe" and search.pruner.type == "median" and search.pruner.warmup_steps > 0
+    assert (
+        search.kind == "search"
+        and search.sampler == "tpe"
+        and search.pruner.type == "median"
+        and search.pruner.warmup_steps > 0
+    )
     assert (search.space["estimator.Q"].low, search.space["estimator.Q"].high) == (1e-7, 1e-2)
     assert (search.space["estimator.R"].low, search.space["estimator.R"].high) == (1e-4, 1.0)
-    assert search.trial_config({}, 0, "x").training.eval_every > 0 and search.trial_config({}, 0, "x").model.name == "tiny-arith"
+    assert (
+        search.trial_config({}, 0, "x").training.eval_every > 0
+        and search.trial_config({}, 0, "x").model.name == "tiny-arith"
+    )

@@ -22,9 +22,13 @@ from tests.trial_specs import tiny_ablation
 
 SPEC = tiny_ablation("status", seeds=4)
 SEARCH = {
-    "name": "search", "kind": "search", "base": {**SPEC["base"], "estimator": {"name": "grpo"}},
+    "name": "search",
+    "kind": "search",
+    "base": {**SPEC["base"], "estimator": {"name": "grpo"}},
     "space": {"training.learning_rate": {"type": "log_uniform", "low": 1e-6, "high": 1e-3}},
-    "sampler": "random", "n_trials": 4, "parallelism": 2,
+    "sampler": "random",
+    "n_trials": 4,
+    "parallelism": 2,
 }
 
 
@@ -103,27 +107,61 @@ def test_migration_stores_the_status_reads_used_to_derive(db_url: str) -> None:
     upgrade(db_url, "0002")
     engine = make_engine(db_url)
     stored = validate_study(tiny_ablation("old", seeds=2)).model_dump(mode="json")
-    outcomes = {"done": ["succeeded", "succeeded"], "broken": ["succeeded", "failed"], "busy": ["succeeded", "running"],
-                "short": ["succeeded"]}
+    outcomes = {
+        "done": ["succeeded", "succeeded"],
+        "broken": ["succeeded", "failed"],
+        "busy": ["succeeded", "running"],
+        "short": ["succeeded"],
+    }
     try:
         with engine.begin() as conn:
             studies = Table("studies", MetaData(), autoload_with=conn)  # as revision 0002 left it
             jobs = Table("jobs", MetaData(), autoload_with=conn)
             for n, (name, statuses) in enumerate(outcomes.items()):
-                conn.execute(studies.insert().values(
-                    id=name, name=name, kind="ablation", spec=stored, status="running", priority=0, cancel_requested=False,
-                    mlflow_experiment_id="1", mlflow_parent_run_id=None if name == "short" else "run",
-                    created_at=utcnow(), updated_at=utcnow(),
-                ))
+                conn.execute(
+                    studies.insert().values(
+                        id=name,
+                        name=name,
+                        kind="ablation",
+                        spec=stored,
+                        status="running",
+                        priority=0,
+                        cancel_requested=False,
+                        mlflow_experiment_id="1",
+                        mlflow_parent_run_id=None if name == "short" else "run",
+                        created_at=utcnow(),
+                        updated_at=utcnow(),
+                    )
+                )
                 for k, status in enumerate(statuses):
-                    conn.execute(jobs.insert().values(
-                        id=f"{name}-{k}", seq=10 * n + k, study_id=name, trial_key=f"t{k}", config={}, status=status,
-                        priority=0, attempt=1, failures=0, max_attempts=3, cancel_requested=False, gpus=1, created_at=utcnow(),
-                    ))
+                    conn.execute(
+                        jobs.insert().values(
+                            id=f"{name}-{k}",
+                            seq=10 * n + k,
+                            study_id=name,
+                            trial_key=f"t{k}",
+                            config={},
+                            status=status,
+                            priority=0,
+                            attempt=1,
+                            failures=0,
+                            max_attempts=3,
+                            cancel_requested=False,
+                            gpus=1,
+                            created_at=utcnow(),
+                        )
+                    )
         upgrade(engine)
         with engine.connect() as conn:
-            rows = {r.id: r for r in conn.execute(select(Study.id, Study.status, Study.total_jobs, Study.mlflow_pending))}
-        assert {k: rows[k].status for k in outcomes} == {"done": "succeeded", "broken": "failed", "busy": "running", "short": "running"}
+            rows = {
+                r.id: r for r in conn.execute(select(Study.id, Study.status, Study.total_jobs, Study.mlflow_pending))
+            }
+        assert {k: rows[k].status for k in outcomes} == {
+            "done": "succeeded",
+            "broken": "failed",
+            "busy": "running",
+            "short": "running",
+        }
         assert {rows[k].total_jobs for k in outcomes} == {2}
         assert [k for k in outcomes if rows[k].mlflow_pending] == ["short"]
     finally:
@@ -149,8 +187,14 @@ def test_the_scheduler_builds_its_optuna_study_once(service: StudyService, monke
 
 def test_the_service_uses_no_private_optuna_attribute() -> None:
     tree = ast.parse(inspect.getsource(studies_module))
-    private = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("_") and not n.attr.startswith("__")
-               and not (isinstance(n.value, ast.Name) and n.value.id == "self")]
+    private = [
+        n.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute)
+        and n.attr.startswith("_")
+        and not n.attr.startswith("__")
+        and not (isinstance(n.value, ast.Name) and n.value.id == "self")
+    ]
     assert private == []
 
 

@@ -308,9 +308,7 @@ def test_hf_hub_id_offline_gives_clear_error() -> None:
 
 def test_build_task_accepts_dict_form() -> None:
     rewards = [{"name": "exact", "weight": 2}, {"name": "format", "weight": 0.5}]
-    task = build_task(
-        {"kind": "arithmetic", "num_terms": [2, 3], "train_size": 8, "test_size": 3, "rewards": rewards}
-    )
+    task = build_task({"kind": "arithmetic", "num_terms": [2, 3], "train_size": 8, "test_size": 3, "rewards": rewards})
     assert_well_formed(task, 8, 3)
     assert [f.__name__ for f in task.reward_funcs] == ["exact", "format"]
     assert task.reward_weights == [2.0, 0.5]
@@ -357,4 +355,6 @@ def test_bad_config_names_the_field(data: dict, field: str) -> None:
     errors = info.value.errors()
     located = [".".join(map(str, e["loc"][1:])) for e in errors]
     whole_task = [e["msg"] for e in errors if len(e["loc"]) <= 1]
-    assert any(loc == field or loc.startswith(f"{field}.") for loc in located) or any(field in m for m in whole_task), errors
+    assert any(loc == field or loc.startswith(f"{field}.") for loc in located) or any(field in m for m in whole_task), (
+        errors
+    )

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event, text
-
 from krpo_bench.api.app import create_app
 from krpo_bench.api.auth import TokenStore
 from krpo_bench.api.settings import ApiSettings
+from sqlalchemy import event, text
+
 from krpo_bench.service.db import make_engine, upgrade
 from krpo_bench.service.queue import JobQueue, NewJob
 from krpo_bench.service.quotas import owner_of
@@ -53,13 +53,25 @@ class Tenants:
 @pytest.fixture
 def tenants(db_url: str, tmp_path: Path) -> Iterator[Tenants]:
     store = TokenStore(tmp_path / "tokens.json")
-    made = {name: store.create(name, [scope]) for name, scope in (("alice", "submit"), ("bob", "submit"), ("admin", "admin"))}
+    made = {
+        name: store.create(name, [scope])
+        for name, scope in (("alice", "submit"), ("bob", "submit"), ("admin", "admin"))
+    }
     (tmp_path / "data").mkdir()
-    settings = ApiSettings(db=db_url, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", api_tokens_file=tmp_path / "tokens.json",
-                           data_roots=(tmp_path / "data",), list_cache_s=0, default_timeout_s=600,
-                           max_active_trials_per_token=1004, max_trial_hours_per_token=1000)
+    settings = ApiSettings(
+        db=db_url,
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        api_tokens_file=tmp_path / "tokens.json",
+        data_roots=(tmp_path / "data",),
+        list_cache_s=0,
+        default_timeout_s=600,
+        max_active_trials_per_token=1004,
+        max_trial_hours_per_token=1000,
+    )
     with TestClient(create_app(settings)) as client:
-        yield Tenants(client, {n: token for n, (token, _) in made.items()}, {n: record.id for n, (_, record) in made.items()})
+        yield Tenants(
+            client, {n: token for n, (token, _) in made.items()}, {n: record.id for n, (_, record) in made.items()}
+        )
         client.app.state.service.engine.dispose()
 
 
@@ -67,7 +79,9 @@ def test_claims_alternate_between_owners_when_one_floods_the_queue(tenants: Tena
     flood = tenants.submit("alice", ablation("flood", 1000))
     small = tenants.submit("bob", ablation("small", 4))
     engine = tenants.queue.engine
-    assert (owner_of(engine, flood), owner_of(engine, small)) == (tenants.ids["alice"], tenants.ids["bob"]), "the token's id, not its secret"
+    assert (owner_of(engine, flood), owner_of(engine, small)) == (tenants.ids["alice"], tenants.ids["bob"]), (
+        "the token's id, not its secret"
+    )
     owner = {flood: "alice", small: "bob"}
 
     serial = []  # one worker, one job at a time: nobody holds a job when it claims the next
@@ -87,7 +101,12 @@ def test_a_submit_token_controls_its_own_studies_and_no_others(tenants: Tenants)
         refused = tenants.post("bob", f"/studies/{target}/{action}", body)
         assert refused.status_code == 403 and "another token" in refused.json()["message"], refused.text
     assert tenants.post("bob", "/studies/mine/cancel").status_code == 403, "by name too"
-    assert tenants.client.get(f"/api/v1/studies/{study}", headers={"Authorization": f"Bearer {tenants.tokens['bob']}"}).json()["status"] == "running"
+    assert (
+        tenants.client.get(
+            f"/api/v1/studies/{study}", headers={"Authorization": f"Bearer {tenants.tokens['bob']}"}
+        ).json()["status"]
+        == "running"
+    )
 
     cancelled = tenants.post("alice", f"/studies/{study}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
@@ -95,7 +114,9 @@ def test_a_submit_token_controls_its_own_studies_and_no_others(tenants: Tenants)
     assert resumed.status_code == 200 and resumed.json()["status"] == "running", resumed.text
     extended = tenants.post("alice", f"/studies/{search}/extend", {"n_trials": 1})
     assert extended.status_code == 200 and extended.json()["total"] == 3, extended.text
-    assert tenants.post("admin", f"/studies/{study}/cancel").json()["status"] == "cancelled", "an admin controls any study"
+    assert tenants.post("admin", f"/studies/{study}/cancel").json()["status"] == "cancelled", (
+        "an admin controls any study"
+    )
 
 
 def test_quotas_refuse_what_a_token_may_not_queue_naming_the_setting(tenants: Tenants) -> None:
@@ -109,7 +130,9 @@ def test_quotas_refuse_what_a_token_may_not_queue_naming_the_setting(tenants: Te
     assert tenants.post("alice", f"/studies/{flood}/cancel").status_code == 200, "a cancelled study frees its share"
     tenants.submit("alice", ablation("more", 5))
     resumed = tenants.post("alice", f"/studies/{flood}/resume")
-    assert resumed.status_code == 429 and "KRPO_BENCH_MAX_ACTIVE_TRIALS_PER_TOKEN" in resumed.text, "no way around by resuming"
+    assert resumed.status_code == 429 and "KRPO_BENCH_MAX_ACTIVE_TRIALS_PER_TOKEN" in resumed.text, (
+        "no way around by resuming"
+    )
 
     month = ablation("month", 2, timeout_s=30 * 24 * 3600)
     hours = tenants.post("bob", "/studies", month)
@@ -171,8 +194,10 @@ def test_a_claim_probes_indexes_and_never_scans_a_queue_of_10000_jobs(db_url: st
     ids = {}
     for owner, size in [("alice", 1000)] * 10 + [("bob", 2)]:
         study_id = str(uuid.uuid4())
-        queue.create_study({"id": study_id, "name": owner, "kind": "ablation", "spec": {}, "owner": owner, "mlflow_pending": False},
-                           [NewJob(f"t{k}", {"k": k}) for k in range(size)])
+        queue.create_study(
+            {"id": study_id, "name": owner, "kind": "ablation", "spec": {}, "owner": owner, "mlflow_pending": False},
+            [NewJob(f"t{k}", {"k": k}) for k in range(size)],
+        )
         ids[study_id] = owner
     if engine.dialect.name == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -187,4 +212,3 @@ def test_a_claim_probes_indexes_and_never_scans_a_queue_of_10000_jobs(db_url: st
     else:
         assert not [line for line in plan if re.match(r"SCAN (jobs|nxt|run|last)\b", line)], joined
     engine.dispose()
-

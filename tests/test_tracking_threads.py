@@ -48,4 +48,3 @@ def test_overlapping_calls_keep_the_settings_until_the_last_one_leaves(monkeypat
         thread.join(timeout=10)
     assert all(s == [expected_inside, expected_inside] for s in seen)
     assert _settings() == before
-

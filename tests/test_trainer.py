@@ -57,8 +57,15 @@ def test_krpo_replaces_advantages_and_logs_diagnostics(tmp_path):
     want = get_estimator("krpo", Q=1e-5, R=1e-2)(rewards).reshape(-1)
     assert torch.allclose(out["advantages"], want)
     metrics = trainer._metrics["train"]
-    for key in ("adv/mean", "adv/std", "adv/abs_max", "adv/baseline_mean", "adv/frac_zero_std",
-                "adv/kalman_gain_last", "adv/posterior_std_last"):
+    for key in (
+        "adv/mean",
+        "adv/std",
+        "adv/abs_max",
+        "adv/baseline_mean",
+        "adv/frac_zero_std",
+        "adv/kalman_gain_last",
+        "adv/posterior_std_last",
+    ):
         assert len(metrics[key]) == 1, key
     assert metrics["adv/abs_max"][0] == pytest.approx(want.abs().max().item())
 
@@ -106,6 +113,7 @@ def test_every_private_trl_member_the_trainer_relies_on_exists_in_the_pinned_trl
         assert hasattr(GRPOTrainer, name), name
     source = inspect.getsource(GRPOTrainer.__init__)
     assert all(f"self.{name} =" in source for name in state)
-    overridden = {n for n in vars(BaselineGRPOTrainer) if n.startswith("_") and not n.startswith("__")
-                  and hasattr(GRPOTrainer, n)}
+    overridden = {
+        n for n in vars(BaselineGRPOTrainer) if n.startswith("_") and not n.startswith("__") and hasattr(GRPOTrainer, n)
+    }
     assert overridden <= PRIVATE_MEMBERS.keys(), overridden - PRIVATE_MEMBERS.keys()

@@ -22,7 +22,12 @@ NAN = math.nan
 
 
 def advantage_step(
-    monkeypatch: pytest.MonkeyPatch, rewards: list[list[float]], estimator: str, *, rank: int = 0, processes: int = 1,
+    monkeypatch: pytest.MonkeyPatch,
+    rewards: list[list[float]],
+    estimator: str,
+    *,
+    rank: int = 0,
+    processes: int = 1,
     **params: Any,
 ) -> tuple[torch.Tensor, dict[str, list[float]]]:
     """Run ``_generate_and_score_completions`` on ``rank`` of ``processes`` for one batch of groups
@@ -58,8 +63,12 @@ def advantage_step(
     return output["advantages"], dict(trainer._metrics["train"])
 
 
-REWARDS = [[0.0, 1.0, 1.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0, 1.0], [0.5, 0.0, 1.0, 1.0, 0.0, 0.0],
-           [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]]
+REWARDS = [
+    [0.0, 1.0, 1.0, 0.0, 1.0, 0.0],
+    [1.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+    [0.5, 0.0, 1.0, 1.0, 0.0, 0.0],
+    [0.0, 0.0, 0.0, 1.0, 1.0, 1.0],
+]
 
 
 @pytest.mark.parametrize("processes", [2, 3, 4])
@@ -102,9 +111,12 @@ def posterior_baselines(group: list[float], Q: float, R: float, P0: float) -> li
     return out
 
 
-@pytest.mark.parametrize(("G", "Q", "R", "P0"), [(6, 0.0, 1e-2, 1.0), (12, 0.0, 0.5, 2.0), (6, 1e-3, 1e-2, 1.0),
-                                                  (16, 0.05, 0.3, 0.5)])
-def test_kalman_diagnostics_have_the_filters_values(monkeypatch: pytest.MonkeyPatch, G: int, Q: float, R: float, P0: float):
+@pytest.mark.parametrize(
+    ("G", "Q", "R", "P0"), [(6, 0.0, 1e-2, 1.0), (12, 0.0, 0.5, 2.0), (6, 1e-3, 1e-2, 1.0), (16, 0.05, 0.3, 0.5)]
+)
+def test_kalman_diagnostics_have_the_filters_values(
+    monkeypatch: pytest.MonkeyPatch, G: int, Q: float, R: float, P0: float
+):
     gen = torch.Generator().manual_seed(G)
     rewards = torch.randint(0, 2, (5, G), generator=gen).double().tolist()
     rewards[0] = [1.0] * G  # zero spread
@@ -121,8 +133,12 @@ def test_kalman_diagnostics_have_the_filters_values(monkeypatch: pytest.MonkeyPa
     zero_spread = [len({r for r in g if not math.isnan(r)}) == 1 for g in rewards]
     assert sum(zero_spread) >= 2
     assert metrics["adv/frac_zero_std"] == [pytest.approx(sum(zero_spread) / len(rewards))]
-    scored = [a for g, adv in zip(rewards, reference.krpo(rewards, Q=Q, R=R, P0=P0)) for r, a in zip(g, adv)
-              if not math.isnan(r)]
+    scored = [
+        a
+        for g, adv in zip(rewards, reference.krpo(rewards, Q=Q, R=R, P0=P0))
+        for r, a in zip(g, adv)
+        if not math.isnan(r)
+    ]
     assert metrics["adv/mean"] == [pytest.approx(sum(scored) / len(scored), rel=1e-4, abs=1e-5)]
     assert metrics["adv/frac_unscorable"] == [pytest.approx(2 / (5 * G))]
 

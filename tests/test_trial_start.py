@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from krpo_bench.models import arith_pairs, greedy_accuracy, load_model, tiny_arith_report
+from krpo_bench.models import arith_pairs, greedy_accuracy, load_model, tiny_arith, tiny_arith_report
 from krpo_bench.models.config import ModelSpec, TinyArithOptions
-from krpo_bench.models import tiny_arith
 from krpo_bench.models.hf import MARKER_FILE
 from krpo_bench.models.tiny_arith import (
     SHIPPED_BUILDS,
@@ -59,7 +58,9 @@ def test_a_fresh_home_installs_the_shipped_build_in_seconds(tmp_path: Path, monk
     report = tiny_arith_report(folder)
     assert report["installed_from"] == f"{DEFAULT_KEY}.safetensors"
     loaded = load_model(ModelSpec(name="tiny-arith"))
-    assert greedy_accuracy(loaded.model, loaded.tokenizer, arith_pairs(heldout=True)) == report["heldout_greedy_accuracy"]
+    assert (
+        greedy_accuracy(loaded.model, loaded.tokenizer, arith_pairs(heldout=True)) == report["heldout_greedy_accuracy"]
+    )
 
 
 def test_a_damaged_or_foreign_artefact_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,7 +98,9 @@ def test_the_builder_makes_the_same_bits_twice_on_one_host(tmp_path: Path, monke
 
 
 @pytest.mark.slow
-def test_a_rebuild_scores_the_shipped_accuracy_within_its_sampling_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_rebuild_scores_the_shipped_accuracy_within_its_sampling_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The shipped build's held-out accuracy (0.3967 on 1946 pairs) is reproduced by a rebuild on this
     host within two binomial standard errors of that accuracy, sqrt(p (1 - p) / n) = 0.0111, so 0.022
     (43 pairs): finer than the held-out set resolves a model's accuracy. An AVX512 EPYC host built
@@ -139,11 +142,15 @@ def _report_state(path: str) -> None:
 
     import torch
 
-    Path(path).write_text(json.dumps({
-        "preloaded": [m for m in forkserver.PRELOAD if m in sys.modules],
-        "cuda_initialized": torch.cuda.is_initialized(),
-        "libcuda_loaded": "libcuda.so" in Path("/proc/self/maps").read_text(),
-    }))
+    Path(path).write_text(
+        json.dumps(
+            {
+                "preloaded": [m for m in forkserver.PRELOAD if m in sys.modules],
+                "cuda_initialized": torch.cuda.is_initialized(),
+                "libcuda_loaded": "libcuda.so" in Path("/proc/self/maps").read_text(),
+            }
+        )
+    )
 
 
 def _signal_mask(pid: int, field: str) -> int:
@@ -159,7 +166,9 @@ def test_the_fork_server_has_the_trial_imports_and_no_cuda(tmp_path: Path) -> No
     state = json.loads((tmp_path / "state.json").read_text())
     assert state == {"preloaded": forkserver.PRELOAD, "cuda_initialized": False, "libcuda_loaded": False}
     server = multiprocessing.forkserver._forkserver._forkserver_pid
-    assert _signal_mask(server, "SigBlk") & (1 << (signal.SIGTERM - 1)), "SIGTERM to the worker's group must spare the server"
+    assert _signal_mask(server, "SigBlk") & (1 << (signal.SIGTERM - 1)), (
+        "SIGTERM to the worker's group must spare the server"
+    )
     assert not _signal_mask(os.getpid(), "SigBlk") & (1 << (signal.SIGTERM - 1)), "the worker's own mask is restored"
 
 
@@ -182,20 +191,33 @@ def _trial_setup(env: dict[str, str], log_file: str, out: str) -> None:
     forkserver._become_trial_process(env, log_file)
     print("to stdout", flush=True)
     os.write(2, b"to stderr\n")
-    Path(out).write_text(json.dumps({
-        "sid": os.getsid(0), "pid": os.getpid(), "marker": os.environ.get("KRPO_TEST_MARKER"),
-        "sigterm_blocked": bool(_signal_mask(os.getpid(), "SigBlk") & (1 << (signal.SIGTERM - 1))),
-    }))
+    Path(out).write_text(
+        json.dumps(
+            {
+                "sid": os.getsid(0),
+                "pid": os.getpid(),
+                "marker": os.environ.get("KRPO_TEST_MARKER"),
+                "sigterm_blocked": bool(_signal_mask(os.getpid(), "SigBlk") & (1 << (signal.SIGTERM - 1))),
+            }
+        )
+    )
 
 
 def test_a_forked_trial_runs_in_its_own_session_with_the_job_environment(tmp_path: Path) -> None:
     forkserver.warm_up()
     env = {"KRPO_TEST_MARKER": "forked", "PATH": os.environ["PATH"]}
-    probe = forkserver._context().Process(target=_trial_setup, args=(env, str(tmp_path / "trial.log"), str(tmp_path / "seen.json")))
+    probe = forkserver._context().Process(
+        target=_trial_setup, args=(env, str(tmp_path / "trial.log"), str(tmp_path / "seen.json"))
+    )
     probe.start()
     probe.join(60)
     seen = json.loads((tmp_path / "seen.json").read_text())
-    assert seen == {"sid": probe.pid, "pid": probe.pid, "marker": "forked", "sigterm_blocked": True}  # until the child's handler
+    assert seen == {
+        "sid": probe.pid,
+        "pid": probe.pid,
+        "marker": "forked",
+        "sigterm_blocked": True,
+    }  # until the child's handler
     assert (tmp_path / "trial.log").read_text() == "to stdout\nto stderr\n"
 
 
@@ -219,14 +241,19 @@ time.sleep(120)
 @pytest.mark.slow  # a preloaded server of its own: tens of seconds on a loaded machine
 def test_a_forked_trial_dies_with_its_worker(tmp_path: Path) -> None:
     """SIGKILL to the worker alone (not its process group, which would take the server too)."""
-    worker = subprocess.Popen([sys.executable, "-c", WORKER_SCRIPT, str(tmp_path / "trial.log")], stdout=subprocess.PIPE, text=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER_SCRIPT, str(tmp_path / "trial.log")], stdout=subprocess.PIPE, text=True
+    )
     try:
         trial = int(worker.stdout.readline())
         os.kill(trial, 0)
         worker.kill()
         worker.wait()
         deadline = time.monotonic() + 10
-        while Path(f"/proc/{trial}").exists() and "Z" not in Path(f"/proc/{trial}/stat").read_text().rpartition(")")[2][:3]:
+        while (
+            Path(f"/proc/{trial}").exists()
+            and "Z" not in Path(f"/proc/{trial}/stat").read_text().rpartition(")")[2][:3]
+        ):
             assert time.monotonic() < deadline, "the trial outlived its worker"
             time.sleep(0.1)
     finally:

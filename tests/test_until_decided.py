@@ -80,8 +80,12 @@ def test_seeds_are_added_to_undecided_comparisons_until_decided_or_the_last_look
 
     analysis = service.results(info.id)
     verdicts = {c.label: c for c in analysis.comparisons}
-    assert verdicts["winner"].look == 1 and verdicts["winner"].n_variant == 4 and verdicts["winner"].analysis == "paired"
-    assert verdicts["noisy"].look == 3 and verdicts["noisy"].n_variant == 12 and verdicts["noisy"].verdict == "undecided"
+    assert (
+        verdicts["winner"].look == 1 and verdicts["winner"].n_variant == 4 and verdicts["winner"].analysis == "paired"
+    )
+    assert (
+        verdicts["noisy"].look == 3 and verdicts["noisy"].n_variant == 12 and verdicts["noisy"].verdict == "undecided"
+    )
     levels = look_design(1, [4, 8, 12], 0.05, list(range(12)))
     assert verdicts["winner"].difference_level == pytest.approx(levels.difference_level)
     assert levels.difference_level < 0.05 / 10  # O'Brien-Fleming spends little alpha at the first look
@@ -92,15 +96,19 @@ def test_seeds_are_added_to_undecided_comparisons_until_decided_or_the_last_look
 def test_a_look_lost_to_a_crash_is_taken_again_and_asks_its_seeds_once(service: StudyService) -> None:
     info = service.submit(STUDY)
     while (job := service.queue.claim("test-worker", 60)) is not None:  # the batch ends, but no one took the look
-        service.queue.complete(job.id, job.attempt, {"status": "succeeded",
-                                                     "final_accuracy": accuracy(job.config["variant_name"], job.config["seed"])})
+        service.queue.complete(
+            job.id,
+            job.attempt,
+            {"status": "succeeded", "final_accuracy": accuracy(job.config["variant_name"], job.config["seed"])},
+        )
     assert service.get(info.id).status == "running" and service.get(info.id).looks is None
     first = service.take_look(info.id)
     assert first is not None and first["look"] == 1
     assert service.take_look(info.id) is None  # repeated: nothing new (the asked seeds are queued)
     queued = service.get(info.id).counts["queued"]
-    assert queued == 4 * len({d["reference_label"] for d in first["decisions"] if d["verdict"] == "continue"}) + 4 * sum(
-        d["verdict"] == "continue" for d in first["decisions"])
+    assert queued == 4 * len(
+        {d["reference_label"] for d in first["decisions"] if d["verdict"] == "continue"}
+    ) + 4 * sum(d["verdict"] == "continue" for d in first["decisions"])
 
 
 def test_until_decided_is_checked_against_the_study() -> None:

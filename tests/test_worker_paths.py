@@ -11,10 +11,10 @@ from pathlib import Path
 
 import datasets
 import pytest
+from krpo_bench.api.policy import Policy, admit
 from pydantic import ValidationError
 
 from krpo_bench import data_roots
-from krpo_bench.api.policy import Policy, admit
 from krpo_bench.data_roots import OutsideDataRoots, data_file, data_folder
 from krpo_bench.models import load_model
 from krpo_bench.models.config import ModelSpec
@@ -125,11 +125,22 @@ def test_a_probe_checkpoint_link_repointed_after_submission_is_refused(roots: Pa
         _load(ProbeSpec.model_construct(checkpoint="checkpoint-7", model=ModelSpec(name="tiny-arith")), "cpu")
 
 
-def test_a_dataset_folder_swapped_between_check_and_open_is_refused(roots: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_dataset_folder_swapped_between_check_and_open_is_refused(
+    roots: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     datasets.Dataset.from_dict({"question": ["1+1"], "answer": ["2"]}).save_to_disk(str(roots / "sub" / "ds"))
-    datasets.Dataset.from_dict({"aws_secret_access_key": ["AKIA-LEAK"]}).save_to_disk(str(roots.parent / "outside" / "ds"))
-    task = HFTask.model_construct(kind="hf", dataset=str(roots / "sub" / "ds"), question_field="question",
-                                  answer_field="answer", answer_extract="none", split="train", test_split=None)
+    datasets.Dataset.from_dict({"aws_secret_access_key": ["AKIA-LEAK"]}).save_to_disk(
+        str(roots.parent / "outside" / "ds")
+    )
+    task = HFTask.model_construct(
+        kind="hf",
+        dataset=str(roots / "sub" / "ds"),
+        question_field="question",
+        answer_field="answer",
+        answer_extract="none",
+        split="train",
+        test_split=None,
+    )
     assert hf.load(task)[0] == [{"question": "1+1", "answer": "2", "prompt_id": 0}]
     with pytest.raises(hf.DatasetRefused, match="no folder written by save_to_disk"):
         hf.load(task.model_copy(update={"dataset": str(roots / "sub")}))
@@ -155,8 +166,17 @@ def test_a_pinned_folder_is_read_through_its_descriptor(roots: Path) -> None:
         assert (folder / "q.jsonl").read_text() == '{"question": "1+1", "answer": "2"}\n'
 
 
-@pytest.mark.parametrize("name", ["hf:./evil/model", "hf:evil/model/checkpoint-1", "hf:../evil", "hf:evil/../model",
-                                  "hf:.hidden/model", "hf:evil\\model"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "hf:./evil/model",
+        "hf:evil/model/checkpoint-1",
+        "hf:../evil",
+        "hf:evil/../model",
+        "hf:.hidden/model",
+        "hf:evil\\model",
+    ],
+)
 def test_relative_model_paths_are_refused_at_validation(name: str) -> None:
     with pytest.raises(ValidationError, match="absolute path") as refused:
         ModelSpec(name=name)
@@ -166,7 +186,9 @@ def test_relative_model_paths_are_refused_at_validation(name: str) -> None:
     assert [e["path"] for e in at_submit.value.errors] == ["base.model.name"]
 
 
-def test_a_hub_id_that_names_a_folder_of_the_workers_directory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_hub_id_that_names_a_folder_of_the_workers_directory_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "evil" / "model").mkdir(parents=True)
     (tmp_path / "evil" / "model" / "config.json").write_text(SECRET)
     monkeypatch.chdir(tmp_path)  # e.g. a worker started in the data home

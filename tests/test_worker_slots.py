@@ -31,8 +31,14 @@ class RecordedProcess:
 @pytest.fixture
 def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StudyService:
     monkeypatch.setattr(worker_module, "gpu_budget_mib", lambda device: BUDGET_MIB)
-    monkeypatch.setattr(worker_module, "SpawnedTrial", lambda job_file, env, log_file, processes: RecordedProcess(trial_command(job_file, processes), env))
-    monkeypatch.setattr(worker_module, "ForkedTrial", lambda job_file, env, log_file: RecordedProcess(trial_command(job_file, 1), env))
+    monkeypatch.setattr(
+        worker_module,
+        "SpawnedTrial",
+        lambda job_file, env, log_file, processes: RecordedProcess(trial_command(job_file, processes), env),
+    )
+    monkeypatch.setattr(
+        worker_module, "ForkedTrial", lambda job_file, env, log_file: RecordedProcess(trial_command(job_file, 1), env)
+    )
     return StudyService(f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 

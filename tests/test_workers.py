@@ -49,9 +49,25 @@ def service(db_url: str, tmp_path: Path) -> Iterator[StudyService]:
 
 
 def start_worker(service: StudyService, *options: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "krpo_bench.cli", "worker", "--gpus", "cpu", "--slots-per-gpu", "1",
-           "--db", service.db_url, "--mlflow", service.mlflow_uri,
-           "--lease-s", str(LEASE_S), "--heartbeat-s", str(HEARTBEAT_S), *options]
+    cmd = [
+        sys.executable,
+        "-m",
+        "krpo_bench.cli",
+        "worker",
+        "--gpus",
+        "cpu",
+        "--slots-per-gpu",
+        "1",
+        "--db",
+        service.db_url,
+        "--mlflow",
+        service.mlflow_uri,
+        "--lease-s",
+        str(LEASE_S),
+        "--heartbeat-s",
+        str(HEARTBEAT_S),
+        *options,
+    ]
     env = dict(os.environ, KRPO_BENCH_CPU_THREADS="1")
     return subprocess.Popen(cmd, env=env, start_new_session=True)
 
@@ -94,7 +110,11 @@ def test_killed_worker_is_reclaimed_and_the_trial_resumes_from_its_checkpoint(se
     info = service.submit(study("crash", steps=24, seeds=1, checkpoint_every=4))
     worker = start_worker(service, *(["--no-fork-server"] if trial_start == "spawned" else []))
     try:
-        job = wait_for(lambda: next(iter(service.jobs(info.id)), None) if service.jobs(info.id)[0].mlflow_run_id else None, 120, "the trial to start")
+        job = wait_for(
+            lambda: next(iter(service.jobs(info.id)), None) if service.jobs(info.id)[0].mlflow_run_id else None,
+            120,
+            "the trial to start",
+        )
         run_dir = Path(os.environ["KRPO_BENCH_HOME"]) / "trials" / job.config["trial"]["trial_id"]
         wait_for(lambda: list(run_dir.glob("checkpoint-*/trainer_state.json")), 120, "a complete checkpoint")
         trial = trial_processes(job.id)
@@ -104,7 +124,11 @@ def test_killed_worker_is_reclaimed_and_the_trial_resumes_from_its_checkpoint(se
     wait_for(lambda: not trial_processes(job.id), 20, f"the trial process {trial} to die with its worker")
     second = start_worker(service)
     try:
-        done = wait_for(lambda: service.get(info.id).status == "succeeded" and service.jobs(info.id)[0], 240, "the study to finish elsewhere")
+        done = wait_for(
+            lambda: service.get(info.id).status == "succeeded" and service.jobs(info.id)[0],
+            240,
+            "the study to finish elsewhere",
+        )
     finally:
         stop(second)
     assert done.attempt == 2 and done.failures == 1
@@ -135,7 +159,9 @@ def test_an_idle_worker_takes_up_a_hand_back_and_resumes_it_as_if_never_stopped(
     first = start_worker(service)
     idle = None
     try:
-        job = wait_for(lambda: service.jobs(info.id)[0].mlflow_run_id and service.jobs(info.id)[0], 120, "the trial to start")
+        job = wait_for(
+            lambda: service.jobs(info.id)[0].mlflow_run_id and service.jobs(info.id)[0], 120, "the trial to start"
+        )
         run_dir = Path(os.environ["KRPO_BENCH_HOME"]) / "trials" / job.config["trial"]["trial_id"]
         idle = start_worker(service, "--exit-when-idle", "--no-fork-server")
         wait_for(lambda: len(service.queue.list_workers()) == 2, 60, "the idle worker to register")
@@ -143,7 +169,11 @@ def test_an_idle_worker_takes_up_a_hand_back_and_resumes_it_as_if_never_stopped(
         time.sleep(2 * HEARTBEAT_S)
         assert idle.poll() is None, "the idle worker stays while a trial runs elsewhere"
         stop(first)
-        done = wait_for(lambda: service.get(info.id).status == "succeeded" and service.jobs(info.id)[0], 240, "the hand-back to finish")
+        done = wait_for(
+            lambda: service.get(info.id).status == "succeeded" and service.jobs(info.id)[0],
+            240,
+            "the hand-back to finish",
+        )
         assert idle.wait(timeout=60) == 0, "the idle worker exits once nothing is queued or running"
     finally:
         stop(first)
@@ -160,10 +190,14 @@ def test_an_idle_worker_takes_up_a_hand_back_and_resumes_it_as_if_never_stopped(
     torch.set_num_threads(1)  # as the workers' trials (KRPO_BENCH_CPU_THREADS=1)
     try:
         reference_uri = f"sqlite:///{tmp_path / 'reference.db'}"
-        reference = run_trial(TrialSpec.model_validate(done.config["trial"]), run_dir=tmp_path / "reference", tracking_uri=reference_uri)
+        reference = run_trial(
+            TrialSpec.model_validate(done.config["trial"]), run_dir=tmp_path / "reference", tracking_uri=reference_uri
+        )
     finally:
         torch.set_num_threads(threads)
-    assert rewards(MlflowClient(service.mlflow_uri), done.mlflow_run_id) == rewards(MlflowClient(reference_uri), reference.mlflow_run_id)
+    assert rewards(MlflowClient(service.mlflow_uri), done.mlflow_run_id) == rewards(
+        MlflowClient(reference_uri), reference.mlflow_run_id
+    )
     assert done.result["final_accuracy"] == reference.final_accuracy
 
 
@@ -177,8 +211,15 @@ def test_cancellation_lands_within_a_heartbeat(service: StudyService):
     client = MlflowClient(service.mlflow_uri)
     worker = start_worker(service)
     try:
-        job = wait_for(lambda: service.get(info.id).counts.get("running") and service.jobs(info.id)[0].mlflow_run_id
-                       and service.jobs(info.id)[0], 120, "the trial to run")
+        job = wait_for(
+            lambda: (
+                service.get(info.id).counts.get("running")
+                and service.jobs(info.id)[0].mlflow_run_id
+                and service.jobs(info.id)[0]
+            ),
+            120,
+            "the trial to run",
+        )
         wait_for(lambda: len(client.get_metric_history(job.mlflow_run_id, "train/reward")) >= 3, 120, "a few steps")
         beat = service.jobs(info.id)[0].lease_expires_at  # cancel right after a heartbeat: the next is one away
         wait_for(lambda: service.jobs(info.id)[0].lease_expires_at != beat, 10, "a heartbeat", every=0.02)
@@ -195,8 +236,10 @@ def test_cancellation_lands_within_a_heartbeat(service: StudyService):
     ended = run.info.end_time / 1000 - asked_at
     stamps = sorted(m.timestamp for m in history)
     step_s = sorted(b - a for a, b in zip(stamps, stamps[1:]))[len(stamps) // 2] / 1000
-    print(f"\ntrial stopped and its run ended {ended:.2f} s after the cancel, job cancelled after {took:.2f} s "
-          f"(heartbeat {HEARTBEAT_S} s, a step {step_s:.2f} s)")
+    print(
+        f"\ntrial stopped and its run ended {ended:.2f} s after the cancel, job cancelled after {took:.2f} s "
+        f"(heartbeat {HEARTBEAT_S} s, a step {step_s:.2f} s)"
+    )
     assert run.info.status == "KILLED"
     assert ended < HEARTBEAT_S + STOP_MARGIN_S, f"the trial stopped {ended:.1f} s after the cancel"
     assert took < HEARTBEAT_S + STOP_MARGIN_S + EXIT_MARGIN_S, f"cancellation took {took:.1f} s"
@@ -229,7 +272,9 @@ def test_stopping_everything_and_restarting_finishes_the_same_trials_once(servic
     jobs = service.jobs(info.id)
     assert len(jobs) == 4 and all(j.status == "succeeded" and j.failures == 0 for j in jobs)
     client = MlflowClient(service.mlflow_uri)
-    runs = client.search_runs([service.get(info.id).mlflow_experiment_id], f"tags.`krpo.study_id` = '{info.id}' and tags.`krpo.variant` != ''")
+    runs = client.search_runs(
+        [service.get(info.id).mlflow_experiment_id], f"tags.`krpo.study_id` = '{info.id}' and tags.`krpo.variant` != ''"
+    )
     trial_runs = [r for r in runs if "krpo.trial_key" in r.data.tags]
     assert len(trial_runs) == 4 and len({r.data.tags["krpo.trial_key"] for r in trial_runs}) == 4
     assert all(r.info.status == "FINISHED" for r in trial_runs)
@@ -242,19 +287,21 @@ def test_search_with_median_pruner_prunes_and_reaches_its_budget_exactly(service
 
     base = {k: v for k, v in tiny_trial(steps=8, eval_every=2, eval_size=32).items() if k != "name"}
     base["estimator"] = {"name": "krpo"}
-    info = service.submit({
-        "name": "pruned-search",
-        "kind": "search",
-        "base": base,
-        # lr 1e-12 leaves the warm start as it is; lr 0.5 wrecks it within two steps. Seed 6 asks
-        # [1e-12, 0.5, 0.5, 0.5], one trial at a time: the last two are pruned against the first two.
-        "space": {"training.learning_rate": {"type": "choice", "choices": [1e-12, 0.5]}},
-        "sampler": "random",
-        "sampler_seed": 6,
-        "pruner": {"type": "median", "startup_trials": 2, "warmup_steps": 0},
-        "n_trials": 4,
-        "parallelism": 1,
-    })
+    info = service.submit(
+        {
+            "name": "pruned-search",
+            "kind": "search",
+            "base": base,
+            # lr 1e-12 leaves the warm start as it is; lr 0.5 wrecks it within two steps. Seed 6 asks
+            # [1e-12, 0.5, 0.5, 0.5], one trial at a time: the last two are pruned against the first two.
+            "space": {"training.learning_rate": {"type": "choice", "choices": [1e-12, 0.5]}},
+            "sampler": "random",
+            "sampler_seed": 6,
+            "pruner": {"type": "median", "startup_trials": 2, "warmup_steps": 0},
+            "n_trials": 4,
+            "parallelism": 1,
+        }
+    )
     workers = [start_worker(service)]
     try:
         wait_for(lambda: service.get(info.id).status in ("succeeded", "failed"), 420, "the search to finish")

@@ -45,4 +45,10 @@ def tiny_ablation(name: str, seeds: int = 1, **base: Any) -> dict:
     """A one-variant (grpo) ablation of 2-step tiny-arith trials, for tests that submit but never
     train; ``base`` overrides blocks of the base trial (``model=``, ``task=``)."""
     trial = {"model": {"name": "tiny-arith"}, "task": dict(TINY_TASK), "training": {"max_steps": 2}, **base}
-    return {"name": name, "kind": "ablation", "seeds": seeds, "base": trial, "variants": {"grpo": {"estimator": {"name": "grpo"}}}}
+    return {
+        "name": name,
+        "kind": "ablation",
+        "seeds": seeds,
+        "base": trial,
+        "variants": {"grpo": {"estimator": {"name": "grpo"}}},
+    }

@@ -10,11 +10,10 @@ from typing import Any
 from fastapi import HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
-
 from krpo_bench.api.schemas import ErrorResponse
+
 from krpo_bench.service.studies import StudyService
 from krpo_bench.spec.names import unshowable
-
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 """The current request's id (set by the app's ``RequestGuard``; echoed in ``X-Request-ID``)."""
@@ -34,8 +33,14 @@ def _plain(value: Any) -> Any:
     return _plain(jsonable_encoder(value, custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")}))
 
 
-def error_response(status: int, message: str, errors: list[dict[str, Any]] | None = None, *,
-                   code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int,
+    message: str,
+    errors: list[dict[str, Any]] | None = None,
+    *,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     """An ``ErrorResponse`` answer carrying the current request id."""
     body = {
         "error": code or _CODES.get(status) or HTTPStatus(status).phrase.lower().replace(" ", "_").replace("-", "_"),
@@ -64,9 +69,14 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for error answers: JSON ``ErrorResponse`` whatever the route's own media type
     (``create_app`` adds the model to the schema's components)."""
     text = {
-        400: "malformed request body", 401: "no valid bearer token", 403: "the token lacks the scope (on a server without tokens: the Host is no loopback name)", 404: "no such resource",
-        409: "the study's state does not allow this, or the study reference names several studies", 413: "request body too large",
-        415: "unsupported content type", 422: "invalid request or spec (every problem listed)",
+        400: "malformed request body",
+        401: "no valid bearer token",
+        403: "the token lacks the scope (on a server without tokens: the Host is no loopback name)",
+        404: "no such resource",
+        409: "the study's state does not allow this, or the study reference names several studies",
+        413: "request body too large",
+        415: "unsupported content type",
+        422: "invalid request or spec (every problem listed)",
         429: "the token's quota would be exceeded (the message names the setting)",
         503: "not ready",
     }

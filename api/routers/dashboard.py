@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import HTMLResponse
-
 from krpo_bench.api.auth import require
 from krpo_bench.api.routers import AUTH_ERRORS, errors
 from krpo_bench.api.routers.studies import Service, StudyId

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException
-from sqlalchemy.exc import SQLAlchemyError
-
 from krpo_bench.api.routers import errors, get_service
 from krpo_bench.api.schemas import Health, Ready
+from sqlalchemy.exc import SQLAlchemyError
+
 from krpo_bench.service.studies import StudyService
 
 router = APIRouter(tags=["health"])

@@ -13,10 +13,10 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-
 from krpo_bench.api.auth import require
 from krpo_bench.api.routers import AUTH_ERRORS
 from krpo_bench.api.routers.studies import Service
+
 from krpo_bench.service.studies import StudyInfo, StudyService
 from krpo_bench.service.study_state import START_A_WORKER, WAITING_FOR_WORKER, display_state, live_workers_of
 
@@ -65,9 +65,11 @@ def _row(service: StudyService, info: StudyInfo, workers: int, mlflow_ui: str | 
     if info.kind == "search":
         links.append('<a href="/optuna/">Optuna</a>')
     state = display_state(info.status, info.counts, workers)
-    return (f'<tr><td class="name">{e(info.name)}<br><code>{e(info.id)}</code></td><td>{e(info.kind)}</td>'
-            f'<td class="state">{e(state)}</td><td>{info.done}/{info.total}</td>'
-            f'<td class="verdict">{e(_verdict(service, info))}</td><td>{" · ".join(links)}</td></tr>')
+    return (
+        f'<tr><td class="name">{e(info.name)}<br><code>{e(info.id)}</code></td><td>{e(info.kind)}</td>'
+        f'<td class="state">{e(state)}</td><td>{info.done}/{info.total}</td>'
+        f'<td class="verdict">{e(_verdict(service, info))}</td><td>{" · ".join(links)}</td></tr>'
+    )
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:75em}table{border-collapse:collapse;width:100%}
@@ -83,17 +85,27 @@ def home_html(service: StudyService, mlflow_ui: str | None) -> str:
     waiting = any(display_state(i.status, i.counts, workers) == WAITING_FOR_WORKER for i in studies)
     hint = f'<p class="hint">{html.escape(START_A_WORKER)}</p>' if waiting else ""
     mlflow = f'<a href="{html.escape(mlflow_ui)}">MLflow UI</a>' if mlflow_ui else ""
-    body = (f'<table id="studies"><thead><tr><th>study</th><th>kind</th><th>state</th><th>progress</th><th>verdict</th>'
-            f'<th>links</th></tr></thead><tbody>{rows}</tbody></table>' if studies else
-            "<p>No studies yet: <code>krpo-bench submit STUDY.yaml</code> or <code>POST /api/v1/studies</code>.</p>")
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>krpo-bench</title><style>{STYLE}</style>'
-            f'</head><body><h1>krpo-bench</h1><nav><a href="/docs">API docs (Swagger UI)</a>'
-            f'<a href="/optuna/">Optuna dashboard</a>{mlflow}<a href="/api/v1/studies">studies (JSON)</a></nav>'
-            f'<h2>Studies</h2>{hint}{body}</body></html>')
+    body = (
+        f'<table id="studies"><thead><tr><th>study</th><th>kind</th><th>state</th><th>progress</th><th>verdict</th>'
+        f"<th>links</th></tr></thead><tbody>{rows}</tbody></table>"
+        if studies
+        else "<p>No studies yet: <code>krpo-bench submit STUDY.yaml</code> or <code>POST /api/v1/studies</code>.</p>"
+    )
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>krpo-bench</title><style>{STYLE}</style>'
+        f'</head><body><h1>krpo-bench</h1><nav><a href="/docs">API docs (Swagger UI)</a>'
+        f'<a href="/optuna/">Optuna dashboard</a>{mlflow}<a href="/api/v1/studies">studies (JSON)</a></nav>'
+        f"<h2>Studies</h2>{hint}{body}</body></html>"
+    )
 
 
-@router.get("/", response_class=HTMLResponse, include_in_schema=False, dependencies=[Depends(require("read"))],
-            responses=AUTH_ERRORS)
+@router.get(
+    "/",
+    response_class=HTMLResponse,
+    include_in_schema=False,
+    dependencies=[Depends(require("read"))],
+    responses=AUTH_ERRORS,
+)
 def home(request: Request, service: Service) -> HTMLResponse:
     # a plain `def`: FastAPI runs it in its thread pool (database reads)
     return HTMLResponse(home_html(service, request.app.state.settings.mlflow_ui_url))
@@ -102,12 +114,18 @@ def home(request: Request, service: Service) -> HTMLResponse:
 @router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
 def swagger_ui(request: Request) -> HTMLResponse:
     if docs_assets_folder() is None:
-        raise HTTPException(503, f"the API docs need the {DOCS_PACKAGE.replace('_', '-')} package: pip install -e \".[api]\"; "
-                                 "the schema is at /openapi.json")
+        raise HTTPException(
+            503,
+            f'the API docs need the {DOCS_PACKAGE.replace("_", "-")} package: pip install -e ".[api]"; '
+            "the schema is at /openapi.json",
+        )
     app = request.app
     return get_swagger_ui_html(
-        openapi_url=app.openapi_url, title=f"{app.title} - Swagger UI", oauth2_redirect_url=app.swagger_ui_oauth2_redirect_url,
-        swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js", swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+        openapi_url=app.openapi_url,
+        title=f"{app.title} - Swagger UI",
+        oauth2_redirect_url=app.swagger_ui_oauth2_redirect_url,
+        swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+        swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
         swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
     )
 
@@ -115,4 +133,3 @@ def swagger_ui(request: Request) -> HTMLResponse:
 @router.get("/docs/oauth2-redirect", response_class=HTMLResponse, include_in_schema=False)
 def swagger_ui_redirect() -> HTMLResponse:
     return get_swagger_ui_oauth2_redirect_html()
-

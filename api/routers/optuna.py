@@ -14,11 +14,10 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from krpo_bench.api.auth import Authenticator, AuthError, bearer_token
+from krpo_bench.api.routers import error_response
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
-
-from krpo_bench.api.auth import AuthError, Authenticator, bearer_token
-from krpo_bench.api.routers import error_response
 
 READ_METHODS = ("GET", "HEAD")
 
@@ -65,8 +64,10 @@ class ReadOnlyOptunaDashboard:
                 try:
                     import optuna_dashboard
                 except ImportError:
-                    raise DashboardMissing("the Optuna dashboard is not available on this server: "
-                                           "install the 'optuna-dashboard' package (krpo-bench[api])") from None
+                    raise DashboardMissing(
+                        "the Optuna dashboard is not available on this server: "
+                        "install the 'optuna-dashboard' package (krpo-bench[api])"
+                    ) from None
 
                 from krpo_bench.service.optuna_store import optuna_storage
 
@@ -76,7 +77,9 @@ class ReadOnlyOptunaDashboard:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if scope["method"] not in READ_METHODS:
-            response = error_response(405, "the Optuna dashboard is read-only here", headers={"Allow": ", ".join(READ_METHODS)})
+            response = error_response(
+                405, "the Optuna dashboard is read-only here", headers={"Allow": ", ".join(READ_METHODS)}
+            )
             await response(scope, receive, send)
             return
         try:
@@ -94,16 +97,23 @@ class ReadOnlyOptunaDashboard:
         raw = []
         for name, value in wsgi_headers:
             lowered = name.lower()
-            if lowered == "content-type" and value.startswith(("text/html", "application/javascript", "text/javascript")):
+            if lowered == "content-type" and value.startswith(
+                ("text/html", "application/javascript", "text/javascript")
+            ):
                 body = rewrite_for_prefix(body, root)
             if lowered != "content-length":
-                raw.append((lowered.encode("latin-1"), (_relocate(value, root) if lowered == "location" else value).encode("latin-1")))
+                raw.append(
+                    (
+                        lowered.encode("latin-1"),
+                        (_relocate(value, root) if lowered == "location" else value).encode("latin-1"),
+                    )
+                )
         raw.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": raw})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
     def _environ(self, scope: Scope, headers: dict[str, str], root: str) -> dict[str, Any]:
-        path = scope["path"][len(root):] if scope["path"].startswith(root) else scope["path"]
+        path = scope["path"][len(root) :] if scope["path"].startswith(root) else scope["path"]
         server = scope.get("server") or ("localhost", 80)
         environ = {
             "REQUEST_METHOD": scope["method"],
@@ -122,7 +132,9 @@ class ReadOnlyOptunaDashboard:
             "wsgi.run_once": False,
         }
         for name, value in headers.items():
-            if name not in ("content-type", "content-length", "authorization", "host") and not name.startswith("x-forwarded-"):
+            if name not in ("content-type", "content-length", "authorization", "host") and not name.startswith(
+                "x-forwarded-"
+            ):
                 environ["HTTP_" + name.upper().replace("-", "_")] = value
         environ["HTTP_ACCEPT_ENCODING"] = "identity"  # bodies are rewritten, so never gzipped
         return environ

@@ -11,21 +11,29 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy.exc import IntegrityError
-
 from krpo_bench.api.auth import TokenRecord, may_control, require
 from krpo_bench.api.policy import Policy, admit, stored_cap_errors, trial_cap_errors
 from krpo_bench.api.routers import AUTH_ERRORS, errors, get_service, path_ref
-from krpo_bench.analysis.records import RECORD_CONFIG_KEYS
 from krpo_bench.api.schemas import (
-    ConfirmRequest, ExtendRequest, JobPage, JobSummary, ReplicationResults, StudyDetail, StudyPage, StudyResults, StudySummary,
+    ConfirmRequest,
+    ExtendRequest,
+    JobPage,
+    JobSummary,
+    ReplicationResults,
+    StudyDetail,
+    StudyPage,
+    StudyResults,
+    StudySummary,
 )
+from sqlalchemy.exc import IntegrityError
+
+from krpo_bench.analysis.records import RECORD_CONFIG_KEYS
+from krpo_bench.probe.spec import ProbeSpec
 from krpo_bench.service.db import JobStatus, StudyStatus
 from krpo_bench.service.quotas import QuotaExceeded, QuotaGuard, owner_of, with_default_timeout
 from krpo_bench.service.replication import replication
 from krpo_bench.service.studies import StudyInfo, StudyService
 from krpo_bench.service.study_state import live_workers_of
-from krpo_bench.probe.spec import ProbeSpec
 from krpo_bench.spec.loading import SpecError, parse_yaml
 from krpo_bench.spec.study import StudySpec
 
@@ -37,7 +45,9 @@ Service = Annotated[StudyService, Depends(get_service)]
 
 
 def _study_id(
-    study_id: Annotated[str, Path(max_length=200, description="study id, a unique prefix of it, or a unique study name")],
+    study_id: Annotated[
+        str, Path(max_length=200, description="study id, a unique prefix of it, or a unique study name")
+    ],
     service: Service,
 ) -> str:
     """The id the path names (404 when none, 409 listing the candidates when several)."""
@@ -52,8 +62,11 @@ def _controlled(token: Submitter, study_id: StudyId, service: Service) -> str:
     """The study the path names, if the token may cancel, resume or extend it: its own study, or
     any with an admin token (403 otherwise)."""
     if not may_control(token, owner_of(service.engine, study_id)):
-        raise HTTPException(403, "this study was submitted by another token: a submit token may cancel, resume or extend "
-                                 "only the studies it submitted (an admin token may control any)")
+        raise HTTPException(
+            403,
+            "this study was submitted by another token: a submit token may cancel, resume or extend "
+            "only the studies it submitted (an admin token may control any)",
+        )
     return study_id
 
 
@@ -69,14 +82,20 @@ def _quota_owner(token: TokenRecord | None) -> str | None:
 def _too_many(exc: QuotaExceeded) -> HTTPException:
     return HTTPException(429, str(exc))
 
+
 EXAMPLE_SPEC = {
     "name": "krpo-vs-grpo",
     "kind": "ablation",
     "seeds": 2,
     "base": {
         "model": {"name": "tiny-arith"},
-        "task": {"kind": "arithmetic", "num_terms": [2, 2], "num_digits": [1, 2], "operators": ["+"],
-                 "rewards": [{"name": "exact"}]},
+        "task": {
+            "kind": "arithmetic",
+            "num_terms": [2, 2],
+            "num_digits": [1, 2],
+            "operators": ["+"],
+            "rewards": [{"name": "exact"}],
+        },
         "training": {"max_steps": 100},
     },
     "variants": {"grpo": {"estimator": {"name": "grpo"}}, "krpo": {"estimator": {"name": "krpo"}}},
@@ -135,13 +154,19 @@ def _parse(body: bytes, content_type: str) -> Any:
         try:
             return parse_yaml(body, "<request>")
         except RecursionError:
-            raise SpecError("<request>", [{"path": "", "value": None, "message": "spec nested too deeply", "type": "yaml_invalid"}]) from None
+            raise SpecError(
+                "<request>", [{"path": "", "value": None, "message": "spec nested too deeply", "type": "yaml_invalid"}]
+            ) from None
     if media != "application/json" and not media.endswith("+json"):
-        raise HTTPException(415, f"send the spec as application/json or application/yaml, not {media or 'no content type'}")
+        raise HTTPException(
+            415, f"send the spec as application/json or application/yaml, not {media or 'no content type'}"
+        )
     try:
         return json.loads(body, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
-        raise SpecError("<request>", [{"path": "", "value": None, "message": f"invalid JSON: {exc}", "type": "json_invalid"}]) from None
+        raise SpecError(
+            "<request>", [{"path": "", "value": None, "message": f"invalid JSON: {exc}", "type": "json_invalid"}]
+        ) from None
 
 
 def _reject_constant(name: str) -> float:
@@ -152,8 +177,9 @@ def _admit(body: bytes, content_type: str, policy: Policy) -> StudySpec | ProbeS
     return admit(_parse(body, content_type), policy)
 
 
-def _submit(service: StudyService, study: StudySpec | ProbeSpec, key: str | None, token: TokenRecord | None,
-            quotas: QuotaGuard) -> StudyDetail:
+def _submit(
+    service: StudyService, study: StudySpec | ProbeSpec, key: str | None, token: TokenRecord | None, quotas: QuotaGuard
+) -> StudyDetail:
     """Submit once per ``key`` (already scoped to the caller), owned by ``token``, within its quotas."""
     owner = token.id if token else None
     try:
@@ -162,7 +188,9 @@ def _submit(service: StudyService, study: StudySpec | ProbeSpec, key: str | None
     except IntegrityError:
         if key is None:
             raise
-        info = service.submit(study, idempotency_key=key, owner=owner)  # a concurrent request with this key won: its study
+        info = service.submit(
+            study, idempotency_key=key, owner=owner
+        )  # a concurrent request with this key won: its study
     except QuotaExceeded as exc:
         raise _too_many(exc) from None
     if key and info.spec != study.model_dump(mode="json"):
@@ -190,23 +218,31 @@ def _detail(service: StudyService, study_id: str, info: StudyInfo | None = None)
     "above. With `Idempotency-Key` "
     "(at most 200 characters), repeating the request with the same token returns the same study.",
     openapi_extra=SUBMIT_OPENAPI,
-    responses={201: {"description": "the new (or, for a repeated Idempotency-Key, the earlier) study",
-                     "headers": {"Location": {"description": "URL of the study", "schema": {"type": "string"}}}},
-               **errors(409, 413, 415, 422, 429)},
+    responses={
+        201: {
+            "description": "the new (or, for a repeated Idempotency-Key, the earlier) study",
+            "headers": {"Location": {"description": "URL of the study", "schema": {"type": "string"}}},
+        },
+        **errors(409, 413, 415, 422, 429),
+    },
 )
 async def submit_study(
     request: Request,
     response: Response,
     service: Service,
     token: Annotated[TokenRecord | None, Depends(require("submit"))],
-    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=MAX_IDEMPOTENCY_KEY, description="makes retries safe (per token)")] = None,
+    idempotency_key: Annotated[
+        str | None, Header(min_length=1, max_length=MAX_IDEMPOTENCY_KEY, description="makes retries safe (per token)")
+    ] = None,
 ) -> StudyDetail:
     body = await request.body()
     async with request.app.state.submit_slots:  # parsing and validating take the slots storing takes
         study = await run_in_threadpool(_admit, body, request.headers.get("content-type", ""), request.app.state.policy)
     study = with_default_timeout(study, request.app.state.settings.default_timeout_s)
     if study.priority > 0 and token is not None and not token.grants("admin"):
-        raise HTTPException(403, f"priority: only admin tokens may set a priority above the default (0); got {study.priority}")
+        raise HTTPException(
+            403, f"priority: only admin tokens may set a priority above the default (0); got {study.priority}"
+        )
     key = f"{token.id if token else 'anonymous'}:{idempotency_key}" if idempotency_key else None
     async with request.app.state.submit_slots:
         detail = await run_in_threadpool(_submit, service, study, key, token, request.app.state.quotas)
@@ -216,9 +252,14 @@ async def submit_study(
     return detail
 
 
-@router.get("/studies", response_model=StudyPage, responses=errors(422), summary="List studies, newest first (scope: read)",
-            description="Pages are cached for `KRPO_BENCH_LIST_CACHE_S` seconds (default 1): counts may lag that much.",
-            dependencies=[Depends(require("read"))])
+@router.get(
+    "/studies",
+    response_model=StudyPage,
+    responses=errors(422),
+    summary="List studies, newest first (scope: read)",
+    description="Pages are cached for `KRPO_BENCH_LIST_CACHE_S` seconds (default 1): counts may lag that much.",
+    dependencies=[Depends(require("read"))],
+)
 async def list_studies(
     request: Request,
     service: Service,
@@ -229,21 +270,39 @@ async def list_studies(
     def page() -> bytes:
         infos = service.list(status=status.value if status else None, limit=limit + 1, offset=offset)
         workers = live_workers_of(service)
-        return StudyPage(items=[StudySummary.of(i, workers) for i in infos[:limit]], limit=limit, offset=offset,
-                         next_offset=offset + limit if len(infos) > limit else None).model_dump_json().encode()
+        return (
+            StudyPage(
+                items=[StudySummary.of(i, workers) for i in infos[:limit]],
+                limit=limit,
+                offset=offset,
+                next_offset=offset + limit if len(infos) > limit else None,
+            )
+            .model_dump_json()
+            .encode()
+        )
 
     body = await request.app.state.list_cache.get((status, limit, offset), page)
     return Response(body, media_type="application/json")
 
 
-@router.get("/studies/{study_id}", response_model=StudyDetail, responses=errors(404, 409, 422),
-            summary="Get a study: progress, best trial, per-variant summary (scope: read)", dependencies=[Depends(require("read"))])
+@router.get(
+    "/studies/{study_id}",
+    response_model=StudyDetail,
+    responses=errors(404, 409, 422),
+    summary="Get a study: progress, best trial, per-variant summary (scope: read)",
+    dependencies=[Depends(require("read"))],
+)
 def get_study(study_id: StudyId, service: Service) -> StudyDetail:
     return _detail(service, study_id)
 
 
-@router.get("/studies/{study_id}/jobs", response_model=JobPage, responses=errors(404, 409, 422),
-            summary="List a study's jobs (scope: read)", dependencies=[Depends(require("read"))])
+@router.get(
+    "/studies/{study_id}/jobs",
+    response_model=JobPage,
+    responses=errors(404, 409, 422),
+    summary="List a study's jobs (scope: read)",
+    dependencies=[Depends(require("read"))],
+)
 def list_jobs(
     study_id: StudyId,
     service: Service,
@@ -254,50 +313,85 @@ def list_jobs(
     counts = service.get(study_id).counts
     total = counts.get(status.value, 0) if status else sum(counts.values())
     jobs = service.jobs(study_id, statuses=[status] if status else None, limit=limit, offset=offset)
-    return JobPage(items=[JobSummary.of(j) for j in jobs], total=total, limit=limit, offset=offset,
-                   next_offset=offset + limit if offset + limit < total else None)
+    return JobPage(
+        items=[JobSummary.of(j) for j in jobs],
+        total=total,
+        limit=limit,
+        offset=offset,
+        next_offset=offset + limit if offset + limit < total else None,
+    )
 
 
-@router.get("/studies/{study_id}/results", response_model=StudyResults, responses=errors(404, 409, 422),
-            summary="Final accuracy statistics per variant (scope: read)", dependencies=[Depends(require("read"))])
+@router.get(
+    "/studies/{study_id}/results",
+    response_model=StudyResults,
+    responses=errors(404, 409, 422),
+    summary="Final accuracy statistics per variant (scope: read)",
+    dependencies=[Depends(require("read"))],
+)
 def study_results(study_id: StudyId, service: Service) -> StudyResults:
     return StudyResults.of(study_id, service.results(study_id))
 
 
-@router.post("/studies/{study_id}/cancel", response_model=StudySummary, responses=errors(404, 409, 422),
-             summary="Cancel: queued trials now, running ones within a heartbeat (scope: submit, own studies; admin: any)")
+@router.post(
+    "/studies/{study_id}/cancel",
+    response_model=StudySummary,
+    responses=errors(404, 409, 422),
+    summary="Cancel: queued trials now, running ones within a heartbeat (scope: submit, own studies; admin: any)",
+)
 async def cancel_study(study_id: ControlledId, request: Request, service: Service) -> StudySummary:
     info = await run_in_threadpool(service.cancel, study_id)
     request.app.state.list_cache.clear()  # on the event loop, like every use of the cache
     return StudySummary.of(info, await run_in_threadpool(live_workers_of, service))
 
 
-@router.post("/studies/{study_id}/resume", response_model=StudySummary, responses=errors(404, 409, 422, 429),
-             summary="Resume an interrupted or cancelled study; finished trials are kept (scope: submit, own studies "
-             "within the token's quotas; admin: any)")
+@router.post(
+    "/studies/{study_id}/resume",
+    response_model=StudySummary,
+    responses=errors(404, 409, 422, 429),
+    summary="Resume an interrupted or cancelled study; finished trials are kept (scope: submit, own studies "
+    "within the token's quotas; admin: any)",
+)
 async def resume_study(study_id: ControlledId, request: Request, service: Service, token: Submitter) -> StudySummary:
     info = await run_in_threadpool(_resume, service, study_id, _quota_owner(token), request.app.state.quotas)
     request.app.state.list_cache.clear()
     return StudySummary.of(info, await run_in_threadpool(live_workers_of, service))
 
 
-@router.post("/studies/{study_id}/extend", response_model=StudySummary, responses=errors(400, 404, 409, 422, 429),
-             summary="Add trials to a search's budget (scope: submit, own studies within the token's quotas; admin: any)")
-async def extend_study(study_id: ControlledId, body: ExtendRequest, request: Request, service: Service, token: Submitter) -> StudySummary:
-    info = await run_in_threadpool(_extend, service, study_id, body.n_trials, request.app.state.policy, _quota_owner(token),
-                                   request.app.state.quotas)
+@router.post(
+    "/studies/{study_id}/extend",
+    response_model=StudySummary,
+    responses=errors(400, 404, 409, 422, 429),
+    summary="Add trials to a search's budget (scope: submit, own studies within the token's quotas; admin: any)",
+)
+async def extend_study(
+    study_id: ControlledId, body: ExtendRequest, request: Request, service: Service, token: Submitter
+) -> StudySummary:
+    info = await run_in_threadpool(
+        _extend,
+        service,
+        study_id,
+        body.n_trials,
+        request.app.state.policy,
+        _quota_owner(token),
+        request.app.state.quotas,
+    )
     request.app.state.list_cache.clear()
     return StudySummary.of(info, await run_in_threadpool(live_workers_of, service))
 
 
-def _extend(service: StudyService, study_id: str, n_trials: int, policy: Policy, owner: str | None, quotas: QuotaGuard) -> StudyInfo:
+def _extend(
+    service: StudyService, study_id: str, n_trials: int, policy: Policy, owner: str | None, quotas: QuotaGuard
+) -> StudyInfo:
     info = service.get(study_id)
     if info.kind != "search":
         return service.extend(study_id, n_trials)  # refused with the reason
     spec = StudySpec.model_validate(info.spec)
     per_trial = spec.seeds_per_trial
     extended = spec.model_copy(update={"n_trials": (spec.n_trials or 0) + n_trials})
-    cap = trial_cap_errors(info.total + n_trials * per_trial, policy, "n_trials") or stored_cap_errors(extended, policy, "n_trials")
+    cap = trial_cap_errors(info.total + n_trials * per_trial, policy, "n_trials") or stored_cap_errors(
+        extended, policy, "n_trials"
+    )
     if cap:
         raise SpecError("<request>", cap)
     try:
@@ -317,31 +411,46 @@ def _extend(service: StudyService, study_id: str, n_trials: int, policy: Policy,
     "Checked as a submission is (the server's policy, admin-only priorities, the token's quotas: 429 above); owned by "
     "the token. `GET .../replication` of the new study analyses it alone, pooled with the original, and their "
     "heterogeneity.",
-    responses={201: {"description": "the confirmation",
-                     "headers": {"Location": {"description": "URL of the study", "schema": {"type": "string"}}}},
-               **errors(400, 404, 409, 422, 429)},
+    responses={
+        201: {
+            "description": "the confirmation",
+            "headers": {"Location": {"description": "URL of the study", "schema": {"type": "string"}}},
+        },
+        **errors(400, 404, 409, 422, 429),
+    },
 )
-async def confirm_study(study_id: StudyId, body: ConfirmRequest, request: Request, response: Response, service: Service,
-                        token: Submitter) -> StudyDetail:
+async def confirm_study(
+    study_id: StudyId, body: ConfirmRequest, request: Request, response: Response, service: Service, token: Submitter
+) -> StudyDetail:
     async with request.app.state.submit_slots:
-        detail = await run_in_threadpool(_confirm, service, study_id, body, token, request.app.state.policy,
-                                         request.app.state.quotas)
+        detail = await run_in_threadpool(
+            _confirm, service, study_id, body, token, request.app.state.policy, request.app.state.quotas
+        )
     request.app.state.mlflow_wake.set()
     request.app.state.list_cache.clear()
     response.headers["Location"] = f"/api/v1/studies/{detail.id}"
     return detail
 
 
-def _confirm(service: StudyService, study_id: str, body: ConfirmRequest, token: TokenRecord | None, policy: Policy,
-             quotas: QuotaGuard) -> StudyDetail:
+def _confirm(
+    service: StudyService,
+    study_id: str,
+    body: ConfirmRequest,
+    token: TokenRecord | None,
+    policy: Policy,
+    quotas: QuotaGuard,
+) -> StudyDetail:
     """Confirm within the checks a submission passes: policy, priority and the token's quotas."""
 
     @contextlib.contextmanager
     def admitted(spec: StudySpec) -> Iterator[None]:
         admit(spec.model_dump(mode="json"), policy)
         if spec.priority > 0 and token is not None and not token.grants("admin"):
-            raise HTTPException(403, f"priority: only admin tokens may set a priority above the default (0); the "
-                                     f"confirmation keeps the study's {spec.priority}")
+            raise HTTPException(
+                403,
+                f"priority: only admin tokens may set a priority above the default (0); the "
+                f"confirmation keeps the study's {spec.priority}",
+            )
         try:
             with quotas.admit(_quota_owner(token), spec.trial_count(), spec.resources.timeout_s):
                 yield
@@ -352,9 +461,13 @@ def _confirm(service: StudyService, study_id: str, body: ConfirmRequest, token: 
     return _detail(service, info.id, info)
 
 
-@router.get("/studies/{study_id}/replication", response_model=ReplicationResults, responses=errors(404, 409, 422),
-            summary="A confirmation's analysis: alone, pooled with its original, heterogeneity (scope: read)",
-            dependencies=[Depends(require("read"))])
+@router.get(
+    "/studies/{study_id}/replication",
+    response_model=ReplicationResults,
+    responses=errors(404, 409, 422),
+    summary="A confirmation's analysis: alone, pooled with its original, heterogeneity (scope: read)",
+    dependencies=[Depends(require("read"))],
+)
 def study_replication(study_id: StudyId, service: Service) -> ReplicationResults:
     return ReplicationResults.model_validate(replication(service, study_id), from_attributes=True)
 
@@ -363,7 +476,9 @@ def _resume(service: StudyService, study_id: str, owner: str | None, quotas: Quo
     """Resume within the owner's quotas: the trials it may queue again are those neither active
     nor finished well."""
     info = service.get(study_id)
-    kept = sum(info.counts.get(s, 0) for s in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.PRUNED))
+    kept = sum(
+        info.counts.get(s, 0) for s in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED, JobStatus.PRUNED)
+    )
     try:
         with quotas.admit(owner, max(0, info.total - kept), info.spec["resources"]["timeout_s"]):
             return service.resume(study_id)

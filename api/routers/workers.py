@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-
 from krpo_bench.api.auth import require
 from krpo_bench.api.routers import AUTH_ERRORS, get_service
 from krpo_bench.api.schemas import WorkerList, WorkerOut
+
 from krpo_bench.service.studies import StudyService
 
 router = APIRouter(prefix="/api/v1", tags=["workers"], responses=AUTH_ERRORS, dependencies=[Depends(require("read"))])

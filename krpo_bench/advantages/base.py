@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Hashable, Sequence
+from typing import ClassVar
 
 import numpy as np
 import torch

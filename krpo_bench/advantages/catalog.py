@@ -11,10 +11,11 @@ parameter model (or an existing one), its reference loop and its row here.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import create_model
 
@@ -87,7 +88,10 @@ CATALOG: dict[str, Entry] = {
         Entry("krpo", KalmanParams, "kalman:KRPO", reference.krpo),
         Entry("krpo_prior", KRPOPriorParams, "kalman:KRPO", reference.krpo_prior),
         Entry(
-            "krpo_persistent", KalmanParams, "kalman:KRPOPersistent", reference.krpo_persistent,
+            "krpo_persistent",
+            KalmanParams,
+            "kalman:KRPOPersistent",
+            reference.krpo_persistent,
             frozenset({Need.PROMPT_IDS}),
         ),
         Entry("opo", EstimatorParams, "verl:OPO", reference.opo, frozenset({Need.LENGTHS})),

@@ -12,14 +12,15 @@ update): valid rewards are moved to the front of their group, filtered, and move
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Hashable
 
 import numpy as np
 import torch
 
 from krpo_bench.advantages.base import Estimate, Estimator, group_std
 from krpo_bench.advantages.params import GRPO_EPS, KalmanParams, NormalizeKind
+
 
 @dataclass(frozen=True)
 class KalmanSchedule:

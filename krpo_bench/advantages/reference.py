@@ -10,7 +10,7 @@ keyword the ``lengths``, ``baseline_rewards``, ``prompt_ids`` or cross-step ``st
 from __future__ import annotations
 
 import math
-from typing import Hashable, Sequence
+from collections.abc import Hashable, Sequence
 
 GRPO_EPS = 1e-4
 

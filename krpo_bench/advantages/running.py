@@ -7,8 +7,8 @@ depend on every batch before it.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from functools import lru_cache
-from typing import Hashable
 
 import torch
 

@@ -13,7 +13,6 @@ import torch
 from krpo_bench.advantages.base import Estimate, Estimator, group_mean, masked_moments, masked_std
 from krpo_bench.advantages.params import EBPOParams
 
-
 NO_SPREAD = 1e-12  # v + s at or below this is rounding error around 0 (all-equal rewards)
 
 

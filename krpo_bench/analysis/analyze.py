@@ -12,9 +12,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from krpo_bench import stats
 from krpo_bench.analysis.format import verdict_sentence
@@ -73,13 +72,19 @@ class AnalysisSettings(BaseModel):
         fields: dict[str, Any] = {"reference": reference}
         analysis = getattr(spec, "analysis", None)
         if analysis is not None:
-            fields |= {"metric": analysis.primary, "target_effect": analysis.target_effect,
-                       "equivalence_margin": analysis.equivalence_margin,
-                       "secondary_metrics": tuple(m for m in SECONDARY_METRICS if m != analysis.primary)}
+            fields |= {
+                "metric": analysis.primary,
+                "target_effect": analysis.target_effect,
+                "equivalence_margin": analysis.equivalence_margin,
+                "secondary_metrics": tuple(m for m in SECONDARY_METRICS if m != analysis.primary),
+            }
             if ablation and analysis.until_decided is not None:
                 sizes = spec.look_sizes()
-                fields |= {"look_sizes": tuple(sizes), "seed_order": tuple(spec.seeds_through(sizes[-1])),
-                           "looks": tuple(looks or ())}
+                fields |= {
+                    "look_sizes": tuple(sizes),
+                    "seed_order": tuple(spec.seeds_through(sizes[-1])),
+                    "looks": tuple(looks or ()),
+                }
         return cls(**(fields | overrides))
 
 
@@ -114,8 +119,12 @@ def _variant_result(group: _Group, settings: AnalysisSettings) -> VariantResult:
     values = [r.metrics[settings.metric] for r in scored]
     before = [r.metrics[INITIAL_METRIC] for r in scored if math.isfinite(r.metrics.get(INITIAL_METRIC, math.nan))]
     return VariantResult(
-        variant=group.variant, grid_point=group.grid_point, label=group.label, n=len(values),
-        seeds=[r.seed for r in scored], values=values,
+        variant=group.variant,
+        grid_point=group.grid_point,
+        label=group.label,
+        n=len(values),
+        seeds=[r.seed for r in scored],
+        values=values,
         mean=stats.mean_ci(values, settings.confidence),
         iqm=stats.iqm_ci(values, settings.confidence, settings.n_resamples, settings.seed),
         initial_mean=sum(before) / len(before) if before else math.nan,
@@ -139,15 +148,27 @@ def _item_outcomes(x: list[TrialRecord], y: list[TrialRecord]) -> tuple[np.ndarr
 
 
 def _comparison(
-    group: _Group, versus: _Group, settings: AnalysisSettings, metric: str, design: ComparisonDesign,
+    group: _Group,
+    versus: _Group,
+    settings: AnalysisSettings,
+    metric: str,
+    design: ComparisonDesign,
     exploratory: bool,
 ) -> dict[str, Any]:
     """Every statistic of one comparison except those of its family (Holm, verdict, sentence)."""
     x, y = _aligned(group, metric, design), _aligned(versus, metric, design)
     xv, yv = [r.metrics[metric] for r in x], [r.metrics[metric] for r in y]
     compared = stats.compare(
-        xv, yv, group.label, versus.label, [r.seed for r in x], [r.seed for r in y], settings.target_effect,
-        settings.confidence, settings.n_resamples, settings.seed,
+        xv,
+        yv,
+        group.label,
+        versus.label,
+        [r.seed for r in x],
+        [r.seed for r in y],
+        settings.target_effect,
+        settings.confidence,
+        settings.n_resamples,
+        settings.seed,
     )
     paired = compared.analysis == "paired"
     equivalence = stats.tost(xv, yv, settings.margin, paired, settings.confidence)
@@ -159,11 +180,20 @@ def _comparison(
     items = stats.two_level_interval(*outcomes, paired, settings.confidence) if outcomes is not None else None
     statistics = {f.name: getattr(compared, f.name) for f in dataclasses.fields(compared)}
     return statistics | {
-        "variant": group.variant, "grid_point": group.grid_point, "label": group.label,
-        "reference": versus.variant, "reference_grid_point": versus.grid_point, "reference_label": versus.label,
-        "metric": metric, "margin": settings.margin, "tost_p": equivalence.p_value,
-        "tost_interval": equivalence.interval, "exploratory": exploratory, "look": design.look,
-        "difference_level": design.difference_level, "tost_level": design.tost_level,
+        "variant": group.variant,
+        "grid_point": group.grid_point,
+        "label": group.label,
+        "reference": versus.variant,
+        "reference_grid_point": versus.grid_point,
+        "reference_label": versus.label,
+        "metric": metric,
+        "margin": settings.margin,
+        "tost_p": equivalence.p_value,
+        "tost_interval": equivalence.interval,
+        "exploratory": exploratory,
+        "look": design.look,
+        "difference_level": design.difference_level,
+        "tost_level": design.tost_level,
         "seeds_to_decide": to_decide,
         "item_difference": items.difference if items is not None else stats.Interval(math.nan, math.nan, math.nan),
         "item_share": items.item_share if items is not None else math.nan,
@@ -180,8 +210,15 @@ def _judged(rows: list[dict[str, Any]], family: bool) -> list[ComparisonResult]:
     results = []
     for row, p, tost_p in zip(rows, p_holm, tost_holm):
         decisive_p, decisive_tost = (p, tost_p) if family else (row["p_value"], row["tost_p"])
-        verdict = stats.decide(decisive_p, decisive_tost, row["difference_level"], row["difference"].estimate,
-                               row["difference"], row["margin"], tost_alpha=row["tost_level"])
+        verdict = stats.decide(
+            decisive_p,
+            decisive_tost,
+            row["difference_level"],
+            row["difference"].estimate,
+            row["difference"],
+            row["margin"],
+            tost_alpha=row["tost_level"],
+        )
         if verdict != "undecided":
             row = row | {"seeds_to_decide": None}
         judged = row | {"family_size": size, "p_holm": float(p), "tost_p_holm": float(tost_p), "verdict": verdict}
@@ -199,30 +236,56 @@ def analyze(
     same way (exploratory). A sequential study's comparisons use the seeds and levels of their looks."""
     groups = _groups(records, settings.reference)
     by_label = {g.label: g for g in groups.values()}
-    pairs = [
-        (group, groups[versus]) for group in groups.values()
-        if group.variant != settings.reference and (versus := _key(settings.reference, group.grid_point)) in groups
-    ] if settings.reference is not None else []
+    pairs = (
+        [
+            (group, groups[versus])
+            for group in groups.values()
+            if group.variant != settings.reference and (versus := _key(settings.reference, group.grid_point)) in groups
+        ]
+        if settings.reference is not None
+        else []
+    )
     fixed = fixed_design(settings.alpha)
     planned = (
-        next_designs(settings.looks, settings.look_sizes, settings.alpha, [g.label for g, _ in pairs], settings.seed_order)
-        if settings.sequential else {}
+        next_designs(
+            settings.looks, settings.look_sizes, settings.alpha, [g.label for g, _ in pairs], settings.seed_order
+        )
+        if settings.sequential
+        else {}
     )
     primary = [_comparison(g, v, settings, settings.metric, planned.get(g.label, fixed), False) for g, v in pairs]
     secondary = [
         comparison
         for metric in settings.secondary_metrics
-        for comparison in _judged([_comparison(g, v, settings, metric, fixed, True) for g, v in pairs
-                                   if g.scored(metric) and v.scored(metric)], family=False)
+        for comparison in _judged(
+            [
+                _comparison(g, v, settings, metric, fixed, True)
+                for g, v in pairs
+                if g.scored(metric) and v.scored(metric)
+            ],
+            family=False,
+        )
     ]
-    order = _judged([
-        _comparison(by_label[s], by_label[t], settings, settings.metric, fixed, True)
-        for s, t in order_pairs if s in by_label and t in by_label
-    ], family=False)
+    order = _judged(
+        [
+            _comparison(by_label[s], by_label[t], settings, settings.metric, fixed, True)
+            for s, t in order_pairs
+            if s in by_label and t in by_label
+        ],
+        family=False,
+    )
     return StudyAnalysis(
-        metric=settings.metric, reference=settings.reference, confidence=settings.confidence, power=stats.POWER,
-        target_effect=settings.target_effect, margin=settings.margin, n_bootstrap=settings.n_resamples,
-        bootstrap_seed=settings.seed, variants=[_variant_result(g, settings) for g in groups.values()],
-        comparisons=_judged(primary, family=True), secondary=secondary, order_checks=order,
+        metric=settings.metric,
+        reference=settings.reference,
+        confidence=settings.confidence,
+        power=stats.POWER,
+        target_effect=settings.target_effect,
+        margin=settings.margin,
+        n_bootstrap=settings.n_resamples,
+        bootstrap_seed=settings.seed,
+        variants=[_variant_result(g, settings) for g in groups.values()],
+        comparisons=_judged(primary, family=True),
+        secondary=secondary,
+        order_checks=order,
         looks=list(settings.looks),
     )

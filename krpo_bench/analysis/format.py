@@ -80,8 +80,10 @@ def verdict_sentence(c: Mapping[str, Any]) -> str:
         return f"{lead}cannot compare {variant} with {reference}: no finished seeds of {variant if n_x == 0 else reference}"
     difference, margin = c["difference"], points(c["margin"])
     if not (_finite(difference.low) and _finite(difference.high)):
-        return (f"{lead}cannot tell {variant} from {reference}: only one seed of one of them, so no interval "
-                f"(difference {signed_points(difference.estimate)} points)")
+        return (
+            f"{lead}cannot tell {variant} from {reference}: only one seed of one of them, so no interval "
+            f"(difference {signed_points(difference.estimate)} points)"
+        )
     how = "paired by seed" if c["analysis"] == "paired" else "unpaired, Welch"
     seeds = _seeds_phrase(n_x, n_y)
     confidence = _level(c["confidence"])
@@ -93,16 +95,25 @@ def verdict_sentence(c: Mapping[str, Any]) -> str:
     verdict = c["verdict"]
     if verdict in ("better", "worse"):
         word = "beats" if verdict == "better" else "trails"
-        return (f"{lead}{variant} {word} {reference} by {points(abs(difference.estimate))} points "
-                f"({how}, {seeds}: {ci}; p {p_value(p)}, {adjusted}{look})")
+        return (
+            f"{lead}{variant} {word} {reference} by {points(abs(difference.estimate))} points "
+            f"({how}, {seeds}: {ci}; p {p_value(p)}, {adjusted}{look})"
+        )
     if verdict == "equivalent":
         inner = c["tost_interval"]
-        return (f"{lead}{variant} is equivalent to {reference} within ±{margin} points ({how}, {seeds}: "
-                f"{signed_points(difference.estimate)} points, {_level(1 - 2 * (1 - c['confidence']))} CI "
-                f"[{signed_points(inner.low)}, {signed_points(inner.high)}]; TOST p {p_value(tost_p)}, {adjusted}{look})")
-    decide = (f"about {c['seeds_to_decide']} seeds{'' if c['analysis'] == 'paired' else ' per variant'} would decide it"
-              if c["seeds_to_decide"] is not None else "no feasible number of seeds would decide it at this spread")
-    return (f"{lead}undecided between {variant} and {reference}: {signed_points(difference.estimate)} points, {ci} "
-            f"({how}, {seeds}); neither a difference nor equivalence within ±{margin} points (p {p_value(p)}, "
-            f"TOST p {p_value(tost_p)}, {adjusted}{look}); these seeds detect differences above "
-            f"{points(c['mde'])} points; {decide}")
+        return (
+            f"{lead}{variant} is equivalent to {reference} within ±{margin} points ({how}, {seeds}: "
+            f"{signed_points(difference.estimate)} points, {_level(1 - 2 * (1 - c['confidence']))} CI "
+            f"[{signed_points(inner.low)}, {signed_points(inner.high)}]; TOST p {p_value(tost_p)}, {adjusted}{look})"
+        )
+    decide = (
+        f"about {c['seeds_to_decide']} seeds{'' if c['analysis'] == 'paired' else ' per variant'} would decide it"
+        if c["seeds_to_decide"] is not None
+        else "no feasible number of seeds would decide it at this spread"
+    )
+    return (
+        f"{lead}undecided between {variant} and {reference}: {signed_points(difference.estimate)} points, {ci} "
+        f"({how}, {seeds}); neither a difference nor equivalence within ±{margin} points (p {p_value(p)}, "
+        f"TOST p {p_value(tost_p)}, {adjusted}{look}); these seeds detect differences above "
+        f"{points(c['mde'])} points; {decide}"
+    )

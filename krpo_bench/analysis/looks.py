@@ -107,10 +107,15 @@ def decide(analysis: StudyAnalysis, looks: Sequence[Mapping[str, Any]], sizes: S
 
 def _decision(c: ComparisonResult, verdict: str) -> dict[str, Any]:
     return {
-        "label": c.label, "variant": c.variant, "grid_point": [list(pair) for pair in c.grid_point],
-        "reference_label": c.reference_label, "verdict": verdict,
-        "p_holm": c.p_holm, "tost_p_holm": c.tost_p_holm,
-        "difference_level": c.difference_level, "tost_level": c.tost_level,
+        "label": c.label,
+        "variant": c.variant,
+        "grid_point": [list(pair) for pair in c.grid_point],
+        "reference_label": c.reference_label,
+        "verdict": verdict,
+        "p_holm": c.p_holm,
+        "tost_p_holm": c.tost_p_holm,
+        "difference_level": c.difference_level,
+        "tost_level": c.tost_level,
     }
 
 

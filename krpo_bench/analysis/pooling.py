@@ -44,7 +44,7 @@ class StudyTrials:
 
 def _renamed(record: TrialRecord, variant: str) -> str:
     """``record``'s label with its variant part replaced by ``variant``."""
-    rest = record.label[len(record.variant):] if record.label.startswith(record.variant) else ""
+    rest = record.label[len(record.variant) :] if record.label.startswith(record.variant) else ""
     return variant + rest
 
 

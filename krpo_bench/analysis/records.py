@@ -86,8 +86,16 @@ def records_from_jobs(jobs: Iterable[JobInfo]) -> list[TrialRecord]:
         result = job.result if job.status == SUCCEEDED and job.result else {}
         metrics = {name: float(result[key]) for key, name in JOB_METRICS.items() if result.get(key) is not None}
         outcomes = result.get(ITEM_OUTCOMES)
-        records.append(TrialRecord(variant, point, config["variant"], config.get("seed"), metrics,
-                                   tuple(int(c) for c in outcomes) if outcomes is not None else None))
+        records.append(
+            TrialRecord(
+                variant,
+                point,
+                config["variant"],
+                config.get("seed"),
+                metrics,
+                tuple(int(c) for c in outcomes) if outcomes is not None else None,
+            )
+        )
     return records
 
 
@@ -96,8 +104,12 @@ def records_from_runs(study: StudyData) -> list[TrialRecord]:
     records = []
     for run in study.runs:
         if krpo_tags.VARIANT_NAME in run.tags:
-            variant, point = run.tags[krpo_tags.VARIANT_NAME], grid_point_of(json.loads(run.tags.get(krpo_tags.GRID_POINT, "[]")))
+            variant, point = (
+                run.tags[krpo_tags.VARIANT_NAME],
+                grid_point_of(json.loads(run.tags.get(krpo_tags.GRID_POINT, "[]"))),
+            )
         else:
             variant, point = legacy_identity(run.variant)
-        records.append(TrialRecord(variant, point, run.variant, run.seed, dict(run.final), None, run.histories))
+        outcomes = tuple(int(c) for c in run.item_outcomes) if run.item_outcomes is not None else None
+        records.append(TrialRecord(variant, point, run.variant, run.seed, dict(run.final), outcomes, run.histories))
     return records

@@ -135,18 +135,32 @@ def heterogeneity(original: StudyAnalysis, confirmation: StudyAnalysis) -> list[
             continue
         first, second = seed_estimate(original, before), seed_estimate(confirmation, compared)
         test = heterogeneity_test(first, second)
-        rows.append(Heterogeneity(
-            variant=compared.variant, grid_point=compared.grid_point, label=compared.label,
-            reference_label=compared.reference_label, original_difference=first.difference, original_se=first.se,
-            confirmation_difference=second.difference, confirmation_se=second.se, q=test.q, p_value=test.p_value,
-            i_squared=test.i_squared, small_sample_p=test.small_sample_p,
-        ))
+        rows.append(
+            Heterogeneity(
+                variant=compared.variant,
+                grid_point=compared.grid_point,
+                label=compared.label,
+                reference_label=compared.reference_label,
+                original_difference=first.difference,
+                original_se=first.se,
+                confirmation_difference=second.difference,
+                confirmation_se=second.se,
+                q=test.q,
+                p_value=test.p_value,
+                i_squared=test.i_squared,
+                small_sample_p=test.small_sample_p,
+            )
+        )
     return rows
 
 
 def replicate(
-    original_id: str, original: Sequence[TrialRecord], original_settings: AnalysisSettings,
-    confirmation_id: str, confirmation: Sequence[TrialRecord], settings: AnalysisSettings,
+    original_id: str,
+    original: Sequence[TrialRecord],
+    original_settings: AnalysisSettings,
+    confirmation_id: str,
+    confirmation: Sequence[TrialRecord],
+    settings: AnalysisSettings,
 ) -> Replication:
     """The replication of study ``original_id`` by ``confirmation_id`` from their trial records: the
     confirmation alone and the two pooled over the arms (variant, grid point) the confirmation ran,
@@ -156,6 +170,10 @@ def replicate(
     kept = [r for r in original if (r.variant, repr(r.grid_point)) in arms]
     alone, before = analyze(confirmation, settings), analyze(original, original_settings)
     return Replication(
-        original_id=original_id, confirmation_id=confirmation_id, confirmation=alone, original=before,
-        pooled=analyze([*kept, *confirmation], settings), heterogeneity=heterogeneity(before, alone),
+        original_id=original_id,
+        confirmation_id=confirmation_id,
+        confirmation=alone,
+        original=before,
+        pooled=analyze([*kept, *confirmation], settings),
+        heterogeneity=heterogeneity(before, alone),
     )

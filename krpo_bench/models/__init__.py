@@ -30,9 +30,17 @@ _LAZY = {
     "LoadedModel": "loading",
     "load_model": "loading",
     "converted_smollm2": "smollm2",
-    **{name: "tiny_arith" for name in (
-        "arith_answer", "arith_pairs", "arith_prompt", "build_tiny_arith", "greedy_accuracy", "tiny_arith_report",
-    )},
+    **{
+        name: "tiny_arith"
+        for name in (
+            "arith_answer",
+            "arith_pairs",
+            "arith_prompt",
+            "build_tiny_arith",
+            "greedy_accuracy",
+            "tiny_arith_report",
+        )
+    },
 }
 
 

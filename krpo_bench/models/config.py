@@ -70,8 +70,10 @@ class ModelSpec(BaseModel):
         if source.startswith(("/", "~")) or (HUB_ID.match(source) and ".." not in source):
             return value
         if source:
-            raise ValueError(f"{value[:200]!r} names neither a hub id ('org/name') nor an absolute path: a local model "
-                             "folder must be given by its absolute path (hf:/path/to/folder), never relative to a worker's folder")
+            raise ValueError(
+                f"{value[:200]!r} names neither a hub id ('org/name') nor an absolute path: a local model "
+                "folder must be given by its absolute path (hf:/path/to/folder), never relative to a worker's folder"
+            )
         raise ValueError(f"unknown model {value!r}: expected {ALLOWED_NAMES_HELP}")
 
     @property

@@ -10,8 +10,9 @@ import fcntl
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -63,12 +64,8 @@ def load_pretrained(
     ``from_pretrained`` calls (e.g. ``gguf_file``).
     """
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            source, trust_remote_code=trust_remote_code, **kwargs
-        )
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs
-        )
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError, KeyError) as error:
         shown = shown or str(source)
         raise ModelLoadError(
@@ -86,24 +83,30 @@ def is_local_source(source: str) -> bool:
     return source.startswith(("/", "~"))
 
 
-def load_spec_source(source: str, field: str, *, name: str, dtype: torch.dtype, device: str,
-                     trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_spec_source(
+    source: str, field: str, *, name: str, dtype: torch.dtype, device: str, trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the model a spec's ``field`` names by ``source``: a local folder only under this
     process's data roots (opened without following a link swapped in after submission), a hub id only
     when it names no path in the working directory. Errors name the field, never a file's contents."""
     if not is_local_source(source):
         if os.path.lexists(source):
-            raise ModelLoadError(f"{field}: {source[:200]!r} names a path in the worker's working directory, not only a "
-                                 "hub model; give a local model folder by its absolute path under the data roots")
+            raise ModelLoadError(
+                f"{field}: {source[:200]!r} names a path in the worker's working directory, not only a "
+                "hub model; give a local model folder by its absolute path under the data roots"
+            )
         return load_pretrained(source, name=name, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     try:
         with data_folder(source, field) as folder:
-            model, tokenizer = load_pretrained(folder, name=name, dtype=dtype, device=device,
-                                               trust_remote_code=trust_remote_code, shown=source)
+            model, tokenizer = load_pretrained(
+                folder, name=name, dtype=dtype, device=device, trust_remote_code=trust_remote_code, shown=source
+            )
     except OutsideDataRoots as error:
         raise ModelLoadError(str(error)) from None
     except (FileNotFoundError, NotADirectoryError) as error:
-        raise ModelLoadError(f"{field}: could not load model {name!r}: {source[:200]!r} is no folder ({type(error).__name__})") from None
+        raise ModelLoadError(
+            f"{field}: could not load model {name!r}: {source[:200]!r} is no folder ({type(error).__name__})"
+        ) from None
     model.config.name_or_path = tokenizer.name_or_path = source  # not the descriptor path it was read through
     return model, tokenizer
 

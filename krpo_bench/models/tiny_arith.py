@@ -132,9 +132,7 @@ def _new_model(options: TinyArithOptions, tokenizer: PreTrainedTokenizerBase) ->
     return model
 
 
-def _warm_up(
-    model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase, options: TinyArithOptions
-) -> None:
+def _warm_up(model: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerBase, options: TinyArithOptions) -> None:
     """Supervised steps on the training pairs, in an order and with dropped carries fixed by the seed.
 
     AdamW with a short linear ramp-up and a linear decay to zero at the last step: the decay settles
@@ -174,9 +172,7 @@ def greedy_accuracy(
     device = next(model.parameters()).device
     for start in range(0, len(pairs), EVAL_BATCH_SIZE):
         chunk = pairs[start : start + EVAL_BATCH_SIZE]
-        inputs = tokenizer(
-            [arith_prompt(a, b) for a, b in chunk], return_tensors="pt", padding=True
-        ).to(device)
+        inputs = tokenizer([arith_prompt(a, b) for a, b in chunk], return_tensors="pt", padding=True).to(device)
         output = model.generate(
             **inputs,
             do_sample=False,
@@ -267,7 +263,9 @@ def _install_into(folder: Path, options: TinyArithOptions, weights: Path, report
     finally:
         torch.set_num_threads(threads)
     if accuracy != report["heldout_greedy_accuracy"]:
-        raise RuntimeError(f"{weights} scores {accuracy} on the held-out pairs, not the {report['heldout_greedy_accuracy']} of its build")
+        raise RuntimeError(
+            f"{weights} scores {accuracy} on the held-out pairs, not the {report['heldout_greedy_accuracy']} of its build"
+        )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     expected = SHIPPED_BUILDS[tiny_arith_cache_key(options)]
@@ -286,7 +284,9 @@ def build_tiny_arith(options: TinyArithOptions | None = None, *, use_shipped: bo
     options = options or TinyArithOptions()
     shipped = shipped_artefact(options) if use_shipped else None
     if shipped:
-        return cached_model_folder(tiny_arith_cache_key(options), lambda folder: _install_into(folder, options, *shipped))
+        return cached_model_folder(
+            tiny_arith_cache_key(options), lambda folder: _install_into(folder, options, *shipped)
+        )
     return cached_model_folder(tiny_arith_cache_key(options), lambda folder: _build_into(folder, options))
 
 

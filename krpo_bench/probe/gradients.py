@@ -16,7 +16,8 @@ micro-batch's mean by K). Gradient clipping (``max_grad_norm``) rescales the ste
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -79,7 +80,6 @@ def loss_gradient(
     return flat_gradient(model, -(coefficients * logprobs).sum(), retain_graph=retain_graph)
 
 
-
 def loss_gradients(
     model: Any, logprobs: torch.Tensor, coefficients: torch.Tensor, max_floats: int = 2**28
 ) -> Iterator[torch.Tensor]:
@@ -96,8 +96,10 @@ def loss_gradients(
             logprobs, params, grad_outputs=block, is_grads_batched=True, retain_graph=True, allow_unused=True
         )
         flat = torch.cat(
-            [(g if g is not None else torch.zeros(len(block), *p.shape)).reshape(len(block), -1).float()
-             for g, p in zip(grads, params)],
+            [
+                (g if g is not None else torch.zeros(len(block), *p.shape)).reshape(len(block), -1).float()
+                for g, p in zip(grads, params)
+            ],
             dim=1,
         )
         yield from flat

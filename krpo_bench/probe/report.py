@@ -60,7 +60,8 @@ def table_cells(row: dict[str, Any]) -> list[str]:
     compared = row["estimator"] != row["versus"]
     paired = (
         f"{row['cos_diff']:+.3f} {_interval(row.get('cos_diff_ci_low'), row.get('cos_diff_ci_high'), '{:+.3f}')}"
-        if compared else f"vs {row['versus']}"
+        if compared
+        else f"vs {row['versus']}"
     )
     holm = _p_value(row.get("cos_diff_p_holm")) + (" *" if survives(row) else "")
     values = {
@@ -109,14 +110,24 @@ def figure_png(rows: list[dict[str, Any]]) -> bytes:
         if compared:
             at = [r["group_size"] * dodge for r in compared]
             diffs = [r["cos_diff"] for r in compared]
-            errors = _errors(diffs, [r.get("cos_diff_ci_low", nan) for r in compared],
-                             [r.get("cos_diff_ci_high", nan) for r in compared])
+            errors = _errors(
+                diffs,
+                [r.get("cos_diff_ci_low", nan) for r in compared],
+                [r.get("cos_diff_ci_high", nan) for r in compared],
+            )
             look = styles[name]
-            paired.errorbar(at, diffs, yerr=errors, capsize=3, color=look["color"], linestyle=look["linestyle"],
-                            marker="none")
+            paired.errorbar(
+                at, diffs, yerr=errors, capsize=3, color=look["color"], linestyle=look["linestyle"], marker="none"
+            )
             kept = [survives(r) for r in compared]
-            paired.scatter(at, diffs, marker=look["marker"], edgecolors=look["color"], zorder=3,
-                           facecolors=[look["color"] if k else "white" for k in kept])
+            paired.scatter(
+                at,
+                diffs,
+                marker=look["marker"],
+                edgecolors=look["color"],
+                zorder=3,
+                facecolors=[look["color"] if k else "white" for k in kept],
+            )
     versus = next((r["versus"] for r in rows if "versus" in r), "the comparison estimator")
     titles = (
         (one, "one-batch gradient vs reference (mean, 95 % CI: batches + reference)", "cosine"),
@@ -162,13 +173,17 @@ def family_size(rows: list[dict[str, Any]]) -> int:
 def interval_note(result: Any) -> str:
     """What the table's 95 % intervals cover, for this result."""
     if not result.reference_blocks:
-        return ("Intervals: t-intervals over the batches alone, the reference held fixed (stored by an older release: "
-                "the intervals over batches and reference were not measured and read n/a).")
-    return (f"Intervals (95 %) cover both sources of noise: the {result.reference_blocks} leave-one-block-out references "
-            f"(the reference's prompts in {result.reference_blocks} disjoint blocks) give the reference's variance by the "
-            "jackknife, the batches give theirs (s²/M); the interval is mean ± t sqrt(sum), df by Welch-Satterthwaite and "
-            "at most M - 1, so it always holds the batches-only interval (the reference held fixed). "
-            "It estimates the cosine to a reference of this size, averaged over the batches and the reference's draws.")
+        return (
+            "Intervals: t-intervals over the batches alone, the reference held fixed (stored by an older release: "
+            "the intervals over batches and reference were not measured and read n/a)."
+        )
+    return (
+        f"Intervals (95 %) cover both sources of noise: the {result.reference_blocks} leave-one-block-out references "
+        f"(the reference's prompts in {result.reference_blocks} disjoint blocks) give the reference's variance by the "
+        "jackknife, the batches give theirs (s²/M); the interval is mean ± t sqrt(sum), df by Welch-Satterthwaite and "
+        "at most M - 1, so it always holds the batches-only interval (the reference held fixed). "
+        "It estimates the cosine to a reference of this size, averaged over the batches and the reference's draws."
+    )
 
 
 def report_html(spec: ProbeSpec, result: Any, png: bytes | None = None) -> str:
@@ -184,12 +199,12 @@ td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}} td:first-ch
 .meta{{color:#555}}</style></head><body>
 <h1>Gradient-quality probe: {html.escape(spec.name)}</h1>
 <p class="meta">{html.escape(spec.description)}</p>
-<p class="meta">model {html.escape(spec.model.name)}{' at ' + html.escape(spec.checkpoint) if spec.checkpoint else ' (warm start)'};
+<p class="meta">model {html.escape(spec.model.name)}{" at " + html.escape(spec.checkpoint) if spec.checkpoint else " (warm start)"};
 {spec.batches} batches of {spec.prompts_per_batch} prompts shared by every estimator (common random numbers; a smaller G
 uses the first G rollouts of each group); reference: rloo baseline, no std scaling, {spec.reference.prompts} prompts x
 {spec.reference.group_size} rollouts (split-half cosine {result.reference_split_cosine:.3f}, mean reward
 {result.reference_reward_mean:.3f}); loss {spec.loss_type}: {html.escape(result.length_normalisation)};
-wall time {result.wall_time_s:.1f} s; MLflow run {html.escape(result.mlflow_run_id or 'none')}.</p>
+wall time {result.wall_time_s:.1f} s; MLflow run {html.escape(result.mlflow_run_id or "none")}.</p>
 <p class="meta">cos (one batch): cosine of one batch's gradient to the reference (bias and variance together; a zero
 gradient counts as 0). Δcos paired: its difference from the comparison estimator's one-batch cosine on the same
 batches (common random numbers). {html.escape(interval_note(result))} p: the two-sided test of Δcos = 0 with the

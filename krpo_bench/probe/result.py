@@ -28,7 +28,9 @@ class ProbeResult:
         fields = {name: data[name] for name in cls.__dataclass_fields__ if name in data or name != "reference_blocks"}
         for name in ("reference_split_cosine", "reference_reward_mean", "wall_time_s"):
             fields[name] = math.nan if fields[name] is None else fields[name]
-        fields["rows"] = [_current_row({k: math.nan if v is None else v for k, v in row.items()}) for row in fields["rows"]]
+        fields["rows"] = [
+            _current_row({k: math.nan if v is None else v for k, v in row.items()}) for row in fields["rows"]
+        ]
         return cls(**fields)
 
 
@@ -38,6 +40,8 @@ def _current_row(row: dict[str, Any]) -> dict[str, Any]:
     ``*_batch_ci_*`` keys and the intervals over batches and reference read NaN (not measured)."""
     if "cos_batch_ci_low" in row:
         return row
-    moved = {f"{name}_batch_ci_{side}": row[f"{name}_ci_{side}"] for name in ("cos", "cos_diff") for side in ("low", "high")}
+    moved = {
+        f"{name}_batch_ci_{side}": row[f"{name}_ci_{side}"] for name in ("cos", "cos_diff") for side in ("low", "high")
+    }
     unmeasured = {f"{name}_ci_{side}": math.nan for name in ("cos", "cos_diff") for side in ("low", "high")}
     return {**row, **moved, **unmeasured}

@@ -4,8 +4,9 @@ right-padded, rewards from the task's reward functions combined with their weigh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from transformers import GenerationConfig

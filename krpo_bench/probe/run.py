@@ -8,13 +8,15 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from transformers import set_seed
 
+from krpo_bench import tags as krpo_tags
 from krpo_bench.advantages import Need, get_estimator
 from krpo_bench.data_roots import data_folder
 from krpo_bench.models import load_model
@@ -25,8 +27,8 @@ from krpo_bench.probe.gradients import (
     rollout_weights,
     sequence_logprobs,
 )
-from krpo_bench.probe.rollouts import draw_rollouts
 from krpo_bench.probe.result import ProbeResult
+from krpo_bench.probe.rollouts import draw_rollouts
 from krpo_bench.probe.spec import MAX_REFERENCE_BLOCKS, ProbeSpec
 from krpo_bench.probe.stats import GradientTally, ReferenceGradient, cosine, paired_difference, with_holm
 from krpo_bench.settings import data_home
@@ -34,7 +36,6 @@ from krpo_bench.spec.estimator import build_estimator
 from krpo_bench.tasks import build_task
 from krpo_bench.tasks.noise import noisy_rewards
 from krpo_bench.tracking import NullTracker, RunTracker, flatten
-from krpo_bench import tags as krpo_tags
 
 LENGTH_NOTE = {
     "grpo": "each rollout's log-probability gradient is divided by its own length |o_i| and by the batch size B "
@@ -62,8 +63,13 @@ def _load(spec: ProbeSpec, device: str) -> tuple[Any, Any]:
         with data_folder(spec.checkpoint, "checkpoint") as folder:
             if not (folder / "config.json").is_file():
                 raise ValueError(f"checkpoint: {spec.checkpoint[:200]!r} is not a checkpoint folder (no config.json)")
-            model, tokenizer = load_pretrained(folder, name=spec.model.name, dtype=resolve_dtype(spec.model.dtype, device),
-                                               device=device, shown=spec.checkpoint)
+            model, tokenizer = load_pretrained(
+                folder,
+                name=spec.model.name,
+                dtype=resolve_dtype(spec.model.dtype, device),
+                device=device,
+                shown=spec.checkpoint,
+            )
     except (FileNotFoundError, NotADirectoryError):
         raise ValueError(f"checkpoint: {spec.checkpoint[:200]!r} is not a checkpoint folder (no such folder)") from None
     model.config.name_or_path = tokenizer.name_or_path = spec.checkpoint  # not the descriptor path it was read through
@@ -90,8 +96,13 @@ def _reference(
     for number, start in enumerate(starts):
         chosen = prompts[start : start + ref.chunk_prompts]
         batch = draw_rollouts(
-            model, tokenizer, task, chosen.tolist(), ref.group_size,
-            temperature=spec.temperature, max_completion_length=spec.max_completion_length,
+            model,
+            tokenizer,
+            task,
+            chosen.tolist(),
+            ref.group_size,
+            temperature=spec.temperature,
+            max_completion_length=spec.max_completion_length,
         )
         advantages = rloo(batch.rewards.view(-1, ref.group_size)).reshape(-1)
         # Unnormalised weights: the whole reference set is normalised once all chunks are summed.
@@ -107,8 +118,9 @@ def _reference(
                 halves = torch.zeros(2, gradient.numel(), dtype=torch.float64, device=gradient.device)
             sums[k] += gradient.double()
             halves[number % 2] += gradient.double()
-            normalisers[k] += length_weights(batch.completion_mask[row_blocks == k], spec.loss_type,
-                                             spec.max_completion_length)[1]
+            normalisers[k] += length_weights(
+                batch.completion_mask[row_blocks == k], spec.loss_type, spec.max_completion_length
+            )[1]
         del logprobs
         rewards.append(batch.rewards)
     split = cosine(halves[0], halves[1])
@@ -125,9 +137,7 @@ class Measurement(NamedTuple):
     reference_blocks: int
 
 
-def measure(
-    spec: ProbeSpec, model: Any, tokenizer: Any, on_batch: Callable[[int], None] | None = None
-) -> Measurement:
+def measure(spec: ProbeSpec, model: Any, tokenizer: Any, on_batch: Callable[[int], None] | None = None) -> Measurement:
     """The probe's table rows (Δcos p-values Holm-adjusted over the table), the reference's
     split-half cosine, its mean reward and the number of its blocks."""
     estimators = {(e.name, g): build_estimator(e, seed=spec.seed) for e in spec.estimators for g in spec.group_sizes}
@@ -143,8 +153,13 @@ def measure(
     for b in range(spec.batches):
         indices = rng.choice(size, size=min(spec.prompts_per_batch, size), replace=False).tolist()
         batch = draw_rollouts(
-            model, tokenizer, task, indices, g_max,
-            temperature=spec.temperature, max_completion_length=spec.max_completion_length,
+            model,
+            tokenizer,
+            task,
+            indices,
+            g_max,
+            temperature=spec.temperature,
+            max_completion_length=spec.max_completion_length,
         )
         rewards = batch.rewards
         if noise is not None and noise.active:
@@ -216,7 +231,10 @@ def run_probe(
     identifier = probe_id(spec)
     tracker = RunTracker(tracking_uri) if track else NullTracker()
     run_id = tracker.start(
-        spec.experiment, spec.name, run_id=mlflow_run_id, parent_run_id=parent_run_id,
+        spec.experiment,
+        spec.name,
+        run_id=mlflow_run_id,
+        parent_run_id=parent_run_id,
         tags={**(tags or {}), krpo_tags.KIND: "probe", krpo_tags.PROBE_ID: identifier, krpo_tags.TRIAL_ID: identifier},
     )
     if on_run_created is not None and tracker.run_id:
@@ -227,15 +245,23 @@ def run_probe(
         model, tokenizer = _load(spec, device)
         rows, split, reward_mean, blocks = measure(spec, model, tokenizer, on_batch)
         for row in rows:
-            metrics = {f"probe/{row['estimator']}/{key}": value for key, value in row.items()
-                       if key not in ("estimator", "group_size", "versus") and value == value}
+            metrics = {
+                f"probe/{row['estimator']}/{key}": value
+                for key, value in row.items()
+                if key not in ("estimator", "group_size", "versus") and value == value
+            }
             tracker.log_metrics(metrics, step=row["group_size"])
         wall = time.perf_counter() - started
         tracker.log_metrics({"probe/reference_split_cosine": split, "cost/wall_time_s": wall}, step=0)
         result = ProbeResult(
-            probe_id=identifier, rows=rows, reference_split_cosine=split, reference_reward_mean=reward_mean,
-            wall_time_s=wall, mlflow_run_id=tracker.run_id or run_id,
-            report_dir=str(out or data_home() / "reports" / identifier), length_normalisation=LENGTH_NOTE[spec.loss_type],
+            probe_id=identifier,
+            rows=rows,
+            reference_split_cosine=split,
+            reference_reward_mean=reward_mean,
+            wall_time_s=wall,
+            mlflow_run_id=tracker.run_id or run_id,
+            report_dir=str(out or data_home() / "reports" / identifier),
+            length_normalisation=LENGTH_NOTE[spec.loss_type],
             reference_blocks=blocks,
         )
         write_report(spec, result, Path(result.report_dir))

@@ -6,15 +6,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from krpo_bench.models.config import ModelSpec
 from krpo_bench.advantages.catalog import NEEDS_GREEDY_COMPLETION
+from krpo_bench.models.config import ModelSpec
 from krpo_bench.spec.base import Strict
 from krpo_bench.spec.estimator import EstimatorSpec
 from krpo_bench.spec.loading import SpecError, validate
 from krpo_bench.spec.names import DisplayName
 from krpo_bench.spec.study import Resources, storage_errors
 from krpo_bench.tasks.config import TaskSpec
-
 
 MAX_PROBE_ROLLOUTS = 1_000_000
 """Most rollouts one probe may draw: its batches' (batches x prompts_per_batch x the largest group
@@ -68,7 +67,9 @@ class ProbeSpec(Strict):
     batches: int = Field(16, ge=2, le=1000, description="one-batch gradients per (estimator, G): M")
     prompts_per_batch: int = Field(8, ge=1, le=4096, description="prompts of one batch (a training step's prompts)")
     reference: ReferenceSpec = Field(default_factory=ReferenceSpec)
-    temperature: float = Field(1.0, gt=0.0, le=5.0, description="sampling temperature (also divides the logits, as TRL)")
+    temperature: float = Field(
+        1.0, gt=0.0, le=5.0, description="sampling temperature (also divides the logits, as TRL)"
+    )
     max_completion_length: int = Field(64, ge=1, le=8192)
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = Field(
         "grpo", description="TRL's loss normalisation (bnpo: as with one micro-batch per step)"
@@ -87,7 +88,10 @@ class ProbeSpec(Strict):
 
     def rollouts(self) -> int:
         """Rollouts the probe draws: its batches' and its reference's."""
-        return self.batches * self.prompts_per_batch * max(self.group_sizes) + self.reference.prompts * self.reference.group_size
+        return (
+            self.batches * self.prompts_per_batch * max(self.group_sizes)
+            + self.reference.prompts * self.reference.group_size
+        )
 
     @model_validator(mode="after")
     def _bounded_work(self) -> ProbeSpec:
@@ -96,12 +100,16 @@ class ProbeSpec(Strict):
             raise ValueError(f"estimators x group_sizes make {rows} table rows; at most {MAX_PROBE_ROWS}")
         rollouts = self.rollouts()
         if rollouts > MAX_PROBE_ROLLOUTS:
-            raise ValueError(f"the probe would draw {rollouts:,} rollouts (batches x prompts_per_batch x the largest of "
-                             f"group_sizes + reference.prompts x reference.group_size); at most {MAX_PROBE_ROLLOUTS:,}")
+            raise ValueError(
+                f"the probe would draw {rollouts:,} rollouts (batches x prompts_per_batch x the largest of "
+                f"group_sizes + reference.prompts x reference.group_size); at most {MAX_PROBE_ROLLOUTS:,}"
+            )
         tokens = rollouts * self.max_completion_length
         if tokens > MAX_PROBE_TOKENS:
-            raise ValueError(f"the probe would generate up to {tokens:,} completion tokens ({rollouts:,} rollouts x "
-                             f"max_completion_length {self.max_completion_length}); at most {MAX_PROBE_TOKENS:,}")
+            raise ValueError(
+                f"the probe would generate up to {tokens:,} completion tokens ({rollouts:,} rollouts x "
+                f"max_completion_length {self.max_completion_length}); at most {MAX_PROBE_TOKENS:,}"
+            )
         return self
 
     @field_validator("group_sizes")

@@ -89,7 +89,9 @@ def batch_and_reference_estimate(
     var_reference = (k - 1) / k * float(((jack - jack.mean()) ** 2).sum()) if k > 1 and np.ptp(jack) > 0 else 0.0
     variance = var_batches + var_reference
     if m < 2:
-        return TwoSourceEstimate(Interval(mean, math.nan, math.nan), math.nan, math.sqrt(var_reference), math.nan, math.nan)
+        return TwoSourceEstimate(
+            Interval(mean, math.nan, math.nan), math.nan, math.sqrt(var_reference), math.nan, math.nan
+        )
     se_batches, se_reference = math.sqrt(var_batches), math.sqrt(var_reference)
     if variance == 0:
         return TwoSourceEstimate(Interval(mean, mean, mean), 0.0, 0.0, float(m - 1), 1.0 if mean == 0 else 0.0)

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from krpo_bench import tags as krpo_tags
 from krpo_bench.service.launch import die_with_worker
 from krpo_bench.service.queue import ClaimedJob
-from krpo_bench import tags as krpo_tags
 
 
 class TrialPayload(BaseModel):
@@ -69,10 +69,10 @@ def main(job_file: str) -> int:
 
     import torch
 
-    from krpo_bench.training.distributed import any_rank, main_decides, this_rank
     from krpo_bench.service.studies import StudyService
     from krpo_bench.settings import trial_folder
     from krpo_bench.spec.trial import TrialSpec
+    from krpo_bench.training.distributed import any_rank, main_decides, this_rank
     from krpo_bench.training.trial import run_trial
 
     if payload.cpu_threads:
@@ -107,7 +107,11 @@ def main(job_file: str) -> int:
         )
     except Exception as exc:
         if rank.is_main:
-            result_path.write_text(json.dumps({"status": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}))
+            result_path.write_text(
+                json.dumps(
+                    {"status": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+                )
+            )
         traceback.print_exc()
         return 1
     if rank.is_main:

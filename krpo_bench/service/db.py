@@ -35,9 +35,11 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
-    false as sa_false,
     inspect,
     text,
+)
+from sqlalchemy import (
+    false as sa_false,
 )
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -221,9 +223,7 @@ class JobAttempt(Base):
 
     __tablename__ = "job_attempts"
 
-    job_id: Mapped[str] = mapped_column(
-        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
-    )
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
     worker: Mapped[str] = mapped_column(String(255))
     started_at: Mapped[datetime]

@@ -72,8 +72,14 @@ class SpawnedTrial(TrialProcess):
         read_end, self._worker_end = os.pipe()
         try:
             with open(log_file, "ab") as log:
-                self._process = subprocess.Popen(trial_command(job_file, processes), env=dict(env), stdin=read_end,
-                                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                self._process = subprocess.Popen(
+                    trial_command(job_file, processes),
+                    env=dict(env),
+                    stdin=read_end,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
         except BaseException:
             os.close(self._worker_end)
             raise
@@ -118,7 +124,9 @@ def visible_devices(devices: list[str], parent_visible: str | None) -> str:
     entries = [g.strip() for g in parent_visible.split(",") if g.strip()]
     outside = [d for d in devices if not (d.isdigit() and int(d) < len(entries))]
     if outside:
-        raise ValueError(f"GPU(s) {', '.join(outside)} not among the {len(entries)} this worker may use (CUDA_VISIBLE_DEVICES={parent_visible})")
+        raise ValueError(
+            f"GPU(s) {', '.join(outside)} not among the {len(entries)} this worker may use (CUDA_VISIBLE_DEVICES={parent_visible})"
+        )
     return ",".join(entries[int(d)] for d in devices)
 
 
@@ -135,15 +143,25 @@ def accelerate_arguments(processes: int, job_file: str) -> list[str]:
     ranks to other GPUs or change their precision (the trial sets its own)."""
     return [
         "--multi_gpu",
-        "--num_processes", str(processes),
-        "--num_machines", "1",
-        "--machine_rank", "0",
-        "--main_process_port", "0",  # a free port: several trials can launch on one machine
-        "--gpu_ids", "all",  # the GPUs the worker left visible
-        "--mixed_precision", "no",
-        "--dynamo_backend", "no",
-        "--log_dir", str(Path(job_file).with_suffix(".ranks")),  # torchrun's rank folders, not in /tmp
-        "-m", "krpo_bench.service.child", job_file,
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--machine_rank",
+        "0",
+        "--main_process_port",
+        "0",  # a free port: several trials can launch on one machine
+        "--gpu_ids",
+        "all",  # the GPUs the worker left visible
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--log_dir",
+        str(Path(job_file).with_suffix(".ranks")),  # torchrun's rank folders, not in /tmp
+        "-m",
+        "krpo_bench.service.child",
+        job_file,
     ]
 
 

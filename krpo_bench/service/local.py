@@ -83,7 +83,9 @@ def _progress_log(console: Console, started: float, every_s: float = LOG_EVERY_S
     return show
 
 
-def _wait(service: StudyService, info: StudyInfo, procs: list[subprocess.Popen], show: Callable[[StudyInfo], None]) -> StudyInfo:
+def _wait(
+    service: StudyService, info: StudyInfo, procs: list[subprocess.Popen], show: Callable[[StudyInfo], None]
+) -> StudyInfo:
     """Poll the study until it finishes, showing its progress; fails when every worker has exited."""
     show(info)
     while info.status not in FINISHED:
@@ -109,7 +111,10 @@ def run_study_locally(
 
 
 def run_submitted_locally(
-    service: StudyService, info: StudyInfo, commands: list[tuple[list[str], dict[str, str]]], console: Console,
+    service: StudyService,
+    info: StudyInfo,
+    commands: list[tuple[list[str], dict[str, str]]],
+    console: Console,
     to_resume: str,
 ) -> StudyInfo:
     """Run a submitted study to the end on local workers (``commands``: `local_worker_commands`),
@@ -117,8 +122,7 @@ def run_submitted_locally(
     records = service.ensure_mlflow(info.id)
     console.print(f"study {info.id}: {info.total} trials; MLflow experiment {records.experiment_id}")
     procs = [
-        subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for cmd, env in commands
+        subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for cmd, env in commands
     ]
     started = time.monotonic()
     try:

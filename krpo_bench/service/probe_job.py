@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import math
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from krpo_bench.settings import data_home
 from krpo_bench import tags as krpo_tags
+from krpo_bench.settings import data_home
 
 
 class ProbeStopped(Exception):
@@ -60,7 +61,11 @@ def run_probe_job(job: Any, service: Any, payload: dict[str, Any], should_stop: 
             on_run_created=lambda run_id: service.queue.set_mlflow_run(job.id, job.attempt, run_id),
         )
     except Exception as exc:
-        result_path.write_text(json.dumps({"status": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}))
+        result_path.write_text(
+            json.dumps(
+                {"status": "error", "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            )
+        )
         traceback.print_exc()
         return 1
     result_path.write_text(json.dumps({"status": "succeeded", **finite(result.to_json())}))

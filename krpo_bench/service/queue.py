@@ -45,8 +45,8 @@ import socket
 import sqlite3
 import threading
 import time
-from contextlib import nullcontext
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -62,8 +62,8 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    func,
     exists,
+    func,
     or_,
     select,
     union,
@@ -73,7 +73,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from krpo_bench.service.group_commit import GroupCommit
 from krpo_bench.service.db import (
     READ_ONLY,
     AttemptOutcome,
@@ -89,6 +88,7 @@ from krpo_bench.service.db import (
     new_id,
     utcnow,
 )
+from krpo_bench.service.group_commit import GroupCommit
 
 T = TypeVar("T")
 
@@ -310,10 +310,7 @@ class JobQueue:
         self._claim_gpus = self._build_claim(gpus_filter=True)
         self._claim_fitting: dict[int, Executable] = {}  # by the number of GPUs offered
         self._heartbeat = (
-            update(jobs)
-            .where(*_HELD)
-            .values(lease_expires_at=self._lease_until)
-            .returning(jobs.c.cancel_requested)
+            update(jobs).where(*_HELD).values(lease_expires_at=self._lease_until).returning(jobs.c.cancel_requested)
         )
         self._close_attempt = (
             update(attempts)
@@ -361,7 +358,9 @@ class JobQueue:
         # range it cannot turn into an equality keeps the study in the order, which only
         # ix_jobs_study_queue provides. SQLite uses that index for the plain equality.
         of_study = (
-            and_(nxt.c.study_id >= studies.c.id, nxt.c.study_id <= studies.c.id) if self._pg else nxt.c.study_id == studies.c.id
+            and_(nxt.c.study_id >= studies.c.id, nxt.c.study_id <= studies.c.id)
+            if self._pg
+            else nxt.c.study_id == studies.c.id
         )
         next_of_study = (
             select(nxt.c.id)
@@ -373,20 +372,35 @@ class JobQueue:
         heads = select(next_of_study.label("id")).where(
             studies.c.status == StudyStatus.RUNNING, studies.c.cancel_requested.is_(False)
         )
-        first = select(jobs.c.id).where(*fits(jobs)).order_by(jobs.c.priority.desc(), jobs.c.seq).limit(_CLAIM_WINDOW).subquery()
+        first = (
+            select(jobs.c.id)
+            .where(*fits(jobs))
+            .order_by(jobs.c.priority.desc(), jobs.c.seq)
+            .limit(_CLAIM_WINDOW)
+            .subquery()
+        )
         candidates = union(heads, select(first.c.id)).subquery("candidates")
         per_study = (
             select(
                 holder.c.owner,
-                select(func.count()).where(run.c.study_id == holder.c.id, run.c.status == JobStatus.RUNNING)
-                .scalar_subquery().label("running"),
-                select(func.max(last.c.started_at)).where(last.c.study_id == holder.c.id).scalar_subquery().label("served"),
+                select(func.count())
+                .where(run.c.study_id == holder.c.id, run.c.status == JobStatus.RUNNING)
+                .scalar_subquery()
+                .label("running"),
+                select(func.max(last.c.started_at))
+                .where(last.c.study_id == holder.c.id)
+                .scalar_subquery()
+                .label("served"),
             )
             .where(holder.c.status == StudyStatus.RUNNING)
             .subquery("per_study")
         )
         owners = (
-            select(per_study.c.owner, func.sum(per_study.c.running).label("running"), func.max(per_study.c.served).label("served"))
+            select(
+                per_study.c.owner,
+                func.sum(per_study.c.running).label("running"),
+                func.max(per_study.c.served).label("served"),
+            )
             .group_by(per_study.c.owner)
             .subquery("owners")
         )
@@ -398,7 +412,9 @@ class JobQueue:
                 .outerjoin(owners, owners.c.owner.is_not_distinct_from(studies.c.owner))
             )
             .where(jobs.c.status == JobStatus.QUEUED)
-            .order_by(jobs.c.priority.desc(), func.coalesce(owners.c.running, 0), owners.c.served.nulls_first(), jobs.c.seq)
+            .order_by(
+                jobs.c.priority.desc(), func.coalesce(owners.c.running, 0), owners.c.served.nulls_first(), jobs.c.seq
+            )
             .limit(1)
             .with_for_update(skip_locked=True, of=jobs)
         )
@@ -454,9 +470,7 @@ class JobQueue:
             params["lease_until"] = now + timedelta(seconds=lease_s)
         return params
 
-    def _run(
-        self, fn: Callable[[Connection], T], *, read_only: bool = False, single: bool = False
-    ) -> T:
+    def _run(self, fn: Callable[[Connection], T], *, read_only: bool = False, single: bool = False) -> T:
         """Run ``fn`` in one transaction, retried on transient errors. ``single`` marks work that
         is one atomic statement (plus reads): on PostgreSQL it runs in autocommit mode."""
         for retry in range(self.max_retries + 1):
@@ -525,9 +539,7 @@ class JobQueue:
                 # The settle probe sees this end: committed already on PostgreSQL (autocommit), in
                 # this serialised write transaction on SQLite.
                 return True, study_id if self._may_settle(conn, study_id) else None
-            current = conn.execute(
-                select(jobs.c.status, jobs.c.attempt).where(jobs.c.id == job_id)
-            ).first()
+            current = conn.execute(select(jobs.c.status, jobs.c.attempt).where(jobs.c.id == job_id)).first()
             return current is not None and (current.status, current.attempt) == (status, attempt), None
 
         done, settle = self._run(txn, single=True)
@@ -620,9 +632,7 @@ class JobQueue:
     ) -> str:
         """Queue one job and return its id; idempotent on ``(study_id, trial_key)``: a repeat
         returns the existing job's id and changes nothing."""
-        job = NewJob(
-            trial_key, config, priority, max_attempts, timeout_s, gpus, optuna_trial_number, gpu_memory_mib
-        )
+        job = NewJob(trial_key, config, priority, max_attempts, timeout_s, gpus, optuna_trial_number, gpu_memory_mib)
         return self.enqueue_many(study_id, [job])[0]
 
     def enqueue_many(self, study_id: str, new_jobs: Sequence[NewJob]) -> list[str]:
@@ -644,16 +654,16 @@ class JobQueue:
 
         return self._group_commit.run(txn) if self._group_commit else self._run(txn)
 
-    def _insert_jobs(self, conn: Connection, study_id: str, new_jobs: Sequence[NewJob], *, new_study: bool = False) -> list[str]:
+    def _insert_jobs(
+        self, conn: Connection, study_id: str, new_jobs: Sequence[NewJob], *, new_study: bool = False
+    ) -> list[str]:
         """Insert jobs of one study (see ``enqueue_many``) in the transaction of ``conn``;
         ``new_study``: the study row was inserted in this transaction (not cancelled, no jobs yet, its
         ``enqueued_jobs`` already counting them). Locks the study row (first), then inserts."""
         cancelled = False
         if not new_study:
             study = conn.execute(
-                select(studies.c.cancel_requested)
-                .where(studies.c.id == study_id)
-                .with_for_update(key_share=True)
+                select(studies.c.cancel_requested).where(studies.c.id == study_id).with_for_update(key_share=True)
             ).first()
             if study is None:
                 raise KeyError(f"unknown study {study_id!r}")
@@ -686,26 +696,22 @@ class JobQueue:
             for offset, row in enumerate(rows, start=1):
                 row["seq"] = base + offset
         stmt = self._insert(jobs).values(created_at=self._now)
-        conn.execute(
-            stmt.on_conflict_do_nothing(index_elements=["study_id", "trial_key"]), rows
-        )
+        conn.execute(stmt.on_conflict_do_nothing(index_elements=["study_id", "trial_key"]), rows)
         ids = {row["trial_key"]: row["id"] for row in rows}
         keys = [] if new_study else [job.trial_key for job in unique]  # a new study's rows met no conflict
         for start in range(0, len(keys), _LOOKUP_CHUNK):
             chunk = keys[start : start + _LOOKUP_CHUNK]
             ids.update(
                 conn.execute(
-                    select(jobs.c.trial_key, jobs.c.id).where(
-                        jobs.c.study_id == study_id, jobs.c.trial_key.in_(chunk)
-                    )
-                ).tuples().all()
+                    select(jobs.c.trial_key, jobs.c.id).where(jobs.c.study_id == study_id, jobs.c.trial_key.in_(chunk))
+                )
+                .tuples()
+                .all()
             )
         inserted = sum(ids[row["trial_key"]] == row["id"] for row in rows)
         if inserted and not new_study:
             conn.execute(
-                update(studies)
-                .where(studies.c.id == study_id)
-                .values(enqueued_jobs=studies.c.enqueued_jobs + inserted)
+                update(studies).where(studies.c.id == study_id).values(enqueued_jobs=studies.c.enqueued_jobs + inserted)
             )
         return [ids[job.trial_key] for job in new_jobs]
 
@@ -723,7 +729,8 @@ class JobQueue:
 
         def txn(conn: Connection) -> None:
             conn.execute(
-                studies.update().where(studies.c.id == study_id)
+                studies.update()
+                .where(studies.c.id == study_id)
                 .values(looks=looks, total_jobs=studies.c.enqueued_jobs, updated_at=utcnow())
             )
             self._settle_study(conn, study_id)
@@ -764,7 +771,9 @@ class JobQueue:
                 raise KeyError(f"unknown study {study_id!r}")
             held = conn.execute(
                 select(jobs.c.id, jobs.c.attempt)
-                .where(jobs.c.study_id == study_id, jobs.c.status == JobStatus.RUNNING, jobs.c.cancel_requested.is_(True))
+                .where(
+                    jobs.c.study_id == study_id, jobs.c.status == JobStatus.RUNNING, jobs.c.cancel_requested.is_(True)
+                )
                 .with_for_update()
             ).all()
             for job in held:
@@ -779,8 +788,12 @@ class JobQueue:
                 update(jobs)
                 .where(jobs.c.study_id == study_id, requeue)
                 .values(
-                    status=JobStatus.QUEUED.value, cancel_requested=False, failures=0, owner=None,
-                    lease_expires_at=None, finished_at=None,
+                    status=JobStatus.QUEUED.value,
+                    cancel_requested=False,
+                    failures=0,
+                    owner=None,
+                    lease_expires_at=None,
+                    finished_at=None,
                 )
             ).rowcount
             self._settle_study(conn, study_id)  # a finished study with nothing to redo stays finished
@@ -860,9 +873,7 @@ class JobQueue:
         """End a held job as cancelled (the worker stopped it after a CANCEL heartbeat)."""
         return self._finish(job_id, attempt, JobStatus.CANCELLED, AttemptOutcome.CANCELLED)
 
-    def fail(
-        self, job_id: str, attempt: int, error: str, *, retryable: bool = True
-    ) -> JobStatus | None:
+    def fail(self, job_id: str, attempt: int, error: str, *, retryable: bool = True) -> JobStatus | None:
         """Record a failed attempt (``failures`` + 1, ``last_error`` kept): requeued while attempts
         remain and ``retryable``, else failed (cancelled if cancellation was requested). Returns the
         new status, or None if ``attempt`` no longer holds the job."""
@@ -872,8 +883,12 @@ class JobQueue:
             if job is None:
                 return None
             status = self._end_attempt(
-                conn, job, counts_as_failure=True, requeue=retryable,
-                outcome=AttemptOutcome.FAILED, error=error,
+                conn,
+                job,
+                counts_as_failure=True,
+                requeue=retryable,
+                outcome=AttemptOutcome.FAILED,
+                error=error,
             )
             return status, job.study_id
 
@@ -893,8 +908,12 @@ class JobQueue:
             if job is None:
                 return False, None
             status = self._end_attempt(
-                conn, job, counts_as_failure=False, requeue=True,
-                outcome=AttemptOutcome.RELEASED, error=reason,
+                conn,
+                job,
+                counts_as_failure=False,
+                requeue=True,
+                outcome=AttemptOutcome.RELEASED,
+                error=reason,
             )
             return True, None if status == JobStatus.QUEUED else job.study_id
 
@@ -931,10 +950,18 @@ class JobQueue:
                 self._clock(),
             ).all()
             return [
-                Reclaimed(job.id, job.study_id, self._end_attempt(
-                    conn, job, counts_as_failure=True, requeue=True,
-                    outcome=AttemptOutcome.EXPIRED, error=f"lease expired (worker {job.owner})",
-                ))
+                Reclaimed(
+                    job.id,
+                    job.study_id,
+                    self._end_attempt(
+                        conn,
+                        job,
+                        counts_as_failure=True,
+                        requeue=True,
+                        outcome=AttemptOutcome.EXPIRED,
+                        error=f"lease expired (worker {job.owner})",
+                    ),
+                )
                 for job in expired
             ]
 
@@ -959,9 +986,7 @@ class JobQueue:
             status = job.status
             if status == JobStatus.QUEUED:
                 conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == job_id)
-                    .values(**_CANCELLED, finished_at=self._now),
+                    update(jobs).where(jobs.c.id == job_id).values(**_CANCELLED, finished_at=self._now),
                     self._clock(),
                 )
                 return JobStatus.CANCELLED, job.study_id
@@ -1031,7 +1056,9 @@ class JobQueue:
         summaries need not load every trial's config)."""
         columns = _columns(JobInfo, jobs)
         if config_keys is not None:
-            columns = [c for c in columns if c.name != "config"] + [jobs.c.config[k].label(f"config.{k}") for k in config_keys]
+            columns = [c for c in columns if c.name != "config"] + [
+                jobs.c.config[k].label(f"config.{k}") for k in config_keys
+            ]
         query = select(*columns).where(jobs.c.study_id == study_id)
         if statuses is not None:
             query = query.where(jobs.c.status.in_([JobStatus(s).value for s in statuses]))
@@ -1044,10 +1071,7 @@ class JobQueue:
 
         def txn(conn: Connection) -> list[AttemptInfo]:
             rows = conn.execute(query.order_by(attempts.c.attempt)).mappings()
-            return [
-                AttemptInfo(**{**r, "outcome": r["outcome"] and AttemptOutcome(r["outcome"])})
-                for r in rows
-            ]
+            return [AttemptInfo(**{**r, "outcome": r["outcome"] and AttemptOutcome(r["outcome"])}) for r in rows]
 
         return self._run(txn, read_only=True)
 
@@ -1075,9 +1099,7 @@ class JobQueue:
 
         def txn(conn: Connection) -> dict[JobStatus, int]:
             rows = conn.execute(
-                select(jobs.c.status, func.count())
-                .where(jobs.c.study_id == study_id)
-                .group_by(jobs.c.status)
+                select(jobs.c.status, func.count()).where(jobs.c.study_id == study_id).group_by(jobs.c.status)
             ).tuples()
             result = dict.fromkeys(JobStatus, 0)
             result.update({JobStatus(status): n for status, n in rows})
@@ -1153,8 +1175,6 @@ class JobQueue:
 
         def txn(conn: Connection) -> list[WorkerInfo]:
             rows = conn.execute(select(*_columns(WorkerInfo, workers)).order_by(workers.c.id))
-            return [
-                WorkerInfo(**{**r._mapping, "status": WorkerStatus(r.status)}) for r in rows
-            ]
+            return [WorkerInfo(**{**r._mapping, "status": WorkerStatus(r.status)}) for r in rows]
 
         return self._run(txn, read_only=True)

@@ -54,13 +54,17 @@ def quota_error(usage: Usage, trials: int, trial_seconds: float, quotas: Quotas)
     """Why adding ``trials`` trials of ``trial_seconds`` in all to ``usage`` is refused, or None."""
     held = f"this token's running studies hold {usage.trials:,} queued or running trials"
     if usage.trials + trials > quotas.max_active_trials_per_token:
-        return (f"{held}; {trials:,} more would exceed the {quotas.max_active_trials_per_token:,} this server allows per "
-                "token (KRPO_BENCH_MAX_ACTIVE_TRIALS_PER_TOKEN): wait for some to finish or cancel a study")
+        return (
+            f"{held}; {trials:,} more would exceed the {quotas.max_active_trials_per_token:,} this server allows per "
+            "token (KRPO_BENCH_MAX_ACTIVE_TRIALS_PER_TOKEN): wait for some to finish or cancel a study"
+        )
     hours, more = usage.trial_seconds / 3600, trial_seconds / 3600
     if hours + more > quotas.max_trial_hours_per_token:
-        return (f"{held} worth {hours:,.0f} trial-hours (trials x timeout); {trials:,} more worth {more:,.0f} would exceed "
-                f"the {quotas.max_trial_hours_per_token:,} trial-hours this server allows per token "
-                "(KRPO_BENCH_MAX_TRIAL_HOURS_PER_TOKEN): set a shorter resources.timeout_s or wait")
+        return (
+            f"{held} worth {hours:,.0f} trial-hours (trials x timeout); {trials:,} more worth {more:,.0f} would exceed "
+            f"the {quotas.max_trial_hours_per_token:,} trial-hours this server allows per token "
+            "(KRPO_BENCH_MAX_TRIAL_HOURS_PER_TOKEN): set a shorter resources.timeout_s or wait"
+        )
     return None
 
 
@@ -78,8 +82,11 @@ def owner_usage(engine: Engine, owner: str, default_timeout_s: int) -> Usage:
         select(func.count(), func.coalesce(func.sum(func.coalesce(Job.timeout_s, default_timeout_s)), 0))
         .select_from(Job)
         .join(Study, Study.id == Job.study_id)
-        .where(Study.status == StudyStatus.RUNNING.value, Study.owner == owner,
-               Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+        .where(
+            Study.status == StudyStatus.RUNNING.value,
+            Study.owner == owner,
+            Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+        )
     )
     with read_connection(engine) as conn:
         trials, seconds = conn.execute(query).one()
@@ -96,7 +103,9 @@ class QuotaGuard:
         self._guard = threading.Lock()
 
     @contextmanager
-    def admit(self, owner: str | None, trials: int, timeout_s: float | None, idempotency_key: str | None = None) -> Iterator[None]:
+    def admit(
+        self, owner: str | None, trials: int, timeout_s: float | None, idempotency_key: str | None = None
+    ) -> Iterator[None]:
         """Hold the owner's turn while the caller stores ``trials`` new trials of ``timeout_s``
         each (None: the default timeout); raises QuotaExceeded first when they do not fit. An
         owner of None (no token) has no quota, and neither has the repeat of a submission

@@ -36,8 +36,14 @@ def replication(service: StudyService, study_id: str) -> Replication:
     original = confirmed_study(service, study_id)
     if original is None:
         raise StudyError(f"study {study_id} is no confirmation; confirm a study with 'krpo-bench confirm'")
-    return replicate(original, _records(service, original), _settings(service, original),
-                     study_id, _records(service, study_id), _settings(service, study_id))
+    return replicate(
+        original,
+        _records(service, original),
+        _settings(service, original),
+        study_id,
+        _records(service, study_id),
+        _settings(service, study_id),
+    )
 
 
 def _settings(service: StudyService, study_id: str) -> AnalysisSettings:

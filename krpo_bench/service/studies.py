@@ -21,31 +21,46 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
-from types import SimpleNamespace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Collection, Iterator, Sequence
+from types import SimpleNamespace
+from typing import Any
 
 import optuna
 from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import DBAPIError
 
+from krpo_bench import tags as krpo_tags
 from krpo_bench.analysis.analyze import AnalysisSettings, analyze
 from krpo_bench.analysis.looks import decide, seeds_asked
 from krpo_bench.analysis.model import GridPoint, StudyAnalysis
 from krpo_bench.analysis.records import (
-    CONFIG_GRID_POINT, CONFIG_VARIANT_NAME, RECORD_CONFIG_KEYS, records_from_jobs,
+    CONFIG_GRID_POINT,
+    CONFIG_VARIANT_NAME,
+    RECORD_CONFIG_KEYS,
+    records_from_jobs,
 )
 from krpo_bench.models.memory import WHOLE_DEVICE_MIB, trial_memory_mib
 from krpo_bench.probe.spec import ProbeSpec, validate_probe
-from krpo_bench.service.db import ALEMBIC_LOCK, Job, JobStatus, Study, StudyStatus, make_engine, new_id, read_connection, upgrade, utcnow
+from krpo_bench.service.db import (
+    ALEMBIC_LOCK,
+    Job,
+    JobStatus,
+    Study,
+    StudyStatus,
+    make_engine,
+    new_id,
+    read_connection,
+    upgrade,
+    utcnow,
+)
 from krpo_bench.service.optuna_store import distribution, make_pruner, make_sampler, optuna_storage
 from krpo_bench.service.queue import AttemptInfo, JobInfo, JobQueue, NewJob, Reclaimed, WorkerInfo, is_database_outage
 from krpo_bench.settings import default_db_url, default_mlflow_uri
 from krpo_bench.spec.confirm import NotConfirmable, confirmation_spec
 from krpo_bench.spec.study import StudySpec, validate_study
-from krpo_bench import tags as krpo_tags
 
 log = logging.getLogger(__name__)
 PARENT_RUN_STATUS = {StudyStatus.SUCCEEDED: "FINISHED", StudyStatus.FAILED: "FAILED", StudyStatus.CANCELLED: "KILLED"}
@@ -154,8 +169,9 @@ def optuna_study_name(study_id: str) -> str:
     return f"krpo-{study_id}"
 
 
-def _trial_tags(study_id: str, study: AnyStudy, key: str, label: str, seed: int, variant: str,
-                grid_point: GridPoint) -> dict[str, str]:
+def _trial_tags(
+    study_id: str, study: AnyStudy, key: str, label: str, seed: int, variant: str, grid_point: GridPoint
+) -> dict[str, str]:
     """A trial run's MLflow tags: its study, key, display label (``krpo.variant``), seed, and its variant
     name and grid point as data (``krpo.variant_name``; ``krpo.grid_point``: JSON (path, value) pairs)."""
     return {
@@ -184,8 +200,14 @@ class StudyService:
 
     # -- submission -------------------------------------------------------------------------
 
-    def submit(self, spec: AnyStudy | dict[str, Any], *, idempotency_key: str | None = None, owner: str | None = None,
-               confirms: str | None = None) -> StudyInfo:
+    def submit(
+        self,
+        spec: AnyStudy | dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
+        confirms: str | None = None,
+    ) -> StudyInfo:
         """Store a validated study and queue its trials (one transaction); MLflow is not touched:
         the study is marked ``mlflow_pending`` for :meth:`ensure_mlflow`. ``confirms``: the id of
         the study this one confirms on fresh seeds (:meth:`confirm`).
@@ -203,8 +225,10 @@ class StudyService:
         experiment = experiment_name(study_id, study.name)
         optuna_name = optuna_study_name(study_id)
         try:
-            jobs = [self._job(study_id, study, p.key, p.label, p.seed, p.spec, experiment, None, p.variant, p.grid_point)
-                    for p in planned]
+            jobs = [
+                self._job(study_id, study, p.key, p.label, p.seed, p.spec, experiment, None, p.variant, p.grid_point)
+                for p in planned
+            ]
             if isinstance(study, ProbeSpec):
                 jobs = [self._probe_job(study_id, study, experiment)]
             values = {
@@ -235,9 +259,15 @@ class StudyService:
         counts = {status.value: 0 for status in JobStatus} | {JobStatus.QUEUED.value: len(jobs)}
         return self._info(SimpleNamespace(**values, mlflow_experiment_id=None, mlflow_parent_run_id=None), counts)
 
-    def confirm(self, study_ref: str, variants: Collection[str] | None = None, seeds: int | None = None, *,
-                owner: str | None = None,
-                admitted: Callable[[StudySpec], contextlib.AbstractContextManager[Any]] | None = None) -> StudyInfo:
+    def confirm(
+        self,
+        study_ref: str,
+        variants: Collection[str] | None = None,
+        seeds: int | None = None,
+        *,
+        owner: str | None = None,
+        admitted: Callable[[StudySpec], contextlib.AbstractContextManager[Any]] | None = None,
+    ) -> StudyInfo:
         """Submit a confirmation of ablation ``study_ref`` (:func:`confirmation_spec`): ``variants``
         (default: all) and the reference re-run at the same grid on ``seeds`` seeds (default: as many
         as its first look) above every seed of its jobs and of its earlier confirmations' jobs; the
@@ -248,8 +278,11 @@ class StudyService:
         with self._study_lock(study_id):  # two confirmations at once cannot take the same seeds
             with read_connection(self.engine) as conn:
                 linked = conn.execute(select(Study.id).where(Study.confirms == study_id)).scalars().all()
-            used = [job.config.get("seed") for sid in (study_id, *linked)
-                    for job in self.queue.list_jobs(sid, config_keys=("seed",))]
+            used = [
+                job.config.get("seed")
+                for sid in (study_id, *linked)
+                for job in self.queue.list_jobs(sid, config_keys=("seed",))
+            ]
             try:
                 spec = confirmation_spec(original, AnalysisSettings.of_spec(original).reference, used, variants, seeds)
             except NotConfirmable as exc:
@@ -273,9 +306,14 @@ class StudyService:
     def pending_mlflow(self, limit: int = 100) -> list[str]:
         """Ids of studies whose MLflow records are still to be created, oldest first."""
         with read_connection(self.engine) as conn:
-            return list(conn.execute(
-                select(Study.id).where(Study.mlflow_pending.is_(True)).order_by(Study.created_at, Study.id).limit(limit)
-            ).scalars())
+            return list(
+                conn.execute(
+                    select(Study.id)
+                    .where(Study.mlflow_pending.is_(True))
+                    .order_by(Study.created_at, Study.id)
+                    .limit(limit)
+                ).scalars()
+            )
 
     def ensure_mlflow(self, study_id: str) -> MlflowRecords:
         """The study's MLflow experiment (:func:`experiment_name`) and parent run, created exactly once.
@@ -303,12 +341,20 @@ class StudyService:
                 f"tags.`krpo.role` = '{STUDY_RUN_ROLE}' and tags.`krpo.study_id` = '{study_id}'",
                 max_results=1,
             )
-            tags = {krpo_tags.STUDY_ID: study_id, krpo_tags.STUDY_NAME: study.name, krpo_tags.KIND: study.kind, krpo_tags.ROLE: STUDY_RUN_ROLE}
+            tags = {
+                krpo_tags.STUDY_ID: study_id,
+                krpo_tags.STUDY_NAME: study.name,
+                krpo_tags.KIND: study.kind,
+                krpo_tags.ROLE: STUDY_RUN_ROLE,
+            }
             run_id = tracker.start(experiment, study.name, run_id=found[0].info.run_id if found else None, tags=tags)
-            tracker.log_params(flatten({"study": study.model_dump(mode="json", exclude={"base", "variants", "grid", "space"})}))
+            tracker.log_params(
+                flatten({"study": study.model_dump(mode="json", exclude={"base", "variants", "grid", "space"})})
+            )
             tracker.log_dict(study.model_dump(mode="json"), "study.json")
             self.queue.update_study(
-                study_id, {"mlflow_experiment_id": experiment_id, "mlflow_parent_run_id": run_id, "mlflow_pending": False}
+                study_id,
+                {"mlflow_experiment_id": experiment_id, "mlflow_parent_run_id": run_id, "mlflow_pending": False},
             )
         return MlflowRecords(experiment_id, run_id)
 
@@ -317,8 +363,19 @@ class StudyService:
             row = conn.execute(select(Study.id).where(Study.idempotency_key == key)).first()
         return self.get(row.id) if row else None
 
-    def _job(self, study_id: str, study: StudySpec, key: str, label: str, seed: int, trial: Any, experiment: str,
-             optuna_number: int | None = None, variant: str | None = None, grid_point: GridPoint = ()) -> NewJob:
+    def _job(
+        self,
+        study_id: str,
+        study: StudySpec,
+        key: str,
+        label: str,
+        seed: int,
+        trial: Any,
+        experiment: str,
+        optuna_number: int | None = None,
+        variant: str | None = None,
+        grid_point: GridPoint = (),
+    ) -> NewJob:
         """A job of the study; its MLflow parent run is the study's (the worker supplies it). ``label``
         is the trial group's display label, ``variant`` its variant's name (default: the label) and
         ``grid_point`` its grid point, kept as data in the config (``variant_name``, ``grid_point``)."""
@@ -352,9 +409,16 @@ class StudyService:
         tags = _trial_tags(study_id, probe, PROBE_KEY, PROBE_KEY, probe.seed, PROBE_KEY, ())
         return NewJob(
             trial_key=PROBE_KEY,
-            config={"probe": probe.model_dump(mode="json") | {"experiment": experiment}, "variant": PROBE_KEY,
-                    CONFIG_VARIANT_NAME: PROBE_KEY, CONFIG_GRID_POINT: [],
-                    "seed": probe.seed, "tags": tags, "optuna_study_name": None, "report_intermediate": False},
+            config={
+                "probe": probe.model_dump(mode="json") | {"experiment": experiment},
+                "variant": PROBE_KEY,
+                CONFIG_VARIANT_NAME: PROBE_KEY,
+                CONFIG_GRID_POINT: [],
+                "seed": probe.seed,
+                "tags": tags,
+                "optuna_study_name": None,
+                "report_intermediate": False,
+            },
             priority=probe.priority,
             max_attempts=probe.resources.max_attempts,
             timeout_s=probe.resources.timeout_s,
@@ -364,8 +428,10 @@ class StudyService:
 
     def _enqueue_planned(self, study_id: str, study: StudySpec, planned: list) -> None:
         experiment = experiment_name(study_id, study.name)
-        jobs = [self._job(study_id, study, p.key, p.label, p.seed, p.spec, experiment, None, p.variant, p.grid_point)
-                for p in planned]
+        jobs = [
+            self._job(study_id, study, p.key, p.label, p.seed, p.spec, experiment, None, p.variant, p.grid_point)
+            for p in planned
+        ]
         for start in range(0, len(jobs), 500):
             self.queue.enqueue_many(study_id, jobs[start : start + 500])
 
@@ -426,9 +492,7 @@ class StudyService:
                 return 0
             study = StudySpec.model_validate(row.spec)
             with read_connection(self.engine) as conn:
-                rows = conn.execute(
-                    select(Job.optuna_trial_number, Job.status).where(Job.study_id == study_id)
-                ).all()
+                rows = conn.execute(select(Job.optuna_trial_number, Job.status).where(Job.study_id == study_id)).all()
             asked = len({number for number, _ in rows})
             in_flight = len({number for number, status in rows if status in ACTIVE})
             room = min(study.n_trials - asked, study.parallelism - in_flight)
@@ -459,7 +523,9 @@ class StudyService:
             return False
         try:
             row = self._row(job.study_id)
-            ostudy, trial_id = self._optuna_trial(row.optuna_study_name, StudySpec.model_validate(row.spec), job.optuna_trial_number)
+            ostudy, trial_id = self._optuna_trial(
+                row.optuna_study_name, StudySpec.model_validate(row.spec), job.optuna_trial_number
+            )
             trial = optuna.trial.Trial(ostudy, trial_id)
             if config.get("report_intermediate"):
                 trial.report(value, step)
@@ -480,9 +546,15 @@ class StudyService:
             self.take_look(job.study_id)
             return
         with read_connection(self.engine) as conn:
-            siblings = conn.execute(
-                select(Job.status).where(Job.study_id == job.study_id, Job.optuna_trial_number == job.optuna_trial_number)
-            ).scalars().all()
+            siblings = (
+                conn.execute(
+                    select(Job.status).where(
+                        Job.study_id == job.study_id, Job.optuna_trial_number == job.optuna_trial_number
+                    )
+                )
+                .scalars()
+                .all()
+            )
         if any(s in ACTIVE for s in siblings):
             return
         self._tell_ended_trials(job.study_id, [job.optuna_trial_number])
@@ -634,12 +706,15 @@ class StudyService:
         failed or was cancelled; a finished trial cannot be told again), a new Optuna trial with its
         parameters (``enqueue_trial`` + ``ask``): old number -> new number. Under the study lock."""
         with read_connection(self.engine) as conn:
-            redone = set(conn.execute(
-                select(Job.optuna_trial_number).where(
-                    Job.study_id == row.id, Job.optuna_trial_number.is_not(None),
-                    Job.status.not_in([JobStatus.SUCCEEDED.value, JobStatus.PRUNED.value]),
-                )
-            ).scalars())
+            redone = set(
+                conn.execute(
+                    select(Job.optuna_trial_number).where(
+                        Job.study_id == row.id,
+                        Job.optuna_trial_number.is_not(None),
+                        Job.status.not_in([JobStatus.SUCCEEDED.value, JobStatus.PRUNED.value]),
+                    )
+                ).scalars()
+            )
         if not redone:
             return {}
         ostudy = self._optuna_study(row.optuna_study_name, study)
@@ -670,10 +745,15 @@ class StudyService:
         spec = dict(row.spec)
         spec["n_trials"] = (spec.get("n_trials") or 0) + n_trials
         study = validate_study(spec)
-        self.queue.update_study(study_id, {
-            "spec": study.model_dump(mode="json"), "total_jobs": study.trial_count(),
-            "status": StudyStatus.RUNNING.value, "cancel_requested": False,
-        })
+        self.queue.update_study(
+            study_id,
+            {
+                "spec": study.model_dump(mode="json"),
+                "total_jobs": study.trial_count(),
+                "status": StudyStatus.RUNNING.value,
+                "cancel_requested": False,
+            },
+        )
         self.top_up(study_id)
         return self.get(study_id)
 
@@ -690,8 +770,11 @@ class StudyService:
             older = OLDER_REF.fullmatch(ref)
             for name, back in ((ref, 0), *(((older[1], int(older[2])),) if older else ())):
                 row = conn.execute(
-                    select(Study.id).where(Study.name == name)
-                    .order_by(Study.created_at.desc(), Study.id).offset(back).limit(1)
+                    select(Study.id)
+                    .where(Study.name == name)
+                    .order_by(Study.created_at.desc(), Study.id)
+                    .offset(back)
+                    .limit(1)
                 ).first()
                 if row is not None:
                     return row.id
@@ -705,7 +788,9 @@ class StudyService:
             raise StudyNotFound(ref)
         if len(rows) == 1:
             return rows[0].id
-        listed = "".join(f"\n  {r.id}  {r.name!r}  created {r.created_at:%Y-%m-%d %H:%M}" for r in rows[:AMBIGUOUS_LISTED])
+        listed = "".join(
+            f"\n  {r.id}  {r.name!r}  created {r.created_at:%Y-%m-%d %H:%M}" for r in rows[:AMBIGUOUS_LISTED]
+        )
         more = "\n  ... and more" if len(rows) > AMBIGUOUS_LISTED else ""
         raise AmbiguousStudy(f"{ref!r} names several studies; give the id of one:{listed}{more}")
 
@@ -714,9 +799,14 @@ class StudyService:
         that name, else ``name~N`` with N the studies of that name submitted after it."""
         with read_connection(self.engine) as conn:
             newer = conn.execute(
-                select(func.count()).select_from(Study)
-                .where(Study.name == info.name, or_(Study.created_at > info.created_at,
-                                                    (Study.created_at == info.created_at) & (Study.id < info.id)))
+                select(func.count())
+                .select_from(Study)
+                .where(
+                    Study.name == info.name,
+                    or_(
+                        Study.created_at > info.created_at, (Study.created_at == info.created_at) & (Study.id < info.id)
+                    ),
+                )
             ).scalar_one()
         return info.name if newer == 0 else f"{info.name}~{newer}"
 
@@ -761,7 +851,9 @@ class StudyService:
             counts: dict[str, dict[str, int]] = {i: {} for i in ids}
             if ids:
                 for sid, st, n in conn.execute(
-                    select(Job.study_id, Job.status, func.count()).where(Job.study_id.in_(ids)).group_by(Job.study_id, Job.status)
+                    select(Job.study_id, Job.status, func.count())
+                    .where(Job.study_id.in_(ids))
+                    .group_by(Job.study_id, Job.status)
                 ):
                     counts[sid][st] = n
         return [self._info(r, counts[r.id]) for r in rows]

@@ -15,14 +15,15 @@ WORKER_SILENCE_S = 60.0
 """A worker whose last heartbeat is older than this (a worker's default lease) is not counted as
 live: it was killed without deregistering."""
 WAITING_FOR_WORKER = "waiting for a worker"
-START_A_WORKER = "no worker is running: start one with 'krpo-bench worker' (or serve with 'krpo-bench serve --workers N')"
+START_A_WORKER = (
+    "no worker is running: start one with 'krpo-bench worker' (or serve with 'krpo-bench serve --workers N')"
+)
 
 
 class HasQueue(Protocol):
     """What :func:`live_workers_of` reads: a study service's job queue."""
 
     queue: JobQueue
-
 
 
 def live_workers(workers: Iterable[WorkerInfo], now: datetime) -> int:

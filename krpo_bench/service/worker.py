@@ -37,8 +37,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from rich.console import Console
 from optuna.exceptions import StorageInternalError
+from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 
 from krpo_bench.service.child import TrialPayload
@@ -130,7 +130,11 @@ def default_worker_id(environ: Mapping[str, str], hostname: str, pid: int) -> st
     (``slurm-<job>-...`` outside an array), so a job's workers show which SLURM task runs each trial."""
     if "SLURM_JOB_ID" in environ:
         task = environ.get("SLURM_ARRAY_TASK_ID")
-        job = f"{environ['SLURM_ARRAY_JOB_ID']}_{task}" if task and environ.get("SLURM_ARRAY_JOB_ID") else environ["SLURM_JOB_ID"]
+        job = (
+            f"{environ['SLURM_ARRAY_JOB_ID']}_{task}"
+            if task and environ.get("SLURM_ARRAY_JOB_ID")
+            else environ["SLURM_JOB_ID"]
+        )
         return f"slurm-{job}-{hostname}-{pid}"
     return f"{hostname}-{pid}-{uuid.uuid4().hex[:6]}"
 
@@ -201,7 +205,9 @@ class Worker:
         if self.fork_server:
             warm_up()
         gpu_ids = [int(d) for d in self.devices if d != "cpu"]
-        self.queue.register_worker(self.id, hostname=socket.gethostname(), pid=os.getpid(), gpus=gpu_ids, slots=sum(self.slots.values()))
+        self.queue.register_worker(
+            self.id, hostname=socket.gethostname(), pid=os.getpid(), gpus=gpu_ids, slots=sum(self.slots.values())
+        )
         budgets = f", memory budgets (MiB) {self.budgets}" if self.budgets else ""
         self.say(f"worker {self.id}: devices {self.devices}, slots {self.slots}{budgets}")
         last_beat = last_reclaim = 0.0
@@ -317,7 +323,10 @@ class Worker:
             cpu_threads=max(1, cpu_threads_per_trial(self.slots.get("cpu", 0)) // processes) if cpu else None,
         )
         job_file.write_text(payload.to_json())
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES="" if cpu else visible_devices(devices, os.environ.get("CUDA_VISIBLE_DEVICES")))
+        env = dict(
+            os.environ,
+            CUDA_VISIBLE_DEVICES="" if cpu else visible_devices(devices, os.environ.get("CUDA_VISIBLE_DEVICES")),
+        )
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         if cpu and processes > 1:
             env["ACCELERATE_USE_CPU"] = "true"  # the ranks train on CPU (gloo)

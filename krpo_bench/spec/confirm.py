@@ -33,8 +33,11 @@ def fresh_seeds(used: Iterable[int | None], count: int) -> list[int]:
 
 
 def confirmation_spec(
-    original: StudySpec, reference: str | None, used_seeds: Iterable[int | None],
-    variants: Collection[str] | None = None, seeds: int | None = None,
+    original: StudySpec,
+    reference: str | None,
+    used_seeds: Iterable[int | None],
+    variants: Collection[str] | None = None,
+    seeds: int | None = None,
 ) -> StudySpec:
     """The confirmation of ablation ``original``: ``variants`` (default: all) and ``reference`` at the
     same grid on ``seeds`` fresh seeds (default: as many as the original's first look) above

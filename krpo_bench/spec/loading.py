@@ -38,12 +38,23 @@ class SpecError(ValueError):
     def __init__(self, source: str, errors: list[dict[str, Any]]) -> None:
         self.source = clip(source, MAX_PATH_CHARS)
         self.errors = [
-            {**e, "path": clip(e["path"], MAX_PATH_CHARS), "value": clip(e.get("value")), "message": clip(e["message"], MAX_MESSAGE_CHARS)}
+            {
+                **e,
+                "path": clip(e["path"], MAX_PATH_CHARS),
+                "value": clip(e.get("value")),
+                "message": clip(e["message"], MAX_MESSAGE_CHARS),
+            }
             for e in errors[:MAX_ERRORS]
         ]
         if len(errors) > MAX_ERRORS:
-            self.errors.append({"path": "", "value": len(errors) - MAX_ERRORS, "message": f"and {len(errors) - MAX_ERRORS} more problems",
-                                "type": "too_many_errors"})
+            self.errors.append(
+                {
+                    "path": "",
+                    "value": len(errors) - MAX_ERRORS,
+                    "message": f"and {len(errors) - MAX_ERRORS} more problems",
+                    "type": "too_many_errors",
+                }
+            )
         lines = [f"{e['path'] or '<root>'}: {e['message']} (got {e['value']!r})" for e in self.errors]
         super().__init__(f"{self.source}: invalid spec\n  " + "\n  ".join(lines))
 
@@ -71,23 +82,38 @@ def parse_yaml(text: bytes | str, source: str = "<spec>") -> Any:
     anything is built, so the cost is linear in the text and stops at the first refusal."""
     if isinstance(text, bytes):
         if len(text) > MAX_SPEC_BYTES:
-            raise SpecError(source, [{"path": "", "value": f"{len(text)} bytes", "message": f"spec larger than {MAX_SPEC_BYTES} bytes"}])
+            raise SpecError(
+                source,
+                [{"path": "", "value": f"{len(text)} bytes", "message": f"spec larger than {MAX_SPEC_BYTES} bytes"}],
+            )
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise SpecError(source, [{"path": "", "value": f"byte {exc.start}", "message": "spec is not valid UTF-8"}]) from None
+            raise SpecError(
+                source, [{"path": "", "value": f"byte {exc.start}", "message": "spec is not valid UTF-8"}]
+            ) from None
     try:
         _check_events(text)
         return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a safe loader subclass
     except RecursionError:
-        raise SpecError(source, [{"path": "", "value": None, "message": f"spec nested deeper than {MAX_NESTING} levels"}]) from None
+        raise SpecError(
+            source, [{"path": "", "value": None, "message": f"spec nested deeper than {MAX_NESTING} levels"}]
+        ) from None
     except ValueError as exc:  # a scalar Python refuses to convert, e.g. an integer of more than 4300 digits
         raise SpecError(source, [{"path": "", "value": None, "message": f"YAML value not allowed: {exc}"}]) from None
     except yaml.YAMLError as exc:
         mark, offset = getattr(exc, "problem_mark", None), getattr(exc, "position", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else f"character {offset}" if offset is not None else "unknown position"
+        where = (
+            f"line {mark.line + 1}, column {mark.column + 1}"
+            if mark
+            else f"character {offset}"
+            if offset is not None
+            else "unknown position"
+        )
         prefix = "" if isinstance(exc, _Refused) else "YAML syntax error: "
-        raise SpecError(source, [{"path": "", "value": where, "message": f"{prefix}{getattr(exc, 'problem', exc)}"}]) from None
+        raise SpecError(
+            source, [{"path": "", "value": where, "message": f"{prefix}{getattr(exc, 'problem', exc)}"}]
+        ) from None
 
 
 _COLLECTION_START = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
@@ -135,7 +161,9 @@ class _SpecLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignor
                     continue
                 key = self.construct_object(key_node)
                 if key in seen:
-                    raise _Refused("while constructing a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark)
+                    raise _Refused(
+                        "while constructing a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
+                    )
                 seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -156,7 +184,9 @@ def load_spec(model: type[M], path: str | Path) -> M:
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise SpecError(str(path), [{"path": "", "value": str(path), "message": f"cannot read file: {exc.strerror}"}]) from None
+        raise SpecError(
+            str(path), [{"path": "", "value": str(path), "message": f"cannot read file: {exc.strerror}"}]
+        ) from None
     return validate(model, parse_yaml(raw, str(path)), str(path))
 
 

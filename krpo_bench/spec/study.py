@@ -35,7 +35,6 @@ MAX_GRID_POINTS = 100_000  # the grid sampler enumerates every point of its spac
 MAX_GRID_VALUES = 1000
 
 
-
 class Resources(Strict):
     gpus_per_trial: int = Field(
         1,
@@ -59,7 +58,7 @@ class SearchParam(Strict):
     choices: list[Any] | None = Field(None, min_length=1, max_length=100)
 
     @model_validator(mode="after")
-    def _check_bounds(self) -> "SearchParam":
+    def _check_bounds(self) -> SearchParam:
         if self.type == "choice":
             if not self.choices:
                 raise ValueError("a choice parameter needs a non-empty 'choices' list")
@@ -107,7 +106,9 @@ def _grid_axis(param: SearchParam) -> tuple[Decimal, Decimal, Decimal]:
 class Pruner(Strict):
     type: Literal["none", "median", "hyperband"] = "none"
     warmup_steps: int = Field(0, ge=0, le=1_000_000, description="training steps before a trial may be pruned")
-    startup_trials: int = Field(2, ge=0, le=MAX_TRIALS_PER_STUDY, description="finished trials before the median pruner acts")
+    startup_trials: int = Field(
+        2, ge=0, le=MAX_TRIALS_PER_STUDY, description="finished trials before the median pruner acts"
+    )
 
 
 class Objective(Strict):
@@ -212,7 +213,9 @@ class PlannedTrial:
 class StudySpec(Strict):
     """What a researcher submits (YAML or JSON)."""
 
-    name: DisplayName = Field(..., description="display text only: ids, folders and MLflow names come from the study id")
+    name: DisplayName = Field(
+        ..., description="display text only: ids, folders and MLflow names come from the study id"
+    )
     description: str = Field("", max_length=10_000)
     kind: Literal["ablation", "search"]
     base: dict[str, Any] = Field(..., description="a trial config every trial starts from")
@@ -243,7 +246,7 @@ class StudySpec(Strict):
         return seeds
 
     @model_validator(mode="after")
-    def _check_kind(self) -> "StudySpec":
+    def _check_kind(self) -> StudySpec:
         if self.kind == "ablation":
             for field in ("space", "n_trials"):
                 if getattr(self, field) is not None:
@@ -386,11 +389,23 @@ def storage_errors(data: Any) -> list[dict[str, Any]]:
     while stack:
         path, value = stack.pop()
         if isinstance(value, str) and "\x00" in value:
-            errors.append({"path": path, "value": value.replace("\x00", "\\x00")[:100],
-                           "message": "text must not contain NUL characters", "type": "nul_character"})
+            errors.append(
+                {
+                    "path": path,
+                    "value": value.replace("\x00", "\\x00")[:100],
+                    "message": "text must not contain NUL characters",
+                    "type": "nul_character",
+                }
+            )
         elif isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
-            errors.append({"path": path, "value": f"an integer of {len(str(abs(value)))} digits",
-                           "message": "integers must fit in 64 bits", "type": "int64_overflow"})
+            errors.append(
+                {
+                    "path": path,
+                    "value": f"an integer of {len(str(abs(value)))} digits",
+                    "message": "integers must fit in 64 bits",
+                    "type": "int64_overflow",
+                }
+            )
         elif isinstance(value, (dict, list)):
             items = value.items() if isinstance(value, dict) else enumerate(value)
             for key, item in items:
@@ -427,9 +442,15 @@ def _check_labels(study: StudySpec) -> list[dict[str, Any]]:
         + max(len(f" seed={seed}") for seed in study.seed_list())
     )
     if longest > MAX_NAME_CHARS:
-        return [{"path": "grid" if study.grid else "variants", "value": f"{longest} characters", "type": "display_name",
-                 "message": f"trial names ('<variant> <grid point> seed=<seed>') must be at most {MAX_NAME_CHARS} "
-                            "characters: shorten the variant keys or grid values"}]
+        return [
+            {
+                "path": "grid" if study.grid else "variants",
+                "value": f"{longest} characters",
+                "type": "display_name",
+                "message": f"trial names ('<variant> <grid point> seed=<seed>') must be at most {MAX_NAME_CHARS} "
+                "characters: shorten the variant keys or grid values",
+            }
+        ]
     return []
 
 
@@ -448,9 +469,11 @@ def _check_ablation(study: StudySpec) -> list[dict[str, Any]]:
         try:
             study.trial_config(override, seed, variant)
         except (ValidationError, ValueError) as exc:
-            errors += _prefixed(exc, f"variants.{variant}") if isinstance(exc, ValidationError) else [
-                {"path": f"variants.{variant}", "value": override, "message": str(exc), "type": "value_error"}
-            ]
+            errors += (
+                _prefixed(exc, f"variants.{variant}")
+                if isinstance(exc, ValidationError)
+                else [{"path": f"variants.{variant}", "value": override, "message": str(exc), "type": "value_error"}]
+            )
     for path, values in (study.grid or {}).items():
         for i, value in enumerate(values):
             for variant, override in (study.variants or {"base": {}}).items():
@@ -461,7 +484,9 @@ def _check_ablation(study: StudySpec) -> list[dict[str, Any]]:
     if not errors:
         keys = [t.key for t in study.plan()]
         if len(set(keys)) != len(keys):
-            errors.append({"path": "grid", "value": None, "message": "the matrix has duplicate trials", "type": "value_error"})
+            errors.append(
+                {"path": "grid", "value": None, "message": "the matrix has duplicate trials", "type": "value_error"}
+            )
     return errors
 
 
@@ -485,8 +510,12 @@ def _check_processes(study: StudySpec) -> list[dict[str, Any]]:
         except ValueError as exc:
             messages.setdefault(str(exc), spec.name)
     return [
-        {"path": "resources.gpus_per_trial", "value": processes, "message": f"{message} (trial {name!r})",
-         "type": "value_error"}
+        {
+            "path": "resources.gpus_per_trial",
+            "value": processes,
+            "message": f"{message} (trial {name!r})",
+            "type": "value_error",
+        }
         for message, name in messages.items()
     ]
 
@@ -506,19 +535,36 @@ def _check_search(study: StudySpec) -> list[dict[str, Any]]:
                 study.trial_config({path: value}, 0, "search")
             except (ValidationError, ValueError) as exc:
                 errors += _grid_errors(exc, f"space.{path}", path, value)
-    if study.sampler == "grid" and any(p.type in ("log_uniform", "uniform") and p.step is None for p in study.space.values()):
-        errors.append({"path": "sampler", "value": "grid", "message": "the grid sampler needs choice/int parameters or a step", "type": "value_error"})
+    if study.sampler == "grid" and any(
+        p.type in ("log_uniform", "uniform") and p.step is None for p in study.space.values()
+    ):
+        errors.append(
+            {
+                "path": "sampler",
+                "value": "grid",
+                "message": "the grid sampler needs choice/int parameters or a step",
+                "type": "value_error",
+            }
+        )
     elif study.sampler == "grid":
         points = 1
         for path, param in study.space.items():
             try:
                 points *= grid_size(param)
             except ValueError as exc:
-                errors.append({"path": f"space.{path}.step", "value": param.step, "message": str(exc), "type": "value_error"})
+                errors.append(
+                    {"path": f"space.{path}.step", "value": param.step, "message": str(exc), "type": "value_error"}
+                )
                 break
             if points > MAX_GRID_POINTS:
-                errors.append({"path": "space", "value": None, "type": "too_many_grid_points",
-                               "message": f"the grid sampler's space holds more than {MAX_GRID_POINTS} points"})
+                errors.append(
+                    {
+                        "path": "space",
+                        "value": None,
+                        "type": "too_many_grid_points",
+                        "message": f"the grid sampler's space holds more than {MAX_GRID_POINTS} points",
+                    }
+                )
                 break
     return errors
 

@@ -14,9 +14,7 @@ from krpo_bench.spec.identity import identity_hash
 from krpo_bench.spec.names import DisplayName
 from krpo_bench.tasks.config import TaskSpec
 
-
 MAX_SEED = 2**31 - 1
-
 
 
 class TrainingSpec(Strict):
@@ -37,13 +35,14 @@ class TrainingSpec(Strict):
     max_steps: int = Field(100, ge=1, le=100_000)
     temperature: float = Field(1.0, gt=0.0, le=5.0)
     seed: int = Field(0, ge=0, le=MAX_SEED)
-    eval_every: int = Field(0, ge=0, le=1_000_000, description="steps between held-out evaluations (0: at the end only)")
+    eval_every: int = Field(
+        0, ge=0, le=1_000_000, description="steps between held-out evaluations (0: at the end only)"
+    )
     eval_size: int | None = Field(None, ge=1, le=100_000, description="test prompts per evaluation (default: all)")
     pass_at_k: int = Field(4, ge=1, le=64, description="k of the sampled pass@k evaluation")
     eval_batch_size: int = Field(64, ge=1, le=4096)
     checkpoint_every: int = Field(50, ge=1, le=1_000_000)
     gradient_checkpointing: bool = Field(False, description="trade compute for memory (large models)")
-
 
     def micro_batch_size(self, processes: int = 1) -> int:
         """Rollouts one process takes per micro-batch: prompts_per_step x group_size split over
@@ -58,7 +57,7 @@ class TrainingSpec(Strict):
         return rollouts // split
 
     @model_validator(mode="after")
-    def _micro_batches_divide(self) -> "TrainingSpec":
+    def _micro_batches_divide(self) -> TrainingSpec:
         self.micro_batch_size()
         return self
 
@@ -85,4 +84,3 @@ class TrialSpec(Strict):
             return self.trial_id
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name)[:40].strip("_.-") or "trial"
         return f"{slug}-{identity_hash(self, exclude={'trial_id', 'name', 'experiment'})[:12]}"
-

@@ -99,9 +99,7 @@ def _cap(rows: list[Row], size: int, seed: str) -> list[Row]:
     return [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), size))]
 
 
-def _file_splits(
-    train: list[Row], test: list[Row] | None, spec: JsonlTask | HFTask
-) -> tuple[list[Row], list[Row]]:
+def _file_splits(train: list[Row], test: list[Row] | None, spec: JsonlTask | HFTask) -> tuple[list[Row], list[Row]]:
     """Hash-split when there is no test source, drop train rows whose question is held out, cap sizes."""
     if test is None:
         train, test = _split_by_hash(train)

@@ -94,7 +94,9 @@ def _rows(dataset: datasets.Dataset, spec: HFTask) -> list[Row]:
             raise ValueError(f"task.{name}: {spec.dataset} has no column {field!r} (columns: {dataset.column_names})")
     extract = gsm8k_final_answer if spec.answer_extract == "gsm8k" else str
     rows = []
-    for index, (question, answer) in enumerate(zip(dataset[spec.question_field], dataset[spec.answer_field], strict=True)):
+    for index, (question, answer) in enumerate(
+        zip(dataset[spec.question_field], dataset[spec.answer_field], strict=True)
+    ):
         try:
             rows.append({"question": str(question), "answer": extract(str(answer)), "prompt_id": index})
         except ValueError as err:

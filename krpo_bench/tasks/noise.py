@@ -36,7 +36,9 @@ def noisy_rewards(rewards: np.ndarray, noise: RewardNoise, seed: int, step: int)
     rewards = np.asarray(rewards, dtype=np.float64)
     scorable = ~np.isnan(rewards)
     if noise.flip > 0 and np.any((rewards[scorable] < 0) | (rewards[scorable] > 1)):
-        raise ValueError(f"task.reward_noise.flip needs rewards in [0, 1], got {rewards[scorable].min()}..{rewards[scorable].max()}")
+        raise ValueError(
+            f"task.reward_noise.flip needs rewards in [0, 1], got {rewards[scorable].min()}..{rewards[scorable].max()}"
+        )
     rng = np.random.default_rng([seed, step])
     flips = rng.random(rewards.shape) < noise.flip
     shifts = rng.standard_normal(rewards.shape) * noise.gaussian

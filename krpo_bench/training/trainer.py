@@ -62,7 +62,7 @@ def _remove_stale_staging(run_dir: str) -> None:
     for name in names:
         if not name.startswith(CHECKPOINT_STAGING_PREFIX):
             continue
-        pid = name[len(CHECKPOINT_STAGING_PREFIX):]
+        pid = name[len(CHECKPOINT_STAGING_PREFIX) :]
         if pid.isdigit() and int(pid) != os.getpid():
             try:
                 os.kill(int(pid), 0)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 import torch
 from transformers import PrinterCallback, set_seed
@@ -20,7 +20,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig
 
-from krpo_bench.training.distributed import evaluate_sharded, this_rank
+from krpo_bench import tags as krpo_tags
 from krpo_bench.models import load_model
 from krpo_bench.settings import trial_folder
 from krpo_bench.spec.estimator import build_estimator
@@ -28,9 +28,9 @@ from krpo_bench.spec.trial import TrialSpec
 from krpo_bench.tasks import build_task
 from krpo_bench.tracking import NullTracker, RunTracker, flatten, log_final_metrics, log_item_outcomes
 from krpo_bench.training.callbacks import EvalCallback, MetricsCallback, ProgressCallback, StopCallback
+from krpo_bench.training.distributed import evaluate_sharded, this_rank
 from krpo_bench.training.evaluation import EvalResult, outcome_string
 from krpo_bench.training.trainer import BaselineGRPOTrainer
-from krpo_bench import tags as krpo_tags
 
 RESULT_FILE = "result.json"
 RUN_ID_FILE = "mlflow_run_id"
@@ -151,9 +151,7 @@ def run_trial(
     run_id_path = run_dir / RUN_ID_FILE
     previous_run = mlflow_run_id or (run_id_path.read_text().strip() if run_id_path.exists() else None)
     run_tags = {krpo_tags.TRIAL_ID: trial_id, krpo_tags.ESTIMATOR: spec.estimator.name, **(tags or {})}
-    run_id = tracker.start(
-        spec.experiment, spec.name, run_id=previous_run, parent_run_id=parent_run_id, tags=run_tags
-    )
+    run_id = tracker.start(spec.experiment, spec.name, run_id=previous_run, parent_run_id=parent_run_id, tags=run_tags)
     if main:
         run_id_path.write_text(run_id)
         if on_run_created is not None:

@@ -45,9 +45,15 @@ def upgrade() -> None:
     op.create_index("ix_studies_status_created", "studies", ["status", "created_at"])
     op.create_index("ix_studies_mlflow_pending", "studies", ["mlflow_pending"])
 
-    studies = sa.table("studies", sa.column("id", sa.String), sa.column("spec", sa.JSON), sa.column("status", sa.String),
-                       sa.column("total_jobs", sa.Integer), sa.column("mlflow_pending", sa.Boolean),
-                       sa.column("mlflow_parent_run_id", sa.String))
+    studies = sa.table(
+        "studies",
+        sa.column("id", sa.String),
+        sa.column("spec", sa.JSON),
+        sa.column("status", sa.String),
+        sa.column("total_jobs", sa.Integer),
+        sa.column("mlflow_pending", sa.Boolean),
+        sa.column("mlflow_parent_run_id", sa.String),
+    )
     jobs = sa.table("jobs", sa.column("study_id", sa.String), sa.column("status", sa.String))
     conn = op.get_bind()
     counts = dict(conn.execute(sa.select(jobs.c.study_id, sa.func.count()).group_by(jobs.c.study_id)).tuples().all())

@@ -29,14 +29,13 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.add_column("studies", sa.Column("enqueued_jobs", sa.Integer(), nullable=False, server_default="0"))
 
-    studies = sa.table("studies", sa.column("id", sa.String), sa.column("status", sa.String),
-                       sa.column("enqueued_jobs", sa.Integer))
+    studies = sa.table(
+        "studies", sa.column("id", sa.String), sa.column("status", sa.String), sa.column("enqueued_jobs", sa.Integer)
+    )
     jobs = sa.table("jobs", sa.column("study_id", sa.String), sa.column("status", sa.String))
     of_study = jobs.c.study_id == studies.c.id
     conn = op.get_bind()
-    conn.execute(sa.update(studies).values(
-        enqueued_jobs=sa.select(sa.func.count()).where(of_study).scalar_subquery()
-    ))
+    conn.execute(sa.update(studies).values(enqueued_jobs=sa.select(sa.func.count()).where(of_study).scalar_subquery()))
     failed = sa.exists().where(of_study, jobs.c.status == "failed")
     cancelled = sa.exists().where(of_study, jobs.c.status == "cancelled")
     conn.execute(
@@ -47,4 +46,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("ALTER TABLE studies DROP COLUMN enqueued_jobs")  # SQLite >= 3.35 and PostgreSQL; a batch rebuild would cascade-delete jobs
+    op.execute(
+        "ALTER TABLE studies DROP COLUMN enqueued_jobs"
+    )  # SQLite >= 3.35 and PostgreSQL; a batch rebuild would cascade-delete jobs
