@@ -105,7 +105,11 @@ def test_a_look_lost_to_a_crash_is_taken_again_and_asks_its_seeds_once(service: 
     first = service.take_look(info.id)
     assert first is not None and first["look"] == 1
     assert service.take_look(info.id) is None  # repeated: nothing new (the asked seeds are queued)
-    queued = service.get(info.id).counts["queued"]
+    job = service.queue.claim("test-worker", 60)  # one trial of the next batch ends: what is shown stays at look 1
+    service.queue.complete(job.id, job.attempt, {"status": "succeeded", "final_accuracy": 0.5})
+    shown = service.results(info.id).comparisons
+    assert all(c.look == 1 and c.n_variant == c.n_reference == 4 and c.analysis == "paired" for c in shown)
+    queued = service.get(info.id).counts["queued"] + 1
     assert queued == 4 * len(
         {d["reference_label"] for d in first["decisions"] if d["verdict"] == "continue"}
     ) + 4 * sum(d["verdict"] == "continue" for d in first["decisions"])

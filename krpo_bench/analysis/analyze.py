@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from krpo_bench import stats
 from krpo_bench.analysis.format import verdict_sentence
-from krpo_bench.analysis.looks import ComparisonDesign, fixed_design, next_designs
+from krpo_bench.analysis.looks import ComparisonDesign, designs, fixed_design, look_design, next_designs
 from krpo_bench.analysis.model import ComparisonResult, GridPoint, StudyAnalysis, VariantResult
 from krpo_bench.analysis.records import TrialRecord
 
@@ -46,6 +46,8 @@ class AnalysisSettings(BaseModel):
     look_sizes: tuple[int, ...] = ()
     seed_order: tuple[int, ...] = ()
     looks: tuple[dict[str, Any], ...] = ()
+    next_look: bool = False
+    """Analyse the look about to be taken (the service, when a batch ended) rather than the looks stored."""
 
     @property
     def margin(self) -> float:
@@ -226,6 +228,23 @@ def _judged(rows: list[dict[str, Any]], family: bool) -> list[ComparisonResult]:
     return results
 
 
+def _sequential_designs(settings: AnalysisSettings, labels: list[str]) -> dict[str, ComparisonDesign]:
+    """Each comparison's design in a sequential study: at the look being taken (``next_look``), else as
+    the stored looks left it (before the first look: on the first look's seeds), so a batch in flight
+    never mixes into what is shown."""
+    if settings.next_look:
+        return next_designs(settings.looks, settings.look_sizes, settings.alpha, labels, settings.seed_order)
+    first = look_design(1, settings.look_sizes, settings.alpha, settings.seed_order)
+    return {label: first for label in labels} | designs(
+        settings.looks, settings.look_sizes, settings.alpha, settings.seed_order
+    )
+
+
+def _exploratory(design: ComparisonDesign, alpha: float) -> ComparisonDesign:
+    """An exploratory comparison on the same seeds as its primary one, at level alpha."""
+    return dataclasses.replace(design, look=None, difference_level=alpha, tost_level=alpha)
+
+
 def analyze(
     records: Sequence[TrialRecord], settings: AnalysisSettings, order_pairs: Sequence[tuple[str, str]] = ()
 ) -> StudyAnalysis:
@@ -246,20 +265,14 @@ def analyze(
         else []
     )
     fixed = fixed_design(settings.alpha)
-    planned = (
-        next_designs(
-            settings.looks, settings.look_sizes, settings.alpha, [g.label for g, _ in pairs], settings.seed_order
-        )
-        if settings.sequential
-        else {}
-    )
+    planned = _sequential_designs(settings, [g.label for g, _ in pairs]) if settings.sequential else {}
     primary = [_comparison(g, v, settings, settings.metric, planned.get(g.label, fixed), False) for g, v in pairs]
     secondary = [
         comparison
         for metric in settings.secondary_metrics
         for comparison in _judged(
             [
-                _comparison(g, v, settings, metric, fixed, True)
+                _comparison(g, v, settings, metric, _exploratory(planned.get(g.label, fixed), settings.alpha), True)
                 for g, v in pairs
                 if g.scored(metric) and v.scored(metric)
             ],

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import logging
 import re
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -42,13 +41,15 @@ from krpo_bench.analysis.records import (
     RECORD_CONFIG_KEYS,
     records_from_jobs,
 )
-from krpo_bench.models.memory import WHOLE_DEVICE_MIB, trial_memory_mib
-from krpo_bench.probe.spec import ProbeSpec, validate_probe
+from krpo_bench.models.memory import trial_memory_mib
+from krpo_bench.probe.spec import ProbeSpec
 from krpo_bench.service.db import (
+    ACTIVE_JOB_STATUSES,
     ALEMBIC_LOCK,
     Job,
     JobStatus,
     Study,
+    StudyKind,
     StudyStatus,
     make_engine,
     new_id,
@@ -56,6 +57,7 @@ from krpo_bench.service.db import (
     upgrade,
     utcnow,
 )
+from krpo_bench.service.kinds import AnyStudy, handler, stored_spec, trial_tags, validate_submission
 from krpo_bench.service.optuna_store import distribution, make_pruner, make_sampler, optuna_storage
 from krpo_bench.service.queue import AttemptInfo, JobInfo, JobQueue, NewJob, Reclaimed, WorkerInfo, is_database_outage
 from krpo_bench.settings import default_db_url, default_mlflow_uri
@@ -67,28 +69,11 @@ PARENT_RUN_STATUS = {StudyStatus.SUCCEEDED: "FINISHED", StudyStatus.FAILED: "FAI
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 AMBIGUOUS_LISTED = 20  # candidates an ambiguous study reference lists
 OLDER_REF = re.compile(r"(.+)~([1-9][0-9]{0,8})")
 """``name~N``: the N-th older study of a name (``name~0`` is not a form: the name alone is the newest)."""
 STUDY_RUN_ROLE = "study"
 """``krpo.role`` tag of a study's MLflow parent run (how a restarted creator finds it)."""
-PROBE_KEY = "probe"
-"""The trial key (and variant) of a probe study's one job."""
-
-AnyStudy = StudySpec | ProbeSpec
-
-
-def validate_submission(data: Any, source: str = "<study>") -> AnyStudy:
-    """A submitted study: a probe (``kind: probe``, one job) or an ablation/search; SpecError otherwise."""
-    if isinstance(data, dict) and data.get("kind") == "probe":
-        return validate_probe(data, source)
-    return validate_study(data, source)
-
-
-def stored_spec(spec: dict[str, Any]) -> AnyStudy:
-    """A stored study's spec (validated when it was submitted)."""
-    return ProbeSpec.model_validate(spec) if spec.get("kind") == "probe" else StudySpec.model_validate(spec)
 
 
 class StudyError(ValueError):
@@ -129,7 +114,7 @@ class StudyInfo:
 
     @property
     def done(self) -> int:
-        return sum(n for s, n in self.counts.items() if s not in ACTIVE)
+        return sum(n for s, n in self.counts.items() if s not in ACTIVE_JOB_STATUSES)
 
 
 def trial_verdict(
@@ -139,7 +124,7 @@ def trial_verdict(
     active; COMPLETE with the mean of ``final_<metric>`` over its seeds when all succeeded with a
     value; PRUNED when one was pruned; else FAIL."""
     statuses = {status for status, _ in outcomes}
-    if statuses & set(ACTIVE):
+    if statuses & ACTIVE_JOB_STATUSES:
         return None
     values = [(result or {}).get(f"final_{metric}") for _, result in outcomes]
     if statuses == {JobStatus.SUCCEEDED.value} and all(v is not None for v in values):
@@ -167,23 +152,6 @@ def experiment_name(study_id: str, study_name: str) -> str:
 def optuna_study_name(study_id: str) -> str:
     """The Optuna study of a search, named by the study's id."""
     return f"krpo-{study_id}"
-
-
-def _trial_tags(
-    study_id: str, study: AnyStudy, key: str, label: str, seed: int, variant: str, grid_point: GridPoint
-) -> dict[str, str]:
-    """A trial run's MLflow tags: its study, key, display label (``krpo.variant``), seed, and its variant
-    name and grid point as data (``krpo.variant_name``; ``krpo.grid_point``: JSON (path, value) pairs)."""
-    return {
-        krpo_tags.STUDY_ID: study_id,
-        krpo_tags.STUDY_NAME: study.name,
-        krpo_tags.KIND: study.kind,
-        krpo_tags.TRIAL_KEY: key,
-        krpo_tags.VARIANT: label,
-        krpo_tags.VARIANT_NAME: variant,
-        krpo_tags.GRID_POINT: json.dumps([list(pair) for pair in grid_point]),
-        krpo_tags.SEED: str(seed),
-    }
 
 
 class StudyService:
@@ -220,17 +188,12 @@ class StudyService:
             if existing is not None:
                 return existing
         study = spec if isinstance(spec, (StudySpec, ProbeSpec)) else validate_submission(spec)
-        planned = study.plan() if study.kind == "ablation" else []
+        kind = handler(study.kind)
         study_id = new_id()
         experiment = experiment_name(study_id, study.name)
         optuna_name = optuna_study_name(study_id)
         try:
-            jobs = [
-                self._job(study_id, study, p.key, p.label, p.seed, p.spec, experiment, None, p.variant, p.grid_point)
-                for p in planned
-            ]
-            if isinstance(study, ProbeSpec):
-                jobs = [self._probe_job(study_id, study, experiment)]
+            jobs = kind.plan(self, study_id, study, experiment)
             values = {
                 "id": study_id,
                 "name": study.name,
@@ -248,13 +211,13 @@ class StudyService:
                 "updated_at": utcnow(),
             }
             self.queue.create_study(values, jobs)
-            if study.kind == "search":
+            if kind.scheduled:
                 self._optuna_study(optuna_name, study)
                 self.top_up(study_id)
         except BaseException:
             self._discard(study_id, optuna_name)
             raise
-        if study.kind == "search":
+        if kind.scheduled:
             return self.get(study_id)
         counts = {status.value: 0 for status in JobStatus} | {JobStatus.QUEUED.value: len(jobs)}
         return self._info(SimpleNamespace(**values, mlflow_experiment_id=None, mlflow_parent_run_id=None), counts)
@@ -363,7 +326,7 @@ class StudyService:
             row = conn.execute(select(Study.id).where(Study.idempotency_key == key)).first()
         return self.get(row.id) if row else None
 
-    def _job(
+    def trial_job(
         self,
         study_id: str,
         study: StudySpec,
@@ -391,7 +354,7 @@ class StudyService:
                 CONFIG_VARIANT_NAME: variant,
                 CONFIG_GRID_POINT: [list(pair) for pair in grid_point],
                 "seed": seed,
-                "tags": _trial_tags(study_id, study, key, label, seed, variant, grid_point),
+                "tags": trial_tags(study_id, study, key, label, seed, variant, grid_point),
                 "optuna_study_name": optuna_study_name(study_id) if optuna_number is not None else None,
                 "report_intermediate": optuna_number is not None and seed == study.search_seeds()[0],
             },
@@ -403,33 +366,10 @@ class StudyService:
             gpu_memory_mib=trial_memory_mib(trial, max(1, study.resources.gpus_per_trial)),
         )
 
-    def _probe_job(self, study_id: str, probe: ProbeSpec, experiment: str) -> NewJob:
-        """A probe study's one job: the probe, logging under the study's experiment. Its memory is
-        not estimated (one parameter-sized gradient sum per table row), so it takes a GPU alone."""
-        tags = _trial_tags(study_id, probe, PROBE_KEY, PROBE_KEY, probe.seed, PROBE_KEY, ())
-        return NewJob(
-            trial_key=PROBE_KEY,
-            config={
-                "probe": probe.model_dump(mode="json") | {"experiment": experiment},
-                "variant": PROBE_KEY,
-                CONFIG_VARIANT_NAME: PROBE_KEY,
-                CONFIG_GRID_POINT: [],
-                "seed": probe.seed,
-                "tags": tags,
-                "optuna_study_name": None,
-                "report_intermediate": False,
-            },
-            priority=probe.priority,
-            max_attempts=probe.resources.max_attempts,
-            timeout_s=probe.resources.timeout_s,
-            gpus=1,
-            gpu_memory_mib=WHOLE_DEVICE_MIB,
-        )
-
     def _enqueue_planned(self, study_id: str, study: StudySpec, planned: list) -> None:
         experiment = experiment_name(study_id, study.name)
         jobs = [
-            self._job(study_id, study, p.key, p.label, p.seed, p.spec, experiment, None, p.variant, p.grid_point)
+            self.trial_job(study_id, study, p.key, p.label, p.seed, p.spec, experiment, None, p.variant, p.grid_point)
             for p in planned
         ]
         for start in range(0, len(jobs), 500):
@@ -484,7 +424,7 @@ class StudyService:
         """Ask Optuna for new search trials while budget and parallelism allow; returns how many.
         The study is read under the study lock, so a cancel that commits before it is seen, and
         one that commits after finds the jobs to cancel (and, in :meth:`cancel`, trials to tell)."""
-        if self._row(study_id).kind != "search":
+        if self._row(study_id).kind != StudyKind.SEARCH:
             return 0
         with self._study_lock(study_id):
             row = self._row(study_id)
@@ -494,7 +434,7 @@ class StudyService:
             with read_connection(self.engine) as conn:
                 rows = conn.execute(select(Job.optuna_trial_number, Job.status).where(Job.study_id == study_id)).all()
             asked = len({number for number, _ in rows})
-            in_flight = len({number for number, status in rows if status in ACTIVE})
+            in_flight = len({number for number, status in rows if status in ACTIVE_JOB_STATUSES})
             room = min(study.n_trials - asked, study.parallelism - in_flight)
             if room <= 0:
                 return 0
@@ -509,7 +449,7 @@ class StudyService:
                     label = f"trial {trial.number}"
                     key = f"trial-{trial.number:05d}|seed={seed}"
                     spec = study.trial_config(dict(trial.params), seed, f"{label} seed={seed}")
-                    jobs.append(self._job(study_id, study, key, label, seed, spec, experiment, trial.number))
+                    jobs.append(self.trial_job(study_id, study, key, label, seed, spec, experiment, trial.number))
             self.queue.enqueue_many(study_id, jobs)
             return room
 
@@ -555,7 +495,7 @@ class StudyService:
                 .scalars()
                 .all()
             )
-        if any(s in ACTIVE for s in siblings):
+        if any(s in ACTIVE_JOB_STATUSES for s in siblings):
             return
         self._tell_ended_trials(job.study_id, [job.optuna_trial_number])
         self.top_up(job.study_id)
@@ -566,7 +506,7 @@ class StudyService:
         and queue the next seeds of the comparisons still open, or close the study when none is.
         Idempotent and safe to repeat (under the study lock; the seeds a stored look asked for are
         queued again if a crash lost them). Returns the look taken, else None."""
-        if self._row(study_id).kind != "ablation":
+        if self._row(study_id).kind != StudyKind.ABLATION:
             return None
         with self._study_lock(study_id):
             row = self._row(study_id)
@@ -574,7 +514,7 @@ class StudyService:
             if study.analysis.until_decided is None or row.cancel_requested:
                 return None
             jobs = self.queue.list_jobs(study_id, config_keys=RECORD_CONFIG_KEYS)
-            if any(job.status.value in ACTIVE for job in jobs):
+            if any(job.status in ACTIVE_JOB_STATUSES for job in jobs):
                 return None
             looks, sizes = list(row.looks or []), study.look_sizes()
             asked = seeds_asked(looks[-1], sizes) if looks else {}
@@ -584,7 +524,11 @@ class StudyService:
                 if row.total_jobs != row.enqueued_jobs:
                     self.queue.close_study(study_id, looks)
                 return None
-            look = decide(analyze(records_from_jobs(jobs), AnalysisSettings.of_spec(study, looks=looks)), looks, sizes)
+            look = decide(
+                analyze(records_from_jobs(jobs), AnalysisSettings.of_spec(study, looks=looks, next_look=True)),
+                looks,
+                sizes,
+            )
             looks.append(look)
             asked = seeds_asked(look, sizes)
             if not asked:
@@ -621,7 +565,7 @@ class StudyService:
         ``numbers``) whose jobs have all ended and that Optuna still holds as running. Under the
         study lock: a resume requeueing a trial's jobs comes wholly before or after."""
         row = self._row(study_id)
-        if row.kind != "search":
+        if row.kind != StudyKind.SEARCH:
             return
         study = StudySpec.model_validate(row.spec)
         query = select(Job.optuna_trial_number, Job.status, Job.result).where(
@@ -689,15 +633,15 @@ class StudyService:
         study = stored_spec(row.spec)
         self.reclaim_expired()
         with self._study_lock(study_id):
-            renumber = self._fresh_trials(row, study) if study.kind == "search" else {}
+            renumber = self._fresh_trials(row, study) if study.kind == StudyKind.SEARCH else {}
             self.queue.requeue_study(study_id, renumber)
-            if study.kind == "search":
+            if study.kind == StudyKind.SEARCH:
                 self._fail_orphan_trials(row, study)
         self._settle_parent_run(study_id, reopen=True)
-        if study.kind == "ablation":
+        if study.kind == StudyKind.ABLATION:
             self._enqueue_planned(study_id, study, study.plan())
             self.take_look(study_id)  # a sequential study's look lost to a crash
-        elif study.kind == "search":
+        elif study.kind == StudyKind.SEARCH:
             self.top_up(study_id)
         return self.get(study_id)
 
@@ -740,7 +684,7 @@ class StudyService:
         if n_trials < 1:
             raise StudyError(f"n_trials must be >= 1, got {n_trials}")
         row = self._row(study_id)
-        if row.kind != "search":
+        if row.kind != StudyKind.SEARCH:
             raise StudyError("only search studies can be extended; submit a new ablation instead")
         spec = dict(row.spec)
         spec["n_trials"] = (spec.get("n_trials") or 0) + n_trials
