@@ -23,7 +23,9 @@ from pydantic import ValidationError
 from krpo_bench.data_roots import under_roots
 from krpo_bench.models.config import TINY_ARITH
 from krpo_bench.models.memory import model_shape
-from krpo_bench.probe.spec import ProbeSpec, validate_probe
+from krpo_bench.probe.spec import ProbeSpec
+from krpo_bench.service.db import StudyKind
+from krpo_bench.service.kinds import submitted_handler
 from krpo_bench.settings import DEFAULT_MAX_MODEL_PARAMS, DEFAULT_MAX_STORED_BYTES, DEFAULT_MAX_TRIALS
 from krpo_bench.spec.loading import SpecError, validation_errors
 from krpo_bench.spec.study import StudySpec, storage_errors, validate_study
@@ -333,8 +335,9 @@ def admit(data: Any, policy: Policy, source: str = "<request>") -> StudySpec | P
     plain = check_plain_data(data) or storage_errors(data)  # storage_errors walks what the first refuses to
     if plain:
         raise SpecError(source, plain)
-    if data.get("kind") == "probe":  # one job: no trial cap to check
-        probe = validate_probe(data, source)
+    kind = submitted_handler(data)
+    if kind.kind is StudyKind.PROBE:  # one job: no trial cap to check
+        probe = kind.validate(data, source)
         errors = probe_errors(probe, policy)
         if errors:
             raise SpecError(source, errors)

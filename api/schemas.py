@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from krpo_bench.analysis.model import ComparisonResult, Estimate, StudyAnalysis, VariantResult, finite_or_none
 from krpo_bench.analysis.replication import Replication
 from krpo_bench.service.db import JobStatus, StudyStatus, WorkerStatus
+from krpo_bench.service.kinds import handler
 from krpo_bench.service.studies import StudyInfo
 from krpo_bench.service.study_state import WAITING_FOR_WORKER, display_state
 from krpo_bench.spec.names import MAX_NAME_CHARS
@@ -208,7 +209,7 @@ class StudyDetail(StudySummary):
 
     @classmethod
     def build(cls, info: StudyInfo, jobs: list[JobInfo], analysis: StudyAnalysis, workers: int) -> StudyDetail:
-        objective = StudySpec.model_validate(info.spec).objective if info.kind != "probe" else Objective()
+        objective = StudySpec.model_validate(info.spec).objective if handler(info.kind).analysed else Objective()
         metric = "final_" + objective.metric.split("/")[-1]
         sign = 1 if objective.direction == "maximize" else -1
         scored = [

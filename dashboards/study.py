@@ -14,12 +14,14 @@ from krpo_bench.dashboards.source import load_study
 from krpo_bench.analysis.analyze import AnalysisSettings
 from krpo_bench.probe.result import ProbeResult
 from krpo_bench.probe.spec import ProbeSpec
+from krpo_bench.service.db import FINISHED_STUDY_STATUSES
+from krpo_bench.service.kinds import handler
 from krpo_bench.settings import data_home
 from krpo_bench.spec.study import StudySpec
 
 
 def _optuna_study(service: Any, info: Any) -> optuna.Study | None:
-    if info.kind != "search" or not info.optuna_study_name:
+    if not handler(info.kind).scheduled or not info.optuna_study_name:
         return None
     from krpo_bench.service.optuna_store import optuna_storage
 
@@ -46,7 +48,7 @@ def report_study(service: Any, study_id: str, out_dir: Path | None = None) -> Pa
     study's is the probe report (its table and figure)."""
     info = service.get(study_id)
     out = Path(out_dir or data_home() / "reports" / study_id)
-    if info.kind == "probe":
+    if not handler(info.kind).analysed:
         from krpo_bench.probe.report import write_report
 
         spec, result = probe_result(service, study_id)
@@ -67,10 +69,10 @@ def study_dashboard_html(service: Any, study_id: str, refresh_seconds: int | Non
     """The live dashboard page of a study (refreshes itself while the study runs); a probe study's
     is its probe report once its job succeeded."""
     info = service.get(study_id)
-    if info.kind == "probe":
+    if not handler(info.kind).analysed:
         return _probe_page(service, info, refresh_seconds)
     data = load_study(service.mlflow_uri, study_id=study_id)
-    running = info.status in ("running", "pending")
+    running = info.status not in FINISHED_STUDY_STATUSES
     settings = _settings(info)
     return render_html(
         data,

@@ -103,17 +103,12 @@ StudyArgument = typer.Argument(
 )
 
 
-def _is_study(data: object) -> bool:
-    """Studies have a ``kind`` or a ``base``; trials have neither."""
-    return isinstance(data, dict) and ("kind" in data or "base" in data)
-
-
 def load_any(file: Path):
-    """A validated StudySpec, ProbeSpec or TrialSpec, whichever the file is."""
-    from krpo_bench.probe.spec import ProbeSpec
+    """The study kind's handler (None for a trial) and the validated spec, whichever the file is."""
+    from krpo_bench.service.kinds import submitted_handler
+    from krpo_bench.spec.kind import kind_of
     from krpo_bench.spec.loading import parse_yaml
     from krpo_bench.spec.loading import validate as validate_model
-    from krpo_bench.spec.study import validate_study
     from krpo_bench.spec.trial import TrialSpec
 
     try:
@@ -123,11 +118,20 @@ def load_any(file: Path):
     except SpecError as exc:
         fail(str(exc))
     try:
-        if isinstance(data, dict) and data.get("kind") == "probe":
-            return validate_model(ProbeSpec, data, str(file))
-        return validate_study(data, str(file)) if _is_study(data) else validate_model(TrialSpec, data, str(file))
+        if kind_of(data) is None:
+            return None, validate_model(TrialSpec, data, str(file))
+        kind = submitted_handler(data)
+        return kind, kind.validate(data, str(file))
     except SpecError as exc:
         fail(str(exc))
+
+
+def load_study(file: Path):
+    """The validated study spec of any kind in the file; a clean error when it holds a trial."""
+    kind, spec = load_any(file)
+    if kind is None:
+        fail(f"{file} is a trial, not a study; run it with 'krpo-bench trial {file}'")
+    return spec
 
 
 def _service(db: str | None, mlflow: str | None):
@@ -151,17 +155,8 @@ def _study_id(service, ref: str) -> str:
 @app.command()
 def validate(file: Path = typer.Argument(..., help="trial or study YAML")) -> None:
     """Check a spec file; every error names its YAML path, the value and what is allowed."""
-    spec = load_any(file)
-    if getattr(spec, "kind", None) == "probe":
-        console.print(
-            styled("ok", "green"),
-            f"probe {spec.name!r}: {len(spec.estimators)} estimators x "
-            f"{len(spec.group_sizes)} group sizes x {spec.batches} batches",
-        )
-    elif hasattr(spec, "plan"):
-        console.print(styled("ok", "green"), f"{spec.kind} study {spec.name!r}: {spec.trial_count()} trials")
-    else:
-        console.print(styled("ok", "green"), f"trial {spec.resolved_id()}")
+    kind, spec = load_any(file)
+    console.print(styled("ok", "green"), kind.describe(spec) if kind is not None else f"trial {spec.resolved_id()}")
 
 
 @app.command()
@@ -209,9 +204,7 @@ def submit(
     file: Path, db: Optional[str] = DbOption, mlflow: Optional[str] = MlflowOption, api: Optional[str] = ApiOption
 ) -> None:
     """Submit a study (a probe: one job); workers pick up its trials."""
-    spec = load_any(file)
-    if not hasattr(spec, "trial_count"):
-        fail(f"{file} is a trial, not a study; run it with 'krpo-bench trial {file}'")
+    spec = load_study(file)
     from krpo_bench.settings import get_settings
 
     api = api or get_settings().api_url
@@ -303,8 +296,10 @@ def _replication_tables(service, study_id: str, *, alone: bool = True) -> None:
 
 
 def _study_results(service, info) -> None:
-    """A probe study's table (once its job succeeded), else the per-variant results table."""
-    if info.kind != "probe":
+    """The per-variant results table, else (a probe study) its one job's table once it succeeded."""
+    from krpo_bench.service.kinds import handler
+
+    if handler(info.kind).analysed:
         _results_table(service, info.id)
         return
     from krpo_bench.dashboards.study import probe_result
@@ -481,9 +476,7 @@ def slurm(
         script = worker_script(options, exported_settings(db, mlflow))
     except SlurmError as exc:
         fail(str(exc))
-    spec = load_any(file) if file else None
-    if spec is not None and not hasattr(spec, "trial_count"):
-        fail(f"{file} is a trial, not a study; run it with 'krpo-bench trial {file}'")
+    spec = load_study(file) if file else None
     print(script, end="")
     if dry_run:
         return
@@ -509,9 +502,7 @@ def run(
     """Submit a study (or a probe), run it on local workers with live progress, then print and report the results."""
     from krpo_bench.service.local import NotEnoughGPUs, run_study_locally
 
-    spec = load_any(file)
-    if not hasattr(spec, "trial_count"):
-        fail(f"{file} is a trial, not a study; run it with 'krpo-bench trial {file}'")
+    spec = load_study(file)
     service = _service(db, mlflow)
     try:
         info = run_study_locally(service, spec, workers=workers, new=new, console=console)
@@ -606,8 +597,10 @@ def probe(
     out: Optional[Path] = typer.Option(None, help="report folder (default: <data home>/reports/<probe id>)"),
 ) -> None:
     """Gradient-quality probe: each estimator's one-batch policy gradient against a reference gradient."""
-    spec = load_any(file)
-    if getattr(spec, "kind", None) != "probe":
+    from krpo_bench.service.db import StudyKind
+
+    kind, spec = load_any(file)
+    if kind is None or kind.kind is not StudyKind.PROBE:
         fail(f"{file} is not a probe (kind: probe); run studies with 'krpo-bench run {file}'")
     _run_probe(spec, mlflow, out)
 

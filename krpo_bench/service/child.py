@@ -69,6 +69,7 @@ def main(job_file: str) -> int:
 
     import torch
 
+    from krpo_bench.service.kinds import job_handler
     from krpo_bench.service.studies import StudyService
     from krpo_bench.settings import trial_folder
     from krpo_bench.spec.trial import TrialSpec
@@ -81,11 +82,10 @@ def main(job_file: str) -> int:
     job = payload.job
     service = StudyService(payload.db_url, payload.mlflow_uri, migrate=False) if rank.is_main else None
     config = job.config
-    if "probe" in config:  # a probe study's one job: the probe in place of a trial
-        from krpo_bench.service.probe_job import run_probe_job
-
-        probe_payload = {"mlflow_uri": payload.mlflow_uri, "result_file": str(payload.result_file)}
-        return run_probe_job(job, service, probe_payload, should_stop)
+    runner = job_handler(config)
+    if runner is not None:  # a job of a kind that runs something in place of a trial (a probe)
+        job_payload = {"mlflow_uri": payload.mlflow_uri, "result_file": str(payload.result_file)}
+        return runner.run_job(job, service, job_payload, should_stop)
     spec = TrialSpec.model_validate(config["trial"])
     run_dir = trial_folder(spec.resolved_id())
     result_path = payload.result_file

@@ -104,6 +104,14 @@ class JobStatus(StrEnum):
     PRUNED = "pruned"
 
 
+ACTIVE_JOB_STATUSES: frozenset[JobStatus] = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+"""A job in one of these may still run; any other status is final."""
+FINISHED_STUDY_STATUSES: frozenset[StudyStatus] = frozenset(
+    {StudyStatus.SUCCEEDED, StudyStatus.FAILED, StudyStatus.CANCELLED}
+)
+"""A study in one of these has settled (its status is final until a resume)."""
+
+
 class WorkerStatus(StrEnum):
     ACTIVE = "active"
     STOPPED = "stopped"

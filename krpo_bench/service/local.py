@@ -14,13 +14,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from krpo_bench.service.db import FINISHED_STUDY_STATUSES
 from krpo_bench.service.studies import StudyInfo, StudyService
 from krpo_bench.service.worker import available_cpus, cpu_threads_per_trial
 from krpo_bench.spec.identity import study_file_key
 from krpo_bench.spec.names import plain_console, styled
 from krpo_bench.spec.study import StudySpec
 
-FINISHED = ("succeeded", "failed", "cancelled")
 LOG_EVERY_S = 30.0
 """Seconds between progress lines when the output is a log, not a terminal."""
 
@@ -75,7 +75,7 @@ def _progress_log(console: Console, started: float, every_s: float = LOG_EVERY_S
 
     def show(info: StudyInfo) -> None:
         now = time.monotonic()
-        finished = info.status in FINISHED
+        finished = info.status in FINISHED_STUDY_STATUSES
         if finished or (info.counts != last["counts"] and now - float(last["at"]) >= every_s):
             console.print(progress_line(info, started), soft_wrap=True)
             last.update(at=now, counts=info.counts)
@@ -88,11 +88,11 @@ def _wait(
 ) -> StudyInfo:
     """Poll the study until it finishes, showing its progress; fails when every worker has exited."""
     show(info)
-    while info.status not in FINISHED:
+    while info.status not in FINISHED_STUDY_STATUSES:
         time.sleep(1.0)
         info = service.get(info.id)
         show(info)
-        if info.status not in FINISHED and all(p.poll() is not None for p in procs):
+        if info.status not in FINISHED_STUDY_STATUSES and all(p.poll() is not None for p in procs):
             raise RuntimeError("every local worker exited; see 'krpo-bench status' for errors")
     return info
 

@@ -41,9 +41,10 @@ def run_probe_job(job: Any, service: Any, payload: dict[str, Any], should_stop: 
     outcome to the payload's result file (the probe's summary, or the error) and return the exit code."""
     from krpo_bench.probe.run import run_probe
     from krpo_bench.probe.spec import ProbeSpec
+    from krpo_bench.service.kinds import ProbeKind
 
     result_path = Path(payload["result_file"])
-    spec = ProbeSpec.model_validate(job.config["probe"])
+    spec = ProbeSpec.model_validate(job.config[ProbeKind.job_config_key])
 
     def on_batch(done: int) -> None:
         if should_stop():

@@ -74,6 +74,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from krpo_bench.service.db import (
+    ACTIVE_JOB_STATUSES,
     READ_ONLY,
     AttemptOutcome,
     Job,
@@ -100,7 +101,8 @@ workers = cast(Table, Worker.__table__)
 UNESTIMATED_GPU_MEMORY_MIB = 8 * 1024
 """What a job enqueued without a memory estimate is taken to need per GPU (the fixed budget of old)."""
 
-_ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+_ACTIVE_VALUES = sorted(status.value for status in ACTIVE_JOB_STATUSES)
+"""The active statuses as plain strings, the form the database drivers bind."""
 _RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
 _LOOKUP_CHUNK = 500
 _CLAIM_WINDOW = 16
@@ -255,7 +257,7 @@ _SETTLEABLE = (
     # An active job's id, or NULL: LIMIT 1 makes it an index probe that stops at the first match
     # (PostgreSQL would answer NOT EXISTS with a bitmap scan of every active job of the study).
     select(jobs.c.id)
-    .where(jobs.c.study_id == studies.c.id, jobs.c.status.in_(_ACTIVE))
+    .where(jobs.c.study_id == studies.c.id, jobs.c.status.in_(_ACTIVE_VALUES))
     .limit(1)
     .scalar_subquery()
     .is_(None),
@@ -1083,7 +1085,7 @@ class JobQueue:
             select(jobs.c.id)
             .join(studies, studies.c.id == jobs.c.study_id)
             .where(
-                jobs.c.status.in_(_ACTIVE),
+                jobs.c.status.in_(_ACTIVE_VALUES),
                 jobs.c.cancel_requested.is_(False),
                 studies.c.status == StudyStatus.RUNNING,
                 studies.c.cancel_requested.is_(False),

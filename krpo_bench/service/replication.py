@@ -13,6 +13,7 @@ from krpo_bench.analysis.pooling import TRIAL_CONFIG, StudyTrials, pooled_record
 from krpo_bench.analysis.records import CONFIG_GRID_POINT, CONFIG_VARIANT_NAME, TrialRecord, records_from_jobs
 from krpo_bench.analysis.replication import Replication, replicate
 from krpo_bench.service.db import Study, read_connection
+from krpo_bench.service.kinds import handler
 from krpo_bench.service.studies import StudyError, StudyService, stored_spec
 
 RECORD_KEYS = ("variant", "seed", CONFIG_VARIANT_NAME, CONFIG_GRID_POINT)
@@ -54,7 +55,7 @@ def compare(service: StudyService, study_ids: Sequence[str]) -> StudyAnalysis:
     """The analysis of the trials of ``study_ids`` pooled by config (`pooled_records`), with the
     first study's settings; StudyError for a probe."""
     infos = [service.get(study_id) for study_id in study_ids]
-    probes = [info.id for info in infos if info.kind == "probe"]
+    probes = [info.id for info in infos if not handler(info.kind).analysed]
     if probes:
         raise StudyError(f"a probe has no trials to pool: {', '.join(probes)}")
     studies = []
