@@ -176,3 +176,18 @@ def test_resume_after_a_crash_and_a_cancel_reruns_the_dead_workers_trial(service
     assert service.extend(info.id, 2).total == 7
     assert finish_all(service) == 2 and service.get(info.id).status == "succeeded"
     assert states(optuna_trials(service, info.id)) == {"COMPLETE": 7, "FAIL": 1}
+
+
+def test_every_study_kind_has_one_handler_and_a_spec_names_its_kind() -> None:
+    """Adding a kind is one handler class and one row of the table: every stored kind resolves."""
+    from krpo_bench.service.db import StudyKind
+    from krpo_bench.service.kinds import KINDS, handler
+    from krpo_bench.spec.kind import kind_of
+
+    assert set(KINDS) == set(StudyKind) and all(KINDS[kind].kind == kind for kind in StudyKind)
+    assert {kind.value: handler(kind.value).scheduled for kind in StudyKind} == {
+        "ablation": False,
+        "search": True,
+        "probe": False,
+    }
+    assert kind_of(ABLATION) == "ablation" and kind_of(SEARCH) == "search" and kind_of({"kind": "probe"}) == "probe"

@@ -17,6 +17,7 @@ from krpo_bench.api.auth import require
 from krpo_bench.api.routers import AUTH_ERRORS
 from krpo_bench.api.routers.studies import Service
 
+from krpo_bench.service.kinds import handler
 from krpo_bench.service.studies import StudyInfo, StudyService
 from krpo_bench.service.study_state import START_A_WORKER, WAITING_FOR_WORKER, display_state, live_workers_of
 
@@ -52,7 +53,7 @@ def mlflow_runs_url(ui: str, experiment_id: str) -> str:
 
 def _verdict(service: StudyService, info: StudyInfo) -> str:
     """The comparisons' sentences of a finished ablation, else empty."""
-    if info.kind != "ablation" or info.done == 0:
+    if not handler(info.kind).analysed or info.done == 0:
         return ""
     return " ".join(c.sentence for c in service.results(info.id).comparisons)
 
@@ -62,7 +63,7 @@ def _row(service: StudyService, info: StudyInfo, workers: int, mlflow_ui: str | 
     links = [f'<a href="/studies/{e(info.id)}/dashboard">dashboard</a>']
     if mlflow_ui and info.mlflow_experiment_id:
         links.append(f'<a href="{e(mlflow_runs_url(mlflow_ui, info.mlflow_experiment_id))}">MLflow runs</a>')
-    if info.kind == "search":
+    if handler(info.kind).scheduled:
         links.append('<a href="/optuna/">Optuna</a>')
     state = display_state(info.status, info.counts, workers)
     return (
