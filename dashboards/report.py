@@ -21,7 +21,7 @@ from plotly.offline import get_plotlyjs
 
 from krpo_bench import stats
 from krpo_bench.analysis import format as fmt
-from krpo_bench.analysis.analyze import METRIC, AnalysisSettings, analyze
+from krpo_bench.analysis.analyze import AnalysisSettings, analyze
 from krpo_bench.analysis.model import ComparisonResult, Estimate, StudyAnalysis, VariantResult, json_ready
 from krpo_bench.analysis.records import records_from_runs
 
@@ -156,25 +156,12 @@ def _cost_rows(study: StudyData, analysis: StudyAnalysis) -> tuple[pd.DataFrame,
     return trials, per_variant
 
 
-def summarize(
-    study: StudyData,
-    reference: str | None = "grpo",
-    metric: str = METRIC,
-    target_effect: float = stats.TARGET_EFFECT,
-    confidence: float = stats.CONFIDENCE,
-    n_resamples: int = stats.N_BOOTSTRAP,
-    seed: int = stats.SEED,
-) -> Summary:
-    """The analysis of the study's runs (each variant against `reference` at its grid point, paired by
-    seed where the seed sets match; shuffled variants against their unshuffled twins) and its cost."""
-    settings = AnalysisSettings(
-        reference=reference,
-        metric=metric,
-        target_effect=target_effect,
-        confidence=confidence,
-        n_resamples=n_resamples,
-        seed=seed,
-    )
+def summarize(study: StudyData, settings: AnalysisSettings | None = None) -> Summary:
+    """The analysis of the study's runs (each variant against the reference at its grid point, paired
+    by seed where the seed sets match; shuffled variants against their unshuffled twins) and its
+    cost. ``settings``: the study's (its spec's analysis block and stored looks); default settings
+    compare with grpo."""
+    settings = settings or AnalysisSettings()
     analysis = analyze(records_from_runs(study), settings, order_twins(study))
     trials, cost = _cost_rows(study, analysis)
     return Summary(
@@ -480,23 +467,21 @@ def _page(
 
 
 def _analyse(
-    study: StudyData, reference: str | None, metric: str, target_effect: float
+    study: StudyData, settings: AnalysisSettings | None
 ) -> tuple[Summary, dict[str, dict[str, Curve]], dict[str, str]]:
-    summary = summarize(study, reference, metric, target_effect)
+    summary = summarize(study, settings)
     curves = {m: c for m in CURVE_METRICS if (c := study_curves(study, m, summary.labels))}
     return summary, curves, figures.palette(summary.labels)
 
 
 def render_html(
     study: StudyData,
-    reference: str | None = "grpo",
+    settings: AnalysisSettings | None = None,
     optuna_study: optuna.Study | None = None,
     refresh_seconds: int | None = None,
-    metric: str = METRIC,
-    target_effect: float = stats.TARGET_EFFECT,
 ) -> str:
     """The report as one self-contained HTML string (plotly.js inlined; optional auto-refresh)."""
-    summary, curves, colors = _analyse(study, reference, metric, target_effect)
+    summary, curves, colors = _analyse(study, settings)
     return _page(study, summary, curves, colors, optuna_study, refresh_seconds)
 
 
@@ -524,16 +509,15 @@ def _csv(summary: Summary, path: Path) -> None:
 def build_report(
     study: StudyData,
     out_dir: str | Path,
-    reference: str | None = "grpo",
+    settings: AnalysisSettings | None = None,
     optuna_study: optuna.Study | None = None,
     refresh_seconds: int | None = None,
-    metric: str = METRIC,
-    target_effect: float = stats.TARGET_EFFECT,
 ) -> Report:
     """Write report.html, figures/*.png, summary.csv and summary.json into `out_dir`."""
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    summary, curves, colors = _analyse(study, reference, metric, target_effect)
+    summary, curves, colors = _analyse(study, settings)
+    metric = summary.analysis.metric
     pngs = [
         figures.curves_png(
             curves[m], out / "figures" / f"{m.replace('/', '_')}_curves.png", m, colors, summary.identity

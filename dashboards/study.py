@@ -29,8 +29,9 @@ def _optuna_study(service: Any, info: Any) -> optuna.Study | None:
 
 
 def _settings(info: Any) -> AnalysisSettings:
-    """The study's analysis settings: its reference variant (none in a search) and target effect."""
-    return AnalysisSettings.of_spec(StudySpec.model_validate(info.spec))
+    """The study's analysis settings: its spec's (reference, endpoint, margin, sequential design) and
+    the looks it has taken."""
+    return AnalysisSettings.of_spec(StudySpec.model_validate(info.spec), looks=info.looks)
 
 
 def probe_result(service: Any, study_id: str) -> tuple[ProbeSpec, ProbeResult]:
@@ -54,14 +55,7 @@ def report_study(service: Any, study_id: str, out_dir: Path | None = None) -> Pa
         spec, result = probe_result(service, study_id)
         return write_report(spec, dataclasses.replace(result, report_dir=str(out)), out)
     data = load_study(service.mlflow_uri, study_id=study_id)
-    settings = _settings(info)
-    report: Report = build_report(
-        data,
-        out,
-        reference=settings.reference,
-        optuna_study=_optuna_study(service, info),
-        target_effect=settings.target_effect,
-    )
+    report: Report = build_report(data, out, _settings(info), optuna_study=_optuna_study(service, info))
     return report.html_path
 
 
@@ -73,13 +67,11 @@ def study_dashboard_html(service: Any, study_id: str, refresh_seconds: int | Non
         return _probe_page(service, info, refresh_seconds)
     data = load_study(service.mlflow_uri, study_id=study_id)
     running = info.status not in FINISHED_STUDY_STATUSES
-    settings = _settings(info)
     return render_html(
         data,
-        reference=settings.reference,
+        _settings(info),
         optuna_study=_optuna_study(service, info),
         refresh_seconds=refresh_seconds if running else None,
-        target_effect=settings.target_effect,
     )
 
 

@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from krpo_bench import stats
+from krpo_bench.analysis.analyze import AnalysisSettings
 from krpo_bench.analysis.model import json_ready
 
 STUDY_ID = "study-7"
@@ -144,7 +145,7 @@ def search_study() -> optuna.Study:
 
 @pytest.fixture(scope="module")
 def report(study, search_study, tmp_path_factory: pytest.TempPathFactory):
-    return build_report(study, tmp_path_factory.mktemp("report"), reference="grpo", optuna_study=search_study)
+    return build_report(study, tmp_path_factory.mktemp("report"), optuna_study=search_study)
 
 
 def test_load_study_reads_finished_trials_and_counts_the_rest(study) -> None:
@@ -251,7 +252,7 @@ def test_summary_matches_direct_statistics(report) -> None:
 def test_seed_sets_that_differ_are_compared_unpaired(study, tmp_path: Path) -> None:
     runs = [r for r in study.runs if not (r.variant == "krpo" and r.seed == 2)]
     partial = StudyData("s", None, ["0"], runs, {"FINISHED": len(runs)})
-    analysis = build_report(partial, tmp_path / "partial", target_effect=0.05).summary.analysis
+    analysis = build_report(partial, tmp_path / "partial", AnalysisSettings(target_effect=0.05)).summary.analysis
     krpo = analysis.comparison("krpo")
     assert krpo is not None and krpo.analysis == "unpaired" and (krpo.n_variant, krpo.n_reference) == (2, 3)
     assert "(unpaired, Welch, 2 and 3 seeds" in krpo.sentence
@@ -260,7 +261,7 @@ def test_seed_sets_that_differ_are_compared_unpaired(study, tmp_path: Path) -> N
 
 
 def test_render_html_refresh_and_missing_reference(study) -> None:
-    page = render_html(study, reference="sft", refresh_seconds=15)
+    page = render_html(study, AnalysisSettings(reference="sft"), refresh_seconds=15)
     assert '<meta http-equiv="refresh" content="15">' in page
     assert "reference variant &#x27;sft&#x27; has no finished runs" in page
 
