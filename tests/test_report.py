@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 import scipy.stats
 from krpo_bench.dashboards import StudyData, build_report, load_study, render_html
-from krpo_bench.dashboards.report import METRIC, order_twins
+from krpo_bench.dashboards.report import order_twins
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from krpo_bench import stats
-from krpo_bench.analysis.analyze import AnalysisSettings
+from krpo_bench.analysis.analyze import METRIC, AnalysisSettings
 from krpo_bench.analysis.model import json_ready
 
 STUDY_ID = "study-7"
