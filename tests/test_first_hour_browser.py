@@ -24,10 +24,10 @@ import pytest
 
 from krpo_bench.service.studies import StudyService
 from krpo_bench.tracking import RunTracker, log_final_metrics
-from tests.test_api_server import free_port
-from tests.test_api_server import start as start_server
-from tests.test_api_server import stop as stop_server
-from tests.test_dashboard_browser import launch_chromium
+from tests.api.test_api_server import free_port
+from tests.api.test_api_server import start as start_server
+from tests.api.test_api_server import stop as stop_server
+from tests.dashboards.test_dashboard_browser import launch_chromium
 from tests.trial_specs import TINY_TASK
 
 SCREENS = Path("/tmp/screens")

@@ -23,8 +23,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from krpo_bench.service.study_state import WAITING_FOR_WORKER, display_state
-from tests.test_api_server import start as start_server
-from tests.test_api_server import stop as stop_server
+from tests.api.test_api_server import start as start_server
+from tests.api.test_api_server import stop as stop_server
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKING_CLI = """

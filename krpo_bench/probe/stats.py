@@ -12,7 +12,7 @@ M - 1, so it always contains the batches-only t-interval, and is that interval w
 adds nothing. Each term also holds the batch x reference interaction, which shrinks with both M and
 the reference's size; the sum counts it twice: a little conservative. The estimand is the expected
 cosine of one batch's gradient to a reference of this size, over both sources. Simulated coverage
-(tests/test_probe.py) with a reference as noisy as the probe's: 96.7 % for the cosine and 94.6 %
+(tests/probe/test_probe.py) with a reference as noisy as the probe's: 96.7 % for the cosine and 94.6 %
 for Δcos at K = 8, against 55 % for a batches-only Δcos interval.
 """
 

@@ -46,7 +46,7 @@ PRIVATE_MEMBERS: dict[str, str] = {
 }
 """Every private member of trl's GRPOTrainer (trl==1.16.0, pinned in pyproject.toml for this reason)
 and of transformers' Trainer this trainer overrides, calls or reads; an upgrade checks each one
-(tests/test_trainer.py checks they all exist)."""
+(tests/training/test_trainer.py checks they all exist)."""
 ESTIMATOR_STATE_FILE = "estimator_state.json"
 ADVANTAGE_SAMPLE_SIZE = 20_000  # the most recent scored advantages kept for the report's histogram
 CHECKPOINT_STAGING_PREFIX = ".checkpoint-staging-"  # + pid of the writer

@@ -30,7 +30,7 @@ ROUTES = [
     ("GET", f"/studies/{ID}/dashboard", "read"),
     ("GET", "/optuna/api/studies", "read"),
     ("POST", "/api/v1/studies", "submit"),
-    ("POST", f"/api/v1/studies/{ID}/cancel", "submit"),  # a submit token: its own studies (tests/test_tenancy.py)
+    ("POST", f"/api/v1/studies/{ID}/cancel", "submit"),  # a submit token: its own studies (tests/api/test_tenancy.py)
     ("POST", f"/api/v1/studies/{ID}/resume", "submit"),
     ("POST", f"/api/v1/studies/{ID}/extend", "submit"),
 ]

@@ -14,7 +14,7 @@ from krpo_bench.api.auth import TokenStore
 from krpo_bench.api.origin import cross_site_refusal, simple_body_refusal
 from krpo_bench.api.settings import ApiSettings
 
-from tests.test_api import SPEC
+from tests.api.test_api import SPEC
 
 SERVER = "http://127.0.0.1:8000"
 EVIL = {

@@ -21,7 +21,7 @@ import optuna
 from krpo_bench.service.db import JobStatus
 from krpo_bench.service.optuna_store import optuna_storage
 from krpo_bench.service.studies import StudyService
-from tests.test_faults import tiny, wait_for
+from tests.service.test_faults import tiny, wait_for
 
 LEASE_S = 60  # the killed worker's lease outlives the whole cancel -> resume sequence
 SEARCH = {

@@ -22,8 +22,8 @@ from sqlalchemy import event, text
 from krpo_bench.service.db import make_engine, upgrade
 from krpo_bench.service.queue import JobQueue, NewJob
 from krpo_bench.service.quotas import owner_of
-from tests.test_api import SEARCH
-from tests.test_probe import PROBE
+from tests.api.test_api import SEARCH
+from tests.probe.test_probe import PROBE
 from tests.trial_specs import tiny_ablation
 
 MINUTE = {"timeout_s": 60}

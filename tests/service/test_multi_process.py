@@ -23,7 +23,7 @@ from krpo_bench.settings import data_home
 from krpo_bench.spec.trial import TrialSpec
 from krpo_bench.tasks import build_task
 from krpo_bench.training.evaluation import evaluate
-from tests.test_workers import wait_for
+from tests.service.test_workers import wait_for
 from tests.trial_specs import tiny_trial
 
 pytestmark = pytest.mark.slow

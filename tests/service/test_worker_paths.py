@@ -26,7 +26,7 @@ from krpo_bench.spec.loading import SpecError
 from krpo_bench.tasks import build_task, hf
 from krpo_bench.tasks.config import HFTask, JsonlTask
 from krpo_bench.tasks.jsonl import read_rows
-from tests.test_api import BASE, SPEC
+from tests.api.test_api import BASE, SPEC
 
 SECRET = '{"aws_secret_access_key": "AKIA-LEAK", "db_password": "hunter2"}\n'
 LEAKS = ("aws_secret_access_key", "AKIA-LEAK", "db_password", "hunter2")

@@ -10,7 +10,7 @@ import pytest
 from krpo_bench.spec.loading import SpecError, parse_yaml
 from krpo_bench.spec.study import validate_study
 
-STUDIES = Path(__file__).resolve().parents[1] / "studies"
+STUDIES = Path(__file__).resolve().parents[2] / "studies"
 QUICKSTART = parse_yaml((STUDIES / "quickstart.yaml").read_bytes())
 
 

@@ -16,7 +16,7 @@ from krpo_bench.tasks.noise import RewardNoise, noisy_rewards
 from krpo_bench.training.evaluation import evaluate
 from krpo_bench.training.trainer import BaselineGRPOTrainer
 from krpo_bench.training.trial import run_trial
-from tests.test_trainer import G, make_trainer
+from tests.training.test_trainer import G, make_trainer
 from tests.trial_specs import TINY_TASK, tiny_trial
 
 N = 200_000

@@ -23,7 +23,7 @@ from sqlalchemy import Engine, event
 
 from krpo_bench.service.studies import StudyService
 from krpo_bench.spec.loading import SpecError, parse_yaml
-from tests.test_api import BASE, SPEC
+from tests.api.test_api import BASE, SPEC
 
 
 def local_app(home: Path, **settings: Any) -> TestClient:

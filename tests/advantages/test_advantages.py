@@ -19,11 +19,11 @@ from krpo_bench.spec.trial import TrialSpec
 from tests.trial_specs import tiny_trial
 
 SELF_CONTAINED = sorted(n for n, e in CATALOG.items() if not e.needs & {Need.LENGTHS, Need.BASELINE_REWARDS})
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "krpo_vectors.json"
+VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "krpo_vectors.json"
 
 
 def _vectors() -> list[dict]:
-    path = VECTORS if VECTORS.exists() else Path(__file__).parent / "data" / "krpo_vectors.json"
+    path = VECTORS if VECTORS.exists() else Path(__file__).resolve().parents[1] / "data" / "krpo_vectors.json"
     return json.loads(path.read_text())["cases"]
 
 

@@ -37,8 +37,8 @@ from krpo_bench.service.studies import experiment_name
 from krpo_bench.service.worker import short_reason
 from krpo_bench.tasks import hf
 from krpo_bench.tasks.config import PACKAGED_BUILDERS, HFTask
-from tests.test_api import BASE, SEARCH, SPEC
-from tests.test_api_server import start, stop
+from tests.api.test_api import BASE, SEARCH, SPEC
+from tests.api.test_api_server import start, stop
 
 
 def spec(**changes: Any) -> dict[str, Any]:
@@ -599,7 +599,7 @@ def test_idempotency_keys_are_scoped_per_token(server: tuple[str, dict[str, str]
 
 
 # -- issue 19, items 1-3 and 9: names are data (no markup, no escapes, no NUL 500s) ---------------
-# The worker that claims a markup-named job and survives: tests/test_display_safety.py.
+# The worker that claims a markup-named job and survives: tests/spec/test_display_safety.py.
 
 
 def test_markup_names_are_stored_as_text_and_control_characters_are_refused_in_every_name(

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from krpo_bench import cli
 
-CORPUS = Path(__file__).resolve().parent / "bad_inputs"
+CORPUS = Path(__file__).resolve().parents[1] / "bad_inputs"
 EXPECTED: dict[str, dict[str, Any]] = yaml.safe_load((CORPUS / "EXPECTED.yaml").read_text())
 FILES = sorted(p.name for p in CORPUS.glob("*.yaml") if p.name != "EXPECTED.yaml")
 CLI_REFUSED = [f for f in FILES if "cli" in EXPECTED[f].get("refused_by", ["cli", "api"])]

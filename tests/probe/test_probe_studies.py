@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from krpo_bench.cli import app
 from krpo_bench.service.probe_job import run_probe_job
 from krpo_bench.service.studies import StudyService, experiment_name
-from tests.test_probe import PROBE
+from tests.probe.test_probe import PROBE
 
 SMALL = {**PROBE, "estimators": [{"name": "grpo"}, {"name": "krpo"}], "group_sizes": [2, 4], "batches": 2}
 

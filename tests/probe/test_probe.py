@@ -314,7 +314,7 @@ PROBE = {
 }
 
 
-@pytest.mark.parametrize("command", ["probe"])  # `krpo-bench run`: tests/test_probe_studies.py (workers)
+@pytest.mark.parametrize("command", ["probe"])  # `krpo-bench run`: tests/probe/test_probe_studies.py (workers)
 def test_probe_command_prints_the_table_tracks_and_reports(tmp_path, command) -> None:
     import yaml
     from mlflow import MlflowClient

@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from krpo_bench.service.studies import StudyService
-from tests.test_api_server import start as start_server
-from tests.test_api_server import stop as stop_server
-from tests.test_workers import start_worker, wait_for
-from tests.test_workers import stop as stop_worker
+from tests.api.test_api_server import start as start_server
+from tests.api.test_api_server import stop as stop_server
+from tests.service.test_workers import start_worker, wait_for
+from tests.service.test_workers import stop as stop_worker
 from tests.trial_specs import TINY_TASK, tiny_trial
 
 pytestmark = pytest.mark.slow

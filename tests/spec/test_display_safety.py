@@ -27,8 +27,8 @@ from krpo_bench.spec.loading import SpecError, validate
 from krpo_bench.spec.names import plain_console, shown, styled
 from krpo_bench.spec.study import validate_study
 from krpo_bench.spec.trial import TrialSpec
-from tests.test_api import BASE, SPEC
-from tests.test_probe import PROBE
+from tests.api.test_api import BASE, SPEC
+from tests.probe.test_probe import PROBE
 from tests.trial_specs import tiny_trial
 
 MARKUP = ["[/]", "[/bold]", "[link=https://evil.example]click me[/link]", "[bold red]loud[/] :smile:"]

@@ -13,7 +13,7 @@ import pytest
 
 from krpo_bench.analysis.looks import look_design
 from krpo_bench.service.studies import StudyService
-from tests.test_service import BASE
+from tests.service.test_service import BASE
 
 STUDY = {
     "name": "decide",

@@ -18,7 +18,7 @@ import yaml
 from krpo_bench.api.auth import TokenStore
 
 from krpo_bench.client import ApiError, Client
-from tests.test_api import SPEC
+from tests.api.test_api import SPEC
 
 
 def free_port() -> int:

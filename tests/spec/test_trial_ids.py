@@ -25,7 +25,7 @@ from krpo_bench.spec import trial as trial_module
 from krpo_bench.spec.identity import HASHED_FIELDS, study_file_key
 from krpo_bench.training.trial import RESULT_FILE, run_trial
 
-UPGRADE = Path(__file__).parent / "data" / "upgrade"
+UPGRADE = Path(__file__).resolve().parents[1] / "data" / "upgrade"
 GOLDEN = json.loads((UPGRADE / "ids.json").read_text())
 TRIAL_ID = "upgrade-0bd84703fc1d"  # tests/data/upgrade/trial.yaml's run folder under release 0.1.0
 STUDY_ID = "1288b1ca-de1f-48c6-89b5-1c0fa16700a4"  # study.yaml's study in home/jobs-0.1.0.sqlite

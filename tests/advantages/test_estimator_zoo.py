@@ -340,7 +340,7 @@ def test_stateless_estimators_have_no_state_and_stateful_ones_do():
 
 
 def test_trainer_passes_completion_lengths_to_opo(tmp_path):
-    from tests.test_trainer import G, make_trainer
+    from tests.training.test_trainer import G, make_trainer
 
     trainer, inputs = make_trainer(tmp_path, "opo")
     torch.manual_seed(3)
@@ -355,7 +355,7 @@ def test_trainer_passes_completion_lengths_to_opo(tmp_path):
 def test_trainer_generates_scores_and_counts_the_greedy_baseline_of_remax(tmp_path):
     from krpo_bench.tasks import build_task
     from krpo_bench.training.evaluation import generate_completions
-    from tests.test_trainer import PROMPTS, G, make_trainer
+    from tests.training.test_trainer import PROMPTS, G, make_trainer
 
     trainer, inputs = make_trainer(tmp_path, "remax")
     torch.manual_seed(4)
@@ -375,7 +375,7 @@ def test_trainer_generates_scores_and_counts_the_greedy_baseline_of_remax(tmp_pa
 
 
 def test_trainer_adds_seeded_advantage_noise_and_logs_it(tmp_path):
-    from tests.test_trainer import G, make_trainer
+    from tests.training.test_trainer import G, make_trainer
 
     trainer, inputs = make_trainer(tmp_path, "grpo", advantage_noise=1.0)
     trainer.state.global_step = 5

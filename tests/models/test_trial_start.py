@@ -32,7 +32,7 @@ from krpo_bench.spec.loading import load_spec
 from krpo_bench.spec.study import StudySpec
 
 DEFAULT_KEY = tiny_arith_cache_key(TinyArithOptions())
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sha256(path: Path) -> str:
@@ -229,7 +229,7 @@ def _sleeping_trial(env: dict[str, str], log_file: str) -> None:
 WORKER_SCRIPT = """
 import os, sys, time
 from krpo_bench.service import forkserver
-from tests.test_trial_start import _sleeping_trial
+from tests.models.test_trial_start import _sleeping_trial
 forkserver.warm_up()
 trial = forkserver._context().Process(target=_sleeping_trial, args=(dict(os.environ), sys.argv[1]))
 trial.start()
