@@ -75,6 +75,7 @@ class _Service:
             item_difference=undefined,
             item_share=float("nan"),
             spread_ratio=undefined,
+            stability="undecided",
             sentence="grpo_noise3 trails grpo",
         )
         return _analysis(

@@ -23,7 +23,7 @@ from krpo_bench.analysis.records import TrialRecord
 
 METRIC = "final/accuracy"
 INITIAL_METRIC = "final/initial_accuracy"
-SECONDARY_METRICS = ("final/pass_at_k",)
+SECONDARY_METRICS = ("final/pass_at_k", "final/train_reward_auc")
 """Endpoints compared besides the primary one, each labelled exploratory (no multiplicity control)."""
 
 
@@ -199,7 +199,8 @@ def _comparison(
         "seeds_to_decide": to_decide,
         "item_difference": items.difference if items is not None else stats.Interval(math.nan, math.nan, math.nan),
         "item_share": items.item_share if items is not None else math.nan,
-        "spread_ratio": stats.spread_ratio(xv, yv, paired, settings.confidence),
+        "spread_ratio": (spread := stats.spread_ratio(xv, yv, paired, settings.confidence)),
+        "stability": "more stable" if spread.high < 1 else "less stable" if spread.low > 1 else "undecided",
     }
 
 

@@ -90,7 +90,8 @@ class ComparisonResult(Frozen):
     would settle an undecided one. `difference` covers the seeds' noise on the test items the arms
     shared; `item_difference` (where every trial stored its per-item outcomes) covers the test
     items' noise too (`item_share` of its variance). `spread_ratio` is sd(variant) / sd(reference)
-    of the per-seed values (stability).
+    of the per-seed values with its interval, and `stability` its verdict (exploratory: its interval
+    below 1 reads more stable, above 1 less stable).
     """
 
     variant: str
@@ -129,6 +130,7 @@ class ComparisonResult(Frozen):
     item_difference: Estimate
     item_share: Number
     spread_ratio: Estimate
+    stability: Literal["more stable", "less stable", "undecided"]
     sentence: str
 
 

@@ -35,6 +35,7 @@ JOB_METRICS = {
     "final_accuracy": "final/accuracy",
     "final_pass_at_k": "final/pass_at_k",
     "initial_accuracy": "final/initial_accuracy",
+    "train_reward_auc": "final/train_reward_auc",
     "wall_time_s": "cost/wall_time_s",
     "mean_step_time_s": "cost/mean_step_time_s",
     "tokens": "cost/tokens",

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PrinterCallback, set_seed
@@ -20,6 +22,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig
 
+from krpo_bench import stats
 from krpo_bench import tags as krpo_tags
 from krpo_bench.models import load_model
 from krpo_bench.settings import trial_folder
@@ -62,12 +65,21 @@ class TrialResult:
     tokens: float
     mlflow_run_id: str
     run_dir: str
+    train_reward_auc: float | None = None
+    """The mean training reward over the trial's steps (the area under its reward curve per step)."""
     final_item_outcomes: str | None = None
     final_item_ids_hash: str | None = None
     initial_item_outcomes: str | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def reward_curve_auc(log_history: list[dict[str, Any]]) -> float:
+    """The area under the training-reward curve per step (`stats.curve_auc`) from the trainer's log
+    history, which a resumed trial restores from its checkpoint (so the curve is whole)."""
+    points = [(entry["step"], entry["reward"]) for entry in log_history if "reward" in entry and "step" in entry]
+    return stats.curve_auc([s for s, _ in points], [r for _, r in points])
 
 
 def grpo_config(
@@ -248,6 +260,9 @@ def _train(
         summary.update({f"{prefix}/accuracy": final.accuracy, f"{prefix}/pass_at_k": final.pass_at_k})
     if initial is not None:
         summary["final/initial_accuracy"] = initial.accuracy
+    reward_auc = reward_curve_auc(trainer.state.log_history)
+    if final is not None and math.isfinite(reward_auc):
+        summary["final/train_reward_auc"] = reward_auc
     log_final_metrics(tracker, summary)
     return TrialResult(
         trial_id=trial_id,
@@ -262,6 +277,7 @@ def _train(
         tokens=metrics_cb.last_tokens,
         mlflow_run_id=tracker.run_id,
         run_dir=str(run_dir),
+        train_reward_auc=summary.get("final/train_reward_auc"),
         final_item_outcomes=outcome_string(final.item_outcomes) if final else None,
         final_item_ids_hash=final.item_ids_hash if final else None,
         initial_item_outcomes=outcome_string(initial.item_outcomes) if initial else None,

@@ -310,3 +310,22 @@ def test_an_interval_over_items_as_well_as_seeds_where_trials_stored_their_outco
         _records("krpo", KRPO, [0, 1, 2]) + _records("grpo", GRPO, [0, 1, 2]), AnalysisSettings()
     ).comparisons
     assert math.isnan(no_items.item_difference.estimate) and math.isnan(no_items.item_share)
+
+
+def test_the_reward_curve_and_the_seed_spread_are_exploratory_endpoints_with_verdicts() -> None:
+    auc = {"krpo": [0.61, 0.66, 0.63, 0.70, 0.65], "grpo": [0.55, 0.57, 0.58, 0.62, 0.56]}
+    finals = {"krpo": [0.80, 0.81, 0.80, 0.81, 0.80], "grpo": [0.70, 0.90, 0.75, 0.85, 0.80]}
+    records = [
+        TrialRecord(v, (), v, s, {"final/accuracy": finals[v][s], "final/train_reward_auc": auc[v][s]})
+        for v in ("grpo", "krpo")
+        for s in range(5)
+    ]
+    analysis = analyze(records, AnalysisSettings())
+    [curve] = analysis.secondary
+    expected = stats.compare(auc["krpo"], auc["grpo"], "krpo", "grpo", list(range(5)), list(range(5)))
+    assert curve.metric == "final/train_reward_auc" and curve.exploratory and curve.verdict == "better"
+    assert curve.difference.estimate == pytest.approx(expected.difference.estimate)
+    [primary] = analysis.comparisons
+    ratio = stats.spread_ratio(finals["krpo"], finals["grpo"], paired=True)
+    assert primary.spread_ratio.estimate == pytest.approx(ratio.estimate) and ratio.high < 1
+    assert primary.stability == "more stable"

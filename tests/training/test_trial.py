@@ -3,6 +3,7 @@ an interrupted trial resumes from its checkpoint in the same run, and seeds repr
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,18 @@ def test_resume_skips_a_newest_checkpoint_torn_mid_save(tmp_path: Path):
             (folder / "trainer_state.json").write_text("{}")
     (tmp_path / ".checkpoint-staging-123").mkdir()
     assert newest_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-8")
+
+
+def test_the_reward_curve_auc_reads_the_whole_log_history_a_resume_restores() -> None:
+    """The mean training reward over the steps: trapezoids over (step, reward) of TRL's log history
+    (which a resumed trial restores from its checkpoint), other log entries ignored."""
+    from krpo_bench.training.trial import reward_curve_auc
+
+    history = [
+        {"step": 0, "reward": 0.2},
+        {"step": 10, "reward": 0.4, "loss": 1.0},
+        {"step": 10, "eval": 1},
+        {"step": 30, "reward": 0.8},
+    ]
+    assert reward_curve_auc(history) == pytest.approx((10 * 0.3 + 20 * 0.6) / 30)
+    assert math.isnan(reward_curve_auc([{"step": 3, "loss": 0.1}]))
