@@ -10,30 +10,18 @@ same MLflow run.
 from __future__ import annotations
 
 import json
-import math
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from krpo_bench import tags as krpo_tags
+from krpo_bench.analysis.model import json_ready
 from krpo_bench.settings import data_home
 
 
 class ProbeStopped(Exception):
     """The worker asked the probe to stop; it stopped between two batches."""
-
-
-def finite(value: Any) -> Any:
-    """``value`` with every non-finite float (a nan the probe reports where a statistic is undefined)
-    replaced by None, so the job's result is plain JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [finite(v) for v in value]
-    return value
 
 
 def run_probe_job(job: Any, service: Any, payload: dict[str, Any], should_stop: Callable[[], bool]) -> int:
@@ -69,5 +57,5 @@ def run_probe_job(job: Any, service: Any, payload: dict[str, Any], should_stop: 
         )
         traceback.print_exc()
         return 1
-    result_path.write_text(json.dumps({"status": "succeeded", **finite(result.to_json())}))
+    result_path.write_text(json.dumps({"status": "succeeded", **json_ready(result.to_json())}))
     return 0
