@@ -36,7 +36,8 @@ h1{margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;mar
 .meta{color:#666} nav a{margin-right:1rem} .note{color:#666;font-style:italic}
 table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}
 th,td{border-bottom:1px solid #e5e5e5;padding:.3rem .6rem;text-align:right}
-th:first-child,td:first-child{text-align:left} td:last-child{text-align:left}
+th:first-child,td:first-child{text-align:left} td:last-child{text-align:left;min-width:24em}
+th{white-space:nowrap}
 ul.verdicts li{margin:.3rem 0;font-size:1.05rem}
 """
 
@@ -333,7 +334,7 @@ def _cost_section(summary: Summary, colors: Mapping[str, str]) -> str:
         lambda x: f"{x:.2f}×" if math.isfinite(x) else "–"
     )
     per_variant = per_variant.rename(columns={"step_time_ratio": f"step time vs {summary.analysis.reference}"})
-    present = [m for m in COST_METRICS if trials[m].notna().any()]
+    present = [m for m in COST_METRICS if trials[m].fillna(0).ne(0).any()]  # all zero (no GPU): not shown
     plot = _div(figures.cost_figure(trials, present, colors)) if present else _note("no cost metrics logged")
     return (
         f"<h3>per variant (means)</h3>{_table(per_variant.round(3))}{plot}<h3>per trial</h3>{_table(trials.round(3))}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -21,7 +22,8 @@ from krpo_bench.spec.loading import SpecError, load_spec
 from krpo_bench.spec.names import plain_console, styled
 
 app = typer.Typer(help="Benchmark and ablate critic-free RL baselines (KRPO, GRPO, RLOO, ...).", no_args_is_help=True)
-console = plain_console()  # names are data: nothing printed is read as markup or a terminal escape
+console = plain_console(soft_wrap=not sys.stdout.isatty())  # names are data: never markup or escapes;
+# in a log or a pipe a line is never wrapped at Rich's 80 columns (a path or a verdict stays one line)
 err = plain_console(stderr=True)
 
 
