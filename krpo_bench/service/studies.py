@@ -1,16 +1,12 @@
 """The study service: submit, expand, schedule, watch, cancel, resume and extend studies.
 
-Everything the CLI, the API and the workers do to a study goes through :class:`StudyService`.
-Ablations are planned up front (variants x grid x seeds, enqueued idempotently by trial key);
-searches ask Optuna for trials while the budget lasts, never more than ``parallelism`` in flight,
-under a per-study lock so concurrent callers cannot overshoot. The job queue is the only writer of
-jobs; Optuna is used through its public API, one ``optuna.Study`` per service and search.
-
-A submission commits the study row and its jobs only; its MLflow experiment and parent run are an
-outbox (``mlflow_pending``) that :meth:`StudyService.ensure_mlflow` fulfils idempotently afterwards:
-the API's background task, a worker before it starts one of the study's trials, and
-``krpo-bench run`` all call it, and it looks up what a predecessor that died half-way created
-(the experiment by name, the parent run by tag) before creating anything.
+Everything the CLI, the API and the workers do to a study goes through :class:`StudyService`, a
+facade over its parts: the search scheduler (krpo_bench.service.search), the MLflow outbox
+(krpo_bench.service.outbox) and the sequential looks (krpo_bench.service.looks), each given the
+service. Ablations are planned up front (variants x grid x seeds, enqueued idempotently by trial
+key); searches ask Optuna for trials while the budget lasts. The job queue is the only writer of
+jobs. A submission commits the study row and its jobs only; its MLflow experiment and parent run
+are an outbox (``mlflow_pending``) that :meth:`StudyService.ensure_mlflow` fulfils afterwards.
 """
 
 from __future__ import annotations
@@ -18,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import logging
 import re
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -27,13 +22,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import optuna
 from sqlalchemy import func, or_, select, text
-from sqlalchemy.exc import DBAPIError
 
-from krpo_bench import tags as krpo_tags
 from krpo_bench.analysis.analyze import AnalysisSettings, analyze
-from krpo_bench.analysis.looks import decide, seeds_asked
 from krpo_bench.analysis.model import GridPoint, StudyAnalysis
 from krpo_bench.analysis.records import (
     CONFIG_GRID_POINT,
@@ -45,7 +36,6 @@ from krpo_bench.models.memory import trial_memory_mib
 from krpo_bench.probe.spec import ProbeSpec
 from krpo_bench.service.db import (
     ACTIVE_JOB_STATUSES,
-    ALEMBIC_LOCK,
     Job,
     JobStatus,
     Study,
@@ -58,22 +48,17 @@ from krpo_bench.service.db import (
     utcnow,
 )
 from krpo_bench.service.kinds import AnyStudy, handler, stored_spec, trial_tags, validate_submission
-from krpo_bench.service.optuna_store import distribution, make_pruner, make_sampler, optuna_storage
-from krpo_bench.service.queue import AttemptInfo, JobInfo, JobQueue, NewJob, Reclaimed, WorkerInfo, is_database_outage
+from krpo_bench.service.looks import SequentialLooks
+from krpo_bench.service.outbox import MlflowOutbox, MlflowRecords, experiment_name
+from krpo_bench.service.queue import AttemptInfo, JobInfo, JobQueue, NewJob, Reclaimed, WorkerInfo
+from krpo_bench.service.search import SearchScheduler, optuna_study_name
 from krpo_bench.settings import default_db_url, default_mlflow_uri
 from krpo_bench.spec.confirm import NotConfirmable, confirmation_spec
 from krpo_bench.spec.study import StudySpec, validate_study
 
-log = logging.getLogger(__name__)
-PARENT_RUN_STATUS = {StudyStatus.SUCCEEDED: "FINISHED", StudyStatus.FAILED: "FAILED", StudyStatus.CANCELLED: "KILLED"}
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
 AMBIGUOUS_LISTED = 20  # candidates an ambiguous study reference lists
 OLDER_REF = re.compile(r"(.+)~([1-9][0-9]{0,8})")
 """``name~N``: the N-th older study of a name (``name~0`` is not a form: the name alone is the newest)."""
-STUDY_RUN_ROLE = "study"
-"""``krpo.role`` tag of a study's MLflow parent run (how a restarted creator finds it)."""
 
 
 class StudyError(ValueError):
@@ -86,14 +71,6 @@ class StudyNotFound(KeyError):
 
 class AmbiguousStudy(StudyError):
     """A study reference that names several studies; the message lists them."""
-
-
-@dataclass(frozen=True)
-class MlflowRecords:
-    """A study's MLflow experiment and parent run."""
-
-    experiment_id: str
-    parent_run_id: str
 
 
 @dataclass(frozen=True)
@@ -117,43 +94,6 @@ class StudyInfo:
         return sum(n for s, n in self.counts.items() if s not in ACTIVE_JOB_STATUSES)
 
 
-def trial_verdict(
-    outcomes: Sequence[tuple[str, dict[str, Any] | None]], metric: str
-) -> tuple[optuna.trial.TrialState, float | None] | None:
-    """What to tell Optuna of a search trial from its jobs' ``(status, result)``: None while one is
-    active; COMPLETE with the mean of ``final_<metric>`` over its seeds when all succeeded with a
-    value; PRUNED when one was pruned; else FAIL."""
-    statuses = {status for status, _ in outcomes}
-    if statuses & ACTIVE_JOB_STATUSES:
-        return None
-    values = [(result or {}).get(f"final_{metric}") for _, result in outcomes]
-    if statuses == {JobStatus.SUCCEEDED.value} and all(v is not None for v in values):
-        return optuna.trial.TrialState.COMPLETE, sum(values) / len(values)
-    if JobStatus.PRUNED.value in statuses:
-        return optuna.trial.TrialState.PRUNED, None
-    return optuna.trial.TrialState.FAIL, None
-
-
-EXPERIMENT_ID_CHARS = 13
-"""Characters of the study id an experiment's name shows: the first 12 hex digits of the UUID (all
-random in a version-4 UUID: 48 bits), so two studies of one name never share an experiment in
-practice, and the shown part is an id prefix the CLI and the API accept."""
-
-
-def experiment_name(study_id: str, study_name: str) -> str:
-    """The MLflow experiment of a study: its display name and a short id, ``quickstart (0b8c2f6e-5b1a)``,
-    so a person recognises it in the MLflow UI. Local artifact folders are never named after it
-    (``tracking.artifact_folder`` hashes any name that is not a plain identifier). Studies stored by
-    an older release keep their ``krpo-study-<id>`` experiment (the study row holds its id, every
-    run its ``krpo.study_id`` tag)."""
-    return f"{study_name} ({study_id[:EXPERIMENT_ID_CHARS]})"
-
-
-def optuna_study_name(study_id: str) -> str:
-    """The Optuna study of a search, named by the study's id."""
-    return f"krpo-{study_id}"
-
-
 class StudyService:
     """Studies on one job database (SQLite file or PostgreSQL) and one MLflow tracking store."""
 
@@ -164,7 +104,9 @@ class StudyService:
         if migrate:
             upgrade(self.engine)
         self.queue = JobQueue(self.engine)
-        self._optuna: dict[str, optuna.Study] = {}  # by Optuna study name, built once per service
+        self.outbox = MlflowOutbox(self)
+        self.scheduler = SearchScheduler(self)
+        self.looks = SequentialLooks(self)
 
     # -- submission -------------------------------------------------------------------------
 
@@ -212,7 +154,7 @@ class StudyService:
             }
             self.queue.create_study(values, jobs)
             if kind.scheduled:
-                self._optuna_study(optuna_name, study)
+                self.scheduler.optuna_study(optuna_name, study)
                 self.top_up(study_id)
         except BaseException:
             self._discard(study_id, optuna_name)
@@ -256,70 +198,17 @@ class StudyService:
     def _discard(self, study_id: str, optuna_name: str) -> None:
         """Remove what a failed submission created (the Optuna study best effort)."""
         self.queue.discard_study(study_id)
-        self._optuna.pop(optuna_name, None)
-        try:
-            optuna.delete_study(study_name=optuna_name, storage=optuna_storage(self.db_url))
-        except KeyError:
-            pass  # never created
-        except Exception:
-            log.warning("could not remove the Optuna study of the failed submission %s", study_id, exc_info=True)
+        self.scheduler.discard(study_id, optuna_name)
 
-    # -- MLflow records (the outbox) -------------------------------------------------------
+    # -- MLflow records (the outbox, krpo_bench.service.outbox) --------------------------------
 
     def pending_mlflow(self, limit: int = 100) -> list[str]:
         """Ids of studies whose MLflow records are still to be created, oldest first."""
-        with read_connection(self.engine) as conn:
-            return list(
-                conn.execute(
-                    select(Study.id)
-                    .where(Study.mlflow_pending.is_(True))
-                    .order_by(Study.created_at, Study.id)
-                    .limit(limit)
-                ).scalars()
-            )
+        return self.outbox.pending(limit)
 
     def ensure_mlflow(self, study_id: str) -> MlflowRecords:
-        """The study's MLflow experiment (:func:`experiment_name`) and parent run, created exactly once.
-
-        Idempotent and safe against a creator that died half-way: under the study lock, the
-        experiment is looked up by name and the parent run by its ``krpo.role``/``krpo.study_id``
-        tags before anything is created; the ids are then stored on the study row."""
-        row = self._row(study_id)
-        if not row.mlflow_pending:
-            return MlflowRecords(row.mlflow_experiment_id, row.mlflow_parent_run_id)
-        from krpo_bench.tracking import RunTracker, flatten, get_or_create_experiment  # MLflow: only where used
-
-        with self._study_lock(study_id):
-            row = self._row(study_id)
-            if not row.mlflow_pending:
-                return MlflowRecords(row.mlflow_experiment_id, row.mlflow_parent_run_id)
-            study = stored_spec(row.spec)
-            experiment = experiment_name(study_id, study.name)
-            with ALEMBIC_LOCK:  # the first call may set up a new MLflow store (an alembic migration)
-                tracker = RunTracker(self.mlflow_uri)
-                experiment_id = get_or_create_experiment(tracker.client, experiment, self.mlflow_uri)
-            tracker.client.set_experiment_tag(experiment_id, krpo_tags.STUDY_NAME, study.name)
-            found = tracker.client.search_runs(
-                [experiment_id],
-                f"tags.`krpo.role` = '{STUDY_RUN_ROLE}' and tags.`krpo.study_id` = '{study_id}'",
-                max_results=1,
-            )
-            tags = {
-                krpo_tags.STUDY_ID: study_id,
-                krpo_tags.STUDY_NAME: study.name,
-                krpo_tags.KIND: study.kind,
-                krpo_tags.ROLE: STUDY_RUN_ROLE,
-            }
-            run_id = tracker.start(experiment, study.name, run_id=found[0].info.run_id if found else None, tags=tags)
-            tracker.log_params(
-                flatten({"study": study.model_dump(mode="json", exclude={"base", "variants", "grid", "space"})})
-            )
-            tracker.log_dict(study.model_dump(mode="json"), "study.json")
-            self.queue.update_study(
-                study_id,
-                {"mlflow_experiment_id": experiment_id, "mlflow_parent_run_id": run_id, "mlflow_pending": False},
-            )
-        return MlflowRecords(experiment_id, run_id)
+        """The study's MLflow experiment and parent run, created exactly once (:meth:`MlflowOutbox.ensure`)."""
+        return self.outbox.ensure(study_id)
 
     def _by_idempotency_key(self, key: str) -> StudyInfo | None:
         with read_connection(self.engine) as conn:
@@ -375,30 +264,6 @@ class StudyService:
         for start in range(0, len(jobs), 500):
             self.queue.enqueue_many(study_id, jobs[start : start + 500])
 
-    # -- searches ---------------------------------------------------------------------------
-
-    def _optuna_study(self, name: str, study: StudySpec) -> optuna.Study:
-        """The search's Optuna study, created (or loaded) once per service and kept."""
-        ostudy = self._optuna.get(name)
-        if ostudy is None:
-            ostudy = optuna.create_study(
-                study_name=name,
-                storage=optuna_storage(self.db_url),
-                direction=study.objective.direction,
-                sampler=make_sampler(study),
-                pruner=make_pruner(study.pruner),
-                load_if_exists=True,
-            )
-            self._optuna[name] = ostudy
-        return ostudy
-
-    def _optuna_trial(self, name: str, study: StudySpec, number: int) -> tuple[optuna.Study, int]:
-        """The search's Optuna study and the storage id of its trial ``number`` (public storage API)."""
-        ostudy = self._optuna_study(name, study)
-        storage = optuna_storage(self.db_url)
-        trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(name), number)
-        return ostudy, trial_id
-
     @contextlib.contextmanager
     def _study_lock(self, study_id: str) -> Iterator[None]:
         """Serialises schedulers of one study: an advisory lock on PostgreSQL, a file lock on SQLite."""
@@ -420,68 +285,22 @@ class StudyService:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    # -- searches (krpo_bench.service.search) ----------------------------------------------------
+
     def top_up(self, study_id: str) -> int:
-        """Ask Optuna for new search trials while budget and parallelism allow; returns how many.
-        The study is read under the study lock, so a cancel that commits before it is seen, and
-        one that commits after finds the jobs to cancel (and, in :meth:`cancel`, trials to tell)."""
-        if self._row(study_id).kind != StudyKind.SEARCH:
-            return 0
-        with self._study_lock(study_id):
-            row = self._row(study_id)
-            if row.status != StudyStatus.RUNNING.value or row.cancel_requested:
-                return 0
-            study = StudySpec.model_validate(row.spec)
-            with read_connection(self.engine) as conn:
-                rows = conn.execute(select(Job.optuna_trial_number, Job.status).where(Job.study_id == study_id)).all()
-            asked = len({number for number, _ in rows})
-            in_flight = len({number for number, status in rows if status in ACTIVE_JOB_STATUSES})
-            room = min(study.n_trials - asked, study.parallelism - in_flight)
-            if room <= 0:
-                return 0
-            ostudy = self._optuna_study(row.optuna_study_name, study)
-            ostudy.sampler = make_sampler(study, seed_offset=asked)  # see make_sampler: a fresh seed per batch
-            dists = {path: distribution(p) for path, p in (study.space or {}).items()}
-            experiment = experiment_name(study_id, study.name)
-            jobs = []
-            for _ in range(room):
-                trial = ostudy.ask(dists)
-                for seed in study.search_seeds():
-                    label = f"trial {trial.number}"
-                    key = f"trial-{trial.number:05d}|seed={seed}"
-                    spec = study.trial_config(dict(trial.params), seed, f"{label} seed={seed}")
-                    jobs.append(self.trial_job(study_id, study, key, label, seed, spec, experiment, trial.number))
-            self.queue.enqueue_many(study_id, jobs)
-            return room
+        """Ask Optuna for new search trials while budget and parallelism allow (:meth:`SearchScheduler.top_up`)."""
+        return self.scheduler.top_up(study_id)
 
     def report_intermediate(self, job: JobInfo | Any, step: int, value: float) -> bool:
-        """Report a search trial's eval value to Optuna; True when the pruner says stop.
-
-        A database outage loses this one report and answers "go on" (the trial is pruned, if at
-        all, at a later evaluation) rather than failing a trial that trains fine."""
-        config = job.config
-        if not config.get("optuna_study_name") or job.optuna_trial_number is None:
-            return False
-        try:
-            row = self._row(job.study_id)
-            ostudy, trial_id = self._optuna_trial(
-                row.optuna_study_name, StudySpec.model_validate(row.spec), job.optuna_trial_number
-            )
-            trial = optuna.trial.Trial(ostudy, trial_id)
-            if config.get("report_intermediate"):
-                trial.report(value, step)
-            return trial.should_prune()
-        except (DBAPIError, optuna.exceptions.StorageInternalError) as err:
-            if not is_database_outage(err):
-                raise
-            log.warning("could not report step %d of job %s to Optuna (database unavailable): %s", step, job.id, err)
-            return False
+        """Report a search trial's eval value to Optuna; True when the pruner says stop."""
+        return self.scheduler.report_intermediate(job, step, value)
 
     def job_finished(self, job_id: str) -> None:
         """After a job reached a final state: tell Optuna once its trial's seeds are all done, top up."""
         job = self.queue.get_job(job_id)
         if job is None:
             return
-        self._settle_parent_run(job.study_id)
+        self.outbox.settle_parent_run(job.study_id)
         if job.optuna_trial_number is None:
             self.take_look(job.study_id)
             return
@@ -497,58 +316,12 @@ class StudyService:
             )
         if any(s in ACTIVE_JOB_STATUSES for s in siblings):
             return
-        self._tell_ended_trials(job.study_id, [job.optuna_trial_number])
+        self.scheduler.tell_ended_trials(job.study_id, [job.optuna_trial_number])
         self.top_up(job.study_id)
 
     def take_look(self, study_id: str) -> dict[str, Any] | None:
-        """A sequential ablation (``analysis.until_decided``) whose batch of seeds has ended (none of
-        its jobs active): analyse the family at this look (krpo_bench.analysis.looks), store the look,
-        and queue the next seeds of the comparisons still open, or close the study when none is.
-        Idempotent and safe to repeat (under the study lock; the seeds a stored look asked for are
-        queued again if a crash lost them). Returns the look taken, else None."""
-        if self._row(study_id).kind != StudyKind.ABLATION:
-            return None
-        with self._study_lock(study_id):
-            row = self._row(study_id)
-            study = stored_spec(row.spec)
-            if study.analysis.until_decided is None or row.cancel_requested:
-                return None
-            jobs = self.queue.list_jobs(study_id, config_keys=RECORD_CONFIG_KEYS)
-            if any(job.status in ACTIVE_JOB_STATUSES for job in jobs):
-                return None
-            looks, sizes = list(row.looks or []), study.look_sizes()
-            asked = seeds_asked(looks[-1], sizes) if looks else {}
-            if asked and self._queue_seeds(study_id, study, asked, jobs):
-                return None
-            if looks and (not asked or len(looks) >= len(sizes)):
-                if row.total_jobs != row.enqueued_jobs:
-                    self.queue.close_study(study_id, looks)
-                return None
-            look = decide(
-                analyze(records_from_jobs(jobs), AnalysisSettings.of_spec(study, looks=looks, next_look=True)),
-                looks,
-                sizes,
-            )
-            looks.append(look)
-            asked = seeds_asked(look, sizes)
-            if not asked:
-                self.queue.close_study(study_id, looks)
-                return look
-            self.queue.update_study(study_id, {"looks": looks})
-            self._queue_seeds(study_id, study, asked, jobs)
-            return look
-
-    def _queue_seeds(self, study_id: str, study: StudySpec, asked: dict[str, int], jobs: list[JobInfo]) -> bool:
-        """Queue the trials a look asked for (each label's first ``asked[label]`` seeds of the
-        sequential order) that the study does not hold yet; whether any was missing."""
-        held = {(job.config["variant"], job.config["seed"]) for job in jobs}
-        seeds_of = {
-            label: [seed for seed in study.seeds_through(n) if (label, seed) not in held] for label, n in asked.items()
-        }
-        missing = {label: seeds for label, seeds in seeds_of.items() if seeds}
-        if missing:
-            self._enqueue_planned(study_id, study, study.plan(missing))
-        return bool(missing)
+        """Take the look a sequential ablation's ended batch is owed (:meth:`SequentialLooks.take_look`)."""
+        return self.looks.take_look(study_id)
 
     def reclaim_expired(self) -> list[Reclaimed]:
         """Take back the jobs of workers whose lease expired (:meth:`JobQueue.reclaim_expired`), and
@@ -560,37 +333,6 @@ class StudyService:
                 self.job_finished(job.id)
         return reclaimed
 
-    def _tell_ended_trials(self, study_id: str, numbers: Collection[int] | None = None) -> None:
-        """Tell Optuna the outcome (:func:`trial_verdict`) of each trial of a search (all, or
-        ``numbers``) whose jobs have all ended and that Optuna still holds as running. Under the
-        study lock: a resume requeueing a trial's jobs comes wholly before or after."""
-        row = self._row(study_id)
-        if row.kind != StudyKind.SEARCH:
-            return
-        study = StudySpec.model_validate(row.spec)
-        query = select(Job.optuna_trial_number, Job.status, Job.result).where(
-            Job.study_id == study_id, Job.optuna_trial_number.is_not(None)
-        )
-        if numbers is not None:
-            query = query.where(Job.optuna_trial_number.in_(list(numbers)))
-        metric = study.objective.metric.split("/")[-1]
-        with self._study_lock(study_id):
-            with read_connection(self.engine) as conn:
-                rows = conn.execute(query).all()
-            outcomes: dict[int, list[tuple[str, dict[str, Any] | None]]] = {}
-            for number, status, result in rows:
-                outcomes.setdefault(number, []).append((status, result))
-            ostudy = self._optuna_study(row.optuna_study_name, study)
-            running = {t.number for t in ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
-            for number in sorted(running & outcomes.keys()):
-                verdict = trial_verdict(outcomes[number], metric)
-                if verdict is not None:
-                    state, value = verdict
-                    try:
-                        ostudy.tell(number, value, state=state, skip_if_finished=True)
-                    except RuntimeError:
-                        pass  # the grid sampler, its grid done, asks an optimize loop to stop; the trial is stored
-
     # -- control ----------------------------------------------------------------------------
 
     def cancel(self, study_id: str) -> StudyInfo:
@@ -598,29 +340,9 @@ class StudyService:
         next heartbeat (and are told when their worker ends them)."""
         self._row(study_id)
         self.queue.cancel_study(study_id)
-        self._tell_ended_trials(study_id)
-        self._settle_parent_run(study_id)
+        self.scheduler.tell_ended_trials(study_id)
+        self.outbox.settle_parent_run(study_id)
         return self.get(study_id)
-
-    def _settle_parent_run(self, study_id: str, *, reopen: bool = False) -> None:
-        """Give the study's MLflow parent run the study's stored outcome (RUNNING again after a
-        resume). An unreachable MLflow is logged, not raised: the jobs table holds the outcome."""
-        row = self._row(study_id)
-        status = PARENT_RUN_STATUS.get(row.status, "RUNNING")
-        if not row.mlflow_parent_run_id or (status == "RUNNING" and not reopen):
-            return
-        from krpo_bench.tracking import RunTracker  # MLflow: only where used
-
-        try:
-            client = RunTracker(self.mlflow_uri).client
-            if client.get_run(row.mlflow_parent_run_id).info.status == status:
-                return
-            if status == "RUNNING":
-                client.update_run(row.mlflow_parent_run_id, status=status)
-            else:
-                client.set_terminated(row.mlflow_parent_run_id, status=status)
-        except Exception as err:  # noqa: BLE001 - MLflow's errors have no common base we could name
-            log.warning("could not set the MLflow parent run of study %s to %s: %s", study_id, status, err)
 
     def resume(self, study_id: str) -> StudyInfo:
         """Continue an interrupted or cancelled study (the later command wins): reclaim dead
@@ -633,51 +355,17 @@ class StudyService:
         study = stored_spec(row.spec)
         self.reclaim_expired()
         with self._study_lock(study_id):
-            renumber = self._fresh_trials(row, study) if study.kind == StudyKind.SEARCH else {}
+            renumber = self.scheduler.fresh_trials(row, study) if study.kind == StudyKind.SEARCH else {}
             self.queue.requeue_study(study_id, renumber)
             if study.kind == StudyKind.SEARCH:
-                self._fail_orphan_trials(row, study)
-        self._settle_parent_run(study_id, reopen=True)
+                self.scheduler.fail_orphan_trials(row, study)
+        self.outbox.settle_parent_run(study_id, reopen=True)
         if study.kind == StudyKind.ABLATION:
             self._enqueue_planned(study_id, study, study.plan())
             self.take_look(study_id)  # a sequential study's look lost to a crash
         elif study.kind == StudyKind.SEARCH:
             self.top_up(study_id)
         return self.get(study_id)
-
-    def _fresh_trials(self, row: Any, study: StudySpec) -> dict[int, int]:
-        """For each trial that a resume requeues but Optuna holds as finished (told FAIL when it
-        failed or was cancelled; a finished trial cannot be told again), a new Optuna trial with its
-        parameters (``enqueue_trial`` + ``ask``): old number -> new number. Under the study lock."""
-        with read_connection(self.engine) as conn:
-            redone = set(
-                conn.execute(
-                    select(Job.optuna_trial_number).where(
-                        Job.study_id == row.id,
-                        Job.optuna_trial_number.is_not(None),
-                        Job.status.not_in([JobStatus.SUCCEEDED.value, JobStatus.PRUNED.value]),
-                    )
-                ).scalars()
-            )
-        if not redone:
-            return {}
-        ostudy = self._optuna_study(row.optuna_study_name, study)
-        dists = {path: distribution(p) for path, p in (study.space or {}).items()}
-        renumber = {}
-        for old in ostudy.get_trials(deepcopy=False):
-            if old.number in redone and old.state.is_finished():
-                ostudy.enqueue_trial(old.params)
-                renumber[old.number] = ostudy.ask(dists).number
-        return renumber
-
-    def _fail_orphan_trials(self, row: Any, study: StudySpec) -> None:
-        """Optuna trials asked by a scheduler that died before queueing their jobs. Under the study lock."""
-        ostudy = self._optuna_study(row.optuna_study_name, study)
-        with read_connection(self.engine) as conn:
-            known = set(conn.execute(select(Job.optuna_trial_number).where(Job.study_id == row.id)).scalars())
-        for trial in ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            if trial.number not in known:
-                ostudy.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
     def extend(self, study_id: str, n_trials: int) -> StudyInfo:
         """Add ``n_trials`` to a search's budget (also after it finished) and schedule them."""
