@@ -64,8 +64,16 @@ class ReinforcePPBaseline(Estimator):
         return Estimate(advantages, baseline, scale)
 
 
+MEAN_ROUNDING = 1e-12
+"""A group mean at most this times the group's largest |reward| is zero up to the rounding of its sum."""
+
+
 class MaxRL(Estimator):
     """MaxRL (arXiv 2602.02710): ``(r - mean_g) / mean_g``, 0 where ``mean_g <= 0``.
+
+    "<= 0" is up to rounding (``mean_g <= MEAN_ROUNDING * max |r_g|``): signed rewards that cancel
+    (0.7 - 1.0 + 0.3) sum to +-5.6e-17 by the order of the additions, which would otherwise give
+    advantages of 1e16.
 
     GRPO with the group std replaced by the group mean (hard prompts get ~1/p weight); meant for
     non-negative rewards. As prime-rl's ``max_rl``: no epsilon and no extra ``1/G`` factor (the
@@ -77,7 +85,8 @@ class MaxRL(Estimator):
     def _estimate(self, rewards, prompt_ids=None):
         valid = ~rewards.isnan()
         baseline = group_mean(rewards, valid).expand_as(rewards)
-        positive = baseline > 0
+        magnitude = torch.where(valid, rewards.abs(), 0.0).amax(dim=-1, keepdim=True)
+        positive = baseline > MEAN_ROUNDING * magnitude
         scale = torch.where(positive, baseline, 1.0)
         advantages = torch.where(valid & positive, (rewards - baseline) / scale, 0.0)
         return Estimate(advantages, baseline, scale)

@@ -175,8 +175,10 @@ def remax(rewards: list[list[float]], baseline_rewards: list[float]) -> list[lis
 def maxrl(rewards: list[list[float]]) -> list[list[float]]:
     out = []
     for group in rewards:
-        m = _mean(_valid(group))
-        out.append([0.0 if math.isnan(r) or m <= 0 else (r - m) / m for r in group])
+        valid = _valid(group)
+        m = _mean(valid)
+        zero = m <= 1e-12 * max((abs(r) for r in valid), default=0.0)  # zero up to the sum's rounding
+        out.append([0.0 if math.isnan(r) or zero else (r - m) / m for r in group])
     return out
 
 

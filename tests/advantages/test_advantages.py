@@ -264,3 +264,13 @@ def test_a_trial_builds_its_estimator_from_the_validated_block_itself(name):
     est = build_estimator(block, seed=3)
     assert type(est) is CATALOG[name].estimator_class() and est.params is block and est.seed == 3
     assert est.name == name and est.needs == CATALOG[name].needs
+
+
+def test_maxrl_reads_a_group_mean_zero_up_to_rounding_as_zero():
+    """Signed rewards that cancel sum to +-5.6e-17 by the order of the additions (found by the
+    reference-loop property test): both forms read that mean as zero, never advantages of 1e16."""
+    rewards = [[0.7, -1.0, math.nan, math.nan, 2.0, 0.3, -1.0, 0.0, -1.0]]
+    got = get_estimator("maxrl")(torch.tensor(rewards, dtype=torch.float64))
+    assert torch.equal(got, torch.zeros(1, 9, dtype=torch.float64))
+    assert reference.maxrl(rewards) == [[0.0] * 9]
+    assert get_estimator("maxrl")(torch.tensor([[0.5, 1.0]], dtype=torch.float64)).tolist() == [[-1 / 3, 1 / 3]]
