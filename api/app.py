@@ -160,14 +160,16 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-async def drain_mlflow_outbox(service: StudyService, wake: asyncio.Event) -> None:
+async def drain_mlflow_outbox(service: StudyService, wake: asyncio.Event, stop: asyncio.Event) -> None:
     """Create the MLflow records of submitted studies, one at a time in a worker thread, off the
     request path: woken by submissions (see ``MLFLOW_OUTBOX_QUIET_S``), polling every
     ``MLFLOW_OUTBOX_IDLE_S`` otherwise (so studies left pending by a server that died are picked up
-    after a restart)."""
-    while True:
+    after a restart). Returns once ``stop`` is set (and ``wake`` with it), after the record in
+    progress: a thread cannot be cancelled, so cancelling the task would leave it using the service
+    while the server shuts the service down."""
+    while not stop.is_set():
         woken = time.monotonic()
-        while wake.is_set() and time.monotonic() - woken < MLFLOW_OUTBOX_MAX_LAG_S:
+        while wake.is_set() and not stop.is_set() and time.monotonic() - woken < MLFLOW_OUTBOX_MAX_LAG_S:
             wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), MLFLOW_OUTBOX_QUIET_S)
@@ -175,6 +177,8 @@ async def drain_mlflow_outbox(service: StudyService, wake: asyncio.Event) -> Non
         failed = False
         try:
             for study_id in await run_in_threadpool(service.pending_mlflow):
+                if stop.is_set():
+                    break
                 try:
                     await run_in_threadpool(service.ensure_mlflow, study_id)
                 except Exception:
@@ -192,14 +196,15 @@ async def drain_mlflow_outbox(service: StudyService, wake: asyncio.Event) -> Non
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """The server's background task: the MLflow outbox."""
-    task = asyncio.create_task(drain_mlflow_outbox(app.state.service, app.state.mlflow_wake))
+    """The server's background task: the MLflow outbox, stopped after the record in progress."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(drain_mlflow_outbox(app.state.service, app.state.mlflow_wake, stop))
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        stop.set()
+        app.state.mlflow_wake.set()
+        await task
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:

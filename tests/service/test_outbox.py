@@ -86,6 +86,27 @@ def test_the_server_creates_the_records_in_the_background(tmp_path: Path) -> Non
         assert_created_once(client.app.state.service, study_id)
 
 
+def test_the_server_stops_after_the_record_in_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shutting down waits for the outbox's thread: a cancelled task would leave it reading the
+    database while the server disposes of it (a PostgreSQL connection then leaks)."""
+    app = create_app(api_settings(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    service, inside, pending = app.state.service, threading.Event(), app.state.service.pending_mlflow
+    in_progress: list[str] = []
+
+    def slow_pending() -> list[str]:
+        in_progress.append("reading")
+        inside.set()
+        time.sleep(1.0)
+        listed = pending()
+        in_progress.remove("reading")
+        return listed
+
+    monkeypatch.setattr(service, "pending_mlflow", slow_pending)
+    with TestClient(app, base_url="http://localhost"):
+        assert inside.wait(30), "the outbox never ran"
+    assert in_progress == [], "the server stopped while its outbox thread was still reading the database"
+
+
 SUBMIT_AND_DIE = """
 import os, sys
 from krpo_bench.service.studies import StudyService
