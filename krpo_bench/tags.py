@@ -1,5 +1,6 @@
-"""The names krpo-bench gives things in MLflow: run and experiment tags, artifacts (one home; writers
-and readers import them from here, and this module imports nothing)."""
+"""The names krpo-bench gives things in MLflow: run and experiment tags, the params it logs beside a
+spec's own, artifacts (one home; writers and readers import them from here, and this module imports
+nothing)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ JOB_ID = "krpo.job_id"
 PROCESSES = "krpo.processes"
 ESTIMATOR = "krpo.estimator"
 PROBE_ID = "krpo.probe_id"
+
+WARM_START_SEED_PARAM = "model.tiny.warm_start_seed"
+"""Run param of a tiny-arith trial: the seed of the warm start it trained from (``model.tiny.warm_starts``)."""
 
 ADVANTAGES_ARTIFACT = "diagnostics/advantages.json"
 ITEM_OUTCOMES_ARTIFACT = "eval/item_outcomes.json"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -20,6 +20,8 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
+MAX_WARM_STARTS = 64
+
 
 class LoraSpec(BaseModel):
     """LoRA adapter settings (peft); the base weights stay frozen."""
@@ -34,7 +36,8 @@ class LoraSpec(BaseModel):
 
 class TinyArithOptions(BaseModel):
     """How the tiny-arith model is built: architecture, seed, supervised warm-up length and how often
-    its demonstrations of carrying sums drop the carries (0: clean demonstrations)."""
+    its demonstrations of carrying sums drop the carries (0: clean demonstrations); and how many
+    warm starts (builds of seeds ``seed``, ``seed + 1``, ...) the trials' seeds spread over."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -44,6 +47,29 @@ class TinyArithOptions(BaseModel):
     hidden_size: int = Field(128, ge=16, le=16_384)  # hard bounds; a server also caps parameters
     num_layers: int = Field(4, ge=1, le=1024)
     num_heads: int = Field(4, ge=1, le=1024)
+    warm_starts: int = Field(
+        1,
+        description=f"distinct warm starts, 1 to {MAX_WARM_STARTS}: trial seed s starts from the build "
+        "with seed `seed + s mod warm_starts` (1: every trial starts from the same one)",
+        json_schema_extra={"minimum": 1, "maximum": MAX_WARM_STARTS},
+    )
+
+    @field_validator("warm_starts")
+    @classmethod
+    def _warm_starts_in_range(cls, value: int) -> int:
+        if not 1 <= value <= MAX_WARM_STARTS:
+            raise ValueError(f"model.tiny.warm_starts must be from 1 to {MAX_WARM_STARTS}, not {value}")
+        return value
+
+    def warm_start(self, trial_seed: int) -> TinyArithOptions:
+        """The build a trial of seed ``trial_seed`` starts from: these options with seed
+        ``seed + trial_seed mod warm_starts`` (and one warm start)."""
+        return self.model_copy(update={"seed": self.seed + trial_seed % self.warm_starts, "warm_starts": 1})
+
+    def recipe(self) -> dict[str, Any]:
+        """The options a build depends on (all but ``warm_starts``, which picks among builds): what
+        its cache key hashes and its warm-up report records."""
+        return self.model_dump(exclude={"warm_starts"})
 
 
 class ModelSpec(BaseModel):

@@ -22,6 +22,8 @@ class LoadedModel:
     tokenizer: PreTrainedTokenizerBase
     name: str
     num_parameters: int
+    warm_start_seed: int | None = None
+    """The seed of the tiny-arith build the model starts from (None for the other models)."""
 
     @property
     def num_trainable_parameters(self) -> int:
@@ -29,9 +31,11 @@ class LoadedModel:
         return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
 
-def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
-    """The model and tokenizer ``spec`` names, on ``device`` (built or converted on first use)."""
+def load_model(spec: ModelSpec, device: str = "cpu", trial_seed: int = 0) -> LoadedModel:
+    """The model and tokenizer ``spec`` names, on ``device`` (built or converted on first use);
+    tiny-arith starts from the warm start of ``trial_seed`` (see ``TinyArithOptions.warm_start``)."""
     dtype = resolve_dtype(spec.dtype, device)
+    warm_start = spec.tiny.warm_start(trial_seed) if spec.name == TINY_ARITH else None
     if spec.hf_source is not None:
         model, tokenizer = load_spec_source(
             spec.hf_source,
@@ -42,7 +46,7 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
             trust_remote_code=spec.trust_remote_code,
         )
     else:
-        built = build_tiny_arith(spec.tiny) if spec.name == TINY_ARITH else converted_smollm2()
+        built = build_tiny_arith(warm_start) if warm_start is not None else converted_smollm2()
         model, tokenizer = load_pretrained(
             built, name=spec.name, dtype=dtype, device=device, trust_remote_code=spec.trust_remote_code
         )
@@ -53,4 +57,5 @@ def load_model(spec: ModelSpec, device: str = "cpu") -> LoadedModel:
         tokenizer=tokenizer,
         name=spec.name,
         num_parameters=sum(p.numel() for p in model.parameters()),
+        warm_start_seed=warm_start.seed if warm_start is not None else None,
     )

@@ -188,7 +188,7 @@ def greedy_accuracy(
 
 def tiny_arith_cache_key(options: TinyArithOptions) -> str:
     """Folder name of the cached build of these options (a hash of the options and recipe)."""
-    payload = json.dumps({"version": BUILD_VERSION, **options.model_dump()}, sort_keys=True)
+    payload = json.dumps({"version": BUILD_VERSION, **options.recipe()}, sort_keys=True)
     return f"tiny-arith-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
 
@@ -216,7 +216,7 @@ def _build_into(folder: Path, options: TinyArithOptions) -> None:
         "heldout_greedy_accuracy": accuracy,
         "heldout_pairs": len(arith_pairs(heldout=True)),
         "build_seconds": round(time.perf_counter() - started, 2),
-        "options": options.model_dump(),
+        "options": options.recipe(),
         "build_version": BUILD_VERSION,
     }
     (folder / WARMUP_FILE).write_text(json.dumps(report, indent=2))
@@ -238,7 +238,7 @@ def shipped_artefact(options: TinyArithOptions) -> tuple[Path, Path] | None:
     if file_sha256(weights) != SHIPPED_BUILDS[key]:
         log.warning("shipped tiny-arith weights %s fail their SHA-256 check; building instead", weights)
         return None
-    if report.get("build_version") != BUILD_VERSION or report.get("options") != options.model_dump():
+    if report.get("build_version") != BUILD_VERSION or report.get("options") != options.recipe():
         log.warning("shipped tiny-arith report %s is for another build; building instead", report_file)
         return None
     return weights, report_file
@@ -278,8 +278,10 @@ def _install_into(folder: Path, options: TinyArithOptions, weights: Path, report
 def build_tiny_arith(options: TinyArithOptions | None = None, *, use_shipped: bool = True) -> Path:
     """Build (or reuse from the cache) the tiny-arith model and tokenizer; returns their folder.
 
-    Built once per distinct options under ``cache/models/tiny-arith-<hash>``, published atomically;
-    the default options install the build shipped with the package (unless ``use_shipped`` is off).
+    Built once per distinct :meth:`~TinyArithOptions.recipe` under ``cache/models/tiny-arith-<hash>``,
+    published atomically; the default options install the build shipped with the package (unless
+    ``use_shipped`` is off). ``options.warm_starts`` plays no part: the build is the one of
+    ``options.seed`` (a trial's own is :meth:`~TinyArithOptions.warm_start`).
     """
     options = options or TinyArithOptions()
     shipped = shipped_artefact(options) if use_shipped else None

@@ -112,6 +112,16 @@ class ProbeSpec(Strict):
             )
         return self
 
+    @field_validator("model")
+    @classmethod
+    def _one_warm_start(cls, model: ModelSpec) -> ModelSpec:
+        if model.tiny.warm_starts != 1:
+            raise ValueError(
+                f"model.tiny.warm_starts is {model.tiny.warm_starts}: a probe starts from one model "
+                "(choose it with model.tiny.seed)"
+            )
+        return model
+
     @field_validator("group_sizes")
     @classmethod
     def _group_sizes(cls, sizes: list[int]) -> list[int]:

@@ -193,12 +193,15 @@ def _train(
     set_seed(t.seed)
     use_cuda = torch.cuda.is_available()
     task = build_task(spec.task)
-    loaded = load_model(spec.model, device="cuda" if use_cuda else "cpu")
+    loaded = load_model(spec.model, device="cuda" if use_cuda else "cpu", trial_seed=t.seed)
     model, tokenizer = loaded.model, loaded.tokenizer
     bf16 = use_cuda and next(model.parameters()).dtype == torch.bfloat16
     checkpoint = newest_complete_checkpoint(run_dir)
 
-    tracker.log_params(flatten(spec.model_dump(mode="json")))
+    params = flatten(spec.model_dump(mode="json"))
+    if loaded.warm_start_seed is not None:
+        params[krpo_tags.WARM_START_SEED_PARAM] = str(loaded.warm_start_seed)
+    tracker.log_params(params)
     if checkpoint is None:
         tracker.log_dict(spec.model_dump(mode="json"), "config/trial.json")
 

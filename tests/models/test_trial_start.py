@@ -43,7 +43,7 @@ def test_the_default_build_is_shipped_and_pinned() -> None:
     assert DEFAULT_KEY in SHIPPED_BUILDS
     weights, report_file = shipped_artefact(TinyArithOptions())
     assert sha256(weights) == SHIPPED_BUILDS[DEFAULT_KEY]
-    assert json.loads(report_file.read_text())["options"] == TinyArithOptions().model_dump()
+    assert json.loads(report_file.read_text())["options"] == TinyArithOptions().recipe()
     assert weights.stat().st_size < 4_000_000
     assert shipped_artefact(TinyArithOptions(seed=1)) is None
 
@@ -115,8 +115,8 @@ def test_a_rebuild_scores_the_shipped_accuracy_within_its_sampling_error(
 
 
 def test_the_quickstart_trains_the_shipped_build_not_a_rebuild(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every quickstart trial loads the shipped weights (so its table does not depend on the host's
-    CPU): the builder is never run, and the installed bytes are the pinned ones."""
+    """Every quickstart trial, whatever its seed, loads the shipped weights (so its table does not
+    depend on the host's CPU): the builder is never run, and the installed bytes are the pinned ones."""
     monkeypatch.setenv("KRPO_BENCH_HOME", str(tmp_path))
 
     def no_rebuild(folder: Path, options: TinyArithOptions) -> None:
@@ -126,9 +126,10 @@ def test_the_quickstart_trains_the_shipped_build_not_a_rebuild(tmp_path: Path, m
     study = load_spec(StudySpec, ROOT / "studies" / "quickstart.yaml")
     models = {trial.spec.model.model_dump_json() for trial in study.plan()}
     assert len(models) == 1
+    for trial in study.plan():
+        assert load_model(trial.spec.model, trial_seed=trial.spec.training.seed).warm_start_seed == 0
     model = study.plan()[0].spec.model
-    load_model(model)
-    folder = build_tiny_arith(model.tiny)  # the folder the load installed
+    folder = build_tiny_arith(model.tiny)  # the folder the loads installed
     assert folder.name == DEFAULT_KEY and sha256(folder / WEIGHTS_FILE) == SHIPPED_BUILDS[DEFAULT_KEY]
     assert tiny_arith_report(folder)["installed_from"] == f"{DEFAULT_KEY}.safetensors"
 

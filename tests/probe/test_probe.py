@@ -291,6 +291,7 @@ def test_rollouts_are_masked_after_eos_and_scored_by_the_task() -> None:
         ({"loss_type": "sapo"}, "loss_type"),
         ({"reference": {"prompts": 1}}, "reference.prompts"),
         ({"batchez": 4}, "batchez"),
+        ({"model": {"name": "tiny-arith", "tiny": {"warm_starts": 2}}}, "model"),
     ],
 )
 def test_bad_probe_specs_name_the_field(change: dict, path: str) -> None:

@@ -89,6 +89,25 @@ def test_multi_gpu_trials_up_to_one_machine_whose_rollouts_split_evenly():
     assert "x 3 processes must divide prompts_per_step x group_size (64)" in uneven[0]["message"]
 
 
+@pytest.mark.parametrize("value", [0, 65])
+def test_warm_starts_out_of_range_names_the_field_and_its_range(value):
+    data = study()
+    data["base"]["model"]["tiny"] = {"warm_starts": value}
+    errors = errors_of(data)
+    assert [e["path"] for e in errors] == ["base.model.tiny.warm_starts"], errors
+    assert f"model.tiny.warm_starts must be from 1 to 64, not {value}" in errors[0]["message"]
+    grid = errors_of(study(grid={"model.tiny.warm_starts": [2, value]}))
+    assert any(e["path"].startswith("grid.model.tiny.warm_starts[1]") and "1 to 64" in e["message"] for e in grid)
+
+
+def test_warm_starts_reach_every_trial_of_a_study():
+    data = study()
+    data["base"]["model"]["tiny"] = {"warm_starts": 4}
+    plan = validate_study(data).plan()
+    assert {t.spec.model.tiny.warm_starts for t in plan} == {4}
+    assert {t.spec.model.tiny.warm_start(t.spec.training.seed).seed for t in plan} == {0, 1, 2}
+
+
 def test_base_errors_are_prefixed():
     data = study()
     data["base"]["training"]["learning_rate"] = "fast"

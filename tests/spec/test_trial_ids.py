@@ -107,6 +107,20 @@ def test_a_new_field_changes_the_id_only_when_set_to_something_else_than_its_def
     assert study_file_key(StudySpec.model_validate({**study, "notify": ["me@example.org"]})) != key
 
 
+def test_warm_starts_at_its_default_keeps_every_trial_id():
+    """``model.tiny.warm_starts`` came after release 0.1.0: written out as 1 it moves no trial id; 2
+    (trials spreading over two warm starts) is another trial. (A study file's key hashes its base
+    block as written, so the files that never write the field keep theirs: the release-0.1.0 test.)"""
+
+    def with_warm_starts(config: dict, value: int) -> dict:
+        model = config.get("model", {"name": "tiny-arith"})
+        return {**config, "model": {**model, "tiny": {**model.get("tiny", {}), "warm_starts": value}}}
+
+    for case in GOLDEN["trials"]:
+        assert trial_module.TrialSpec.model_validate(with_warm_starts(case["config"], 1)).resolved_id() == case["id"]
+        assert trial_module.TrialSpec.model_validate(with_warm_starts(case["config"], 2)).resolved_id() != case["id"]
+
+
 @pytest.fixture
 def upgraded_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A data home holding what release 0.1.0 left, opened by the next release's schema."""
