@@ -593,6 +593,85 @@ def compare(
 
 
 @app.command()
+def reanalyze(
+    file: Path = typer.Argument(..., help="a summary.json that a report wrote (this release's or an older one's)"),
+    margin: Optional[float] = typer.Option(
+        None, help="equivalence margin as a fraction, 0.02 = ±2 points (default: the file's, else its target effect)"
+    ),
+    target_effect: Optional[float] = typer.Option(
+        None, help="the effect worth detecting, as a fraction (default: the file's)"
+    ),
+    reference: Optional[str] = typer.Option(None, help="the reference variant (default: the file's)"),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="also write the analysis here, as a report's summary.json holds it"
+    ),
+) -> None:
+    """Re-analyse a published summary.json with this release's analysis (verdicts: a difference, equivalence
+    within the margin, or undecided; Holm over the study's comparisons) from the per-seed values it holds;
+    prints the results table and the verdicts."""
+    from pydantic import ValidationError
+
+    from krpo_bench.analysis.analyze import AnalysisSettings, analyze
+    from krpo_bench.analysis.records import records_from_summary, summary_order_pairs, summary_settings
+
+    for option, value in (("--margin", margin), ("--target-effect", target_effect)):
+        if value is not None and not value > 0:
+            fail(f"{option} must be above 0 (a fraction: 0.02 is 2 points), got {value}")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        fail(f"{file}: cannot read file: {exc.strerror}", 1)
+    except ValueError as exc:
+        fail(f"{file}: not a JSON file: {exc}", 1)
+    overrides = {
+        key: value
+        for key, value in (("reference", reference), ("target_effect", target_effect), ("equivalence_margin", margin))
+        if value is not None
+    }
+    try:
+        records = records_from_summary(data)
+        settings = AnalysisSettings(**(summary_settings(data) | overrides))
+        order_pairs = summary_order_pairs(data)
+    except ValidationError as exc:
+        fail(f"{file}: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()), 1)
+    except (ValueError, TypeError) as exc:
+        fail(f"{file}: {exc}", 1)
+    analysis = analyze(records, settings, order_pairs)
+    study = data["study"] if isinstance(data.get("study"), dict) else {}
+    console.print(
+        f"re-analysed {file} (study {study.get('study_name')!r}): {settings.metric} of {len(records)} trials in "
+        f"{len(analysis.variants)} variant groups, reference {settings.reference}, equivalence margin "
+        f"±{settings.margin * 100:g} points",
+        soft_wrap=True,
+    )
+    if data.get("looks"):
+        console.print(
+            f"note: the study added seeds look by look ({len(data['looks'])} taken); this reads all its seeds at once "
+            "(fixed size, the looks' levels not applied)",
+            soft_wrap=True,
+        )
+    _analysis_table(analysis)
+    for compared in analysis.order_checks:
+        console.print(compared.sentence)
+    if json_out is not None:
+        import pandas as pd
+
+        from krpo_bench.dashboards.report import Summary
+
+        summary = Summary(
+            study.get("study_id"),
+            study.get("study_name"),
+            study.get("experiment_ids", []),
+            study.get("status_counts", {}),
+            analysis,
+            data.get("cost", []),
+            pd.DataFrame(),
+        )
+        json_out.write_text(json.dumps(summary.to_json(), indent=2, allow_nan=False), encoding="utf-8")
+        console.print("analysis:", styled(json_out, "bold"))
+
+
+@app.command()
 def probe(
     file: Path = typer.Argument(..., help="probe YAML (kind: probe)"),
     mlflow: Optional[str] = MlflowOption,

@@ -3,7 +3,8 @@
 A record carries the variant and the grid point as data: jobs hold them in their config
 (``variant_name``, ``grid_point``), MLflow runs as tags (``krpo.variant_name``, ``krpo.grid_point``
 as JSON). Rows and runs written by older releases lack them: `legacy_identity` is the one place that
-reads them back from the display label.
+reads them back from the display label. A published summary.json (`records_from_summary`) holds
+each variant group's per-seed values of the primary metric, in either schema.
 """
 
 from __future__ import annotations
@@ -73,6 +74,75 @@ def legacy_identity(label: str) -> tuple[str, GridPoint]:
     variant, point = split_label(label)
     parts = _LEGACY_PART.split(point) if point else []
     return variant, tuple((name, value) for name, value in (part.split("=", 1) for part in parts))
+
+
+def _field(data: Any, key: str, where: str) -> Any:
+    """``data[key]``; a ValueError naming ``where`` and the key when it is missing."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where} is not a JSON object")
+    if key not in data:
+        raise ValueError(f"{where} has no {key!r}")
+    return data[key]
+
+
+def _list(data: Any, key: str, where: str) -> list[Any]:
+    value = _field(data, key, where)
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: {key!r} is not a list")
+    return value
+
+
+def records_from_summary(data: Mapping[str, Any]) -> list[TrialRecord]:
+    """One record per (variant group, seed, value) of the primary metric (``metric``) that a report's
+    summary.json holds, in either schema: this release's (each of ``variants`` stores its ``variant``,
+    ``grid_point`` and ``label``) or an older one's (``variant`` is the display label, read back by
+    `legacy_identity`). Nothing else is stored per seed, so the records carry that one metric. A
+    ValueError names a missing key (``summary has no 'metric'``, ``variants[2] has no 'seeds'``)."""
+    metric = _field(data, "metric", "summary")
+    records = []
+    for i, entry in enumerate(_list(data, "variants", "summary")):
+        where = f"variants[{i}]"
+        seeds, values = _list(entry, "seeds", where), _list(entry, "values", where)
+        if len(seeds) != len(values):
+            raise ValueError(f"{where}: {len(seeds)} seeds but {len(values)} values")
+        if "label" in entry:
+            label = entry["label"]
+            variant, point = _field(entry, "variant", where), grid_point_of(entry.get("grid_point") or ())
+        else:
+            label = _field(entry, "variant", where)
+            variant, point = legacy_identity(label)
+        records += [
+            TrialRecord(variant, point, label, seed, {metric: float(value)} if value is not None else {})
+            for seed, value in zip(seeds, values)
+        ]
+    return records
+
+
+def summary_settings(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The `AnalysisSettings` fields a summary.json recorded: reference, metric, confidence, target
+    effect, the bootstrap's resamples and seed, and (this release's schema) the equivalence margin;
+    no secondary metrics (a summary stores no per-seed values of them). A ValueError names a missing key."""
+    fields = {
+        "reference": _field(data, "reference", "summary"),
+        "metric": _field(data, "metric", "summary"),
+        "confidence": _field(data, "confidence", "summary"),
+        "target_effect": _field(data, "target_effect", "summary"),
+        "secondary_metrics": (),
+    }
+    stored = {"n_bootstrap": "n_resamples", "bootstrap_seed": "seed", "margin": "equivalence_margin"}
+    return fields | {name: data[key] for key, name in stored.items() if data.get(key) is not None}
+
+
+def summary_order_pairs(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The (shuffled label, unshuffled twin label) order checks a summary.json holds: ``order_checks``
+    (this release's schema) or ``order_sensitivity`` (an older one's)."""
+    key, shuffled, twin = (
+        ("order_checks", "label", "reference_label")
+        if "order_checks" in data
+        else ("order_sensitivity", "variant", "twin")
+    )
+    checks = _list(data, key, "summary") if key in data else []
+    return [(_field(c, shuffled, f"{key}[{i}]"), _field(c, twin, f"{key}[{i}]")) for i, c in enumerate(checks)]
 
 
 def records_from_jobs(jobs: Iterable[JobInfo]) -> list[TrialRecord]:
