@@ -51,6 +51,7 @@ COMMANDS = {
     "resume": ["resume", "imports-ablation"],
     "extend": ["extend", "imports-search", "1"],
     "report": ["report", "imports-ablation", "--out", "{home}/report"],
+    "reanalyze": ["reanalyze", str(ROOT / "docs" / "results" / "calibration_summary.json")],
 }
 
 
