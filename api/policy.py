@@ -163,7 +163,7 @@ def _leaves(override: dict[str, Any], prefix: str = "") -> Iterator[str]:
 def planned_configs(study: StudySpec) -> Iterator[PlannedConfig]:
     """Every distinct trial config of ``study``, lazily: an ablation's variants x grid points (its
     seeds share a config), a search's base, each value of its space and the space's largest values."""
-    if study.kind == "search":
+    if study.kind == StudyKind.SEARCH:
         yield PlannedConfig("base", {}, study.trial_count(), ())
         largest: dict[str, Any] = {}
         for path, param in (study.space or {}).items():
@@ -212,7 +212,7 @@ def estimated_stored_bytes(study: StudySpec) -> int:
     """The bytes the study's jobs would store, from the spec alone (nothing expanded): each
     trial's base plus its overrides plus ``JOB_OVERHEAD_BYTES``, summed in closed form."""
     base = _json_size(study.base) + JOB_OVERHEAD_BYTES
-    if study.kind == "search":
+    if study.kind == StudyKind.SEARCH:
         return study.trial_count() * base
     variants = list((study.variants or {"base": {}}).values())
     axes = list((study.grid or {}).values())
@@ -253,7 +253,7 @@ def check_planned(study: StudySpec, policy: Policy) -> tuple[list[dict[str, Any]
     too_much = stored_cap_errors(study, policy)
     if too_much:
         return too_much, []
-    seed = 0 if study.kind == "search" else study.seed_list()[0]
+    seed = 0 if study.kind == StudyKind.SEARCH else study.seed_list()[0]
     stored = 0
     errors: dict[tuple[str, str], dict[str, Any]] = {}
     seen: set[str] = set()

@@ -19,7 +19,8 @@ from krpo_bench.spec.names import MAX_NAME_CHARS
 from krpo_bench.spec.study import MAX_TRIALS_PER_STUDY, Objective, StudySpec
 
 if TYPE_CHECKING:
-    from krpo_bench.service.queue import AttemptInfo, JobInfo, WorkerInfo
+    from krpo_bench.service.queue import AttemptInfo, JobInfo
+    from krpo_bench.service.worker_registry import WorkerInfo
 
 _TIME = "2026-01-01T12:00:00Z"
 _STUDY_ID = "0b8c2f6e-5b1a-4a52-9d0e-3f3f9a1c2d4e"

@@ -25,14 +25,15 @@ def http(url: str) -> int:
 
 def worker(max_age_s: float) -> int:
     from krpo_bench.service.db import make_engine
-    from krpo_bench.service.queue import JobQueue
+    from krpo_bench.service.transactions import Transactions
+    from krpo_bench.service.worker_registry import WorkerRegistry
     from krpo_bench.settings import default_db_url
 
     engine = make_engine(default_db_url())
     try:
         mine = [
             w
-            for w in JobQueue(engine).list_workers()
+            for w in WorkerRegistry(Transactions(engine)).list()
             if w.hostname == socket.gethostname() and w.status.value == "active"
         ]
     finally:

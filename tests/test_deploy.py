@@ -223,14 +223,15 @@ def test_worker_healthcheck_script(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     from krpo_bench.service.db import make_engine, upgrade
-    from krpo_bench.service.queue import JobQueue
+    from krpo_bench.service.transactions import Transactions
+    from krpo_bench.service.worker_registry import WorkerRegistry
 
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     monkeypatch.setenv("KRPO_BENCH_DB", url)
     engine = make_engine(url)
     upgrade(engine)
     assert module.main(["worker", "60"]) == 1, "no worker registered yet"
-    JobQueue(engine).register_worker("w1")
+    WorkerRegistry(Transactions(engine)).register("w1")
     assert module.main(["worker", "60"]) == 0
     assert module.main(["http", "http://127.0.0.1:9/"]) == 1
     assert module.main([]) == 2

@@ -36,7 +36,12 @@ LAYERS: list[list[str]] = [  # top first; a layer of several modules is an indep
     ["krpo_bench.advantages", "krpo_bench.stats", "krpo_bench.sequential", "krpo_bench.settings", "krpo_bench.tags"],
 ]
 UNLAYERED = {"krpo_bench"}  # the package's own __init__ (its version)
-SERVICE_INTERNALS = ("krpo_bench.service.queue",)
+SERVICE_INTERNALS = (
+    "krpo_bench.service.queue",
+    "krpo_bench.service.study_rows",
+    "krpo_bench.service.worker_registry",
+    "krpo_bench.service.transactions",
+)
 """Modules of the service layer the API may not use: it calls `StudyService` (routers only translate HTTP)."""
 
 
@@ -140,6 +145,82 @@ def test_the_api_reaches_the_queue_only_through_the_service_facade() -> None:
                 if isinstance(node, ast.Attribute) and node.attr == "queue":
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not found, f"the API uses the job queue directly: {found}"
+
+
+TABLE_OWNERS = {
+    "studies": ("krpo_bench.service.study_rows", "Study"),
+    "workers": ("krpo_bench.service.worker_registry", "Worker"),
+}
+"""Each table, the one module that issues statements on it, and its ORM model in ``krpo_bench.service.db``."""
+STUDY_READERS_TO_MOVE = {"krpo_bench.service.quotas", "krpo_bench.service.replication"}
+"""Modules that still read study rows themselves (issue 21: their reads move to ``StudyRows``)."""
+_STATEMENTS = {"select", "insert", "update", "delete"}
+
+
+def table_statements(path: Path, table: str, model: str) -> list[int]:
+    """Lines of ``path`` that issue a statement on ``table`` (the Table object ``table`` or the ORM
+    model ``model`` imported from ``krpo_bench.service.db``): ``select/insert/update/delete`` of it
+    or its columns, its ``insert()``/``update()``/``delete()``, ``select_from`` it, its ``__table__``.
+    A statement on another table may join it (the claim's fairness reads the studies of queued jobs)."""
+    tree = ast.parse(path.read_text(), str(path))
+    names = {table}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "krpo_bench.service.db":
+            names |= {alias.asname or alias.name for alias in node.names if alias.name == model}
+
+    def of_table(node: ast.AST) -> bool:
+        while isinstance(node, ast.Attribute):
+            node = node.value
+        return isinstance(node, ast.Name) and node.id in names
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "__table__" and of_table(node.value):
+            found.append(node.lineno)
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+        if called in _STATEMENTS | {"select_from"} and node.args and of_table(node.args[0]):
+            found.append(node.lineno)
+        elif isinstance(func, ast.Attribute) and func.attr in _STATEMENTS and of_table(func.value):
+            found.append(node.lineno)
+    return sorted(set(found))
+
+
+def test_one_module_issues_the_statements_on_studies_and_on_workers() -> None:
+    """Only ``service/study_rows.py`` reads or writes study rows and only ``service/worker_registry.py``
+    worker rows (the queue owns jobs only); migrations aside."""
+    found = []
+    for table, (owner, model) in TABLE_OWNERS.items():
+        for module, path in modules().items():
+            if module == owner or ".migrations." in module:
+                continue
+            if table == "studies" and module in STUDY_READERS_TO_MOVE:
+                continue
+            found += [f"{path.relative_to(ROOT)}:{line} ({table})" for line in table_statements(path, table, model)]
+    assert not found, "statements on a table outside its module:\n  " + "\n  ".join(found)
+
+
+def test_the_study_readers_still_to_move_do_read_studies() -> None:
+    """``STUDY_READERS_TO_MOVE`` lists no module that no longer needs its exemption."""
+    paths = modules()
+    moved = [m for m in STUDY_READERS_TO_MOVE if not table_statements(paths[m], "studies", "Study")]
+    assert not moved, f"these no longer read studies themselves: drop them from STUDY_READERS_TO_MOVE: {moved}"
+
+
+def test_the_table_check_sees_writes_reads_and_the_model(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text(
+        "from krpo_bench.service.db import Study as S\n"
+        "a = update(studies).values(x=1)\n"
+        "b = studies.insert()\n"
+        "c = select(S.id)\n"
+        "d = S.__table__\n"
+        "e = select(jobs.c.id).join(studies, studies.c.id == jobs.c.study_id)\n"
+        "f = select(func.count()).select_from(studies)\n"
+    )
+    assert table_statements(source, "studies", "Study") == [2, 3, 4, 5, 7]
 
 
 def test_the_check_sees_function_local_and_relative_imports(tmp_path: Path) -> None:

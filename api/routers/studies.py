@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 
 from krpo_bench.analysis.records import RECORD_CONFIG_KEYS
 from krpo_bench.probe.spec import ProbeSpec
-from krpo_bench.service.db import JobStatus, StudyStatus
+from krpo_bench.service.db import JobStatus, StudyKind, StudyStatus
 from krpo_bench.service.quotas import QuotaExceeded, QuotaGuard, owner_of, with_default_timeout
 from krpo_bench.service.replication import replication
 from krpo_bench.service.studies import StudyInfo, StudyService
@@ -384,7 +384,7 @@ def _extend(
     service: StudyService, study_id: str, n_trials: int, policy: Policy, owner: str | None, quotas: QuotaGuard
 ) -> StudyInfo:
     info = service.get(study_id)
-    if info.kind != "search":
+    if info.kind != StudyKind.SEARCH:
         return service.extend(study_id, n_trials)  # refused with the reason
     spec = StudySpec.model_validate(info.spec)
     per_trial = spec.seeds_per_trial

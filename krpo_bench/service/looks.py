@@ -45,7 +45,7 @@ class SequentialLooks:
                 return None
             if looks and (not asked or len(looks) >= len(sizes)):
                 if row.total_jobs != row.enqueued_jobs:
-                    self.service.queue.close_study(study_id, looks)
+                    self.service.rows.close(study_id, looks)
                 return None
             look = decide(
                 analyze(records_from_jobs(jobs), AnalysisSettings.of_spec(study, looks=looks, next_look=True)),
@@ -55,9 +55,9 @@ class SequentialLooks:
             looks.append(look)
             asked = seeds_asked(look, sizes)
             if not asked:
-                self.service.queue.close_study(study_id, looks)
+                self.service.rows.close(study_id, looks)
                 return look
-            self.service.queue.update_study(study_id, {"looks": looks})
+            self.service.rows.update(study_id, {"looks": looks})
             self.queue_seeds(study_id, study, asked, jobs)
             return look
 

@@ -13,10 +13,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
-
 from krpo_bench import tags as krpo_tags
-from krpo_bench.service.db import ALEMBIC_LOCK, Study, StudyStatus, read_connection
+from krpo_bench.service.db import ALEMBIC_LOCK, StudyStatus
 from krpo_bench.service.kinds import stored_spec
 
 if TYPE_CHECKING:
@@ -58,15 +56,7 @@ class MlflowOutbox:
 
     def pending(self, limit: int = 100) -> list[str]:
         """Ids of studies whose MLflow records are still to be created, oldest first."""
-        with read_connection(self.service.engine) as conn:
-            return list(
-                conn.execute(
-                    select(Study.id)
-                    .where(Study.mlflow_pending.is_(True))
-                    .order_by(Study.created_at, Study.id)
-                    .limit(limit)
-                ).scalars()
-            )
+        return self.service.rows.pending_mlflow(limit)
 
     def ensure(self, study_id: str) -> MlflowRecords:
         """The study's MLflow experiment (:func:`experiment_name`) and parent run, created exactly once.
@@ -105,7 +95,7 @@ class MlflowOutbox:
                 flatten({"study": study.model_dump(mode="json", exclude={"base", "variants", "grid", "space"})})
             )
             tracker.log_dict(study.model_dump(mode="json"), "study.json")
-            self.service.queue.update_study(
+            self.service.rows.update(
                 study_id,
                 {"mlflow_experiment_id": experiment_id, "mlflow_parent_run_id": run_id, "mlflow_pending": False},
             )

@@ -6,15 +6,15 @@ Claims are atomic: ``SELECT ... FOR UPDATE SKIP LOCKED`` on PostgreSQL, a ``BEGI
 holder of the current attempt of a running job can heartbeat or write its outcome. Every change
 of a job's holder is written to the ``job_attempts`` audit trail in the same transaction.
 
-The queue is the only writer of ``jobs``: enqueueing (a new study with its jobs in one transaction),
-claims, outcomes, cancelling and requeueing a study. A study's stored status is settled by the queue,
-never derived on read: once none of its jobs is active and it holds all it will (``enqueued_jobs``
-reaches ``total_jobs``), it is failed when a job failed, else cancelled when a job was cancelled,
-else succeeded (pruned jobs are a search's outcome). Ending a job costs the same whatever the
-study's size: the job's end commits first, then an index probe (``jobs (study_id, status)``) asks
-whether the study still has an active job, and only a study that has none is locked and settled (the
-last of concurrent finishers to commit sees the others' ends). ``reclaim_expired`` also settles a
-study whose last job's finisher died between the two.
+The queue owns jobs only and is the only writer of ``jobs``: enqueueing (a new study with its jobs
+in one transaction), claims, outcomes, cancelling and requeueing a study. Where a study row changes
+with its jobs, the queue calls :class:`StudyRows` (the one home of statements on ``studies``) inside
+its own transaction. A study's stored status is settled as its jobs end, never derived on read
+(``StudyRows.settle``). Ending a job costs the same whatever the study's size: the job's end commits
+first, then an index probe (``jobs (study_id, status)``) asks whether the study still has an active
+job, and only a study that has none is locked and settled (the last of concurrent finishers to
+commit sees the others' ends). ``reclaim_expired`` also settles a study whose last job's finisher
+died between the two.
 
 The later command wins: a resume (``requeue_study``) clears every pending cancellation and requeues
 every job that did not succeed (or was pruned), a running job whose cancellation was pending included
@@ -33,77 +33,58 @@ machines with skewed clocks agree; on SQLite (embedded: the database and its wor
 machine) they use the local clock in UTC.
 
 Transient errors (SQLite "database is locked", PostgreSQL serialisation failures, deadlocks and lost
-connections) are retried with backoff. A claim whose commit was acknowledged by the server but whose
-reply was lost is recovered like a crashed worker: its lease expires and the job is reclaimed.
+connections) are retried with backoff (:class:`Transactions`). A claim whose commit was acknowledged
+by the server but whose reply was lost is recovered like a crashed worker: its lease expires and the
+job is reclaimed.
 """
 
 from __future__ import annotations
 
-import os
-import random
-import socket
-import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
     Engine,
     Executable,
-    Interval,
     Row,
     Table,
     and_,
     bindparam,
     case,
-    exists,
     func,
     or_,
     select,
     union,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection
-from sqlalchemy.exc import DBAPIError, OperationalError
 
 from krpo_bench.service.db import (
     ACTIVE_JOB_STATUSES,
-    READ_ONLY,
     AttemptOutcome,
     Job,
     JobAttempt,
     JobStatus,
-    Study,
     StudyStatus,
-    UTCDateTime,
-    Worker,
-    WorkerStatus,
     make_engine,
     new_id,
-    utcnow,
 )
-from krpo_bench.service.group_commit import GroupCommit
-
-T = TypeVar("T")
+from krpo_bench.service.study_rows import StudyRows, studies
+from krpo_bench.service.transactions import Transactions
+from krpo_bench.service.transactions import is_database_outage as is_database_outage  # its callers' import
 
 jobs = cast(Table, Job.__table__)
 attempts = cast(Table, JobAttempt.__table__)
-studies = cast(Table, Study.__table__)
-workers = cast(Table, Worker.__table__)
 
 UNESTIMATED_GPU_MEMORY_MIB = 8 * 1024
 """What a job enqueued without a memory estimate is taken to need per GPU (the fixed budget of old)."""
 
 _ACTIVE_VALUES = sorted(status.value for status in ACTIVE_JOB_STATUSES)
 """The active statuses as plain strings, the form the database drivers bind."""
-_RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "57P01", "57P02", "57P03"})
 _LOOKUP_CHUNK = 500
 _CLAIM_WINDOW = 16
 """Queued jobs a claim considers besides each active study's next one: the first by priority and age."""
@@ -213,21 +194,6 @@ class Reclaimed:
     """queued (retried), failed (attempts used up) or cancelled (its cancellation was pending)."""
 
 
-@dataclass(frozen=True)
-class WorkerInfo:
-    """A registered worker."""
-
-    id: str
-    hostname: str
-    pid: int
-    gpus: list[int]
-    slots: int
-    started_at: datetime
-    heartbeat_at: datetime
-    status: WorkerStatus
-    current_jobs: list[str]
-
-
 def _columns(cls: type, table: Table) -> list[Any]:
     return [table.c[f.name] for f in fields(cls)]
 
@@ -251,41 +217,6 @@ _HELD = (
 )
 """Where-clause of "this attempt holds the job" (parameters ``p_id``, ``p_attempt``)."""
 _CANCELLED = {"status": JobStatus.CANCELLED.value, "cancel_requested": True}
-_SETTLEABLE = (
-    studies.c.status == StudyStatus.RUNNING,
-    studies.c.enqueued_jobs >= studies.c.total_jobs,
-    # An active job's id, or NULL: LIMIT 1 makes it an index probe that stops at the first match
-    # (PostgreSQL would answer NOT EXISTS with a bitmap scan of every active job of the study).
-    select(jobs.c.id)
-    .where(jobs.c.study_id == studies.c.id, jobs.c.status.in_(_ACTIVE_VALUES))
-    .limit(1)
-    .scalar_subquery()
-    .is_(None),
-)
-"""Where-clause (on ``studies``) of "running, holds all the jobs it will, none of them active"."""
-
-
-def _is_transient(err: DBAPIError) -> bool:
-    """Whether retrying the whole transaction may succeed."""
-    if err.connection_invalidated:
-        return True
-    if isinstance(err.orig, sqlite3.Error):
-        return err.orig.sqlite_errorname in ("SQLITE_BUSY", "SQLITE_LOCKED")
-    sqlstate = getattr(err.orig, "sqlstate", None)
-    if sqlstate is None:  # PostgreSQL: no connection could be made (server down or restarting)
-        return isinstance(err, OperationalError)
-    return sqlstate in _RETRYABLE_SQLSTATES or sqlstate.startswith("08")
-
-
-def is_database_outage(err: BaseException) -> bool:
-    """Whether ``err`` is a transient database error: raised by SQLAlchemy, or wrapped by Optuna's
-    RDB storage (a ``StorageInternalError`` caused by one)."""
-    current: BaseException | None = err
-    while current is not None:
-        if isinstance(current, DBAPIError):
-            return _is_transient(current)
-        current = current.__cause__
-    return False
 
 
 class JobQueue:
@@ -293,20 +224,13 @@ class JobQueue:
 
     def __init__(self, engine: Engine, *, max_retries: int = 8) -> None:
         self.engine = engine
-        self.max_retries = max_retries
-        self._pg = engine.dialect.name == "postgresql"
-        # SQLite takes one writer at a time and makes the others sleep in its busy handler (up to
-        # 100 ms a try): this process's writers queue on a lock instead, without sleeping.
-        self._write_lock = nullcontext() if self._pg else threading.Lock()
-        self._group_commit = None if self._pg else GroupCommit(engine, self._write_lock, _is_transient, max_retries)
-        self._now: ColumnElement[datetime]
-        self._lease_until: ColumnElement[datetime]
-        if self._pg:
-            self._now = func.now()
-            self._lease_until = func.now() + bindparam("lease", type_=Interval())
-        else:
-            self._now = bindparam("now", type_=UTCDateTime())
-            self._lease_until = bindparam("lease_until", type_=UTCDateTime())
+        self.transactions = Transactions(engine, max_retries=max_retries)
+        """This process's transactions on the engine, shared with the study rows and the worker registry."""
+        self.study_rows = StudyRows(self.transactions)
+        """The study rows, written in the queue's transactions where a study changes with its jobs."""
+        self._pg = self.transactions.pg
+        self._now = self.transactions.now
+        self._lease_until = self.transactions.lease_until
         # The hot path (claim, heartbeat, finish) is built once and reused with parameters.
         self._claim_any = self._build_claim(gpus_filter=False)
         self._claim_gpus = self._build_claim(gpus_filter=True)
@@ -323,7 +247,6 @@ class JobQueue:
             .values(ended_at=self._now, outcome=bindparam("p_outcome"), error=bindparam("p_error"))
         )
         self._finish_held = self._build_finish()
-        self._maybe_settled = select(studies.c.id).where(studies.c.id == bindparam("p_study"), *_SETTLEABLE)
 
     @classmethod
     def from_url(cls, url: str | URL, **kwargs: Any) -> JobQueue:
@@ -462,38 +385,6 @@ class JobQueue:
         )
         return select(done.c.study_id).add_cte(close.cte("close"))
 
-    def _clock(self, lease_s: float | None = None) -> dict[str, Any]:
-        """Parameters for ``_now`` and ``_lease_until``: none on PostgreSQL (server clock)."""
-        if self._pg:
-            return {} if lease_s is None else {"lease": timedelta(seconds=lease_s)}
-        now = utcnow()
-        params: dict[str, Any] = {"now": now}
-        if lease_s is not None:
-            params["lease_until"] = now + timedelta(seconds=lease_s)
-        return params
-
-    def _run(self, fn: Callable[[Connection], T], *, read_only: bool = False, single: bool = False) -> T:
-        """Run ``fn`` in one transaction, retried on transient errors. ``single`` marks work that
-        is one atomic statement (plus reads): on PostgreSQL it runs in autocommit mode."""
-        for retry in range(self.max_retries + 1):
-            try:
-                with nullcontext() if read_only else self._write_lock, self.engine.connect() as conn:
-                    if read_only:
-                        conn.execution_options(**{READ_ONLY: True})
-                    if single and self._pg:
-                        conn.execution_options(isolation_level="AUTOCOMMIT")
-                    with conn.begin():
-                        return fn(conn)
-            except DBAPIError as err:
-                if retry == self.max_retries or not _is_transient(err):
-                    raise
-                time.sleep(min(2.0, 0.02 * 2**retry) * random.uniform(0.5, 1.0))
-        raise AssertionError("unreachable")
-
-    def _insert(self, table: Table) -> Any:
-        dialect = postgresql if self._pg else sqlite
-        return dialect.insert(table)
-
     def _held(self, conn: Connection, job_id: str, attempt: int) -> Row[Any] | None:
         """Lock and return the job if ``attempt`` currently holds it (running), else None."""
         return conn.execute(
@@ -514,7 +405,7 @@ class JobQueue:
             "p_outcome": outcome.value,
             "p_error": error,
         }
-        conn.execute(self._close_attempt, params | self._clock())
+        conn.execute(self._close_attempt, params | self.transactions.clock())
 
     def _finish(
         self,
@@ -534,55 +425,26 @@ class JobQueue:
         }
 
         def txn(conn: Connection) -> tuple[bool, str | None]:
-            study_id = conn.execute(self._finish_held, params | self._clock()).scalar()
+            study_id = conn.execute(self._finish_held, params | self.transactions.clock()).scalar()
             if study_id is not None:
                 if not self._pg:
                     self._log_end(conn, job_id, attempt, outcome, None)
                 # The settle probe sees this end: committed already on PostgreSQL (autocommit), in
                 # this serialised write transaction on SQLite.
-                return True, study_id if self._may_settle(conn, study_id) else None
+                return True, study_id if self.study_rows.may_settle(conn, study_id) else None
             current = conn.execute(select(jobs.c.status, jobs.c.attempt).where(jobs.c.id == job_id)).first()
             return current is not None and (current.status, current.attempt) == (status, attempt), None
 
-        done, settle = self._run(txn, single=True)
+        done, settle = self.transactions.run(txn, single=True)
         if settle is not None:
-            self._run(lambda conn: self._settle_study(conn, settle))
+            self.transactions.run(lambda conn: self.study_rows.settle(conn, settle))
         return done
-
-    def _may_settle(self, conn: Connection, study_id: str) -> bool:
-        """Whether the study looks settled (running, all its jobs there, none active): an index
-        probe, no lock."""
-        return conn.execute(self._maybe_settled, {"p_study": study_id}).first() is not None
 
     def _settle(self, study_id: str) -> None:
         """After a job of the study ended (committed): settle the study if that was its last active
         job. The probe decides without a lock; only a study that looks settled is locked."""
-        if self._run(lambda conn: self._may_settle(conn, study_id), read_only=True, single=True):
-            self._run(lambda conn: self._settle_study(conn, study_id))
-
-    def _settle_study(self, conn: Connection, study_id: str) -> None:
-        """Store a running study's final status once none of its jobs is active and it holds all
-        it will (``total_jobs``): failed when one of its jobs failed, else cancelled when one was
-        cancelled, else succeeded. The study row is locked first and the jobs read afterwards (a
-        statement of its own, so it sees what committed while it waited for the lock)."""
-        conn.execute(select(studies.c.id).where(studies.c.id == study_id).with_for_update())
-
-        def any_job(status: JobStatus) -> ColumnElement[bool]:
-            return exists().where(jobs.c.study_id == study_id, jobs.c.status == status)
-
-        conn.execute(
-            update(studies)
-            .where(studies.c.id == study_id, *_SETTLEABLE)
-            .values(
-                status=case(
-                    (any_job(JobStatus.FAILED), StudyStatus.FAILED.value),
-                    (any_job(JobStatus.CANCELLED), StudyStatus.CANCELLED.value),
-                    else_=StudyStatus.SUCCEEDED.value,
-                ),
-                updated_at=self._now,
-            ),
-            self._clock(),
-        )
+        if self.transactions.run(lambda conn: self.study_rows.may_settle(conn, study_id), read_only=True, single=True):
+            self.transactions.run(lambda conn: self.study_rows.settle(conn, study_id))
 
     def _end_attempt(
         self,
@@ -613,7 +475,7 @@ class JobQueue:
             values["owner"] = None
         if counts_as_failure:
             values["last_error"] = error
-        conn.execute(update(jobs).where(jobs.c.id == job.id).values(**values), self._clock())
+        conn.execute(update(jobs).where(jobs.c.id == job.id).values(**values), self.transactions.clock())
         self._log_end(conn, job.id, job.attempt, outcome, error)
         return status
 
@@ -642,7 +504,7 @@ class JobQueue:
         Jobs added to a study whose cancellation was requested are created cancelled."""
         if not new_jobs:
             return []
-        return self._run(lambda conn: self._insert_jobs(conn, study_id, new_jobs))
+        return self.transactions.run(lambda conn: self._insert_jobs(conn, study_id, new_jobs))
 
     def create_study(self, values: dict[str, Any], new_jobs: Sequence[NewJob]) -> list[str]:
         """Store a new study row (``values``, with its ``id``) and queue its jobs, all in one
@@ -651,10 +513,10 @@ class JobQueue:
         enqueued = len({job.trial_key for job in new_jobs})
 
         def txn(conn: Connection) -> list[str]:
-            conn.execute(studies.insert().values(**values, enqueued_jobs=enqueued))
+            self.study_rows.insert(conn, values, enqueued=enqueued)
             return self._insert_jobs(conn, values["id"], new_jobs, new_study=True) if new_jobs else []
 
-        return self._group_commit.run(txn) if self._group_commit else self._run(txn)
+        return self.transactions.run_grouped(txn)
 
     def _insert_jobs(
         self, conn: Connection, study_id: str, new_jobs: Sequence[NewJob], *, new_study: bool = False
@@ -664,15 +526,10 @@ class JobQueue:
         ``enqueued_jobs`` already counting them). Locks the study row (first), then inserts."""
         cancelled = False
         if not new_study:
-            study = conn.execute(
-                select(studies.c.cancel_requested).where(studies.c.id == study_id).with_for_update(key_share=True)
-            ).first()
-            if study is None:
-                raise KeyError(f"unknown study {study_id!r}")
-            cancelled = study.cancel_requested
+            cancelled = self.study_rows.lock_for_jobs(conn, study_id)
         status = JobStatus.CANCELLED if cancelled else JobStatus.QUEUED
         unique = list({job.trial_key: job for job in reversed(new_jobs)}.values())[::-1]
-        clock = self._clock()
+        clock = self.transactions.clock()
         rows = [
             {
                 **clock,
@@ -697,7 +554,7 @@ class JobQueue:
             base = conn.execute(select(func.coalesce(func.max(jobs.c.seq), 0))).scalar_one()
             for offset, row in enumerate(rows, start=1):
                 row["seq"] = base + offset
-        stmt = self._insert(jobs).values(created_at=self._now)
+        stmt = self.transactions.insert(jobs).values(created_at=self._now)
         conn.execute(stmt.on_conflict_do_nothing(index_elements=["study_id", "trial_key"]), rows)
         ids = {row["trial_key"]: row["id"] for row in rows}
         keys = [] if new_study else [job.trial_key for job in unique]  # a new study's rows met no conflict
@@ -712,41 +569,17 @@ class JobQueue:
             )
         inserted = sum(ids[row["trial_key"]] == row["id"] for row in rows)
         if inserted and not new_study:
-            conn.execute(
-                update(studies).where(studies.c.id == study_id).values(enqueued_jobs=studies.c.enqueued_jobs + inserted)
-            )
+            self.study_rows.count_enqueued(conn, study_id, inserted)
         return [ids[job.trial_key] for job in new_jobs]
-
-    def update_study(self, study_id: str, values: dict[str, Any]) -> None:
-        """Store ``values`` on the study row (its ``updated_at`` too), in this process's turn of writers."""
-
-        def txn(conn: Connection) -> None:
-            conn.execute(studies.update().where(studies.c.id == study_id).values(**values, updated_at=utcnow()))
-
-        self._run(txn)
-
-    def close_study(self, study_id: str, looks: list[dict[str, Any]]) -> None:
-        """A sequential study's last look: store its looks, shrink its total to the jobs it holds
-        (fewer than its most when comparisons were decided early) and settle it."""
-
-        def txn(conn: Connection) -> None:
-            conn.execute(
-                studies.update()
-                .where(studies.c.id == study_id)
-                .values(looks=looks, total_jobs=studies.c.enqueued_jobs, updated_at=utcnow())
-            )
-            self._settle_study(conn, study_id)
-
-        self._run(txn)
 
     def discard_study(self, study_id: str) -> None:
         """Delete a study and its jobs (a submission that failed after it was stored)."""
 
         def txn(conn: Connection) -> None:
             conn.execute(jobs.delete().where(jobs.c.study_id == study_id))
-            conn.execute(studies.delete().where(studies.c.id == study_id))
+            self.study_rows.delete(conn, study_id)
 
-        self._run(txn)
+        self.transactions.run(txn)
 
     def requeue_study(self, study_id: str, renumber: Mapping[int, int] | None = None) -> int:
         """Resume a study (the later command wins): clear its cancellation, store it as running
@@ -762,14 +595,7 @@ class JobQueue:
         )
 
         def txn(conn: Connection) -> int:
-            clock = self._clock()
-            found = conn.execute(
-                update(studies)
-                .where(studies.c.id == study_id)
-                .values(cancel_requested=False, status=StudyStatus.RUNNING.value, updated_at=self._now),
-                clock,
-            ).rowcount
-            if not found:
+            if not self.study_rows.mark_running(conn, study_id):
                 raise KeyError(f"unknown study {study_id!r}")
             held = conn.execute(
                 select(jobs.c.id, jobs.c.attempt)
@@ -798,10 +624,10 @@ class JobQueue:
                     finished_at=None,
                 )
             ).rowcount
-            self._settle_study(conn, study_id)  # a finished study with nothing to redo stays finished
+            self.study_rows.settle(conn, study_id)  # a finished study with nothing to redo stays finished
             return requeued
 
-        return self._run(txn)
+        return self.transactions.run(txn)
 
     # -- workers ----------------------------------------------------------------------------
 
@@ -833,7 +659,7 @@ class JobQueue:
             params.update({f"p_room_{k}": room for k, room in enumerate(rooms, start=1)})
 
         def txn(conn: Connection) -> ClaimedJob | None:
-            row = conn.execute(statement, {**params, **self._clock(lease_s)}).first()
+            row = conn.execute(statement, {**params, **self.transactions.clock(lease_s)}).first()
             if row is None:
                 return None
             if not self._pg:
@@ -848,19 +674,19 @@ class JobQueue:
                 )
             return ClaimedJob(**{f.name: row._mapping[f.name] for f in fields(ClaimedJob)})
 
-        return self._run(txn, single=True)
+        return self.transactions.run(txn, single=True)
 
     def heartbeat(self, job_id: str, attempt: int, lease_s: float) -> Heartbeat:
         """Extend the lease of a held job to ``lease_s`` from now; says whether to go on."""
         params = {"p_id": job_id, "p_attempt": attempt}
 
         def txn(conn: Connection) -> Heartbeat:
-            cancel = conn.execute(self._heartbeat, {**params, **self._clock(lease_s)}).scalar()
+            cancel = conn.execute(self._heartbeat, {**params, **self.transactions.clock(lease_s)}).scalar()
             if cancel is None:
                 return Heartbeat.LOST
             return Heartbeat.CANCEL if cancel else Heartbeat.OK
 
-        return self._run(txn, single=True)
+        return self.transactions.run(txn, single=True)
 
     def complete(self, job_id: str, attempt: int, result: dict[str, Any]) -> bool:
         """Record success with ``result`` if ``attempt`` holds the job; False for a stale attempt
@@ -894,7 +720,7 @@ class JobQueue:
             )
             return status, job.study_id
 
-        ended = self._run(txn)
+        ended = self.transactions.run(txn)
         if ended is None:
             return None
         if ended[0] != JobStatus.QUEUED:
@@ -919,7 +745,7 @@ class JobQueue:
             )
             return True, None if status == JobStatus.QUEUED else job.study_id
 
-        done, ended_in = self._run(txn)
+        done, ended_in = self.transactions.run(txn)
         if ended_in is not None:
             self._settle(ended_in)
         return done
@@ -935,7 +761,7 @@ class JobQueue:
                 ).rowcount
             )
 
-        return self._run(txn)
+        return self.transactions.run(txn)
 
     def reclaim_expired(self) -> list[Reclaimed]:
         """Take back running jobs whose lease expired (their worker is gone): each counts as a
@@ -949,7 +775,7 @@ class JobQueue:
                 select(jobs)
                 .where(jobs.c.status == JobStatus.RUNNING, jobs.c.lease_expires_at < self._now)
                 .with_for_update(skip_locked=True),
-                self._clock(),
+                self.transactions.clock(),
             ).all()
             return [
                 Reclaimed(
@@ -967,10 +793,9 @@ class JobQueue:
                 for job in expired
             ]
 
-        reclaimed = self._run(txn)
-        unsettled = select(studies.c.id).where(*_SETTLEABLE)
-        for study_id in self._run(lambda conn: list(conn.execute(unsettled).scalars()), read_only=True):
-            self._run(lambda conn: self._settle_study(conn, study_id))
+        reclaimed = self.transactions.run(txn)
+        for study_id in self.transactions.run(self.study_rows.settleable, read_only=True):
+            self.transactions.run(lambda conn: self.study_rows.settle(conn, study_id))
         return reclaimed
 
     # -- cancellation -----------------------------------------------------------------------
@@ -989,14 +814,14 @@ class JobQueue:
             if status == JobStatus.QUEUED:
                 conn.execute(
                     update(jobs).where(jobs.c.id == job_id).values(**_CANCELLED, finished_at=self._now),
-                    self._clock(),
+                    self.transactions.clock(),
                 )
                 return JobStatus.CANCELLED, job.study_id
             if status == JobStatus.RUNNING:
                 conn.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=True))
             return JobStatus(status), job.study_id
 
-        ended = self._run(txn)
+        ended = self.transactions.run(txn)
         if ended is None:
             return None
         if ended[0] == JobStatus.CANCELLED:
@@ -1007,18 +832,12 @@ class JobQueue:
         """Store the study as cancelled, cancel its queued jobs and ask its running jobs to stop."""
 
         def txn(conn: Connection) -> CancelResult:
-            clock = self._clock()
-            conn.execute(
-                update(studies)
-                .where(studies.c.id == study_id)
-                .values(cancel_requested=True, status=StudyStatus.CANCELLED.value, updated_at=self._now),
-                clock,
-            )
+            self.study_rows.mark_cancelled(conn, study_id)
             cancelled = conn.execute(
                 update(jobs)
                 .where(jobs.c.study_id == study_id, jobs.c.status == JobStatus.QUEUED)
                 .values(**_CANCELLED, finished_at=self._now),
-                clock,
+                self.transactions.clock(),
             ).rowcount
             signalled = conn.execute(
                 update(jobs)
@@ -1031,7 +850,7 @@ class JobQueue:
             ).rowcount
             return CancelResult(cancelled=cancelled, signalled=signalled)
 
-        return self._run(txn)
+        return self.transactions.run(txn)
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -1042,7 +861,7 @@ class JobQueue:
             row = conn.execute(select(*_columns(JobInfo, jobs)).where(jobs.c.id == job_id)).first()
             return None if row is None else _job_info(row)
 
-        return self._run(txn, read_only=True)
+        return self.transactions.run(txn, read_only=True)
 
     def list_jobs(
         self,
@@ -1065,7 +884,7 @@ class JobQueue:
         if statuses is not None:
             query = query.where(jobs.c.status.in_([JobStatus(s).value for s in statuses]))
         query = query.order_by(jobs.c.seq).offset(offset).limit(limit)
-        return self._run(lambda conn: [_job_info(r) for r in conn.execute(query)], read_only=True)
+        return self.transactions.run(lambda conn: [_job_info(r) for r in conn.execute(query)], read_only=True)
 
     def list_attempts(self, job_id: str) -> list[AttemptInfo]:
         """The audit trail of one job, oldest attempt first."""
@@ -1075,7 +894,7 @@ class JobQueue:
             rows = conn.execute(query.order_by(attempts.c.attempt)).mappings()
             return [AttemptInfo(**{**r, "outcome": r["outcome"] and AttemptOutcome(r["outcome"])}) for r in rows]
 
-        return self._run(txn, read_only=True)
+        return self.transactions.run(txn, read_only=True)
 
     def has_active_jobs(self, max_gpus: int | None = None) -> bool:
         """Whether a job may still come to a worker: one queued or running (a running one may be
@@ -1094,7 +913,7 @@ class JobQueue:
         )
         if max_gpus is not None:
             query = query.where(jobs.c.gpus <= max_gpus)
-        return self._run(lambda conn: conn.execute(query).first() is not None, read_only=True)
+        return self.transactions.run(lambda conn: conn.execute(query).first() is not None, read_only=True)
 
     def counts(self, study_id: str) -> dict[JobStatus, int]:
         """Number of the study's jobs in each status (every status present, zeros included)."""
@@ -1107,76 +926,22 @@ class JobQueue:
             result.update({JobStatus(status): n for status, n in rows})
             return result
 
-        return self._run(txn, read_only=True)
+        return self.transactions.run(txn, read_only=True)
 
-    # -- worker registry --------------------------------------------------------------------
+    def counts_of(self, study_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+        """Number of each study's jobs in each status it has (one grouped query)."""
+        found: dict[str, dict[str, int]] = {study_id: {} for study_id in study_ids}
+        if not found:
+            return found
+        query = (
+            select(jobs.c.study_id, jobs.c.status, func.count())
+            .where(jobs.c.study_id.in_(list(found)))
+            .group_by(jobs.c.study_id, jobs.c.status)
+        )
 
-    def register_worker(
-        self,
-        worker_id: str,
-        *,
-        hostname: str | None = None,
-        pid: int | None = None,
-        gpus: Sequence[int] = (),
-        slots: int = 1,
-    ) -> None:
-        """Record a worker as active (re-registering the same id starts it afresh)."""
-        values = {
-            "hostname": hostname or socket.gethostname(),
-            "pid": os.getpid() if pid is None else pid,
-            "gpus": list(gpus),
-            "slots": slots,
-            "status": WorkerStatus.ACTIVE.value,
-            "current_jobs": [],
-        }
+        def txn(conn: Connection) -> dict[str, dict[str, int]]:
+            for study_id, status, n in conn.execute(query):
+                found[study_id][status] = n
+            return found
 
-        def txn(conn: Connection) -> None:
-            stamps = {"started_at": self._now, "heartbeat_at": self._now}
-            stmt = self._insert(workers).values(id=worker_id, **values, **stamps)
-            conn.execute(
-                stmt.on_conflict_do_update(index_elements=["id"], set_={**values, **stamps}),
-                self._clock(),
-            )
-
-        self._run(txn)
-
-    def worker_heartbeat(self, worker_id: str, current_jobs: Sequence[str]) -> bool:
-        """Note that a worker is alive and which jobs it runs; False if it is not registered."""
-
-        def txn(conn: Connection) -> bool:
-            return bool(
-                conn.execute(
-                    update(workers)
-                    .where(workers.c.id == worker_id)
-                    .values(
-                        heartbeat_at=self._now,
-                        current_jobs=list(current_jobs),
-                        status=WorkerStatus.ACTIVE.value,
-                    ),
-                    self._clock(),
-                ).rowcount
-            )
-
-        return self._run(txn)
-
-    def deregister_worker(self, worker_id: str) -> None:
-        """Mark a worker stopped (clean shutdown)."""
-
-        def txn(conn: Connection) -> None:
-            conn.execute(
-                update(workers)
-                .where(workers.c.id == worker_id)
-                .values(status=WorkerStatus.STOPPED.value, current_jobs=[], heartbeat_at=self._now),
-                self._clock(),
-            )
-
-        self._run(txn)
-
-    def list_workers(self) -> list[WorkerInfo]:
-        """All registered workers, by id."""
-
-        def txn(conn: Connection) -> list[WorkerInfo]:
-            rows = conn.execute(select(*_columns(WorkerInfo, workers)).order_by(workers.c.id))
-            return [WorkerInfo(**{**r._mapping, "status": WorkerStatus(r.status)}) for r in rows]
-
-        return self._run(txn, read_only=True)
+        return self.transactions.run(txn, read_only=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import func, or_, select, text
+from sqlalchemy import select, text
 
 from krpo_bench.analysis.analyze import AnalysisSettings, analyze
 from krpo_bench.analysis.model import GridPoint, StudyAnalysis
@@ -38,7 +38,6 @@ from krpo_bench.service.db import (
     ACTIVE_JOB_STATUSES,
     Job,
     JobStatus,
-    Study,
     StudyKind,
     StudyStatus,
     make_engine,
@@ -50,8 +49,9 @@ from krpo_bench.service.db import (
 from krpo_bench.service.kinds import AnyStudy, handler, stored_spec, trial_tags, validate_submission
 from krpo_bench.service.looks import SequentialLooks
 from krpo_bench.service.outbox import MlflowOutbox, MlflowRecords, experiment_name
-from krpo_bench.service.queue import AttemptInfo, JobInfo, JobQueue, NewJob, Reclaimed, WorkerInfo
+from krpo_bench.service.queue import AttemptInfo, JobInfo, JobQueue, NewJob, Reclaimed
 from krpo_bench.service.search import SearchScheduler, optuna_study_name
+from krpo_bench.service.worker_registry import WorkerInfo, WorkerRegistry
 from krpo_bench.settings import default_db_url, default_mlflow_uri
 from krpo_bench.spec.confirm import NotConfirmable, confirmation_spec
 from krpo_bench.spec.study import StudySpec, validate_study
@@ -104,6 +104,8 @@ class StudyService:
         if migrate:
             upgrade(self.engine)
         self.queue = JobQueue(self.engine)
+        self.rows = self.queue.study_rows
+        self.registry = WorkerRegistry(self.queue.transactions)
         self.outbox = MlflowOutbox(self)
         self.scheduler = SearchScheduler(self)
         self.looks = SequentialLooks(self)
@@ -181,8 +183,7 @@ class StudyService:
         study_id = self.resolve(study_ref)
         original = stored_spec(self._row(study_id).spec)
         with self._study_lock(study_id):  # two confirmations at once cannot take the same seeds
-            with read_connection(self.engine) as conn:
-                linked = conn.execute(select(Study.id).where(Study.confirms == study_id)).scalars().all()
+            linked = self.rows.confirmations_of(study_id)
             used = [
                 job.config.get("seed")
                 for sid in (study_id, *linked)
@@ -211,9 +212,8 @@ class StudyService:
         return self.outbox.ensure(study_id)
 
     def _by_idempotency_key(self, key: str) -> StudyInfo | None:
-        with read_connection(self.engine) as conn:
-            row = conn.execute(select(Study.id).where(Study.idempotency_key == key)).first()
-        return self.get(row.id) if row else None
+        study_id = self.rows.by_idempotency_key(key)
+        return self.get(study_id) if study_id else None
 
     def trial_job(
         self,
@@ -377,7 +377,7 @@ class StudyService:
         spec = dict(row.spec)
         spec["n_trials"] = (spec.get("n_trials") or 0) + n_trials
         study = validate_study(spec)
-        self.queue.update_study(
+        self.rows.update(
             study_id,
             {
                 "spec": study.model_dump(mode="json"),
@@ -396,26 +396,11 @@ class StudyService:
         (the newest study of that name); ``name~N`` (the N-th older study of that name, as
         :meth:`ref_of` writes it); a unique prefix of its id. Raises StudyNotFound, or
         AmbiguousStudy listing the candidates of a prefix (newest first)."""
-        with read_connection(self.engine) as conn:
-            if conn.execute(select(Study.id).where(Study.id == ref)).first() is not None:
-                return ref
-            older = OLDER_REF.fullmatch(ref)
-            for name, back in ((ref, 0), *(((older[1], int(older[2])),) if older else ())):
-                row = conn.execute(
-                    select(Study.id)
-                    .where(Study.name == name)
-                    .order_by(Study.created_at.desc(), Study.id)
-                    .offset(back)
-                    .limit(1)
-                ).first()
-                if row is not None:
-                    return row.id
-            rows = conn.execute(
-                select(Study.id, Study.name, Study.created_at)
-                .where(Study.id.startswith(ref, autoescape=True))
-                .order_by(Study.created_at.desc(), Study.id)
-                .limit(AMBIGUOUS_LISTED + 1)
-            ).all()
+        older = OLDER_REF.fullmatch(ref)
+        names = [(ref, 0), *([(older[1], int(older[2]))] if older else [])]
+        rows = self.rows.matching(ref, names, AMBIGUOUS_LISTED + 1)
+        if isinstance(rows, str):
+            return rows
         if not rows:
             raise StudyNotFound(ref)
         if len(rows) == 1:
@@ -429,22 +414,11 @@ class StudyService:
     def ref_of(self, info: StudyInfo) -> str:
         """The shortest name reference to ``info``'s study: its name when it is the newest study of
         that name, else ``name~N`` with N the studies of that name submitted after it."""
-        with read_connection(self.engine) as conn:
-            newer = conn.execute(
-                select(func.count())
-                .select_from(Study)
-                .where(
-                    Study.name == info.name,
-                    or_(
-                        Study.created_at > info.created_at, (Study.created_at == info.created_at) & (Study.id < info.id)
-                    ),
-                )
-            ).scalar_one()
+        newer = self.rows.newer_of_name(info.id, info.name, info.created_at)
         return info.name if newer == 0 else f"{info.name}~{newer}"
 
     def _row(self, study_id: str) -> Any:
-        with read_connection(self.engine) as conn:
-            row = conn.execute(select(Study.__table__).where(Study.id == study_id)).first()
+        row = self.rows.get(study_id)
         if row is None:
             raise StudyNotFound(study_id)
         return row
@@ -474,20 +448,8 @@ class StudyService:
     def list(self, *, status: str | None = None, limit: int = 50, offset: int = 0) -> list[StudyInfo]:
         """Studies newest first, optionally only those of a stored ``status``, with job counts (one
         query for the page, one grouped query for its counts)."""
-        query = select(Study.__table__).order_by(Study.created_at.desc(), Study.id).limit(limit).offset(offset)
-        if status is not None:
-            query = query.where(Study.status == status)
-        with read_connection(self.engine) as conn:
-            rows = conn.execute(query).all()
-            ids = [r.id for r in rows]
-            counts: dict[str, dict[str, int]] = {i: {} for i in ids}
-            if ids:
-                for sid, st, n in conn.execute(
-                    select(Job.study_id, Job.status, func.count())
-                    .where(Job.study_id.in_(ids))
-                    .group_by(Job.study_id, Job.status)
-                ):
-                    counts[sid][st] = n
+        rows = self.rows.list(status=status, limit=limit, offset=offset)
+        counts = self.queue.counts_of([r.id for r in rows])
         return [self._info(r, counts[r.id]) for r in rows]
 
     def jobs(
@@ -514,7 +476,7 @@ class StudyService:
 
     def workers(self) -> list[WorkerInfo]:
         """The registered workers."""
-        return self.queue.list_workers()
+        return self.registry.list()
 
     def results(self, study_id: str, jobs: list[JobInfo] | None = None) -> StudyAnalysis:
         """The analysis of the study's final held-out accuracy (krpo_bench.analysis): per variant and

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from krpo_bench.service.db import JobStatus, StudyStatus, WorkerStatus, utcnow
-from krpo_bench.service.queue import JobQueue, WorkerInfo
+from krpo_bench.service.worker_registry import WorkerInfo
 
 WORKER_SILENCE_S = 60.0
 """A worker whose last heartbeat is older than this (a worker's default lease) is not counted as
@@ -20,10 +20,10 @@ START_A_WORKER = (
 )
 
 
-class HasQueue(Protocol):
-    """What :func:`live_workers_of` reads: a study service's job queue."""
+class HasWorkers(Protocol):
+    """What :func:`live_workers_of` reads: a study service's registered workers."""
 
-    queue: JobQueue
+    def workers(self) -> list[WorkerInfo]: ...
 
 
 def live_workers(workers: Iterable[WorkerInfo], now: datetime) -> int:
@@ -32,9 +32,9 @@ def live_workers(workers: Iterable[WorkerInfo], now: datetime) -> int:
     return sum(1 for w in workers if w.status == WorkerStatus.ACTIVE and w.heartbeat_at >= recent)
 
 
-def live_workers_of(service: HasQueue) -> int:
+def live_workers_of(service: HasWorkers) -> int:
     """How many workers of ``service``'s job database are live now (one read of the worker table)."""
-    return live_workers(service.queue.list_workers(), utcnow())
+    return live_workers(service.workers(), utcnow())
 
 
 def display_state(status: str, counts: Mapping[str, int], workers: int) -> str:

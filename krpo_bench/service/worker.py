@@ -44,8 +44,9 @@ from sqlalchemy.exc import DBAPIError
 from krpo_bench.service.child import TrialPayload
 from krpo_bench.service.forkserver import ForkedTrial, warm_up
 from krpo_bench.service.launch import SpawnedTrial, TrialProcess, visible_devices
-from krpo_bench.service.queue import UNESTIMATED_GPU_MEMORY_MIB, ClaimedJob, Heartbeat, is_database_outage
+from krpo_bench.service.queue import UNESTIMATED_GPU_MEMORY_MIB, ClaimedJob, Heartbeat
 from krpo_bench.service.studies import StudyService
+from krpo_bench.service.transactions import is_database_outage
 from krpo_bench.settings import data_home, get_settings
 from krpo_bench.spec.names import plain_console, styled
 
@@ -171,6 +172,7 @@ class Worker:
     ) -> None:
         self.service = service
         self.queue = service.queue
+        self.registry = service.registry
         self.devices = devices
         auto = slots_per_device is None
         self.slots = {d: slots_per_device or (1 if d == "cpu" else MAX_TRIALS_PER_GPU) for d in devices}
@@ -205,7 +207,7 @@ class Worker:
         if self.fork_server:
             warm_up()
         gpu_ids = [int(d) for d in self.devices if d != "cpu"]
-        self.queue.register_worker(
+        self.registry.register(
             self.id, hostname=socket.gethostname(), pid=os.getpid(), gpus=gpu_ids, slots=sum(self.slots.values())
         )
         budgets = f", memory budgets (MiB) {self.budgets}" if self.budgets else ""
@@ -243,7 +245,7 @@ class Worker:
             for run in self.running.values():
                 run.process.kill()
             try:
-                self.queue.deregister_worker(self.id)
+                self.registry.deregister(self.id)
             except DBAPIError as err:
                 self.say(f"could not deregister worker {self.id}: {err}", "yellow")
 
@@ -355,7 +357,7 @@ class Worker:
                     self._heartbeat()
 
     def _heartbeat(self) -> None:
-        self.queue.worker_heartbeat(self.id, list(self.running))
+        self.registry.heartbeat(self.id, list(self.running))
         for job_id, run in list(self.running.items()):
             beat = self.queue.heartbeat(job_id, run.job.attempt, self.lease_s)
             if beat == Heartbeat.LOST:

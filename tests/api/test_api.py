@@ -339,9 +339,9 @@ def test_cancel_resume_extend(client: TestClient) -> None:
 
 
 def test_workers(client: TestClient) -> None:
-    queue = client.app.state.service.queue
-    queue.register_worker("gpu-box-1", hostname="gpu-box", pid=42, gpus=[0, 1], slots=2)
-    queue.worker_heartbeat("gpu-box-1", ["job-x"])
+    registry = client.app.state.service.registry
+    registry.register("gpu-box-1", hostname="gpu-box", pid=42, gpus=[0, 1], slots=2)
+    registry.heartbeat("gpu-box-1", ["job-x"])
     workers = {w["id"]: w for w in client.get("/api/v1/workers").json()["items"]}
     assert workers["gpu-box-1"]["gpus"] == [0, 1] and workers["gpu-box-1"]["current_jobs"] == ["job-x"]
     assert workers["gpu-box-1"]["status"] == "active" and workers["gpu-box-1"]["heartbeat_at"]

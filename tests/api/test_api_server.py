@@ -120,6 +120,9 @@ def test_embedded_workers_start_and_stop_with_the_server(tmp_path: Path) -> None
         time.sleep(0.2)
     else:
         pytest.fail("the embedded worker outlived the server")
-    from krpo_bench.service.queue import JobQueue
+    from krpo_bench.service.db import make_engine
+    from krpo_bench.service.transactions import Transactions
+    from krpo_bench.service.worker_registry import WorkerRegistry
 
-    assert [w.status for w in JobQueue.from_url(f"sqlite:///{tmp_path / 'jobs.db'}").list_workers()] == ["stopped"]
+    registry = WorkerRegistry(Transactions(make_engine(f"sqlite:///{tmp_path / 'jobs.db'}")))
+    assert [w.status for w in registry.list()] == ["stopped"]

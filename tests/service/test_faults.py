@@ -331,7 +331,7 @@ def test_optuna_reports_ride_out_a_database_outage(pg_url: str, pg_service: Stud
     import optuna
 
     from krpo_bench.service.optuna_store import optuna_storage
-    from krpo_bench.service.queue import is_database_outage
+    from krpo_bench.service.transactions import is_database_outage
 
     service = pg_service
     base = {k: v for k, v in tiny(8, eval_every=2).items() if k != "name"}

@@ -13,8 +13,9 @@ from sqlalchemy.exc import IntegrityError
 
 from krpo_bench.service.db import Job, Study, make_engine, read_connection, upgrade
 from krpo_bench.service.group_commit import GroupCommit
-from krpo_bench.service.queue import JobQueue, NewJob, _is_transient
+from krpo_bench.service.queue import JobQueue, NewJob
 from krpo_bench.service.studies import StudyService
+from krpo_bench.service.transactions import is_transient
 from tests.db import add_study
 
 
@@ -58,7 +59,7 @@ def _run_together(group: GroupCommit, lock: threading.Lock, fns: list) -> list[o
 
 def test_waiting_writers_share_one_commit_and_each_gets_its_result(engine: Engine) -> None:
     lock = threading.Lock()
-    group = GroupCommit(engine, lock, _is_transient, max_retries=2)
+    group = GroupCommit(engine, lock, is_transient, max_retries=2)
     commits = _commits(engine)
 
     def add(name: str):
@@ -77,7 +78,7 @@ def test_waiting_writers_share_one_commit_and_each_gets_its_result(engine: Engin
 
 def test_a_failing_writer_rolls_back_alone(engine: Engine) -> None:
     lock = threading.Lock()
-    group = GroupCommit(engine, lock, _is_transient, max_retries=2)
+    group = GroupCommit(engine, lock, is_transient, max_retries=2)
     existing = add_study(engine, "taken")
 
     def ok(conn):

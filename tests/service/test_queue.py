@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Engine, MetaData, Table, select, update
 from sqlalchemy.exc import DBAPIError
 
-from krpo_bench.service.db import AttemptOutcome, JobStatus, Study, WorkerStatus, make_engine, upgrade, utcnow
+from krpo_bench.service.db import AttemptOutcome, JobStatus, Study, make_engine, upgrade, utcnow
 from krpo_bench.service.queue import UNESTIMATED_GPU_MEMORY_MIB, CancelResult, Heartbeat, JobQueue, NewJob
 from tests.db import add_study, create_pg_database, drop_pg_database, terminate_connections
 
@@ -438,22 +438,6 @@ def test_pruned(queue: JobQueue, study_id: str) -> None:
     assert counts[JobStatus.PRUNED] == 1 and sum(counts.values()) == 1
     assert [j.id for j in queue.list_jobs(study_id, statuses=[JobStatus.PRUNED])] == [job_id]
     assert queue.list_jobs(study_id, statuses=[JobStatus.QUEUED]) == []
-
-
-def test_worker_registry(queue: JobQueue) -> None:
-    queue.register_worker("gpu-0", hostname="node1", pid=42, gpus=[0], slots=1)
-    queue.register_worker("cpu", hostname="node1", pid=43)
-    first_beat = queue.list_workers()[1].heartbeat_at
-    assert queue.worker_heartbeat("gpu-0", ["job-a"])
-    assert not queue.worker_heartbeat("unknown", [])
-    queue.deregister_worker("cpu")
-    cpu, gpu = queue.list_workers()
-    assert (gpu.id, gpu.gpus, gpu.current_jobs) == ("gpu-0", [0], ["job-a"])
-    assert gpu.status is WorkerStatus.ACTIVE
-    assert gpu.heartbeat_at >= first_beat
-    assert (cpu.status, cpu.gpus, cpu.pid) == (WorkerStatus.STOPPED, [], 43)
-    queue.register_worker("cpu", hostname="node2", pid=44)
-    assert queue.list_workers()[0].status is WorkerStatus.ACTIVE
 
 
 @pytest.mark.postgres

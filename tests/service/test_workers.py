@@ -164,7 +164,7 @@ def test_an_idle_worker_takes_up_a_hand_back_and_resumes_it_as_if_never_stopped(
         )
         run_dir = Path(os.environ["KRPO_BENCH_HOME"]) / "trials" / job.config["trial"]["trial_id"]
         idle = start_worker(service, "--exit-when-idle", "--no-fork-server")
-        wait_for(lambda: len(service.queue.list_workers()) == 2, 60, "the idle worker to register")
+        wait_for(lambda: len(service.workers()) == 2, 60, "the idle worker to register")
         wait_for(lambda: list(run_dir.glob("checkpoint-*/trainer_state.json")), 120, "the first epoch's checkpoint")
         time.sleep(2 * HEARTBEAT_S)
         assert idle.poll() is None, "the idle worker stays while a trial runs elsewhere"
