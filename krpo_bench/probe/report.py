@@ -165,6 +165,18 @@ def write_report(spec: ProbeSpec, result: Any, folder: Path) -> Path:
     return folder / "index.html"
 
 
+def weights_note(spec: ProbeSpec, result: Any) -> str:
+    """Where the probed weights came from, after the model's name: the warm start, a checkpoint
+    folder, or a trial's checkpoint with the trial id it resolved to."""
+    if spec.checkpoint is None:
+        return " (warm start)"
+    if isinstance(spec.checkpoint, str):
+        return f" at {spec.checkpoint}"
+    source = getattr(result, "checkpoint_source", None)
+    trial = f" (trial {source['trial_id']}, checkpoint-{source['step']})" if source else ""
+    return f" at the checkpoint of {spec.checkpoint.describe()}{trial}"
+
+
 def family_size(rows: list[dict[str, Any]]) -> int:
     """Comparisons in the probe's Holm family: the rows with a Δcos test."""
     return sum(1 for row in rows if _defined(row.get("cos_diff_p")))
@@ -199,7 +211,7 @@ td,th{{border:1px solid #ccc;padding:.25rem .5rem;text-align:right}} td:first-ch
 .meta{{color:#555}}</style></head><body>
 <h1>Gradient-quality probe: {html.escape(spec.name)}</h1>
 <p class="meta">{html.escape(spec.description)}</p>
-<p class="meta">model {html.escape(spec.model.name)}{" at " + html.escape(spec.checkpoint) if spec.checkpoint else " (warm start)"};
+<p class="meta">model {html.escape(spec.model.name)}{html.escape(weights_note(spec, result))};
 {spec.batches} batches of {spec.prompts_per_batch} prompts shared by every estimator (common random numbers; a smaller G
 uses the first G rollouts of each group); reference: rloo baseline, no std scaling, {spec.reference.prompts} prompts x
 {spec.reference.group_size} rollouts (split-half cosine {result.reference_split_cosine:.3f}, mean reward

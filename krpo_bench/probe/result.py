@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass
 from typing import Any
 
 
@@ -18,6 +18,7 @@ class ProbeResult:
     report_dir: str
     length_normalisation: str
     reference_blocks: int = 0  # K blocks whose jackknife puts the reference's noise in the intervals; 0: older release
+    checkpoint_source: dict[str, Any] | None = None  # trial_id and step of a checkpoint named by trial
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -25,7 +26,11 @@ class ProbeResult:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProbeResult:
         """The result from ``to_json`` output, also where stored JSON holds null for a nan statistic."""
-        fields = {name: data[name] for name in cls.__dataclass_fields__ if name in data or name != "reference_blocks"}
+        fields = {
+            name: data[name]
+            for name, field in cls.__dataclass_fields__.items()
+            if name in data or field.default is MISSING
+        }
         for name in ("reference_split_cosine", "reference_reward_mean", "wall_time_s"):
             fields[name] = math.nan if fields[name] is None else fields[name]
         fields["rows"] = [

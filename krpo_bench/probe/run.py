@@ -21,6 +21,7 @@ from krpo_bench.advantages import Need, get_estimator
 from krpo_bench.data_roots import data_folder
 from krpo_bench.models import load_model
 from krpo_bench.models.hf import load_pretrained, resolve_dtype
+from krpo_bench.probe.checkpoint import CheckpointSource
 from krpo_bench.probe.gradients import (
     length_weights,
     loss_gradients,
@@ -29,9 +30,9 @@ from krpo_bench.probe.gradients import (
 )
 from krpo_bench.probe.result import ProbeResult
 from krpo_bench.probe.rollouts import draw_rollouts
-from krpo_bench.probe.spec import MAX_REFERENCE_BLOCKS, ProbeSpec
+from krpo_bench.probe.spec import MAX_REFERENCE_BLOCKS, CheckpointRef, ProbeSpec
 from krpo_bench.probe.stats import GradientTally, ReferenceGradient, cosine, paired_difference, with_holm
-from krpo_bench.settings import data_home
+from krpo_bench.settings import data_home, trial_folder
 from krpo_bench.spec.estimator import build_estimator
 from krpo_bench.tasks import build_task
 from krpo_bench.tasks.noise import noisy_rewards
@@ -47,32 +48,57 @@ LENGTH_NOTE = {
 }
 
 
-def probe_id(spec: ProbeSpec) -> str:
-    """A stable id of everything that changes the probe's numbers."""
-    payload = json.dumps(spec.model_dump(mode="json", exclude={"name", "description", "experiment"}), sort_keys=True)
+def _resolved(spec: ProbeSpec, source: CheckpointSource | None) -> CheckpointSource | None:
+    """``source`` where the spec names its checkpoint by trial (it must then be given), else None."""
+    if not isinstance(spec.checkpoint, CheckpointRef):
+        return None
+    if source is None:
+        raise ValueError(
+            f"checkpoint: {spec.checkpoint.describe()} names a trial, which `krpo-bench probe FILE` resolves through "
+            "the job database; a probe run elsewhere names its checkpoint folder by path"
+        )
+    return source
+
+
+def probe_id(spec: ProbeSpec, source: CheckpointSource | None = None) -> str:
+    """A stable id of everything that changes the probe's numbers; a checkpoint named by trial counts
+    as its resolved ``source``'s trial id and step, so every data home gives the same id."""
+    data = spec.model_dump(mode="json", exclude={"name", "description", "experiment"})
+    resolved = _resolved(spec, source)
+    if resolved is not None:
+        data["checkpoint"] = resolved.identity()
+    payload = json.dumps(data, sort_keys=True)
     return f"probe-{hashlib.sha1(payload.encode()).hexdigest()[:12]}"
 
 
-def _load(spec: ProbeSpec, device: str) -> tuple[Any, Any]:
+def _load(spec: ProbeSpec, device: str, source: CheckpointSource | None = None) -> tuple[Any, Any]:
+    """The model and tokenizer at the spec's weights: the warm start, a checkpoint folder read under
+    the data roots, or a trial's checkpoint (``source``) read under this data home's trial folders."""
     if spec.checkpoint is None:
         loaded = load_model(spec.model, device=device)
         return loaded.model, loaded.tokenizer
     if spec.model.lora is not None:
         raise ValueError("checkpoint: probing a LoRA trial's checkpoint (adapter weights only) is not supported")
+    resolved = _resolved(spec, source)
+    if resolved is None:
+        path, roots, shown = spec.checkpoint, None, spec.checkpoint
+    else:
+        path, roots = str(resolved.folder), (trial_folder(resolved.trial_id),)
+        shown = f"trial {resolved.trial_id} {resolved.folder.name}"
     try:
-        with data_folder(spec.checkpoint, "checkpoint") as folder:
+        with data_folder(path, "checkpoint", roots) as folder:
             if not (folder / "config.json").is_file():
-                raise ValueError(f"checkpoint: {spec.checkpoint[:200]!r} is not a checkpoint folder (no config.json)")
+                raise ValueError(f"checkpoint: {shown[:200]!r} is not a checkpoint folder (no config.json)")
             model, tokenizer = load_pretrained(
                 folder,
                 name=spec.model.name,
                 dtype=resolve_dtype(spec.model.dtype, device),
                 device=device,
-                shown=spec.checkpoint,
+                shown=shown,
             )
     except (FileNotFoundError, NotADirectoryError):
-        raise ValueError(f"checkpoint: {spec.checkpoint[:200]!r} is not a checkpoint folder (no such folder)") from None
-    model.config.name_or_path = tokenizer.name_or_path = spec.checkpoint  # not the descriptor path it was read through
+        raise ValueError(f"checkpoint: {shown[:200]!r} is not a checkpoint folder (no such folder)") from None
+    model.config.name_or_path = tokenizer.name_or_path = shown  # not the descriptor path it was read through
     return model, tokenizer
 
 
@@ -216,19 +242,23 @@ def run_probe(
     tags: dict[str, str] | None = None,
     mlflow_run_id: str | None = None,
     on_run_created: Callable[[str], None] | None = None,
+    source: CheckpointSource | None = None,
 ) -> ProbeResult:
     """Measure the probe, log it to MLflow (one run, tagged like a trial's) and write its report.
 
     As a study's job: the run is a child of ``parent_run_id`` with the job's ``tags`` added;
     ``mlflow_run_id`` continues an earlier attempt's run (the probe is re-run from scratch: given
-    its seed it logs the same numbers); ``on_run_created`` is told the run id once it exists."""
+    its seed it logs the same numbers); ``on_run_created`` is told the run id once it exists.
+    ``source``: the checkpoint a spec naming its checkpoint by trial resolved to
+    (:func:`~krpo_bench.probe.checkpoint.checkpoint_source`)."""
     from krpo_bench.probe.report import write_report
 
     started = time.perf_counter()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     set_seed(spec.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    identifier = probe_id(spec)
+    identifier = probe_id(spec, source)
+    resolved = _resolved(spec, source)
     tracker = RunTracker(tracking_uri) if track else NullTracker()
     run_id = tracker.start(
         spec.experiment,
@@ -240,9 +270,12 @@ def run_probe(
     if on_run_created is not None and tracker.run_id:
         on_run_created(tracker.run_id)
     try:
-        tracker.log_params(flatten(spec.model_dump(mode="json")))
+        params = flatten(spec.model_dump(mode="json"))
+        if resolved is not None:
+            params |= flatten({"checkpoint": resolved.identity()})
+        tracker.log_params(params)
         tracker.log_dict(spec.model_dump(mode="json"), "config/probe.json")
-        model, tokenizer = _load(spec, device)
+        model, tokenizer = _load(spec, device, resolved)
         rows, split, reward_mean, blocks = measure(spec, model, tokenizer, on_batch)
         for row in rows:
             metrics = {
@@ -263,6 +296,7 @@ def run_probe(
             report_dir=str(out or data_home() / "reports" / identifier),
             length_normalisation=LENGTH_NOTE[spec.loss_type],
             reference_blocks=blocks,
+            checkpoint_source=resolved.identity() if resolved is not None else None,
         )
         write_report(spec, result, Path(result.report_dir))
         tracker.log_dict(result.to_json(), "probe/result.json")

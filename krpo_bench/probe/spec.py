@@ -11,8 +11,9 @@ from krpo_bench.models.config import ModelSpec
 from krpo_bench.spec.base import Strict
 from krpo_bench.spec.estimator import EstimatorSpec
 from krpo_bench.spec.loading import SpecError, validate
-from krpo_bench.spec.names import DisplayName
+from krpo_bench.spec.names import MAX_NAME_CHARS, DisplayName
 from krpo_bench.spec.study import Resources, storage_errors
+from krpo_bench.spec.trial import MAX_SEED
 from krpo_bench.tasks.config import TaskSpec
 
 MAX_PROBE_ROLLOUTS = 1_000_000
@@ -39,6 +40,36 @@ class ReferenceSpec(Strict):
     chunk_prompts: int = Field(32, ge=1, le=4096, description="prompts per forward/backward pass")
 
 
+class CheckpointRef(Strict):
+    """A kept checkpoint of a finished trial, named by what the trial is rather than where it lies:
+    the study, the trial's variant, grid point and seed, and the training step. ``krpo-bench probe``
+    resolves it through the job database to ``<data home>/trials/<trial id>/checkpoint-<step>``."""
+
+    study: str = Field(
+        min_length=1,
+        max_length=MAX_NAME_CHARS + 10,  # name~N, N of up to 9 digits
+        description="the source study: its id, its name (the newest study of that name) or name~N (the N-th older one)",
+    )
+    variant: DisplayName = Field(description="the trial's variant (a key of the study's variants)")
+    seed: int = Field(ge=0, le=MAX_SEED, description="the trial's seed")
+    step: int = Field(ge=1, le=1_000_000, description="the training step of the checkpoint (checkpoint-<step>)")
+    grid: dict[str, Any] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="the trial's grid point, {<grid path>: <value>} as in the study's grid; "
+        "the paths left out may take any value as long as one trial matches",
+    )
+
+    def describe(self) -> str:
+        """The trial and step it names, for messages and the report."""
+        point = "".join(f" {path}={value}" for path, value in self.grid.items())
+        return f"study {self.study!r}, variant {self.variant!r}{point}, seed {self.seed}, step {self.step}"
+
+
+MAX_CHECKPOINT_PATH = 4096
+CheckpointPath = Annotated[str, Field(min_length=1, max_length=MAX_CHECKPOINT_PATH)]
+
+
 class ProbeResources(Resources):
     """A submitted probe's job: one process (a probe does not split over GPUs), its attempts and time limit.
     A retry re-runs the probe from scratch: given its seed it draws the same rollouts and gives the same numbers."""
@@ -53,11 +84,10 @@ class ProbeSpec(Strict):
     name: DisplayName
     description: str = Field("", max_length=10_000)
     model: ModelSpec = Field(default_factory=lambda: ModelSpec(name="tiny-arith"))
-    checkpoint: str | None = Field(
+    checkpoint: CheckpointRef | CheckpointPath | None = Field(
         None,
-        min_length=1,
-        max_length=4096,
-        description="a trial's checkpoint folder (checkpoint-<step>) whose weights replace the model's; unset: the warm start",
+        description="whose weights replace the model's: a finished trial's kept checkpoint, {study, variant, seed, "
+        "step, grid}, or a checkpoint folder (checkpoint-<step>) under the data roots; unset: the warm start",
     )
     task: TaskSpec
     estimators: list[EstimatorSpec] = Field(min_length=1, max_length=50, description="estimator blocks, as in a trial")
@@ -111,6 +141,18 @@ class ProbeSpec(Strict):
                 f"max_completion_length {self.max_completion_length}); at most {MAX_PROBE_TOKENS:,}"
             )
         return self
+
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _checkpoint_form(cls, value: Any) -> Any:
+        # A mapping or a path is checked here, so that an error names checkpoint.<field> and not a union member.
+        if isinstance(value, dict):
+            return CheckpointRef.model_validate(value)
+        if isinstance(value, str) and not 1 <= len(value) <= MAX_CHECKPOINT_PATH:
+            raise ValueError(f"a checkpoint folder's path has 1 to {MAX_CHECKPOINT_PATH} characters")
+        if value is not None and not isinstance(value, (str, CheckpointRef)):
+            raise ValueError("give a checkpoint folder's path or a trial's {study, variant, seed, step, grid}")
+        return value
 
     @field_validator("model")
     @classmethod
