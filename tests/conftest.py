@@ -1,6 +1,6 @@
-"""Test-wide settings: offline hubs and a throw-away data home; in CI (``CI=true``) a skipped test
-fails the run unless tests/allowed_skips.py lists it with its reason; a PostgreSQL test must close
-every connection it opens."""
+"""Test-wide settings: offline hubs, a throw-away data home per pytest-xdist worker; in CI
+(``CI=true``) a skipped test fails the run unless tests/allowed_skips.py lists it with its reason; a
+PostgreSQL test must close every connection it opens."""
 
 from __future__ import annotations
 
@@ -17,12 +17,25 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("KRPO_BENCH_HOME", os.path.join(os.getcwd(), ".pytest-home"))
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # one torch (OpenMP) thread per xdist worker, and in the processes its tests start: two workers'
+    # two threads each on two cores stall for seconds whenever another process takes a core
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 pytest_plugins = ["tests.db"]
 
 
 _unlisted_skips: list[tuple[str, str]] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The data home, unless ``KRPO_BENCH_HOME`` is set: ``.pytest-home/<xdist worker>`` (``main``
+    without xdist), so that a worker's default SQLite job database and MLflow store are its own. Not
+    set in the xdist controller, whose environment its workers inherit."""
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if worker or not config.getoption("numprocesses", None):
+        os.environ.setdefault("KRPO_BENCH_HOME", os.path.join(os.getcwd(), ".pytest-home", worker or "main"))
 
 
 def _uses_postgres(request: pytest.FixtureRequest) -> bool:
