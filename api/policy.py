@@ -13,7 +13,7 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
@@ -23,7 +23,8 @@ from pydantic import ValidationError
 from krpo_bench.data_roots import under_roots
 from krpo_bench.models.config import TINY_ARITH
 from krpo_bench.models.memory import model_shape
-from krpo_bench.probe.spec import ProbeSpec
+from krpo_bench.probe.checkpoint import CheckpointNotFound
+from krpo_bench.probe.spec import CheckpointRef, ProbeSpec
 from krpo_bench.service.db import StudyKind
 from krpo_bench.service.kinds import submitted_handler
 from krpo_bench.settings import DEFAULT_MAX_MODEL_PARAMS, DEFAULT_MAX_STORED_BYTES, DEFAULT_MAX_TRIALS
@@ -308,10 +309,15 @@ def check_plain_data(data: Any) -> list[dict[str, Any]]:
     return errors
 
 
-def probe_errors(probe: ProbeSpec, policy: Policy) -> list[dict[str, Any]]:
-    """Errors for remote code, local paths (the checkpoint's too) and model size in a probe."""
+def probe_errors(
+    probe: ProbeSpec, policy: Policy, checkpoint_trial: Callable[[CheckpointRef], object] | None = None
+) -> list[dict[str, Any]]:
+    """Errors for remote code, local paths and model size in a probe, and for its checkpoint: a
+    folder must lie under the data roots; a reference ``{study, variant, seed, step, grid}`` must
+    name a finished trial, looked up with ``checkpoint_trial`` (``StudyService.checkpoint_trial``;
+    None: not looked up, the worker that runs the probe refuses it)."""
     errors = [_error(field, value, message, rule) for field, value, message, rule in trial_violations(probe, policy)]
-    if probe.checkpoint is not None and not under_roots(probe.checkpoint, policy.data_roots):
+    if isinstance(probe.checkpoint, str) and not under_roots(probe.checkpoint, policy.data_roots):
         roots = ", ".join(str(r) for r in policy.data_roots)
         errors.append(
             _error(
@@ -321,11 +327,23 @@ def probe_errors(probe: ProbeSpec, policy: Policy) -> list[dict[str, Any]]:
                 "path_outside_data_roots",
             )
         )
+    elif isinstance(probe.checkpoint, CheckpointRef) and checkpoint_trial is not None:
+        try:
+            checkpoint_trial(probe.checkpoint)
+        except CheckpointNotFound as exc:
+            value = getattr(probe.checkpoint, exc.field.removeprefix("checkpoint."))
+            errors.append(_error(exc.field, value, exc.reason, "checkpoint_not_found"))
     return errors
 
 
-def admit(data: Any, policy: Policy, source: str = "<request>") -> StudySpec | ProbeSpec:
+def admit(
+    data: Any,
+    policy: Policy,
+    source: str = "<request>",
+    checkpoint_trial: Callable[[CheckpointRef], object] | None = None,
+) -> StudySpec | ProbeSpec:
     """Validate a submitted study and apply the server policy; raises SpecError with every problem.
+    ``checkpoint_trial``: looks up the trial a probe's checkpoint reference names (:func:`probe_errors`).
 
     The trial cap and the stored-bytes estimate are checked before the study's matrix is expanded,
     so a huge matrix costs nothing; the expansion that follows is bounded by ``max_stored_bytes``.
@@ -338,7 +356,7 @@ def admit(data: Any, policy: Policy, source: str = "<request>") -> StudySpec | P
     kind = submitted_handler(data)
     if kind.kind is StudyKind.PROBE:  # one job: no trial cap to check
         probe = kind.validate(data, source)
-        errors = probe_errors(probe, policy)
+        errors = probe_errors(probe, policy, checkpoint_trial)
         if errors:
             raise SpecError(source, errors)
         return probe

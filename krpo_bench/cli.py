@@ -680,43 +680,20 @@ def probe(
 ) -> None:
     """Gradient-quality probe: each estimator's one-batch policy gradient against a reference gradient (``--db``:
     where the study lies whose trial's checkpoint the probe names)."""
+    from krpo_bench.probe.checkpoint import CheckpointNotFound
     from krpo_bench.probe.spec import CheckpointRef
     from krpo_bench.service.db import StudyKind
 
     kind, spec = load_any(file)
     if kind is None or kind.kind is not StudyKind.PROBE:
         fail(f"{file} is not a probe (kind: probe); run studies with 'krpo-bench run {file}'")
-    source = _checkpoint_source(spec.checkpoint, db) if isinstance(spec.checkpoint, CheckpointRef) else None
+    source = None
+    if isinstance(spec.checkpoint, CheckpointRef):
+        try:
+            source = _service(db, None).resolve_checkpoint(spec.checkpoint)
+        except CheckpointNotFound as exc:
+            fail(str(exc))
     _run_probe(spec, mlflow, out, source)
-
-
-def _checkpoint_source(ref, db: Optional[str]):
-    """The kept checkpoint a probe's ``checkpoint: {study, variant, seed, step, grid}`` names: its
-    study looked up in the job database, the study's trials matched as data
-    (:func:`krpo_bench.probe.checkpoint.checkpoint_source`); else a clean error naming the field."""
-    from krpo_bench.analysis.records import RECORD_CONFIG_KEYS, records_from_jobs
-    from krpo_bench.probe.checkpoint import StudyTrial, checkpoint_source
-    from krpo_bench.service.studies import AmbiguousStudy, StudyNotFound
-
-    service = _service(db, None)
-    try:
-        study_id = service.resolve(ref.study)
-    except StudyNotFound:
-        fail(
-            f"checkpoint.study: no study {ref.study!r} in the job database (give a study id, a study name or name~N; "
-            "run the source study first, or name its database with --db)"
-        )
-    except AmbiguousStudy as exc:
-        fail(f"checkpoint.study: {exc}")
-    jobs = service.jobs(study_id, config_keys=(*RECORD_CONFIG_KEYS, "trial"))
-    trials = [
-        StudyTrial(record.variant, dict(record.grid_point), record.seed, str(job.status), job.config.get("trial"))
-        for record, job in zip(records_from_jobs(jobs), jobs)
-    ]
-    try:
-        return checkpoint_source(ref, service.ref_of(service.get(study_id)), trials)
-    except ValueError as exc:
-        fail(str(exc))
 
 
 def _run_probe(spec, mlflow: Optional[str], out: Optional[Path], source) -> None:

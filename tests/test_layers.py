@@ -152,8 +152,6 @@ TABLE_OWNERS = {
     "workers": ("krpo_bench.service.worker_registry", "Worker"),
 }
 """Each table, the one module that issues statements on it, and its ORM model in ``krpo_bench.service.db``."""
-STUDY_READERS_TO_MOVE = {"krpo_bench.service.quotas", "krpo_bench.service.replication"}
-"""Modules that still read study rows themselves (issue 21: their reads move to ``StudyRows``)."""
 _STATEMENTS = {"select", "insert", "update", "delete"}
 
 
@@ -196,17 +194,8 @@ def test_one_module_issues_the_statements_on_studies_and_on_workers() -> None:
         for module, path in modules().items():
             if module == owner or ".migrations." in module:
                 continue
-            if table == "studies" and module in STUDY_READERS_TO_MOVE:
-                continue
             found += [f"{path.relative_to(ROOT)}:{line} ({table})" for line in table_statements(path, table, model)]
     assert not found, "statements on a table outside its module:\n  " + "\n  ".join(found)
-
-
-def test_the_study_readers_still_to_move_do_read_studies() -> None:
-    """``STUDY_READERS_TO_MOVE`` lists no module that no longer needs its exemption."""
-    paths = modules()
-    moved = [m for m in STUDY_READERS_TO_MOVE if not table_statements(paths[m], "studies", "Study")]
-    assert not moved, f"these no longer read studies themselves: drop them from STUDY_READERS_TO_MOVE: {moved}"
 
 
 def test_the_table_check_sees_writes_reads_and_the_model(tmp_path: Path) -> None:

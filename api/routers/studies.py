@@ -173,8 +173,8 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def _admit(body: bytes, content_type: str, policy: Policy) -> StudySpec | ProbeSpec:
-    return admit(_parse(body, content_type), policy)
+def _admit(body: bytes, content_type: str, policy: Policy, service: StudyService) -> StudySpec | ProbeSpec:
+    return admit(_parse(body, content_type), policy, checkpoint_trial=service.checkpoint_trial)
 
 
 def _submit(
@@ -237,7 +237,9 @@ async def submit_study(
 ) -> StudyDetail:
     body = await request.body()
     async with request.app.state.submit_slots:  # parsing and validating take the slots storing takes
-        study = await run_in_threadpool(_admit, body, request.headers.get("content-type", ""), request.app.state.policy)
+        study = await run_in_threadpool(
+            _admit, body, request.headers.get("content-type", ""), request.app.state.policy, service
+        )
     study = with_default_timeout(study, request.app.state.settings.default_timeout_s)
     if study.priority > 0 and token is not None and not token.grants("admin"):
         raise HTTPException(

@@ -75,7 +75,6 @@ from krpo_bench.service.db import (
 )
 from krpo_bench.service.study_rows import StudyRows, studies
 from krpo_bench.service.transactions import Transactions
-from krpo_bench.service.transactions import is_database_outage as is_database_outage  # its callers' import
 
 jobs = cast(Table, Job.__table__)
 attempts = cast(Table, JobAttempt.__table__)
@@ -945,3 +944,16 @@ class JobQueue:
             return found
 
         return self.transactions.run(txn, read_only=True)
+
+    def trial_active(self, study_id: str, optuna_trial_number: int) -> bool:
+        """Whether a job (a seed) of the study's Optuna trial ``optuna_trial_number`` is still active."""
+        query = (
+            select(jobs.c.id)
+            .where(
+                jobs.c.study_id == study_id,
+                jobs.c.optuna_trial_number == optuna_trial_number,
+                jobs.c.status.in_(_ACTIVE_VALUES),
+            )
+            .limit(1)
+        )
+        return self.transactions.run(lambda conn: conn.execute(query).first() is not None, read_only=True)

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 
 from krpo_bench.probe.spec import ProbeSpec
-from krpo_bench.service.db import Job, JobStatus, Study, StudyStatus, read_connection
+from krpo_bench.service.study_rows import StudyRows
+from krpo_bench.service.transactions import Transactions
 from krpo_bench.spec.study import StudySpec
 
 
@@ -70,35 +71,21 @@ def quota_error(usage: Usage, trials: int, trial_seconds: float, quotas: Quotas)
 
 def owner_of(engine: Engine, study_id: str) -> str | None:
     """The owner of a study (None: submitted without a token)."""
-    with read_connection(engine) as conn:
-        return conn.execute(select(Study.owner).where(Study.id == study_id)).scalar()
+    return _rows(engine).owner(study_id)
 
 
-def owner_usage(engine: Engine, owner: str, default_timeout_s: int) -> Usage:
-    """What ``owner``'s running studies hold in the queue (queued and running jobs exist in running
-    studies only: the index on studies' status and the jobs' per-study index keep this
-    proportional to that, not to the database)."""
-    query = (
-        select(func.count(), func.coalesce(func.sum(func.coalesce(Job.timeout_s, default_timeout_s)), 0))
-        .select_from(Job)
-        .join(Study, Study.id == Job.study_id)
-        .where(
-            Study.status == StudyStatus.RUNNING.value,
-            Study.owner == owner,
-            Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
-        )
-    )
-    with read_connection(engine) as conn:
-        trials, seconds = conn.execute(query).one()
-    return Usage(int(trials), float(seconds))
+def _rows(engine: Engine) -> StudyRows:
+    """The study rows of ``engine``, for reads only: they never take the writers' turn that the
+    one :class:`Transactions` of an engine and process serialises."""
+    return StudyRows(Transactions(engine))
 
 
 class QuotaGuard:
     """Admits an owner's new work under its quotas, one request of that owner at a time."""
 
     def __init__(self, engine: Engine, quotas: Quotas) -> None:
-        self.engine = engine
         self.quotas = quotas
+        self._rows = _rows(engine)
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -110,19 +97,15 @@ class QuotaGuard:
         each (None: the default timeout); raises QuotaExceeded first when they do not fit. An
         owner of None (no token) has no quota, and neither has the repeat of a submission
         (``idempotency_key`` names a stored study: the caller gets that study back)."""
-        if owner is None or (idempotency_key is not None and self._submitted(idempotency_key)):
+        if owner is None or (idempotency_key is not None and self._rows.by_idempotency_key(idempotency_key)):
             yield
             return
         with self._guard:
             lock = self._locks.setdefault(owner, threading.Lock())
         with lock:
-            usage = owner_usage(self.engine, owner, self.quotas.default_timeout_s)
+            usage = Usage(*self._rows.owner_usage(owner, self.quotas.default_timeout_s))
             seconds = trials * (timeout_s or self.quotas.default_timeout_s)
             refused = quota_error(usage, trials, seconds, self.quotas)
             if refused:
                 raise QuotaExceeded(refused)
             yield
-
-    def _submitted(self, idempotency_key: str) -> bool:
-        with read_connection(self.engine) as conn:
-            return conn.execute(select(Study.id).where(Study.idempotency_key == idempotency_key)).first() is not None

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
-
 from krpo_bench.analysis.analyze import AnalysisSettings, analyze
 from krpo_bench.analysis.model import StudyAnalysis
 from krpo_bench.analysis.pooling import TRIAL_CONFIG, StudyTrials, pooled_records
 from krpo_bench.analysis.records import CONFIG_GRID_POINT, CONFIG_VARIANT_NAME, TrialRecord, records_from_jobs
 from krpo_bench.analysis.replication import Replication, replicate
-from krpo_bench.service.db import Study, read_connection
 from krpo_bench.service.kinds import handler
 from krpo_bench.service.studies import StudyError, StudyService, stored_spec
 
@@ -23,8 +20,7 @@ RECORD_KEYS = ("variant", "seed", CONFIG_VARIANT_NAME, CONFIG_GRID_POINT)
 def confirmed_study(service: StudyService, study_id: str) -> str | None:
     """The id of the study that study ``study_id`` confirms (None: it is no confirmation)."""
     service.get(study_id)
-    with read_connection(service.engine) as conn:
-        return conn.execute(select(Study.confirms).where(Study.id == study_id)).scalar_one()
+    return service.rows.confirms(study_id)
 
 
 def _records(service: StudyService, study_id: str) -> list[TrialRecord]:

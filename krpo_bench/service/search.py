@@ -18,7 +18,8 @@ from sqlalchemy.exc import DBAPIError
 from krpo_bench.service.db import ACTIVE_JOB_STATUSES, Job, JobStatus, StudyKind, StudyStatus, read_connection
 from krpo_bench.service.optuna_store import distribution, make_pruner, make_sampler, optuna_storage
 from krpo_bench.service.outbox import experiment_name
-from krpo_bench.service.queue import JobInfo, is_database_outage
+from krpo_bench.service.queue import JobInfo
+from krpo_bench.service.transactions import is_database_outage
 from krpo_bench.spec.study import StudySpec
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import text
 
 from krpo_bench.analysis.analyze import AnalysisSettings, analyze
 from krpo_bench.analysis.model import GridPoint, StudyAnalysis
@@ -33,16 +33,21 @@ from krpo_bench.analysis.records import (
     records_from_jobs,
 )
 from krpo_bench.models.memory import trial_memory_mib
-from krpo_bench.probe.spec import ProbeSpec
+from krpo_bench.probe.checkpoint import (
+    CheckpointNotFound,
+    CheckpointSource,
+    StudyTrial,
+    checkpoint_source,
+    source_trial,
+)
+from krpo_bench.probe.spec import CheckpointRef, ProbeSpec
 from krpo_bench.service.db import (
     ACTIVE_JOB_STATUSES,
-    Job,
     JobStatus,
     StudyKind,
     StudyStatus,
     make_engine,
     new_id,
-    read_connection,
     upgrade,
     utcnow,
 )
@@ -304,17 +309,7 @@ class StudyService:
         if job.optuna_trial_number is None:
             self.take_look(job.study_id)
             return
-        with read_connection(self.engine) as conn:
-            siblings = (
-                conn.execute(
-                    select(Job.status).where(
-                        Job.study_id == job.study_id, Job.optuna_trial_number == job.optuna_trial_number
-                    )
-                )
-                .scalars()
-                .all()
-            )
-        if any(s in ACTIVE_JOB_STATUSES for s in siblings):
+        if self.queue.trial_active(job.study_id, job.optuna_trial_number):
             return
         self.scheduler.tell_ended_trials(job.study_id, [job.optuna_trial_number])
         self.top_up(job.study_id)
@@ -410,6 +405,39 @@ class StudyService:
         )
         more = "\n  ... and more" if len(rows) > AMBIGUOUS_LISTED else ""
         raise AmbiguousStudy(f"{ref!r} names several studies; give the id of one:{listed}{more}")
+
+    def resolve_checkpoint(self, ref: CheckpointRef) -> CheckpointSource:
+        """The kept checkpoint a probe's ``checkpoint: {study, variant, seed, step, grid}`` names:
+        the trial :meth:`checkpoint_trial` finds and its folder of the step in this process's data
+        home (:func:`~krpo_bench.probe.checkpoint.checkpoint_source`). Raises CheckpointNotFound
+        naming the reference's field."""
+        return checkpoint_source(ref, *self._checkpoint_trials(ref))
+
+    def checkpoint_trial(self, ref: CheckpointRef) -> StudyTrial:
+        """The finished trial a probe's checkpoint reference names, its folder not looked at (the
+        API admitting a probe: its data home is not its workers'); CheckpointNotFound naming the
+        reference's field otherwise."""
+        return source_trial(ref, *self._checkpoint_trials(ref))
+
+    def _checkpoint_trials(self, ref: CheckpointRef) -> tuple[str, list[StudyTrial]]:
+        """The reference's study, looked up as :meth:`resolve` does, as its messages name it, and its
+        jobs as trials."""
+        try:
+            study_id = self.resolve(ref.study)
+        except StudyNotFound:
+            raise CheckpointNotFound(
+                "checkpoint.study",
+                f"no study {ref.study!r} in the job database (give a study id, a study name or name~N; run the source "
+                "study first, or name its job database: --db, KRPO_BENCH_DB)",
+            ) from None
+        except AmbiguousStudy as exc:
+            raise CheckpointNotFound("checkpoint.study", str(exc)) from None
+        jobs = self.queue.list_jobs(study_id, config_keys=(*RECORD_CONFIG_KEYS, "trial"))
+        trials = [
+            StudyTrial(record.variant, dict(record.grid_point), record.seed, str(job.status), job.config.get("trial"))
+            for record, job in zip(records_from_jobs(jobs), jobs)
+        ]
+        return self.ref_of(self.get(study_id)), trials
 
     def ref_of(self, info: StudyInfo) -> str:
         """The shortest name reference to ``info``'s study: its name when it is the newest study of

@@ -27,18 +27,37 @@ studies = cast(Table, Study.__table__)
 jobs = cast(Table, Job.__table__)
 
 _ACTIVE_VALUES = sorted(status.value for status in ACTIVE_JOB_STATUSES)
-_SETTLEABLE = (
-    studies.c.status == StudyStatus.RUNNING,
-    studies.c.enqueued_jobs >= studies.c.total_jobs,
-    # An active job's id, or NULL: LIMIT 1 makes it an index probe that stops at the first match
-    # (PostgreSQL would answer NOT EXISTS with a bitmap scan of every active job of the study).
-    select(jobs.c.id)
-    .where(jobs.c.study_id == studies.c.id, jobs.c.status.in_(_ACTIVE_VALUES))
-    .limit(1)
-    .scalar_subquery()
-    .is_(None),
-)
-"""Where-clause (on ``studies``) of "running, holds all the jobs it will, none of them active"."""
+
+
+def _settleable(pg: bool) -> tuple[ColumnElement[bool], ...]:
+    """Where-clause (on ``studies``) of "running, holds all the jobs it will, none of them active".
+
+    "None active" is one probe of ix_jobs_study_queue per active status (queued first), each
+    stopping at the first entry whatever the study's size: in the index's order, so no plan scans
+    the study's jobs (PostgreSQL, given LIMIT 1 and no order, scanned the table from its start, past
+    every job that had ended), and backwards, from the newest job: the entries a scan from the
+    oldest would pass first are those of the jobs claimed first, dead until a vacuum removes them.
+    On PostgreSQL the study is a range the planner cannot turn into an equality, which keeps it in
+    the order (else ix_jobs_claim, filtered on the study, would do)."""
+    of_study = (
+        (jobs.c.study_id >= studies.c.id, jobs.c.study_id <= studies.c.id) if pg else (jobs.c.study_id == studies.c.id,)
+    )
+
+    def none(status: JobStatus) -> ColumnElement[bool]:
+        return (
+            select(jobs.c.id)
+            .where(*of_study, jobs.c.status == status)
+            .order_by(jobs.c.study_id.desc(), jobs.c.priority, jobs.c.seq.desc())
+            .limit(1)
+            .scalar_subquery()
+            .is_(None)
+        )
+
+    return (
+        studies.c.status == StudyStatus.RUNNING,
+        studies.c.enqueued_jobs >= studies.c.total_jobs,
+        *(none(status) for status in sorted(ACTIVE_JOB_STATUSES)),
+    )
 
 
 class StudyRows:
@@ -46,7 +65,8 @@ class StudyRows:
 
     def __init__(self, transactions: Transactions) -> None:
         self.tx = transactions
-        self._maybe_settled = select(studies.c.id).where(studies.c.id == bindparam("p_study"), *_SETTLEABLE)
+        self._settleable = _settleable(transactions.pg)
+        self._maybe_settled = select(studies.c.id).where(studies.c.id == bindparam("p_study"), *self._settleable)
 
     # -- inside the caller's transaction ----------------------------------------------------
 
@@ -77,7 +97,7 @@ class StudyRows:
 
     def settleable(self, conn: Connection) -> list[str]:
         """Ids of the running studies that hold all their jobs, none of them active."""
-        return list(conn.execute(select(studies.c.id).where(*_SETTLEABLE)).scalars())
+        return list(conn.execute(select(studies.c.id).where(*self._settleable)).scalars())
 
     def settle(self, conn: Connection, study_id: str) -> None:
         """Store a running study's final status once none of its jobs is active and it holds all
@@ -91,7 +111,7 @@ class StudyRows:
 
         conn.execute(
             studies.update()
-            .where(studies.c.id == study_id, *_SETTLEABLE)
+            .where(studies.c.id == study_id, *self._settleable)
             .values(
                 status=case(
                     (any_job(JobStatus.FAILED), StudyStatus.FAILED.value),
@@ -170,6 +190,35 @@ class StudyRows:
         """The id of the study submitted with ``key``, or None."""
         with read_connection(self.tx.engine) as conn:
             return conn.execute(select(studies.c.id).where(studies.c.idempotency_key == key)).scalar()
+
+    def owner(self, study_id: str) -> str | None:
+        """The id of the API token that submitted the study (None: no token, or no such study)."""
+        with read_connection(self.tx.engine) as conn:
+            return conn.execute(select(studies.c.owner).where(studies.c.id == study_id)).scalar()
+
+    def owner_usage(self, owner: str, default_timeout_s: int) -> tuple[int, float]:
+        """The queued and running jobs of ``owner``'s running studies and their timeouts summed
+        (``default_timeout_s`` for a job without one). Such jobs exist in running studies only: the
+        index on studies' status and the jobs' per-study index keep this proportional to them, not
+        to the database."""
+        query = (
+            select(func.count(), func.coalesce(func.sum(func.coalesce(jobs.c.timeout_s, default_timeout_s)), 0))
+            .select_from(jobs)
+            .join(studies, studies.c.id == jobs.c.study_id)
+            .where(
+                studies.c.status == StudyStatus.RUNNING.value,
+                studies.c.owner == owner,
+                jobs.c.status.in_(_ACTIVE_VALUES),
+            )
+        )
+        with read_connection(self.tx.engine) as conn:
+            trials, seconds = conn.execute(query).one()
+        return int(trials), float(seconds)
+
+    def confirms(self, study_id: str) -> str | None:
+        """The id of the study that ``study_id`` confirms on fresh seeds (None: it is no confirmation)."""
+        with read_connection(self.tx.engine) as conn:
+            return conn.execute(select(studies.c.confirms).where(studies.c.id == study_id)).scalar()
 
     def confirmations_of(self, study_id: str) -> list[str]:
         """Ids of the studies that confirm ``study_id`` on fresh seeds."""

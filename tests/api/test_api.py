@@ -19,6 +19,7 @@ from krpo_bench.api.settings import ApiSettings
 
 from krpo_bench.client import ApiError, Client
 from krpo_bench.spec.loading import SpecError
+from tests.probe.test_probe import PROBE
 
 BASE = {
     "model": {"name": "tiny-arith"},
@@ -345,6 +346,29 @@ def test_workers(client: TestClient) -> None:
     workers = {w["id"]: w for w in client.get("/api/v1/workers").json()["items"]}
     assert workers["gpu-box-1"]["gpus"] == [0, 1] and workers["gpu-box-1"]["current_jobs"] == ["job-x"]
     assert workers["gpu-box-1"]["status"] == "active" and workers["gpu-box-1"]["heartbeat_at"]
+
+
+def test_a_probe_naming_its_checkpoint_by_trial_is_refused_naming_the_field_when_no_trial_is_found(
+    client: TestClient, study: dict[str, Any]
+) -> None:
+    """The API looks a probe's ``checkpoint: {study, variant, seed, step}`` up in the job database:
+    a 422 naming the reference's field, never a 500 (the data-roots check is a string's only)."""
+    reference = {"study": "no-such-study", "variant": "grpo", "seed": 0, "step": 4}
+    refused = {
+        "study": (reference, "no-such-study", "no study 'no-such-study' in the job database"),
+        "variant": ({**reference, "study": study["id"], "variant": "nope"}, "nope", "has no variant 'nope'"),
+        "seed": ({**reference, "study": study["id"], "seed": 99}, 99, "has no trial of seed 99; its seeds: 0, 1"),
+    }
+    for field, (checkpoint, value, said) in refused.items():
+        response = submit(client, {**PROBE, "name": "by-trial", "checkpoint": checkpoint})
+        assert response.status_code == 422, response.text
+        [error] = response.json()["errors"]
+        assert (error["path"], error["value"], error["type"]) == (f"checkpoint.{field}", value, "checkpoint_not_found")
+        assert said in error["message"], error
+    unfinished = submit(client, {**PROBE, "name": "by-trial", "checkpoint": {**reference, "study": study["id"]}})
+    assert unfinished.status_code == 422 and "not finished: run the study to its end first" in unfinished.text
+    outside = submit(client, {**PROBE, "name": "by-path", "checkpoint": "/etc/checkpoint-4"})
+    assert outside.status_code == 422 and outside.json()["errors"][0]["type"] == "path_outside_data_roots"
 
 
 def test_probes_and_not_found(client: TestClient) -> None:

@@ -17,6 +17,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from fastapi.testclient import TestClient
+from krpo_bench.api.app import create_app
+from krpo_bench.api.settings import ApiSettings
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -24,6 +27,7 @@ from krpo_bench.cli import app
 from krpo_bench.probe.checkpoint import CheckpointSource
 from krpo_bench.probe.run import _load, probe_id, run_probe
 from krpo_bench.probe.spec import CheckpointRef, ProbeSpec, validate_probe
+from krpo_bench.service.probe_job import run_probe_job
 from krpo_bench.service.studies import StudyService
 from krpo_bench.spec.loading import SpecError, parse_yaml
 from krpo_bench.spec.study import validate_study
@@ -120,6 +124,44 @@ def test_a_probe_names_a_trials_checkpoint_and_runs_as_written_in_any_data_home(
         if name in saved:
             assert torch.equal(tensor, saved[name]), name
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), warm.parameters()))
+
+
+@pytest.mark.slow
+def test_a_probe_posted_to_the_api_resolves_its_trial_reference_in_the_data_home_of_the_worker_that_runs_it(
+    ran: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API admits a probe whose reference names a finished trial (the kept step is the worker's
+    to find); its job, run as a worker runs it, resolves the reference through the job database."""
+    settings = ApiSettings(
+        db=ran.db, mlflow_tracking_uri=ran.uri, api_tokens_file=ran.root / "tokens.json", data_roots=(ran.root,)
+    )
+    probes = {"kept": RLOO_STEP_4, "unkept": {**RLOO_STEP_4, "step": 2}}
+    with TestClient(create_app(settings), base_url="http://localhost") as client:
+        refused = client.post("/api/v1/studies", json={**SMALL, "checkpoint": {**RLOO_STEP_4, "variant": "krpo"}})
+        assert refused.status_code == 422 and refused.json()["errors"][0]["path"] == "checkpoint.variant"
+        ids = {}
+        for name, checkpoint in probes.items():
+            posted = client.post(
+                "/api/v1/studies", json={**SMALL, "name": name, "checkpoint": checkpoint, "priority": 9}
+            )
+            assert posted.status_code == 201, posted.text
+            ids[posted.json()["id"]] = name
+    monkeypatch.setenv("KRPO_BENCH_HOME", str(ran.home))
+    service = StudyService(ran.db, ran.uri)
+    results = {}
+    for _ in probes:
+        job = service.queue.claim("worker", 600)  # the probes first: the unrun study's trials wait at priority 0
+        payload = {"mlflow_uri": ran.uri, "result_file": str(ran.root / f"{job.id}.json")}
+        code = run_probe_job(job, service, payload, should_stop=lambda: False)
+        results[ids[job.study_id]] = code, json.loads(Path(payload["result_file"]).read_text())
+        service.queue.complete(job.id, job.attempt, results[ids[job.study_id]][1])
+    service.engine.dispose()
+    code, kept = results["kept"]
+    assert code == 0 and kept["status"] == "succeeded", kept.get("error")
+    assert kept["checkpoint_source"] == {"trial_id": ran.trial_ids["rloo"], "step": 4}
+    code, unkept = results["unkept"]
+    assert code == 1 and unkept["error"].startswith("CheckpointNotFound: checkpoint.step: trial "), unkept["error"]
+    assert "keeps no checkpoint of step 2" in unkept["error"]
 
 
 @pytest.mark.slow
