@@ -223,7 +223,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.state.auth = Authenticator(TokenStore(settings.api_tokens_file))
     app.state.policy = settings_view(Policy, settings)
     app.state.submit_slots = asyncio.Semaphore(SUBMIT_CONCURRENCY)
-    app.state.quotas = QuotaGuard(app.state.service.engine, settings_view(Quotas, settings))
+    app.state.quotas = QuotaGuard(app.state.service.rows, settings_view(Quotas, settings))
     app.state.mlflow_wake = asyncio.Event()
     app.state.list_cache = PageCache(settings.list_cache_s)
 

@@ -61,7 +61,7 @@ Submitter = Annotated[TokenRecord | None, Depends(require("submit"))]
 def _controlled(token: Submitter, study_id: StudyId, service: Service) -> str:
     """The study the path names, if the token may cancel, resume or extend it: its own study, or
     any with an admin token (403 otherwise)."""
-    if not may_control(token, owner_of(service.engine, study_id)):
+    if not may_control(token, owner_of(service.rows, study_id)):
         raise HTTPException(
             403,
             "this study was submitted by another token: a submit token may cancel, resume or extend "

@@ -14,11 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sqlalchemy import Engine
-
 from krpo_bench.probe.spec import ProbeSpec
 from krpo_bench.service.study_rows import StudyRows
-from krpo_bench.service.transactions import Transactions
 from krpo_bench.spec.study import StudySpec
 
 
@@ -69,23 +66,17 @@ def quota_error(usage: Usage, trials: int, trial_seconds: float, quotas: Quotas)
     return None
 
 
-def owner_of(engine: Engine, study_id: str) -> str | None:
+def owner_of(rows: StudyRows, study_id: str) -> str | None:
     """The owner of a study (None: submitted without a token)."""
-    return _rows(engine).owner(study_id)
-
-
-def _rows(engine: Engine) -> StudyRows:
-    """The study rows of ``engine``, for reads only: they never take the writers' turn that the
-    one :class:`Transactions` of an engine and process serialises."""
-    return StudyRows(Transactions(engine))
+    return rows.owner(study_id)
 
 
 class QuotaGuard:
     """Admits an owner's new work under its quotas, one request of that owner at a time."""
 
-    def __init__(self, engine: Engine, quotas: Quotas) -> None:
+    def __init__(self, rows: StudyRows, quotas: Quotas) -> None:
         self.quotas = quotas
-        self._rows = _rows(engine)
+        self._rows = rows
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 

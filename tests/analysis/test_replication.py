@@ -295,7 +295,7 @@ def test_confirming_over_the_api_takes_a_submit_token_and_its_quota(tmp_path: Pa
         assert over.status_code == 429, over.text
         confirmed = client.post(path, json={"variants": ["krpo"], "seeds": 2}, headers=as_submitter)
         assert confirmed.status_code == 201, confirmed.text
-        assert owner_of(service.engine, confirmed.json()["id"]) == record.id
+        assert owner_of(service.rows, confirmed.json()["id"]) == record.id
         assert confirmed.json()["spec"]["seeds"] == [4, 5]  # the refused request took no seeds
         answer = client.get(
             f"/api/v1/studies/{confirmed.json()['id']}/replication", headers={"Authorization": f"Bearer {reader}"}

@@ -78,8 +78,8 @@ def tenants(db_url: str, tmp_path: Path) -> Iterator[Tenants]:
 def test_claims_alternate_between_owners_when_one_floods_the_queue(tenants: Tenants) -> None:
     flood = tenants.submit("alice", ablation("flood", 1000))
     small = tenants.submit("bob", ablation("small", 4))
-    engine = tenants.queue.engine
-    assert (owner_of(engine, flood), owner_of(engine, small)) == (tenants.ids["alice"], tenants.ids["bob"]), (
+    rows = tenants.queue.study_rows
+    assert (owner_of(rows, flood), owner_of(rows, small)) == (tenants.ids["alice"], tenants.ids["bob"]), (
         "the token's id, not its secret"
     )
     owner = {flood: "alice", small: "bob"}
