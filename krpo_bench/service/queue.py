@@ -376,10 +376,14 @@ class JobQueue:
         )
         if not self._pg:
             return finish.returning(jobs.c.study_id)
-        done = finish.returning(jobs.c.id, jobs.c.attempt, jobs.c.study_id).cte("done")  # job and audit row together
+        done = finish.returning(jobs.c.id, jobs.c.study_id).cte("done")  # job and audit row together
         close = (
             update(attempts)
-            .where(attempts.c.job_id == done.c.id, attempts.c.attempt == done.c.attempt)
+            .where(  # the audit row by its key (a join with ``done`` may be planned as a scan)
+                attempts.c.job_id == bindparam("p_id"),
+                attempts.c.attempt == bindparam("p_attempt"),
+                select(done.c.id).exists(),
+            )
             .values(ended_at=self._now, outcome=bindparam("p_outcome"))
         )
         return select(done.c.study_id).add_cte(close.cte("close"))

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue as stdlib_queue
+import re
 import sqlite3
 import threading
 import time
+import uuid
 from collections import Counter
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, MetaData, Table, select, update
+from sqlalchemy import Engine, MetaData, Table, event, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from krpo_bench.service.db import AttemptOutcome, JobStatus, Study, make_engine, upgrade, utcnow
@@ -477,3 +480,65 @@ def test_sqlite_reads_do_not_wait_for_a_writer(tmp_path: Path) -> None:
         writer.execute("ROLLBACK")
         writer.close()
         engine.dispose()
+
+
+def _plans(engine: Engine, sent: list[tuple[str, Any]]) -> list[str]:
+    """Each captured statement's plan (PostgreSQL: executed with its buffers, then rolled back)."""
+    pg = engine.dialect.name == "postgresql"
+    plans = []
+    for statement, parameters in sent:
+        with engine.connect() as conn, conn.begin() as txn:
+            explain = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " if pg else "EXPLAIN QUERY PLAN "
+            rows = conn.exec_driver_sql(explain + statement, parameters).all()
+            txn.rollback()
+        plans.append("\n".join(str(row[0] if pg else row[-1]) for row in rows))
+    return plans
+
+
+def test_a_job_end_probes_indexes_however_many_jobs_of_the_study_ended(db_url: str) -> None:
+    """No statement of a job's end (the finish, the settle probe) scans the study's jobs, also once
+    many of them ended and before any vacuum: the settle probe touches a few index pages (it does
+    not walk the dead index entries of the jobs claimed first)."""
+    engine = make_engine(db_url)
+    upgrade(engine)
+    queue = JobQueue(engine)
+    study_id = str(uuid.uuid4())
+    n_jobs = 2000
+    queue.create_study(
+        {"id": study_id, "name": "big", "kind": "ablation", "spec": {}, "mlflow_pending": False, "total_jobs": n_jobs},
+        [NewJob(f"t{k}", {"k": k}) for k in range(n_jobs)],
+    )
+    pg = engine.dialect.name == "postgresql"
+    if pg:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("ANALYZE"))
+    for _ in range(400):
+        job = queue.claim("w", 60)
+        assert job is not None and queue.complete(job.id, job.attempt, {"ok": True})
+    sent: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        if statement.lstrip().upper().startswith(("WITH", "UPDATE", "SELECT")):
+            sent.append((statement, parameters))
+
+    job = queue.claim("w", 60)
+    assert job is not None
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        assert queue.complete(job.id, job.attempt, {"ok": True})
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    job = queue.claim("w2", 60)  # the captured end, explained on a job this attempt holds
+    assert job is not None
+    end_sent = [(s, {**p, "p_id": job.id, "p_attempt": job.attempt} if "p_id" in p else p) for s, p in sent]
+    assert len(end_sent) >= 2  # the finish and the settle probe
+    for plan in _plans(engine, end_sent):
+        if pg:
+            assert "Seq Scan on jobs" not in plan, plan
+            assert "Bitmap Heap Scan on jobs" not in plan, plan
+            if plan.lstrip().startswith(("Seq Scan on studies", "Index Scan using pk_studies")):  # the settle probe
+                touched = [int(n) for n in re.findall(r"Buffers: shared hit=(\d+)", plan)]
+                assert max(touched, default=0) < 20, plan
+        else:
+            assert not re.search(r"^SCAN (jobs|job_attempts)\b", plan, re.M), plan
+    engine.dispose()
