@@ -24,7 +24,7 @@ from krpo_bench.spec.names import plain_console, styled
 app = typer.Typer(help="Benchmark and ablate critic-free RL baselines (KRPO, GRPO, RLOO, ...).", no_args_is_help=True)
 console = plain_console(soft_wrap=not sys.stdout.isatty())  # names are data: never markup or escapes;
 # in a log or a pipe a line is never wrapped at Rich's 80 columns (a path or a verdict stays one line)
-err = plain_console(stderr=True)
+err = plain_console(stderr=True, soft_wrap=not sys.stderr.isatty())  # an error names a path whole
 
 
 def fail(message: str, code: int = 2) -> None:
