@@ -27,7 +27,8 @@ OTHERS = {
 
 
 def old_summary() -> dict[str, Any]:
-    """An older release's summary.json: display labels as ``variant``, the seeds and values of each."""
+    """An older release's summary.json: display labels as ``variant``, the seeds and values of each (fresh lists:
+    tests mutate it)."""
     values = {("grpo", g): v for g, v in GRPO.items()} | OTHERS
     return {
         "study": {"study_id": "s-1", "study_name": "groups", "experiment_ids": ["1"], "status_counts": {}},
@@ -38,7 +39,7 @@ def old_summary() -> dict[str, Any]:
         "n_bootstrap": 200,
         "bootstrap_seed": 0,
         "variants": [
-            {"variant": f"{variant} group_size={g}", "n_seeds": 5, "seeds": [0, 1, 2, 3, 4], "values": v}
+            {"variant": f"{variant} group_size={g}", "n_seeds": 5, "seeds": [0, 1, 2, 3, 4], "values": list(v)}
             for (variant, g), v in values.items()
         ],
         "order_sensitivity": [],
