@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import krpo_bench
+from krpo_bench.service.optuna_store import dispose_optuna_storage
 from krpo_bench.service.quotas import QuotaGuard, Quotas
 from krpo_bench.service.studies import StudyError, StudyNotFound, StudyService
 from krpo_bench.settings import settings_view
@@ -196,7 +197,8 @@ async def drain_mlflow_outbox(service: StudyService, wake: asyncio.Event, stop: 
 
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """The server's background task: the MLflow outbox, stopped after the record in progress."""
+    """The server's background task: the MLflow outbox, stopped after the record in progress; then
+    the pooled database connections (the job database's and Optuna's) are closed, once nothing uses them."""
     stop = asyncio.Event()
     task = asyncio.create_task(drain_mlflow_outbox(app.state.service, app.state.mlflow_wake, stop))
     try:
@@ -205,6 +207,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop.set()
         app.state.mlflow_wake.set()
         await task
+        app.state.service.engine.dispose()
+        dispose_optuna_storage(app.state.service.db_url)
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:

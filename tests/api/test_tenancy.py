@@ -72,7 +72,6 @@ def tenants(db_url: str, tmp_path: Path) -> Iterator[Tenants]:
         yield Tenants(
             client, {n: token for n, (token, _) in made.items()}, {n: record.id for n, (_, record) in made.items()}
         )
-        client.app.state.service.engine.dispose()
 
 
 def test_claims_alternate_between_owners_when_one_floods_the_queue(tenants: Tenants) -> None:
