@@ -13,10 +13,10 @@ from krpo_bench.analysis.model import ComparisonResult, Estimate, StudyAnalysis,
 from krpo_bench.analysis.replication import Replication
 from krpo_bench.service.db import JobStatus, StudyStatus, WorkerStatus
 from krpo_bench.service.kinds import handler
-from krpo_bench.service.studies import StudyInfo
+from krpo_bench.service.studies import StudyInfo, StudyView
 from krpo_bench.service.study_state import WAITING_FOR_WORKER, display_state
 from krpo_bench.spec.names import MAX_NAME_CHARS
-from krpo_bench.spec.study import MAX_TRIALS_PER_STUDY, Objective, StudySpec
+from krpo_bench.spec.study import MAX_TRIALS_PER_STUDY, Objective
 
 if TYPE_CHECKING:
     from krpo_bench.service.queue import AttemptInfo, JobInfo
@@ -209,8 +209,10 @@ class StudyDetail(StudySummary):
     comparisons: list[ComparisonResult]
 
     @classmethod
-    def build(cls, info: StudyInfo, jobs: list[JobInfo], analysis: StudyAnalysis, workers: int) -> StudyDetail:
-        objective = StudySpec.model_validate(info.spec).objective if handler(info.kind).analysed else Objective()
+    def build(cls, view: StudyView) -> StudyDetail:
+        """The detail of the study ``view`` saw."""
+        info, jobs, analysis = view.info, view.jobs, view.analysis
+        objective = view.spec.objective if handler(info.kind).analysed else Objective()
         metric = "final_" + objective.metric.split("/")[-1]
         sign = 1 if objective.direction == "maximize" else -1
         scored = [
@@ -233,7 +235,7 @@ class StudyDetail(StudySummary):
         per_variant: dict[str, Counter[str]] = {}
         for job in jobs:
             per_variant.setdefault(job.config["variant"], Counter())[job.status.value] += 1
-        # jobs and results are two reads: a search may have queued a trial in between (its group: no results yet)
+        # a label the analysis grouped under another one's (same variant and grid point) shows no results
         results = {r.label: r for r in analysis.variants} | {
             label: VariantResult(
                 variant=label,
@@ -249,7 +251,7 @@ class StudyDetail(StudySummary):
         }
         variants = {label: VariantDetail.of(results[label], per_variant.get(label, {})) for label in sorted(results)}
         return cls(
-            **_summary_fields(info, workers),
+            **_summary_fields(info, view.workers),
             spec=info.spec,
             best_trial=best,
             variants=variants,

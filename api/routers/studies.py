@@ -27,7 +27,6 @@ from krpo_bench.api.schemas import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from krpo_bench.analysis.records import RECORD_CONFIG_KEYS
 from krpo_bench.probe.spec import ProbeSpec
 from krpo_bench.service.db import JobStatus, StudyKind, StudyStatus
 from krpo_bench.service.quotas import QuotaExceeded, QuotaGuard, owner_of, with_default_timeout
@@ -195,14 +194,15 @@ def _submit(
         raise _too_many(exc) from None
     if key and info.spec != study.model_dump(mode="json"):
         raise HTTPException(409, "this Idempotency-Key was used for a different spec")
-    return _detail(service, info.id, info)
+    return _detail(service, info.id, info, study)
 
 
-def _detail(service: StudyService, study_id: str, info: StudyInfo | None = None) -> StudyDetail:
-    """The study's detail; ``info``: its summary, when the caller has just read it."""
-    info = info or service.get(study_id)
-    jobs = service.jobs(study_id, config_keys=RECORD_CONFIG_KEYS)  # not every trial's config
-    return StudyDetail.build(info, jobs, service.results(study_id, jobs), live_workers_of(service))
+def _detail(
+    service: StudyService, study_id: str, info: StudyInfo | None = None, spec: StudySpec | ProbeSpec | None = None
+) -> StudyDetail:
+    """The study's detail, read in one transaction; ``info``: its summary and ``spec``: its validated
+    spec, when the caller has just stored or read them."""
+    return StudyDetail.build(service.view(study_id, info, spec))
 
 
 @router.post(

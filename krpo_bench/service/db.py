@@ -130,6 +130,14 @@ def _in_values(enum: type[StrEnum]) -> str:
     return ", ".join(f"'{member.value}'" for member in enum)
 
 
+def _only(status: JobStatus) -> dict[str, Any]:
+    """Keyword arguments of a partial index over the jobs in ``status`` (PostgreSQL and SQLite). A
+    query uses it when its condition names the status as a literal (``queue._status_is``), not a
+    bound parameter."""
+    where = text(f"status = '{status.value}'")
+    return {"postgresql_where": where, "sqlite_where": where}
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(
         naming_convention={
@@ -191,7 +199,7 @@ class Job(Base):
     __table_args__ = (
         UniqueConstraint("study_id", "trial_key"),
         CheckConstraint(f"status IN ({_in_values(JobStatus)})", name="status"),
-        Index("ix_jobs_lease", "status", "lease_expires_at"),
+        Index("ix_jobs_lease", "lease_expires_at", **_only(JobStatus.RUNNING)),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -219,9 +227,10 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
 
 
-# The claim query's indexes: queued jobs, highest priority first, then FIFO; the same within one study
-# (a fair claim takes each active study's next job from it); and each study's latest claim.
-Index("ix_jobs_claim", Job.status, Job.priority.desc(), Job.seq)
+# The claim query's indexes: queued jobs, highest priority first, then FIFO (partial: only queued rows,
+# so neither running nor ended jobs are in its way); the same within one study (a fair claim takes each
+# active study's next job from it); and each study's latest claim.
+Index("ix_jobs_claim", Job.priority.desc(), Job.seq, **_only(JobStatus.QUEUED))
 Index("ix_jobs_study_queue", Job.study_id, Job.status, Job.priority.desc(), Job.seq)
 Index("ix_jobs_study_started", Job.study_id, Job.started_at)
 

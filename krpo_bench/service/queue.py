@@ -40,6 +40,7 @@ job is reclaimed.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -56,6 +57,7 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
+    literal_column,
     or_,
     select,
     union,
@@ -209,6 +211,26 @@ def _job_info(row: Row[Any]) -> JobInfo:
     return JobInfo(**values)
 
 
+def _job_columns(config_keys: Sequence[str] | None) -> list[Any]:
+    """A job's columns, its ``config`` only the ``config_keys`` of it (each read by JSON path) when given."""
+    columns = _columns(JobInfo, jobs)
+    if config_keys is None:
+        return columns
+    return [c for c in columns if c.name != "config"] + [jobs.c.config[k].label(f"config.{k}") for k in config_keys]
+
+
+@functools.cache
+def _study_jobs(config_keys: tuple[str, ...] | None) -> Executable:
+    """All of a study's jobs (parameter ``p_study``) in enqueue order: built once per ``config_keys``."""
+    return select(*_job_columns(config_keys)).where(jobs.c.study_id == bindparam("p_study")).order_by(jobs.c.seq)
+
+
+def _status_is(table: Any, status: JobStatus) -> ColumnElement[bool]:
+    """``status = '<status>'`` with the status written inline, not bound: a partial index over one
+    status (``ix_jobs_claim``, ``ix_jobs_lease``) serves only a condition the planner can prove."""
+    return cast(ColumnElement[bool], table.c.status == literal_column(f"'{status.value}'"))
+
+
 _HELD = (
     jobs.c.id == bindparam("p_id"),
     jobs.c.attempt == bindparam("p_attempt"),
@@ -256,7 +278,7 @@ class JobQueue:
 
     def _build_claim(self, *, gpus_filter: bool, rooms: int = 0) -> Executable:
         def fits(table: Any) -> list[ColumnElement[bool]]:
-            where = [table.c.status == JobStatus.QUEUED, table.c.cancel_requested.is_(False)]
+            where = [_status_is(table, JobStatus.QUEUED), table.c.cancel_requested.is_(False)]
             if gpus_filter:
                 where.append(table.c.gpus <= bindparam("p_gpus_free"))
             if rooms:
@@ -326,7 +348,8 @@ class JobQueue:
                 func.max(per_study.c.served).label("served"),
             )
             .group_by(per_study.c.owner)
-            .subquery("owners")
+            .cte("owners")
+            .prefix_with("MATERIALIZED")  # once per claim, not once per candidate (a nested loop's rescans)
         )
         pick = (
             select(jobs.c.id)
@@ -776,7 +799,7 @@ class JobQueue:
         def txn(conn: Connection) -> list[Reclaimed]:
             expired = conn.execute(
                 select(jobs)
-                .where(jobs.c.status == JobStatus.RUNNING, jobs.c.lease_expires_at < self._now)
+                .where(_status_is(jobs, JobStatus.RUNNING), jobs.c.lease_expires_at < self._now)
                 .with_for_update(skip_locked=True),
                 self.transactions.clock(),
             ).all()
@@ -878,16 +901,18 @@ class JobQueue:
         """A study's jobs in enqueue order, optionally only those in ``statuses``; with
         ``config_keys``, each ``config`` holds only those keys (read by JSON path: a study's
         summaries need not load every trial's config)."""
-        columns = _columns(JobInfo, jobs)
-        if config_keys is not None:
-            columns = [c for c in columns if c.name != "config"] + [
-                jobs.c.config[k].label(f"config.{k}") for k in config_keys
-            ]
-        query = select(*columns).where(jobs.c.study_id == study_id)
+        if statuses is None and limit is None and not offset:
+            return self.transactions.run(lambda conn: self.read_jobs(conn, study_id, config_keys), read_only=True)
+        query = select(*_job_columns(config_keys)).where(jobs.c.study_id == study_id)
         if statuses is not None:
             query = query.where(jobs.c.status.in_([JobStatus(s).value for s in statuses]))
         query = query.order_by(jobs.c.seq).offset(offset).limit(limit)
         return self.transactions.run(lambda conn: [_job_info(r) for r in conn.execute(query)], read_only=True)
+
+    def read_jobs(self, conn: Connection, study_id: str, config_keys: Sequence[str] | None = None) -> list[JobInfo]:
+        """All of a study's jobs in enqueue order (as :meth:`list_jobs` reads them), in the caller's transaction."""
+        query = _study_jobs(None if config_keys is None else tuple(config_keys))
+        return [_job_info(r) for r in conn.execute(query, {"p_study": study_id})]
 
     def list_attempts(self, job_id: str) -> list[AttemptInfo]:
         """The audit trail of one job, oldest attempt first."""

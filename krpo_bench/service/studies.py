@@ -12,17 +12,18 @@ are an outbox (``mlflow_pending``) that :meth:`StudyService.ensure_mlflow` fulfi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import re
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 
 from krpo_bench.analysis.analyze import AnalysisSettings, analyze
 from krpo_bench.analysis.model import GridPoint, StudyAnalysis
@@ -56,6 +57,7 @@ from krpo_bench.service.looks import SequentialLooks
 from krpo_bench.service.outbox import MlflowOutbox, MlflowRecords, experiment_name
 from krpo_bench.service.queue import AttemptInfo, JobInfo, JobQueue, NewJob, Reclaimed
 from krpo_bench.service.search import SearchScheduler, optuna_study_name
+from krpo_bench.service.study_state import live_since
 from krpo_bench.service.worker_registry import WorkerInfo, WorkerRegistry
 from krpo_bench.settings import default_db_url, default_mlflow_uri
 from krpo_bench.spec.confirm import NotConfirmable, confirmation_spec
@@ -78,7 +80,7 @@ class AmbiguousStudy(StudyError):
     """A study reference that names several studies; the message lists them."""
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class StudyInfo:
     id: str
     name: str
@@ -97,6 +99,19 @@ class StudyInfo:
     @property
     def done(self) -> int:
         return sum(n for s, n in self.counts.items() if s not in ACTIVE_JOB_STATUSES)
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyView:
+    """A study as one read transaction saw it (:meth:`StudyService.view`): its summary (counted from
+    its jobs), its validated spec, its jobs (only the config keys records read), the analysis of
+    their results, and the live workers."""
+
+    info: StudyInfo
+    spec: AnyStudy
+    jobs: list[JobInfo]
+    analysis: StudyAnalysis
+    workers: int
 
 
 class StudyService:
@@ -511,9 +526,41 @@ class StudyService:
         grid point the succeeded trials' values by seed, mean and IQM with 95 % intervals and the
         accuracy before training; in an ablation each against the reference variant at its grid
         point (paired by seed when the seed sets match, with the seeds that would detect
-        ``analysis.target_effect``). ``jobs``: the study's jobs, when the caller has just read them."""
-        row = self._row(study_id)
-        settings = AnalysisSettings.of_spec(stored_spec(row.spec), looks=row.looks)
+        ``analysis.target_effect``). ``jobs``: the study's jobs, when the caller has just read them
+        (else they are read with the study's row, in one transaction)."""
         if jobs is None:
-            jobs = self.queue.list_jobs(study_id, config_keys=RECORD_CONFIG_KEYS)
-        return analyze(records_from_jobs(jobs), settings)
+            row, jobs = self.queue.transactions.run(
+                lambda conn: (self.rows.read(conn, study_id), self.queue.read_jobs(conn, study_id, RECORD_CONFIG_KEYS)),
+                read_only=True,
+            )
+            if row is None:
+                raise StudyNotFound(study_id)
+        else:
+            row = self._row(study_id)
+        return _analysis(stored_spec(row.spec), row.looks, jobs)
+
+    def view(self, study_id: str, info: StudyInfo | None = None, spec: AnyStudy | None = None) -> StudyView:
+        """The study's detail, read in one transaction: its row (unless ``info``, its summary the
+        caller has just read or stored, is given), its jobs (:data:`RECORD_CONFIG_KEYS` of each
+        config; the counts are theirs) and the live workers. ``spec``: its validated spec, when the
+        caller holds it (else validated from the stored one)."""
+        since = live_since(utcnow())
+
+        def txn(conn: Connection) -> tuple[Any, list[JobInfo], int]:
+            row = self.rows.read(conn, study_id) if info is None else None
+            if info is None and row is None:
+                raise StudyNotFound(study_id)
+            return row, self.queue.read_jobs(conn, study_id, RECORD_CONFIG_KEYS), self.registry.count_live(conn, since)
+
+        row, jobs, workers = self.queue.transactions.run(txn, read_only=True)
+        counts = dict.fromkeys((status.value for status in JobStatus), 0)
+        for job in jobs:
+            counts[job.status.value] += 1
+        info = self._info(row, counts) if info is None else dataclasses.replace(info, counts=counts)
+        spec = stored_spec(info.spec) if spec is None else spec
+        return StudyView(info, spec, jobs, _analysis(spec, info.looks, jobs), workers)
+
+
+def _analysis(spec: AnyStudy, looks: list[dict[str, Any]] | None, jobs: list[JobInfo]) -> StudyAnalysis:
+    """The analysis of a study's jobs under its spec and the looks stored so far."""
+    return analyze(records_from_jobs(jobs), AnalysisSettings.of_spec(spec, looks=looks))

@@ -67,12 +67,18 @@ class StudyRows:
         self.tx = transactions
         self._settleable = _settleable(transactions.pg)
         self._maybe_settled = select(studies.c.id).where(studies.c.id == bindparam("p_study"), *self._settleable)
+        self._insert = studies.insert()
+        self._by_id = select(studies).where(studies.c.id == bindparam("p_study"))
 
     # -- inside the caller's transaction ----------------------------------------------------
 
     def insert(self, conn: Connection, values: dict[str, Any], *, enqueued: int) -> None:
         """Store a new study row (``values``, with its ``id``) that holds ``enqueued`` jobs."""
-        conn.execute(studies.insert().values(**values, enqueued_jobs=enqueued))
+        conn.execute(self._insert, {**values, "enqueued_jobs": enqueued})
+
+    def read(self, conn: Connection, study_id: str) -> Row[Any] | None:
+        """The study's row, or None."""
+        return conn.execute(self._by_id, {"p_study": study_id}).first()
 
     def lock_for_jobs(self, conn: Connection, study_id: str) -> bool:
         """Lock the study row for adding jobs (a key-share lock: first, before any job row) and
@@ -176,7 +182,7 @@ class StudyRows:
     def get(self, study_id: str) -> Row[Any] | None:
         """The study's row, or None."""
         with read_connection(self.tx.engine) as conn:
-            return conn.execute(select(studies).where(studies.c.id == study_id)).first()
+            return self.read(conn, study_id)
 
     def list(self, *, status: str | None = None, limit: int = 50, offset: int = 0) -> list[Row[Any]]:
         """Study rows newest first, optionally only those of a stored ``status``."""

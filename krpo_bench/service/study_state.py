@@ -4,12 +4,12 @@ trials is ``running``); only what is shown says ``queued`` or ``waiting for a wo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from krpo_bench.service.db import JobStatus, StudyStatus, WorkerStatus, utcnow
-from krpo_bench.service.worker_registry import WorkerInfo
+from krpo_bench.service.db import JobStatus, StudyStatus, utcnow
+from krpo_bench.service.worker_registry import WorkerRegistry
 
 WORKER_SILENCE_S = 60.0
 """A worker whose last heartbeat is older than this (a worker's default lease) is not counted as
@@ -21,20 +21,19 @@ START_A_WORKER = (
 
 
 class HasWorkers(Protocol):
-    """What :func:`live_workers_of` reads: a study service's registered workers."""
+    """What :func:`live_workers_of` reads: a study service's worker registry."""
 
-    def workers(self) -> list[WorkerInfo]: ...
+    registry: WorkerRegistry
 
 
-def live_workers(workers: Iterable[WorkerInfo], now: datetime) -> int:
-    """How many registered workers are active with a heartbeat in the last ``WORKER_SILENCE_S``."""
-    recent = now - timedelta(seconds=WORKER_SILENCE_S)
-    return sum(1 for w in workers if w.status == WorkerStatus.ACTIVE and w.heartbeat_at >= recent)
+def live_since(now: datetime) -> datetime:
+    """The oldest heartbeat of a worker counted as live at ``now``."""
+    return now - timedelta(seconds=WORKER_SILENCE_S)
 
 
 def live_workers_of(service: HasWorkers) -> int:
-    """How many workers of ``service``'s job database are live now (one read of the worker table)."""
-    return live_workers(service.workers(), utcnow())
+    """How many workers of ``service``'s job database are live now (one count of the worker table)."""
+    return service.registry.live(live_since(utcnow()))
 
 
 def display_state(status: str, counts: Mapping[str, int], workers: int) -> str:

@@ -2,7 +2,8 @@
 
 Every statement on the ``workers`` table lives here (the layer contract checks it). Each method is
 one short transaction through :class:`Transactions` (retried on transient errors; timestamps from
-the database server's clock on PostgreSQL).
+the database server's clock on PostgreSQL), except those taking a ``Connection``: they run inside
+the caller's transaction (a study's detail reads its live workers with its jobs).
 """
 
 from __future__ import annotations
@@ -14,13 +15,18 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.engine import Connection
 
 from krpo_bench.service.db import Worker, WorkerStatus
 from krpo_bench.service.transactions import Transactions
 
 workers = cast(Table, Worker.__table__)
+_LIVE = (
+    select(func.count())
+    .select_from(workers)
+    .where(workers.c.status == WorkerStatus.ACTIVE.value, workers.c.heartbeat_at >= bindparam("p_since"))
+)
 
 
 @dataclass(frozen=True)
@@ -109,3 +115,11 @@ class WorkerRegistry:
             return [WorkerInfo(**{**r._mapping, "status": WorkerStatus(r.status)}) for r in rows]
 
         return self.tx.run(txn, read_only=True)
+
+    def count_live(self, conn: Connection, since: datetime) -> int:
+        """How many workers are active with a heartbeat at or after ``since``, in the caller's transaction."""
+        return conn.execute(_LIVE, {"p_since": since}).scalar_one()
+
+    def live(self, since: datetime) -> int:
+        """How many workers are active with a heartbeat at or after ``since``."""
+        return self.tx.run(lambda conn: self.count_live(conn, since), read_only=True)

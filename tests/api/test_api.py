@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from krpo_bench.api.app import create_app
 from krpo_bench.api.policy import Policy, admit, looks_local, under_roots
 from krpo_bench.api.settings import ApiSettings
+from sqlalchemy import event
 
 from krpo_bench.client import ApiError, Client
 from krpo_bench.spec.loading import SpecError
@@ -98,6 +99,31 @@ def test_submit_json_answers_201_with_location(client: TestClient, study: dict[s
     assert set(study["variants"]) == {"grpo", "krpo"} and study["variants"]["krpo"]["counts"]["queued"] == 2
     again = client.get(f"/api/v1/studies/{study['id']}")
     assert again.status_code == 200 and again.json()["id"] == study["id"] and again.json()["spec"]["seeds"] == 2
+
+
+def test_a_study_detail_is_read_in_one_transaction_and_answers_as_its_submission_did(tmp_path: Path) -> None:
+    settings = ApiSettings(
+        db=f"sqlite:///{tmp_path / 'jobs.db'}",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        api_tokens_file=tmp_path / "tokens.json",
+        data_roots=(tmp_path,),
+    )
+    app = create_app(settings)
+    test_client = TestClient(app, base_url="http://localhost")  # no lifespan: no MLflow outbox reading meanwhile
+    engine = app.state.service.engine
+    try:
+        posted = submit(test_client, SPEC)
+        begins: list[Any] = []
+        begun = begins.append
+        event.listen(engine, "begin", begun)
+        try:
+            got = test_client.get(f"/api/v1/studies/{posted.json()['id']}")
+        finally:
+            event.remove(engine, "begin", begun)
+        assert len(begins) == 2, "one read resolves the study reference, one reads the study's detail"
+        assert got.status_code == 200 and got.json() == posted.json()
+    finally:
+        engine.dispose()
 
 
 def test_location_header_points_at_the_study(client: TestClient) -> None:

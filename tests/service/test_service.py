@@ -6,13 +6,15 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 
 import optuna
 import pytest
+from sqlalchemy import event
 
-from krpo_bench.service.db import JobStatus
+from krpo_bench.service.db import JobStatus, utcnow
 from krpo_bench.service.optuna_store import optuna_storage
-from krpo_bench.service.studies import StudyError, StudyService
+from krpo_bench.service.studies import StudyError, StudyNotFound, StudyService
 from krpo_bench.spec.loading import SpecError
 from tests.trial_specs import tiny_trial
 
@@ -77,6 +79,31 @@ def test_ablation_submission_queues_every_trial_once(service):
     assert final.status == "succeeded" and final.done == 6
     results = service.results(info.id)
     assert [v.label for v in results.variants] == ["grpo", "krpo"] and all(v.n == 3 for v in results.variants)
+
+
+def test_a_study_view_reads_in_one_transaction_what_the_separate_reads_would(service):
+    info = service.submit(ABLATION)
+    job = service.queue.claim("test-worker", 60)
+    assert service.queue.complete(job.id, job.attempt, {"status": "succeeded", "final_accuracy": 0.5})
+    service.job_finished(job.id)
+    service.registry.register("live-worker")
+    service.registry.register("stopped-worker")
+    service.registry.deregister("stopped-worker")
+    begins = []
+    begun = begins.append
+    event.listen(service.engine, "begin", begun)
+    try:
+        view = service.view(info.id)
+    finally:
+        event.remove(service.engine, "begin", begun)
+    assert len(begins) == 1, "the row, the jobs and the live workers are one read transaction"
+    assert view.info == service.get(info.id) and view.info.counts["succeeded"] == 1
+    assert view.analysis.model_dump_json() == service.results(info.id).model_dump_json() and view.workers == 1
+    assert [j.id for j in view.jobs] == [j.id for j in service.jobs(info.id)]
+    assert view.spec.model_dump(mode="json") == info.spec
+    assert service.registry.live(utcnow() + timedelta(seconds=1)) == 0, "a heartbeat before `since` is not live"
+    with pytest.raises(StudyNotFound):
+        service.view("no-such-study")
 
 
 def test_invalid_study_stores_nothing(service):
