@@ -111,3 +111,13 @@ def test_the_torch_free_parameter_models_are_the_estimators_own() -> None:
     for name, entry in CATALOG.items():
         assert issubclass(entry.estimator_class(), Estimator) and issubclass(entry.spec, entry.params), name
         assert type(get_estimator(name).params) is entry.spec, name
+
+
+def test_a_worker_starts_without_the_statistics_stack() -> None:
+    """Workers start by the dozen (an array, a restart): scipy and statsmodels load only when a study
+    is analysed (a sequential look, a detail, a confirmation), not when the worker module loads."""
+    probe = "import json, sys, krpo_bench.service.worker; print(json.dumps(sorted(sys.modules)))"
+    loaded = json.loads(
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True, text=True).stdout
+    )
+    assert not [m for m in loaded if m.split(".")[0] in ("scipy", "statsmodels")]

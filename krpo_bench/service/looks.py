@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from krpo_bench.analysis.analyze import AnalysisSettings, analyze
-from krpo_bench.analysis.looks import decide, seeds_asked
 from krpo_bench.analysis.records import RECORD_CONFIG_KEYS, records_from_jobs
 from krpo_bench.service.db import ACTIVE_JOB_STATUSES, StudyKind
 from krpo_bench.service.kinds import stored_spec
@@ -31,6 +29,9 @@ class SequentialLooks:
         queued again if a crash lost them). Returns the look taken, else None."""
         if self.service._row(study_id).kind != StudyKind.ABLATION:
             return None
+        from krpo_bench.analysis.analyze import AnalysisSettings, analyze  # scipy: not at a worker's start
+        from krpo_bench.analysis.looks import decide, seeds_asked
+
         with self.service._study_lock(study_id):
             row = self.service._row(study_id)
             study = stored_spec(row.spec)

@@ -25,7 +25,6 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from krpo_bench.analysis.analyze import AnalysisSettings, analyze
 from krpo_bench.analysis.model import GridPoint, StudyAnalysis
 from krpo_bench.analysis.records import (
     CONFIG_GRID_POINT,
@@ -209,6 +208,8 @@ class StudyService:
                 for sid in (study_id, *linked)
                 for job in self.queue.list_jobs(sid, config_keys=("seed",))
             ]
+            from krpo_bench.analysis.analyze import AnalysisSettings  # scipy: not at a worker's start
+
             try:
                 spec = confirmation_spec(original, AnalysisSettings.of_spec(original).reference, used, variants, seeds)
             except NotConfirmable as exc:
@@ -563,4 +564,6 @@ class StudyService:
 
 def _analysis(spec: AnyStudy, looks: list[dict[str, Any]] | None, jobs: list[JobInfo]) -> StudyAnalysis:
     """The analysis of a study's jobs under its spec and the looks stored so far."""
+    from krpo_bench.analysis.analyze import AnalysisSettings, analyze  # scipy: not at a worker's start
+
     return analyze(records_from_jobs(jobs), AnalysisSettings.of_spec(spec, looks=looks))
