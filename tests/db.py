@@ -10,6 +10,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -65,6 +66,21 @@ def terminate_connections(url: str) -> int:
             (make_url(url).database,),
         ).fetchone()
     return int(killed[0]) if killed else 0
+
+
+def database(name: str, *values: object) -> Any:
+    """One case of ``db_url`` (``"sqlite"`` or ``"postgresql"``, marked ``postgres``), with ``values``
+    for the test's other parameters: see :func:`on_databases`."""
+    marks = [pytest.mark.postgres] if name == "postgresql" else []
+    return pytest.param(name, *values, marks=marks, id="-".join(map(str, (name, *values))))
+
+
+def on_databases(names: str, cases: list[Any]) -> pytest.MarkDecorator:
+    """Run a test on the ``db_url`` cases given (``database(...)``) instead of on both databases:
+    ``names`` is ``"db_url"`` or ``"db_url,<other parameters>"``. For end-to-end scenarios whose
+    database statements the queue's own tests already run on both: each scenario runs on one, and
+    the scenarios of a module alternate so that both databases see several."""
+    return pytest.mark.parametrize(names, cases, indirect=["db_url"])
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

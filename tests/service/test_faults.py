@@ -4,9 +4,9 @@ that fail (full disk, unwritable folder). Each fault must end with every job fin
 or with a clear error that names what failed.
 
 Knobs: ``KRPO_FAULT_KILL_JOBS`` (jobs in the kill study, default 10; the full scenario is 50),
-``KRPO_FAULT_KILL_SEED`` (seed of the kill schedule). The restart test stops and starts the local
-cluster that serves the tests' server (``KRPO_TEST_PG_ADMIN_URL``), found by asking that server
-for its data directory and port; it fails, never skips, when it cannot.
+``KRPO_FAULT_KILL_SEED`` (seed of the kill schedule). The restart test stops and starts a private
+PostgreSQL server of its own (tests.private_pg), never the server the other tests share: under
+pytest-xdist they run beside it. It fails, never skips, when no server can be made.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 
 from krpo_bench.advantages import get_estimator
 from krpo_bench.models import load_model
+from krpo_bench.service.optuna_store import dispose_optuna_storage
 from krpo_bench.service.studies import StudyInfo, StudyService
 from krpo_bench.settings import data_home
 from krpo_bench.spec.trial import TrialSpec
@@ -42,6 +43,7 @@ from krpo_bench.tracking import RETRY_ENV, SPOOL_DIR, RunTracker, TrackingUnavai
 from krpo_bench.training.trainer import BaselineGRPOTrainer
 from krpo_bench.training.trial import RUN_ID_FILE, grpo_config, run_trial
 from tests.db import PG_ADMIN_URL, create_pg_database, drop_pg_database
+from tests.private_pg import PrivatePostgres
 from tests.trial_specs import tiny_trial
 
 KILL_JOBS = int(os.environ.get("KRPO_FAULT_KILL_JOBS", "10"))
@@ -222,79 +224,25 @@ def assert_each_job_finished_once(service: StudyService, info: StudyInfo, steps:
 # -- 1. the database restarts during a study ----------------------------------------------------
 
 
-def _pg_query(sql: str) -> Any:
-    """One value from the tests' PostgreSQL server."""
-    url = make_url(PG_ADMIN_URL)
-    with psycopg.connect(
-        host=url.host, port=url.port, user=url.username, password=url.password, dbname=url.database, connect_timeout=5
-    ) as conn:
-        return conn.execute(sql).fetchone()[0]
-
-
-def _pg_cluster() -> list[str]:
-    """``[version, name]`` of the local cluster serving ``PG_ADMIN_URL``: the one whose data
-    directory and port are those the server reports (pg_lsclusters lists them)."""
-    missing = [tool for tool in ("pg_lsclusters", "pg_ctlcluster") if shutil.which(tool) is None]
-    if missing:
-        pytest.fail(
-            f"the restart test needs {' and '.join(missing)} (postgresql-common) to find and restart the "
-            f"server at {PG_ADMIN_URL}",
-            pytrace=False,
-        )
-    data_directory, port = _pg_query("SHOW data_directory"), _pg_query("SHOW port")
-    listing = subprocess.run(["pg_lsclusters", "--no-header"], check=True, capture_output=True, text=True).stdout
-    for line in listing.splitlines():
-        version, name, cluster_port, _status, _owner, cluster_data = line.split()[:6]
-        if cluster_port == port and os.path.realpath(cluster_data) == os.path.realpath(data_directory):
-            return [version, name]
-    pytest.fail(
-        f"no local cluster serves {PG_ADMIN_URL} (data directory {data_directory}, port {port}); "
-        f"pg_lsclusters:\n{listing}",
-        pytrace=False,
-    )
-
-
-def restart_postgres(down_s: float) -> float:
-    """Stop the PostgreSQL server the tests use (fast shutdown: connections are cut), keep it down
-    for ``down_s`` and start it again; checks that this server restarted and returns how long it
-    was unreachable (about)."""
-    cluster = _pg_cluster()
-    before = _pg_query("SELECT pg_postmaster_start_time()")
-    ctl = ["pg_ctlcluster", "--skip-systemctl-redirect", *cluster]
-    started = time.monotonic()
+@pytest.fixture
+def private_pg(tmp_path: Path) -> Iterator[tuple[PrivatePostgres, StudyService]]:
+    """A private PostgreSQL server (tests.private_pg), which the test may restart without cutting the
+    connections of the tests beside it, and a service on it (disposed before the server goes)."""
+    server = PrivatePostgres()
     try:
-        subprocess.run([*ctl, "stop", "-m", "fast"], check=True, capture_output=True)
-        time.sleep(down_s)
-    finally:  # whatever happens, the (shared) server comes back
-        subprocess.run([*ctl, "start"], check=False, capture_output=True)
-    wait_for(_pg_accepts_connections, 60, "PostgreSQL to accept connections")
-    outage = time.monotonic() - started
-    after = _pg_query("SELECT pg_postmaster_start_time()")
-    assert after > before, f"cluster {' '.join(cluster)} was restarted, but the server at {PG_ADMIN_URL} was not"
-    return outage
-
-
-def _pg_accepts_connections() -> bool:
-    url = make_url(PG_ADMIN_URL)
-    try:
-        with psycopg.connect(
-            host=url.host,
-            port=url.port,
-            user=url.username,
-            password=url.password,
-            dbname=url.database,
-            connect_timeout=2,
-        ):
-            return True
-    except psycopg.OperationalError:
-        return False
+        server.start()
+        service = StudyService(server.url, f"sqlite:///{tmp_path / 'mlflow.db'}")
+        yield server, service
+        service.engine.dispose()
+        dispose_optuna_storage(server.url)
+    finally:
+        server.remove()
 
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_workers_ride_out_a_database_restart(pg_service: StudyService, tmp_path: Path):
-    _pg_cluster()
-    service = pg_service
+def test_workers_ride_out_a_database_restart(private_pg: tuple[PrivatePostgres, StudyService], tmp_path: Path):
+    server, service = private_pg
     # 40 steps (about 4 s of training): long enough that the two workers' trials reliably overlap
     # (with 8 steps, a trial's training window was shorter than the other worker's process start-up)
     info = service.submit(ablation("db-restart", seeds=4, steps=40, checkpoint_every=10))
@@ -306,7 +254,7 @@ def test_workers_ride_out_a_database_restart(pg_service: StudyService, tmp_path:
             240,
             "both workers to be training",
         )
-        outage = restart_postgres(down_s=7.0)  # longer than the queue's whole retry backoff (at most ~4.5 s)
+        outage = server.restart(down_s=7.0)  # longer than the queue's whole retry backoff (at most ~4.5 s)
 
         def finished() -> bool:
             for i, w in enumerate(workers):  # "the workers keep running"

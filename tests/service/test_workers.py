@@ -1,6 +1,9 @@
 """Real worker processes running real tiny-arith trials against SQLite and PostgreSQL:
 crash recovery from checkpoints, cancellation within a heartbeat, graceful stop and restart, an
-idle ``--exit-when-idle`` worker taking up a trial handed back and resuming it bit-identically."""
+idle ``--exit-when-idle`` worker taking up a trial handed back and resuming it bit-identically.
+Each scenario runs on one database, the two alternating (``tests.db.on_databases``: the queue's
+statements run on both in test_queue.py); the pruned search, whose scheduler locks differ by
+database, runs on both."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from mlflow import MlflowClient
 from krpo_bench.service.studies import StudyService
 from krpo_bench.spec.trial import TrialSpec
 from krpo_bench.training.trial import run_trial
+from tests.db import database, on_databases
 from tests.trial_specs import tiny_trial
 
 pytestmark = pytest.mark.slow
@@ -103,7 +107,7 @@ def trial_processes(job_id: str) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("trial_start", ["forked", "spawned"])
+@on_databases("db_url,trial_start", [database("sqlite", "forked"), database("postgresql", "spawned")])
 def test_killed_worker_is_reclaimed_and_the_trial_resumes_from_its_checkpoint(service: StudyService, trial_start: str):
     """SIGKILL to the worker's process group (its trial runs in a session of its own): the trial
     dies with it, and the next worker resumes it from its checkpoint."""
@@ -147,6 +151,7 @@ def rewards(client: MlflowClient, run_id: str) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run_id, "train/reward")}
 
 
+@on_databases("db_url", [database("postgresql")])
 def test_an_idle_worker_takes_up_a_hand_back_and_resumes_it_as_if_never_stopped(service: StudyService, tmp_path: Path):
     """A worker trains a trial (forked from its server) past its first epoch (32 prompts, 4 steps)
     and is SIGTERMed; a second one (a fresh interpreter per trial), idle with ``--exit-when-idle``
@@ -201,6 +206,7 @@ def test_an_idle_worker_takes_up_a_hand_back_and_resumes_it_as_if_never_stopped(
     assert done.result["final_accuracy"] == reference.final_accuracy
 
 
+@on_databases("db_url", [database("postgresql")])
 def test_cancellation_lands_within_a_heartbeat(service: StudyService):
     """A cancel reaches the trial at the worker's next heartbeat; the trial stops after the step in
     progress, checkpoints it and ends its MLflow run within one heartbeat plus STOP_MARGIN_S. MLflow's
@@ -251,6 +257,7 @@ def test_cancellation_lands_within_a_heartbeat(service: StudyService):
     assert [p.name for p in run_dir.glob("checkpoint-*")] == [f"checkpoint-{last}"], "stopped at its last logged step"
 
 
+@on_databases("db_url", [database("sqlite")])
 def test_stopping_everything_and_restarting_finishes_the_same_trials_once(service: StudyService):
     info = service.submit(study("restart", steps=12, seeds=2, variants=("grpo", "krpo"), checkpoint_every=4))
     workers = [start_worker(service), start_worker(service)]
