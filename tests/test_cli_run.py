@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,54 @@ def test_trial_command_on_a_finished_trial_trains_nothing_and_keeps_its_run(tmp_
     )
     runs = client.search_runs([client.get_run(first["mlflow_run_id"]).info.experiment_id])
     assert [r.info.run_id for r in runs] == [first["mlflow_run_id"]] and runs[0].info.status == "FINISHED"
+
+
+def _workers_of(db: str) -> list[int]:
+    """Live worker processes on the job database ``db`` (by their command line)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and b"worker" in args and db.encode() in args:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_run_stopped_by_a_signal_takes_its_workers_down_and_hands_the_trial_back(
+    tmp_path: Path, stop_signal: signal.Signals
+):
+    """SIGTERM (a scheduler, ``timeout``) or SIGHUP (a closed terminal) to ``krpo-bench run`` stops it
+    as Ctrl-C does: its workers get SIGTERM, hand the running trial back and exit, and none outlives
+    it (they used to go on claiming the study's trials as orphans)."""
+    base = {k: v for k, v in tiny(steps=400).items() if k != "name"}
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(
+        yaml.safe_dump({"name": "stopped", "kind": "ablation", "base": base, "variants": {"grpo": {}}, "seeds": 1})
+    )
+    db, mlflow = f"sqlite:///{tmp_path / 'jobs.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = dict(os.environ, KRPO_BENCH_CPU_THREADS="1")
+    command = [sys.executable, "-m", "krpo_bench.cli", "run", str(study_file), "--workers", "1"]
+    run = subprocess.Popen([*command, "--db", db, "--mlflow", mlflow], env=env, stdout=subprocess.DEVNULL)
+    service = StudyService(db, mlflow)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(job.mlflow_run_id for info in service.list() for job in service.jobs(info.id)):
+            assert time.monotonic() < deadline and run.poll() is None, "the trial never started"
+            time.sleep(0.5)
+        assert _workers_of(db), "the run's worker is up"
+        run.send_signal(stop_signal)
+        assert run.wait(timeout=180) != 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+    deadline = time.monotonic() + 30
+    while _workers_of(db) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _workers_of(db), "no worker outlives its run"
+    [info] = service.list()
+    [job] = service.jobs(info.id)
+    assert job.status == "queued" and [a.outcome for a in service.attempts(job.id)] == ["released"]

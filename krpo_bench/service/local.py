@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from rich.console import Console
 from rich.live import Live
@@ -121,26 +123,48 @@ def run_submitted_locally(
     showing its progress; on an interrupt its trials requeue and ``to_resume`` says how to go on."""
     records = service.ensure_mlflow(info.id)
     console.print(f"study {info.id}: {info.total} trials; MLflow experiment {records.experiment_id}")
-    procs = [
-        subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for cmd, env in commands
-    ]
-    started = time.monotonic()
-    try:
-        if console.is_terminal:
-            with Live(progress_line(info, started), console=console, refresh_per_second=2) as live:
-                info = _wait(service, info, procs, lambda i: live.update(progress_line(i, started)))
-        else:
-            info = _wait(service, info, procs, _progress_log(console, started))
-    except KeyboardInterrupt:
-        console.print(f"interrupted: trials checkpoint and requeue; {to_resume}")
-        raise
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    with _stopped_by_signals():
+        procs = [
+            subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for cmd, env in commands
+        ]
+        started = time.monotonic()
+        try:
+            if console.is_terminal:
+                with Live(progress_line(info, started), console=console, refresh_per_second=2) as live:
+                    info = _wait(service, info, procs, lambda i: live.update(progress_line(i, started)))
+            else:
+                info = _wait(service, info, procs, _progress_log(console, started))
+        except KeyboardInterrupt:
+            console.print(f"interrupted: trials checkpoint and requeue; {to_resume}")
+            raise
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    p.kill()
     return info
+
+
+@contextlib.contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a scheduler's stop, a closed terminal) stop a local run as Ctrl-C does: its
+    workers get SIGTERM and hand their trials back, instead of outliving it. In the main thread only
+    (where Python runs signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
