@@ -268,6 +268,12 @@ class JobQueue:
             .values(ended_at=self._now, outcome=bindparam("p_outcome"), error=bindparam("p_error"))
         )
         self._finish_held = self._build_finish()
+        self._insert_job = (
+            self.transactions.insert(jobs)
+            .values(created_at=self._now)
+            .on_conflict_do_nothing(index_elements=["study_id", "trial_key"])
+        )
+        self._last_seq = select(func.coalesce(func.max(jobs.c.seq), 0))
 
     @classmethod
     def from_url(cls, url: str | URL, **kwargs: Any) -> JobQueue:
@@ -577,11 +583,10 @@ class JobQueue:
             for job in unique
         ]
         if not self._pg:  # no identity columns in SQLite; writes are serialised
-            base = conn.execute(select(func.coalesce(func.max(jobs.c.seq), 0))).scalar_one()
+            base = conn.execute(self._last_seq).scalar_one()
             for offset, row in enumerate(rows, start=1):
                 row["seq"] = base + offset
-        stmt = self.transactions.insert(jobs).values(created_at=self._now)
-        conn.execute(stmt.on_conflict_do_nothing(index_elements=["study_id", "trial_key"]), rows)
+        conn.execute(self._insert_job, rows)
         ids = {row["trial_key"]: row["id"] for row in rows}
         keys = [] if new_study else [job.trial_key for job in unique]  # a new study's rows met no conflict
         for start in range(0, len(keys), _LOOKUP_CHUNK):
